@@ -5,8 +5,8 @@
  *   region that can run before the next charge (at least 1). The counter lives in a function local; it is
  *   flushed to the global `__ftvm_fuel` before every call and return and reloaded after every call
  *   (wasmtime's scheme). The instruction count is `budgetEnd - fuel`, where the VMM knows budgetEnd.
- * - When a charge would make fuel negative, the guest refunds it, flushes and calls the VMM's
- *   `ftvm_internal.budget(k)` import. For loops that call sits outside the loop: the loop branches out
+ * - When a charge would make fuel negative, the guest refunds it and calls the VMM's
+ *   `ftvm_internal.budget(k, fuel) -> fuel` import. For loops that call sits outside the loop: the loop branches out
  *   to it and re-enters (a call inside the loop makes V8 spill loop values; DESIGN.md §3). On return the
  *   VMM guarantees fuel >= k, so the re-charge succeeds. The VMM therefore sees the guest at an exact
  *   count at every stop, and counts strictly increase.
@@ -24,6 +24,7 @@ export const ALLOWED_FEATURES =
   binaryen.Features.NontrappingFPToInt |
   binaryen.Features.SignExt |
   binaryen.Features.BulkMemory |
+  binaryen.Features.BulkMemoryOpt |
   binaryen.Features.SIMD128 |
   binaryen.Features.Multivalue;
 
@@ -60,8 +61,8 @@ export interface InstrumentedModule {
   hasStart: boolean;
   /** Export names of the guest's mutable globals, in index order (for snapshots). */
   globalExports: string[];
-  /** Imports of the original module, as `module.name`. */
-  imports: string[];
+  /** Function imports of the original module with their signatures, e.g. `(i32,i32)->i64`. */
+  imports: Array<{ module: string; name: string; signature: string }>;
   /** Exported function names of the original module. */
   exports: string[];
   maxCallDepth: number;
@@ -248,14 +249,16 @@ class FunctionRewriter {
     return m.i64.lt_s(m.local.get(this.fuelLocal, binaryen.i64), m.i64.const(0n as never));
   }
 
-  /** Refund k, flush, ask the VMM, reload. The VMM guarantees fuel >= k on return. */
+  /**
+   * Refund k and ask the VMM, passing the fuel; the VMM returns the new fuel (>= k). The global is not
+   * flushed here, so its value only ever reflects call/return boundaries: the count seen after a trap is
+   * then the same on every replica, wherever their budget stops fell.
+   */
   private slowPath(k: number): Ref[] {
     const m = this.mod;
     return [
       m.local.set(this.fuelLocal, m.i64.add(m.local.get(this.fuelLocal, binaryen.i64), m.i64.const(BigInt(k) as never))),
-      this.flush(),
-      m.call(`${INTERNAL_MODULE}.budget`, [m.i32.const(k)], binaryen.none),
-      this.reload(),
+      m.local.set(this.fuelLocal, m.call(`${INTERNAL_MODULE}.budget`, [m.i32.const(k), m.local.get(this.fuelLocal, binaryen.i64)], binaryen.i64)),
     ];
   }
 
@@ -427,6 +430,19 @@ export function instrument(original: Uint8Array, options: InstrumentOptions = {}
   }
 }
 
+const TYPE_NAMES = new Map<number, string>([
+  [binaryen.i32, 'i32'],
+  [binaryen.i64, 'i64'],
+  [binaryen.f32, 'f32'],
+  [binaryen.f64, 'f64'],
+  [binaryen.v128, 'v128'],
+]);
+
+function signatureOf(params: number, results: number): string {
+  const names = (t: number): string => binaryen.expandType(t).map((x) => TYPE_NAMES.get(x) ?? `type${x}`).join(',');
+  return `(${names(params)})->(${names(results)})`;
+}
+
 function instrumentModule(mod: binaryen.Module, maxCallDepth: number): InstrumentedModule {
   // --- module-level checks ---
   const memoryCount = (mod as unknown as { getNumMemories?: () => number }).getNumMemories?.() ?? (mod.hasMemory() ? 1 : 0);
@@ -445,7 +461,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
     }
   }
 
-  const imports: string[] = [];
+  const imports: InstrumentedModule['imports'] = [];
   const nFuncs = mod.getNumFunctions();
   const defined: Ref[] = [];
   for (let i = 0; i < nFuncs; i++) {
@@ -455,7 +471,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
       if (info.module === INTERNAL_MODULE) {
         throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${info.module}.${info.base}: module "${INTERNAL_MODULE}" is reserved for the VMM`);
       }
-      imports.push(`${info.module}.${info.base}`);
+      imports.push({ module: info.module, name: info.base ?? '', signature: signatureOf(info.params, info.results) });
     } else {
       defined.push(f);
     }
@@ -480,6 +496,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   for (let i = 0; i < nGlobals; i++) {
     const g = binaryen.getGlobalInfo(mod.getGlobalByIndex(i));
     if (g.mutable) {
+      if (g.type === binaryen.v128) refuse('a mutable v128 global (JavaScript cannot read it into a snapshot)', `global ${g.name}`);
       const name = `${GLOBAL_EXPORT_PREFIX}${i}`;
       mod.addGlobalExport(g.name, name);
       globalExports.push(name);
@@ -489,7 +506,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   mod.addGlobal(DEPTH_GLOBAL, binaryen.i32, true, mod.i32.const(0));
   mod.addGlobalExport(FUEL_GLOBAL, FUEL_GLOBAL);
   mod.addGlobalExport(DEPTH_GLOBAL, DEPTH_GLOBAL);
-  mod.addFunctionImport(`${INTERNAL_MODULE}.budget`, INTERNAL_MODULE, 'budget', binaryen.i32, binaryen.none);
+  mod.addFunctionImport(`${INTERNAL_MODULE}.budget`, INTERNAL_MODULE, 'budget', binaryen.createType([binaryen.i32, binaryen.i64]), binaryen.i64);
   mod.addFunctionImport(`${INTERNAL_MODULE}.depth_exceeded`, INTERNAL_MODULE, 'depth_exceeded', binaryen.none, binaryen.none);
   mod.addFunctionImport(`${INTERNAL_MODULE}.memory_grow`, INTERNAL_MODULE, 'memory_grow', binaryen.i32, binaryen.i32);
   mod.addMemoryExport(memoryName, MEMORY_EXPORT);

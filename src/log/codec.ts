@@ -1,0 +1,288 @@
+/**
+ * The one binary codec for log entries. Recording files and the logging channel both carry batches
+ * encoded here.
+ *
+ * A batch: varint count, then per entry: u8 (type | 0x80 when delivered at an idle point), varint delta
+ * of the instruction number from the previous entry of the batch (the first entry's delta is from 0),
+ * then the type's payload. Integers are unsigned LEB128 varints unless stated; signed values are zigzag.
+ * Instruction numbers never decrease within a log, so deltas are unsigned.
+ */
+import { FtvmError } from '../util/errors.js';
+import { EntryType, type LogEntry } from './entry.js';
+
+const IDLE_FLAG = 0x80;
+const MAX_ENTRY_BYTES = 16 * 1024 * 1024;
+
+function corrupt(msg: string): never {
+  throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `corrupt log batch: ${msg}`);
+}
+
+/** A growable byte buffer with a hard upper bound. */
+export class ByteWriter {
+  private buf: Uint8Array;
+  private view: DataView;
+  length = 0;
+
+  constructor(initial = 256, private readonly maxBytes = 64 * 1024 * 1024) {
+    this.buf = new Uint8Array(initial);
+    this.view = new DataView(this.buf.buffer);
+  }
+
+  private ensure(extra: number): void {
+    const need = this.length + extra;
+    if (need <= this.buf.length) return;
+    if (need > this.maxBytes) throw new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', `encoded batch would exceed ${this.maxBytes} bytes`);
+    let size = this.buf.length * 2;
+    while (size < need) size *= 2;
+    const next = new Uint8Array(Math.min(size, this.maxBytes));
+    next.set(this.buf.subarray(0, this.length));
+    this.buf = next;
+    this.view = new DataView(next.buffer);
+  }
+
+  u8(v: number): void {
+    this.ensure(1);
+    this.buf[this.length++] = v & 0xff;
+  }
+
+  u32(v: number): void {
+    this.ensure(4);
+    this.view.setUint32(this.length, v >>> 0, true);
+    this.length += 4;
+  }
+
+  u64(v: bigint): void {
+    this.ensure(8);
+    this.view.setBigUint64(this.length, BigInt.asUintN(64, v), true);
+    this.length += 8;
+  }
+
+  varint(v: number): void {
+    if (!Number.isSafeInteger(v) || v < 0) throw new Error(`varint out of range: ${v}`);
+    this.ensure(10);
+    while (v >= 0x80) {
+      this.buf[this.length++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    this.buf[this.length++] = v;
+  }
+
+  zigzag(v: number): void {
+    this.varint(v >= 0 ? v * 2 : -v * 2 - 1);
+  }
+
+  bytes(b: Uint8Array): void {
+    this.ensure(b.length);
+    this.buf.set(b, this.length);
+    this.length += b.length;
+  }
+
+  finish(): Uint8Array {
+    return this.buf.slice(0, this.length);
+  }
+
+  reset(): void {
+    this.length = 0;
+  }
+}
+
+export class ByteReader {
+  pos = 0;
+  private readonly view: DataView;
+  constructor(private readonly buf: Uint8Array) {
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  get remaining(): number {
+    return this.buf.length - this.pos;
+  }
+
+  private need(n: number): void {
+    if (this.pos + n > this.buf.length) corrupt(`truncated (needed ${n} bytes at offset ${this.pos}, have ${this.remaining})`);
+  }
+
+  u8(): number {
+    this.need(1);
+    return this.buf[this.pos++]!;
+  }
+
+  u32(): number {
+    this.need(4);
+    const v = this.view.getUint32(this.pos, true);
+    this.pos += 4;
+    return v;
+  }
+
+  u64(): bigint {
+    this.need(8);
+    const v = this.view.getBigUint64(this.pos, true);
+    this.pos += 8;
+    return v;
+  }
+
+  varint(): number {
+    let result = 0;
+    let mul = 1;
+    for (let i = 0; i < 8; i++) {
+      const b = this.u8();
+      result += (b & 0x7f) * mul;
+      if ((b & 0x80) === 0) {
+        if (!Number.isSafeInteger(result)) corrupt('varint exceeds 2^53');
+        return result;
+      }
+      mul *= 0x80;
+    }
+    corrupt('varint too long');
+  }
+
+  zigzag(): number {
+    const v = this.varint();
+    return v % 2 === 0 ? v / 2 : -(v + 1) / 2;
+  }
+
+  bytes(n: number): Uint8Array {
+    if (n > MAX_ENTRY_BYTES) corrupt(`field of ${n} bytes exceeds the ${MAX_ENTRY_BYTES}-byte limit`);
+    this.need(n);
+    const out = this.buf.slice(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+}
+
+export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
+  if (e.n < prevN) throw new Error(`log entries out of order: ${e.n} after ${prevN}`);
+  const idle = 'idle' in e && e.idle ? IDLE_FLAG : 0;
+  w.u8(e.type | idle);
+  w.varint(e.n - prevN);
+  switch (e.type) {
+    case EntryType.CLOCK:
+      w.u8(e.clock);
+      w.u64(e.valueNs);
+      return;
+    case EntryType.RANDOM:
+      w.varint(e.bytes.length);
+      w.bytes(e.bytes);
+      return;
+    case EntryType.MEMGROW:
+      w.varint(e.deltaPages);
+      w.zigzag(e.result);
+      return;
+    case EntryType.NIC_OPEN:
+    case EntryType.NIC_CLOSE:
+      w.varint(e.conn);
+      return;
+    case EntryType.NIC_DATA:
+      w.varint(e.conn);
+      w.varint(e.data.length);
+      w.bytes(e.data);
+      return;
+    case EntryType.TIMER:
+      w.varint(e.timer);
+      return;
+    case EntryType.OUT_NET:
+      w.varint(e.conn);
+      w.varint(e.len);
+      w.u32(e.hash);
+      return;
+    case EntryType.OUT_CLOSE:
+      w.varint(e.conn);
+      return;
+    case EntryType.OUT_CONSOLE:
+      w.u8(e.fd);
+      w.varint(e.len);
+      w.u32(e.hash);
+      return;
+    case EntryType.STATE_HASH:
+      if (e.hash.length !== 32) throw new Error('state hash must be 32 bytes');
+      w.bytes(e.hash);
+      return;
+    case EntryType.HALT: {
+      w.u8(e.kind === 'exit' ? 0 : 1);
+      w.zigzag(e.code);
+      const msg = Buffer.from(e.message, 'utf8');
+      w.varint(msg.length);
+      w.bytes(msg);
+      return;
+    }
+  }
+}
+
+export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
+  const tag = r.u8();
+  const type = tag & ~IDLE_FLAG;
+  const idle = (tag & IDLE_FLAG) !== 0;
+  const n = prevN + r.varint();
+  if (!Number.isSafeInteger(n)) corrupt('instruction number overflow');
+  const asyncType = type >= EntryType.NIC_OPEN && type <= EntryType.TIMER;
+  if (idle && !asyncType) corrupt(`idle flag on non-delivery entry type ${type}`);
+  switch (type) {
+    case EntryType.CLOCK: {
+      const clock = r.u8();
+      return { type, n, clock, valueNs: r.u64() };
+    }
+    case EntryType.RANDOM:
+      return { type, n, bytes: r.bytes(r.varint()) };
+    case EntryType.MEMGROW:
+      return { type, n, deltaPages: r.varint(), result: r.zigzag() };
+    case EntryType.NIC_OPEN:
+    case EntryType.NIC_CLOSE:
+      return { type, n, idle, conn: r.varint() };
+    case EntryType.NIC_DATA: {
+      const conn = r.varint();
+      return { type, n, idle, conn, data: r.bytes(r.varint()) };
+    }
+    case EntryType.TIMER:
+      return { type, n, idle, timer: r.varint() };
+    case EntryType.OUT_NET: {
+      const conn = r.varint();
+      const len = r.varint();
+      return { type, n, conn, len, hash: r.u32() };
+    }
+    case EntryType.OUT_CLOSE:
+      return { type, n, conn: r.varint() };
+    case EntryType.OUT_CONSOLE: {
+      const fd = r.u8();
+      const len = r.varint();
+      return { type, n, fd, len, hash: r.u32() };
+    }
+    case EntryType.STATE_HASH:
+      return { type, n, hash: r.bytes(32) };
+    case EntryType.HALT: {
+      const k = r.u8();
+      if (k > 1) corrupt(`unknown halt kind ${k}`);
+      const code = r.zigzag();
+      const message = Buffer.from(r.bytes(r.varint())).toString('utf8');
+      return { type, n, kind: k === 0 ? 'exit' : 'trap', code, message };
+    }
+    default:
+      corrupt(`unknown entry type ${type}`);
+  }
+}
+
+/** Encodes entries as one batch. */
+export function encodeBatch(entries: readonly LogEntry[], w = new ByteWriter()): Uint8Array {
+  w.reset();
+  w.varint(entries.length);
+  let prev = 0;
+  for (const e of entries) {
+    encodeEntry(w, e, prev);
+    prev = e.n;
+  }
+  return w.finish();
+}
+
+/** Decodes one batch; the whole buffer must be consumed. */
+export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000): LogEntry[] {
+  const r = new ByteReader(buf);
+  const count = r.varint();
+  if (count > maxEntries) corrupt(`batch claims ${count} entries (limit ${maxEntries})`);
+  const out: LogEntry[] = [];
+  let prev = 0;
+  for (let i = 0; i < count; i++) {
+    const e = decodeEntry(r, prev);
+    out.push(e);
+    prev = e.n;
+  }
+  if (r.remaining !== 0) corrupt(`${r.remaining} trailing bytes after ${count} entries`);
+  return out;
+}

@@ -1,0 +1,85 @@
+/**
+ * Log entries: every nondeterministic event of a guest's run, stamped with the instruction number `n`
+ * at which it happened. The backup replays a run from these alone.
+ *
+ * Kinds of entry:
+ * - sync: the result of a host call the guest made (clock, random bytes, memory.grow) and the outputs it
+ *   produced (net send/close, console). Replay meets them as the guest makes the same calls.
+ * - async: a delivery the VMM performed (NIC records into the receive ring, a timer firing), at a budget
+ *   checkpoint (`idle: false`) or at an idle point before a step (`idle: true`).
+ * - meta: STATE_HASH (taken at an idle point) and HALT (the guest exited or trapped).
+ */
+export const EntryType = {
+  CLOCK: 1,
+  RANDOM: 2,
+  MEMGROW: 3,
+  NIC_OPEN: 10,
+  NIC_DATA: 11,
+  NIC_CLOSE: 12,
+  TIMER: 13,
+  OUT_NET: 20,
+  OUT_CLOSE: 21,
+  OUT_CONSOLE: 22,
+  STATE_HASH: 30,
+  HALT: 31,
+} as const;
+export type EntryTypeCode = (typeof EntryType)[keyof typeof EntryType];
+
+export const ENTRY_TYPE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(EntryType).map(([k, v]) => [v, k]));
+
+export type ClockEntry = { type: typeof EntryType.CLOCK; n: number; clock: number; valueNs: bigint };
+export type RandomEntry = { type: typeof EntryType.RANDOM; n: number; bytes: Uint8Array };
+export type MemGrowEntry = { type: typeof EntryType.MEMGROW; n: number; deltaPages: number; result: number };
+export type NicOpenEntry = { type: typeof EntryType.NIC_OPEN; n: number; idle: boolean; conn: number };
+export type NicDataEntry = { type: typeof EntryType.NIC_DATA; n: number; idle: boolean; conn: number; data: Uint8Array };
+export type NicCloseEntry = { type: typeof EntryType.NIC_CLOSE; n: number; idle: boolean; conn: number };
+export type TimerEntry = { type: typeof EntryType.TIMER; n: number; idle: boolean; timer: number };
+export type OutNetEntry = { type: typeof EntryType.OUT_NET; n: number; conn: number; len: number; hash: number };
+export type OutCloseEntry = { type: typeof EntryType.OUT_CLOSE; n: number; conn: number };
+export type OutConsoleEntry = { type: typeof EntryType.OUT_CONSOLE; n: number; fd: number; len: number; hash: number };
+export type StateHashEntry = { type: typeof EntryType.STATE_HASH; n: number; hash: Uint8Array };
+export type HaltEntry = { type: typeof EntryType.HALT; n: number; kind: HaltKind; code: number; message: string };
+
+export type HaltKind = 'exit' | 'trap';
+
+export type AsyncEntry = NicOpenEntry | NicDataEntry | NicCloseEntry | TimerEntry;
+export type OutputEntry = OutNetEntry | OutCloseEntry | OutConsoleEntry;
+export type LogEntry = ClockEntry | RandomEntry | MemGrowEntry | AsyncEntry | OutputEntry | StateHashEntry | HaltEntry;
+
+export function isAsync(e: LogEntry): e is AsyncEntry {
+  return e.type >= EntryType.NIC_OPEN && e.type <= EntryType.TIMER;
+}
+
+export function isOutput(e: LogEntry): e is OutputEntry {
+  return e.type >= EntryType.OUT_NET && e.type <= EntryType.OUT_CONSOLE;
+}
+
+/** One line describing an entry, for `ftvm inspect` and error messages. */
+export function describeEntry(e: LogEntry): string {
+  const name = ENTRY_TYPE_NAMES[e.type] ?? `type${e.type}`;
+  switch (e.type) {
+    case EntryType.CLOCK:
+      return `${name} clock=${e.clock} value=${e.valueNs}ns`;
+    case EntryType.RANDOM:
+      return `${name} ${e.bytes.length} bytes`;
+    case EntryType.MEMGROW:
+      return `${name} delta=${e.deltaPages} result=${e.result}`;
+    case EntryType.NIC_OPEN:
+    case EntryType.NIC_CLOSE:
+      return `${name} conn=${e.conn}${e.idle ? ' @idle' : ' @checkpoint'}`;
+    case EntryType.NIC_DATA:
+      return `${name} conn=${e.conn} ${e.data.length} bytes${e.idle ? ' @idle' : ' @checkpoint'}`;
+    case EntryType.TIMER:
+      return `${name} timer=${e.timer}${e.idle ? ' @idle' : ' @checkpoint'}`;
+    case EntryType.OUT_NET:
+      return `${name} conn=${e.conn} ${e.len} bytes crc=${e.hash.toString(16).padStart(8, '0')}`;
+    case EntryType.OUT_CLOSE:
+      return `${name} conn=${e.conn}`;
+    case EntryType.OUT_CONSOLE:
+      return `${name} fd=${e.fd} ${e.len} bytes crc=${e.hash.toString(16).padStart(8, '0')}`;
+    case EntryType.STATE_HASH:
+      return `${name} ${Buffer.from(e.hash).toString('hex')}`;
+    case EntryType.HALT:
+      return `${name} ${e.kind} code=${e.code}${e.message ? ` ${JSON.stringify(e.message)}` : ''}`;
+  }
+}

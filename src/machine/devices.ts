@@ -1,0 +1,156 @@
+/**
+ * Virtual devices of the machine. Their state is deterministic (a function of the log) and is part of
+ * snapshots and the state hash. Real time appears only in timer deadlines on the recording side.
+ */
+import { FtvmError, assert } from '../util/errors.js';
+
+export const RecordType = { OPEN: 1, DATA: 2, CLOSE: 3, TIMER: 4 } as const;
+export const RING_HEADER_BYTES = 16;
+export const RECORD_HEADER_BYTES = 12;
+export const RING_MIN_CAPACITY = 256;
+export const RING_MAX_CAPACITY = 16 * 1024 * 1024;
+export const MAX_TIMERS = 1024;
+
+export const align4 = (n: number): number => (n + 3) & ~3;
+
+/**
+ * The virtual NIC's receive ring in guest memory (layout in docs/GUEST_ABI.md). The VMM is the only
+ * producer; the guest advances `tail`.
+ */
+export class RxRing {
+  constructor(
+    readonly ptr: number,
+    readonly capacity: number,
+  ) {}
+
+  static validate(ptr: number, capacity: number, memoryBytes: number): string | undefined {
+    if (capacity < RING_MIN_CAPACITY || capacity > RING_MAX_CAPACITY || (capacity & (capacity - 1)) !== 0) {
+      return `ring capacity ${capacity} must be a power of two between ${RING_MIN_CAPACITY} and ${RING_MAX_CAPACITY}`;
+    }
+    if (ptr < 0 || ptr % 4 !== 0) return `ring pointer ${ptr} must be 4-byte aligned`;
+    if (ptr + RING_HEADER_BYTES + capacity > memoryBytes) return `ring [${ptr}, +${RING_HEADER_BYTES + capacity}) is outside guest memory`;
+    return undefined;
+  }
+
+  /** Bytes free for new records, or -1 when the guest corrupted head/tail. */
+  free(mem: DataView): number {
+    const head = mem.getUint32(this.ptr, true);
+    const tail = mem.getUint32(this.ptr + 4, true);
+    const used = (head - tail) >>> 0;
+    if (used > this.capacity) return -1;
+    return this.capacity - used;
+  }
+
+  /** Writes one record if it fits; returns false (and writes nothing) if it does not. */
+  write(mem: DataView, bytes: Uint8Array, type: number, id: number, payload?: Uint8Array): boolean {
+    const len = payload?.length ?? 0;
+    const size = RECORD_HEADER_BYTES + align4(len);
+    const free = this.free(mem);
+    if (free < size) return false;
+    const head = mem.getUint32(this.ptr, true);
+    const hdr = new Uint8Array(RECORD_HEADER_BYTES);
+    const hv = new DataView(hdr.buffer);
+    hv.setUint16(0, type, true);
+    hv.setUint16(2, 0, true);
+    hv.setUint32(4, id >>> 0, true);
+    hv.setUint32(8, len, true);
+    const base = this.ptr + RING_HEADER_BYTES;
+    let at = head % this.capacity;
+    const put = (chunk: Uint8Array): void => {
+      let off = 0;
+      while (off < chunk.length) {
+        const n = Math.min(chunk.length - off, this.capacity - at);
+        bytes.set(chunk.subarray(off, off + n), base + at);
+        off += n;
+        at = (at + n) % this.capacity;
+      }
+    };
+    put(hdr);
+    if (payload !== undefined && len > 0) put(payload);
+    const pad = align4(len) - len;
+    if (pad > 0) put(new Uint8Array(pad));
+    mem.setUint32(this.ptr, (head + size) >>> 0, true);
+    return true;
+  }
+}
+
+export const ConnState = { OPEN: 1, PEER_CLOSED: 2 } as const;
+
+export interface TimerState {
+  delayMs: number;
+  /** Real-time deadline (monotonic ms), known only on the recording side; NaN on replay. */
+  deadlineMs: number;
+  /** Order of arming, to fire timers with equal deadlines deterministically. */
+  armSeq: number;
+}
+
+/** Serializable device state (snapshots). */
+export interface DeviceState {
+  ring: { ptr: number; capacity: number } | null;
+  timers: Array<[number, TimerState]>;
+  conns: Array<[number, number]>;
+  armSeq: number;
+}
+
+export class Devices {
+  ring: RxRing | null = null;
+  readonly timers = new Map<number, TimerState>();
+  /** Virtual connections the guest can see: id → ConnState. Closed-by-guest ids are removed. */
+  readonly conns = new Map<number, number>();
+  armSeq = 0;
+
+  armTimer(id: number, delayMs: number, deadlineMs: number): void {
+    assert(Number.isInteger(id) && id >= 0 && id < MAX_TIMERS, 'timer id checked by caller');
+    this.timers.set(id, { delayMs, deadlineMs, armSeq: this.armSeq++ });
+  }
+
+  /** Timers due at `nowMs`, ordered by deadline then arming order. */
+  dueTimers(nowMs: number): number[] {
+    const due: Array<[number, TimerState]> = [];
+    for (const [id, t] of this.timers) if (t.deadlineMs <= nowMs) due.push([id, t]);
+    due.sort((a, b) => a[1].deadlineMs - b[1].deadlineMs || a[1].armSeq - b[1].armSeq);
+    return due.map(([id]) => id);
+  }
+
+  nextDeadlineMs(): number | undefined {
+    let min: number | undefined;
+    for (const t of this.timers.values()) if (min === undefined || t.deadlineMs < min) min = t.deadlineMs;
+    return min;
+  }
+
+  save(): DeviceState {
+    return {
+      ring: this.ring ? { ptr: this.ring.ptr, capacity: this.ring.capacity } : null,
+      timers: [...this.timers].map(([id, t]) => [id, { ...t }]),
+      conns: [...this.conns],
+      armSeq: this.armSeq,
+    };
+  }
+
+  load(s: DeviceState): void {
+    this.ring = s.ring ? new RxRing(s.ring.ptr, s.ring.capacity) : null;
+    this.timers.clear();
+    for (const [id, t] of s.timers) this.timers.set(id, { ...t });
+    this.conns.clear();
+    for (const [id, st] of s.conns) this.conns.set(id, st);
+    this.armSeq = s.armSeq;
+  }
+
+  /** The deterministic part, for the state hash (deadlines are real time: excluded). */
+  hashBytes(): Uint8Array {
+    const parts: number[] = [];
+    parts.push(this.ring ? 1 : 0, this.ring?.ptr ?? 0, this.ring?.capacity ?? 0, this.armSeq);
+    const timers = [...this.timers].sort((a, b) => a[0] - b[0]);
+    parts.push(timers.length);
+    for (const [id, t] of timers) parts.push(id, t.delayMs, t.armSeq);
+    const conns = [...this.conns].sort((a, b) => a[0] - b[0]);
+    parts.push(conns.length);
+    for (const [id, st] of conns) parts.push(id, st);
+    const out = new Float64Array(parts);
+    return new Uint8Array(out.buffer);
+  }
+}
+
+export function badGuestPointer(what: string, ptr: number, len: number, memBytes: number): FtvmError {
+  return new FtvmError('FTVM_ERR_GUEST_TRAP', `${what}: [${ptr}, +${len}) is outside guest memory (${memBytes} bytes)`);
+}

@@ -1,0 +1,78 @@
+/**
+ * Loading a guest: instrument it, check its imports against the ABI (docs/GUEST_ABI.md), compile it.
+ * Everything that can be wrong with a guest file is reported here with a stable error code.
+ */
+import { FtvmError } from '../util/errors.js';
+import { instrument, type InstrumentedModule } from './instrument.js';
+import { compileGuest } from './machine.js';
+
+const I = 'i32';
+const sig = (params: string[], results: string[] = []): string => `(${params.join(',')})->(${results.join(',')})`;
+
+/** Every import a guest may use, with its signature. */
+export const ABI_IMPORTS: Record<string, Record<string, string>> = {
+  ftvm: {
+    rx_ring: sig([I, I]),
+    clock_now: sig([I], ['i64']),
+    random_fill: sig([I, I]),
+    timer_set: sig([I, I]),
+    timer_cancel: sig([I]),
+    console_write: sig([I, I]),
+    net_send: sig([I, I, I], [I]),
+    net_close: sig([I], [I]),
+  },
+  env: {
+    abort: sig([I, I, I, I]),
+  },
+  wasi_snapshot_preview1: {
+    args_sizes_get: sig([I, I], [I]),
+    args_get: sig([I, I], [I]),
+    environ_sizes_get: sig([I, I], [I]),
+    environ_get: sig([I, I], [I]),
+    clock_time_get: sig([I, 'i64', I], [I]),
+    clock_res_get: sig([I, I], [I]),
+    random_get: sig([I, I], [I]),
+    fd_write: sig([I, I, I, I], [I]),
+    fd_read: sig([I, I, I, I], [I]),
+    fd_close: sig([I], [I]),
+    fd_seek: sig([I, 'i64', I, I], [I]),
+    fd_prestat_get: sig([I, I], [I]),
+    fd_prestat_dir_name: sig([I, I, I], [I]),
+    fd_fdstat_get: sig([I, I], [I]),
+    proc_exit: sig([I]),
+    sched_yield: sig([], [I]),
+  },
+};
+
+export interface LoadedGuest {
+  original: Uint8Array;
+  instrumented: InstrumentedModule;
+  compiled: WebAssembly.Module;
+}
+
+export function checkAbi(mod: InstrumentedModule): void {
+  for (const imp of mod.imports) {
+    const expected = ABI_IMPORTS[imp.module]?.[imp.name];
+    if (expected === undefined) {
+      throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name}, which is not in the ftvm guest ABI v1 (see docs/GUEST_ABI.md)`);
+    }
+    if (expected !== imp.signature) {
+      throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name} as ${imp.signature}; the ABI defines it as ${expected}`);
+    }
+  }
+  if (!mod.exports.includes('ftvm_step') && !mod.exports.includes('_start')) {
+    throw new FtvmError('FTVM_ERR_ABI_EXPORT', 'the guest exports neither ftvm_step (reactor) nor _start (WASI command)');
+  }
+}
+
+export function loadGuest(original: Uint8Array, maxCallDepth?: number): LoadedGuest {
+  const instrumented = instrument(original, maxCallDepth === undefined ? {} : { maxCallDepth });
+  checkAbi(instrumented);
+  let compiled: WebAssembly.Module;
+  try {
+    compiled = compileGuest(instrumented.binary);
+  } catch (err) {
+    throw new FtvmError('FTVM_ERR_INVALID_MODULE', `the guest does not compile: ${(err as Error).message}`, { cause: err });
+  }
+  return { original, instrumented, compiled };
+}

@@ -1,0 +1,801 @@
+/**
+ * The deterministic machine: one instrumented guest instance, its devices, and the two modes of the
+ * VMM that drives it.
+ *
+ * - record: the guest runs freely; every nondeterministic event becomes a log entry (sink.entry) and
+ *   every output is reported with the sequence number of its own entry (sink.output).
+ * - replay: the guest consumes a log; it stops at exactly each delivery's instruction number, gets every
+ *   host-call result from the log, never runs past what the log grants, and checks each host call and
+ *   output against the entry it meets (else DeterminismViolation).
+ *
+ * The machine is synchronous and single-threaded; the vCPU worker (vcpu-worker.ts) runs it off the I/O
+ * thread. Blocking (waiting for input or for more log) is delegated to the RecordEnv / ReplaySource.
+ */
+import { createHash } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { crc32 } from 'node:zlib';
+import { DeterminismViolation, FtvmError, GuestTrap, assert } from '../util/errors.js';
+import {
+  EntryType,
+  describeEntry,
+  isAsync,
+  type AsyncEntry,
+  type HaltKind,
+  type LogEntry,
+  type OutputEntry,
+} from '../log/entry.js';
+import type { VmConfig } from '../log/recording.js';
+import { ConnState, Devices, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
+import { DEPTH_GLOBAL, FUEL_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrument.js';
+import { makeWasiImports } from './wasi.js';
+
+export const PAGE_BYTES = 65536;
+export const DEFAULT_SLICE_UNITS = 2_000_000;
+export const MAX_RANDOM_BYTES = 65536;
+const MAX_PENDING_INPUTS = 1024;
+
+export interface NicInput {
+  kind: 'open' | 'data' | 'close';
+  conn: number;
+  data?: Uint8Array;
+}
+
+/** Sources of nondeterminism and of input for record mode. */
+export interface RecordEnv {
+  nowNs(clock: number): bigint;
+  /** Monotonic milliseconds, for timer deadlines. */
+  nowMs(): number;
+  randomFill(buf: Uint8Array): void;
+  /** Up to `max` inputs ready now. `count` is the guest's instruction number. */
+  takeInputs(count: number, max: number): NicInput[];
+  /** Guest idle with nothing to deliver: block until input may be ready or `deadlineMs`. False = stop the run. */
+  waitForWork(count: number, deadlineMs: number | undefined): boolean;
+  /** Instructions between polls for input while the guest computes. */
+  readonly sliceUnits: number;
+  /** Optional hook at each checkpoint (after deliveries): lag control may block here. */
+  atCheckpoint?(count: number): void;
+}
+
+/** The log a replaying machine consumes. */
+export interface ReplaySource {
+  /** The entry `i` places after the head, if held. */
+  peek(i: number): LogEntry | undefined;
+  shift(): LogEntry | undefined;
+  /** Highest instruction number the primary is known to have reached (its entries and heartbeats). */
+  grantedUpTo(): number;
+  /** Block until more entries or a higher grant are held. False: nothing more will come. */
+  waitForMore(): boolean;
+}
+
+export interface GuestOutput {
+  /** Sequence number of the output's own log entry (the output rule waits for its ACK). */
+  seq: number;
+  n: number;
+  kind: 'net' | 'close' | 'console';
+  conn: number;
+  fd: number;
+  data: Uint8Array;
+}
+
+export interface MachineSink {
+  entry(e: LogEntry, seq: number): void;
+  output(o: GuestOutput): void;
+}
+
+export interface HaltInfo {
+  kind: HaltKind;
+  code: number;
+  message: string;
+  n: number;
+}
+
+export type RunResult =
+  | { state: 'halted'; count: number; halt: HaltInfo }
+  | { state: 'stopped'; count: number }
+  | { state: 'starved'; count: number; midStep: boolean };
+
+export interface Snapshot {
+  count: number;
+  memory: Uint8Array;
+  globals: Array<number | bigint>;
+  devices: DeviceState;
+  stepAgain: boolean;
+  booted: boolean;
+  /** Entries logged (record) or consumed (replay) before this point. */
+  seq: number;
+}
+
+class GuestExit extends Error {
+  constructor(readonly code: number) {
+    super(`guest exited with code ${code}`);
+  }
+}
+
+/** Internal: unwinds the guest when a replay log ends mid-step. */
+class ReplayStarved extends Error {
+  constructor(readonly count: number) {
+    super('replay log ended');
+  }
+}
+
+let tierFlagsSet = false;
+/** Compile guests with the optimizing tier only: Node 20 has no OSR for wasm (DESIGN.md §3). */
+export function compileGuest(binary: Uint8Array): WebAssembly.Module {
+  if (!tierFlagsSet) {
+    setFlagsFromString('--no-liftoff');
+    tierFlagsSet = true;
+  }
+  return new WebAssembly.Module(binary);
+}
+
+export interface MachineOptions {
+  instrumented: InstrumentedModule;
+  /** Compiled instrumented module; compiled from `instrumented.binary` when absent. */
+  compiled?: WebAssembly.Module;
+  config: VmConfig;
+  sink: MachineSink;
+  mode: 'record' | 'replay';
+  env?: RecordEnv;
+  source?: ReplaySource;
+}
+
+export class Machine {
+  readonly config: VmConfig;
+  readonly instrumented: InstrumentedModule;
+  mode: 'record' | 'replay';
+  private env: RecordEnv | undefined;
+  private source: ReplaySource | undefined;
+  private readonly sink: MachineSink;
+  private readonly instance: WebAssembly.Instance;
+  private readonly memory: WebAssembly.Memory;
+  private readonly fuel: WebAssembly.Global;
+  private readonly depth: WebAssembly.Global;
+  private readonly globals: WebAssembly.Global[];
+  readonly devices = new Devices();
+
+  private budgetEnd = 0;
+  private seq = 0;
+  private booted = false;
+  private stepAgain = false;
+  private inStep = false;
+  /** Set when a replay log ended mid-step: the instance's stack was unwound and it cannot continue. */
+  private broken = false;
+  halted: HaltInfo | null = null;
+  private pending: NicInput[] = [];
+  private memBytes!: Uint8Array;
+  private memView!: DataView;
+
+  constructor(opts: MachineOptions) {
+    this.config = opts.config;
+    this.instrumented = opts.instrumented;
+    this.mode = opts.mode;
+    this.env = opts.env;
+    this.source = opts.source;
+    this.sink = opts.sink;
+    if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
+    if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
+    const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
+    this.instance = new WebAssembly.Instance(compiled, this.imports());
+    const ex = this.instance.exports;
+    this.memory = ex[MEMORY_EXPORT] as WebAssembly.Memory;
+    this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
+    this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
+    this.globals = opts.instrumented.globalExports.map((n) => ex[n] as WebAssembly.Global);
+    if (typeof ex.ftvm_step !== 'function' && typeof ex._start !== 'function') {
+      throw new FtvmError('FTVM_ERR_ABI_EXPORT', 'the guest exports neither ftvm_step (reactor) nor _start (WASI command)');
+    }
+    this.refreshMemory();
+    this.setBudgetEnd(0);
+  }
+
+  // ------------------------------------------------------------------ counting
+
+  /** The guest's instruction number. Exact whenever the guest is stopped in a host call or idle. */
+  get count(): number {
+    return this.budgetEnd - Number(this.fuel.value as bigint);
+  }
+
+  private setBudgetEnd(end: number): void {
+    const n = this.count;
+    assert(end >= n, `budget end ${end} behind count ${n}`);
+    this.budgetEnd = end;
+    this.fuel.value = BigInt(end - n);
+  }
+
+  get entriesSeen(): number {
+    return this.seq;
+  }
+
+  get isIdle(): boolean {
+    return !this.inStep;
+  }
+
+  private refreshMemory(): void {
+    this.memBytes = new Uint8Array(this.memory.buffer);
+    this.memView = new DataView(this.memory.buffer);
+  }
+
+  private mem(): Uint8Array {
+    if (this.memBytes.byteLength === 0 || this.memBytes.buffer !== this.memory.buffer) this.refreshMemory();
+    return this.memBytes;
+  }
+
+  private view(): DataView {
+    this.mem();
+    return this.memView;
+  }
+
+  /** Guest memory [ptr, ptr+len), checked: an out-of-bounds pair traps the guest deterministically. */
+  guestBytes(ptr: number, len: number, what: string): Uint8Array {
+    const m = this.mem();
+    ptr >>>= 0;
+    len >>>= 0;
+    if (ptr + len > m.length) throw new GuestTrap(badGuestPointer(what, ptr, len, m.length).message, this.count);
+    return m.subarray(ptr, ptr + len);
+  }
+
+  guestView(): DataView {
+    return this.view();
+  }
+
+  // ------------------------------------------------------------------ log plumbing
+
+  private emit(e: LogEntry): number {
+    const seq = this.seq++;
+    this.sink.entry(e, seq);
+    return seq;
+  }
+
+  private violation(detail: string, e: LogEntry | undefined): never {
+    const idx = this.seq;
+    throw new DeterminismViolation(
+      e ? `${detail}; the log has ${describeEntry(e)}` : detail,
+      e?.n ?? -1,
+      this.count,
+      idx,
+    );
+  }
+
+  /** Replay: the next entry, which must be a sync entry of `type` at the current count. Blocks for it. */
+  private expectSync<T extends LogEntry['type']>(type: T, what: string): Extract<LogEntry, { type: T }> {
+    const src = this.source!;
+    let e = src.peek(0);
+    while (e === undefined) {
+      if (!src.waitForMore()) throw new ReplayStarved(this.count);
+      e = src.peek(0);
+    }
+    const n = this.count;
+    if (e.type !== type || e.n !== n) this.violation(`the guest made ${what} at instruction ${n}`, e);
+    src.shift();
+    this.seq++;
+    return e as Extract<LogEntry, { type: T }>;
+  }
+
+  // ------------------------------------------------------------------ imports (the guest ABI)
+
+  private imports(): WebAssembly.Imports {
+    const self = this;
+    const ftvm = {
+      rx_ring(ptr: number, capacity: number): void {
+        const err = RxRing.validate(ptr >>> 0, capacity >>> 0, self.mem().length);
+        if (err !== undefined) throw new GuestTrap(`rx_ring: ${err}`, self.count);
+        self.devices.ring = new RxRing(ptr >>> 0, capacity >>> 0);
+      },
+      clock_now(clock: number): bigint {
+        if (clock !== 0 && clock !== 1) throw new GuestTrap(`clock_now: unknown clock ${clock}`, self.count);
+        return self.clockNow(clock);
+      },
+      random_fill(ptr: number, len: number): void {
+        if (len >>> 0 > MAX_RANDOM_BYTES) throw new GuestTrap(`random_fill: ${len >>> 0} bytes exceeds ${MAX_RANDOM_BYTES}`, self.count);
+        self.randomInto(self.guestBytes(ptr, len, 'random_fill'));
+      },
+      timer_set(id: number, delayMs: number): void {
+        if (id < 0 || id >= MAX_TIMERS) throw new GuestTrap(`timer_set: timer id ${id} outside [0, ${MAX_TIMERS})`, self.count);
+        if (delayMs < 0) throw new GuestTrap(`timer_set: negative delay ${delayMs}`, self.count);
+        const deadline = self.mode === 'record' ? self.env!.nowMs() + delayMs : Number.NaN;
+        self.devices.armTimer(id, delayMs, deadline);
+      },
+      timer_cancel(id: number): void {
+        if (id < 0 || id >= MAX_TIMERS) throw new GuestTrap(`timer_cancel: timer id ${id} outside [0, ${MAX_TIMERS})`, self.count);
+        self.devices.timers.delete(id);
+      },
+      console_write(ptr: number, len: number): void {
+        self.output('console', 0, 1, self.guestBytes(ptr, len, 'console_write'));
+      },
+      net_send(conn: number, ptr: number, len: number): number {
+        const data = self.guestBytes(ptr, len, 'net_send');
+        if (self.devices.conns.get(conn) !== ConnState.OPEN) return -1;
+        self.output('net', conn, 0, data);
+        return len;
+      },
+      net_close(conn: number): number {
+        if (!self.devices.conns.has(conn)) return -1;
+        self.devices.conns.delete(conn);
+        self.output('close', conn, 0, new Uint8Array(0));
+        return 0;
+      },
+    };
+    const env = {
+      abort(msg: number, file: number, line: number, col: number): void {
+        const text = self.readAsString(msg);
+        const where = self.readAsString(file);
+        throw new GuestTrap(`abort: ${text} at ${where}:${line}:${col}`, self.count);
+      },
+    };
+    const internal = {
+      budget(k: number, fuel: bigint): bigint {
+        // Make the global exact while the VMM works, then put back its call/return-boundary meaning.
+        const stale = self.fuel.value as bigint;
+        const endBefore = self.budgetEnd;
+        self.fuel.value = fuel;
+        self.onBudget(k);
+        const fresh = self.fuel.value as bigint;
+        self.fuel.value = stale + BigInt(self.budgetEnd - endBefore);
+        return fresh;
+      },
+      depth_exceeded(): void {
+        throw new GuestTrap(`call depth exceeded (limit ${self.instrumented.maxCallDepth})`, self.count);
+      },
+      memory_grow(delta: number): number {
+        return self.memoryGrow(delta >>> 0);
+      },
+    };
+    const wasi = makeWasiImports(this);
+    const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal };
+    return imports;
+  }
+
+  /** Reads an AssemblyScript string (UTF-16, byte length at ptr-4) for abort messages; never throws. */
+  private readAsString(ptr: number): string {
+    try {
+      if (ptr === 0) return '';
+      const m = this.mem();
+      const len = new DataView(m.buffer).getUint32(ptr - 4, true);
+      if (len > 4096 || ptr + len > m.length) return '?';
+      return Buffer.from(m.subarray(ptr, ptr + len)).toString('utf16le');
+    } catch {
+      return '?';
+    }
+  }
+
+  clockNow(clock: number): bigint {
+    if (this.mode === 'record') {
+      const v = this.env!.nowNs(clock);
+      this.emit({ type: EntryType.CLOCK, n: this.count, clock, valueNs: v });
+      return v;
+    }
+    const e = this.expectSync(EntryType.CLOCK, `a clock read (clock ${clock})`);
+    if (e.clock !== clock) this.violation(`clock ${clock} read where the log has clock ${e.clock}`, e);
+    return e.valueNs;
+  }
+
+  randomInto(dst: Uint8Array): void {
+    if (this.mode === 'record') {
+      const bytes = new Uint8Array(dst.length);
+      this.env!.randomFill(bytes);
+      dst.set(bytes);
+      this.emit({ type: EntryType.RANDOM, n: this.count, bytes });
+      return;
+    }
+    const e = this.expectSync(EntryType.RANDOM, `a request for ${dst.length} random bytes`);
+    if (e.bytes.length !== dst.length) this.violation(`${dst.length} random bytes requested`, e);
+    dst.set(e.bytes);
+  }
+
+  private memoryGrow(delta: number): number {
+    const pages = this.memory.buffer.byteLength / PAGE_BYTES;
+    if (this.mode === 'record') {
+      let result = -1;
+      if (pages + delta <= this.config.memoryMaxPages) {
+        try {
+          result = this.memory.grow(delta);
+        } catch {
+          result = -1;
+        }
+      }
+      this.refreshMemory();
+      this.emit({ type: EntryType.MEMGROW, n: this.count, deltaPages: delta, result });
+      return result;
+    }
+    const e = this.expectSync(EntryType.MEMGROW, `memory.grow(${delta})`);
+    if (e.deltaPages !== delta) this.violation(`memory.grow(${delta})`, e);
+    if (e.result >= 0) {
+      let r: number;
+      try {
+        r = this.memory.grow(delta);
+      } catch (err) {
+        throw new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', `replay cannot grow guest memory by ${delta} pages (the primary could): ${(err as Error).message}`);
+      }
+      this.refreshMemory();
+      if (r !== e.result) this.violation(`memory.grow(${delta}) returned ${r}`, e);
+    }
+    return e.result;
+  }
+
+  /** An output of the guest: logged (record) or checked and suppressed (replay). */
+  output(kind: GuestOutput['kind'], conn: number, fd: number, bytes: Uint8Array): void {
+    const n = this.count;
+    const data = new Uint8Array(bytes); // copy: guest memory changes
+    let entry: OutputEntry;
+    const hash = crc32(data) >>> 0;
+    if (kind === 'net') entry = { type: EntryType.OUT_NET, n, conn, len: data.length, hash };
+    else if (kind === 'close') entry = { type: EntryType.OUT_CLOSE, n, conn };
+    else entry = { type: EntryType.OUT_CONSOLE, n, fd, len: data.length, hash };
+    let seq: number;
+    if (this.mode === 'record') {
+      seq = this.emit(entry);
+    } else {
+      seq = this.seq;
+      const e = this.expectSync(entry.type, `an output (${describeEntry(entry)})`);
+      const same =
+        (e.type === EntryType.OUT_NET && entry.type === EntryType.OUT_NET && e.conn === entry.conn && e.len === entry.len && e.hash === entry.hash) ||
+        (e.type === EntryType.OUT_CLOSE && entry.type === EntryType.OUT_CLOSE && e.conn === entry.conn) ||
+        (e.type === EntryType.OUT_CONSOLE && entry.type === EntryType.OUT_CONSOLE && e.fd === entry.fd && e.len === entry.len && e.hash === entry.hash);
+      if (!same) this.violation(`the guest produced ${describeEntry(entry)}`, e);
+    }
+    this.sink.output({ seq, n, kind, conn, fd, data });
+  }
+
+  // ------------------------------------------------------------------ budget checkpoints
+
+  private onBudget(k: number): void {
+    if (this.mode === 'record') {
+      const env = this.env!;
+      this.deliverRecorded(false);
+      env.atCheckpoint?.(this.count);
+      this.setBudgetEnd(this.count + Math.max(env.sliceUnits, k));
+      return;
+    }
+    this.replayCheckpoint(k);
+  }
+
+  /** Replay at a checkpoint: deliver what the log delivered here, then grant as far as the log allows. */
+  private replayCheckpoint(k: number): void {
+    const src = this.source!;
+    for (;;) {
+      const n = this.count;
+      const head = src.peek(0);
+      if (head !== undefined && isAsync(head) && !head.idle && head.n === n) {
+        this.applyDelivery(head);
+        continue;
+      }
+      if (head !== undefined && head.n <= n && head.type !== EntryType.HALT) {
+        // Anything else still at or before this point means divergence: the primary was idle here, or
+        // made a host call the replica skipped. (A HALT's number is the trap's last call boundary, which
+        // the replica may not have passed yet.)
+        this.violation(`the guest is computing at instruction ${n}`, head);
+      }
+      const limit = this.replayLimit();
+      if (limit >= n + k) {
+        this.setBudgetEnd(limit);
+        return;
+      }
+      if (!src.waitForMore()) throw new ReplayStarved(n);
+    }
+  }
+
+  /** How far the replica may run: to the next checkpoint delivery, and never past what the log grants. */
+  private replayLimit(): number {
+    const src = this.source!;
+    let limit = src.grantedUpTo();
+    for (let i = 0; ; i++) {
+      const e = src.peek(i);
+      if (e === undefined) return limit;
+      if (e.type === EntryType.HALT) return Number.MAX_SAFE_INTEGER; // run to the trap, wherever it is
+      if (isAsync(e) || e.type === EntryType.STATE_HASH) return e.n;
+      if (e.n > limit) limit = e.n;
+    }
+  }
+
+  // ------------------------------------------------------------------ deliveries
+
+  /** Record mode: moves due timers and pending input into the ring, logging each delivery. */
+  private deliverRecorded(idle: boolean): number {
+    const env = this.env!;
+    const ring = this.devices.ring;
+    let delivered = 0;
+    if (ring === null) return 0;
+    const mem = this.view();
+    const bytes = this.mem();
+    if (this.devices.timers.size > 0) {
+      for (const id of this.devices.dueTimers(env.nowMs())) {
+        if (!ring.write(mem, bytes, RecordType.TIMER, id)) return delivered;
+        this.devices.timers.delete(id);
+        this.emit({ type: EntryType.TIMER, n: this.count, idle, timer: id });
+        delivered++;
+      }
+    }
+    if (this.pending.length < MAX_PENDING_INPUTS) {
+      const more = env.takeInputs(this.count, MAX_PENDING_INPUTS - this.pending.length);
+      for (const i of more) this.pending.push(i);
+    }
+    while (this.pending.length > 0) {
+      const input = this.pending[0]!;
+      const state = this.devices.conns.get(input.conn);
+      if (input.kind === 'open') {
+        if (state !== undefined) {
+          this.pending.shift(); // a duplicate open of a live id: the driver's bug; never reaches the guest
+          continue;
+        }
+        if (!ring.write(mem, bytes, RecordType.OPEN, input.conn)) break;
+        this.devices.conns.set(input.conn, ConnState.OPEN);
+        this.emit({ type: EntryType.NIC_OPEN, n: this.count, idle, conn: input.conn });
+      } else if (input.kind === 'data') {
+        const data = input.data ?? new Uint8Array(0);
+        if (state !== ConnState.OPEN || data.length === 0) {
+          this.pending.shift(); // the guest closed it (or the peer did): input for it is dropped
+          continue;
+        }
+        const free = ring.free(mem);
+        const room = free - 12;
+        if (room < Math.min(data.length, 64)) break; // wait for the guest to make room
+        const take = Math.min(data.length, room & ~3);
+        const chunk = data.subarray(0, take);
+        const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
+        assert(ok, 'ring had room for the chunk');
+        this.emit({ type: EntryType.NIC_DATA, n: this.count, idle, conn: input.conn, data: new Uint8Array(chunk) });
+        if (take < data.length) {
+          input.data = data.subarray(take);
+          delivered++;
+          break;
+        }
+      } else {
+        if (state !== ConnState.OPEN) {
+          this.pending.shift();
+          continue;
+        }
+        if (!ring.write(mem, bytes, RecordType.CLOSE, input.conn)) break;
+        this.devices.conns.set(input.conn, ConnState.PEER_CLOSED);
+        this.emit({ type: EntryType.NIC_CLOSE, n: this.count, idle, conn: input.conn });
+      }
+      this.pending.shift();
+      delivered++;
+    }
+    return delivered;
+  }
+
+  /** Replay: performs a logged delivery; it must be possible exactly as it was on the primary. */
+  private applyDelivery(e: AsyncEntry): void {
+    const ring = this.devices.ring;
+    if (ring === null) this.violation('a delivery, but the guest has no receive ring', e);
+    const mem = this.view();
+    const bytes = this.mem();
+    let ok: boolean;
+    switch (e.type) {
+      case EntryType.TIMER:
+        if (!this.devices.timers.has(e.timer)) this.violation(`timer ${e.timer} fired but is not armed`, e);
+        ok = ring.write(mem, bytes, RecordType.TIMER, e.timer);
+        if (ok) this.devices.timers.delete(e.timer);
+        break;
+      case EntryType.NIC_OPEN:
+        if (this.devices.conns.has(e.conn)) this.violation(`connection ${e.conn} opened twice`, e);
+        ok = ring.write(mem, bytes, RecordType.OPEN, e.conn);
+        if (ok) this.devices.conns.set(e.conn, ConnState.OPEN);
+        break;
+      case EntryType.NIC_DATA:
+        if (this.devices.conns.get(e.conn) !== ConnState.OPEN) this.violation(`data for connection ${e.conn}, which is not open`, e);
+        ok = ring.write(mem, bytes, RecordType.DATA, e.conn, e.data);
+        break;
+      case EntryType.NIC_CLOSE:
+        if (this.devices.conns.get(e.conn) !== ConnState.OPEN) this.violation(`close of connection ${e.conn}, which is not open`, e);
+        ok = ring.write(mem, bytes, RecordType.CLOSE, e.conn);
+        if (ok) this.devices.conns.set(e.conn, ConnState.PEER_CLOSED);
+        break;
+    }
+    if (!ok) this.violation('the receive ring has no room for a delivery', e);
+    this.source!.shift();
+    this.seq++;
+  }
+
+  // ------------------------------------------------------------------ running
+
+  /**
+   * Runs until the guest halts, the record env asks to stop, or (replay) the log is exhausted.
+   * Throws DeterminismViolation on divergence, FtvmError for VMM-level failures.
+   */
+  run(): RunResult {
+    if (this.broken) throw new FtvmError('FTVM_ERR_REPLAY_STARVED', 'this machine was unwound when its log ended mid-step; restore a snapshot to continue');
+    try {
+      if (!this.booted) {
+        this.booted = true;
+        this.boot();
+      }
+      for (;;) {
+        if (this.halted) return { state: 'halted', count: this.count, halt: this.halted };
+        const r = this.mode === 'record' ? this.idleRecord() : this.idleReplay();
+        if (r !== undefined) return r;
+      }
+    } catch (err) {
+      if (err instanceof ReplayStarved) {
+        this.broken = this.inStep;
+        const midStep = this.inStep;
+        this.inStep = false;
+        return { state: 'starved', count: err.count, midStep };
+      }
+      throw err;
+    }
+  }
+
+  private boot(): void {
+    const ex = this.instance.exports;
+    if (this.instrumented.hasStart) this.callGuest(ex[START_EXPORT] as () => void);
+    if (!this.halted && typeof ex.ftvm_init === 'function') this.callGuest(ex.ftvm_init as () => void);
+    if (!this.halted && typeof ex._start === 'function' && typeof ex.ftvm_step !== 'function') {
+      this.callGuest(ex._start as () => void);
+      if (!this.halted) this.halt('exit', 0, '');
+    }
+  }
+
+  /** One idle round in record mode; returns a result when the run should end. */
+  private idleRecord(): RunResult | undefined {
+    const delivered = this.deliverRecorded(true);
+    if (delivered > 0 || this.stepAgain) {
+      this.step();
+      return undefined;
+    }
+    if (!this.env!.waitForWork(this.count, this.devices.nextDeadlineMs())) return { state: 'stopped', count: this.count };
+    return undefined;
+  }
+
+  /** One idle round in replay: deliver this idle point's entries, then step if the primary did. */
+  private idleReplay(): RunResult | undefined {
+    const src = this.source!;
+    let delivered = 0;
+    for (;;) {
+      const n = this.count;
+      const head = src.peek(0);
+      if (head !== undefined && head.n === n && isAsync(head) && head.idle) {
+        this.applyDelivery(head);
+        delivered++;
+        continue;
+      }
+      if (head !== undefined && head.n === n && head.type === EntryType.STATE_HASH) {
+        const mine = this.stateHash();
+        if (!Buffer.from(mine).equals(Buffer.from(head.hash))) this.violation(`state hash ${Buffer.from(mine).toString('hex')} differs`, head);
+        src.shift();
+        this.seq++;
+        continue;
+      }
+      const primaryMovedOn = head !== undefined || src.grantedUpTo() > n;
+      if (primaryMovedOn) {
+        if (delivered > 0 || this.stepAgain) {
+          this.step();
+          return undefined;
+        }
+        if (head !== undefined) this.violation(`the guest is idle at instruction ${n}`, head);
+        // Only a grant beyond n, with no entry: the primary stepped without a delivery we hold. Wait.
+      }
+      if (!src.waitForMore()) return { state: 'starved', count: n, midStep: false };
+    }
+  }
+
+  private step(): void {
+    const ex = this.instance.exports;
+    const fn = ex.ftvm_step as () => number;
+    if (this.mode === 'record') this.setBudgetEnd(this.count + this.env!.sliceUnits);
+    else this.setBudgetEnd(Math.max(this.count, this.replayLimit()));
+    const r = this.callGuest(fn);
+    this.stepAgain = !this.halted && r !== 0;
+  }
+
+  private callGuest(fn: () => number | void): number {
+    this.inStep = true;
+    try {
+      const r = fn();
+      return typeof r === 'number' ? r : 0;
+    } catch (err) {
+      if (err instanceof GuestExit) {
+        this.halt('exit', err.code, '');
+      } else if (err instanceof GuestTrap) {
+        this.halt('trap', 0, err.message.replace(/^guest trapped at instruction \d+: /, ''));
+      } else if (err instanceof WebAssembly.RuntimeError) {
+        this.halt('trap', 0, err.message);
+      } else if (err instanceof RangeError && /call stack/i.test(err.message)) {
+        throw new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', 'the host stack overflowed before the guest call-depth limit; raise the worker stack size or lower maxCallDepth', { cause: err });
+      } else {
+        throw err;
+      }
+      return 0;
+    } finally {
+      this.inStep = false;
+      this.depth.value = 0;
+    }
+  }
+
+  private halt(kind: HaltKind, code: number, message: string): void {
+    const n = this.count;
+    if (this.mode === 'record') {
+      this.emit({ type: EntryType.HALT, n, kind, code, message });
+    } else {
+      const e = this.expectSync(EntryType.HALT, `a halt (${kind} ${code}: ${message})`);
+      if (e.kind !== kind || e.code !== code || e.message !== message) this.violation(`the guest halted (${kind} ${code}: ${message})`, e);
+    }
+    this.halted = { kind, code, message, n };
+  }
+
+  /** Throws from a host call to end the guest (WASI proc_exit). */
+  exit(code: number): never {
+    throw new GuestExit(code);
+  }
+
+  /** Record mode: logs the state hash at this idle point (the replica checks it when it gets here). */
+  logStateHash(): Uint8Array {
+    assert(this.mode === 'record' && !this.inStep, 'state hashes are logged by the recorder at idle points');
+    const hash = this.stateHash();
+    this.emit({ type: EntryType.STATE_HASH, n: this.count, hash });
+    return hash;
+  }
+
+  // ------------------------------------------------------------------ state
+
+  /** SHA-256 over the instruction count, memory, mutable globals and deterministic device state. */
+  stateHash(): Uint8Array {
+    const h = createHash('sha256');
+    const head = Buffer.alloc(16);
+    head.writeBigUInt64LE(BigInt(this.count), 0);
+    head.writeUInt32LE(this.halted ? 1 : 0, 8);
+    head.writeUInt32LE(this.stepAgain ? 1 : 0, 12);
+    h.update(head);
+    h.update(this.mem());
+    const g = Buffer.alloc(8 * this.globals.length);
+    this.globals.forEach((gl, i) => {
+      const v = gl.value as number | bigint;
+      if (typeof v === 'bigint') g.writeBigUInt64LE(BigInt.asUintN(64, v), i * 8);
+      else g.writeDoubleLE(v, i * 8);
+    });
+    h.update(g);
+    h.update(this.devices.hashBytes());
+    return h.digest();
+  }
+
+  /** A snapshot at an idle point. */
+  snapshot(): Snapshot {
+    assert(!this.inStep, 'snapshots are taken at idle points');
+    assert(!this.broken, 'cannot snapshot an unwound machine');
+    return {
+      count: this.count,
+      memory: new Uint8Array(this.mem()),
+      globals: this.globals.map((g) => g.value as number | bigint),
+      devices: this.devices.save(),
+      stepAgain: this.stepAgain,
+      booted: this.booted,
+      seq: this.seq,
+    };
+  }
+
+  /** Loads a snapshot into this (fresh, not yet run) machine. */
+  restore(s: Snapshot): void {
+    assert(!this.booted && this.count === 0, 'restore into a fresh machine');
+    const have = this.memory.buffer.byteLength;
+    if (s.memory.length % PAGE_BYTES !== 0 || s.memory.length < have) {
+      throw new FtvmError('FTVM_ERR_SNAPSHOT', `snapshot memory of ${s.memory.length} bytes does not fit this module (initial ${have})`);
+    }
+    if (s.memory.length > have) this.memory.grow((s.memory.length - have) / PAGE_BYTES);
+    this.refreshMemory();
+    this.memBytes.set(s.memory);
+    if (s.globals.length !== this.globals.length) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'snapshot global count does not match the module');
+    s.globals.forEach((v, i) => {
+      this.globals[i]!.value = v;
+    });
+    this.devices.load(s.devices);
+    this.stepAgain = s.stepAgain;
+    this.booted = s.booted;
+    this.seq = s.seq;
+    this.budgetEnd = s.count;
+    this.fuel.value = 0n;
+  }
+
+  /** Switches a replaying machine to recording (go-live). Only at an idle point. */
+  goLive(env: RecordEnv): void {
+    assert(this.mode === 'replay' && !this.inStep, 'go-live happens at an idle point of a replica');
+    this.mode = 'record';
+    this.env = env;
+    this.source = undefined;
+    const now = env.nowMs();
+    for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
+  }
+
+  get memoryBytes(): number {
+    return this.memory.buffer.byteLength;
+  }
+}
