@@ -32,6 +32,7 @@ import { makeWasiImports } from './wasi.js';
 export const PAGE_BYTES = 65536;
 export const DEFAULT_SLICE_UNITS = 2_000_000;
 export const MAX_RANDOM_BYTES = 65536;
+export const MAX_OUTPUT_BYTES = 1024 * 1024;
 const MAX_PENDING_INPUTS = 1024;
 
 export interface NicInput {
@@ -100,6 +101,7 @@ export interface Snapshot {
   globals: Array<number | bigint>;
   devices: DeviceState;
   stepAgain: boolean;
+  deliveredInStep: boolean;
   booted: boolean;
   /** Entries logged (record) or consumed (replay) before this point. */
   seq: number;
@@ -158,6 +160,8 @@ export class Machine {
   private booted = false;
   private stepAgain = false;
   private inStep = false;
+  /** A checkpoint delivery happened during the current/last step: the guest gets another step. */
+  private deliveredInStep = false;
   /** Set when a replay log ended mid-step: the instance's stack was unwound and it cannot continue. */
   private broken = false;
   halted: HaltInfo | null = null;
@@ -300,9 +304,11 @@ export class Machine {
         self.devices.timers.delete(id);
       },
       console_write(ptr: number, len: number): void {
+        if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`console_write: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
         self.output('console', 0, 1, self.guestBytes(ptr, len, 'console_write'));
       },
       net_send(conn: number, ptr: number, len: number): number {
+        if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`net_send: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
         const data = self.guestBytes(ptr, len, 'net_send');
         if (self.devices.conns.get(conn) !== ConnState.OPEN) return -1;
         self.output('net', conn, 0, data);
@@ -441,7 +447,7 @@ export class Machine {
   private onBudget(k: number): void {
     if (this.mode === 'record') {
       const env = this.env!;
-      this.deliverRecorded(false);
+      if (this.deliverRecorded(false) > 0) this.deliveredInStep = true;
       env.atCheckpoint?.(this.count);
       this.setBudgetEnd(this.count + Math.max(env.sliceUnits, k));
       return;
@@ -457,6 +463,7 @@ export class Machine {
       const head = src.peek(0);
       if (head !== undefined && isAsync(head) && !head.idle && head.n === n) {
         this.applyDelivery(head);
+        this.deliveredInStep = true;
         continue;
       }
       if (head !== undefined && head.n <= n && head.type !== EntryType.HALT) {
@@ -619,6 +626,7 @@ export class Machine {
   private boot(): void {
     const ex = this.instance.exports;
     if (this.instrumented.hasStart) this.callGuest(ex[START_EXPORT] as () => void);
+    if (!this.halted && typeof ex._initialize === 'function') this.callGuest(ex._initialize as () => void);
     if (!this.halted && typeof ex.ftvm_init === 'function') this.callGuest(ex.ftvm_init as () => void);
     if (!this.halted && typeof ex._start === 'function' && typeof ex.ftvm_step !== 'function') {
       this.callGuest(ex._start as () => void);
@@ -629,7 +637,7 @@ export class Machine {
   /** One idle round in record mode; returns a result when the run should end. */
   private idleRecord(): RunResult | undefined {
     const delivered = this.deliverRecorded(true);
-    if (delivered > 0 || this.stepAgain) {
+    if (delivered > 0 || this.stepAgain || this.deliveredInStep) {
       this.step();
       return undefined;
     }
@@ -658,7 +666,7 @@ export class Machine {
       }
       const primaryMovedOn = head !== undefined || src.grantedUpTo() > n;
       if (primaryMovedOn) {
-        if (delivered > 0 || this.stepAgain) {
+        if (delivered > 0 || this.stepAgain || this.deliveredInStep) {
           this.step();
           return undefined;
         }
@@ -674,6 +682,7 @@ export class Machine {
     const fn = ex.ftvm_step as () => number;
     if (this.mode === 'record') this.setBudgetEnd(this.count + this.env!.sliceUnits);
     else this.setBudgetEnd(Math.max(this.count, this.replayLimit()));
+    this.deliveredInStep = false;
     const r = this.callGuest(fn);
     this.stepAgain = !this.halted && r !== 0;
   }
@@ -734,7 +743,7 @@ export class Machine {
     const head = Buffer.alloc(16);
     head.writeBigUInt64LE(BigInt(this.count), 0);
     head.writeUInt32LE(this.halted ? 1 : 0, 8);
-    head.writeUInt32LE(this.stepAgain ? 1 : 0, 12);
+    head.writeUInt32LE((this.stepAgain ? 1 : 0) | (this.deliveredInStep ? 2 : 0), 12);
     h.update(head);
     h.update(this.mem());
     const g = Buffer.alloc(8 * this.globals.length);
@@ -758,6 +767,7 @@ export class Machine {
       globals: this.globals.map((g) => g.value as number | bigint),
       devices: this.devices.save(),
       stepAgain: this.stepAgain,
+      deliveredInStep: this.deliveredInStep,
       booted: this.booted,
       seq: this.seq,
     };
@@ -779,6 +789,7 @@ export class Machine {
     });
     this.devices.load(s.devices);
     this.stepAgain = s.stepAgain;
+    this.deliveredInStep = s.deliveredInStep;
     this.booted = s.booted;
     this.seq = s.seq;
     this.budgetEnd = s.count;

@@ -1,0 +1,87 @@
+/**
+ * Messages between the I/O thread and the vCPU worker.
+ *
+ * I/O thread → worker: binary messages in a SharedQueue (the worker polls it at budget checkpoints, so
+ * input reaches a computing guest; and blocks on it when idle). Tag byte first:
+ *   1 OPEN u32 conn · 2 DATA u32 conn, bytes · 3 CLOSE u32 conn     (record: client input)
+ *   10 LOG batch bytes · 11 GRANT f64 n · 12 END_OF_LOG              (replay: the log)
+ *   20 STOP · 21 STATE_HASH (record: log a state hash at the next idle point)
+ *
+ * Worker → I/O thread: postMessage of WorkerEvent objects; the worker's instruction count and entry
+ * count are also published in a shared Float64Array for cheap status reads.
+ */
+import type { ScheduledInput } from './env.js';
+import type { VmConfig } from '../log/recording.js';
+import type { InstrumentedModule } from './instrument.js';
+import type { HaltInfo } from './machine.js';
+
+export const Tag = {
+  OPEN: 1,
+  DATA: 2,
+  CLOSE: 3,
+  LOG: 10,
+  GRANT: 11,
+  END_OF_LOG: 12,
+  STOP: 20,
+  STATE_HASH: 21,
+} as const;
+
+export const STATUS_COUNT = 0;
+export const STATUS_SEQ = 1;
+export const STATUS_IDLE = 2;
+export const STATUS_SLOTS = 4;
+
+export type EnvSpec =
+  | { kind: 'live' }
+  | { kind: 'scripted'; inputs: ScheduledInput[]; seed: number };
+
+export interface WorkerInit {
+  mode: 'record' | 'replay';
+  instrumented: InstrumentedModule;
+  config: VmConfig;
+  queue: SharedArrayBuffer;
+  status: SharedArrayBuffer;
+  env: EnvSpec;
+  sliceUnits: number;
+  /** Record: log a state hash at an idle point at most this often (0 = only on request / at the end). */
+  stateHashIntervalMs: number;
+}
+
+export interface WireOutput {
+  seq: number;
+  n: number;
+  kind: 'net' | 'close' | 'console';
+  conn: number;
+  fd: number;
+  data: Uint8Array;
+}
+
+export type WorkerEvent =
+  | { t: 'ready' }
+  /** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
+  | { t: 'batch'; firstSeq: number; count: number; entries: Uint8Array; outputs: WireOutput[]; instructionNumber: number }
+  | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }
+  | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number };
+
+export function encodeInput(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): Uint8Array {
+  const tag = kind === 'open' ? Tag.OPEN : kind === 'data' ? Tag.DATA : Tag.CLOSE;
+  const out = new Uint8Array(5 + (data?.length ?? 0));
+  out[0] = tag;
+  new DataView(out.buffer).setUint32(1, conn, true);
+  if (data) out.set(data, 5);
+  return out;
+}
+
+export function encodeGrant(n: number): Uint8Array {
+  const out = new Uint8Array(9);
+  out[0] = Tag.GRANT;
+  new DataView(out.buffer).setFloat64(1, n, true);
+  return out;
+}
+
+export function encodeLog(batch: Uint8Array): Uint8Array {
+  const out = new Uint8Array(1 + batch.length);
+  out[0] = Tag.LOG;
+  out.set(batch, 1);
+  return out;
+}

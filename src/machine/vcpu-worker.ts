@@ -1,0 +1,225 @@
+/**
+ * The vCPU worker: runs one Machine on its own thread, so a guest computing for seconds never delays
+ * the I/O thread (heartbeats, sockets, the arbiter). See vcpu-protocol.ts for the messages.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { ByteWriter, decodeBatch, encodeBatch } from '../log/codec.js';
+import type { LogEntry } from '../log/entry.js';
+import { DeterminismViolation, FtvmError } from '../util/errors.js';
+import { SharedQueue } from '../util/shared-queue.js';
+import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
+import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
+import { STATUS_COUNT, STATUS_IDLE, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+
+const init = workerData as WorkerInit;
+const port = parentPort!;
+const queue = new SharedQueue(init.queue);
+const status = new Float64Array(init.status, 0, STATUS_SLOTS);
+const post = (e: WorkerEvent, transfer: ArrayBuffer[] = []): void => port.postMessage(e, transfer);
+
+// ---------------------------------------------------------------- outbound batching
+let pendingEntries: LogEntry[] = [];
+let pendingOutputs: WireOutput[] = [];
+let firstSeq = 0;
+const writer = new ByteWriter(64 * 1024);
+let machine: Machine | undefined;
+
+function flush(): void {
+  if (pendingEntries.length === 0 && pendingOutputs.length === 0) return;
+  const entries = encodeBatch(pendingEntries, writer);
+  post(
+    { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0 },
+    [entries.buffer as ArrayBuffer],
+  );
+  firstSeq += pendingEntries.length;
+  pendingEntries = [];
+  pendingOutputs = [];
+}
+
+function publish(idle: boolean): void {
+  if (!machine) return;
+  status[STATUS_COUNT] = machine.count;
+  status[STATUS_SEQ] = machine.entriesSeen;
+  status[STATUS_IDLE] = idle ? 1 : 0;
+}
+
+// ---------------------------------------------------------------- inbound
+let stopRequested = false;
+let hashRequested = false;
+const inputs: NicInput[] = [];
+const log: LogEntry[] = [];
+let logHead = 0;
+let grant = 0;
+let endOfLog = false;
+
+function drainQueue(): void {
+  for (;;) {
+    const msg = queue.pop();
+    if (msg === undefined) return;
+    const tag = msg[0];
+    const dv = new DataView(msg.buffer, msg.byteOffset, msg.byteLength);
+    switch (tag) {
+      case Tag.OPEN:
+        inputs.push({ kind: 'open', conn: dv.getUint32(1, true) });
+        break;
+      case Tag.DATA:
+        inputs.push({ kind: 'data', conn: dv.getUint32(1, true), data: msg.subarray(5) });
+        break;
+      case Tag.CLOSE:
+        inputs.push({ kind: 'close', conn: dv.getUint32(1, true) });
+        break;
+      case Tag.LOG:
+        for (const e of decodeBatch(msg.subarray(1))) log.push(e);
+        break;
+      case Tag.GRANT:
+        grant = Math.max(grant, dv.getFloat64(1, true));
+        break;
+      case Tag.END_OF_LOG:
+        endOfLog = true;
+        break;
+      case Tag.STOP:
+        stopRequested = true;
+        break;
+      case Tag.STATE_HASH:
+        hashRequested = true;
+        break;
+      default:
+        throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `vCPU queue: unknown tag ${tag}`);
+    }
+  }
+}
+
+/** Live record environment: real clocks, OS randomness, input from the shared queue. */
+class LiveEnv extends RealClockRandom implements RecordEnv {
+  readonly sliceUnits = init.sliceUnits;
+  private lastHashMs = performance.now();
+  takeInputs(_count: number, max: number): NicInput[] {
+    drainQueue();
+    return inputs.splice(0, Math.min(max, inputs.length));
+  }
+  waitForWork(_count: number, deadlineMs: number | undefined): boolean {
+    this.maybeHash();
+    publish(true);
+    flush();
+    drainQueue();
+    if (stopRequested) return false;
+    if (inputs.length > 0 || hashRequested) return true;
+    const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
+    queue.wait(wait);
+    drainQueue();
+    return !stopRequested;
+  }
+  atCheckpoint(): void {
+    publish(false);
+    flush();
+  }
+  private maybeHash(): void {
+    const now = performance.now();
+    const due = init.stateHashIntervalMs > 0 && now - this.lastHashMs >= init.stateHashIntervalMs;
+    if ((hashRequested || due) && machine && !machine.halted) {
+      machine.logStateHash();
+      hashRequested = false;
+      this.lastHashMs = now;
+    }
+  }
+}
+
+/** Live replay source: the log arrives through the shared queue. */
+class LiveSource implements ReplaySource {
+  peek(i: number): LogEntry | undefined {
+    if (logHead + i >= log.length) drainQueue();
+    return log[logHead + i];
+  }
+  shift(): LogEntry | undefined {
+    const e = log[logHead++];
+    if (logHead > 4096 && logHead * 2 > log.length) {
+      log.splice(0, logHead);
+      logHead = 0;
+    }
+    return e;
+  }
+  grantedUpTo(): number {
+    return grant;
+  }
+  waitForMore(): boolean {
+    publish(machine?.isIdle ?? false);
+    flush();
+    const have = log.length - logHead;
+    const g = grant;
+    for (;;) {
+      drainQueue();
+      if (log.length - logHead > have || grant > g) return true;
+      if (endOfLog || stopRequested) return false;
+      queue.wait(1000);
+    }
+  }
+}
+
+function main(): void {
+  const sink = {
+    entry(e: LogEntry, seq: number): void {
+      if (machine?.mode === 'record') {
+        if (pendingEntries.length === 0) firstSeq = seq;
+        pendingEntries.push(e);
+      }
+    },
+    output(o: GuestOutput): void {
+      if (machine?.mode === 'record') pendingOutputs.push(o);
+    },
+  };
+  let env: RecordEnv | undefined;
+  let source: ReplaySource | undefined;
+  let scripted: ScriptedEnv | undefined;
+  if (init.mode === 'record') {
+    if (init.env.kind === 'scripted') {
+      scripted = new ScriptedEnv(init.env.inputs, { seed: init.env.seed, sliceUnits: init.sliceUnits });
+      env = scripted;
+    } else {
+      env = new LiveEnv();
+    }
+  } else {
+    source = init.env.kind === 'scripted' ? new ArraySource([]) : new LiveSource();
+  }
+  machine = new Machine({
+    instrumented: init.instrumented,
+    config: init.config,
+    sink,
+    mode: init.mode,
+    ...(env ? { env } : {}),
+    ...(source ? { source } : {}),
+  });
+  scripted?.bind(() => machine!.count);
+  post({ t: 'ready' });
+  const result = machine.run();
+  let finalHash: Uint8Array | null = null;
+  if (result.state === 'stopped' && machine.mode === 'record') finalHash = machine.logStateHash();
+  else if (!(result.state === 'starved' && result.midStep)) finalHash = machine.stateHash();
+  publish(true);
+  flush();
+  post({
+    t: 'done',
+    state: result.state,
+    count: result.count,
+    halt: result.state === 'halted' ? result.halt : null,
+    finalHash,
+    midStep: result.state === 'starved' && result.midStep,
+  });
+}
+
+try {
+  main();
+} catch (err) {
+  try {
+    flush();
+  } catch {
+    // the error below is what matters
+  }
+  const e = err as Error & { code?: string };
+  const ev: WorkerEvent = { t: 'error', code: e.code ?? 'FTVM_ERR_INTERNAL', name: e.name, message: e.message };
+  if (err instanceof DeterminismViolation) {
+    ev.expected = err.expectedInstructionNumber;
+    ev.actual = err.actualInstructionNumber;
+    ev.entryIndex = err.entryIndex;
+  }
+  post(ev);
+}

@@ -1,0 +1,187 @@
+/**
+ * The I/O-thread side of a vCPU: starts the worker that runs the guest, feeds it input or log through
+ * the shared queue, and surfaces its batches of entries and outputs as events.
+ */
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { DeterminismViolation, FtvmError, type FtvmErrorCode } from '../util/errors.js';
+import { SharedQueue } from '../util/shared-queue.js';
+import type { VmConfig } from '../log/recording.js';
+import type { LoadedGuest } from './guest.js';
+import { DEFAULT_SLICE_UNITS } from './machine.js';
+import {
+  STATUS_COUNT,
+  STATUS_IDLE,
+  STATUS_SEQ,
+  STATUS_SLOTS,
+  Tag,
+  encodeGrant,
+  encodeInput,
+  encodeLog,
+  type EnvSpec,
+  type WorkerEvent,
+  type WorkerInit,
+} from './vcpu-protocol.js';
+
+export type BatchEvent = Extract<WorkerEvent, { t: 'batch' }>;
+export type DoneEvent = Extract<WorkerEvent, { t: 'done' }>;
+
+export interface VcpuOptions {
+  mode: 'record' | 'replay';
+  guest: LoadedGuest;
+  config: VmConfig;
+  env?: EnvSpec;
+  sliceUnits?: number;
+  stateHashIntervalMs?: number;
+  /** Shared input queue size; what does not fit waits in a bounded backlog here. */
+  queueBytes?: number;
+  backlogMaxBytes?: number;
+  /** Native stack for the worker; must exceed what maxCallDepth guest frames need. */
+  stackSizeMb?: number;
+}
+
+/**
+ * Events: 'batch' (BatchEvent), 'done' (DoneEvent), 'error' (Error; a DeterminismViolation keeps its
+ * instruction numbers). `done` resolves when the worker finishes; it rejects on error.
+ */
+export class Vcpu extends EventEmitter {
+  private readonly worker: Worker;
+  private readonly queue: SharedQueue;
+  private readonly status: Float64Array;
+  private backlog: Uint8Array[] = [];
+  private backlogBytes = 0;
+  private readonly backlogMaxBytes: number;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private exited = false;
+  readonly done: Promise<DoneEvent>;
+
+  constructor(opts: VcpuOptions) {
+    super();
+    this.queue = new SharedQueue(opts.queueBytes ?? 4 * 1024 * 1024);
+    const statusSab = new SharedArrayBuffer(8 * STATUS_SLOTS);
+    this.status = new Float64Array(statusSab);
+    this.backlogMaxBytes = opts.backlogMaxBytes ?? 64 * 1024 * 1024;
+    const init: WorkerInit = {
+      mode: opts.mode,
+      instrumented: opts.guest.instrumented,
+      config: opts.config,
+      queue: this.queue.sab,
+      status: statusSab,
+      env: opts.env ?? { kind: 'live' },
+      sliceUnits: opts.sliceUnits ?? DEFAULT_SLICE_UNITS,
+      stateHashIntervalMs: opts.stateHashIntervalMs ?? 0,
+    };
+    this.worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), {
+      workerData: init,
+      resourceLimits: { stackSizeMb: opts.stackSizeMb ?? 64 },
+    });
+    this.done = new Promise<DoneEvent>((resolve, reject) => {
+      this.worker.on('message', (ev: WorkerEvent) => {
+        if (ev.t === 'batch') {
+          this.emit('batch', ev);
+          this.drainBacklog();
+        } else if (ev.t === 'done') {
+          this.emit('done', ev);
+          resolve(ev);
+        } else if (ev.t === 'error') {
+          const err =
+            ev.name === 'DeterminismViolation'
+              ? Object.assign(new DeterminismViolation('', ev.expected ?? -1, ev.actual ?? -1, ev.entryIndex ?? -1), { message: ev.message })
+              : new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_BAD_ARGUMENT', ev.message);
+          this.emit('vcpu-error', err);
+          reject(err);
+        }
+      });
+      this.worker.on('error', (err) => {
+        this.emit('vcpu-error', err);
+        reject(err);
+      });
+      this.worker.on('exit', (code) => {
+        this.exited = true;
+        if (this.drainTimer) clearInterval(this.drainTimer);
+        if (code !== 0) reject(new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', `vCPU worker exited with code ${code}`));
+      });
+    });
+    this.done.catch(() => undefined); // observed through events or by awaiting `done`
+  }
+
+  /** The guest's instruction number as the worker last published it. */
+  get count(): number {
+    return this.status[STATUS_COUNT]!;
+  }
+
+  get entries(): number {
+    return this.status[STATUS_SEQ]!;
+  }
+
+  get idle(): boolean {
+    return this.status[STATUS_IDLE] === 1;
+  }
+
+  /** Bytes waiting to enter the shared queue: drivers stop reading sockets while this is high. */
+  get backlog_bytes(): number {
+    return this.backlogBytes;
+  }
+
+  private send(msg: Uint8Array): void {
+    if (this.exited) return;
+    if (this.backlog.length === 0 && this.queue.push(msg)) return;
+    if (this.backlogBytes + msg.length > this.backlogMaxBytes) {
+      throw new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', `vCPU input backlog would exceed ${this.backlogMaxBytes} bytes; the driver must apply backpressure`);
+    }
+    this.backlog.push(msg);
+    this.backlogBytes += msg.length;
+    this.drainTimer ??= setInterval(() => this.drainBacklog(), 1);
+  }
+
+  private drainBacklog(): void {
+    while (this.backlog.length > 0) {
+      const m = this.backlog[0]!;
+      if (!this.queue.push(m)) return;
+      this.backlog.shift();
+      this.backlogBytes -= m.length;
+    }
+    if (this.drainTimer) {
+      clearInterval(this.drainTimer);
+      this.drainTimer = undefined;
+    }
+  }
+
+  input(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): void {
+    const max = this.queue.capacity / 4;
+    if (data && data.length > max) {
+      for (let off = 0; off < data.length; off += max) this.send(encodeInput(kind, conn, data.subarray(off, off + max)));
+      return;
+    }
+    this.send(encodeInput(kind, conn, data));
+  }
+
+  /** Replay: an encoded batch of entries (codec.ts). */
+  feedLog(batch: Uint8Array): void {
+    this.send(encodeLog(batch));
+  }
+
+  /** Replay: the primary has reached instruction `n`; the replica may run up to it. */
+  grant(n: number): void {
+    this.send(encodeGrant(n));
+  }
+
+  endOfLog(): void {
+    this.send(Uint8Array.of(Tag.END_OF_LOG));
+  }
+
+  requestStateHash(): void {
+    this.send(Uint8Array.of(Tag.STATE_HASH));
+  }
+
+  /** Asks the worker to stop at its next idle point (record) or when it next waits for log (replay). */
+  stop(): void {
+    this.send(Uint8Array.of(Tag.STOP));
+    this.queue.wake();
+  }
+
+  async terminate(): Promise<void> {
+    if (this.drainTimer) clearInterval(this.drainTimer);
+    await this.worker.terminate();
+  }
+}
