@@ -73,7 +73,11 @@ export function encodeHeader(module: Uint8Array, config: VmConfig): Uint8Array {
 }
 
 export function encodeBlock(entries: readonly LogEntry[], w?: ByteWriter): Uint8Array {
-  const payload = encodeBatch(entries, w);
+  return blockOf(encodeBatch(entries, w));
+}
+
+/** Frames an already-encoded batch as a block. */
+export function blockOf(payload: Uint8Array): Uint8Array {
   const out = Buffer.allocUnsafe(8 + payload.length);
   out.writeUInt32LE(payload.length, 0);
   out.writeUInt32LE(crc32(payload), 4);
@@ -179,6 +183,11 @@ export class RecordingWriter {
   async append(entries: readonly LogEntry[]): Promise<void> {
     if (entries.length === 0) return;
     await this.fh.write(encodeBlock(entries, this.writer));
+  }
+
+  /** Appends a batch the vCPU worker already encoded. */
+  async appendEncoded(batch: Uint8Array): Promise<void> {
+    await this.fh.write(blockOf(batch));
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,183 @@
+#!/usr/bin/env node
+/**
+ * The `ftvm` command. commander (well kept, typed, generates --help) parses the arguments.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_VM_CONFIG, type VmConfig } from '../log/recording.js';
+import type { ScheduledInput } from '../machine/env.js';
+import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
+import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
+import { DeterminismViolation, FtvmError } from '../util/errors.js';
+import { hex, inspectFile, loadGuestFile, recordToFile, replayFile } from './recording-cmds.js';
+
+const intArg =
+  (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}]`);
+    return n;
+  };
+
+async function workloadFor(kind: string, ops: number, conns: number, seed: number): Promise<ScheduledInput[]> {
+  switch (kind) {
+    case 'kv':
+      return kvWorkload({ ops, conns, seed });
+    case 'spin':
+      return spinWorkload({ ops, seed });
+    case 'chaos':
+      return chaosWorkload({ ops, seed });
+    case 'none':
+      return [];
+    default:
+      return loadWorkloadScript(kind);
+  }
+}
+
+function vmConfig(o: { name: string; memoryMaxPages: number; maxCallDepth: number; arg: string[]; env: string[] }): VmConfig {
+  return { ...DEFAULT_VM_CONFIG, name: o.name, memoryMaxPages: o.memoryMaxPages, maxCallDepth: o.maxCallDepth, args: o.arg, env: o.env };
+}
+
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('ftvm')
+    .description('Fault-tolerant virtual machines: WebAssembly guests recorded on a primary and replayed on a backup.')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('record')
+    .description('Run a guest under a scripted or generated input workload and record every nondeterministic event')
+    .argument('<guest.wasm>', 'the guest module (see docs/GUEST_ABI.md)')
+    .requiredOption('-o, --out <recording>', 'recording file to write')
+    .option('-w, --workload <kind|file.json>', 'kv | spin | chaos | none | a JSON script of {atCount, kind, conn, data}', 'kv')
+    .option('--ops <n>', 'operations the generated workload sends', intArg('--ops', 0, 10_000_000), 2000)
+    .option('--conns <n>', 'client connections of the kv workload', intArg('--conns', 1, 10_000), 8)
+    .option('--seed <n>', 'seed of the workload, virtual clock and random bytes', intArg('--seed', 0), 1)
+    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000), DEFAULT_SLICE_UNITS)
+    .option('--name <name>', 'VM name (argv[0] for WASI guests)', 'vm')
+    .option('--arg <value>', 'a WASI argument (repeatable)', collect, [])
+    .option('--env <K=V>', 'a WASI environment variable (repeatable)', collect, [])
+    .option('--memory-max-pages <n>', 'refuse memory.grow past this many 64 KiB pages', intArg('--memory-max-pages', 1, 65536), DEFAULT_VM_CONFIG.memoryMaxPages)
+    .option('--max-call-depth <n>', 'deterministic guest call-depth limit', intArg('--max-call-depth', 16, 100_000), DEFAULT_VM_CONFIG.maxCallDepth)
+    .action(async (guestPath: string, o) => {
+      const config = vmConfig(o);
+      const guest = await loadGuestFile(guestPath, config.maxCallDepth);
+      const inputs = await workloadFor(o.workload, o.ops, o.conns, o.seed);
+      const s = await recordToFile(guest, config, inputs, { out: o.out, seed: o.seed, sliceUnits: o.slice, onOutput: (t) => process.stdout.write(t) });
+      console.log(`recorded ${s.entries} log entries and ${s.outputs} outputs (${s.outputBytes} bytes) to ${o.out} in ${s.wallMs.toFixed(0)} ms`);
+      if (s.halt) console.log(`guest halted: ${s.halt.kind} code ${s.halt.code}${s.halt.message ? ` (${s.halt.message})` : ''}`);
+      console.log(`final instruction number ${s.count}`);
+      console.log(`final state hash ${hex(s.finalHash)}`);
+    });
+
+  program
+    .command('replay')
+    .description('Replay a recording on a fresh machine; with --verify, exit 0 only if it is identical')
+    .argument('<recording>', 'a recording made by `ftvm record`')
+    .option('--verify', 'check every output, host call and state hash against the recording; non-zero exit at the first divergence')
+    .action(async (path: string, o: { verify?: boolean }) => {
+      const s = await replayFile(path);
+      console.log(`replayed ${s.entries} entries in ${s.wallMs.toFixed(0)} ms`);
+      if (s.halt) console.log(`guest halted: ${s.halt.kind} code ${s.halt.code}${s.halt.message ? ` (${s.halt.message})` : ''}`);
+      console.log(`final instruction number ${s.count}`);
+      console.log(`final state hash ${hex(s.finalHash)}`);
+      if (s.truncated || s.midStep || (s.recordedHash === null && s.halt === null)) {
+        const why = s.truncated ? 'the recording is truncated' : 'the recording ends without a final state hash';
+        console.error(`ftvm: ${why}: replay stopped at instruction ${s.count}, at the end of the log, without running ahead`);
+        process.exitCode = 3;
+        return;
+      }
+      if (o.verify) {
+        const same = s.recordedHash !== null && s.finalHash !== null && Buffer.from(s.recordedHash).equals(Buffer.from(s.finalHash)) && s.recordedCount === s.count;
+        if (!same && s.halt === null) {
+          console.error(`ftvm: verify FAILED: recorded final state ${hex(s.recordedHash)} at ${s.recordedCount}, replayed ${hex(s.finalHash)} at ${s.count}`);
+          process.exitCode = 1;
+          return;
+        }
+        console.log(`verify OK: identical to the recording (state hash ${hex(s.recordedHash ?? s.finalHash)} at instruction ${s.recordedHash ? s.recordedCount : s.count})`);
+      }
+    });
+
+  program
+    .command('inspect')
+    .description('Describe a recording: header, guest module hash, entry counts, the first entries')
+    .argument('<recording>')
+    .option('-n, --entries <n>', 'how many entries to list', intArg('--entries', 0), 20)
+    .action(async (path: string, o: { entries: number }) => {
+      console.log(await inspectFile(path, o));
+    });
+
+  program
+    .command('check')
+    .description('Check a guest module against the guest ABI and instrument it, without running it')
+    .argument('<guest.wasm>')
+    .action(async (path: string) => {
+      const g = await loadGuestFile(path);
+      console.log(`ok: ${path} is a valid ftvm guest`);
+      console.log(`imports: ${g.instrumented.imports.map((i) => `${i.module}.${i.name}`).join(', ') || '(none)'}`);
+      console.log(`exports: ${g.instrumented.exports.join(', ')}`);
+      console.log(`start function: ${g.instrumented.hasStart ? 'yes (metered)' : 'no'}; mutable globals: ${g.instrumented.globalExports.length}`);
+    });
+
+  program
+    .command('demo')
+    .description('Record a key/value session on the kv guest, replay it, and show both state hashes are equal')
+    .option('--guest <path>', 'kv guest to use', 'build/guests/kv.wasm')
+    .option('--ops <n>', 'operations', intArg('--ops', 1, 1_000_000), 3000)
+    .action(async (o: { guest: string; ops: number }) => {
+      const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
+      try {
+        const out = join(dir, 'kv.ftlog');
+        const guest = await loadGuestFile(o.guest);
+        console.log(`== ftvm demo: deterministic record and replay of a key/value guest ==`);
+        console.log(`1. recording ${o.ops} RESP commands from 8 clients on ${o.guest} (the primary's view)`);
+        const r = await recordToFile(guest, DEFAULT_VM_CONFIG, kvWorkload({ ops: o.ops, conns: 8, seed: 7 }), { out, seed: 7, sliceUnits: DEFAULT_SLICE_UNITS });
+        for (const s of r.sampleOutputs) console.log(`   reply ${s}`);
+        console.log(`   ${r.entries} log entries, ${r.outputs} outputs, final instruction ${r.count}`);
+        console.log(`   primary state hash  ${hex(r.finalHash)}`);
+        console.log(`2. replaying the log on a fresh machine (the backup's view)`);
+        const p = await replayFile(out);
+        console.log(`   every host call, delivery and output matched; final instruction ${p.count}`);
+        console.log(`   replica state hash  ${hex(p.finalHash)}`);
+        const equal = r.finalHash !== null && p.finalHash !== null && Buffer.from(r.finalHash).equals(Buffer.from(p.finalHash)) && r.count === p.count;
+        console.log(equal ? '3. IDENTICAL: the backup reproduced the primary exactly.' : '3. DIFFERENT: replay diverged!');
+        if (!equal) process.exitCode = 1;
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number };
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
+      return e.exitCode ?? 2; // commander already printed help or the error
+    }
+    if (err instanceof DeterminismViolation) {
+      console.error(`ftvm: ${err.message}`);
+      return 1;
+    }
+    if (err instanceof FtvmError) {
+      console.error(`ftvm: error [${err.code}]: ${err.message}`);
+      return 2;
+    }
+    console.error(`ftvm: internal error: ${(err as Error).stack ?? String(err)}`);
+    return 70;
+  }
+}
+
+const code = await main(process.argv);
+process.exitCode = code;
