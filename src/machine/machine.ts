@@ -310,7 +310,7 @@ export class Machine {
       net_send(conn: number, ptr: number, len: number): number {
         if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`net_send: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
         const data = self.guestBytes(ptr, len, 'net_send');
-        if (self.devices.conns.get(conn) !== ConnState.OPEN) return -1;
+        if (!self.devices.conns.has(conn)) return -1; // the peer's CLOSE is a half-close: replies still go out
         self.output('net', conn, 0, data);
         return len;
       },
@@ -472,24 +472,29 @@ export class Machine {
         // the replica may not have passed yet.)
         this.violation(`the guest is computing at instruction ${n}`, head);
       }
-      const limit = this.replayLimit();
+      const { limit, boundary } = this.replayLimit();
       if (limit >= n + k) {
         this.setBudgetEnd(limit);
         return;
+      }
+      if (boundary !== undefined) {
+        // The next stop the log asks for lies strictly inside the region this checkpoint is about to
+        // run: the replica cannot stop there. More log cannot fix that.
+        this.violation(`the replica's next stop after instruction ${n} is at ${n + k}`, boundary);
       }
       if (!src.waitForMore()) throw new ReplayStarved(n);
     }
   }
 
   /** How far the replica may run: to the next checkpoint delivery, and never past what the log grants. */
-  private replayLimit(): number {
+  private replayLimit(): { limit: number; boundary?: LogEntry } {
     const src = this.source!;
     let limit = src.grantedUpTo();
     for (let i = 0; ; i++) {
       const e = src.peek(i);
-      if (e === undefined) return limit;
-      if (e.type === EntryType.HALT) return Number.MAX_SAFE_INTEGER; // run to the trap, wherever it is
-      if (isAsync(e) || e.type === EntryType.STATE_HASH) return e.n;
+      if (e === undefined) return { limit };
+      if (e.type === EntryType.HALT) return { limit: Number.MAX_SAFE_INTEGER }; // run to the trap, wherever it is
+      if (isAsync(e) || e.type === EntryType.STATE_HASH) return { limit: e.n, boundary: e };
       if (e.n > limit) limit = e.n;
     }
   }
@@ -681,7 +686,7 @@ export class Machine {
     const ex = this.instance.exports;
     const fn = ex.ftvm_step as () => number;
     if (this.mode === 'record') this.setBudgetEnd(this.count + this.env!.sliceUnits);
-    else this.setBudgetEnd(Math.max(this.count, this.replayLimit()));
+    else this.setBudgetEnd(Math.max(this.count, this.replayLimit().limit));
     this.deliveredInStep = false;
     const r = this.callGuest(fn);
     this.stepAgain = !this.halted && r !== 0;
