@@ -42,31 +42,18 @@ const READ_FEATURES =
   binaryen.Features.BulkMemoryOpt |
   binaryen.Features.CallIndirectOverlong;
 
-export const DEFAULT_MAX_CALL_DEPTH = 10_000;
-export const FUEL_GLOBAL = '__ftvm_fuel';
-export const DEPTH_GLOBAL = '__ftvm_depth';
-export const MEMORY_EXPORT = '__ftvm_memory';
-export const START_EXPORT = '__ftvm_start';
-export const GLOBAL_EXPORT_PREFIX = '__ftvm_g';
-export const INTERNAL_MODULE = 'ftvm_internal';
-
-export interface InstrumentOptions {
-  maxCallDepth?: number;
-}
-
-export interface InstrumentedModule {
-  /** The rewritten module's bytes. */
-  binary: Uint8Array;
-  /** True when the original module had a start function (now exported as `__ftvm_start`). */
-  hasStart: boolean;
-  /** Export names of the guest's mutable globals, in index order (for snapshots). */
-  globalExports: string[];
-  /** Function imports of the original module with their signatures, e.g. `(i32,i32)->i64`. */
-  imports: Array<{ module: string; name: string; signature: string }>;
-  /** Exported function names of the original module. */
-  exports: string[];
-  maxCallDepth: number;
-}
+import {
+  DEPTH_GLOBAL,
+  DEFAULT_MAX_CALL_DEPTH,
+  FUEL_GLOBAL,
+  GLOBAL_EXPORT_PREFIX,
+  INTERNAL_MODULE,
+  MEMORY_EXPORT,
+  START_EXPORT,
+  type InstrumentOptions,
+  type InstrumentedModule,
+} from './instrumented.js';
+export * from './instrumented.js';
 
 // binaryen.js exposes per-expression accessor classes (binaryen.Block, binaryen.Loop, ...) that its
 // .d.ts does not declare. This is the narrow typed view we use.

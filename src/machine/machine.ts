@@ -26,7 +26,7 @@ import {
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
-import { DEPTH_GLOBAL, FUEL_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrument.js';
+import { DEPTH_GLOBAL, FUEL_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
 import { makeWasiImports } from './wasi.js';
 
 export const PAGE_BYTES = 65536;

@@ -12,7 +12,7 @@
  */
 import type { ScheduledInput } from './env.js';
 import type { VmConfig } from '../log/recording.js';
-import type { InstrumentedModule } from './instrument.js';
+import type { InstrumentedModule } from './instrumented.js';
 import type { HaltInfo } from './machine.js';
 
 export const Tag = {

@@ -1,0 +1,30 @@
+/**
+ * What the instrumenter produces, without binaryen: the vCPU worker imports this (and so never loads
+ * binaryen's 14 MB module).
+ */
+export const DEFAULT_MAX_CALL_DEPTH = 10_000;
+export const FUEL_GLOBAL = '__ftvm_fuel';
+export const DEPTH_GLOBAL = '__ftvm_depth';
+export const MEMORY_EXPORT = '__ftvm_memory';
+export const START_EXPORT = '__ftvm_start';
+export const GLOBAL_EXPORT_PREFIX = '__ftvm_g';
+export const INTERNAL_MODULE = 'ftvm_internal';
+
+export interface InstrumentOptions {
+  maxCallDepth?: number;
+}
+
+export interface InstrumentedModule {
+  /** The rewritten module's bytes. */
+  binary: Uint8Array;
+  /** True when the original module had a start function (now exported as `__ftvm_start`). */
+  hasStart: boolean;
+  /** Export names of the guest's mutable globals, in index order (for snapshots). */
+  globalExports: string[];
+  /** Function imports of the original module with their signatures, e.g. `(i32,i32)->i64`. */
+  imports: Array<{ module: string; name: string; signature: string }>;
+  /** Exported function names of the original module. */
+  exports: string[];
+  maxCallDepth: number;
+}
+
