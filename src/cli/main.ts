@@ -12,6 +12,7 @@ import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
 import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { hex, inspectFile, loadGuestFile, recordToFile, replayFile } from './recording-cmds.js';
+import { TIMING_DEFAULTS, runNode, status } from './run-cmds.js';
 
 const intArg =
   (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -123,6 +124,37 @@ export function buildProgram(): Command {
       console.log(`imports: ${g.instrumented.imports.map((i) => `${i.module}.${i.name}`).join(', ') || '(none)'}`);
       console.log(`exports: ${g.instrumented.exports.join(', ')}`);
       console.log(`start function: ${g.instrumented.hasStart ? 'yes (metered)' : 'no'}; mutable globals: ${g.instrumented.globalExports.length}`);
+    });
+
+  program
+    .command('run')
+    .description('Run a guest as the primary (serving clients, streaming its log) or the backup (replaying it) of a fault-tolerant pair')
+    .argument('<guest.wasm>', 'the guest module; both replicas must run the same one')
+    .requiredOption('--role <role>', 'primary | backup')
+    .option('--service <host:port>', 'primary: where clients connect (each TCP connection is a virtual connection of the guest)')
+    .option('--peer <host:port>', "primary: the backup's channel address; omit to run alone with FT off")
+    .option('--channel <host:port>', 'backup: where to listen for the primary\'s logging channel')
+    .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status` (loopback)')
+    .option('--secret-file <path>', 'shared secret authenticating every channel frame (same file on both replicas, >= 16 bytes)')
+    .option('--vm-name <name>', 'VM name; both replicas must agree', 'vm')
+    .option('--epoch <n>', 'epoch of this pair (frames from older epochs are refused)', intArg('--epoch', 0), 1)
+    .option('--heartbeat-interval-ms <ms>', 'heartbeat/ACK interval on the channel', intArg('--heartbeat-interval-ms', 1, 60_000), TIMING_DEFAULTS.heartbeatIntervalMs)
+    .option('--grant-interval-ms <ms>', 'primary: progress grants to the backup at most this often while the guest computes', intArg('--grant-interval-ms', 1, 60_000), TIMING_DEFAULTS.grantIntervalMs)
+    .option('--lag-max-ms <ms>', 'primary: slow the guest when the backup replays more than this far behind', intArg('--lag-max-ms', 1, 600_000), TIMING_DEFAULTS.lagMaxMs)
+    .option('--tick-ms <ms>', 'driver tick (timeouts and heartbeats are checked this often)', intArg('--tick-ms', 1, 1000), TIMING_DEFAULTS.tickMs)
+    .option('--state-hash-interval-ms <ms>', 'primary: log a state hash at an idle point this often for the backup to check (0 = only on request)', intArg('--state-hash-interval-ms', 0), TIMING_DEFAULTS.stateHashIntervalMs)
+    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000))
+    .action(async (guestPath: string, o) => {
+      await runNode(guestPath, o);
+    });
+
+  program
+    .command('status')
+    .description("Print a running node's role, epoch, instruction number, lag, log bytes/s and outputs held")
+    .argument('<host:port>', 'the node\'s --control address')
+    .option('--json', 'print one JSON object')
+    .action(async (addr: string, o: { json?: boolean }) => {
+      await status(addr, o.json === true);
     });
 
   program

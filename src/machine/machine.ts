@@ -81,6 +81,8 @@ export interface GuestOutput {
 export interface MachineSink {
   entry(e: LogEntry, seq: number): void;
   output(o: GuestOutput): void;
+  /** A state hash was logged (record) or verified against the log (replay) at instruction `n`. */
+  stateHash?(n: number, hash: Uint8Array): void;
 }
 
 export interface HaltInfo {
@@ -667,6 +669,7 @@ export class Machine {
         if (!Buffer.from(mine).equals(Buffer.from(head.hash))) this.violation(`state hash ${Buffer.from(mine).toString('hex')} differs`, head);
         src.shift();
         this.seq++;
+        this.sink.stateHash?.(n, mine);
         continue;
       }
       const primaryMovedOn = head !== undefined || src.grantedUpTo() > n;
@@ -737,6 +740,7 @@ export class Machine {
     assert(this.mode === 'record' && !this.inStep, 'state hashes are logged by the recorder at idle points');
     const hash = this.stateHash();
     this.emit({ type: EntryType.STATE_HASH, n: this.count, hash });
+    this.sink.stateHash?.(this.count, hash);
     return hash;
   }
 

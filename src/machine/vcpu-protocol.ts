@@ -30,6 +30,9 @@ export const STATUS_COUNT = 0;
 export const STATUS_SEQ = 1;
 export const STATUS_IDLE = 2;
 export const STATUS_SLOTS = 4;
+/** Int32 control flags the I/O thread sets and the worker reads at checkpoints. */
+export const CTRL_THROTTLE = 0;
+export const CTRL_SLOTS = 2;
 
 export type EnvSpec =
   | { kind: 'live' }
@@ -41,6 +44,9 @@ export interface WorkerInit {
   config: VmConfig;
   queue: SharedArrayBuffer;
   status: SharedArrayBuffer;
+  control: SharedArrayBuffer;
+  /** Record: post a progress batch (no entries) at most this often while the guest computes. */
+  progressIntervalMs: number;
   env: EnvSpec;
   sliceUnits: number;
   /** Record: log a state hash at an idle point at most this often (0 = only on request / at the end). */
@@ -60,6 +66,8 @@ export type WorkerEvent =
   | { t: 'ready' }
   /** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
   | { t: 'batch'; firstSeq: number; count: number; entries: Uint8Array; outputs: WireOutput[]; instructionNumber: number }
+  /** A state hash logged (record) or verified (replay) at instruction n. */
+  | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }
   | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number };
 

@@ -9,12 +9,13 @@ import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { STATUS_COUNT, STATUS_IDLE, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+import { CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
 const queue = new SharedQueue(init.queue);
 const status = new Float64Array(init.status, 0, STATUS_SLOTS);
+const control = new Int32Array(init.control, 0, CTRL_SLOTS);
 const post = (e: WorkerEvent, transfer: ArrayBuffer[] = []): void => port.postMessage(e, transfer);
 
 // ---------------------------------------------------------------- outbound batching
@@ -24,8 +25,17 @@ let firstSeq = 0;
 const writer = new ByteWriter(64 * 1024);
 let machine: Machine | undefined;
 
-function flush(): void {
-  if (pendingEntries.length === 0 && pendingOutputs.length === 0) return;
+let lastPostMs = 0;
+let lastPostedCount = -1;
+
+/** Posts pending entries and outputs; with `progress`, also a bare progress note when the count moved. */
+function flush(progress = false): void {
+  const now = performance.now();
+  if (pendingEntries.length === 0 && pendingOutputs.length === 0) {
+    if (!progress || !machine || machine.count === lastPostedCount || now - lastPostMs < init.progressIntervalMs) return;
+  }
+  lastPostMs = now;
+  lastPostedCount = machine?.count ?? 0;
   const entries = encodeBatch(pendingEntries, writer);
   post(
     { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0 },
@@ -95,6 +105,7 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
   private lastHashMs = performance.now();
   takeInputs(_count: number, max: number): NicInput[] {
     drainQueue();
+    if (Atomics.load(control, CTRL_THROTTLE) === 1) return []; // lag control: no new work until released
     return inputs.splice(0, Math.min(max, inputs.length));
   }
   waitForWork(_count: number, deadlineMs: number | undefined): boolean {
@@ -103,6 +114,10 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
     flush();
     drainQueue();
     if (stopRequested) return false;
+    if (Atomics.load(control, CTRL_THROTTLE) === 1) {
+      Atomics.wait(control, CTRL_THROTTLE, 1, 5);
+      return true;
+    }
     if (inputs.length > 0 || hashRequested) return true;
     const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
     queue.wait(wait);
@@ -111,7 +126,13 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
   }
   atCheckpoint(): void {
     publish(false);
-    flush();
+    flush(true);
+    // Execution-lag control: the I/O thread asks the guest to wait here until the backup catches up.
+    while (Atomics.load(control, CTRL_THROTTLE) === 1 && !stopRequested) {
+      Atomics.wait(control, CTRL_THROTTLE, 1, 5);
+      flush(true);
+      drainQueue();
+    }
   }
   private maybeHash(): void {
     const now = performance.now();
@@ -165,6 +186,10 @@ function main(): void {
     },
     output(o: GuestOutput): void {
       if (machine?.mode === 'record') pendingOutputs.push(o);
+    },
+    stateHash(n: number, hash: Uint8Array): void {
+      if (machine?.mode === 'record') flush();
+      post({ t: 'hash', n, hash });
     },
   };
   let env: RecordEnv | undefined;

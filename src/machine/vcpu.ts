@@ -10,6 +10,8 @@ import type { VmConfig } from '../log/recording.js';
 import type { LoadedGuest } from './guest.js';
 import { DEFAULT_SLICE_UNITS } from './machine.js';
 import {
+  CTRL_SLOTS,
+  CTRL_THROTTLE,
   STATUS_COUNT,
   STATUS_IDLE,
   STATUS_SEQ,
@@ -36,6 +38,8 @@ export interface VcpuOptions {
   /** Shared input queue size; what does not fit waits in a bounded backlog here. */
   queueBytes?: number;
   backlogMaxBytes?: number;
+  /** Record: progress notes (instruction number, no entries) at most this often while computing. */
+  progressIntervalMs?: number;
   /** Native stack for the worker; must exceed what maxCallDepth guest frames need. */
   stackSizeMb?: number;
 }
@@ -48,6 +52,7 @@ export class Vcpu extends EventEmitter {
   private readonly worker: Worker;
   private readonly queue: SharedQueue;
   private readonly status: Float64Array;
+  private readonly control: Int32Array;
   private backlog: Uint8Array[] = [];
   private backlogBytes = 0;
   private readonly backlogMaxBytes: number;
@@ -60,6 +65,8 @@ export class Vcpu extends EventEmitter {
     this.queue = new SharedQueue(opts.queueBytes ?? 4 * 1024 * 1024);
     const statusSab = new SharedArrayBuffer(8 * STATUS_SLOTS);
     this.status = new Float64Array(statusSab);
+    const controlSab = new SharedArrayBuffer(4 * CTRL_SLOTS);
+    this.control = new Int32Array(controlSab);
     this.backlogMaxBytes = opts.backlogMaxBytes ?? 64 * 1024 * 1024;
     const init: WorkerInit = {
       mode: opts.mode,
@@ -67,6 +74,8 @@ export class Vcpu extends EventEmitter {
       config: opts.config,
       queue: this.queue.sab,
       status: statusSab,
+      control: controlSab,
+      progressIntervalMs: opts.progressIntervalMs ?? 2,
       env: opts.env ?? { kind: 'live' },
       sliceUnits: opts.sliceUnits ?? DEFAULT_SLICE_UNITS,
       stateHashIntervalMs: opts.stateHashIntervalMs ?? 0,
@@ -80,6 +89,8 @@ export class Vcpu extends EventEmitter {
         if (ev.t === 'batch') {
           this.emit('batch', ev);
           this.drainBacklog();
+        } else if (ev.t === 'hash') {
+          this.emit('hash', ev);
         } else if (ev.t === 'done') {
           this.emit('done', ev);
           resolve(ev);
@@ -168,6 +179,12 @@ export class Vcpu extends EventEmitter {
 
   endOfLog(): void {
     this.send(Uint8Array.of(Tag.END_OF_LOG));
+  }
+
+  /** Execution-lag control: hold the guest at its next budget checkpoint until released. */
+  setThrottle(on: boolean): void {
+    Atomics.store(this.control, CTRL_THROTTLE, on ? 1 : 0);
+    Atomics.notify(this.control, CTRL_THROTTLE);
   }
 
   requestStateHash(): void {

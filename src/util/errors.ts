@@ -17,7 +17,13 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_REPLAY_STARVED'
   | 'FTVM_ERR_RESOURCE_EXHAUSTED'
   | 'FTVM_ERR_BAD_ARGUMENT'
-  | 'FTVM_ERR_SNAPSHOT';
+  | 'FTVM_ERR_SNAPSHOT'
+  | 'FTVM_ERR_BAD_FRAME'
+  | 'FTVM_ERR_AUTH'
+  | 'FTVM_ERR_STALE_EPOCH'
+  | 'FTVM_ERR_FRAME_TOO_LARGE'
+  | 'FTVM_ERR_PEER_REFUSED'
+  | 'FTVM_ERR_CHANNEL_CLOSED';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;

@@ -1,0 +1,247 @@
+/**
+ * One logging-channel connection over TCP: length-prefixed frames, each authenticated with HMAC-SHA256.
+ *
+ * Wire: u32 length | body | 16-byte MAC, where length = body + 16 and ≤ maxFrameBytes.
+ * Handshake: each side sends HELLO, MAC'd with a key derived from the shared secret. A side that cannot
+ * verify the peer's HELLO closes the connection before reading anything else, so a peer without the
+ * secret never gets a single entry in. After both HELLOs, every frame is MAC'd with a session key
+ * (derived from the secret and both nonces) over a per-direction frame counter: forged, corrupted,
+ * replayed or reordered frames fail verification and the connection is dropped, with a log line. The
+ * replica keeps running; the primary redials.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import { ByteWriter } from '../log/codec.js';
+import { FtvmError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, type Frame, type HelloFrame, type Role } from './frames.js';
+
+const MAC_BYTES = 16;
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+export interface LocalIdentity {
+  role: Role;
+  vmName: string;
+  moduleHash: Uint8Array;
+  epoch: number;
+  /** Primary: first seq it will send. Backup: next seq it expects. Read at handshake time. */
+  nextSeq: () => number;
+}
+
+export interface ConnectionOptions {
+  secret: Uint8Array;
+  identity: LocalIdentity;
+  log: Logger;
+  maxFrameBytes?: number;
+  /** Refuse the socket's data beyond this many buffered unsent bytes (the caller applies backpressure). */
+  sendBufferMaxBytes?: number;
+  /** Extra checks of the peer's HELLO; return a refusal reason, or undefined to accept. */
+  checkHello?: (hello: HelloFrame) => { code: string; reason: string } | undefined;
+}
+
+function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array): Buffer {
+  const h = createHmac('sha256', key);
+  const hdr = Buffer.alloc(9);
+  hdr[0] = dir;
+  hdr.writeBigUInt64LE(counter, 1);
+  h.update(hdr);
+  h.update(body);
+  return h.digest().subarray(0, MAC_BYTES);
+}
+
+/**
+ * Events: 'open' (peer HELLO, after both sides verified), 'frame' (Frame), 'close' (reason string),
+ * 'drain'.
+ */
+export class ChannelConnection extends EventEmitter {
+  private readonly helloKey: Buffer;
+  private sessionKey: Buffer | undefined;
+  private readonly nonce = randomBytes(16);
+  private sendCounter = 0n;
+  private recvCounter = 0n;
+  private buf: Buffer = Buffer.alloc(0);
+  private readonly writer = new ByteWriter(1024);
+  private readonly maxFrameBytes: number;
+  private readonly sendBufferMaxBytes: number;
+  peerHello: HelloFrame | undefined;
+  private closed = false;
+  readonly remote: string;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly opts: ConnectionOptions,
+  ) {
+    super();
+    this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
+    this.helloKey = createHmac('sha256', opts.secret).update('ftvm-hello-v1').digest();
+    this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.close(`socket error: ${err.message}`));
+    socket.on('close', () => this.close('peer closed the connection'));
+    socket.on('drain', () => this.emit('drain'));
+    this.sendHello();
+  }
+
+  get isOpen(): boolean {
+    return this.sessionKey !== undefined && !this.closed;
+  }
+
+  /** Bytes queued in the socket and not yet sent. */
+  get bufferedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  private sendHello(): void {
+    const id = this.opts.identity;
+    const hello: HelloFrame = {
+      type: FrameType.HELLO,
+      version: PROTOCOL_VERSION,
+      role: id.role,
+      vmName: id.vmName,
+      moduleHash: id.moduleHash,
+      epoch: id.epoch,
+      arch: process.arch,
+      nonce: this.nonce,
+      nextSeq: id.nextSeq(),
+    };
+    this.writeRaw(encodeFrameBody(hello, this.writer), this.helloKey, 0n);
+  }
+
+  private writeRaw(body: Uint8Array, key: Buffer, counter: bigint): void {
+    const dir = this.opts.identity.role === 'primary' ? 1 : 2;
+    const len = body.length + MAC_BYTES;
+    const hdr = Buffer.alloc(4);
+    hdr.writeUInt32LE(len, 0);
+    this.socket.write(Buffer.concat([hdr, body, mac(key, dir, counter, body)]));
+  }
+
+  /**
+   * Sends an authenticated frame. Returns false when the socket's buffer is past the limit: the frame
+   * was not sent and the caller must wait for 'drain'.
+   */
+  send(frame: Frame): boolean {
+    if (!this.isOpen) throw new FtvmError('FTVM_ERR_CHANNEL_CLOSED', 'channel is not open');
+    if (this.socket.writableLength > this.sendBufferMaxBytes) return false;
+    const body = encodeFrameBody(frame, this.writer);
+    if (body.length + MAC_BYTES > this.maxFrameBytes) throw new FtvmError('FTVM_ERR_FRAME_TOO_LARGE', `frame of ${body.length} bytes exceeds ${this.maxFrameBytes}`);
+    this.sendCounter++;
+    this.writeRaw(body, this.sessionKey!, this.sendCounter);
+    return true;
+  }
+
+  private refuse(code: string, reason: string): void {
+    this.opts.log.warn({ peer: this.remote, code, reason }, `channel: refused peer: ${reason}`);
+    if (this.sessionKey !== undefined) {
+      try {
+        this.sendCounter++;
+        this.writeRaw(encodeFrameBody({ type: FrameType.REFUSE, code, reason }, this.writer), this.sessionKey, this.sendCounter);
+      } catch {
+        // closing anyway
+      }
+    }
+    this.close(`refused: ${reason}`);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    while (!this.closed && this.buf.length >= 4) {
+      const len = this.buf.readUInt32LE(0);
+      if (len > this.maxFrameBytes || len < MAC_BYTES + 1) {
+        this.opts.log.warn({ peer: this.remote, len, max: this.maxFrameBytes }, 'channel: frame size out of bounds; dropping the connection');
+        this.close(`frame of ${len} bytes is out of bounds (max ${this.maxFrameBytes})`);
+        return;
+      }
+      if (this.buf.length < 4 + len) return;
+      const body = this.buf.subarray(4, 4 + len - MAC_BYTES);
+      const tag = this.buf.subarray(4 + len - MAC_BYTES, 4 + len);
+      this.buf = this.buf.subarray(4 + len);
+      this.onFrameBytes(body, tag);
+    }
+  }
+
+  private onFrameBytes(body: Buffer, tag: Buffer): void {
+    const peerDir = this.opts.identity.role === 'primary' ? 2 : 1;
+    if (this.sessionKey === undefined) {
+      // The first frame must be the peer's HELLO under the hello key.
+      if (!timingSafeEqual(mac(this.helloKey, peerDir, 0n, body), tag)) {
+        this.opts.log.warn({ peer: this.remote }, 'channel: refused peer: HELLO authentication failed (wrong secret?)');
+        this.close('authentication failed');
+        return;
+      }
+      let hello: Frame;
+      try {
+        hello = decodeFrameBody(body);
+      } catch (err) {
+        this.opts.log.warn({ peer: this.remote, err: (err as Error).message }, 'channel: malformed HELLO; dropping the connection');
+        this.close('malformed HELLO');
+        return;
+      }
+      if (hello.type !== FrameType.HELLO) {
+        this.opts.log.warn({ peer: this.remote }, `channel: expected HELLO, got ${FRAME_TYPE_NAMES[hello.type]}; dropping the connection`);
+        this.close('no HELLO');
+        return;
+      }
+      // The peer knows the secret: derive the session key, so that even a refusal reaches it authenticated.
+      const [p, b] = this.opts.identity.role === 'primary' ? [this.nonce, hello.nonce] : [hello.nonce, this.nonce];
+      this.sessionKey = createHmac('sha256', this.opts.secret).update('ftvm-session-v1').update(p).update(b).digest();
+      const problem = this.checkHello(hello);
+      if (problem) {
+        this.refuse(problem.code, problem.reason);
+        return;
+      }
+      this.peerHello = hello;
+      this.emit('open', hello);
+      return;
+    }
+    this.recvCounter++;
+    if (!timingSafeEqual(mac(this.sessionKey, peerDir, this.recvCounter, body), tag)) {
+      this.opts.log.warn({ peer: this.remote, frame: Number(this.recvCounter) }, 'channel: frame failed authentication (forged, corrupted or replayed); dropping the connection');
+      this.close('frame authentication failed');
+      return;
+    }
+    let frame: Frame;
+    try {
+      frame = decodeFrameBody(body);
+    } catch (err) {
+      this.opts.log.warn({ peer: this.remote, err: (err as Error).message }, 'channel: malformed frame; dropping the connection');
+      this.close('malformed frame');
+      return;
+    }
+    if (frame.type === FrameType.REFUSE) {
+      this.opts.log.error({ peer: this.remote, code: frame.code, reason: frame.reason }, `channel: the peer refused us: ${frame.reason}`);
+      this.emit('refused', frame);
+      this.close(`peer refused: ${frame.reason}`);
+      return;
+    }
+    if (frame.type === FrameType.HELLO) {
+      this.opts.log.warn({ peer: this.remote }, 'channel: unexpected second HELLO; dropping the connection');
+      this.close('unexpected HELLO');
+      return;
+    }
+    this.emit('frame', frame);
+  }
+
+  private checkHello(h: HelloFrame): { code: string; reason: string } | undefined {
+    const id = this.opts.identity;
+    if (h.version !== PROTOCOL_VERSION) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `protocol version ${h.version} (this node speaks ${PROTOCOL_VERSION})` };
+    if (h.role === id.role) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `both ends are ${h.role}s` };
+    if (h.vmName !== id.vmName) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs VM "${h.vmName}", this node "${id.vmName}"` };
+    if (!Buffer.from(h.moduleHash).equals(Buffer.from(id.moduleHash))) {
+      return { code: 'FTVM_ERR_MODULE_MISMATCH', reason: `the peer's guest module differs (sha256 ${Buffer.from(h.moduleHash).toString('hex').slice(0, 16)}…, ours ${Buffer.from(id.moduleHash).toString('hex').slice(0, 16)}…)` };
+    }
+    if (h.arch !== process.arch) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs on ${h.arch}, this node on ${process.arch}: NaN bit patterns may differ` };
+    if (h.epoch < id.epoch) return { code: 'FTVM_ERR_STALE_EPOCH', reason: `the peer is at epoch ${h.epoch}, older than ours (${id.epoch})` };
+    return this.opts.checkHello?.(h);
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.destroy();
+    this.emit('close', reason);
+  }
+}

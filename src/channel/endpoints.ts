@@ -1,0 +1,113 @@
+/**
+ * Channel endpoints: the backup listens, the primary dials (and redials with backoff). Each yields one
+ * authenticated ChannelConnection at a time.
+ */
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import type { Logger } from '../util/log.js';
+import { ChannelConnection, type ConnectionOptions } from './connection.js';
+import type { HelloFrame } from './frames.js';
+
+/** Events: 'connection' (ChannelConnection, after its handshake opened). */
+export class ChannelListener extends EventEmitter {
+  private server: net.Server | undefined;
+  private current: ChannelConnection | undefined;
+
+  constructor(
+    private readonly host: string,
+    private readonly port: number,
+    private readonly opts: ConnectionOptions,
+  ) {
+    super();
+  }
+
+  get address(): net.AddressInfo | undefined {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a : undefined;
+  }
+
+  async start(): Promise<void> {
+    const server = net.createServer((s) => this.accept(s));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, this.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  private accept(s: net.Socket): void {
+    const c = new ChannelConnection(s, this.opts);
+    c.once('open', (hello: HelloFrame) => {
+      // One primary at a time: an authenticated newcomer (a restarted primary) replaces the old link.
+      if (this.current && this.current !== c) this.current.close('replaced by a new connection from the primary');
+      this.current = c;
+      this.emit('connection', c, hello);
+    });
+    c.once('close', () => {
+      if (this.current === c) this.current = undefined;
+    });
+  }
+
+  async close(): Promise<void> {
+    this.current?.close('shutting down');
+    const server = this.server;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+  }
+}
+
+/** Dials the backup and keeps redialing while not connected. Events: 'connection'. */
+export class ChannelDialer extends EventEmitter {
+  private current: ChannelConnection | undefined;
+  private stopped = false;
+  private timer: NodeJS.Timeout | undefined;
+  private backoffMs: number;
+
+  constructor(
+    private readonly host: string,
+    private readonly port: number,
+    private readonly opts: ConnectionOptions & { log: Logger; retryMinMs?: number; retryMaxMs?: number },
+  ) {
+    super();
+    this.backoffMs = opts.retryMinMs ?? 20;
+  }
+
+  start(): void {
+    this.dial();
+  }
+
+  private dial(): void {
+    if (this.stopped) return;
+    const s = net.connect({ host: this.host, port: this.port });
+    const c = new ChannelConnection(s, this.opts);
+    let opened = false;
+    c.once('open', (hello: HelloFrame) => {
+      opened = true;
+      this.backoffMs = this.opts.retryMinMs ?? 20;
+      this.current = c;
+      this.emit('connection', c, hello);
+    });
+    c.once('close', (reason: string) => {
+      if (this.current === c) this.current = undefined;
+      if (!opened) this.opts.log.debug({ reason }, 'channel: dial failed');
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (this.stopped || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.dial();
+    }, this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, this.opts.retryMaxMs ?? 1000);
+  }
+
+  close(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.current?.close('shutting down');
+  }
+}

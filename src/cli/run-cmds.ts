@@ -1,0 +1,105 @@
+/**
+ * `ftvm run` (a primary or a backup process) and `ftvm status`.
+ */
+import { readFile } from 'node:fs/promises';
+import { DEFAULT_VM_CONFIG } from '../log/recording.js';
+import { BackupNode, DEFAULT_TIMINGS, PrimaryNode, type Addr, type Timings } from '../replication/node.js';
+import { controlRequest, splitHostPort } from '../service/control.js';
+import { FtvmError } from '../util/errors.js';
+import { logger } from '../util/log.js';
+import { loadGuestFile } from './recording-cmds.js';
+
+export function parseAddr(flag: string, v: string): Addr {
+  try {
+    const [host, port] = splitHostPort(v);
+    return { host, port: Number(port) };
+  } catch (err) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag}: ${(err as Error).message}`);
+  }
+}
+
+export async function readSecret(path: string | undefined, needed: boolean): Promise<Uint8Array> {
+  if (path === undefined) {
+    if (needed) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary/backup pair needs --secret-file (the same file on both replicas; e.g. `head -c 32 /dev/urandom > ftvm.secret`)');
+    return new Uint8Array(0);
+  }
+  let raw: Buffer;
+  try {
+    raw = await readFile(path);
+  } catch (err) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `cannot read secret file ${path}: ${(err as Error).message}`);
+  }
+  const secret = raw.toString('latin1').trim().length === raw.length ? raw : Buffer.from(raw.toString('latin1').trim(), 'latin1');
+  if (secret.length < 16) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `secret file ${path} holds ${secret.length} bytes; use at least 16`);
+  return secret;
+}
+
+export interface RunOptions {
+  role: string;
+  service?: string;
+  channel?: string;
+  peer?: string;
+  control?: string;
+  secretFile?: string;
+  vmName: string;
+  epoch: number;
+  heartbeatIntervalMs: number;
+  grantIntervalMs: number;
+  lagMaxMs: number;
+  tickMs: number;
+  stateHashIntervalMs: number;
+  slice?: number;
+}
+
+export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
+  if (o.role !== 'primary' && o.role !== 'backup') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--role must be primary or backup, not "${o.role}"`);
+  const guest = await loadGuestFile(guestPath);
+  const config = { ...DEFAULT_VM_CONFIG, name: o.vmName };
+  const timings: Timings = {
+    heartbeatIntervalMs: o.heartbeatIntervalMs,
+    grantIntervalMs: o.grantIntervalMs,
+    lagMaxMs: o.lagMaxMs,
+    tickMs: o.tickMs,
+    stateHashIntervalMs: o.stateHashIntervalMs,
+  };
+  const log = logger(o.role, { vm: o.vmName });
+  const control = o.control ? parseAddr('--control', o.control) : undefined;
+  const common = { guest, config, epoch: o.epoch, timings, log, ...(control ? { control } : {}), ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}) };
+  let node: PrimaryNode | BackupNode;
+  if (o.role === 'primary') {
+    if (!o.service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary needs --service <host:port> for its clients');
+    const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
+    const secret = await readSecret(o.secretFile, peer !== undefined);
+    node = new PrimaryNode({ ...common, secret, service: parseAddr('--service', o.service), ...(peer ? { peer } : {}) });
+  } else {
+    if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
+    const secret = await readSecret(o.secretFile, true);
+    node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel) });
+  }
+  let stopping = false;
+  const stop = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig }, 'stopping');
+    node.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  await node.start();
+  // Runs until a signal.
+  await new Promise<never>(() => undefined);
+}
+
+export async function status(addr: string, json: boolean): Promise<void> {
+  const s = (await controlRequest(addr, 'GET', '/status')) as Record<string, unknown>;
+  if (json) {
+    console.log(JSON.stringify(s));
+    return;
+  }
+  for (const [k, v] of Object.entries(s)) console.log(`${k.padEnd(26)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`);
+}
+
+export const TIMING_DEFAULTS = DEFAULT_TIMINGS;

@@ -1,0 +1,399 @@
+/**
+ * Process drivers: they own the I/O (sockets, the channel, timers, the vCPU worker) and feed the pure
+ * replication cores, then carry out the actions the cores return.
+ *
+ * PrimaryNode: records the guest on a vCPU, serves clients, streams the log to the backup, releases
+ * outputs under the output rule. BackupNode: replays the log on a vCPU, acknowledges, reports progress.
+ */
+import { ChannelDialer, ChannelListener } from '../channel/endpoints.js';
+import type { ChannelConnection } from '../channel/connection.js';
+import type { Frame, HelloFrame } from '../channel/frames.js';
+import { moduleHash, type VmConfig } from '../log/recording.js';
+import type { LoadedGuest } from '../machine/guest.js';
+import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
+import { ClientService } from '../service/clients.js';
+import { ControlServer } from '../service/control.js';
+import { DeterminismViolation } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { BackupCore, type BackupAction } from './backup.js';
+import { PrimaryCore, type PrimaryAction } from './primary.js';
+
+export interface Timings {
+  heartbeatIntervalMs: number;
+  grantIntervalMs: number;
+  lagMaxMs: number;
+  tickMs: number;
+  stateHashIntervalMs: number;
+}
+
+export const DEFAULT_TIMINGS: Timings = {
+  heartbeatIntervalMs: 20,
+  grantIntervalMs: 2,
+  lagMaxMs: 20,
+  tickMs: 5,
+  stateHashIntervalMs: 0,
+};
+
+export interface Addr {
+  host: string;
+  port: number;
+}
+
+export interface NodeOptions {
+  guest: LoadedGuest;
+  config: VmConfig;
+  epoch: number;
+  secret: Uint8Array;
+  timings: Timings;
+  log: Logger;
+  control?: Addr;
+  sliceUnits?: number;
+}
+
+export interface PrimaryOptions extends NodeOptions {
+  service: Addr;
+  /** The backup's channel address; absent: FT off (no backup, outputs released at once). */
+  peer?: Addr;
+  unackedMaxBytes?: number;
+  heldMaxOutputs?: number;
+}
+
+/** Bytes per second over a sliding second, for status. */
+class Rate {
+  private samples: Array<[number, number]> = [];
+  add(nowMs: number, total: number): void {
+    this.samples.push([nowMs, total]);
+    while (this.samples.length > 2 && nowMs - this.samples[0]![0] > 1000) this.samples.shift();
+  }
+  perSecond(): number {
+    const a = this.samples[0];
+    const b = this.samples[this.samples.length - 1];
+    if (!a || !b || b[0] === a[0]) return 0;
+    return ((b[1] - a[1]) * 1000) / (b[0] - a[0]);
+  }
+}
+
+export class PrimaryNode {
+  readonly core: PrimaryCore;
+  private vcpu: Vcpu | undefined;
+  readonly service: ClientService;
+  private dialer: ChannelDialer | undefined;
+  private conn: ChannelConnection | undefined;
+  private control: ControlServer | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private readonly rate = new Rate();
+  private lastVerified: { n: number; hash: string; ok: boolean } | null = null;
+  private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
+  private readonly log: Logger;
+  private diverged: string | null = null;
+  /** Test hook: while set, ACK frames from the backup are held here instead of reaching the core. */
+  holdAcks = false;
+  private heldAcks: Frame[] = [];
+
+  constructor(private readonly opts: PrimaryOptions) {
+    this.log = opts.log;
+    this.core = new PrimaryCore({
+      epoch: opts.epoch,
+      heartbeatIntervalMs: opts.timings.heartbeatIntervalMs,
+      grantIntervalMs: opts.timings.grantIntervalMs,
+      lagMaxMs: opts.timings.lagMaxMs,
+      unackedMaxBytes: opts.unackedMaxBytes ?? 32 * 1024 * 1024,
+      heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
+      alone: opts.peer === undefined,
+    });
+    this.service = new ClientService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
+  }
+
+  async start(): Promise<void> {
+    const o = this.opts;
+    if (o.control) {
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.onControl(m, p));
+      await this.control.start();
+    }
+    if (o.peer) {
+      this.dialer = new ChannelDialer(o.peer.host, o.peer.port, {
+        secret: o.secret,
+        log: o.log.child({ part: 'channel' }),
+        identity: { role: 'primary', vmName: o.config.name, moduleHash: moduleHash(o.guest.original), epoch: o.epoch, nextSeq: () => this.core.status().ackedSeq },
+      });
+      this.dialer.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onPeer(c, hello));
+      const first = new Promise<void>((resolve) => this.dialer!.once('connection', () => resolve()));
+      this.dialer.start();
+      this.log.info({ peer: `${o.peer.host}:${o.peer.port}` }, 'waiting for the backup before starting the guest');
+      await first;
+    }
+    this.startVcpu();
+    const vcpu = this.vcpu!;
+    await this.service.start({
+      input: (k, c, d) => vcpu.input(k, c, d),
+      get backlogBytes() {
+        return vcpu.backlog_bytes;
+      },
+    });
+    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
+    this.log.info({ service: this.service.address, alone: o.peer === undefined, epoch: o.epoch }, 'primary is serving');
+  }
+
+  private startVcpu(): void {
+    const o = this.opts;
+    const vcpu = new Vcpu({
+      mode: 'record',
+      guest: o.guest,
+      config: o.config,
+      env: { kind: 'live' },
+      stateHashIntervalMs: o.timings.stateHashIntervalMs,
+      ...(o.sliceUnits !== undefined ? { sliceUnits: o.sliceUnits } : {}),
+    });
+    this.vcpu = vcpu;
+    vcpu.on('batch', (b: BatchEvent) => {
+      this.exec(this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs }));
+    });
+    vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => {
+      const hex = Buffer.from(h.hash).toString('hex');
+      for (const w of this.hashWaiters.splice(0)) w({ n: h.n, hash: hex });
+    });
+    vcpu.on('vcpu-error', (err: Error) => this.log.error({ err: err.message }, 'the guest machine failed'));
+    vcpu.done.then(
+      (d) => this.log.info({ state: d.state, count: d.count, halt: d.halt }, 'the guest stopped'),
+      () => undefined,
+    );
+  }
+
+  private onPeer(c: ChannelConnection, hello: HelloFrame): void {
+    this.conn?.close('replaced');
+    this.conn = c;
+    this.log.info({ backup: c.remote, nextSeq: hello.nextSeq }, 'backup connected');
+    c.on('frame', (f: Frame) => {
+      if (this.holdAcks && f.type === 3) {
+        this.heldAcks.push(f);
+        return;
+      }
+      this.exec(this.core.step({ t: 'frame', frame: f }));
+    });
+    c.once('close', (reason: string) => {
+      if (this.conn === c) {
+        this.conn = undefined;
+        this.log.warn({ reason }, 'backup disconnected');
+        this.exec(this.core.step({ t: 'peer-closed' }));
+      }
+    });
+    this.exec(this.core.step({ t: 'peer-open', backupNextSeq: hello.nextSeq }));
+  }
+
+  /** Test hook: deliver the ACKs held while `holdAcks` was set. */
+  releaseHeldAcks(): void {
+    this.holdAcks = false;
+    for (const f of this.heldAcks.splice(0)) this.exec(this.core.step({ t: 'frame', frame: f }));
+  }
+
+  private tick(): void {
+    const now = performance.now();
+    this.rate.add(now, this.core.status().logBytesSent);
+    this.exec(this.core.step({ t: 'tick', nowMs: now }));
+  }
+
+  private exec(actions: PrimaryAction[]): void {
+    for (const a of actions) {
+      switch (a.t) {
+        case 'send':
+          if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
+          break;
+        case 'release':
+          this.service.deliver(a.outputs);
+          break;
+        case 'throttle':
+          this.vcpu?.setThrottle(a.on);
+          this.log.debug({ on: a.on, reason: a.reason }, 'execution-lag control');
+          break;
+        case 'drop-peer':
+          this.log.warn({ reason: a.reason }, 'dropping the backup');
+          this.conn?.close(a.reason);
+          break;
+        case 'backup-diverged':
+          this.diverged = a.reason;
+          this.log.error({ reason: a.reason }, 'the backup diverged; this primary goes on (redundancy is lost)');
+          break;
+        case 'hash-verified':
+          this.lastVerified = { n: a.n, hash: Buffer.from(a.hash).toString('hex'), ok: a.ok };
+          break;
+      }
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const s = this.core.status();
+    return {
+      role: 'primary',
+      vm: this.opts.config.name,
+      epoch: s.epoch,
+      instructionNumber: Math.max(this.vcpu?.count ?? 0, s.instructionNumber),
+      backup: s.peer ? 'connected' : this.opts.peer ? 'disconnected' : 'none (FT off)',
+      backupInstructionNumber: s.backupInstructionNumber,
+      lagMs: s.lagMs,
+      logBytesPerSec: Math.round(this.rate.perSecond()),
+      logBytesSent: s.logBytesSent,
+      entries: s.nextSeq,
+      ackedEntries: s.ackedSeq,
+      outputsHeld: s.outputsHeld,
+      throttled: s.throttled,
+      clients: this.service.openConnections,
+      lastVerifiedByBackup: this.lastVerified,
+      backupDiverged: this.diverged,
+    };
+  }
+
+  /** Logs a state hash at the guest's next idle point; resolves with it. */
+  stateHash(timeoutMs = 10_000): Promise<{ n: number; hash: string }> {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no idle point within the timeout')), timeoutMs);
+      this.hashWaiters.push((h) => {
+        clearTimeout(t);
+        resolve(h);
+      });
+      this.vcpu!.requestStateHash();
+    });
+  }
+
+  private async onControl(method: string, path: string): Promise<unknown> {
+    if (method === 'GET' && path === '/status') return this.status();
+    if (method === 'POST' && path === '/state-hash') return this.stateHash();
+    return undefined;
+  }
+
+  async stop(): Promise<void> {
+    if (this.ticker) clearInterval(this.ticker);
+    this.dialer?.close();
+    await this.service.close();
+    await this.control?.close();
+    if (this.vcpu) {
+      this.vcpu.stop();
+      await Promise.race([this.vcpu.done.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+      await this.vcpu.terminate();
+    }
+  }
+}
+
+export interface BackupOptions extends NodeOptions {
+  listen: Addr;
+}
+
+export class BackupNode {
+  readonly core: BackupCore;
+  private readonly vcpu: Vcpu;
+  private listener: ChannelListener | undefined;
+  private conn: ChannelConnection | undefined;
+  private control: ControlServer | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private readonly log: Logger;
+  /** Test hook: while set, frames from the primary are not processed (a paused channel). */
+  pauseChannel = false;
+
+  constructor(private readonly opts: BackupOptions) {
+    this.log = opts.log;
+    this.core = new BackupCore({ epoch: opts.epoch, heartbeatIntervalMs: opts.timings.heartbeatIntervalMs });
+    this.vcpu = new Vcpu({ mode: 'replay', guest: opts.guest, config: opts.config, ...(opts.sliceUnits !== undefined ? { sliceUnits: opts.sliceUnits } : {}) });
+  }
+
+  get address(): Addr | undefined {
+    const a = this.listener?.address;
+    return a ? { host: a.address, port: a.port } : undefined;
+  }
+
+  async start(): Promise<void> {
+    const o = this.opts;
+    this.vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => this.exec(this.core.step({ t: 'replica-verified', n: h.n, hash: h.hash })));
+    this.vcpu.on('vcpu-error', (err: Error) => {
+      const reason = err instanceof DeterminismViolation ? err.message : `replica failed: ${err.message}`;
+      this.exec(this.core.step({ t: 'replica-diverged', reason }));
+    });
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, {
+      secret: o.secret,
+      log: o.log.child({ part: 'channel' }),
+      identity: { role: 'backup', vmName: o.config.name, moduleHash: moduleHash(o.guest.original), epoch: o.epoch, nextSeq: () => this.core.expectedSeq },
+    });
+    this.listener.on('connection', (c: ChannelConnection) => this.onPeer(c));
+    await this.listener.start();
+    if (o.control) {
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.onControl(m, p));
+      await this.control.start();
+    }
+    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
+    this.log.info({ channel: this.address, epoch: o.epoch }, 'backup is waiting for the primary');
+  }
+
+  private onPeer(c: ChannelConnection): void {
+    this.conn = c;
+    this.log.info({ primary: c.remote }, 'primary connected');
+    c.on('frame', (f: Frame) => {
+      if (!this.pauseChannel) this.exec(this.core.step({ t: 'frame', frame: f }));
+    });
+    c.once('close', (reason: string) => {
+      if (this.conn === c) {
+        this.conn = undefined;
+        this.log.warn({ reason }, 'primary disconnected');
+        this.exec(this.core.step({ t: 'peer-closed' }));
+      }
+    });
+    this.exec(this.core.step({ t: 'peer-open' }));
+  }
+
+  private tick(): void {
+    this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
+    this.exec(this.core.step({ t: 'tick', nowMs: performance.now() }));
+  }
+
+  private exec(actions: BackupAction[]): void {
+    for (const a of actions) {
+      switch (a.t) {
+        case 'send':
+          if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
+          break;
+        case 'feed':
+          this.vcpu.feedLog(a.batch);
+          break;
+        case 'grant':
+          this.vcpu.grant(a.instructionNumber);
+          break;
+        case 'drop-peer':
+          this.log.warn({ reason: a.reason }, 'dropping the primary connection');
+          this.conn?.close(a.reason);
+          break;
+        case 'halt':
+          this.log.error({ reason: a.reason }, 'backup halted');
+          this.vcpu.stop();
+          break;
+      }
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const s = this.core.status();
+    return {
+      role: 'backup',
+      vm: this.opts.config.name,
+      epoch: s.epoch,
+      instructionNumber: this.vcpu.count,
+      grantedInstructionNumber: s.grantedInstructionNumber,
+      primary: s.peer ? 'connected' : 'disconnected',
+      entries: s.nextSeq,
+      halted: s.halted,
+      lastVerified: s.lastVerified,
+    };
+  }
+
+  private async onControl(method: string, path: string): Promise<unknown> {
+    if (method === 'GET' && path === '/status') return this.status();
+    if (method === 'GET' && path === '/state-hash') return this.core.status().lastVerified;
+    return undefined;
+  }
+
+  async stop(): Promise<void> {
+    if (this.ticker) clearInterval(this.ticker);
+    await this.listener?.close();
+    await this.control?.close();
+    this.vcpu.stop();
+    this.vcpu.endOfLog();
+    await Promise.race([this.vcpu.done.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+    await this.vcpu.terminate();
+  }
+}

@@ -1,0 +1,253 @@
+/**
+ * The primary's replication core: a pure state machine (etcd-io/raft's shape). `step(input)` returns
+ * the actions the driver must perform. No sockets, timers, clocks or randomness in here: time enters as
+ * `tick` inputs carrying the driver's clock reading.
+ *
+ * Responsibilities:
+ * - stream log batches to the backup (and resend from the backup's position after a reconnect);
+ * - the output rule: hold each output until the backup's cumulative ACK covers its own entry;
+ * - heartbeats that grant the backup progress while the guest computes without logging;
+ * - execution-lag control: when the backup's replay is more than `lagMaxMs` behind, or the unacked log
+ *   exceeds its bound, ask the driver to slow the primary at its budget checkpoints.
+ */
+import { FrameType, type Frame } from '../channel/frames.js';
+import type { WireOutput } from '../machine/vcpu-protocol.js';
+import { assert } from '../util/errors.js';
+
+export interface PrimaryConfig {
+  epoch: number;
+  /** Send a heartbeat at least this often when nothing else was sent. */
+  heartbeatIntervalMs: number;
+  /** Send progress grants at most this often while the guest computes without logging. */
+  grantIntervalMs: number;
+  /** Slow the primary when the backup's replay lags by more than this. */
+  lagMaxMs: number;
+  /** Slow the primary when unacknowledged log exceeds this many bytes. */
+  unackedMaxBytes: number;
+  /** Slow the primary when this many outputs wait for an ACK. */
+  heldMaxOutputs: number;
+  /** FT off: no backup; outputs are released at once. */
+  alone: boolean;
+}
+
+export type PrimaryInput =
+  | { t: 'tick'; nowMs: number }
+  /** From the vCPU: entries [firstSeq, firstSeq+count) (count may be 0: progress only) and their outputs. */
+  | { t: 'log'; firstSeq: number; count: number; bytes: Uint8Array; instructionNumber: number; outputs: WireOutput[] }
+  | { t: 'peer-open'; backupNextSeq: number }
+  | { t: 'peer-closed' }
+  | { t: 'frame'; frame: Frame };
+
+export type PrimaryAction =
+  | { t: 'send'; frame: Frame }
+  | { t: 'release'; outputs: WireOutput[] }
+  | { t: 'throttle'; on: boolean; reason: string }
+  | { t: 'drop-peer'; reason: string }
+  | { t: 'backup-diverged'; reason: string }
+  | { t: 'hash-verified'; n: number; hash: Uint8Array; ok: boolean };
+
+interface Batch {
+  firstSeq: number;
+  count: number;
+  bytes: Uint8Array;
+  instructionNumber: number;
+}
+
+/** Bounded history of (instruction number, time) for the lag estimate. */
+const LAG_SAMPLES_MAX = 4096;
+
+export interface PrimaryStatus {
+  epoch: number;
+  peer: boolean;
+  nextSeq: number;
+  ackedSeq: number;
+  instructionNumber: number;
+  backupInstructionNumber: number;
+  lagMs: number;
+  outputsHeld: number;
+  unackedBytes: number;
+  logBytesSent: number;
+  throttled: boolean;
+}
+
+export class PrimaryCore {
+  private nowMs = 0;
+  private peer = false;
+  private nextSeq = 0;
+  private ackedSeq = 0;
+  private sentSeq = 0;
+  private instructionNumber = 0;
+  private backupN = 0;
+  private readonly unacked: Batch[] = [];
+  private unackedBytes = 0;
+  private readonly held: WireOutput[] = [];
+  private heldHead = 0;
+  private readonly samples: Array<[number, number]> = [];
+  private lastSendMs = -Infinity;
+  private lastGrantN = -1;
+  private throttled = false;
+  private logBytesSent = 0;
+
+  constructor(readonly cfg: PrimaryConfig) {}
+
+  status(): PrimaryStatus {
+    return {
+      epoch: this.cfg.epoch,
+      peer: this.peer,
+      nextSeq: this.nextSeq,
+      ackedSeq: this.ackedSeq,
+      instructionNumber: this.instructionNumber,
+      backupInstructionNumber: this.backupN,
+      lagMs: this.lagMs(),
+      outputsHeld: this.held.length - this.heldHead,
+      unackedBytes: this.unackedBytes,
+      logBytesSent: this.logBytesSent,
+      throttled: this.throttled,
+    };
+  }
+
+  /** How long ago the primary was at the first point the backup has not replayed (0 when caught up). */
+  lagMs(): number {
+    for (const [n, t] of this.samples) if (n > this.backupN) return Math.max(0, this.nowMs - t);
+    return 0;
+  }
+
+  step(input: PrimaryInput): PrimaryAction[] {
+    const out: PrimaryAction[] = [];
+    switch (input.t) {
+      case 'tick':
+        assert(input.nowMs >= this.nowMs, 'time never goes back');
+        this.nowMs = input.nowMs;
+        if (this.peer && this.nowMs - this.lastSendMs >= this.cfg.heartbeatIntervalMs) this.sendHeartbeat(out);
+        break;
+      case 'log':
+        this.onLog(input, out);
+        break;
+      case 'peer-open':
+        this.onPeerOpen(input.backupNextSeq, out);
+        break;
+      case 'peer-closed':
+        this.peer = false;
+        break;
+      case 'frame':
+        this.onFrame(input.frame, out);
+        break;
+    }
+    this.evaluateThrottle(out);
+    return out;
+  }
+
+  private onLog(input: Extract<PrimaryInput, { t: 'log' }>, out: PrimaryAction[]): void {
+    assert(input.firstSeq === this.nextSeq, `log batches arrive in order (${input.firstSeq} vs ${this.nextSeq})`);
+    if (input.instructionNumber > this.instructionNumber) {
+      this.instructionNumber = input.instructionNumber;
+      this.samples.push([input.instructionNumber, this.nowMs]);
+      if (this.samples.length > LAG_SAMPLES_MAX) this.samples.splice(0, this.samples.length - LAG_SAMPLES_MAX);
+    }
+    if (input.count > 0) {
+      const b: Batch = { firstSeq: input.firstSeq, count: input.count, bytes: input.bytes, instructionNumber: input.instructionNumber };
+      this.nextSeq += input.count;
+      if (this.cfg.alone) {
+        this.ackedSeq = this.nextSeq;
+      } else {
+        this.unacked.push(b);
+        this.unackedBytes += b.bytes.length;
+        if (this.peer) this.sendBatch(b, out);
+      }
+    } else if (this.peer && input.instructionNumber > this.lastGrantN && this.nowMs - this.lastSendMs >= this.cfg.grantIntervalMs) {
+      this.sendHeartbeat(out);
+    }
+    for (const o of input.outputs) this.held.push(o);
+    this.releaseCovered(out);
+  }
+
+  private sendBatch(b: Batch, out: PrimaryAction[]): void {
+    out.push({ t: 'send', frame: { type: FrameType.LOG, epoch: this.cfg.epoch, firstSeq: b.firstSeq, count: b.count, instructionNumber: b.instructionNumber, batch: b.bytes } });
+    this.sentSeq = b.firstSeq + b.count;
+    this.lastSendMs = this.nowMs;
+    this.lastGrantN = b.instructionNumber;
+    this.logBytesSent += b.bytes.length;
+  }
+
+  private sendHeartbeat(out: PrimaryAction[]): void {
+    out.push({ t: 'send', frame: { type: FrameType.HEARTBEAT, epoch: this.cfg.epoch, instructionNumber: this.instructionNumber, nextSeq: this.sentSeq } });
+    this.lastSendMs = this.nowMs;
+    this.lastGrantN = this.instructionNumber;
+  }
+
+  private onPeerOpen(backupNextSeq: number, out: PrimaryAction[]): void {
+    const oldest = this.unacked[0]?.firstSeq ?? this.nextSeq;
+    if (backupNextSeq < oldest || backupNextSeq > this.nextSeq) {
+      out.push({ t: 'drop-peer', reason: `the backup expects entry ${backupNextSeq}, but this primary holds entries ${oldest}..${this.nextSeq}; it must be re-cloned from a snapshot` });
+      return;
+    }
+    this.peer = true;
+    // The backup holds everything before backupNextSeq: that is an acknowledgement.
+    this.onAck(backupNextSeq, this.backupN, out);
+    this.sentSeq = backupNextSeq;
+    for (const b of this.unacked) {
+      if (b.firstSeq >= backupNextSeq) this.sendBatch(b, out);
+      else assert(b.firstSeq + b.count <= backupNextSeq, 'backups acknowledge whole batches');
+    }
+    this.sendHeartbeat(out);
+  }
+
+  private onFrame(f: Frame, out: PrimaryAction[]): void {
+    if ('epoch' in f && f.epoch !== this.cfg.epoch) return; // older (or foreign) epoch: ignored
+    switch (f.type) {
+      case FrameType.ACK:
+        this.onAck(f.ackSeq, f.replayedInstructionNumber, out);
+        break;
+      case FrameType.STATE_HASH:
+        out.push({ t: 'hash-verified', n: f.n, hash: f.hash, ok: f.ok });
+        if (!f.ok) out.push({ t: 'backup-diverged', reason: `the backup's state hash differs at instruction ${f.n}` });
+        break;
+      case FrameType.CONTROL:
+        out.push({ t: 'backup-diverged', reason: f.reason });
+        break;
+      default:
+        break; // frames a primary does not act on
+    }
+  }
+
+  private onAck(ackSeq: number, replayedN: number, out: PrimaryAction[]): void {
+    if (ackSeq > this.nextSeq) return; // acknowledges entries never sent: ignore (a confused or hostile peer)
+    if (replayedN > this.backupN) {
+      this.backupN = replayedN;
+      let drop = 0;
+      while (drop < this.samples.length - 1 && this.samples[drop + 1]![0] <= replayedN) drop++;
+      if (drop > 0) this.samples.splice(0, drop);
+    }
+    if (ackSeq <= this.ackedSeq) return;
+    this.ackedSeq = ackSeq;
+    while (this.unacked.length > 0 && this.unacked[0]!.firstSeq + this.unacked[0]!.count <= ackSeq) {
+      this.unackedBytes -= this.unacked.shift()!.bytes.length;
+    }
+    this.releaseCovered(out);
+  }
+
+  /** The output rule: an output goes out once every entry up to and including its own is acknowledged. */
+  private releaseCovered(out: PrimaryAction[]): void {
+    const ready: WireOutput[] = [];
+    while (this.heldHead < this.held.length && this.held[this.heldHead]!.seq < this.ackedSeq) ready.push(this.held[this.heldHead++]!);
+    if (this.heldHead > 1024 && this.heldHead * 2 > this.held.length) {
+      this.held.splice(0, this.heldHead);
+      this.heldHead = 0;
+    }
+    if (ready.length > 0) out.push({ t: 'release', outputs: ready });
+  }
+
+  private evaluateThrottle(out: PrimaryAction[]): void {
+    if (this.cfg.alone) return;
+    const lag = this.lagMs();
+    let reason = '';
+    if (this.peer && lag > this.cfg.lagMaxMs) reason = `backup lags ${lag.toFixed(0)} ms (max ${this.cfg.lagMaxMs})`;
+    else if (this.unackedBytes > this.cfg.unackedMaxBytes) reason = `${this.unackedBytes} unacknowledged log bytes (max ${this.cfg.unackedMaxBytes})`;
+    else if (this.held.length - this.heldHead > this.cfg.heldMaxOutputs) reason = `${this.held.length - this.heldHead} outputs held (max ${this.cfg.heldMaxOutputs})`;
+    const on = reason !== '';
+    if (on !== this.throttled) {
+      this.throttled = on;
+      out.push({ t: 'throttle', on, reason: on ? reason : 'caught up' });
+    }
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Client-facing networking of a live VM: each TCP connection to the service port is a virtual
+ * connection of the guest's NIC. Opening, data and the client's end of input become input events for
+ * the vCPU (logged on delivery); the guest's sends and closes come back as released outputs.
+ */
+import net from 'node:net';
+import type { WireOutput } from '../machine/vcpu-protocol.js';
+import type { Logger } from '../util/log.js';
+
+export interface InputSink {
+  input(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): void;
+  /** Bytes of input not yet taken by the guest: the service pauses sockets while this is high. */
+  readonly backlogBytes: number;
+}
+
+export interface ClientServiceOptions {
+  host: string;
+  port: number;
+  log: Logger;
+  /** Pause reading client sockets while the vCPU input backlog exceeds this. */
+  backlogPauseBytes?: number;
+  /** Refuse connections beyond this many. */
+  maxConnections?: number;
+  /** Drop a client whose unsent replies exceed this (it stopped reading). */
+  clientSendMaxBytes?: number;
+}
+
+export class ClientService {
+  private server: net.Server | undefined;
+  private readonly sockets = new Map<number, net.Socket>();
+  private nextConn = 1;
+  private sink: InputSink | undefined;
+  private paused = false;
+  private readonly backlogPauseBytes: number;
+  private readonly maxConnections: number;
+  private readonly clientSendMaxBytes: number;
+  private timer: NodeJS.Timeout | undefined;
+  connectionsTotal = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+
+  constructor(private readonly opts: ClientServiceOptions) {
+    this.backlogPauseBytes = opts.backlogPauseBytes ?? 8 * 1024 * 1024;
+    this.maxConnections = opts.maxConnections ?? 10_000;
+    this.clientSendMaxBytes = opts.clientSendMaxBytes ?? 64 * 1024 * 1024;
+  }
+
+  /** Connection ids must never be reused within a VM's life: continue after the highest seen. */
+  set firstConnectionId(id: number) {
+    this.nextConn = Math.max(this.nextConn, id);
+  }
+
+  get address(): net.AddressInfo | undefined {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a : undefined;
+  }
+
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  async start(sink: InputSink): Promise<void> {
+    this.sink = sink;
+    const server = net.createServer({ noDelay: true }, (s) => this.accept(s));
+    this.server = server;
+    server.maxConnections = this.maxConnections;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.opts.port, this.opts.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.timer = setInterval(() => this.checkBackpressure(), 2);
+    this.timer.unref();
+  }
+
+  private accept(s: net.Socket): void {
+    const conn = this.nextConn++;
+    this.connectionsTotal++;
+    this.sockets.set(conn, s);
+    const sink = this.sink!;
+    sink.input('open', conn);
+    s.on('data', (chunk: Buffer) => {
+      this.bytesIn += chunk.length;
+      sink.input('data', conn, chunk);
+      this.checkBackpressure();
+    });
+    s.on('end', () => {
+      // The client will send nothing more (a half-close): tell the guest; replies can still go out.
+      sink.input('close', conn);
+    });
+    s.on('error', () => undefined); // 'close' follows
+    s.on('close', (hadError) => {
+      if (this.sockets.get(conn) === s) {
+        this.sockets.delete(conn);
+        if (hadError || !s.readableEnded) sink.input('close', conn);
+      }
+    });
+    if (this.paused) s.pause();
+  }
+
+  private checkBackpressure(): void {
+    const high = (this.sink?.backlogBytes ?? 0) > this.backlogPauseBytes;
+    if (high === this.paused) return;
+    this.paused = high;
+    for (const s of this.sockets.values()) {
+      if (high) s.pause();
+      else s.resume();
+    }
+  }
+
+  /** Performs released outputs: bytes to clients, closes. Console output goes to the log. */
+  deliver(outputs: readonly WireOutput[]): void {
+    for (const o of outputs) {
+      if (o.kind === 'console') {
+        this.opts.log.info({ fd: o.fd, text: Buffer.from(o.data).toString('utf8') }, 'guest console');
+        continue;
+      }
+      const s = this.sockets.get(o.conn);
+      if (s === undefined) continue; // the client is gone: discard, as a NIC would
+      if (o.kind === 'net') {
+        this.bytesOut += o.data.length;
+        if (s.writableLength > this.clientSendMaxBytes) {
+          this.opts.log.warn({ conn: o.conn }, 'client stopped reading; dropping it');
+          s.destroy();
+          continue;
+        }
+        s.write(o.data);
+      } else {
+        this.sockets.delete(o.conn);
+        s.end();
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    for (const s of this.sockets.values()) s.destroy();
+    this.sockets.clear();
+    const server = this.server;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+  }
+}

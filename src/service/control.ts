@@ -1,0 +1,90 @@
+/**
+ * The control endpoint of a node: a tiny HTTP/JSON server on loopback for `ftvm status` and tests.
+ *   GET  /status       → the node's status object
+ *   POST /state-hash   → primary: log a state hash at the next idle point and return {n, hash}
+ *   GET  /state-hash   → backup: the last state hash it verified against the log
+ */
+import http from 'node:http';
+
+export type ControlHandler = (method: string, path: string) => Promise<unknown> | unknown;
+
+export class ControlServer {
+  private server: http.Server | undefined;
+
+  constructor(
+    private readonly host: string,
+    private readonly port: number,
+    private readonly handler: ControlHandler,
+  ) {}
+
+  get address(): { host: string; port: number } | undefined {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? { host: a.address, port: a.port } : undefined;
+  }
+
+  async start(): Promise<void> {
+    const server = http.createServer((req, res) => {
+      void (async () => {
+        try {
+          const body = await this.handler(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/');
+          if (body === undefined) {
+            res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not found' }));
+            return;
+          }
+          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+        } catch (err) {
+          const e = err as { code?: string; message?: string };
+          res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e.message ?? String(err), code: e.code }));
+        }
+      })();
+    });
+    this.server = server;
+    server.keepAliveTimeout = 1000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, this.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+}
+
+/** Client side, for `ftvm status` and tests. */
+export async function controlRequest(addr: string, method: string, path: string, timeoutMs = 5000): Promise<unknown> {
+  const [host, portStr] = splitHostPort(addr);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host, port: Number(portStr), method, path, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        try {
+          const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+          if ((res.statusCode ?? 500) >= 400) reject(Object.assign(new Error((body as { error?: string }).error ?? `HTTP ${res.statusCode}`), { code: (body as { code?: string }).code }));
+          else resolve(body);
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${addr} within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+export function splitHostPort(addr: string): [string, string] {
+  const i = addr.lastIndexOf(':');
+  if (i <= 0) throw new Error(`address "${addr}" must be host:port`);
+  const host = addr.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = addr.slice(i + 1);
+  if (!/^\d+$/.test(port) || Number(port) > 65535) throw new Error(`address "${addr}" has a bad port`);
+  return [host, port];
+}
