@@ -66,7 +66,9 @@ export class ChannelConnection extends EventEmitter {
   private readonly sendBufferMaxBytes: number;
   peerHello: HelloFrame | undefined;
   private closed = false;
-  readonly remote: string;
+  get remote(): string {
+    return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+  }
 
   constructor(
     private readonly socket: Socket,
@@ -76,7 +78,6 @@ export class ChannelConnection extends EventEmitter {
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
     this.helloKey = createHmac('sha256', opts.secret).update('ftvm-hello-v1').digest();
-    this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.close(`socket error: ${err.message}`));
@@ -235,6 +236,7 @@ export class ChannelConnection extends EventEmitter {
     }
     if (h.arch !== process.arch) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs on ${h.arch}, this node on ${process.arch}: NaN bit patterns may differ` };
     if (h.epoch < id.epoch) return { code: 'FTVM_ERR_STALE_EPOCH', reason: `the peer is at epoch ${h.epoch}, older than ours (${id.epoch})` };
+    if (h.epoch > id.epoch) return { code: 'FTVM_ERR_STALE_EPOCH', reason: `the peer is at epoch ${h.epoch}, newer than ours (${id.epoch}): this node is fenced` };
     return this.opts.checkHello?.(h);
   }
 

@@ -2,16 +2,35 @@
  * Instrumentation: rewrites a guest module with binaryen so that the VMM can count and stop it.
  *
  * - A fuel counter (i64) is charged at every function entry and loop header with the static size of the
- *   region that can run before the next charge (at least 1). The counter lives in a function local; it is
- *   flushed to the global `__ftvm_fuel` before every call and return and reloaded after every call
- *   (wasmtime's scheme). The instruction count is `budgetEnd - fuel`, where the VMM knows budgetEnd.
+ *   region that can run before the next charge (at least 1). The instruction count is
+ *   `budgetEnd - fuel`, where the VMM knows budgetEnd.
+ * - Fuel and call depth are threaded through the guest's own functions: every defined function gets two
+ *   extra trailing parameters (`fuel: i64`, `depth: i32`) and one extra trailing result (the fuel left
+ *   when it returns, after its original results). A call passes the caller's fuel and `depth + 1` and
+ *   takes the fuel back; `call_indirect` uses the threaded type, so every function in a table is
+ *   threaded (an imported function placed in a table goes through a small threaded wrapper). Fuel thus
+ *   stays in locals and registers across calls instead of making a store/load round trip through a
+ *   global at every call and return.
+ * - The global `__ftvm_fuel` is written only where the VMM reads the count: before every call to an
+ *   imported function (a host call; the fuel is reloaded from the global after it), before
+ *   `ftvm_internal.depth_exceeded`, and by the export wrappers on return. It is read by the export
+ *   wrappers on entry. So while the guest runs, `budgetEnd - __ftvm_fuel` is the count at the last host
+ *   call or at the entry of the running export: a point every replica passes at the same count. After a
+ *   trap the VMM therefore reads the same count on every replica, wherever their budget stops fell.
  * - When a charge would make fuel negative, the guest refunds it and calls the VMM's
- *   `ftvm_internal.budget(k, fuel) -> fuel` import. For loops that call sits outside the loop: the loop branches out
- *   to it and re-enters (a call inside the loop makes V8 spill loop values; DESIGN.md §3). On return the
- *   VMM guarantees fuel >= k, so the re-charge succeeds. The VMM therefore sees the guest at an exact
- *   count at every stop, and counts strictly increase.
- * - A deterministic call-depth limit (global `__ftvm_depth`), so traps never depend on the native stack.
- * - `memory.grow` is routed through `ftvm_internal.memory_grow` so the VMM logs its result.
+ *   `ftvm_internal.budget(k, fuel) -> fuel` import (fuel as an argument: this call does not write the
+ *   global, see above). For loops that call sits outside the loop: the loop branches out to it and
+ *   re-enters (a call inside the loop makes V8 spill loop values; DESIGN.md §3). On return the VMM
+ *   guarantees fuel >= k, so the re-charge succeeds. The VMM therefore sees the guest at an exact count
+ *   at every stop, and counts strictly increase.
+ * - Exports keep their original signatures: each exported guest function is exported through a wrapper
+ *   that reads `__ftvm_fuel`, calls the threaded function with depth 1 and writes the fuel back. Depth
+ *   starts at 1 on every export call because the guest is only ever entered from an idle VMM: host
+ *   functions never call back into the guest. (The global `__ftvm_depth` stays exported for the VMM but
+ *   is no longer maintained: it is always 0.)
+ * - A deterministic call-depth limit: a function entered with `depth > maxCallDepth` flushes the fuel
+ *   and calls `ftvm_internal.depth_exceeded`, which traps; traps never depend on the native stack.
+ * - `memory.grow` is routed through `ftvm_internal.memory_grow` (a host call) so the VMM logs its result.
  * - A `start` function becomes the export `__ftvm_start`, so it runs metered.
  * - Mutable globals are exported as `__ftvm_g<i>` and memory as `__ftvm_memory` for snapshots.
  */
@@ -63,6 +82,7 @@ interface Accessors {
 }
 const B = binaryen as unknown as Record<string, Accessors> & {
   _BinaryenFunctionAddVar(func: Ref, type: number): number;
+  _BinaryenElementSegmentIsPassive(segment: Ref): number;
 };
 
 interface ChildSlot {
@@ -183,20 +203,67 @@ function refuse(feature: string, where: string): never {
   throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', `unsupported wasm feature: ${feature} (in ${where}); ftvm cannot make it deterministic`);
 }
 
+
+/** The threaded form of a function type: `(params..., fuel: i64, depth: i32) -> (results..., fuel: i64)`. */
+interface Threaded {
+  /** Original parameter and result types, expanded. */
+  params: number[];
+  results: number[];
+  /** The threaded parameter and result types. */
+  tparams: number;
+  tresults: number;
+}
+
+function threaded(params: number, results: number): Threaded {
+  const ps = binaryen.expandType(params);
+  const rs = binaryen.expandType(results);
+  return {
+    params: ps,
+    results: rs,
+    tparams: binaryen.createType([...ps, binaryen.i64, binaryen.i32]),
+    tresults: binaryen.createType([...rs, binaryen.i64]),
+  };
+}
+
+/** `value` (of the original result types `results`) followed by `fuel`, as one threaded result. */
+function withFuel(m: binaryen.Module, results: number[], value: Ref, fuel: Ref, temp: (t: number) => number): Ref {
+  if (results.length === 0) return value === 0 ? fuel : m.block(null, [value, fuel], binaryen.i64);
+  if (results.length === 1) return m.tuple.make([value, fuel]);
+  const type = binaryen.createType(results);
+  const t = temp(type);
+  return m.block(null, [m.local.set(t, value), m.tuple.make([...results.map((_, i) => m.tuple.extract(m.local.get(t, type), i)), fuel])], binaryen.createType([...results, binaryen.i64]));
+}
+
+/**
+ * Splits the threaded result of `call` (original results `results`, then the fuel): the fuel goes to
+ * `setFuel`, the original results are the block's value.
+ */
+function splitFuel(m: binaryen.Module, th: Threaded, call: Ref, setFuel: (fuel: Ref) => Ref, temp: (t: number) => number): Ref {
+  if (th.results.length === 0) return setFuel(call);
+  const t = temp(th.tresults);
+  const n = th.results.length;
+  const value = n === 1 ? m.tuple.extract(m.local.get(t, th.tresults), 0) : m.tuple.make(th.results.map((_, i) => m.tuple.extract(m.local.get(t, th.tresults), i)));
+  return m.block(null, [m.local.set(t, call), setFuel(m.tuple.extract(m.local.get(t, th.tresults), n)), value], binaryen.createType(th.results));
+}
+
 /** Per-function rewriting state. */
 class FunctionRewriter {
   private labelCounter = 0;
+  /** The threaded parameters: the fuel (a parameter, so no load at entry) and the call depth. */
   private readonly fuelLocal: number;
-  private readonly tempLocals = new Map<number, number[]>();
-  private readonly tempsInUse = new Map<number, number>();
+  private readonly depthLocal: number;
 
   constructor(
     private readonly mod: binaryen.Module,
     private readonly funcRef: Ref,
     private readonly funcName: string,
     private readonly maxCallDepth: number,
+    private readonly sig: Threaded,
+    /** Threaded signatures of the module's defined functions, by name. */
+    private readonly sigs: ReadonlyMap<string, Threaded>,
   ) {
-    this.fuelLocal = B._BinaryenFunctionAddVar(funcRef, binaryen.i64);
+    this.fuelLocal = sig.params.length;
+    this.depthLocal = sig.params.length + 1;
   }
 
   private label(kind: string): string {
@@ -204,113 +271,103 @@ class FunctionRewriter {
   }
 
   /** A fresh temp local of `type`; temps are never reused (cheap, and keeps lifetimes obviously right). */
-  private temp(type: number): number {
-    return B._BinaryenFunctionAddVar(this.funcRef, type);
+  private readonly temp = (type: number): number => B._BinaryenFunctionAddVar(this.funcRef, type);
+
+  private fuel(): Ref {
+    return this.mod.local.get(this.fuelLocal, binaryen.i64);
   }
 
   private flush(): Ref {
-    return this.mod.global.set(FUEL_GLOBAL, this.mod.local.get(this.fuelLocal, binaryen.i64));
+    return this.mod.global.set(FUEL_GLOBAL, this.fuel());
   }
 
   private reload(): Ref {
     return this.mod.local.set(this.fuelLocal, this.mod.global.get(FUEL_GLOBAL, binaryen.i64));
   }
 
-  private depthDec(): Ref {
-    const m = this.mod;
-    return m.global.set(DEPTH_GLOBAL, m.i32.sub(m.global.get(DEPTH_GLOBAL, binaryen.i32), m.i32.const(1)));
-  }
-
-  /** flush + depth-- : what every exit from the function does. */
-  private exitCode(): Ref[] {
-    return [this.flush(), this.depthDec()];
-  }
+  private setFuel = (fuel: Ref): Ref => this.mod.local.set(this.fuelLocal, fuel);
 
   private charge(k: number): Ref {
     const m = this.mod;
-    return m.local.set(this.fuelLocal, m.i64.sub(m.local.get(this.fuelLocal, binaryen.i64), m.i64.const(BigInt(k) as never)));
+    return m.local.set(this.fuelLocal, m.i64.sub(this.fuel(), m.i64.const(BigInt(k) as never)));
   }
 
   private fuelNegative(): Ref {
     const m = this.mod;
-    return m.i64.lt_s(m.local.get(this.fuelLocal, binaryen.i64), m.i64.const(0n as never));
+    return m.i64.lt_s(this.fuel(), m.i64.const(0n as never));
   }
 
   /**
    * Refund k and ask the VMM, passing the fuel; the VMM returns the new fuel (>= k). The global is not
-   * flushed here, so its value only ever reflects call/return boundaries: the count seen after a trap is
-   * then the same on every replica, wherever their budget stops fell.
+   * written here, so its value only ever reflects host calls and export entries/exits: the count seen
+   * after a trap is then the same on every replica, wherever their budget stops fell.
    */
   private slowPath(k: number): Ref[] {
     const m = this.mod;
     return [
-      m.local.set(this.fuelLocal, m.i64.add(m.local.get(this.fuelLocal, binaryen.i64), m.i64.const(BigInt(k) as never))),
-      m.local.set(this.fuelLocal, m.call(`${INTERNAL_MODULE}.budget`, [m.i32.const(k), m.local.get(this.fuelLocal, binaryen.i64)], binaryen.i64)),
+      m.local.set(this.fuelLocal, m.i64.add(this.fuel(), m.i64.const(BigInt(k) as never))),
+      m.local.set(this.fuelLocal, m.call(`${INTERNAL_MODULE}.budget`, [m.i32.const(k), this.fuel()], binaryen.i64)),
     ];
   }
 
-  /** Rewrites the function body. */
+  /** Rewrites the function body (whose locals still have their original numbering). */
   run(): void {
     const m = this.mod;
     const info = binaryen.getFunctionInfo(this.funcRef);
     const { expr: body, cost } = this.visit(info.body);
     const k = Math.max(1, cost);
-    const results = info.results;
-    let inner: Ref;
-    if (results === binaryen.none) {
-      inner = m.block(null, [body, ...this.exitCode()], binaryen.none);
-    } else if (binaryen.getExpressionType(body) === binaryen.unreachable) {
-      inner = body;
-    } else {
-      const t = this.temp(results);
-      inner = m.block(null, [m.local.set(t, body), ...this.exitCode(), m.local.get(t, results)], results);
-    }
+    const inner = binaryen.getExpressionType(body) === binaryen.unreachable ? body : withFuel(m, this.sig.results, body, this.fuel(), this.temp);
     const prologue: Ref[] = [
-      this.reload(),
-      m.global.set(DEPTH_GLOBAL, m.i32.add(m.global.get(DEPTH_GLOBAL, binaryen.i32), m.i32.const(1))),
       m.if(
-        m.i32.gt_u(m.global.get(DEPTH_GLOBAL, binaryen.i32), m.i32.const(this.maxCallDepth)),
+        m.i32.gt_u(m.local.get(this.depthLocal, binaryen.i32), m.i32.const(this.maxCallDepth)),
         m.block(null, [this.flush(), m.call(`${INTERNAL_MODULE}.depth_exceeded`, [], binaryen.none), m.unreachable()]),
       ),
       this.charge(k),
       m.if(this.fuelNegative(), m.block(null, [...this.slowPath(k), this.charge(k)])),
     ];
-    B.Function!.setBody!(this.funcRef, m.block(null, [...prologue, inner], results === binaryen.none ? binaryen.none : results));
+    B.Function!.setBody!(this.funcRef, m.block(null, [...prologue, inner], this.sig.tresults));
   }
 
   /**
    * Rewrites `expr` bottom-up. Returns the new expression, the static cost of its part of the enclosing
-   * region (nodes not inside a nested loop; a nested loop counts 1) and whether it contains a loop.
+   * region (nodes not inside a nested loop; a nested loop counts 1) and whether evaluating it can change
+   * the fuel local (it contains a loop, a call or a memory.grow).
    */
-  private visit(expr: Ref): { expr: Ref; cost: number; hasLoop: boolean } {
-    if (expr === 0) return { expr, cost: 0, hasLoop: false };
+  private visit(expr: Ref): { expr: Ref; cost: number; touchesFuel: boolean } {
+    if (expr === 0) return { expr, cost: 0, touchesFuel: false };
     const id = binaryen.getExpressionId(expr);
     const refused = REFUSED_KINDS.get(id);
     if (refused !== undefined) refuse(refused, `function ${this.funcName}`);
     const childrenOf = CHILDREN.get(id);
     if (childrenOf === undefined) refuse(`expression kind ${id}`, `function ${this.funcName}`);
     this.checkNode(expr, id);
+    // The two threaded parameters sit between the original parameters and the original locals.
+    if (id === ids.LocalGetId || id === ids.LocalSetId) {
+      const acc = id === ids.LocalGetId ? B.LocalGet! : B.LocalSet!;
+      const index = acc.getIndex!(expr);
+      if (index >= this.sig.params.length) acc.setIndex!(expr, index + 2);
+    }
 
     let cost = 1;
-    let hasLoop = false;
+    let touchesFuel = false;
     for (const s of childrenOf(expr)) {
       const child = s.get(expr);
       if (child === 0) continue;
       const r = this.visit(child);
       if (r.expr !== child) s.set(expr, r.expr);
       cost += r.cost;
-      hasLoop ||= r.hasLoop;
+      touchesFuel ||= r.touchesFuel;
     }
 
-    if (id === ids.LoopId) return { expr: this.wrapLoop(expr, cost - 1), cost: 1, hasLoop: true };
-    if (id === ids.CallId || id === ids.CallIndirectId) return { expr: this.wrapCall(expr, id, hasLoop), cost, hasLoop };
+    if (id === ids.LoopId) return { expr: this.wrapLoop(expr, cost - 1), cost: 1, touchesFuel: true };
+    if (id === ids.CallId || id === ids.CallIndirectId) return { expr: this.wrapCall(expr, id, touchesFuel), cost, touchesFuel: true };
     if (id === ids.MemoryGrowId) {
       const delta = B.MemoryGrow!.getDelta!(expr);
       const call = this.mod.call(`${INTERNAL_MODULE}.memory_grow`, [delta], binaryen.i32);
-      return { expr: this.wrapCall(call, ids.CallId!, hasLoop), cost, hasLoop };
+      return { expr: this.wrapCall(call, ids.CallId!, touchesFuel), cost, touchesFuel: true };
     }
-    if (id === ids.ReturnId) return { expr: this.wrapReturn(expr), cost, hasLoop };
-    return { expr, cost, hasLoop };
+    if (id === ids.ReturnId) return { expr: this.wrapReturn(expr), cost, touchesFuel };
+    return { expr, cost, touchesFuel };
   }
 
   private checkNode(expr: Ref, id: number): void {
@@ -355,42 +412,72 @@ class FunctionRewriter {
     );
   }
 
-  private wrapCall(call: Ref, id: number, operandsHaveLoop: boolean): Ref {
+  /** Evaluates the operands (and call_indirect's target) of `call` into temps, in order; returns the sets. */
+  private spillOperands(call: Ref, id: number): Ref[] {
+    const m = this.mod;
+    const pre: Ref[] = [];
+    const acc = id === ids.CallId ? B.Call! : B.CallIndirect!;
+    const n = acc.getNumOperands!(call);
+    for (let i = 0; i < n; i++) {
+      const op = acc.getOperandAt!(call, i);
+      const t = this.temp(binaryen.getExpressionType(op));
+      pre.push(m.local.set(t, op));
+      acc.setOperandAt!(call, i, m.local.get(t, binaryen.getExpressionType(op)));
+    }
+    if (id === ids.CallIndirectId) {
+      const target = B.CallIndirect!.getTarget!(call);
+      const t = this.temp(binaryen.i32);
+      pre.push(m.local.set(t, target));
+      B.CallIndirect!.setTarget!(call, m.local.get(t, binaryen.i32));
+    }
+    return pre;
+  }
+
+  /** `childrenTouchFuel`: evaluating the operands (or the target) can change the fuel local. */
+  private wrapCall(call: Ref, id: number, childrenTouchFuel: boolean): Ref {
     const m = this.mod;
     const type = binaryen.getExpressionType(call);
-    if (type === binaryen.unreachable) return call; // an operand never returns: the call never happens
-    const pre: Ref[] = [];
-    if (operandsHaveLoop) {
-      // Charges inside operands land in the fuel local; evaluate operands first, then flush.
-      const acc = id === ids.CallId ? B.Call! : B.CallIndirect!;
-      const n = acc.getNumOperands!(call);
-      for (let i = 0; i < n; i++) {
-        const op = acc.getOperandAt!(call, i);
-        const t = this.temp(binaryen.getExpressionType(op));
-        pre.push(m.local.set(t, op));
-        acc.setOperandAt!(call, i, m.local.get(t, binaryen.getExpressionType(op)));
-      }
-      if (id === ids.CallIndirectId) {
-        const target = B.CallIndirect!.getTarget!(call);
-        const t = this.temp(binaryen.i32);
-        pre.push(m.local.set(t, target));
-        B.CallIndirect!.setTarget!(call, m.local.get(t, binaryen.i32));
-      }
+    let th: Threaded | undefined;
+    if (id === ids.CallIndirectId) {
+      th = threaded(B.CallIndirect!.getParams!(call), B.CallIndirect!.getResults!(call));
+    } else {
+      th = this.sigs.get(B.Call!.getTarget!(call) as unknown as string);
     }
-    pre.push(this.flush());
-    if (type === binaryen.none) return m.block(null, [...pre, call, this.reload()], binaryen.none);
-    const t = this.temp(type);
-    return m.block(null, [...pre, m.local.set(t, call), this.reload(), m.local.get(t, type)], type);
+    if (th === undefined) {
+      // A host call: the VMM reads the count from the global, and the import never changes the fuel
+      // (only `budget` does, and it returns it), but reload anyway: host calls are rare.
+      if (type === binaryen.unreachable) return call; // an operand never returns: the call never happens
+      // Charges inside operands land in the fuel local: evaluate operands first, then flush.
+      const pre = childrenTouchFuel ? this.spillOperands(call, id) : [];
+      pre.push(this.flush());
+      if (type === binaryen.none) return m.block(null, [...pre, call, this.reload()], binaryen.none);
+      const t = this.temp(type);
+      return m.block(null, [...pre, m.local.set(t, call), this.reload(), m.local.get(t, type)], type);
+    }
+    // A threaded call: pass (fuel, depth + 1) after the original operands, take the fuel back.
+    // call_indirect evaluates its target after the operands: when the target can change the fuel,
+    // evaluate everything into temps first so that the fuel passed is the fuel at the call.
+    const pre = id === ids.CallIndirectId && childrenTouchFuel && type !== binaryen.unreachable ? this.spillOperands(call, id) : [];
+    const acc = id === ids.CallId ? B.Call! : B.CallIndirect!;
+    acc.appendOperand!(call, this.fuel());
+    acc.appendOperand!(call, m.i32.add(m.local.get(this.depthLocal, binaryen.i32), m.i32.const(1)));
+    if (id === ids.CallIndirectId) {
+      B.CallIndirect!.setParams!(call, th.tparams);
+      B.CallIndirect!.setResults!(call, th.tresults);
+    }
+    if (type === binaryen.unreachable) {
+      B.Expression!.setType!(call, binaryen.unreachable);
+      return call; // an operand never returns: the call never happens (but must still type-check)
+    }
+    B.Expression!.setType!(call, th.tresults);
+    const split = splitFuel(m, th, call, this.setFuel, this.temp);
+    return pre.length === 0 ? split : m.block(null, [...pre, split], type);
   }
 
   private wrapReturn(ret: Ref): Ref {
-    const m = this.mod;
     const value = B.Return!.getValue!(ret);
-    if (value === 0) return m.block(null, [...this.exitCode(), ret], binaryen.unreachable);
-    const type = binaryen.getExpressionType(value);
-    if (type === binaryen.unreachable) return ret;
-    const t = this.temp(type);
-    B.Return!.setValue!(ret, m.block(null, [m.local.set(t, value), ...this.exitCode(), m.local.get(t, type)], type));
+    if (value !== 0 && binaryen.getExpressionType(value) === binaryen.unreachable) return ret;
+    B.Return!.setValue!(ret, withFuel(this.mod, this.sig.results, value, this.fuel(), this.temp));
     return ret;
   }
 }
@@ -428,6 +515,13 @@ const TYPE_NAMES = new Map<number, string>([
 function signatureOf(params: number, results: number): string {
   const names = (t: number): string => binaryen.expandType(t).map((x) => TYPE_NAMES.get(x) ?? `type${x}`).join(',');
   return `(${names(params)})->(${names(results)})`;
+}
+
+/** A function name not yet used in the module. */
+function freshName(mod: binaryen.Module, base: string): string {
+  let name = base;
+  for (let i = 1; mod.getFunction(name) !== 0; i++) name = `${base}_${i}`;
+  return name;
 }
 
 function instrumentModule(mod: binaryen.Module, maxCallDepth: number): InstrumentedModule {
@@ -477,6 +571,15 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
     if (e.name.startsWith('__ftvm')) throw new FtvmError('FTVM_ERR_ABI_EXPORT', `the guest exports "${e.name}": names starting with __ftvm are reserved`);
   }
 
+  // Element segments: the only way functions get into tables (table.set, table.grow and ref.func are refused).
+  const segments: Array<{ name: string; passive: boolean; table: string; offset: Ref; data: string[] }> = [];
+  for (let i = 0; i < mod.getNumElementSegments(); i++) {
+    const ref = mod.getElementSegmentByIndex(i);
+    const s = binaryen.getElementSegmentInfo(ref);
+    if (s.data.some((d) => typeof d !== 'string' || d === '')) refuse('reference types (a null or non-function element)', `element segment ${s.name}`);
+    segments.push({ name: s.name, passive: B._BinaryenElementSegmentIsPassive(ref) !== 0, table: s.table, offset: s.offset, data: s.data });
+  }
+
   // --- VMM globals, imports and exports ---
   const globalExports: string[] = [];
   const nGlobals = mod.getNumGlobals();
@@ -490,6 +593,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
     }
   }
   mod.addGlobal(FUEL_GLOBAL, binaryen.i64, true, mod.i64.const(0n as never));
+  // Kept for the VMM's view of the module; depth is threaded as a parameter, so this stays 0.
   mod.addGlobal(DEPTH_GLOBAL, binaryen.i32, true, mod.i32.const(0));
   mod.addGlobalExport(FUEL_GLOBAL, FUEL_GLOBAL);
   mod.addGlobalExport(DEPTH_GLOBAL, DEPTH_GLOBAL);
@@ -507,10 +611,74 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
     hasStart = true;
   }
 
+  // --- give every defined function its threaded type ---
+  // binaryen cannot change a function's type in place: re-add it under the same name with the same
+  // body (expressions live in the module's arena). Its locals are renumbered while it is rewritten.
+  const sigs = new Map<string, Threaded>();
+  const infos = defined.map((f) => binaryen.getFunctionInfo(f));
+  const rewritten: Array<{ ref: Ref; name: string }> = [];
+  for (const info of infos) {
+    const th = threaded(info.params, info.results);
+    mod.removeFunction(info.name);
+    const ref = mod.addFunction(info.name, th.tparams, th.tresults, info.vars ?? [], info.body);
+    sigs.set(info.name, th);
+    rewritten.push({ ref, name: info.name });
+  }
+
+  // --- tables: imported functions get threaded wrappers; segments are rebuilt against the new types ---
+  const importWrappers = new Map<string, string>();
+  const m = mod;
+  for (const s of segments) {
+    for (const name of s.data) {
+      if (sigs.has(name) || importWrappers.has(name)) continue;
+      const info = binaryen.getFunctionInfo(mod.getFunction(name));
+      const th = threaded(info.params, info.results);
+      const wrapper = freshName(mod, `__ftvm_table_${name}`);
+      const nP = th.params.length;
+      const vars: number[] = [];
+      const temp = (t: number): number => nP + 2 + vars.push(t) - 1;
+      const call = m.call(name, th.params.map((t, i) => m.local.get(i, t)), info.results);
+      const body = m.block(
+        null,
+        [m.global.set(FUEL_GLOBAL, m.local.get(nP, binaryen.i64)), withFuel(m, th.results, call, m.global.get(FUEL_GLOBAL, binaryen.i64), temp)],
+        th.tresults,
+      );
+      mod.addFunction(wrapper, th.tparams, th.tresults, vars, body);
+      importWrappers.set(name, wrapper);
+    }
+  }
+  for (const s of segments) mod.removeElementSegment(s.name);
+  for (const s of segments) {
+    const data = s.data.map((n) => importWrappers.get(n) ?? n);
+    if (s.passive) mod.addPassiveElementSegment(s.name, data);
+    else mod.addActiveElementSegment(s.table, s.name, data, s.offset);
+  }
+
   // --- rewrite every defined function ---
-  for (const f of defined) {
-    const info = binaryen.getFunctionInfo(f);
-    new FunctionRewriter(mod, f, info.name, maxCallDepth).run();
+  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs).run();
+
+  // --- exports keep their original signatures through wrappers ---
+  const exportWrappers = new Map<string, string>();
+  const functionExports: Array<{ name: string; value: string }> = [];
+  for (let i = 0; i < mod.getNumExports(); i++) {
+    const e = binaryen.getExportInfo(mod.getExportByIndex(i));
+    if (e.kind === binaryen.ExternalFunction && sigs.has(e.value)) functionExports.push({ name: e.name, value: e.value });
+  }
+  for (const e of functionExports) {
+    let wrapper = exportWrappers.get(e.value);
+    if (wrapper === undefined) {
+      const th = sigs.get(e.value)!;
+      wrapper = freshName(mod, `__ftvm_export_${e.value}`);
+      // Depth 1: the guest is entered only from an idle VMM (host functions never call back into it).
+      const call = m.call(e.value, [...th.params.map((t, i) => m.local.get(i, t)), m.global.get(FUEL_GLOBAL, binaryen.i64), m.i32.const(1)], th.tresults);
+      const vars: number[] = [];
+      const temp = (t: number): number => th.params.length + vars.push(t) - 1;
+      const body = splitFuel(m, th, call, (fuel) => m.global.set(FUEL_GLOBAL, fuel), temp);
+      mod.addFunction(wrapper, binaryen.createType(th.params), binaryen.createType(th.results), vars, body);
+      exportWrappers.set(e.value, wrapper);
+    }
+    mod.removeExport(e.name);
+    mod.addFunctionExport(wrapper, e.name);
   }
 
   mod.setFeatures(ALLOWED_FEATURES);

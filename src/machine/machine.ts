@@ -66,6 +66,8 @@ export interface ReplaySource {
   grantedUpTo(): number;
   /** Block until more entries or a higher grant are held. False: nothing more will come. */
   waitForMore(): boolean;
+  /** Optional hook at each replay checkpoint (progress reporting). */
+  atCheckpoint?(count: number): void;
 }
 
 export interface GuestOutput {
@@ -141,6 +143,8 @@ export interface MachineOptions {
   mode: 'record' | 'replay';
   env?: RecordEnv;
   source?: ReplaySource;
+  /** Replay: stop at least this often (instructions) to report progress, even when the log grants more. */
+  replaySliceUnits?: number;
 }
 
 export class Machine {
@@ -158,6 +162,7 @@ export class Machine {
   readonly devices = new Devices();
 
   private budgetEnd = 0;
+  private readonly replaySliceUnits: number;
   private seq = 0;
   private booted = false;
   private stepAgain = false;
@@ -178,6 +183,7 @@ export class Machine {
     this.env = opts.env;
     this.source = opts.source;
     this.sink = opts.sink;
+    this.replaySliceUnits = opts.replaySliceUnits ?? DEFAULT_SLICE_UNITS;
     if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
@@ -460,6 +466,7 @@ export class Machine {
   /** Replay at a checkpoint: deliver what the log delivered here, then grant as far as the log allows. */
   private replayCheckpoint(k: number): void {
     const src = this.source!;
+    src.atCheckpoint?.(this.count);
     for (;;) {
       const n = this.count;
       const head = src.peek(0);
@@ -476,7 +483,8 @@ export class Machine {
       }
       const { limit, boundary } = this.replayLimit();
       if (limit >= n + k) {
-        this.setBudgetEnd(limit);
+        // Stop again within a slice even when the log grants more, so progress is reported.
+        this.setBudgetEnd(Math.min(limit, n + Math.max(this.replaySliceUnits, k)));
         return;
       }
       if (boundary !== undefined) {
@@ -689,7 +697,7 @@ export class Machine {
     const ex = this.instance.exports;
     const fn = ex.ftvm_step as () => number;
     if (this.mode === 'record') this.setBudgetEnd(this.count + this.env!.sliceUnits);
-    else this.setBudgetEnd(Math.max(this.count, this.replayLimit().limit));
+    else this.setBudgetEnd(Math.max(this.count, Math.min(this.replayLimit().limit, this.count + this.replaySliceUnits)));
     this.deliveredInStep = false;
     const r = this.callGuest(fn);
     this.stepAgain = !this.halted && r !== 0;

@@ -147,6 +147,9 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
 
 /** Live replay source: the log arrives through the shared queue. */
 class LiveSource implements ReplaySource {
+  atCheckpoint(): void {
+    publish(false);
+  }
   peek(i: number): LogEntry | undefined {
     if (logHead + i >= log.length) drainQueue();
     return log[logHead + i];
@@ -210,6 +213,7 @@ function main(): void {
     config: init.config,
     sink,
     mode: init.mode,
+    replaySliceUnits: init.sliceUnits,
     ...(env ? { env } : {}),
     ...(source ? { source } : {}),
   });

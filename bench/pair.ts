@@ -1,0 +1,660 @@
+/**
+ * Pair benchmark (a script, not a test): `npm run bench:pair`.
+ *
+ * The kv guest under the same closed-loop client load with FT off (one VMM, no backup, outputs released
+ * at once) and FT on (a primary and a backup, outputs held until the backup's ACK), as real `ftvm run`
+ * processes on loopback, measured in one run:
+ *
+ * - Both setups run side by side for the whole run; only the one being measured gets load. Phases are
+ *   interleaved (off c1, on c1, off c8, on c8, off c50, on c50, then again in the order on/off), so that
+ *   both see the same conditions on a shared, noisy machine.
+ * - A phase: N connections (N = 1, 8, 50), each closed-loop (one command, wait for the reply, the next;
+ *   no pipelining), 50/50 SET/GET of ~16-char keys from a keyspace of 10,000 with 16-byte values; a
+ *   warm-up, then a measured window; bounded by a time limit and an operation count.
+ * - Throughput ratio FT on ÷ FT off per concurrency: the median over the repetitions of the ratio of
+ *   each repetition's adjacent FT-off and FT-on phases (robust to a noisy neighbour that comes and goes;
+ *   the pooled ratio, all operations over all measured time, is reported too); p50/p99 latency of both
+ *   (all measured samples of the repetitions pooled, and per repetition).
+ * - Execution lag: the FT-on primary's /status `lagMs` sampled every ~20 ms during the FT-on phases:
+ *   p99 and max; `throttled` samples counted.
+ * - Logging bytes per request byte: the FT-on primary's `logBytesSent` delta over each FT-on phase ÷ the
+ *   RESP request bytes the bench clients sent in that phase (the whole phase, warm-up included, and the
+ *   connection opens/closes it causes).
+ * - After the FT-on phases the primary logs a state hash and the backup must verify the same one;
+ *   otherwise the script exits 1.
+ *
+ * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
+ * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
+ * BENCH_PAIR_REPS (default 3), BENCH_PAIR_MAX_OPS (per phase, default 1,000,000),
+ * BENCH_PAIR_CONNS (default "1,8,50"), BENCH_PAIR_REDIS=1 (also run redis-benchmark against both
+ * setups, when installed; informational only).
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { RespClient, RespError, encodeCommand } from '../src/client/resp.js';
+import { controlRequest } from '../src/service/control.js';
+import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../src/testing/processes.js';
+
+// ------------------------------------------------------------------ setup
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+/** dist/bench/pair.js → repository root (also works from bench/ with a TS loader). */
+const ROOT = HERE.endsWith(join('dist', 'bench')) ? join(HERE, '..', '..') : join(HERE, '..');
+const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const GUEST = join(ROOT, 'build', 'guests', 'kv.wasm');
+const HOST = '127.0.0.1';
+
+function envInt(name: string, dflt: number, min: number, max: number): number {
+  const raw = process.env[name];
+  const v = raw === undefined || raw === '' ? dflt : Number(raw);
+  if (!Number.isFinite(v)) return dflt;
+  return Math.min(max, Math.max(min, Math.floor(v)));
+}
+
+const WARMUP_MS = envInt('BENCH_PAIR_WARMUP_MS', 750, 0, 10_000);
+const MEASURE_MS = envInt('BENCH_PAIR_MEASURE_MS', 3000, 200, 30_000);
+const REPS = envInt('BENCH_PAIR_REPS', 3, 1, 5);
+const MAX_OPS = envInt('BENCH_PAIR_MAX_OPS', 1_000_000, 100, 100_000_000);
+const CONNS = (process.env.BENCH_PAIR_CONNS ?? '1,8,50')
+  .split(',')
+  .map((s) => Number(s.trim()))
+  .filter((n) => Number.isInteger(n) && n >= 1 && n <= 500);
+const REDIS = process.env.BENCH_PAIR_REDIS === '1';
+
+const KEYSPACE = 10_000;
+const VALUE_BYTES = 16;
+const SET_FRACTION = 0.5;
+const LAG_SAMPLE_MS = 20;
+const CALL_TIMEOUT_MS = 10_000;
+
+const GOAL_RATIO = 0.95;
+const GOAL_LAG_P99_MS = 20;
+const GOAL_LOG_PER_REQUEST_BYTE = 1.3;
+
+function log(msg: string): void {
+  process.stderr.write(`[bench:pair] ${msg}\n`);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+class BenchFailure extends Error {}
+
+// ------------------------------------------------------------------ statistics
+
+function quantile(sorted: ArrayLike<number>, q: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+function median(xs: readonly number[]): number {
+  const s = sortedCopy(xs);
+  if (s.length === 0) return NaN;
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+function sortedCopy(xs: readonly number[] | Float64Array): Float64Array {
+  const a = Float64Array.from(xs);
+  a.sort();
+  return a;
+}
+
+const round = (x: number, digits = 3): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : x);
+
+/** A growable buffer of latency samples (ms). */
+class Samples {
+  private buf = new Float64Array(1 << 14);
+  length = 0;
+  push(x: number): void {
+    if (this.length === this.buf.length) {
+      const b = new Float64Array(this.buf.length * 2);
+      b.set(this.buf);
+      this.buf = b;
+    }
+    this.buf[this.length++] = x;
+  }
+  append(o: Samples): void {
+    for (let i = 0; i < o.length; i++) this.push(o.buf[i]!);
+  }
+  sorted(): Float64Array {
+    const a = this.buf.slice(0, this.length);
+    a.sort();
+    return a;
+  }
+}
+
+// ------------------------------------------------------------------ workload
+
+const KEYS: string[] = Array.from({ length: KEYSPACE }, (_, i) => `key:${String(i).padStart(12, '0')}`); // 16 chars
+const VALUES: Buffer[] = Array.from({ length: 256 }, () => Buffer.from(randomBytes(VALUE_BYTES).toString('base64').slice(0, VALUE_BYTES), 'latin1'));
+const SET_BYTES = encodeCommand(['SET', KEYS[0]!, VALUES[0]!]).length;
+const GET_BYTES = encodeCommand(['GET', KEYS[0]!]).length;
+
+/** A small fast PRNG (xorshift32) so the bench's own CPU use stays low. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 0x1_0000_0000;
+  };
+}
+
+interface PhaseResult {
+  setup: 'off' | 'on';
+  conns: number;
+  rep: number;
+  /** Operations completed in the measured window. */
+  ops: number;
+  measuredMs: number;
+  opsPerSec: number;
+  latency: Samples;
+  /** RESP request bytes sent in the whole phase (warm-up included). */
+  requestBytes: number;
+  /** Every operation of the phase (warm-up included). */
+  totalOps: number;
+  errors: string[];
+  /** CPU time (ms) over the whole phase: the measured setup's processes, and this bench process (the clients). */
+  cpuMs: { primary: number; backup: number; bench: number };
+}
+
+/**
+ * One phase against `port`: `conns` closed-loop connections; a warm-up of WARMUP_MS, then a measured
+ * window of MEASURE_MS, bounded by MAX_OPS operations in all.
+ */
+async function runPhase(setup: 'off' | 'on', port: number, conns: number, rep: number): Promise<PhaseResult> {
+  const clients = await Promise.all(
+    Array.from({ length: conns }, () => RespClient.connect({ host: HOST, port, callTimeoutMs: CALL_TIMEOUT_MS, maxInFlight: 1 })),
+  );
+  const latency = new Samples();
+  const errors: string[] = [];
+  let requestBytes = 0;
+  let totalOps = 0;
+  let measuredOps = 0;
+  const start = performance.now();
+  const measureFrom = start + WARMUP_MS;
+  const end = measureFrom + MEASURE_MS;
+  let stop = false;
+  const loop = async (c: RespClient, idx: number): Promise<void> => {
+    // The same command sequence for FT off and FT on.
+    const rand = rng(0x5eed + idx * 7919 + rep * 104729);
+    while (!stop && totalOps < MAX_OPS) {
+      const key = KEYS[Math.floor(rand() * KEYSPACE)]!;
+      const isSet = rand() < SET_FRACTION;
+      const t0 = performance.now();
+      if (t0 >= end) break;
+      let reply;
+      try {
+        if (isSet) {
+          requestBytes += SET_BYTES;
+          reply = await c.call('SET', key, VALUES[Math.floor(rand() * VALUES.length)]!);
+        } else {
+          requestBytes += GET_BYTES;
+          reply = await c.call('GET', key);
+        }
+      } catch (err) {
+        errors.push(`${setup} c${conns}: ${(err as Error).message}`);
+        stop = true;
+        return;
+      }
+      const t1 = performance.now();
+      totalOps++;
+      if (reply instanceof RespError || (isSet && reply !== 'OK')) {
+        errors.push(`${setup} c${conns}: unexpected reply ${reply instanceof RespError ? reply.message : String(reply)}`);
+        stop = true;
+        return;
+      }
+      if (t0 >= measureFrom && t1 <= end) {
+        measuredOps++;
+        latency.push(t1 - t0);
+      }
+    }
+  };
+  await Promise.all(clients.map((c, i) => loop(c, i)));
+  const finished = performance.now();
+  await Promise.all(clients.map((c) => c.close()));
+  // The window ends at `end` unless the op bound or an error ended it earlier.
+  const measuredMs = Math.max(1, Math.min(end, finished) - measureFrom);
+  return {
+    setup,
+    conns,
+    rep,
+    ops: measuredOps,
+    measuredMs,
+    opsPerSec: (measuredOps * 1000) / measuredMs,
+    latency,
+    requestBytes,
+    totalOps,
+    errors,
+    cpuMs: { primary: NaN, backup: NaN, bench: NaN },
+  };
+}
+
+// ------------------------------------------------------------------ CPU accounting
+
+const CLK_TCK = 100; // Linux USER_HZ
+
+/** utime + stime of a process in ms, from /proc (NaN where unavailable). */
+function processCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+  } catch {
+    return NaN;
+  }
+}
+
+function selfCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+// ------------------------------------------------------------------ the servers
+
+interface Status {
+  lagMs: number;
+  logBytesSent: number;
+  entries: number;
+  ackedEntries: number;
+  throttled: boolean;
+  outputsHeld: number;
+  backupDiverged?: string | null;
+}
+
+async function status(ctl: string): Promise<Status> {
+  return (await controlRequest(ctl, 'GET', '/status', 3000)) as Status;
+}
+
+interface Servers {
+  offPrimary: ProcessHandle;
+  onPrimary: ProcessHandle;
+  backup: ProcessHandle;
+  offPort: number;
+  onPort: number;
+  offCtl: string;
+  onCtl: string;
+  backupCtl: string;
+}
+
+const started: ProcessHandle[] = [];
+
+async function startServers(secretFile: string): Promise<Servers> {
+  const ports: number[] = [];
+  // One at a time, and distinct: a port freed a moment ago may be handed out again.
+  for (let i = 0; ports.length < 6 && i < 100; i++) {
+    const p = await freePort();
+    if (!ports.includes(p)) ports.push(p);
+  }
+  const [offPort, offCtlPort, onPort, onCtlPort, chanPort, backupCtlPort] = ports as [number, number, number, number, number, number];
+  if (ports.length < 6) throw new BenchFailure('could not find 6 free ports on 127.0.0.1');
+  const offCtl = `${HOST}:${offCtlPort}`;
+  const onCtl = `${HOST}:${onCtlPort}`;
+  const backupCtl = `${HOST}:${backupCtlPort}`;
+  const env = { FTVM_LOG_LEVEL: process.env.FTVM_LOG_LEVEL ?? 'info' };
+
+  const backup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile], { name: 'backup', env });
+  started.push(backup);
+  await backup.waitForLine(/backup is waiting for the primary/, 30_000, { stream: 'stderr' });
+
+  const onPrimary = spawnNode(
+    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile],
+    { name: 'primary-ft-on', env },
+  );
+  started.push(onPrimary);
+  const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl], { name: 'primary-ft-off', env });
+  started.push(offPrimary);
+
+  await Promise.all([
+    onPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
+    offPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
+  ]);
+  await Promise.all([waitForPort(onPort, 10_000), waitForPort(offPort, 10_000)]);
+  return { offPrimary, onPrimary, backup, offPort, onPort, offCtl, onCtl, backupCtl };
+}
+
+async function stopStarted(): Promise<void> {
+  await Promise.all(started.map((p) => p.stop(3000).catch(() => undefined)));
+}
+
+/** Waits (bounded) until the FT-on primary holds no unacknowledged entries or outputs. */
+async function quiesce(ctl: string, timeoutMs = 5000): Promise<Status> {
+  const deadline = performance.now() + timeoutMs;
+  let s = await status(ctl);
+  while (performance.now() < deadline) {
+    if (s.entries === s.ackedEntries && s.outputsHeld === 0) {
+      // Once more after a beat: connection closes may still be on their way into the guest.
+      await sleep(50);
+      const t = await status(ctl);
+      if (t.entries === s.entries && t.entries === t.ackedEntries && t.outputsHeld === 0) return t;
+      s = t;
+      continue;
+    }
+    await sleep(20);
+    s = await status(ctl);
+  }
+  return s;
+}
+
+// ------------------------------------------------------------------ lag sampler
+
+interface LagSamples {
+  lag: number[];
+  throttledSamples: number;
+  samples: number;
+  failures: number;
+}
+
+/** Samples /status every LAG_SAMPLE_MS until `stop()`; sequential requests, so never more than one in flight. */
+function startLagSampler(ctl: string): { stop: () => Promise<LagSamples> } {
+  const out: LagSamples = { lag: [], throttledSamples: 0, samples: 0, failures: 0 };
+  let running = true;
+  const done = (async () => {
+    // Bounded: a phase is at most WARMUP_MS + MEASURE_MS + connection time.
+    const deadline = performance.now() + WARMUP_MS + MEASURE_MS + 60_000;
+    while (running && performance.now() < deadline) {
+      const t0 = performance.now();
+      try {
+        const s = await status(ctl);
+        out.samples++;
+        out.lag.push(s.lagMs);
+        if (s.throttled) out.throttledSamples++;
+      } catch {
+        out.failures++;
+      }
+      const wait = LAG_SAMPLE_MS - (performance.now() - t0);
+      if (wait > 0) await sleep(wait);
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      return out;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ state hashes
+
+async function checkStateHashes(s: Servers): Promise<{ n: number; hash: string }> {
+  const p = (await controlRequest(s.onCtl, 'POST', '/state-hash', 15_000)) as { n: number; hash: string };
+  const deadline = performance.now() + 15_000;
+  let last: unknown = null;
+  while (performance.now() < deadline) {
+    last = await controlRequest(s.backupCtl, 'GET', '/state-hash', 3000).catch(() => null);
+    const b = last as { n?: number; hash?: string } | null;
+    if (b && b.n === p.n) {
+      if (b.hash === p.hash) return p;
+      throw new BenchFailure(`state hashes differ at instruction ${p.n}: primary ${p.hash}, backup ${String(b.hash)}`);
+    }
+    await sleep(50);
+  }
+  throw new BenchFailure(`the backup did not verify the primary's state hash at instruction ${p.n} within 15 s (last: ${JSON.stringify(last)})`);
+}
+
+// ------------------------------------------------------------------ redis-benchmark (optional)
+
+function redisBenchmark(port: number, conns: number): { set: number; get: number } | null {
+  const r = spawnSync('redis-benchmark', ['-h', HOST, '-p', String(port), '-c', String(conns), '-n', String(Math.max(2000, conns * 400)), '-t', 'set,get', '-r', String(KEYSPACE), '-d', String(VALUE_BYTES), '--csv', '-q'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  if (r.error || r.status !== 0) return null;
+  const out = { set: NaN, get: NaN };
+  for (const line of r.stdout.split('\n')) {
+    const m = /^"(SET|GET)","([\d.]+)"/.exec(line);
+    if (m) out[m[1] === 'SET' ? 'set' : 'get'] = Number(m[2]);
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------ main
+
+async function main(): Promise<void> {
+  if (CONNS.length === 0) throw new BenchFailure('BENCH_PAIR_CONNS lists no valid connection count');
+  const dir = mkdtempSync(join(tmpdir(), 'ftvm-bench-pair-'));
+  const secretFile = join(dir, 'secret');
+  writeFileSync(secretFile, randomBytes(32), { mode: 0o600 });
+  const t0 = performance.now();
+  try {
+    log(`starting an FT-off primary and an FT-on pair (kv guest); phases: warm-up ${WARMUP_MS} ms + ${MEASURE_MS} ms measured, ${REPS} rep(s), conns ${CONNS.join('/')}`);
+    const servers = await startServers(secretFile);
+    log(`up in ${((performance.now() - t0) / 1000).toFixed(1)} s: FT off on :${servers.offPort}, FT on on :${servers.onPort}`);
+
+    const results: PhaseResult[] = [];
+    const lagAll: number[] = [];
+    const lagByConns = new Map<number, number[]>();
+    let throttledSamples = 0;
+    let lagSamples = 0;
+    let lagFailures = 0;
+    const logBytesByConns = new Map<number, { logBytes: number; requestBytes: number; ops: number; entries: number }>();
+
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const conns of CONNS) {
+        const order: Array<'off' | 'on'> = rep % 2 === 0 ? ['off', 'on'] : ['on', 'off'];
+        for (const setup of order) {
+          let r: PhaseResult;
+          const pids = setup === 'off' ? [servers.offPrimary.pid] : [servers.onPrimary.pid, servers.backup.pid];
+          const cpu0 = pids.map(processCpuMs);
+          const self0 = selfCpuMs();
+          if (setup === 'off') {
+            r = await runPhase('off', servers.offPort, conns, rep);
+          } else {
+            const before = await quiesce(servers.onCtl);
+            const sampler = startLagSampler(servers.onCtl);
+            try {
+              r = await runPhase('on', servers.onPort, conns, rep);
+            } finally {
+              const ls = await sampler.stop();
+              lagAll.push(...ls.lag);
+              const arr = lagByConns.get(conns) ?? [];
+              arr.push(...ls.lag);
+              lagByConns.set(conns, arr);
+              throttledSamples += ls.throttledSamples;
+              lagSamples += ls.samples;
+              lagFailures += ls.failures;
+            }
+            const after = await quiesce(servers.onCtl);
+            const acc = logBytesByConns.get(conns) ?? { logBytes: 0, requestBytes: 0, ops: 0, entries: 0 };
+            acc.logBytes += after.logBytesSent - before.logBytesSent;
+            acc.entries += after.entries - before.entries;
+            acc.requestBytes += r.requestBytes;
+            acc.ops += r.totalOps;
+            logBytesByConns.set(conns, acc);
+            if (after.backupDiverged) throw new BenchFailure(`the backup diverged: ${after.backupDiverged}`);
+          }
+          const cpu1 = pids.map(processCpuMs);
+          r.cpuMs = { primary: cpu1[0]! - cpu0[0]!, backup: pids.length > 1 ? cpu1[1]! - cpu0[1]! : 0, bench: selfCpuMs() - self0 };
+          results.push(r);
+          const s = r.latency.sorted();
+          log(
+            `rep ${rep + 1} FT ${setup.padEnd(3)} c${String(conns).padEnd(3)} ${r.opsPerSec.toFixed(0).padStart(7)} ops/s  p50 ${quantile(s, 0.5).toFixed(3)} ms  p99 ${quantile(s, 0.99).toFixed(3)} ms  (${r.ops} ops measured)`,
+          );
+          if (r.errors.length > 0) throw new BenchFailure(`client errors in FT ${setup} c${conns}: ${r.errors.slice(0, 3).join('; ')}`);
+          if (r.ops === 0) throw new BenchFailure(`no operation completed in the measured window of FT ${setup} c${conns}`);
+        }
+      }
+    }
+
+    log('checking that the primary and the backup reach the same state hash');
+    const hash = await checkStateHashes(servers);
+    log(`state hashes agree at instruction ${hash.n}: ${hash.hash.slice(0, 16)}…`);
+
+    let redis: Record<string, unknown> | undefined;
+    if (REDIS) {
+      redis = {};
+      for (const conns of CONNS) {
+        const off = redisBenchmark(servers.offPort, conns);
+        const on = redisBenchmark(servers.onPort, conns);
+        redis[`c${conns}`] = { off, on };
+        log(`redis-benchmark c${conns}: off ${JSON.stringify(off)} on ${JSON.stringify(on)}`);
+      }
+    }
+
+    // ---------------------------------------------------------------- summary
+    const summary: Record<string, unknown> = {};
+    const rows: string[][] = [];
+    const perConns: Record<string, unknown> = {};
+    for (const conns of CONNS) {
+      const agg = (setup: 'off' | 'on') => {
+        const rs = results.filter((r) => r.setup === setup && r.conns === conns);
+        const lat = new Samples();
+        for (const r of rs) lat.append(r.latency);
+        const s = lat.sorted();
+        const ops = rs.reduce((a, r) => a + r.ops, 0);
+        const ms = rs.reduce((a, r) => a + r.measuredMs, 0);
+        const allOps = rs.reduce((a, r) => a + r.totalOps, 0);
+        const cpu = (k: 'primary' | 'backup' | 'bench'): number => round((rs.reduce((a, r) => a + r.cpuMs[k], 0) * 1000) / allOps, 1);
+        return {
+          opsPerSec: (ops * 1000) / ms,
+          p50: quantile(s, 0.5),
+          p99: quantile(s, 0.99),
+          perRep: rs.map((r) => round(r.opsPerSec, 0)),
+          perRepP50: rs.map((r) => round(quantile(r.latency.sorted(), 0.5))),
+          perRepP99: rs.map((r) => round(quantile(r.latency.sorted(), 0.99))),
+          cpuUsPerOp: { primary: cpu('primary'), backup: cpu('backup'), bench: cpu('bench') },
+        };
+      };
+      const off = agg('off');
+      const on = agg('on');
+      const pooledRatio = on.opsPerSec / off.opsPerSec;
+      const perRepRatios = off.perRep.map((o, i) => round((on.perRep[i] ?? NaN) / o, 3));
+      const ratio = median(perRepRatios);
+      const lagS = sortedCopy(lagByConns.get(conns) ?? []);
+      const lb = logBytesByConns.get(conns);
+      summary[`ft_ratio_c${conns}`] = round(ratio, 3);
+      summary[`ft_ratio_pooled_c${conns}`] = round(pooledRatio, 3);
+      summary[`latency_p50_ms_c${conns}`] = round(on.p50);
+      summary[`latency_p99_ms_c${conns}`] = round(on.p99);
+      summary[`off_latency_p50_ms_c${conns}`] = round(off.p50);
+      summary[`off_latency_p99_ms_c${conns}`] = round(off.p99);
+      summary[`off_ops_per_sec_c${conns}`] = round(off.opsPerSec, 0);
+      summary[`on_ops_per_sec_c${conns}`] = round(on.opsPerSec, 0);
+      perConns[`c${conns}`] = {
+        off_ops_per_sec_per_rep: off.perRep,
+        on_ops_per_sec_per_rep: on.perRep,
+        ratio_per_rep: perRepRatios,
+        off_p50_ms_per_rep: off.perRepP50,
+        on_p50_ms_per_rep: on.perRepP50,
+        off_p99_ms_per_rep: off.perRepP99,
+        on_p99_ms_per_rep: on.perRepP99,
+        cpu_us_per_op_off: { primary: off.cpuUsPerOp.primary, bench_clients: off.cpuUsPerOp.bench },
+        cpu_us_per_op_on: { primary: on.cpuUsPerOp.primary, backup: on.cpuUsPerOp.backup, bench_clients: on.cpuUsPerOp.bench },
+        lag_p99_ms: round(quantile(lagS, 0.99)),
+        lag_max_ms: round(lagS.length ? lagS[lagS.length - 1]! : NaN),
+        log_bytes_per_request_byte: lb ? round(lb.logBytes / lb.requestBytes) : null,
+        log_bytes_per_op: lb ? round(lb.logBytes / lb.ops, 1) : null,
+        log_entries_per_op: lb ? round(lb.entries / lb.ops, 2) : null,
+      };
+      rows.push([
+        `c${conns}`,
+        off.opsPerSec.toFixed(0),
+        on.opsPerSec.toFixed(0),
+        ratio.toFixed(3),
+        pooledRatio.toFixed(3),
+        off.p50.toFixed(3),
+        on.p50.toFixed(3),
+        off.p99.toFixed(3),
+        on.p99.toFixed(3),
+        quantile(lagS, 0.99).toFixed(1),
+        lb ? (lb.logBytes / lb.requestBytes).toFixed(3) : '-',
+      ]);
+    }
+    const lagSorted = sortedCopy(lagAll);
+    let logBytes = 0;
+    let requestBytes = 0;
+    let ftOnOps = 0;
+    let entries = 0;
+    for (const v of logBytesByConns.values()) {
+      logBytes += v.logBytes;
+      requestBytes += v.requestBytes;
+      ftOnOps += v.ops;
+      entries += v.entries;
+    }
+    summary.lag_p99_ms = round(quantile(lagSorted, 0.99));
+    summary.lag_p50_ms = round(quantile(lagSorted, 0.5));
+    summary.lag_max_ms = round(lagSorted.length ? lagSorted[lagSorted.length - 1]! : NaN);
+    summary.lag_samples = lagSamples;
+    summary.lag_sample_failures = lagFailures;
+    summary.throttled_samples = throttledSamples;
+    summary.log_bytes_per_request_byte = round(logBytes / requestBytes);
+    summary.log_bytes_per_op = round(logBytes / ftOnOps, 1);
+    summary.log_entries_per_op = round(entries / ftOnOps, 2);
+    summary.request_bytes_per_op = round(requestBytes / ftOnOps, 1);
+    summary.ft_on_log_bytes = logBytes;
+    summary.ft_on_request_bytes = requestBytes;
+    summary.state_hash_ok = true;
+    summary.state_hash_n = hash.n;
+    summary.per_concurrency = perConns;
+    summary.goals = {
+      ft_ratio_min: GOAL_RATIO,
+      lag_p99_ms_max: GOAL_LAG_P99_MS,
+      log_bytes_per_request_byte_max: GOAL_LOG_PER_REQUEST_BYTE,
+      ratio_met: CONNS.every((c) => (summary[`ft_ratio_c${c}`] as number) >= GOAL_RATIO),
+      lag_met: (summary.lag_p99_ms as number) <= GOAL_LAG_P99_MS,
+      log_met: (summary.log_bytes_per_request_byte as number) <= GOAL_LOG_PER_REQUEST_BYTE,
+    };
+    summary.config = { warmup_ms: WARMUP_MS, measure_ms: MEASURE_MS, reps: REPS, conns: CONNS, keyspace: KEYSPACE, value_bytes: VALUE_BYTES, set_fraction: SET_FRACTION, set_request_bytes: SET_BYTES, get_request_bytes: GET_BYTES };
+    if (redis) summary.redis_benchmark = redis;
+    summary.wall_s = round((performance.now() - t0) / 1000, 1);
+
+    const header = ['conns', 'off ops/s', 'on ops/s', 'on÷off (median)', 'pooled', 'off p50', 'on p50', 'off p99', 'on p99', 'lag p99', 'log÷req B'];
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+    const fmt = (r: string[]): string => r.map((c, i) => c.padStart(widths[i]!)).join('  ');
+    console.log('phases in the order run (latencies in ms; CPU in µs per operation over the whole phase)');
+    const phaseHeader = ['rep', 'FT', 'conns', 'ops/s', 'p50', 'p99', 'cpu primary', 'cpu backup', 'cpu clients'];
+    const phaseRows = results.map((r) => {
+      const s = r.latency.sorted();
+      const per = (ms: number): string => ((ms * 1000) / r.totalOps).toFixed(1);
+      return [String(r.rep + 1), r.setup, `c${r.conns}`, r.opsPerSec.toFixed(0), quantile(s, 0.5).toFixed(3), quantile(s, 0.99).toFixed(3), per(r.cpuMs.primary), r.setup === 'on' ? per(r.cpuMs.backup) : '-', per(r.cpuMs.bench)];
+    });
+    const pw = phaseHeader.map((h, i) => Math.max(h.length, ...phaseRows.map((r) => r[i]!.length)));
+    console.log(phaseHeader.map((c, i) => c.padStart(pw[i]!)).join('  '));
+    for (const r of phaseRows) console.log(r.map((c, i) => c.padStart(pw[i]!)).join('  '));
+    console.log('');
+    console.log(`summary: kv guest, closed loop, ${REPS} × (${WARMUP_MS} ms warm-up + ${MEASURE_MS} ms) per setup and concurrency; latencies in ms`);
+    console.log(fmt(header));
+    for (const r of rows) console.log(fmt(r));
+    console.log(
+      `execution lag (FT on): p50 ${summary.lag_p50_ms} ms, p99 ${summary.lag_p99_ms} ms, max ${summary.lag_max_ms} ms over ${lagSamples} samples; throttled in ${throttledSamples}`,
+    );
+    console.log(
+      `logging: ${summary.log_bytes_per_op} B/op, ${summary.log_entries_per_op} entries/op, ${summary.request_bytes_per_op} request B/op → ${summary.log_bytes_per_request_byte} log B per request B`,
+    );
+    console.log(`state hashes of primary and backup agree at instruction ${hash.n}`);
+    console.log(JSON.stringify(summary));
+  } finally {
+    await stopStarted();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+let interrupted = false;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`${sig}: stopping the servers`);
+    void stopStarted().finally(() => process.exit(130));
+  });
+}
+
+main().then(
+  () => process.exit(0),
+  async (err: unknown) => {
+    process.stderr.write(`bench:pair FAILED: ${err instanceof Error ? err.message : String(err)}\n`);
+    for (const p of started) if (p.stderr.total > 0) process.stderr.write(p.outputTail(10) + '\n');
+    await stopStarted();
+    process.exit(1);
+  },
+);

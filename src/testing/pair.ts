@@ -1,0 +1,109 @@
+/**
+ * Test harness: a primary and a backup as real `ftvm run` processes on loopback, optionally with a
+ * fault-injecting proxy on the logging channel (the primary dials the proxy, the proxy the backup).
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { controlRequest } from '../service/control.js';
+import { FaultProxy } from './fault-proxy.js';
+import { freePort, spawnNode, waitForPort, type ProcessHandle } from './processes.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const CLI = join(REPO_ROOT, 'dist/src/cli/main.js');
+export const guestFile = (name: string): string => join(REPO_ROOT, 'build/guests', `${name}.wasm`);
+
+export function makeSecretFile(bytes = 32): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ftvm-secret-'));
+  const f = join(dir, 'secret');
+  writeFileSync(f, randomBytes(bytes), { mode: 0o600 });
+  return f;
+}
+
+export interface PairOptions {
+  guest?: string;
+  backupGuest?: string;
+  viaProxy?: boolean;
+  secretFile?: string;
+  backupSecretFile?: string;
+  primaryArgs?: string[];
+  backupArgs?: string[];
+  /** Wait until the primary serves (it waits for the backup first). Default true. */
+  waitServing?: boolean;
+}
+
+export interface Pair {
+  primary: ProcessHandle;
+  backup: ProcessHandle;
+  servicePort: number;
+  channelPort: number;
+  primaryControl: string;
+  backupControl: string;
+  proxy: FaultProxy | undefined;
+  secretFile: string;
+  status(which: 'primary' | 'backup'): Promise<Record<string, unknown>>;
+  /** Logs a state hash on the primary and waits until the backup verified the same one. */
+  hashesAgree(timeoutMs?: number): Promise<{ n: number; hash: string }>;
+  stop(): Promise<void>;
+}
+
+export async function startBackup(guest: string, channelPort: number, controlPort: number, secretFile: string, extra: string[] = []): Promise<ProcessHandle> {
+  const b = spawnNode([CLI, 'run', guestFile(guest), '--role', 'backup', '--channel', `127.0.0.1:${channelPort}`, '--control', `127.0.0.1:${controlPort}`, '--secret-file', secretFile, ...extra], { name: 'backup' });
+  await b.waitForLine(/backup is waiting for the primary/, 20_000, { stream: 'stderr' });
+  return b;
+}
+
+export async function startPair(o: PairOptions = {}): Promise<Pair> {
+  const guest = o.guest ?? 'kv';
+  const secretFile = o.secretFile ?? makeSecretFile();
+  const [servicePort, channelPort, pc, bc] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const backup = await startBackup(o.backupGuest ?? guest, channelPort, bc, o.backupSecretFile ?? secretFile, o.backupArgs);
+  let proxy: FaultProxy | undefined;
+  let peerPort = channelPort;
+  if (o.viaProxy) {
+    proxy = await FaultProxy.start({ targetPort: channelPort });
+    peerPort = proxy.port;
+  }
+  const primary = spawnNode(
+    [CLI, 'run', guestFile(guest), '--role', 'primary', '--service', `127.0.0.1:${servicePort}`, '--peer', `127.0.0.1:${peerPort}`, '--control', `127.0.0.1:${pc}`, '--secret-file', secretFile, ...(o.primaryArgs ?? [])],
+    { name: 'primary' },
+  );
+  if (o.waitServing ?? true) {
+    await primary.waitForLine(/primary is serving/, 20_000, { stream: 'stderr' });
+    await waitForPort(servicePort);
+  }
+  const primaryControl = `127.0.0.1:${pc}`;
+  const backupControl = `127.0.0.1:${bc}`;
+  const status = async (which: 'primary' | 'backup'): Promise<Record<string, unknown>> =>
+    (await controlRequest(which === 'primary' ? primaryControl : backupControl, 'GET', '/status')) as Record<string, unknown>;
+  return {
+    primary,
+    backup,
+    servicePort,
+    channelPort,
+    primaryControl,
+    backupControl,
+    proxy,
+    secretFile,
+    status,
+    async hashesAgree(timeoutMs = 15_000) {
+      const h = (await controlRequest(primaryControl, 'POST', '/state-hash')) as { n: number; hash: string };
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const b = (await controlRequest(backupControl, 'GET', '/state-hash')) as { n: number; hash: string } | null;
+        if (b && b.n === h.n) {
+          if (b.hash !== h.hash) throw new Error(`state hashes differ at instruction ${h.n}: primary ${h.hash}, backup ${b.hash}`);
+          return h;
+        }
+        if (Date.now() > deadline) throw new Error(`the backup did not verify the primary's state hash at ${h.n} within ${timeoutMs} ms (last verified: ${JSON.stringify(b)})`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async stop() {
+      await Promise.all([primary.stop(), backup.stop()]);
+      await proxy?.close();
+    },
+  };
+}
