@@ -68,6 +68,8 @@ export interface ReplaySource {
   waitForMore(): boolean;
   /** Optional hook at each replay checkpoint (progress reporting). */
   atCheckpoint?(count: number): void;
+  /** Optional hook at each idle point the replica reaches (progress reporting). */
+  atIdle?(count: number): void;
 }
 
 export interface GuestOutput {
@@ -663,6 +665,7 @@ export class Machine {
   /** One idle round in replay: deliver this idle point's entries, then step if the primary did. */
   private idleReplay(): RunResult | undefined {
     const src = this.source!;
+    src.atIdle?.(this.count);
     let delivered = 0;
     for (;;) {
       const n = this.count;

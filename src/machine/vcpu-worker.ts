@@ -150,6 +150,9 @@ class LiveSource implements ReplaySource {
   atCheckpoint(): void {
     publish(false);
   }
+  atIdle(): void {
+    publish(true);
+  }
   peek(i: number): LogEntry | undefined {
     if (logHead + i >= log.length) drainQueue();
     return log[logHead + i];

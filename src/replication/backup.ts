@@ -45,6 +45,7 @@ export class BackupCore {
   private granted = 0;
   private replayed = 0;
   private lastAckMs = -Infinity;
+  private ackedReplayed = 0;
   private halted: string | null = null;
   private lastVerified: { n: number; hash: string } | null = null;
 
@@ -73,7 +74,8 @@ export class BackupCore {
     switch (input.t) {
       case 'tick':
         this.nowMs = input.nowMs;
-        if (this.peer && this.nowMs - this.lastAckMs >= this.cfg.heartbeatIntervalMs) this.ack(out);
+        // Report replay progress promptly (the primary's lag control depends on it), else heartbeat.
+        if (this.peer && (this.nowMs - this.lastAckMs >= this.cfg.heartbeatIntervalMs || this.replayed > this.ackedReplayed)) this.ack(out);
         break;
       case 'peer-open':
         this.peer = true;
@@ -102,6 +104,7 @@ export class BackupCore {
   }
 
   private ack(out: BackupAction[]): void {
+    this.ackedReplayed = this.replayed;
     out.push({ t: 'send', frame: { type: FrameType.ACK, epoch: this.cfg.epoch, ackSeq: this.nextSeq, replayedInstructionNumber: this.replayed } });
     this.lastAckMs = this.nowMs;
   }

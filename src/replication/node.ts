@@ -146,6 +146,7 @@ export class PrimaryNode {
     });
     this.vcpu = vcpu;
     vcpu.on('batch', (b: BatchEvent) => {
+      this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
       this.exec(this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs }));
     });
     vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => {
@@ -325,7 +326,10 @@ export class BackupNode {
     this.conn = c;
     this.log.info({ primary: c.remote }, 'primary connected');
     c.on('frame', (f: Frame) => {
-      if (!this.pauseChannel) this.exec(this.core.step({ t: 'frame', frame: f }));
+      if (this.pauseChannel) return;
+      // Report the replica's freshest position with the ACK this frame triggers.
+      this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
+      this.exec(this.core.step({ t: 'frame', frame: f }));
     });
     c.once('close', (reason: string) => {
       if (this.conn === c) {

@@ -1,0 +1,83 @@
+/** The logging channel's framing and authentication over real loopback sockets. */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { test } from 'node:test';
+import { ChannelConnection } from '../src/channel/connection.js';
+import { FrameType, decodeFrameBody, encodeFrameBody, type Frame } from '../src/channel/frames.js';
+import { pino, type Logger } from 'pino';
+
+interface Captured {
+  msg: string;
+}
+function capture(): { log: Logger; lines: Captured[] } {
+  const lines: Captured[] = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Captured) }) as unknown as Logger;
+  return { log, lines };
+}
+
+async function pairOfSockets(): Promise<[net.Socket, net.Socket, net.Server]> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const client = net.connect(port, '127.0.0.1');
+  await new Promise((r) => client.once('connect', r));
+  return [client, await accepted, server];
+}
+
+const id = (role: 'primary' | 'backup', hash = new Uint8Array(32)) => ({ role, vmName: 'vm', moduleHash: hash, epoch: 1, nextSeq: () => 0 });
+
+test('frames round-trip; malformed bodies are FTVM_ERR_BAD_FRAME', () => {
+  const frames: Frame[] = [
+    { type: FrameType.LOG, epoch: 2, firstSeq: 10, count: 3, instructionNumber: 123456789, batch: new Uint8Array([1, 2, 3]) },
+    { type: FrameType.ACK, epoch: 2, ackSeq: 13, replayedInstructionNumber: 99 },
+    { type: FrameType.HEARTBEAT, epoch: 2, instructionNumber: 5, nextSeq: 13 },
+    { type: FrameType.STATE_HASH, epoch: 2, n: 7, hash: new Uint8Array(32).fill(9), ok: true },
+    { type: FrameType.CONTROL, epoch: 2, kind: 1, reason: 'stop' },
+    { type: FrameType.REFUSE, code: 'X', reason: 'no' },
+  ];
+  for (const f of frames) assert.deepEqual(decodeFrameBody(encodeFrameBody(f)), f);
+  assert.throws(() => decodeFrameBody(new Uint8Array([99])), { code: 'FTVM_ERR_BAD_FRAME' });
+  assert.throws(() => decodeFrameBody(new Uint8Array([FrameType.ACK, 1])), { code: 'FTVM_ERR_BAD_FRAME' });
+});
+
+test('an authenticated session carries frames; a corrupted frame drops the connection with a log line', async () => {
+  const secret = randomBytes(32);
+  const [a, b, server] = await pairOfSockets();
+  const pl = capture();
+  const bl = capture();
+  const p = new ChannelConnection(a, { secret, identity: id('primary'), log: pl.log });
+  const bk = new ChannelConnection(b, { secret, identity: id('backup'), log: bl.log });
+  await Promise.all([new Promise((r) => p.once('open', r)), new Promise((r) => bk.once('open', r))]);
+  const got = new Promise<Frame>((r) => bk.once('frame', r));
+  p.send({ type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 42, nextSeq: 0 });
+  assert.deepEqual(await got, { type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 42, nextSeq: 0 });
+  // A frame with a valid length and a wrong MAC, written straight onto the socket.
+  const closed = new Promise<string>((r) => bk.once('close', r));
+  const body = encodeFrameBody({ type: FrameType.ACK, epoch: 1, ackSeq: 5, replayedInstructionNumber: 0 });
+  const frame = Buffer.alloc(4 + body.length + 16);
+  frame.writeUInt32LE(body.length + 16, 0);
+  Buffer.from(body).copy(frame, 4);
+  a.write(frame);
+  assert.equal(await closed, 'frame authentication failed');
+  assert.ok(bl.lines.some((l) => /failed authentication \(forged, corrupted or replayed\)/.test(l.msg)));
+  p.close('done');
+  server.close();
+});
+
+test('a peer with the wrong secret never gets a frame through', async () => {
+  const [a, b, server] = await pairOfSockets();
+  const bl = capture();
+  const p = new ChannelConnection(a, { secret: randomBytes(32), identity: id('primary'), log: capture().log });
+  const bk = new ChannelConnection(b, { secret: randomBytes(32), identity: id('backup'), log: bl.log });
+  let opened = false;
+  bk.on('open', () => (opened = true));
+  bk.on('frame', () => assert.fail('no frame may arrive'));
+  const reason = await new Promise<string>((r) => bk.once('close', r));
+  assert.equal(reason, 'authentication failed');
+  assert.equal(opened, false);
+  assert.ok(bl.lines.some((l) => /wrong secret/.test(l.msg)));
+  p.close('done');
+  server.close();
+});
