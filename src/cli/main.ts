@@ -13,6 +13,7 @@ import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { hex, inspectFile, loadGuestFile, recordToFile, replayFile } from './recording-cmds.js';
 import { TIMING_DEFAULTS, runNode, status } from './run-cmds.js';
+import { pairDemo } from './demo.js';
 
 const intArg =
   (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -159,17 +160,23 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('Record a key/value session on the kv guest, replay it, and show both state hashes are equal')
+    .description('Start a primary and a backup on loopback, drive a kv workload through the primary, and show both state hashes are equal')
     .option('--guest <path>', 'kv guest to use', 'build/guests/kv.wasm')
-    .option('--ops <n>', 'operations', intArg('--ops', 1, 1_000_000), 3000)
-    .action(async (o: { guest: string; ops: number }) => {
+    .option('--ops <n>', 'commands per client', intArg('--ops', 1, 1_000_000), 300)
+    .option('--clients <n>', 'concurrent clients', intArg('--clients', 1, 1000), 8)
+    .option('--offline', 'instead: record a kv session to a file and replay it in one process')
+    .action(async (o: { guest: string; ops: number; clients: number; offline?: boolean }) => {
+      if (!o.offline) {
+        if (!(await pairDemo(o))) process.exitCode = 1;
+        return;
+      }
       const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
       try {
         const out = join(dir, 'kv.ftlog');
         const guest = await loadGuestFile(o.guest);
-        console.log(`== ftvm demo: deterministic record and replay of a key/value guest ==`);
-        console.log(`1. recording ${o.ops} RESP commands from 8 clients on ${o.guest} (the primary's view)`);
-        const r = await recordToFile(guest, DEFAULT_VM_CONFIG, kvWorkload({ ops: o.ops, conns: 8, seed: 7 }), { out, seed: 7, sliceUnits: DEFAULT_SLICE_UNITS });
+        console.log(`== ftvm demo (offline): deterministic record and replay of a key/value guest ==`);
+        console.log(`1. recording ${o.ops * o.clients} RESP commands from ${o.clients} clients on ${o.guest} (the primary's view)`);
+        const r = await recordToFile(guest, DEFAULT_VM_CONFIG, kvWorkload({ ops: o.ops * o.clients, conns: o.clients, seed: 7 }), { out, seed: 7, sliceUnits: DEFAULT_SLICE_UNITS });
         for (const s of r.sampleOutputs) console.log(`   reply ${s}`);
         console.log(`   ${r.entries} log entries, ${r.outputs} outputs, final instruction ${r.count}`);
         console.log(`   primary state hash  ${hex(r.finalHash)}`);
