@@ -340,13 +340,18 @@ export class Machine {
     };
     const internal = {
       budget(k: number, fuel: bigint): bigint {
-        // Make the global exact while the VMM works, then put back its call/return-boundary meaning.
+        // Make the global exact while the VMM works. Then, if this stop delivered nothing, put back the
+        // count the global held (that of the last host call or export entry): where budget stops fall
+        // differs between replicas. A stop that delivered (logged or consumed entries) is at the same
+        // count on every replica, so the global keeps it: a later HALT is then never numbered before
+        // an entry of its step.
         const stale = self.fuel.value as bigint;
         const endBefore = self.budgetEnd;
+        const seqBefore = self.seq;
         self.fuel.value = fuel;
         self.onBudget(k);
         const fresh = self.fuel.value as bigint;
-        self.fuel.value = stale + BigInt(self.budgetEnd - endBefore);
+        if (self.seq === seqBefore) self.fuel.value = stale + BigInt(self.budgetEnd - endBefore);
         return fresh;
       },
       depth_exceeded(): void {

@@ -23,7 +23,11 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_STALE_EPOCH'
   | 'FTVM_ERR_FRAME_TOO_LARGE'
   | 'FTVM_ERR_PEER_REFUSED'
-  | 'FTVM_ERR_CHANNEL_CLOSED';
+  | 'FTVM_ERR_CHANNEL_CLOSED'
+  | 'FTVM_ERR_ARBITER_UNAVAILABLE'
+  | 'FTVM_ERR_ARBITER_AUTH'
+  | 'FTVM_ERR_ARBITER_CORRUPT'
+  | 'FTVM_ERR_ARBITER_BAD_REQUEST';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;
