@@ -265,7 +265,7 @@ async function probe(conns: number[]): Promise<void> {
         await backup.waitForLine(/backup is waiting for the primary/, 30_000);
         peer = { host: HOST, port: chan };
       }
-      const node = new PrimaryNode({
+      const node = new PrimaryNode({ nodeId: 'probe-primary',
         guest,
         config: DEFAULT_VM_CONFIG,
         epoch: 1,
@@ -333,7 +333,7 @@ async function probeBackup(conns: number[]): Promise<void> {
   writeFileSync(secretFile, secret, { mode: 0o600 });
   const chan = await freePort();
   const svc = await freePort();
-  const node = new BackupNode({ guest, config: DEFAULT_VM_CONFIG, epoch: 1, secret, timings: DEFAULT_TIMINGS, log: silentLogger, listen: { host: HOST, port: chan } });
+  const node = new BackupNode({ nodeId: 'probe-backup', guest, config: DEFAULT_VM_CONFIG, epoch: 1, secret, timings: DEFAULT_TIMINGS, log: silentLogger, listen: { host: HOST, port: chan } });
   let frames: Array<[number, number]> = [];
   let delays: number[] = [];
   let ackStaleness: number[] = [];

@@ -17,6 +17,8 @@ const cfg = (o: Partial<PrimaryConfig> = {}): PrimaryConfig => ({
   unackedMaxBytes: 1 << 20,
   heldMaxOutputs: 1000,
   alone: false,
+  failTimeoutMs: 100,
+  claimRetryMs: 50,
   ...o,
 });
 const out = (seq: number, text = `reply${seq}`): WireOutput => ({ seq, n: seq * 10, kind: 'net', conn: 1, fd: 0, data: Buffer.from(text) });
@@ -99,7 +101,7 @@ test('lag control: the primary is throttled when the backup replays more than la
 });
 
 test('backup: acks on receipt, feeds in order, ignores duplicates, drops on a gap, grants only what it holds, fences old epochs', () => {
-  const b = new BackupCore({ epoch: 3, heartbeatIntervalMs: 20 });
+  const b = new BackupCore({ epoch: 3, heartbeatIntervalMs: 20, failTimeoutMs: 100, claimRetryMs: 50 });
   b.step({ t: 'peer-open' });
   const lf = (firstSeq: number, count: number, n: number, epoch = 3): Frame => ({ type: FrameType.LOG, epoch, firstSeq, count, instructionNumber: n, batch: new Uint8Array(count) });
   let a = b.step({ t: 'frame', frame: lf(0, 3, 100) });

@@ -12,8 +12,11 @@ import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
 import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { hex, inspectFile, loadGuestFile, recordToFile, replayFile } from './recording-cmds.js';
-import { TIMING_DEFAULTS, runNode, status } from './run-cmds.js';
+import { TIMING_DEFAULTS, parseAddr, readSecret, runNode, status } from './run-cmds.js';
+import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
+import { logger } from '../util/log.js';
 import { pairDemo } from './demo.js';
+import { controlRequest } from '../service/control.js';
 
 const intArg =
   (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -132,12 +135,16 @@ export function buildProgram(): Command {
     .description('Run a guest as the primary (serving clients, streaming its log) or the backup (replaying it) of a fault-tolerant pair')
     .argument('<guest.wasm>', 'the guest module; both replicas must run the same one')
     .requiredOption('--role <role>', 'primary | backup')
-    .option('--service <host:port>', 'primary: where clients connect (each TCP connection is a virtual connection of the guest)')
+    .option('--service <host:port>', 'where clients connect (each TCP connection is a virtual connection of the guest); a backup serves there once it goes live')
     .option('--peer <host:port>', "primary: the backup's channel address; omit to run alone with FT off")
     .option('--channel <host:port>', 'backup: where to listen for the primary\'s logging channel')
     .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status` (loopback)')
     .option('--secret-file <path>', 'shared secret authenticating every channel frame (same file on both replicas, >= 16 bytes)')
     .option('--vm-name <name>', 'VM name; both replicas must agree', 'vm')
+    .option('--node-id <id>', "this replica's identity at the arbiter (default: host-role-pid)")
+    .option('--arbiter <url>', 'who decides which replica is live after a failure: ftvm://host:port (an `ftvm arbiter` server) or etcd://host:port,host:port')
+    .option('--fail-timeout-ms <ms>', 'silence on the logging channel for this long means the peer failed', intArg('--fail-timeout-ms', 10, 600_000), TIMING_DEFAULTS.failTimeoutMs)
+    .option('--arbiter-deadline-ms <ms>', 'deadline of each arbiter call (and retry interval when it is unreachable)', intArg('--arbiter-deadline-ms', 10, 600_000), TIMING_DEFAULTS.arbiterDeadlineMs)
     .option('--epoch <n>', 'epoch of this pair (frames from older epochs are refused)', intArg('--epoch', 0), 1)
     .option('--heartbeat-interval-ms <ms>', 'heartbeat/ACK interval on the channel', intArg('--heartbeat-interval-ms', 1, 60_000), TIMING_DEFAULTS.heartbeatIntervalMs)
     .option('--grant-interval-ms <ms>', 'primary: progress grants to the backup at most this often while the guest computes', intArg('--grant-interval-ms', 1, 60_000), TIMING_DEFAULTS.grantIntervalMs)
@@ -156,6 +163,35 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object')
     .action(async (addr: string, o: { json?: boolean }) => {
       await status(addr, o.json === true);
+    });
+
+  program
+    .command('arbiter')
+    .description('Run the embedded arbiter: a durable, authenticated test-and-set server deciding which replica of each VM is live (one machine; use etcd across machines)')
+    .requiredOption('--data <dir>', 'directory for the durable records (created if missing; written with fsync and atomic rename)')
+    .option('--listen <host:port>', 'loopback address to serve on', '127.0.0.1:7300')
+    .requiredOption('--secret-file <path>', 'shared secret authenticating every request (>= 16 bytes)')
+    .action(async (o: { data: string; listen: string; secretFile: string }) => {
+      const addr = parseAddr('--listen', o.listen);
+      const secret = await readSecret(o.secretFile, true);
+      const log = logger('arbiter');
+      const server = await EmbeddedArbiterServer.start({ dataDir: o.data, host: addr.host, port: addr.port, secret, log });
+      log.info({ listen: o.listen, data: o.data }, 'arbiter is listening');
+      const stop = (): void => {
+        void server.close().finally(() => process.exit(0));
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      await new Promise<never>(() => undefined);
+    });
+
+  program
+    .command('stop')
+    .description('Stop a primary intentionally: its backup is told not to go live')
+    .argument('<host:port>', "the primary's --control address")
+    .action(async (addr: string) => {
+      await controlRequest(addr, 'POST', '/stop');
+      console.log(`stop requested at ${addr}`);
     });
 
   program

@@ -2,9 +2,12 @@
  * `ftvm run` (a primary or a backup process) and `ftvm status`.
  */
 import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { DEFAULT_VM_CONFIG } from '../log/recording.js';
 import { BackupNode, DEFAULT_TIMINGS, PrimaryNode, type Addr, type Timings } from '../replication/node.js';
 import { controlRequest, splitHostPort } from '../service/control.js';
+import type { Arbiter } from '../arbiter/arbiter.js';
+import { openArbiter } from '../arbiter/index.js';
 import { FtvmError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { loadGuestFile } from './recording-cmds.js';
@@ -36,6 +39,10 @@ export async function readSecret(path: string | undefined, needed: boolean): Pro
 
 export interface RunOptions {
   role: string;
+  nodeId?: string;
+  arbiter?: string;
+  failTimeoutMs: number;
+  arbiterDeadlineMs: number;
   service?: string;
   channel?: string;
   peer?: string;
@@ -56,6 +63,8 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   const guest = await loadGuestFile(guestPath);
   const config = { ...DEFAULT_VM_CONFIG, name: o.vmName };
   const timings: Timings = {
+    failTimeoutMs: o.failTimeoutMs,
+    arbiterDeadlineMs: o.arbiterDeadlineMs,
     heartbeatIntervalMs: o.heartbeatIntervalMs,
     grantIntervalMs: o.grantIntervalMs,
     lagMaxMs: o.lagMaxMs,
@@ -64,17 +73,54 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   };
   const log = logger(o.role, { vm: o.vmName });
   const control = o.control ? parseAddr('--control', o.control) : undefined;
-  const common = { guest, config, epoch: o.epoch, timings, log, ...(control ? { control } : {}), ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}) };
+  const nodeId = o.nodeId ?? `${hostname()}-${o.role}-${process.pid}`;
+  let epoch = o.epoch;
+  const arbiter = o.arbiter ? await openArbiterFor(o.arbiter, o.secretFile) : undefined;
+  if (arbiter) {
+    // The arbiter holds the VM's epoch: the primary creates the record, the backup learns it.
+    const opts = { deadlineMs: o.arbiterDeadlineMs };
+    if (o.role === 'primary') {
+      const rec = await arbiter.init(o.vmName, { epoch: o.epoch, owner: nodeId }, opts);
+      if (rec.owner !== nodeId) {
+        throw new FtvmError('FTVM_ERR_STALE_EPOCH', `VM "${o.vmName}" is owned by ${rec.owner} at epoch ${rec.epoch} at the arbiter; this node (${nodeId}) will not start as its primary`);
+      }
+      epoch = rec.epoch;
+    } else {
+      // A backup learns the epoch from the record if its primary created it already.
+      epoch = (await arbiter.read(o.vmName, opts))?.epoch ?? o.epoch;
+    }
+  } else if (o.role === 'backup' || o.peer) {
+    log.warn('no --arbiter: this pair cannot fail over (a silent peer only makes it wait)');
+  }
+  const onHalt = (reason: string): void => {
+    const intentional = reason.startsWith('stopped by');
+    if (intentional) log.info({ reason }, 'stopped');
+    else log.error({ reason }, 'halted');
+    process.exit(intentional ? 0 : 4);
+  };
+  const service = o.service ? parseAddr('--service', o.service) : undefined;
+  const common = {
+    guest,
+    config,
+    epoch,
+    timings,
+    log,
+    nodeId,
+    onHalt,
+    ...(arbiter ? { arbiter } : {}),
+    ...(control ? { control } : {}),
+    ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}),
+  };
   let node: PrimaryNode | BackupNode;
   if (o.role === 'primary') {
-    if (!o.service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary needs --service <host:port> for its clients');
+    if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary needs --service <host:port> for its clients');
     const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
     const secret = await readSecret(o.secretFile, peer !== undefined);
-    node = new PrimaryNode({ ...common, secret, service: parseAddr('--service', o.service), ...(peer ? { peer } : {}) });
+    node = new PrimaryNode({ ...common, secret, service, ...(peer ? { peer } : {}) });
   } else {
     if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
     const secret = await readSecret(o.secretFile, true);
-    node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel) });
+    node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
   }
   let stopping = false;
   const stop = (sig: string): void => {
@@ -91,6 +137,11 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   await node.start();
   // Runs until a signal.
   await new Promise<never>(() => undefined);
+}
+
+async function openArbiterFor(url: string, secretFile: string | undefined): Promise<Arbiter> {
+  const secret = await readSecret(secretFile, url.startsWith('ftvm://'));
+  return openArbiter(url, secret);
 }
 
 export async function status(addr: string, json: boolean): Promise<void> {

@@ -90,6 +90,7 @@ export interface DeviceState {
   timers: Array<[number, TimerState]>;
   conns: Array<[number, number]>;
   armSeq: number;
+  maxConn: number;
 }
 
 export class Devices {
@@ -98,6 +99,13 @@ export class Devices {
   /** Virtual connections the guest can see: id → ConnState. Closed-by-guest ids are removed. */
   readonly conns = new Map<number, number>();
   armSeq = 0;
+  /** Highest connection id ever opened: a new primary numbers its clients above it. */
+  maxConn = 0;
+
+  openConn(id: number): void {
+    this.conns.set(id, ConnState.OPEN);
+    if (id > this.maxConn) this.maxConn = id;
+  }
 
   armTimer(id: number, delayMs: number, deadlineMs: number): void {
     assert(Number.isInteger(id) && id >= 0 && id < MAX_TIMERS, 'timer id checked by caller');
@@ -124,6 +132,7 @@ export class Devices {
       timers: [...this.timers].map(([id, t]) => [id, { ...t }]),
       conns: [...this.conns],
       armSeq: this.armSeq,
+      maxConn: this.maxConn,
     };
   }
 
@@ -134,12 +143,13 @@ export class Devices {
     this.conns.clear();
     for (const [id, st] of s.conns) this.conns.set(id, st);
     this.armSeq = s.armSeq;
+    this.maxConn = s.maxConn;
   }
 
   /** The deterministic part, for the state hash (deadlines are real time: excluded). */
   hashBytes(): Uint8Array {
     const parts: number[] = [];
-    parts.push(this.ring ? 1 : 0, this.ring?.ptr ?? 0, this.ring?.capacity ?? 0, this.armSeq);
+    parts.push(this.ring ? 1 : 0, this.ring?.ptr ?? 0, this.ring?.capacity ?? 0, this.armSeq, this.maxConn);
     const timers = [...this.timers].sort((a, b) => a[0] - b[0]);
     parts.push(timers.length);
     for (const [id, t] of timers) parts.push(id, t.delayMs, t.armSeq);

@@ -203,7 +203,6 @@ function refuse(feature: string, where: string): never {
   throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', `unsupported wasm feature: ${feature} (in ${where}); ftvm cannot make it deterministic`);
 }
 
-
 /** The threaded form of a function type: `(params..., fuel: i64, depth: i32) -> (results..., fuel: i64)`. */
 interface Threaded {
   /** Original parameter and result types, expanded. */
@@ -285,7 +284,7 @@ class FunctionRewriter {
     return this.mod.local.set(this.fuelLocal, this.mod.global.get(FUEL_GLOBAL, binaryen.i64));
   }
 
-  private setFuel = (fuel: Ref): Ref => this.mod.local.set(this.fuelLocal, fuel);
+  private readonly setFuel = (fuel: Ref): Ref => this.mod.local.set(this.fuelLocal, fuel);
 
   private charge(k: number): Ref {
     const m = this.mod;
@@ -572,12 +571,19 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   }
 
   // Element segments: the only way functions get into tables (table.set, table.grow and ref.func are refused).
-  const segments: Array<{ name: string; passive: boolean; table: string; offset: Ref; data: string[] }> = [];
+  const segments: binaryen.ElementSegmentInfo[] = [];
   for (let i = 0; i < mod.getNumElementSegments(); i++) {
     const ref = mod.getElementSegmentByIndex(i);
-    const s = binaryen.getElementSegmentInfo(ref);
-    if (s.data.some((d) => typeof d !== 'string' || d === '')) refuse('reference types (a null or non-function element)', `element segment ${s.name}`);
-    segments.push({ name: s.name, passive: B._BinaryenElementSegmentIsPassive(ref) !== 0, table: s.table, offset: s.offset, data: s.data });
+    // Passive segments only serve table.init (refused); the MVP validation refused them before.
+    if (B._BinaryenElementSegmentIsPassive(ref) !== 0) refuse('passive element segments (reference types)', `element segment ${i}`);
+    let s: binaryen.ElementSegmentInfo;
+    try {
+      s = binaryen.getElementSegmentInfo(ref);
+    } catch {
+      return refuse('reference types (an element that is not a function)', `element segment ${i}`);
+    }
+    if (s.data.some((d) => typeof d !== 'string' || d === '')) refuse('reference types (a null element)', `element segment ${s.name}`);
+    segments.push(s);
   }
 
   // --- VMM globals, imports and exports ---
@@ -648,11 +654,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
     }
   }
   for (const s of segments) mod.removeElementSegment(s.name);
-  for (const s of segments) {
-    const data = s.data.map((n) => importWrappers.get(n) ?? n);
-    if (s.passive) mod.addPassiveElementSegment(s.name, data);
-    else mod.addActiveElementSegment(s.table, s.name, data, s.offset);
-  }
+  for (const s of segments) mod.addActiveElementSegment(s.table, s.name, s.data.map((n) => importWrappers.get(n) ?? n), s.offset);
 
   // --- rewrite every defined function ---
   for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs).run();

@@ -70,6 +70,11 @@ export interface ReplaySource {
   atCheckpoint?(count: number): void;
   /** Optional hook at each idle point the replica reaches (progress reporting). */
   atIdle?(count: number): void;
+  /**
+   * Go-live: asked when the log is exhausted (waitForMore returned false). Returning a RecordEnv turns
+   * the replica into a recording primary at exactly this point, mid-step or idle.
+   */
+  takeOver?(): RecordEnv | undefined;
 }
 
 export interface GuestOutput {
@@ -270,6 +275,29 @@ export class Machine {
     );
   }
 
+  /**
+   * Whether this host call is served from the log. In replay, blocks until an entry is held; when the
+   * log has ended and the source takes over (go-live), switches to recording and returns false.
+   */
+  private replaying(): boolean {
+    if (this.mode !== 'replay') return false;
+    const src = this.source!;
+    while (src.peek(0) === undefined) {
+      if (src.waitForMore()) continue;
+      if (this.tryGoLive()) return false;
+      throw new ReplayStarved(this.count);
+    }
+    return true;
+  }
+
+  /** Go-live at this exact point if the replay source hands over a record environment. */
+  private tryGoLive(): boolean {
+    const env = this.source?.takeOver?.();
+    if (env === undefined) return false;
+    this.goLive(env);
+    return true;
+  }
+
   /** Replay: the next entry, which must be a sync entry of `type` at the current count. Blocks for it. */
   private expectSync<T extends LogEntry['type']>(type: T, what: string): Extract<LogEntry, { type: T }> {
     const src = this.source!;
@@ -380,7 +408,7 @@ export class Machine {
   }
 
   clockNow(clock: number): bigint {
-    if (this.mode === 'record') {
+    if (!this.replaying()) {
       const v = this.env!.nowNs(clock);
       this.emit({ type: EntryType.CLOCK, n: this.count, clock, valueNs: v });
       return v;
@@ -391,7 +419,7 @@ export class Machine {
   }
 
   randomInto(dst: Uint8Array): void {
-    if (this.mode === 'record') {
+    if (!this.replaying()) {
       const bytes = new Uint8Array(dst.length);
       this.env!.randomFill(bytes);
       dst.set(bytes);
@@ -405,7 +433,7 @@ export class Machine {
 
   private memoryGrow(delta: number): number {
     const pages = this.memory.buffer.byteLength / PAGE_BYTES;
-    if (this.mode === 'record') {
+    if (!this.replaying()) {
       let result = -1;
       if (pages + delta <= this.config.memoryMaxPages) {
         try {
@@ -443,7 +471,7 @@ export class Machine {
     else if (kind === 'close') entry = { type: EntryType.OUT_CLOSE, n, conn };
     else entry = { type: EntryType.OUT_CONSOLE, n, fd, len: data.length, hash };
     let seq: number;
-    if (this.mode === 'record') {
+    if (!this.replaying()) {
       seq = this.emit(entry);
     } else {
       seq = this.seq;
@@ -484,8 +512,8 @@ export class Machine {
       }
       if (head !== undefined && head.n <= n && head.type !== EntryType.HALT) {
         // Anything else still at or before this point means divergence: the primary was idle here, or
-        // made a host call the replica skipped. (A HALT's number is the trap's last call boundary, which
-        // the replica may not have passed yet.)
+        // made a host call the replica skipped. (A HALT's number is the count of the trap's last host
+        // call, export entry or checkpoint delivery, which the replica may not have passed yet.)
         this.violation(`the guest is computing at instruction ${n}`, head);
       }
       const { limit, boundary } = this.replayLimit();
@@ -499,7 +527,13 @@ export class Machine {
         // run: the replica cannot stop there. More log cannot fix that.
         this.violation(`the replica's next stop after instruction ${n} is at ${n + k}`, boundary);
       }
-      if (!src.waitForMore()) throw new ReplayStarved(n);
+      if (!src.waitForMore()) {
+        if (this.tryGoLive()) {
+          this.onBudget(k); // now a recording checkpoint
+          return;
+        }
+        throw new ReplayStarved(n);
+      }
     }
   }
 
@@ -547,7 +581,7 @@ export class Machine {
           continue;
         }
         if (!ring.write(mem, bytes, RecordType.OPEN, input.conn)) break;
-        this.devices.conns.set(input.conn, ConnState.OPEN);
+        this.devices.openConn(input.conn);
         this.emit({ type: EntryType.NIC_OPEN, n: this.count, idle, conn: input.conn });
       } else if (input.kind === 'data') {
         const data = input.data ?? new Uint8Array(0);
@@ -599,7 +633,7 @@ export class Machine {
       case EntryType.NIC_OPEN:
         if (this.devices.conns.has(e.conn)) this.violation(`connection ${e.conn} opened twice`, e);
         ok = ring.write(mem, bytes, RecordType.OPEN, e.conn);
-        if (ok) this.devices.conns.set(e.conn, ConnState.OPEN);
+        if (ok) this.devices.openConn(e.conn);
         break;
       case EntryType.NIC_DATA:
         if (this.devices.conns.get(e.conn) !== ConnState.OPEN) this.violation(`data for connection ${e.conn}, which is not open`, e);
@@ -697,7 +731,10 @@ export class Machine {
         if (head !== undefined) this.violation(`the guest is idle at instruction ${n}`, head);
         // Only a grant beyond n, with no entry: the primary stepped without a delivery we hold. Wait.
       }
-      if (!src.waitForMore()) return { state: 'starved', count: n, midStep: false };
+      if (!src.waitForMore()) {
+        if (this.tryGoLive()) return undefined; // the next idle round records
+        return { state: 'starved', count: n, midStep: false };
+      }
     }
   }
 
@@ -737,7 +774,7 @@ export class Machine {
 
   private halt(kind: HaltKind, code: number, message: string): void {
     const n = this.count;
-    if (this.mode === 'record') {
+    if (!this.replaying()) {
       this.emit({ type: EntryType.HALT, n, kind, code, message });
     } else {
       const e = this.expectSync(EntryType.HALT, `a halt (${kind} ${code}: ${message})`);
@@ -821,14 +858,22 @@ export class Machine {
     this.fuel.value = 0n;
   }
 
-  /** Switches a replaying machine to recording (go-live). Only at an idle point. */
+  /**
+   * Switches a replaying machine to recording (go-live), at an idle point or mid-step once the log is
+   * exhausted. The old primary's client connections are gone: each open one is closed for the guest
+   * (delivered and logged like any CLOSE); pending timers are re-armed on this host's clock.
+   */
   goLive(env: RecordEnv): void {
-    assert(this.mode === 'replay' && !this.inStep, 'go-live happens at an idle point of a replica');
+    assert(this.mode === 'replay', 'only a replica goes live');
     this.mode = 'record';
     this.env = env;
     this.source = undefined;
     const now = env.nowMs();
     for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
+    for (const [conn, state] of [...this.devices.conns].sort((a, b) => a[0] - b[0])) {
+      if (state === ConnState.OPEN) this.pending.push({ kind: 'close', conn });
+    }
+    if (this.inStep) this.setBudgetEnd(this.count); // the caller re-enters the record checkpoint path
   }
 
   get memoryBytes(): number {

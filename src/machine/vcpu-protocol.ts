@@ -24,6 +24,8 @@ export const Tag = {
   END_OF_LOG: 12,
   STOP: 20,
   STATE_HASH: 21,
+  /** Replay: once the held log is consumed, go live (become a recording primary). */
+  GO_LIVE: 22,
 } as const;
 
 export const STATUS_COUNT = 0;
@@ -32,6 +34,8 @@ export const STATUS_IDLE = 2;
 export const STATUS_SLOTS = 4;
 /** Int32 control flags the I/O thread sets and the worker reads at checkpoints. */
 export const CTRL_THROTTLE = 0;
+/** Set by the worker while a replica waits for log with everything it holds consumed. */
+export const CTRL_DRAINED = 1;
 export const CTRL_SLOTS = 2;
 
 export type EnvSpec =
@@ -66,6 +70,8 @@ export type WorkerEvent =
   | { t: 'ready' }
   /** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
   | { t: 'batch'; firstSeq: number; count: number; entries: Uint8Array; outputs: WireOutput[]; instructionNumber: number }
+  /** The replica went live at instruction `count` after consuming `seq` entries. */
+  | { t: 'live'; count: number; seq: number; maxConn: number }
   /** A state hash logged (record) or verified (replay) at instruction n. */
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }

@@ -9,7 +9,7 @@ import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -61,6 +61,7 @@ const log: LogEntry[] = [];
 let logHead = 0;
 let grant = 0;
 let endOfLog = false;
+let goLiveRequested = false;
 
 function drainQueue(): void {
   for (;;) {
@@ -92,6 +93,9 @@ function drainQueue(): void {
         break;
       case Tag.STATE_HASH:
         hashRequested = true;
+        break;
+      case Tag.GO_LIVE:
+        goLiveRequested = true;
         break;
       default:
         throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `vCPU queue: unknown tag ${tag}`);
@@ -173,12 +177,24 @@ class LiveSource implements ReplaySource {
     flush();
     const have = log.length - logHead;
     const g = grant;
-    for (;;) {
-      drainQueue();
-      if (log.length - logHead > have || grant > g) return true;
-      if (endOfLog || stopRequested) return false;
-      queue.wait(1000);
+    Atomics.store(control, CTRL_DRAINED, have === 0 ? 1 : 0);
+    try {
+      for (;;) {
+        drainQueue();
+        if (log.length - logHead > have || grant > g) return true;
+        if (endOfLog || stopRequested || goLiveRequested) return false;
+        queue.wait(have === 0 ? 5 : 1000);
+      }
+    } finally {
+      Atomics.store(control, CTRL_DRAINED, 0);
     }
+  }
+  takeOver(): RecordEnv | undefined {
+    if (!goLiveRequested || stopRequested || log.length - logHead > 0) return undefined;
+    const env = new LiveEnv();
+    post({ t: 'live', count: machine!.count, seq: machine!.entriesSeen, maxConn: machine!.devices.maxConn });
+    firstSeq = machine!.entriesSeen;
+    return env;
   }
 }
 

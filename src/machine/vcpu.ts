@@ -10,6 +10,7 @@ import type { VmConfig } from '../log/recording.js';
 import type { LoadedGuest } from './guest.js';
 import { DEFAULT_SLICE_UNITS } from './machine.js';
 import {
+  CTRL_DRAINED,
   CTRL_SLOTS,
   CTRL_THROTTLE,
   STATUS_COUNT,
@@ -91,6 +92,8 @@ export class Vcpu extends EventEmitter {
           this.drainBacklog();
         } else if (ev.t === 'hash') {
           this.emit('hash', ev);
+        } else if (ev.t === 'live') {
+          this.emit('live', ev);
         } else if (ev.t === 'done') {
           this.emit('done', ev);
           resolve(ev);
@@ -179,6 +182,16 @@ export class Vcpu extends EventEmitter {
 
   endOfLog(): void {
     this.send(Uint8Array.of(Tag.END_OF_LOG));
+  }
+
+  /** Replay: true while the replica waits for log with every entry it was given consumed. */
+  get drained(): boolean {
+    return Atomics.load(this.control, CTRL_DRAINED) === 1;
+  }
+
+  /** Replay: once every held entry is consumed, become a recording primary ('live' event). */
+  goLive(): void {
+    this.send(Uint8Array.of(Tag.GO_LIVE));
   }
 
   /** Execution-lag control: hold the guest at its next budget checkpoint until released. */

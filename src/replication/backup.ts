@@ -9,6 +9,9 @@ import { ControlKind, FrameType, type Frame } from '../channel/frames.js';
 export interface BackupConfig {
   epoch: number;
   heartbeatIntervalMs: number;
+  /** Silence from the primary for this long → drain the held log, then claim the VM. */
+  failTimeoutMs: number;
+  claimRetryMs: number;
 }
 
 export type BackupInput =
@@ -18,7 +21,11 @@ export type BackupInput =
   | { t: 'frame'; frame: Frame }
   | { t: 'replica-progress'; instructionNumber: number }
   | { t: 'replica-verified'; n: number; hash: Uint8Array }
-  | { t: 'replica-diverged'; reason: string };
+  | { t: 'replica-diverged'; reason: string }
+  /** The replica has consumed every entry it holds. */
+  | { t: 'drained' }
+  | { t: 'claim-result'; won: boolean; epoch: number; owner: string }
+  | { t: 'claim-failed'; reason: string };
 
 export type BackupAction =
   | { t: 'send'; frame: Frame }
@@ -26,10 +33,18 @@ export type BackupAction =
   | { t: 'feed'; batch: Uint8Array; count: number }
   | { t: 'grant'; instructionNumber: number }
   | { t: 'drop-peer'; reason: string }
-  | { t: 'halt'; reason: string };
+  | { t: 'halt'; reason: string }
+  /** The primary is silent: let the replica consume everything it holds, then report 'drained'. */
+  | { t: 'drain'; reason: string }
+  | { t: 'claim'; epoch: number }
+  /** Won: the replica goes live (records from where its log ended) and starts serving at `epoch`. */
+  | { t: 'go-live'; epoch: number };
+
+export type BackupPhase = 'following' | 'draining' | 'claiming' | 'live' | 'halted';
 
 export interface BackupStatus {
   epoch: number;
+  phase: BackupPhase;
   peer: boolean;
   nextSeq: number;
   grantedInstructionNumber: number;
@@ -48,8 +63,17 @@ export class BackupCore {
   private ackedReplayed = 0;
   private halted: string | null = null;
   private lastVerified: { n: number; hash: string } | null = null;
+  private epoch: number;
+  private phase: BackupPhase = 'following';
+  private lastHeardMs = 0;
+  private started = false;
+  /** A backup that never had a primary has nothing to take over. */
+  private sawPrimary = false;
+  private claimRetryAtMs = 0;
 
-  constructor(readonly cfg: BackupConfig) {}
+  constructor(readonly cfg: BackupConfig) {
+    this.epoch = cfg.epoch;
+  }
 
   /** The next entry this backup expects (sent in HELLO so the primary resumes from there). */
   get expectedSeq(): number {
@@ -58,7 +82,8 @@ export class BackupCore {
 
   status(): BackupStatus {
     return {
-      epoch: this.cfg.epoch,
+      epoch: this.epoch,
+      phase: this.phase,
       peer: this.peer,
       nextSeq: this.nextSeq,
       grantedInstructionNumber: this.granted,
@@ -70,15 +95,50 @@ export class BackupCore {
 
   step(input: BackupInput): BackupAction[] {
     const out: BackupAction[] = [];
-    if (this.halted !== null) return out;
+    if (this.halted !== null || this.phase === 'live') return out;
     switch (input.t) {
+      case 'drained':
+        if (this.phase === 'draining') {
+          this.phase = 'claiming';
+          out.push({ t: 'claim', epoch: this.epoch });
+        }
+        return out;
+      case 'claim-result':
+        if (input.won) {
+          this.phase = 'live';
+          this.epoch = input.epoch;
+          out.push({ t: 'go-live', epoch: input.epoch });
+        } else {
+          this.halted = `lost the claim: ${input.owner} owns epoch ${input.epoch}`;
+          this.phase = 'halted';
+          out.push({ t: 'halt', reason: this.halted });
+        }
+        return out;
+      case 'claim-failed':
+        // The arbiter is unreachable: stay drained, release nothing, ask again later.
+        this.claimRetryAtMs = this.nowMs + this.cfg.claimRetryMs;
+        return out;
       case 'tick':
+        if (!this.started) {
+          this.started = true;
+          this.lastHeardMs = input.nowMs;
+        }
         this.nowMs = input.nowMs;
+        if (this.phase === 'following' && this.started && this.sawPrimary && this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
+          this.phase = 'draining';
+          out.push({ t: 'drain', reason: `no word from the primary for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms` });
+        }
+        if (this.phase === 'claiming' && this.claimRetryAtMs > 0 && this.nowMs >= this.claimRetryAtMs) {
+          this.claimRetryAtMs = 0;
+          out.push({ t: 'claim', epoch: this.epoch });
+        }
         // Report replay progress promptly (the primary's lag control depends on it), else heartbeat.
         if (this.peer && (this.nowMs - this.lastAckMs >= this.cfg.heartbeatIntervalMs || this.replayed > this.ackedReplayed)) this.ack(out);
         break;
       case 'peer-open':
         this.peer = true;
+        this.sawPrimary = true;
+        this.lastHeardMs = this.nowMs;
         this.ack(out);
         break;
       case 'peer-closed':
@@ -92,11 +152,12 @@ export class BackupCore {
         break;
       case 'replica-verified':
         this.lastVerified = { n: input.n, hash: Buffer.from(input.hash).toString('hex') };
-        if (this.peer) out.push({ t: 'send', frame: { type: FrameType.STATE_HASH, epoch: this.cfg.epoch, n: input.n, hash: input.hash, ok: true } });
+        if (this.peer) out.push({ t: 'send', frame: { type: FrameType.STATE_HASH, epoch: this.epoch, n: input.n, hash: input.hash, ok: true } });
         break;
       case 'replica-diverged':
         this.halted = input.reason;
-        if (this.peer) out.push({ t: 'send', frame: { type: FrameType.CONTROL, epoch: this.cfg.epoch, kind: ControlKind.DIVERGED, reason: input.reason } });
+        this.phase = 'halted';
+        if (this.peer) out.push({ t: 'send', frame: { type: FrameType.CONTROL, epoch: this.epoch, kind: ControlKind.DIVERGED, reason: input.reason } });
         out.push({ t: 'halt', reason: input.reason });
         break;
     }
@@ -105,7 +166,7 @@ export class BackupCore {
 
   private ack(out: BackupAction[]): void {
     this.ackedReplayed = this.replayed;
-    out.push({ t: 'send', frame: { type: FrameType.ACK, epoch: this.cfg.epoch, ackSeq: this.nextSeq, replayedInstructionNumber: this.replayed } });
+    out.push({ t: 'send', frame: { type: FrameType.ACK, epoch: this.epoch, ackSeq: this.nextSeq, replayedInstructionNumber: this.replayed } });
     this.lastAckMs = this.nowMs;
   }
 
@@ -117,7 +178,8 @@ export class BackupCore {
   }
 
   private onFrame(f: Frame, out: BackupAction[]): void {
-    if ('epoch' in f && f.epoch < this.cfg.epoch) return; // fenced: an older epoch's frame
+    if ('epoch' in f && f.epoch < this.epoch) return; // fenced: an older epoch's frame
+    this.lastHeardMs = this.nowMs;
     switch (f.type) {
       case FrameType.LOG: {
         if (f.firstSeq + f.count <= this.nextSeq) {
@@ -140,6 +202,7 @@ export class BackupCore {
         return;
       case FrameType.CONTROL:
         if (f.kind === ControlKind.STOP) {
+          this.phase = 'halted';
           this.halted = `the primary stopped intentionally: ${f.reason}`;
           out.push({ t: 'halt', reason: this.halted });
         }

@@ -7,7 +7,7 @@
  */
 import { ChannelDialer, ChannelListener } from '../channel/endpoints.js';
 import type { ChannelConnection } from '../channel/connection.js';
-import type { Frame, HelloFrame } from '../channel/frames.js';
+import { ControlKind, FrameType, type Frame, type HelloFrame } from '../channel/frames.js';
 import { moduleHash, type VmConfig } from '../log/recording.js';
 import type { LoadedGuest } from '../machine/guest.js';
 import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
@@ -15,10 +15,16 @@ import { ClientService } from '../service/clients.js';
 import { ControlServer } from '../service/control.js';
 import { DeterminismViolation } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import type { Arbiter } from '../arbiter/arbiter.js';
+import { FtvmError } from '../util/errors.js';
 import { BackupCore, type BackupAction } from './backup.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
 
 export interface Timings {
+  /** Silence on the channel for this long → the replica asks the arbiter (failure detection). */
+  failTimeoutMs: number;
+  /** Deadline of each arbiter call; retry interval after an unreachable arbiter. */
+  arbiterDeadlineMs: number;
   heartbeatIntervalMs: number;
   grantIntervalMs: number;
   lagMaxMs: number;
@@ -27,6 +33,8 @@ export interface Timings {
 }
 
 export const DEFAULT_TIMINGS: Timings = {
+  failTimeoutMs: 150,
+  arbiterDeadlineMs: 1000,
   heartbeatIntervalMs: 20,
   grantIntervalMs: 2,
   lagMaxMs: 20,
@@ -48,6 +56,12 @@ export interface NodeOptions {
   log: Logger;
   control?: Addr;
   sliceUnits?: number;
+  /** The arbiter deciding who is live after a failure; without one, a pair never fails over. */
+  arbiter?: Arbiter;
+  /** This node's identity at the arbiter. */
+  nodeId: string;
+  /** Called once when the node halts (lost a claim, fenced, diverged beyond repair). */
+  onHalt?: (reason: string) => void;
 }
 
 export interface PrimaryOptions extends NodeOptions {
@@ -100,6 +114,8 @@ export class PrimaryNode {
       unackedMaxBytes: opts.unackedMaxBytes ?? 32 * 1024 * 1024,
       heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
       alone: opts.peer === undefined,
+      failTimeoutMs: opts.timings.failTimeoutMs,
+      claimRetryMs: opts.timings.arbiterDeadlineMs,
     });
     this.service = new ClientService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
   }
@@ -217,14 +233,37 @@ export class PrimaryNode {
         case 'hash-verified':
           this.lastVerified = { n: a.n, hash: Buffer.from(a.hash).toString('hex'), ok: a.ok };
           break;
+        case 'claim':
+          void claimAt(this.opts, a.epoch, this.log).then((r) => this.exec(this.core.step(r)));
+          break;
+        case 'went-alone':
+          this.log.warn({ epoch: a.epoch, reason: a.reason }, 'the backup is gone: continuing alone');
+          this.dialer?.close();
+          this.conn?.close('running alone');
+          break;
+        case 'halt':
+          this.haltNode(a.reason);
+          break;
       }
     }
+  }
+
+  private halting = false;
+  private haltNode(reason: string): void {
+    if (this.halting) return;
+    this.halting = true;
+    this.log.error({ reason }, 'primary halted: releasing nothing more');
+    this.vcpu?.setThrottle(true);
+    void this.stop().finally(() => this.opts.onHalt?.(reason));
   }
 
   status(): Record<string, unknown> {
     const s = this.core.status();
     return {
-      role: 'primary',
+      role: s.halted ? 'halted' : 'primary',
+      alone: s.alone,
+      claiming: s.claiming,
+      halted: s.halted,
       vm: this.opts.config.name,
       epoch: s.epoch,
       instructionNumber: Math.max(this.vcpu?.count ?? 0, s.instructionNumber),
@@ -258,6 +297,12 @@ export class PrimaryNode {
   private async onControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
     if (method === 'POST' && path === '/state-hash') return this.stateHash();
+    if (method === 'POST' && path === '/stop') {
+      // An intentional stop: tell the backup not to go live, then stop.
+      if (this.conn?.isOpen) this.conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.STOP, reason: 'ftvm stop' });
+      setTimeout(() => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm stop')), 50);
+      return { stopping: true };
+    }
     return undefined;
   }
 
@@ -276,6 +321,26 @@ export class PrimaryNode {
 
 export interface BackupOptions extends NodeOptions {
   listen: Addr;
+  /** Where to serve clients once this backup goes live. */
+  service?: Addr;
+}
+
+/** One arbiter claim, mapped to a core input (an unreachable arbiter is an input too). */
+async function claimAt(o: NodeOptions, epoch: number, log: Logger): Promise<
+  { t: 'claim-result'; won: boolean; epoch: number; owner: string } | { t: 'claim-failed'; reason: string }
+> {
+  if (!o.arbiter) {
+    log.error('silence on the channel, but no arbiter is configured: waiting, releasing nothing');
+    return { t: 'claim-failed', reason: 'no arbiter configured' };
+  }
+  try {
+    const r = await o.arbiter.claim(o.config.name, epoch, o.nodeId, { deadlineMs: o.timings.arbiterDeadlineMs });
+    log.warn({ epoch, won: r.won, record: r.record }, r.won ? 'won the arbiter claim' : 'lost the arbiter claim');
+    return { t: 'claim-result', won: r.won, epoch: r.record.epoch, owner: r.record.owner };
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'the arbiter is unreachable: waiting, releasing nothing');
+    return { t: 'claim-failed', reason: (err as Error).message };
+  }
 }
 
 export class BackupNode {
@@ -291,7 +356,12 @@ export class BackupNode {
 
   constructor(private readonly opts: BackupOptions) {
     this.log = opts.log;
-    this.core = new BackupCore({ epoch: opts.epoch, heartbeatIntervalMs: opts.timings.heartbeatIntervalMs });
+    this.core = new BackupCore({
+      epoch: opts.epoch,
+      heartbeatIntervalMs: opts.timings.heartbeatIntervalMs,
+      failTimeoutMs: opts.timings.failTimeoutMs,
+      claimRetryMs: opts.timings.arbiterDeadlineMs,
+    });
     this.vcpu = new Vcpu({ mode: 'replay', guest: opts.guest, config: opts.config, ...(opts.sliceUnits !== undefined ? { sliceUnits: opts.sliceUnits } : {}) });
   }
 
@@ -342,8 +412,16 @@ export class BackupNode {
   }
 
   private tick(): void {
+    if (this.live) {
+      this.live.tick();
+      return;
+    }
     this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
     this.exec(this.core.step({ t: 'tick', nowMs: performance.now() }));
+    if (this.draining && this.vcpu.drained && this.vcpu.entries >= this.fedEntries) {
+      this.draining = false;
+      this.exec(this.core.step({ t: 'drained' }));
+    }
   }
 
   private exec(actions: BackupAction[]): void {
@@ -353,6 +431,7 @@ export class BackupNode {
           if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
           break;
         case 'feed':
+          this.fedEntries += a.count;
           this.vcpu.feedLog(a.batch);
           break;
         case 'grant':
@@ -365,15 +444,57 @@ export class BackupNode {
         case 'halt':
           this.log.error({ reason: a.reason }, 'backup halted');
           this.vcpu.stop();
+          void this.stop().finally(() => this.opts.onHalt?.(a.reason));
+          break;
+        case 'drain':
+          this.log.warn({ reason: a.reason }, 'primary silent: consuming every held entry before claiming');
+          this.draining = true;
+          this.drainStartMs = performance.now();
+          break;
+        case 'claim':
+          void claimAt(this.opts, a.epoch, this.log).then((r) => this.exec(this.core.step(r)));
+          break;
+        case 'go-live':
+          this.goLive(a.epoch);
           break;
       }
     }
   }
 
+  private fedEntries = 0;
+  private draining = false;
+  private drainStartMs = 0;
+  private live: LiveServing | undefined;
+
+  /** Won the claim: the replica becomes a recording primary (alone) and starts serving clients. */
+  private goLive(epoch: number): void {
+    const o = this.opts;
+    if (!o.service) {
+      this.log.error('won the claim but has no --service address to serve on: halting');
+      this.vcpu.stop();
+      return;
+    }
+    this.listener?.close().catch(() => undefined);
+    this.conn?.close('this backup went live');
+    const t0 = performance.now();
+    const service = o.service;
+    this.vcpu.once('live', (ev: { count: number; seq: number; maxConn: number }) => {
+      const live = new LiveServing(this.vcpu, o, epoch, ev.seq, service, this.log);
+      this.live = live;
+      live.start(ev.maxConn + 1).then(
+        () => this.log.warn({ epoch, instructionNumber: ev.count, entries: ev.seq, service: o.service, drainMs: Math.round(t0 - this.drainStartMs) }, 'went live: serving clients as the primary'),
+        (err: Error) => this.log.error({ err: err.message }, 'went live but cannot serve'),
+      );
+    });
+    this.vcpu.goLive();
+  }
+
   status(): Record<string, unknown> {
+    if (this.live) return { ...this.live.status(), formerly: 'backup' };
     const s = this.core.status();
     return {
       role: 'backup',
+      phase: s.phase,
       vm: this.opts.config.name,
       epoch: s.epoch,
       instructionNumber: this.vcpu.count,
@@ -388,16 +509,105 @@ export class BackupNode {
   private async onControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
     if (method === 'GET' && path === '/state-hash') return this.core.status().lastVerified;
+    if (method === 'POST' && path === '/state-hash' && this.live) return this.live.stateHash();
     return undefined;
   }
 
   async stop(): Promise<void> {
     if (this.ticker) clearInterval(this.ticker);
+    await this.live?.close();
     await this.listener?.close();
     await this.control?.close();
     this.vcpu.stop();
     this.vcpu.endOfLog();
     await Promise.race([this.vcpu.done.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
     await this.vcpu.terminate();
+  }
+}
+
+/**
+ * A replica that went live: its vCPU now records; with no backup yet, a PrimaryCore running alone
+ * releases its outputs at once to the clients of a new ClientService.
+ */
+class LiveServing {
+  private readonly core: PrimaryCore;
+  private readonly service: ClientService;
+  private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
+
+  constructor(
+    private readonly vcpu: Vcpu,
+    private readonly o: NodeOptions,
+    private readonly epoch: number,
+    firstSeq: number,
+    service: Addr,
+    log: Logger,
+  ) {
+    this.core = new PrimaryCore({
+      firstSeq,
+      epoch,
+      heartbeatIntervalMs: o.timings.heartbeatIntervalMs,
+      grantIntervalMs: o.timings.grantIntervalMs,
+      lagMaxMs: o.timings.lagMaxMs,
+      unackedMaxBytes: 32 * 1024 * 1024,
+      heldMaxOutputs: 100_000,
+      alone: true,
+      failTimeoutMs: o.timings.failTimeoutMs,
+      claimRetryMs: o.timings.arbiterDeadlineMs,
+    });
+    this.service = new ClientService({ host: service.host, port: service.port, log: log.child({ part: 'service' }) });
+    vcpu.on('batch', (b: BatchEvent) => {
+      for (const a of this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs })) {
+        if (a.t === 'release') this.service.deliver(a.outputs);
+      }
+    });
+    vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => {
+      const hex = Buffer.from(h.hash).toString('hex');
+      for (const w of this.hashWaiters.splice(0)) w({ n: h.n, hash: hex });
+    });
+  }
+
+  async start(firstConn: number): Promise<void> {
+    this.service.firstConnectionId = firstConn;
+    const vcpu = this.vcpu;
+    await this.service.start({
+      input: (k, c, d) => vcpu.input(k, c, d),
+      get backlogBytes() {
+        return vcpu.backlog_bytes;
+      },
+    });
+  }
+
+  tick(): void {
+    this.core.step({ t: 'tick', nowMs: performance.now() });
+  }
+
+  stateHash(timeoutMs = 10_000): Promise<{ n: number; hash: string }> {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'no idle point within the timeout')), timeoutMs);
+      this.hashWaiters.push((h) => {
+        clearTimeout(t);
+        resolve(h);
+      });
+      this.vcpu.requestStateHash();
+    });
+  }
+
+  status(): Record<string, unknown> {
+    const s = this.core.status();
+    return {
+      role: 'primary',
+      vm: this.o.config.name,
+      epoch: this.epoch,
+      alone: true,
+      instructionNumber: this.vcpu.count,
+      backup: 'none (redundancy lost: this node went live)',
+      entries: s.nextSeq,
+      outputsHeld: s.outputsHeld,
+      clients: this.service.openConnections,
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.service.close();
   }
 }

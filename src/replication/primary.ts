@@ -28,6 +28,12 @@ export interface PrimaryConfig {
   heldMaxOutputs: number;
   /** FT off: no backup; outputs are released at once. */
   alone: boolean;
+  /** Silence from the backup for this long → claim the VM at the arbiter. */
+  failTimeoutMs: number;
+  /** After an unreachable arbiter, ask again this often. */
+  claimRetryMs: number;
+  /** Sequence number of the first entry this primary will log (a backup gone live continues the log). */
+  firstSeq?: number;
 }
 
 export type PrimaryInput =
@@ -36,7 +42,11 @@ export type PrimaryInput =
   | { t: 'log'; firstSeq: number; count: number; bytes: Uint8Array; instructionNumber: number; outputs: WireOutput[] }
   | { t: 'peer-open'; backupNextSeq: number }
   | { t: 'peer-closed' }
-  | { t: 'frame'; frame: Frame };
+  | { t: 'frame'; frame: Frame }
+  /** The arbiter answered our claim; `epoch` is the record's epoch afterwards. */
+  | { t: 'claim-result'; won: boolean; epoch: number; owner: string }
+  /** The arbiter could not be reached: keep holding outputs, ask again later. */
+  | { t: 'claim-failed'; reason: string };
 
 export type PrimaryAction =
   | { t: 'send'; frame: Frame }
@@ -44,7 +54,13 @@ export type PrimaryAction =
   | { t: 'throttle'; on: boolean; reason: string }
   | { t: 'drop-peer'; reason: string }
   | { t: 'backup-diverged'; reason: string }
-  | { t: 'hash-verified'; n: number; hash: Uint8Array; ok: boolean };
+  | { t: 'hash-verified'; n: number; hash: Uint8Array; ok: boolean }
+  /** Ask the arbiter for the VM at `epoch` (test-and-set). */
+  | { t: 'claim'; epoch: number }
+  /** Won the claim: the backup is gone, this primary continues alone at `epoch`. */
+  | { t: 'went-alone'; epoch: number; reason: string }
+  /** Lost the claim (the backup went live): stop at once, release nothing. */
+  | { t: 'halt'; reason: string };
 
 interface Batch {
   firstSeq: number;
@@ -58,6 +74,9 @@ const LAG_SAMPLES_MAX = 4096;
 
 export interface PrimaryStatus {
   epoch: number;
+  alone: boolean;
+  claiming: boolean;
+  halted: string | null;
   peer: boolean;
   nextSeq: number;
   ackedSeq: number;
@@ -87,12 +106,25 @@ export class PrimaryCore {
   private lastGrantN = -1;
   private throttled = false;
   private logBytesSent = 0;
+  private epoch: number;
+  private alone: boolean;
+  private lastHeardMs = 0;
+  private claiming = false;
+  private claimRetryAtMs = 0;
+  private halted: string | null = null;
 
-  constructor(readonly cfg: PrimaryConfig) {}
+  constructor(readonly cfg: PrimaryConfig) {
+    this.epoch = cfg.epoch;
+    this.alone = cfg.alone;
+    this.nextSeq = this.ackedSeq = this.sentSeq = cfg.firstSeq ?? 0;
+  }
 
   status(): PrimaryStatus {
     return {
-      epoch: this.cfg.epoch,
+      epoch: this.epoch,
+      alone: this.alone,
+      claiming: this.claiming,
+      halted: this.halted,
       peer: this.peer,
       nextSeq: this.nextSeq,
       ackedSeq: this.ackedSeq,
@@ -114,16 +146,46 @@ export class PrimaryCore {
 
   step(input: PrimaryInput): PrimaryAction[] {
     const out: PrimaryAction[] = [];
+    if (this.halted !== null) return out; // a fenced primary does nothing, ever
     switch (input.t) {
       case 'tick':
         assert(input.nowMs >= this.nowMs, 'time never goes back');
+        if (this.nowMs === 0) this.lastHeardMs = input.nowMs;
         this.nowMs = input.nowMs;
         if (this.peer && this.nowMs - this.lastSendMs >= this.cfg.heartbeatIntervalMs) this.sendHeartbeat(out);
+        this.detectFailure(out);
+        break;
+      case 'claim-result':
+        this.claiming = false;
+        if (input.won) {
+          this.epoch = input.epoch;
+          this.alone = true;
+          this.peer = false;
+          out.push({ t: 'went-alone', epoch: input.epoch, reason: `the backup was silent for ${this.cfg.failTimeoutMs} ms; this primary won epoch ${input.epoch}` });
+          // Nothing waits for a backup any more: everything logged counts as acknowledged.
+          this.ackedSeq = this.nextSeq;
+          this.unacked.length = 0;
+          this.unackedBytes = 0;
+          this.releaseCovered(out);
+        } else {
+          this.halted = `lost the claim for epoch ${this.epoch}: ${input.owner} owns epoch ${input.epoch}`;
+          out.push({ t: 'halt', reason: this.halted });
+          return out;
+        }
+        break;
+      case 'claim-failed':
+        this.claiming = false;
+        this.claimRetryAtMs = this.nowMs + this.cfg.claimRetryMs;
         break;
       case 'log':
         this.onLog(input, out);
         break;
       case 'peer-open':
+        if (this.alone) {
+          out.push({ t: 'drop-peer', reason: 'this primary runs alone (a new backup must be cloned from a snapshot)' });
+          break;
+        }
+        this.lastHeardMs = this.nowMs;
         this.onPeerOpen(input.backupNextSeq, out);
         break;
       case 'peer-closed':
@@ -147,7 +209,7 @@ export class PrimaryCore {
     if (input.count > 0) {
       const b: Batch = { firstSeq: input.firstSeq, count: input.count, bytes: input.bytes, instructionNumber: input.instructionNumber };
       this.nextSeq += input.count;
-      if (this.cfg.alone) {
+      if (this.alone) {
         this.ackedSeq = this.nextSeq;
       } else {
         this.unacked.push(b);
@@ -162,7 +224,7 @@ export class PrimaryCore {
   }
 
   private sendBatch(b: Batch, out: PrimaryAction[]): void {
-    out.push({ t: 'send', frame: { type: FrameType.LOG, epoch: this.cfg.epoch, firstSeq: b.firstSeq, count: b.count, instructionNumber: b.instructionNumber, batch: b.bytes } });
+    out.push({ t: 'send', frame: { type: FrameType.LOG, epoch: this.epoch, firstSeq: b.firstSeq, count: b.count, instructionNumber: b.instructionNumber, batch: b.bytes } });
     this.sentSeq = b.firstSeq + b.count;
     this.lastSendMs = this.nowMs;
     this.lastGrantN = b.instructionNumber;
@@ -170,7 +232,7 @@ export class PrimaryCore {
   }
 
   private sendHeartbeat(out: PrimaryAction[]): void {
-    out.push({ t: 'send', frame: { type: FrameType.HEARTBEAT, epoch: this.cfg.epoch, instructionNumber: this.instructionNumber, nextSeq: this.sentSeq } });
+    out.push({ t: 'send', frame: { type: FrameType.HEARTBEAT, epoch: this.epoch, instructionNumber: this.instructionNumber, nextSeq: this.sentSeq } });
     this.lastSendMs = this.nowMs;
     this.lastGrantN = this.instructionNumber;
   }
@@ -192,8 +254,17 @@ export class PrimaryCore {
     this.sendHeartbeat(out);
   }
 
+  /** Silence from the backup past the timeout: ask the arbiter (unless already asking, or alone). */
+  private detectFailure(out: PrimaryAction[]): void {
+    if (this.alone || this.claiming || this.nowMs < this.claimRetryAtMs) return;
+    if (this.nowMs - this.lastHeardMs <= this.cfg.failTimeoutMs) return;
+    this.claiming = true;
+    out.push({ t: 'claim', epoch: this.epoch });
+  }
+
   private onFrame(f: Frame, out: PrimaryAction[]): void {
-    if ('epoch' in f && f.epoch !== this.cfg.epoch) return; // older (or foreign) epoch: ignored
+    if ('epoch' in f && f.epoch !== this.epoch) return; // older (or foreign) epoch: ignored
+    this.lastHeardMs = this.nowMs;
     switch (f.type) {
       case FrameType.ACK:
         this.onAck(f.ackSeq, f.replayedInstructionNumber, out);
@@ -238,7 +309,13 @@ export class PrimaryCore {
   }
 
   private evaluateThrottle(out: PrimaryAction[]): void {
-    if (this.cfg.alone) return;
+    if (this.alone) {
+      if (this.throttled) {
+        this.throttled = false;
+        out.push({ t: 'throttle', on: false, reason: 'running alone' });
+      }
+      return;
+    }
     const lag = this.lagMs();
     let reason = '';
     if (this.peer && lag > this.cfg.lagMaxMs) reason = `backup lags ${lag.toFixed(0)} ms (max ${this.cfg.lagMaxMs})`;

@@ -107,3 +107,49 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
     },
   };
 }
+
+export interface ArbiterProcess {
+  proc: ProcessHandle;
+  url: string;
+  port: number;
+  dataDir: string;
+}
+
+/** Starts an embedded arbiter server (`ftvm arbiter`) on a free loopback port. */
+export async function startArbiter(secretFile: string, dataDir?: string, port?: number): Promise<ArbiterProcess> {
+  const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'ftvm-arbiter-'));
+  const p = port ?? (await freePort());
+  const proc = spawnNode([CLI, 'arbiter', '--data', dir, '--listen', `127.0.0.1:${p}`, '--secret-file', secretFile], { name: 'arbiter' });
+  await proc.waitForLine(/arbiter is listening/, 20_000, { stream: 'stderr' });
+  return { proc, url: `ftvm://127.0.0.1:${p}`, port: p, dataDir: dir };
+}
+
+export interface FtPair extends Pair {
+  arbiter: ArbiterProcess;
+  /** Where the backup serves once it goes live. */
+  backupServicePort: number;
+}
+
+/** A pair with an embedded arbiter; the backup has a service port for when it goes live. */
+export async function startFtPair(o: PairOptions & { vm?: string } = {}): Promise<FtPair> {
+  const secretFile = o.secretFile ?? makeSecretFile();
+  const arbiter = await startArbiter(secretFile);
+  const backupServicePort = await freePort();
+  const vm = o.vm ?? `vm-${Math.random().toString(36).slice(2, 10)}`;
+  const common = ['--arbiter', arbiter.url, '--vm-name', vm];
+  const pair = await startPair({
+    ...o,
+    secretFile,
+    primaryArgs: [...common, ...(o.primaryArgs ?? [])],
+    backupArgs: [...common, '--service', `127.0.0.1:${backupServicePort}`, ...(o.backupArgs ?? [])],
+  });
+  return {
+    ...pair,
+    arbiter,
+    backupServicePort,
+    async stop() {
+      await pair.stop();
+      await arbiter.proc.stop();
+    },
+  };
+}

@@ -1,0 +1,193 @@
+/**
+ * Failure detection, go-live and arbitration with real processes: kill -9, SIGSTOP/SIGCONT, channel
+ * cuts through the fault proxy, an unreachable arbiter. The embedded arbiter (`ftvm arbiter`).
+ */
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { RespClient } from '../src/client/resp.js';
+import { controlRequest } from '../src/service/control.js';
+import { startFtPair, type FtPair } from '../src/testing/pair.js';
+import { stopAll } from '../src/testing/processes.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+after(() => stopAll());
+
+async function statusOr(addr: string): Promise<Record<string, unknown> | null> {
+  try {
+    return (await controlRequest(addr, 'GET', '/status', 1000)) as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+}
+
+/** Writes SET key value on whichever port answers, retrying on failure; returns once acknowledged. */
+async function setSomewhere(ports: number[], key: string, value: string, deadlineMs: number): Promise<number> {
+  const until = Date.now() + deadlineMs;
+  for (;;) {
+    for (const port of ports) {
+      let c: RespClient | undefined;
+      try {
+        c = await RespClient.connect({ port, connectTimeoutMs: 300, callTimeoutMs: 2000 });
+        if ((await c.call('SET', key, value)) === 'OK') return port;
+      } catch {
+        // try the next port
+      } finally {
+        c?.close();
+      }
+    }
+    if (Date.now() > until) throw new Error(`no replica acknowledged SET ${key} within ${deadlineMs} ms`);
+    await sleep(20);
+  }
+}
+
+async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+test('kill -9 of the primary under load: the backup goes live; every acknowledged write is there; clients continue', async () => {
+  const pair = await startFtPair({ guest: 'kv' });
+  try {
+    const acked = new Map<string, string>();
+    let stop = false;
+    let killedAt = 0;
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      for (let i = 0; !stop && i < 5000; i++) {
+        const key = `w${w}:${i}`;
+        const value = `v${i}`;
+        await setSomewhere([pair.servicePort, pair.backupServicePort], key, value, 20_000);
+        acked.set(key, value);
+      }
+    });
+    await waitFor('some acknowledged writes', async () => acked.size >= 200);
+    pair.primary.kill('SIGKILL');
+    killedAt = acked.size;
+    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    await waitFor('writes after the failover', async () => acked.size >= killedAt + 200);
+    stop = true;
+    await Promise.all(writers);
+    const c = await RespClient.connect({ port: pair.backupServicePort });
+    let missing = 0;
+    for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    c.close();
+    assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
+    const s = await statusOr(pair.backupControl);
+    assert.equal(s?.epoch, 2);
+  } finally {
+    await pair.stop();
+  }
+});
+
+test('kill -9 of the backup: the primary wins the claim and continues alone', async () => {
+  const pair = await startFtPair({ guest: 'kv' });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 10_000 });
+    assert.equal(await c.call('SET', 'before', '1'), 'OK');
+    pair.backup.kill('SIGKILL');
+    assert.equal(await c.call('SET', 'after', '2'), 'OK'); // held until the claim is won, then released
+    const s = (await pair.status('primary')) as { alone: boolean; epoch: number };
+    assert.equal(s.alone, true);
+    assert.equal(s.epoch, 2);
+    assert.equal(String(await c.call('GET', 'before')), '1');
+    c.close();
+  } finally {
+    await pair.stop();
+  }
+});
+
+async function oneLive(pair: FtPair): Promise<{ live: string[]; halted: string[] }> {
+  const p = await statusOr(pair.primaryControl);
+  const b = await statusOr(pair.backupControl);
+  const pExited = pair.primary.exitStatus !== null;
+  const bExited = pair.backup.exitStatus !== null;
+  const live: string[] = [];
+  const halted: string[] = [];
+  if (!pExited && p?.role === 'primary') live.push('primary');
+  else halted.push('primary');
+  if (!bExited && b?.role === 'primary') live.push('backup');
+  else if (bExited || b?.role === 'halted' || b?.halted) halted.push('backup');
+  return { live, halted };
+}
+
+test('channel cut while both reach the arbiter: exactly one replica is live and the other halted, every time (20 runs)', async () => {
+  for (let run = 0; run < 20; run++) {
+    const pair = await startFtPair({ guest: 'kv', viaProxy: true });
+    try {
+      const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 10_000 });
+      assert.equal(await c.call('SET', 'x', String(run)), 'OK');
+      c.close();
+      await sleep(Math.floor(Math.random() * 200));
+      if (run % 2 === 0) pair.proxy!.cut();
+      else pair.proxy!.blackhole('both');
+      await waitFor('one replica to halt', async () => (await oneLive(pair)).halted.length >= 1, 20_000);
+      await sleep(300);
+      const r = await oneLive(pair);
+      assert.equal(r.live.length, 1, `run ${run}: live ${JSON.stringify(r)}`);
+      assert.equal(r.halted.length, 1, `run ${run}: halted ${JSON.stringify(r)}`);
+    } finally {
+      await pair.stop();
+    }
+  }
+});
+
+test('SIGSTOP the primary past the timeout, the backup goes live, SIGCONT: the old primary releases nothing and halts', async () => {
+  const pair = await startFtPair({ guest: 'kv' });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 20_000 });
+    assert.equal(await c.call('SET', 'a', '1'), 'OK');
+    pair.primary.kill('SIGSTOP');
+    // The client's request sits in the stopped primary's socket buffer.
+    const late = c.call('SET', 'late', 'from-old-primary').then(
+      (v) => ({ ok: true, v }),
+      (e: Error) => ({ ok: false, v: e.message }),
+    );
+    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    pair.primary.kill('SIGCONT');
+    const exit = await pair.primary.exited;
+    assert.equal(exit.code, 4, 'the old primary halted');
+    const r = await late;
+    assert.equal(r.ok, false, `the old primary released a reply: ${JSON.stringify(r)}`);
+    const n = await RespClient.connect({ port: pair.backupServicePort });
+    assert.equal(String(await n.call('GET', 'a')), '1');
+    assert.equal(await n.call('GET', 'late'), null, 'the write the old primary never acknowledged is not there');
+    n.close();
+  } finally {
+    await pair.stop();
+  }
+});
+
+test('channel cut and arbiter unreachable: neither goes live, nothing is released; service resumes once the arbiter returns', async () => {
+  const pair = await startFtPair({ guest: 'kv', viaProxy: true });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 30_000 });
+    assert.equal(await c.call('SET', 'a', '1'), 'OK');
+    pair.arbiter.proc.kill('SIGSTOP');
+    pair.proxy!.cut();
+    let replied = false;
+    const pending = c.call('SET', 'b', '2').then(
+      (v) => {
+        replied = true;
+        return { ok: true, v: String(v) };
+      },
+      (e: Error) => ({ ok: false, v: e.message }),
+    );
+    await sleep(1500);
+    assert.equal(replied, false, 'no output may be released without the arbiter');
+    const ps = await statusOr(pair.primaryControl);
+    const bs = await statusOr(pair.backupControl);
+    assert.notEqual(bs?.role, 'primary', 'the backup did not go live');
+    assert.equal(ps?.alone, false, 'the primary did not continue alone');
+    pair.arbiter.proc.kill('SIGCONT');
+    await waitFor('one replica live', async () => (await oneLive(pair)).live.length === 1, 20_000);
+    const r = await oneLive(pair);
+    const p = await pending;
+    if (r.live[0] === 'primary') assert.deepEqual(p, { ok: true, v: 'OK' }, 'the primary won and released the held reply');
+    else assert.equal(p.ok, false, 'the backup won: the old primary released nothing');
+  } finally {
+    pair.arbiter.proc.kill('SIGCONT');
+    await pair.stop();
+  }
+});
