@@ -105,7 +105,8 @@ async function oneLive(pair: FtPair): Promise<{ live: string[]; halted: string[]
   const bExited = pair.backup.exitStatus !== null;
   const live: string[] = [];
   const halted: string[] = [];
-  if (!pExited && p?.role === 'primary') live.push('primary');
+  // The original primary is live only once it won its claim and runs alone (its peer is cut off).
+  if (!pExited && p?.role === 'primary' && p.alone === true) live.push('primary');
   else halted.push('primary');
   if (!bExited && b?.role === 'primary') live.push('backup');
   else if (bExited || b?.role === 'halted' || b?.halted) halted.push('backup');

@@ -51,56 +51,96 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, timeo
   }
 }
 
+/** SET on whichever replica answers (the primary, or the backup once it went live). */
+async function setAnywhere(ports: number[], key: string, value: string, deadlineMs: number): Promise<number> {
+  const until = Date.now() + deadlineMs;
+  for (;;) {
+    for (const port of ports) {
+      let c: RespClient | undefined;
+      try {
+        c = await RespClient.connect({ port, connectTimeoutMs: 300, callTimeoutMs: 2000 });
+        if ((await c.call('SET', key, value)) === 'OK') return port;
+      } catch {
+        // unknown outcome or no answer: try the other replica
+      } finally {
+        c?.close();
+      }
+    }
+    if (Date.now() > until) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `demo: no replica acknowledged SET ${key}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 export async function pairDemo(o: { guest: string; ops: number; clients: number }): Promise<boolean> {
   const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
   const secret = join(dir, 'secret');
   await writeFile(secret, randomBytes(32), { mode: 0o600 });
-  const [svc, chan, pc, bc] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [svc, svc2, chan, pc, bc, arb] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
   const lines: string[] = [];
   const procs: ChildProcess[] = [];
+  const show = (from: number): number => {
+    for (const l of lines.slice(from)) console.log(`   ${l}`);
+    return lines.length;
+  };
   try {
-    console.log('== ftvm demo: a fault-tolerant key/value VM (primary + hot backup on loopback) ==');
-    procs.push(child(['run', o.guest, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--secret-file', secret], 'backup ', lines));
+    console.log('== ftvm demo: a fault-tolerant key/value VM (arbiter + primary + hot backup on loopback) ==');
+    procs.push(child(['arbiter', '--data', join(dir, 'arbiter'), '--listen', `127.0.0.1:${arb}`, '--secret-file', secret], 'arbiter', lines));
+    await until('the arbiter', () => lines.some((l) => l.includes('arbiter is listening')), 30_000);
+    const common = ['--arbiter', `ftvm://127.0.0.1:${arb}`, '--vm-name', 'demo-kv', '--secret-file', secret];
+    procs.push(child(['run', o.guest, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common], 'backup ', lines));
     await until('the backup', () => lines.some((l) => l.includes('backup is waiting')), 30_000);
-    procs.push(child(['run', o.guest, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, '--secret-file', secret], 'primary', lines));
+    const primary = child(['run', o.guest, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common], 'primary', lines);
+    procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), 30_000);
-    for (const l of lines) console.log(`   ${l}`);
-    console.log(`1. primary pid ${procs[1]!.pid} serves RESP on 127.0.0.1:${svc}; backup pid ${procs[0]!.pid} replays its log`);
-    console.log(`2. ${o.clients} clients send ${o.ops} commands each (SET, INCR, GET); every reply waits for the backup's ACK (the output rule)`);
-    const t0 = performance.now();
-    const clients = await Promise.all(Array.from({ length: o.clients }, () => RespClient.connect({ port: svc })));
-    await Promise.all(
-      clients.map(async (c, i) => {
-        for (let j = 0; j < o.ops; j++) {
-          const r = await c.call('SET', `user:${i}:${j}`, `value-${i}-${j}`);
-          if (r !== 'OK') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `unexpected reply ${String(r)}`);
-          await c.call('INCR', 'requests');
-        }
-      }),
-    );
-    const total = Number(String(await clients[0]!.call('GET', 'requests')));
-    const size = await clients[0]!.call('DBSIZE');
-    const ms = performance.now() - t0;
-    for (const c of clients) c.close();
-    console.log(`   ${o.clients * o.ops * 2} commands in ${ms.toFixed(0)} ms; GET requests → ${total}; DBSIZE → ${String(size)}`);
-    const ps = (await controlRequest(`127.0.0.1:${pc}`, 'GET', '/status')) as Record<string, unknown>;
-    console.log(`   primary: instruction ${String(ps.instructionNumber)}, ${String(ps.entries)} log entries, ${String(ps.logBytesSent)} log bytes sent, backup at ${String(ps.backupInstructionNumber)}`);
-    console.log('3. the primary logs its state hash at its next idle point; the backup checks it when it replays to that point');
+    let seen = show(0);
+    console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1`);
+    const warm = await RespClient.connect({ port: svc });
+    for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
+    warm.close();
     const h = (await controlRequest(`127.0.0.1:${pc}`, 'POST', '/state-hash')) as { n: number; hash: string };
     let b: { n: number; hash: string } | null = null;
-    await until('the backup to verify the hash', async () => {
+    await until('the backup to verify the state hash', async () => {
       b = (await controlRequest(`127.0.0.1:${bc}`, 'GET', '/state-hash')) as { n: number; hash: string } | null;
       return b !== null && b.n === h.n;
     }, 30_000);
     const bb = b as unknown as { n: number; hash: string };
-    console.log(`   primary state hash at instruction ${h.n}: ${h.hash}`);
-    console.log(`   backup  state hash at instruction ${bb.n}: ${bb.hash}`);
-    const equal = h.hash === bb.hash;
-    console.log(equal ? '4. IDENTICAL: the backup holds exactly the primary\'s state, instruction for instruction.' : '4. DIFFERENT: the replicas diverged!');
-    return equal;
+    console.log(`   after 100 writes: primary state hash at instruction ${h.n}: ${h.hash}`);
+    console.log(`                     backup  state hash at instruction ${bb.n}: ${bb.hash} ${bb.hash === h.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
+    if (bb.hash !== h.hash) return false;
+    console.log(`2. ${o.clients} clients write ${o.ops} keys each; every reply waits for the backup's ACK (the output rule)`);
+    const acked = new Map<string, string>();
+    let killed = false;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: o.clients }, async (_, i) => {
+        for (let j = 0; j < o.ops; j++) {
+          const key = `user:${i}:${j}`;
+          await setAnywhere([svc, svc2], key, `value-${i}-${j}`, 30_000);
+          acked.set(key, `value-${i}-${j}`);
+          if (!killed && acked.size >= (o.clients * o.ops) / 2) {
+            killed = true;
+            primary.kill('SIGKILL');
+            console.log(`3. kill -9 the primary (pid ${primary.pid}) after ${acked.size} acknowledged writes, mid-load`);
+          }
+        }
+      }),
+    );
+    seen = show(seen);
+    console.log(`4. the clients carried on against the new primary: ${acked.size} writes acknowledged in ${(performance.now() - t0).toFixed(0)} ms`);
+    const st = (await controlRequest(`127.0.0.1:${bc}`, 'GET', '/status')) as Record<string, unknown>;
+    console.log(`   the former backup is now ${String(st.role)} at epoch ${String(st.epoch)}, instruction ${String(st.instructionNumber)}`);
+    const c = await RespClient.connect({ port: svc2 });
+    let missing = 0;
+    for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    c.close();
+    console.log(`5. read back every acknowledged write from the new primary: ${acked.size - missing} of ${acked.size} present`);
+    const ok = missing === 0 && st.role === 'primary';
+    console.log(ok ? '   NOTHING LOST: every write a client was told had happened survived the crash.' : '   LOST WRITES: the failover broke the output rule!');
+    show(seen);
+    return ok;
   } finally {
-    for (const p of procs) if (p.exitCode === null) p.kill('SIGTERM');
-    await Promise.all(procs.map((p) => (p.exitCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r)))));
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
+    await Promise.all(procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r)))));
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -15,7 +15,8 @@
  *   imported function (a host call; the fuel is reloaded from the global after it), before
  *   `ftvm_internal.depth_exceeded`, and by the export wrappers on return. It is read by the export
  *   wrappers on entry. So while the guest runs, `budgetEnd - __ftvm_fuel` is the count at the last host
- *   call or at the entry of the running export: a point every replica passes at the same count. After a
+ *   call or at the entry of the running export (or at the last budget stop where the VMM delivered
+ *   input: machine.ts keeps the global there): points every replica passes at the same count. After a
  *   trap the VMM therefore reads the same count on every replica, wherever their budget stops fell.
  * - When a charge would make fuel negative, the guest refunds it and calls the VMM's
  *   `ftvm_internal.budget(k, fuel) -> fuel` import (fuel as an argument: this call does not write the
@@ -26,8 +27,9 @@
  * - Exports keep their original signatures: each exported guest function is exported through a wrapper
  *   that reads `__ftvm_fuel`, calls the threaded function with depth 1 and writes the fuel back. Depth
  *   starts at 1 on every export call because the guest is only ever entered from an idle VMM: host
- *   functions never call back into the guest. (The global `__ftvm_depth` stays exported for the VMM but
- *   is no longer maintained: it is always 0.)
+ *   functions never call back into the guest. (If one did, the fuel would still be right, since a host
+ *   call flushes it and reloads it, but the nested call would count depth from 1 again.) The global
+ *   `__ftvm_depth` stays exported for the VMM but is no longer maintained: it is always 0.
  * - A deterministic call-depth limit: a function entered with `depth > maxCallDepth` flushes the fuel
  *   and calls `ftvm_internal.depth_exceeded`, which traps; traps never depend on the native stack.
  * - `memory.grow` is routed through `ftvm_internal.memory_grow` (a host call) so the VMM logs its result.
@@ -228,9 +230,11 @@ function threaded(params: number, results: number): Threaded {
 function withFuel(m: binaryen.Module, results: number[], value: Ref, fuel: Ref, temp: (t: number) => number): Ref {
   if (results.length === 0) return value === 0 ? fuel : m.block(null, [value, fuel], binaryen.i64);
   if (results.length === 1) return m.tuple.make([value, fuel]);
+  // Several results: through a temp, as a tuple can only be extended element by element.
   const type = binaryen.createType(results);
   const t = temp(type);
-  return m.block(null, [m.local.set(t, value), m.tuple.make([...results.map((_, i) => m.tuple.extract(m.local.get(t, type), i)), fuel])], binaryen.createType([...results, binaryen.i64]));
+  const parts = results.map((_, i) => m.tuple.extract(m.local.get(t, type), i));
+  return m.block(null, [m.local.set(t, value), m.tuple.make([...parts, fuel])], binaryen.createType([...results, binaryen.i64]));
 }
 
 /**
@@ -241,8 +245,9 @@ function splitFuel(m: binaryen.Module, th: Threaded, call: Ref, setFuel: (fuel: 
   if (th.results.length === 0) return setFuel(call);
   const t = temp(th.tresults);
   const n = th.results.length;
-  const value = n === 1 ? m.tuple.extract(m.local.get(t, th.tresults), 0) : m.tuple.make(th.results.map((_, i) => m.tuple.extract(m.local.get(t, th.tresults), i)));
-  return m.block(null, [m.local.set(t, call), setFuel(m.tuple.extract(m.local.get(t, th.tresults), n)), value], binaryen.createType(th.results));
+  const part = (i: number): Ref => m.tuple.extract(m.local.get(t, th.tresults), i);
+  const value = n === 1 ? part(0) : m.tuple.make(th.results.map((_, i) => part(i)));
+  return m.block(null, [m.local.set(t, call), setFuel(part(n)), value], binaryen.createType(th.results));
 }
 
 /** Per-function rewriting state. */
