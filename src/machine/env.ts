@@ -70,6 +70,9 @@ export class ScriptedEnv implements RecordEnv {
   private released = 0;
   private offsetNs = 0;
   private countFn: () => number = () => 0;
+  private lastWaitCount = -1;
+  private lastWaitNext = -1;
+  private stuckWaits = 0;
 
   constructor(
     private readonly inputs: readonly ScheduledInput[],
@@ -124,11 +127,23 @@ export class ScriptedEnv implements RecordEnv {
   }
 
   waitForWork(count: number, deadlineMs: number | undefined): boolean {
+    // A scripted run must always move: the same idle point asked again and again means nothing the
+    // env offers can be delivered (a guest that stopped draining its ring). Fail loudly, never spin.
+    if (count === this.lastWaitCount && this.next === this.lastWaitNext) {
+      if (++this.stuckWaits > 100_000) {
+        throw new Error(`ScriptedEnv: no progress at instruction ${count} after ${this.stuckWaits} idle waits (input ${this.next} of ${this.inputs.length} cannot be delivered)`);
+      }
+    } else {
+      this.stuckWaits = 0;
+      this.lastWaitCount = count;
+      this.lastWaitNext = this.next;
+    }
     const nextInput = this.inputs[this.next];
     if (nextInput !== undefined) {
       const inputNs = this.virtualNs() + Math.max(0, nextInput.atCount - count) * this.nsPerInstruction;
       if (deadlineMs !== undefined && deadlineMs * 1e6 <= inputNs) {
-        this.offsetNs += Math.max(0, deadlineMs * 1e6 - this.virtualNs());
+        // +1 ns: floating-point rounding must not leave the clock a hair short of the deadline.
+        this.offsetNs += Math.max(0, deadlineMs * 1e6 - this.virtualNs()) + 1;
       } else {
         this.offsetNs += Math.max(0, inputNs - this.virtualNs());
         this.released = this.next + 1;
