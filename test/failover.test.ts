@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
+import { callOnAnyReplica } from '../src/client/failover.js';
 import { RespClient } from '../src/client/resp.js';
 import { controlRequest } from '../src/service/control.js';
 import { startFtPair, type FtPair } from '../src/testing/pair.js';
@@ -17,26 +18,6 @@ async function statusOr(addr: string): Promise<Record<string, unknown> | null> {
     return (await controlRequest(addr, 'GET', '/status', 1000)) as Record<string, unknown>;
   } catch {
     return null;
-  }
-}
-
-/** Writes SET key value on whichever port answers, retrying on failure; returns once acknowledged. */
-async function setSomewhere(ports: number[], key: string, value: string, deadlineMs: number): Promise<number> {
-  const until = Date.now() + deadlineMs;
-  for (;;) {
-    for (const port of ports) {
-      let c: RespClient | undefined;
-      try {
-        c = await RespClient.connect({ port, connectTimeoutMs: 300, callTimeoutMs: 2000 });
-        if ((await c.call('SET', key, value)) === 'OK') return port;
-      } catch {
-        // try the next port
-      } finally {
-        c?.close();
-      }
-    }
-    if (Date.now() > until) throw new Error(`no replica acknowledged SET ${key} within ${deadlineMs} ms`);
-    await sleep(20);
   }
 }
 
@@ -58,7 +39,7 @@ test('kill -9 of the primary under load: the backup goes live; every acknowledge
       for (let i = 0; !stop && i < 5000; i++) {
         const key = `w${w}:${i}`;
         const value = `v${i}`;
-        await setSomewhere([pair.servicePort, pair.backupServicePort], key, value, 20_000);
+        await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['SET', key, value], { deadlineMs: 20_000 });
         acked.set(key, value);
       }
     });

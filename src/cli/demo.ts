@@ -9,6 +9,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { callOnAnyReplica } from '../client/failover.js';
 import { RespClient } from '../client/resp.js';
 import { controlRequest } from '../service/control.js';
 import { FtvmError } from '../util/errors.js';
@@ -47,26 +48,6 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, timeo
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
     if (Date.now() > deadline) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `demo: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** SET on whichever replica answers (the primary, or the backup once it went live). */
-async function setAnywhere(ports: number[], key: string, value: string, deadlineMs: number): Promise<number> {
-  const until = Date.now() + deadlineMs;
-  for (;;) {
-    for (const port of ports) {
-      let c: RespClient | undefined;
-      try {
-        c = await RespClient.connect({ port, connectTimeoutMs: 300, callTimeoutMs: 2000 });
-        if ((await c.call('SET', key, value)) === 'OK') return port;
-      } catch {
-        // unknown outcome or no answer: try the other replica
-      } finally {
-        c?.close();
-      }
-    }
-    if (Date.now() > until) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `demo: no replica acknowledged SET ${key}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -115,7 +96,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
       Array.from({ length: o.clients }, async (_, i) => {
         for (let j = 0; j < o.ops; j++) {
           const key = `user:${i}:${j}`;
-          await setAnywhere([svc, svc2], key, `value-${i}-${j}`, 30_000);
+          await callOnAnyReplica([svc, svc2], ['SET', key, `value-${i}-${j}`], { deadlineMs: 30_000 });
           acked.set(key, `value-${i}-${j}`);
           if (!killed && acked.size >= (o.clients * o.ops) / 2) {
             killed = true;

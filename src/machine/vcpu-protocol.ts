@@ -13,7 +13,7 @@
 import type { ScheduledInput } from './env.js';
 import type { VmConfig } from '../log/recording.js';
 import type { InstrumentedModule } from './instrumented.js';
-import type { HaltInfo } from './machine.js';
+import type { GuestOutput, HaltInfo } from './machine.js';
 
 export const Tag = {
   OPEN: 1,
@@ -57,14 +57,8 @@ export interface WorkerInit {
   stateHashIntervalMs: number;
 }
 
-export interface WireOutput {
-  seq: number;
-  n: number;
-  kind: 'net' | 'close' | 'console';
-  conn: number;
-  fd: number;
-  data: Uint8Array;
-}
+/** Outputs cross the thread boundary as they are (structured clone). */
+export type WireOutput = GuestOutput;
 
 export type WorkerEvent =
   | { t: 'ready' }
