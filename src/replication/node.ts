@@ -138,6 +138,8 @@ export class PrimaryNode {
       this.log.info({ peer: `${o.peer.host}:${o.peer.port}` }, 'waiting for the backup before starting the guest');
       await first;
     }
+    // Heartbeats start now: the backup must not take the guest's start-up time for a failure.
+    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
     this.startVcpu();
     const vcpu = this.vcpu!;
     await this.service.start({
@@ -146,7 +148,6 @@ export class PrimaryNode {
         return vcpu.backlog_bytes;
       },
     });
-    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
     this.log.info({ service: this.service.address, alone: o.peer === undefined, epoch: o.epoch }, 'primary is serving');
   }
 

@@ -130,13 +130,16 @@ export interface FtPair extends Pair {
   backupServicePort: number;
 }
 
-/** A pair with an embedded arbiter; the backup has a service port for when it goes live. */
-export async function startFtPair(o: PairOptions & { vm?: string } = {}): Promise<FtPair> {
+/**
+ * A pair with an arbiter — the embedded one (started here), or any `arbiterUrl` (e.g. an etcd
+ * cluster's) — and a service port on the backup for when it goes live.
+ */
+export async function startFtPair(o: PairOptions & { vm?: string; arbiterUrl?: string } = {}): Promise<FtPair> {
   const secretFile = o.secretFile ?? makeSecretFile();
   const arbiter = await startArbiter(secretFile);
   const backupServicePort = await freePort();
   const vm = o.vm ?? `vm-${Math.random().toString(36).slice(2, 10)}`;
-  const common = ['--arbiter', arbiter.url, '--vm-name', vm];
+  const common = ['--arbiter', o.arbiterUrl ?? arbiter.url, '--vm-name', vm];
   const pair = await startPair({
     ...o,
     secretFile,
