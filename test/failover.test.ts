@@ -173,3 +173,32 @@ test('channel cut and arbiter unreachable: neither goes live, nothing is release
     await pair.stop();
   }
 });
+
+test('planned switchover: the backup takes over at the primary\'s last idle point, nothing lost; ftvm stop: the backup does not go live', async () => {
+  const pair = await startFtPair({ guest: 'kv' });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort });
+    for (let i = 0; i < 200; i++) assert.equal(await c.call('SET', `s${i}`, `v${i}`), 'OK');
+    c.close();
+    const r = (await controlRequest(pair.primaryControl, 'POST', '/switchover', 30_000)) as { switchedOver: boolean };
+    assert.equal(r.switchedOver, true);
+    assert.equal((await pair.primary.exited).code, 0, 'the old primary stepped down cleanly');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    const n = await RespClient.connect({ port: pair.backupServicePort });
+    for (let i = 0; i < 200; i++) assert.equal(String(await n.call('GET', `s${i}`)), `v${i}`);
+    assert.equal(await n.call('DBSIZE'), 200);
+    n.close();
+  } finally {
+    await pair.stop();
+  }
+  const pair2 = await startFtPair({ guest: 'kv' });
+  try {
+    await controlRequest(pair2.primaryControl, 'POST', '/stop');
+    assert.equal((await pair2.primary.exited).code, 0);
+    const b = await pair2.backup.exited;
+    assert.equal(b.code, 4, 'the backup halted instead of going live');
+    assert.ok(pair2.backup.stderr.text().includes('the primary stopped intentionally'));
+  } finally {
+    await pair2.stop();
+  }
+});

@@ -69,7 +69,7 @@ export interface StateHashFrame {
   ok: boolean;
 }
 
-export const ControlKind = { STOP: 1, DIVERGED: 2 } as const;
+export const ControlKind = { STOP: 1, DIVERGED: 2, SWITCHOVER: 3 } as const;
 export interface ControlFrame {
   type: typeof FrameType.CONTROL;
   epoch: number;

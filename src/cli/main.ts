@@ -186,6 +186,15 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('switchover')
+    .description('Planned handover: the primary stops at an idle point once its backup holds the whole log; the backup goes live there, nothing lost')
+    .argument('<host:port>', "the primary's --control address")
+    .action(async (addr: string) => {
+      const r = (await controlRequest(addr, 'POST', '/switchover', 30_000)) as { instructionNumber: number; entries: number };
+      console.log(`switched over at instruction ${r.instructionNumber} after ${r.entries} log entries; the backup is going live`);
+    });
+
+  program
     .command('stop')
     .description('Stop a primary intentionally: its backup is told not to go live')
     .argument('<host:port>', "the primary's --control address")

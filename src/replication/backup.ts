@@ -201,6 +201,12 @@ export class BackupCore {
         if (f.nextSeq <= this.nextSeq) this.grant(f.instructionNumber, out);
         return;
       case FrameType.CONTROL:
+        if (f.kind === ControlKind.SWITCHOVER && this.phase === 'following') {
+          // A planned handover: the primary stopped at an idle point with every entry acknowledged.
+          this.phase = 'draining';
+          out.push({ t: 'drain', reason: `planned switchover: ${f.reason}` });
+          return;
+        }
         if (f.kind === ControlKind.STOP) {
           this.phase = 'halted';
           this.halted = `the primary stopped intentionally: ${f.reason}`;

@@ -205,6 +205,7 @@ export class PrimaryNode {
   }
 
   private tick(): void {
+    if (this.switchingOver) return;
     const now = performance.now();
     this.rate.add(now, this.core.status().logBytesSent);
     this.exec(this.core.step({ t: 'tick', nowMs: now }));
@@ -249,6 +250,29 @@ export class PrimaryNode {
     }
   }
 
+  /**
+   * Planned switchover: stop the guest at an idle point, wait until the backup acknowledged every entry
+   * (so every held output has been released), then hand over: the backup consumes the log and goes
+   * live at exactly this point. This primary never claims; it exits.
+   */
+  private async switchover(): Promise<unknown> {
+    const conn = this.conn;
+    if (!conn?.isOpen || !this.vcpu) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'no connected backup to switch over to');
+    this.switchingOver = true;
+    this.vcpu.stop();
+    const done = await this.vcpu.done;
+    const until = Date.now() + 10_000;
+    while (this.core.status().ackedSeq < this.core.status().nextSeq) {
+      if (Date.now() > until) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the backup did not acknowledge the whole log within 10 s; switchover abandoned (this primary is stopped)');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.SWITCHOVER, reason: 'ftvm switchover' });
+    this.log.warn({ instructionNumber: done.count, entries: this.core.status().nextSeq }, 'switchover: the backup takes over from here');
+    setTimeout(() => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm switchover')), 100);
+    return { switchedOver: true, instructionNumber: done.count, entries: this.core.status().nextSeq };
+  }
+
+  private switchingOver = false;
   private halting = false;
   private haltNode(reason: string): void {
     if (this.halting) return;
@@ -298,6 +322,7 @@ export class PrimaryNode {
   private async onControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
     if (method === 'POST' && path === '/state-hash') return this.stateHash();
+    if (method === 'POST' && path === '/switchover') return this.switchover();
     if (method === 'POST' && path === '/stop') {
       // An intentional stop: tell the backup not to go live, then stop.
       if (this.conn?.isOpen) this.conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.STOP, reason: 'ftvm stop' });
