@@ -568,17 +568,22 @@ async function soakPair(index: number, clock: SoakClock): Promise<SoakPairResult
   } finally {
     stop = true;
     // The log lines, read before the pair is stopped (stopping logs lines of its own).
-    const logEvents: string[] = [];
+    const timed: Array<{ ms: number; text: string }> = [];
+    const near: Array<{ ms: number; text: string }> = [];
     for (const [who, proc, mark] of [
       ['primary', pair.primary, markP],
       ['backup', pair.backup, markB],
     ] as const) {
       for (const l of logLines(proc, mark)) {
         const at = `+${((l.ms - soakStart) / 1000).toFixed(2)}s`;
-        if (INCIDENT_LOG.test(l.msg)) logEvents.push(`${at} ${who}: ${l.msg}${l.fields.reason !== undefined ? ` (${String(l.fields.reason)})` : ''}`);
-        else if (NEAR_MISS_LOG.test(l.msg)) r.nearMisses.push(`${at} ${who}: ${l.msg}${l.fields.reason !== undefined ? ` (${String(l.fields.reason)})` : ''}`);
+        const text = `${at} ${who}: ${l.msg}${l.fields.reason !== undefined ? ` (${String(l.fields.reason)})` : ''}`;
+        if (INCIDENT_LOG.test(l.msg)) timed.push({ ms: l.ms, text });
+        else if (NEAR_MISS_LOG.test(l.msg)) near.push({ ms: l.ms, text });
       }
     }
+    const byTime = (a: { ms: number }, b: { ms: number }): number => a.ms - b.ms;
+    const logEvents = timed.sort(byTime).map((e) => e.text);
+    r.nearMisses = near.sort(byTime).map((e) => e.text);
     if (logEvents.length > 0) {
       const first = /^\+(-?[\d.]+)s/.exec(logEvents[0]!);
       const firstS = first ? Number(first[1]) : NaN;
@@ -670,7 +675,15 @@ async function main(): Promise<number> {
   const lost = runs.reduce((a, r) => a + r.lost, 0);
   const failoverWall = (performance.now() - t0) / 1000;
 
-  const soakResult = SOAK_S > 0 ? await soak(SOAK_S) : null;
+  let soakError: string | undefined;
+  const soakResult =
+    SOAK_S > 0
+      ? await soak(SOAK_S).catch((err: unknown) => {
+          soakError = err instanceof Error ? err.message : String(err);
+          log(`soak FAILED: ${soakError}`);
+          return null;
+        })
+      : null;
 
   // ---- the readable summary
   console.log(`failover: ${RUNS} × kill -9 of the primary (kv guest, defaults: fail timeout 150 ms, heartbeat 20 ms); times in ms`);
@@ -711,6 +724,7 @@ async function main(): Promise<number> {
     }
     console.log(`  false failovers: ${s.falseFailovers} (transitions ${s.transitions}) in ${s.observedS.toFixed(1)} s observed (goal 0: ${s.falseFailovers === 0 ? 'met' : 'NOT met'}); CPU hog ended by ${s.hogExit}`);
   }
+  if (soakError !== undefined) console.log(`false failovers: the soak FAILED: ${soakError}`);
   const summary: Record<string, unknown> = {
     bench: 'failover',
     failover_p50_ms: round(quantile(ft, 0.5)),
@@ -724,6 +738,7 @@ async function main(): Promise<number> {
     runs_failed: runs.length - good.length,
     soak_s: SOAK_S,
     soak_observed_s: soakResult ? round(soakResult.observedS) : 0,
+    ...(soakError !== undefined ? { soak_error: soakError } : {}),
     detect_ms_p50: round(median(good.map((r) => r.detectMs))),
     drain_claim_ms_p50: round(median(good.map((r) => r.drainClaimMs))),
     arbiter_claim_ms_p50: round(median(good.map((r) => r.claimProbeMs))),
@@ -735,7 +750,7 @@ async function main(): Promise<number> {
     wall_s: round((performance.now() - t0) / 1000),
   };
   console.log(JSON.stringify(summary));
-  return lost > 0 || good.length < runs.length ? 1 : 0;
+  return lost > 0 || good.length < runs.length || soakError !== undefined ? 1 : 0;
 }
 
 let interrupted = false;

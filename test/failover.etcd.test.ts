@@ -98,3 +98,95 @@ test('etcd: channel cut while both reach the arbiter: exactly one replica stays 
   }
   await etcd.stop();
 });
+
+test('etcd: kill -9 of the backup: the primary wins and continues alone', async () => {
+  const etcd = await EtcdTestCluster.start({ size: 1 });
+  clusters.push(etcd);
+  const pair = await startFtPair({ guest: 'kv', arbiterUrl: etcd.url });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 10_000 });
+    assert.equal(await c.call('SET', 'before', '1'), 'OK');
+    pair.backup.kill('SIGKILL');
+    assert.equal(await c.call('SET', 'after', '2'), 'OK');
+    const s = await statusOr(pair.primaryControl);
+    assert.equal(s?.alone, true);
+    assert.equal(s?.epoch, 2);
+    c.close();
+  } finally {
+    await pair.stop();
+    await etcd.stop();
+  }
+});
+
+test('etcd: SIGSTOP the primary past the timeout, the backup goes live, SIGCONT: the old primary releases nothing and halts', async () => {
+  const etcd = await EtcdTestCluster.start({ size: 1 });
+  clusters.push(etcd);
+  const pair = await startFtPair({ guest: 'kv', arbiterUrl: etcd.url });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 20_000 });
+    assert.equal(await c.call('SET', 'a', '1'), 'OK');
+    pair.primary.kill('SIGSTOP');
+    const late = c.call('SET', 'late', 'x').then(
+      () => true,
+      () => false,
+    );
+    const until = Date.now() + 20_000;
+    while ((await statusOr(pair.backupControl))?.role !== 'primary') {
+      if (Date.now() > until) assert.fail('the backup did not go live');
+      await sleep(25);
+    }
+    pair.primary.kill('SIGCONT');
+    assert.equal((await pair.primary.exited).code, 4);
+    assert.equal(await late, false, 'the old primary released nothing');
+  } finally {
+    await pair.stop();
+    await etcd.stop();
+  }
+});
+
+test('etcd: channel cut and etcd unreachable: neither goes live, nothing released; service resumes when etcd returns', async () => {
+  const etcd = await EtcdTestCluster.start({ size: 1 });
+  clusters.push(etcd);
+  const pair = await startFtPair({ guest: 'kv', viaProxy: true, arbiterUrl: etcd.url });
+  try {
+    const c = await RespClient.connect({ port: pair.servicePort, callTimeoutMs: 30_000 });
+    assert.equal(await c.call('SET', 'a', '1'), 'OK');
+    const pid = etcd.pid(0)!;
+    process.kill(pid, 'SIGSTOP');
+    pair.proxy!.cut();
+    let replied = false;
+    const pending = c.call('SET', 'b', '2').then(
+      (v) => {
+        replied = true;
+        return String(v);
+      },
+      () => 'failed',
+    );
+    await sleep(1500);
+    assert.equal(replied, false, 'no output without the arbiter');
+    assert.notEqual((await statusOr(pair.backupControl))?.role, 'primary');
+    process.kill(pid, 'SIGCONT');
+    const until = Date.now() + 20_000;
+    for (;;) {
+      const p = pair.primary.exitStatus === null ? await statusOr(pair.primaryControl) : null;
+      const b = pair.backup.exitStatus === null ? await statusOr(pair.backupControl) : null;
+      const live = (p?.role === 'primary' && p.alone === true ? 1 : 0) + (b?.role === 'primary' ? 1 : 0);
+      if (live === 1 && (pair.primary.exitStatus !== null || pair.backup.exitStatus !== null)) {
+        const r = await pending;
+        if (p?.alone === true) assert.equal(r, 'OK');
+        else assert.equal(r, 'failed');
+        break;
+      }
+      if (Date.now() > until) assert.fail('no replica went live after etcd returned');
+      await sleep(50);
+    }
+  } finally {
+    try {
+      process.kill(etcd.pid(0)!, 'SIGCONT');
+    } catch {
+      // already gone
+    }
+    await pair.stop();
+    await etcd.stop();
+  }
+});
