@@ -450,11 +450,26 @@ export class BackupNode {
     }
   }
 
+  private pendingAck: Frame | undefined;
+
+  /** ACKs are cumulative: of several produced while handling one socket read, only the last is sent. */
+  private sendAck(f: Frame): void {
+    const first = this.pendingAck === undefined;
+    this.pendingAck = f;
+    if (!first) return;
+    queueMicrotask(() => {
+      const ack = this.pendingAck;
+      this.pendingAck = undefined;
+      if (ack && this.conn?.isOpen && !this.conn.send(ack)) this.conn.close('channel send buffer full');
+    });
+  }
+
   private exec(actions: BackupAction[]): void {
     for (const a of actions) {
       switch (a.t) {
         case 'send':
-          if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
+          if (a.frame.type === FrameType.ACK) this.sendAck(a.frame);
+          else if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
           break;
         case 'feed':
           this.fedEntries += a.count;
