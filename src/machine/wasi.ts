@@ -4,7 +4,6 @@
  * log them. Every result is either deterministic (from the VM configuration) or goes through the
  * machine's logged clock/random paths. fd 1 and 2 are the console, an output under the output rule.
  */
-import { GuestTrap } from '../util/errors.js';
 import type { Machine } from './machine.js';
 
 const ERRNO_SUCCESS = 0;
@@ -93,14 +92,4 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
     proc_exit: (code: number): never => m.exit(code),
     sched_yield: () => ERRNO_SUCCESS,
   };
-}
-
-/** For the import check: the wasi functions the ABI provides. */
-export const WASI_FUNCTIONS = [
-  'args_sizes_get', 'args_get', 'environ_sizes_get', 'environ_get', 'clock_time_get', 'clock_res_get', 'random_get',
-  'fd_write', 'fd_read', 'fd_close', 'fd_seek', 'fd_prestat_get', 'fd_prestat_dir_name', 'fd_fdstat_get', 'proc_exit', 'sched_yield',
-];
-
-export function trapUnknown(name: string, count: number): never {
-  throw new GuestTrap(`unknown import ${name}`, count);
 }

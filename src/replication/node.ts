@@ -18,7 +18,7 @@ import type { Logger } from '../util/log.js';
 import type { Arbiter } from '../arbiter/arbiter.js';
 import { FtvmError } from '../util/errors.js';
 import { BackupCore, type BackupAction } from './backup.js';
-import { PrimaryCore, type PrimaryAction } from './primary.js';
+import { PrimaryCore, type PrimaryAction, type PrimaryConfig } from './primary.js';
 
 export interface Timings {
   /** Silence on the channel for this long → the replica asks the arbiter (failure detection). */
@@ -72,6 +72,21 @@ export interface PrimaryOptions extends NodeOptions {
   heldMaxOutputs?: number;
 }
 
+/** The PrimaryCore settings that follow from the node's timings. */
+function primaryCoreConfig(t: Timings, epoch: number, alone: boolean): PrimaryConfig {
+  return {
+    epoch,
+    alone,
+    heartbeatIntervalMs: t.heartbeatIntervalMs,
+    grantIntervalMs: t.grantIntervalMs,
+    lagMaxMs: t.lagMaxMs,
+    failTimeoutMs: t.failTimeoutMs,
+    claimRetryMs: t.arbiterDeadlineMs,
+    unackedMaxBytes: 32 * 1024 * 1024,
+    heldMaxOutputs: 100_000,
+  };
+}
+
 /** Bytes per second over a sliding second, for status. */
 class Rate {
   private samples: Array<[number, number]> = [];
@@ -100,22 +115,13 @@ export class PrimaryNode {
   private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
   private readonly log: Logger;
   private diverged: string | null = null;
-  /** Test hook: while set, ACK frames from the backup are held here instead of reaching the core. */
-  holdAcks = false;
-  private heldAcks: Frame[] = [];
 
   constructor(private readonly opts: PrimaryOptions) {
     this.log = opts.log;
     this.core = new PrimaryCore({
-      epoch: opts.epoch,
-      heartbeatIntervalMs: opts.timings.heartbeatIntervalMs,
-      grantIntervalMs: opts.timings.grantIntervalMs,
-      lagMaxMs: opts.timings.lagMaxMs,
+      ...primaryCoreConfig(opts.timings, opts.epoch, opts.peer === undefined),
       unackedMaxBytes: opts.unackedMaxBytes ?? 32 * 1024 * 1024,
       heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
-      alone: opts.peer === undefined,
-      failTimeoutMs: opts.timings.failTimeoutMs,
-      claimRetryMs: opts.timings.arbiterDeadlineMs,
     });
     this.service = new ClientService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
   }
@@ -181,13 +187,7 @@ export class PrimaryNode {
     this.conn?.close('replaced');
     this.conn = c;
     this.log.info({ backup: c.remote, nextSeq: hello.nextSeq }, 'backup connected');
-    c.on('frame', (f: Frame) => {
-      if (this.holdAcks && f.type === 3) {
-        this.heldAcks.push(f);
-        return;
-      }
-      this.exec(this.core.step({ t: 'frame', frame: f }));
-    });
+    c.on('frame', (f: Frame) => this.exec(this.core.step({ t: 'frame', frame: f })));
     c.once('close', (reason: string) => {
       if (this.conn === c) {
         this.conn = undefined;
@@ -196,12 +196,6 @@ export class PrimaryNode {
       }
     });
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: hello.nextSeq }));
-  }
-
-  /** Test hook: deliver the ACKs held while `holdAcks` was set. */
-  releaseHeldAcks(): void {
-    this.holdAcks = false;
-    for (const f of this.heldAcks.splice(0)) this.exec(this.core.step({ t: 'frame', frame: f }));
   }
 
   private tick(): void {
@@ -377,8 +371,6 @@ export class BackupNode {
   private control: ControlServer | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private readonly log: Logger;
-  /** Test hook: while set, frames from the primary are not processed (a paused channel). */
-  pauseChannel = false;
 
   constructor(private readonly opts: BackupOptions) {
     this.log = opts.log;
@@ -422,7 +414,6 @@ export class BackupNode {
     this.conn = c;
     this.log.info({ primary: c.remote }, 'primary connected');
     c.on('frame', (f: Frame) => {
-      if (this.pauseChannel) return;
       // Report the replica's freshest position with the ACK this frame triggers.
       this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
       this.exec(this.core.step({ t: 'frame', frame: f }));
@@ -583,18 +574,7 @@ class LiveServing {
     service: Addr,
     log: Logger,
   ) {
-    this.core = new PrimaryCore({
-      firstSeq,
-      epoch,
-      heartbeatIntervalMs: o.timings.heartbeatIntervalMs,
-      grantIntervalMs: o.timings.grantIntervalMs,
-      lagMaxMs: o.timings.lagMaxMs,
-      unackedMaxBytes: 32 * 1024 * 1024,
-      heldMaxOutputs: 100_000,
-      alone: true,
-      failTimeoutMs: o.timings.failTimeoutMs,
-      claimRetryMs: o.timings.arbiterDeadlineMs,
-    });
+    this.core = new PrimaryCore({ ...primaryCoreConfig(o.timings, epoch, true), firstSeq });
     this.service = new ClientService({ host: service.host, port: service.port, log: log.child({ part: 'service' }) });
     vcpu.on('batch', (b: BatchEvent) => {
       for (const a of this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs })) {
