@@ -125,3 +125,121 @@ test('backup: acks on receipt, feeds in order, ignores duplicates, drops on a ga
   assert.ok(sends(a).some((f) => f.type === FrameType.CONTROL && f.kind === ControlKind.DIVERGED));
   assert.deepEqual(b.step({ t: 'frame', frame: lf(5, 1, 600) }), [], 'a halted backup does nothing');
 });
+
+// ------------------------------------------------------------------ re-replication (join, arm)
+
+test('join: the log is kept from the snapshot point, outputs still go out at once, arm once caught up', () => {
+  const p = new PrimaryCore(cfg({ alone: true, epoch: 5 }));
+  p.step({ t: 'tick', nowMs: 0 });
+  assert.deepEqual(released(p.step(log(0, 3, 30, [out(1)]))), [1]);
+  p.step({ t: 'join-begin', snapshotSeq: 3 });
+  assert.equal(p.status().joining, 'transferring');
+  // While the snapshot streams, the guest goes on: entries are kept, outputs released (alone).
+  let a = p.step(log(3, 2, 50, [out(4)]));
+  assert.deepEqual(released(a), [4]);
+  assert.equal(sends(a).length, 0, 'nothing is sent before the snapshot arrived');
+  assert.ok(p.status().unackedBytes > 0);
+  // Snapshot delivered: the log streams from the snapshot point.
+  a = p.step({ t: 'peer-open', backupNextSeq: 3 });
+  const logFrames = sends(a).filter((f) => f.type === FrameType.LOG);
+  assert.equal(logFrames.length, 1);
+  assert.equal((logFrames[0] as { firstSeq: number }).firstSeq, 3);
+  assert.equal(p.status().joining, 'catching-up');
+  // Not caught up yet: no arm.
+  a = p.step({ t: 'tick', nowMs: 10 });
+  assert.ok(!a.some((x) => x.t === 'arm'));
+  p.step({ t: 'frame', frame: ack(5, 50, 5) });
+  a = p.step({ t: 'tick', nowMs: 12 });
+  const arm = a.find((x) => x.t === 'arm');
+  assert.deepEqual(arm, { t: 'arm', epoch: 5 });
+  assert.equal(p.status().joining, 'arming');
+  // Outputs logged while arming are still released at once (the pair is not protected yet).
+  assert.deepEqual(released(p.step(log(5, 1, 60, [out(5)]))), [5]);
+  a = p.step({ t: 'arm-result', ok: true, epoch: 6, fenced: false, reason: '' });
+  const armed = sends(a).find((f) => f.type === FrameType.CONTROL) as { kind: number; epoch: number };
+  assert.equal(armed.kind, ControlKind.ARMED);
+  assert.equal(armed.epoch, 6);
+  assert.ok(a.some((x) => x.t === 'armed'));
+  assert.equal(p.status().alone, false);
+  assert.equal(p.status().epoch, 6);
+  // From here the output rule holds.
+  a = p.step(log(6, 1, 70, [out(6)]));
+  assert.deepEqual(released(a), []);
+  assert.equal((sends(a)[0] as { epoch: number }).epoch, 6);
+  assert.deepEqual(released(p.step({ t: 'frame', frame: ack(7, 70, 6) })), [6]);
+});
+
+test('join: a joiner that disconnects, goes silent, or falls too far behind is abandoned; the primary stays alone', () => {
+  for (const how of ['closed', 'silent', 'overflow', 'aborted'] as const) {
+    const p = new PrimaryCore(cfg({ alone: true, unackedMaxBytes: 100 }));
+    p.step({ t: 'tick', nowMs: 0 });
+    p.step({ t: 'join-begin', snapshotSeq: 0 });
+    p.step({ t: 'peer-open', backupNextSeq: 0 });
+    let a: PrimaryAction[] = [];
+    if (how === 'closed') a = p.step({ t: 'peer-closed' });
+    if (how === 'silent') a = p.step({ t: 'tick', nowMs: 1000 });
+    if (how === 'overflow') {
+      p.step(log(0, 20, 10));
+      a = p.step({ t: 'tick', nowMs: 1 });
+    }
+    if (how === 'aborted') a = p.step({ t: 'join-abort', reason: 'transfer cut' });
+    assert.ok(a.some((x) => x.t === 'join-abandoned'), how);
+    assert.equal(p.status().joining, null);
+    assert.equal(p.status().alone, true);
+    assert.equal(p.status().unackedBytes, 0);
+    // It can serve on and try again.
+    assert.deepEqual(released(p.step(log(p.status().nextSeq, 1, 20, [out(p.status().nextSeq)]))).length, 1);
+    p.step({ t: 'join-begin', snapshotSeq: p.status().nextSeq });
+    assert.equal(p.status().joining, 'transferring');
+  }
+});
+
+test('join: arming against an unreachable arbiter retries; a record that moved on halts the primary', () => {
+  const p = new PrimaryCore(cfg({ alone: true, epoch: 2, claimRetryMs: 50 }));
+  p.step({ t: 'tick', nowMs: 0 });
+  p.step({ t: 'join-begin', snapshotSeq: 0 });
+  p.step({ t: 'peer-open', backupNextSeq: 0 });
+  p.step(log(0, 1, 10));
+  p.step({ t: 'frame', frame: ack(1, 10, 2) });
+  assert.ok(p.step({ t: 'tick', nowMs: 5 }).some((x) => x.t === 'arm'));
+  p.step({ t: 'arm-result', ok: false, epoch: 2, fenced: false, reason: 'unreachable' });
+  p.step({ t: 'frame', frame: ack(1, 10, 2) });
+  assert.ok(!p.step({ t: 'tick', nowMs: 20 }).some((x) => x.t === 'arm'), 'waits claimRetryMs');
+  p.step({ t: 'frame', frame: ack(1, 10, 2) });
+  assert.ok(p.step({ t: 'tick', nowMs: 60 }).some((x) => x.t === 'arm'));
+  const a = p.step({ t: 'arm-result', ok: false, epoch: 9, fenced: true, reason: 'owned by other at 9' });
+  assert.ok(a.some((x) => x.t === 'halt'));
+  assert.ok(p.status().halted);
+});
+
+test('joiner backup: starts at the snapshot entry, never goes live before ARMED, adopts the new epoch', () => {
+  const mk = () => new BackupCore({ epoch: 4, heartbeatIntervalMs: 20, failTimeoutMs: 100, claimRetryMs: 50, firstSeq: 10, armed: false });
+  let b = mk();
+  b.step({ t: 'tick', nowMs: 0 });
+  let a = b.step({ t: 'peer-open' });
+  assert.equal((sends(a)[0] as { ackSeq: number }).ackSeq, 10);
+  a = b.step({ t: 'frame', frame: { type: FrameType.LOG, epoch: 4, firstSeq: 10, count: 2, instructionNumber: 99, batch: new Uint8Array(4) } });
+  assert.ok(a.some((x) => x.t === 'feed'));
+  // Silence before ARMED: give up, never drain/claim.
+  a = b.step({ t: 'tick', nowMs: 500 });
+  assert.deepEqual(a.map((x) => x.t), ['abandon']);
+  assert.equal(b.status().phase, 'abandoned');
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 1000 }), []);
+  // Disconnect before ARMED: give up at once.
+  b = mk();
+  b.step({ t: 'peer-open' });
+  assert.ok(b.step({ t: 'peer-closed' }).some((x) => x.t === 'abandon'));
+  // ARMED: now a failover target at the new epoch.
+  b = mk();
+  b.step({ t: 'tick', nowMs: 0 });
+  b.step({ t: 'peer-open' });
+  a = b.step({ t: 'frame', frame: { type: FrameType.CONTROL, epoch: 5, kind: ControlKind.ARMED, reason: 'armed' } });
+  assert.deepEqual(a.map((x) => x.t), ['armed']);
+  assert.equal(b.status().epoch, 5);
+  assert.equal(b.status().phase, 'following');
+  a = b.step({ t: 'tick', nowMs: 500 });
+  assert.ok(a.some((x) => x.t === 'drain'));
+  // A stale ARMED (older epoch) does nothing.
+  const c = mk();
+  assert.deepEqual(c.step({ t: 'frame', frame: { type: FrameType.CONTROL, epoch: 3, kind: ControlKind.ARMED, reason: 'old' } }), []);
+});

@@ -69,7 +69,12 @@ export interface StateHashFrame {
   ok: boolean;
 }
 
-export const ControlKind = { STOP: 1, DIVERGED: 2, SWITCHOVER: 3 } as const;
+/**
+ * STOP: an intentional stop (the backup must not go live). DIVERGED: the backup's replica diverged.
+ * SWITCHOVER: a planned handover. ARMED: a joined backup caught up; the pair is protected at the frame's
+ * (new) epoch and the backup may fail over from now on.
+ */
+export const ControlKind = { STOP: 1, DIVERGED: 2, SWITCHOVER: 3, ARMED: 4 } as const;
 export interface ControlFrame {
   type: typeof FrameType.CONTROL;
   epoch: number;

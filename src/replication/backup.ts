@@ -12,6 +12,14 @@ export interface BackupConfig {
   /** Silence from the primary for this long → drain the held log, then claim the VM. */
   failTimeoutMs: number;
   claimRetryMs: number;
+  /** The first entry this backup will receive (a joiner cloned from a snapshot taken at this entry). */
+  firstSeq?: number;
+  /**
+   * False for a joiner (re-replication) until the primary's ARMED frame: before it, this replica
+   * protects nothing and must never go live; silence from the primary makes it give up ('abandon').
+   * Default true (a pair started together is armed from the start).
+   */
+  armed?: boolean;
 }
 
 export type BackupInput =
@@ -38,9 +46,13 @@ export type BackupAction =
   | { t: 'drain'; reason: string }
   | { t: 'claim'; epoch: number }
   /** Won: the replica goes live (records from where its log ended) and starts serving at `epoch`. */
-  | { t: 'go-live'; epoch: number };
+  | { t: 'go-live'; epoch: number }
+  /** The primary armed the pair at `epoch`: from now on this replica is its failover target. */
+  | { t: 'armed'; epoch: number }
+  /** A joiner lost its primary before being armed: discard the replica (a standby returns to its pool). */
+  | { t: 'abandon'; reason: string };
 
-export type BackupPhase = 'following' | 'draining' | 'claiming' | 'live' | 'halted';
+export type BackupPhase = 'joining' | 'following' | 'draining' | 'claiming' | 'live' | 'halted' | 'abandoned';
 
 export interface BackupStatus {
   epoch: number;
@@ -73,6 +85,8 @@ export class BackupCore {
 
   constructor(readonly cfg: BackupConfig) {
     this.epoch = cfg.epoch;
+    this.nextSeq = cfg.firstSeq ?? 0;
+    if (cfg.armed === false) this.phase = 'joining';
   }
 
   /** The next entry this backup expects (sent in HELLO so the primary resumes from there). */
@@ -95,7 +109,7 @@ export class BackupCore {
 
   step(input: BackupInput): BackupAction[] {
     const out: BackupAction[] = [];
-    if (this.halted !== null || this.phase === 'live') return out;
+    if (this.halted !== null || this.phase === 'live' || this.phase === 'abandoned') return out;
     switch (input.t) {
       case 'drained':
         if (this.phase === 'draining') {
@@ -124,6 +138,11 @@ export class BackupCore {
           this.lastHeardMs = input.nowMs;
         }
         this.nowMs = input.nowMs;
+        if (this.phase === 'joining' && this.started && this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
+          this.phase = 'abandoned';
+          out.push({ t: 'abandon', reason: `the primary went silent for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms before the pair was armed` });
+          return out;
+        }
         if (this.phase === 'following' && this.started && this.sawPrimary && this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
           this.phase = 'draining';
           out.push({ t: 'drain', reason: `no word from the primary for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms` });
@@ -143,6 +162,11 @@ export class BackupCore {
         break;
       case 'peer-closed':
         this.peer = false;
+        if (this.phase === 'joining') {
+          // The primary abandons a join whose connection broke: there is nothing to resume.
+          this.phase = 'abandoned';
+          out.push({ t: 'abandon', reason: 'the primary disconnected before the pair was armed' });
+        }
         break;
       case 'frame':
         this.onFrame(input.frame, out);
@@ -201,6 +225,13 @@ export class BackupCore {
         if (f.nextSeq <= this.nextSeq) this.grant(f.instructionNumber, out);
         return;
       case FrameType.CONTROL:
+        if (f.kind === ControlKind.ARMED && this.phase === 'joining' && f.epoch > this.epoch) {
+          this.phase = 'following';
+          this.epoch = f.epoch;
+          this.sawPrimary = true;
+          out.push({ t: 'armed', epoch: f.epoch });
+          return;
+        }
         if (f.kind === ControlKind.SWITCHOVER && this.phase === 'following') {
           // A planned handover: the primary stopped at an idle point with every entry acknowledged.
           this.phase = 'draining';

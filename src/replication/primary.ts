@@ -10,7 +10,7 @@
  * - execution-lag control: when the backup's replay is more than `lagMaxMs` behind, or the unacked log
  *   exceeds its bound, ask the driver to slow the primary at its budget checkpoints.
  */
-import { FrameType, type Frame } from '../channel/frames.js';
+import { ControlKind, FrameType, type Frame } from '../channel/frames.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
 import { assert } from '../util/errors.js';
 
@@ -36,6 +36,17 @@ export interface PrimaryConfig {
   firstSeq?: number;
 }
 
+/** Re-replication in progress: a new backup is being cloned from a snapshot taken at `snapshotSeq`. */
+interface Join {
+  snapshotSeq: number;
+  /** The snapshot reached the joiner and the log streams from snapshotSeq (peer-open). */
+  streaming: boolean;
+  /** An 'arm' action is out (the driver is asking the arbiter). */
+  arming: boolean;
+  /** Do not ask to arm before this time (after an unreachable arbiter). */
+  armRetryAtMs: number;
+}
+
 export type PrimaryInput =
   | { t: 'tick'; nowMs: number }
   /** From the vCPU: entries [firstSeq, firstSeq+count) (count may be 0: progress only) and their outputs. */
@@ -46,7 +57,21 @@ export type PrimaryInput =
   /** The arbiter answered our claim; `epoch` is the record's epoch afterwards. */
   | { t: 'claim-result'; won: boolean; epoch: number; owner: string }
   /** The arbiter could not be reached: keep holding outputs, ask again later. */
-  | { t: 'claim-failed'; reason: string };
+  | { t: 'claim-failed'; reason: string }
+  /**
+   * Re-replication: while running alone, the vCPU took a snapshot at an idle point after entry
+   * `snapshotSeq - 1`; from here on the log is kept for the joiner (outputs still go out at once: the
+   * joiner protects nothing until the pair is armed). The snapshot then streams to the joiner; once it
+   * arrived the driver sends `peer-open` with backupNextSeq = snapshotSeq.
+   */
+  | { t: 'join-begin'; snapshotSeq: number }
+  /** The driver gave up on the join (transfer cut or refused). */
+  | { t: 'join-abort'; reason: string }
+  /**
+   * The arbiter's answer to 'arm': ok → the record moved to `epoch` (ours); fenced → the record belongs
+   * to someone else now (halt); neither → unreachable, ask again later.
+   */
+  | { t: 'arm-result'; ok: boolean; epoch: number; fenced: boolean; reason: string };
 
 export type PrimaryAction =
   | { t: 'send'; frame: Frame }
@@ -60,7 +85,13 @@ export type PrimaryAction =
   /** Won the claim: the backup is gone, this primary continues alone at `epoch`. */
   | { t: 'went-alone'; epoch: number; reason: string }
   /** Lost the claim (the backup went live): stop at once, release nothing. */
-  | { t: 'halt'; reason: string };
+  | { t: 'halt'; reason: string }
+  /** The joining backup caught up: ask the arbiter to advance the VM's record from `epoch` (arbiter.advance). */
+  | { t: 'arm'; epoch: number }
+  /** The pair is protected again at `epoch`: the output rule applies from here on. */
+  | { t: 'armed'; epoch: number }
+  /** The join failed (transfer cut, joiner silent, too slow): drop the joiner; this primary serves alone. */
+  | { t: 'join-abandoned'; reason: string };
 
 interface Batch {
   firstSeq: number;
@@ -87,10 +118,13 @@ export interface PrimaryStatus {
   unackedBytes: number;
   logBytesSent: number;
   throttled: boolean;
+  /** Re-replication in progress: 'transferring' (snapshot streaming), 'catching-up', 'arming'. */
+  joining: 'transferring' | 'catching-up' | 'arming' | null;
 }
 
 export class PrimaryCore {
   private nowMs = 0;
+  private started = false;
   private peer = false;
   private nextSeq = 0;
   private ackedSeq = 0;
@@ -112,6 +146,7 @@ export class PrimaryCore {
   private claiming = false;
   private claimRetryAtMs = 0;
   private halted: string | null = null;
+  private join: Join | null = null;
 
   constructor(readonly cfg: PrimaryConfig) {
     this.epoch = cfg.epoch;
@@ -135,6 +170,7 @@ export class PrimaryCore {
       unackedBytes: this.unackedBytes,
       logBytesSent: this.logBytesSent,
       throttled: this.throttled,
+      joining: this.join === null ? null : !this.join.streaming ? 'transferring' : this.join.arming ? 'arming' : 'catching-up',
     };
   }
 
@@ -150,10 +186,14 @@ export class PrimaryCore {
     switch (input.t) {
       case 'tick':
         assert(input.nowMs >= this.nowMs, 'time never goes back');
-        if (this.nowMs === 0) this.lastHeardMs = input.nowMs;
+        if (!this.started) {
+          this.started = true;
+          this.lastHeardMs = input.nowMs;
+        }
         this.nowMs = input.nowMs;
         if (this.peer && this.nowMs - this.lastSendMs >= this.cfg.heartbeatIntervalMs) this.sendHeartbeat(out);
         this.detectFailure(out);
+        this.tickJoin(out);
         break;
       case 'claim-result':
         this.claiming = false;
@@ -180,7 +220,32 @@ export class PrimaryCore {
       case 'log':
         this.onLog(input, out);
         break;
+      case 'join-begin':
+        assert(this.alone && this.join === null, 'a join starts on a primary running alone, one at a time');
+        assert(input.snapshotSeq === this.nextSeq, `the snapshot is taken after every logged batch (${input.snapshotSeq} vs ${this.nextSeq})`);
+        this.join = { snapshotSeq: input.snapshotSeq, streaming: false, arming: false, armRetryAtMs: 0 };
+        this.ackedSeq = this.sentSeq = this.nextSeq;
+        this.backupN = 0;
+        this.peer = false;
+        break;
+      case 'join-abort':
+        if (this.join !== null) this.abandonJoin(input.reason, out);
+        break;
+      case 'arm-result':
+        this.onArmResult(input, out);
+        if (this.halted !== null) return out;
+        break;
       case 'peer-open':
+        if (this.join !== null) {
+          if (input.backupNextSeq !== this.join.snapshotSeq || this.join.streaming) {
+            this.abandonJoin(`the joiner expects entry ${input.backupNextSeq}, the snapshot was taken at ${this.join.snapshotSeq}`, out);
+            break;
+          }
+          this.join.streaming = true;
+          this.lastHeardMs = this.nowMs;
+          this.onPeerOpen(input.backupNextSeq, out);
+          break;
+        }
         if (this.alone) {
           out.push({ t: 'drop-peer', reason: 'this primary runs alone (a new backup must be cloned from a snapshot)' });
           break;
@@ -190,6 +255,7 @@ export class PrimaryCore {
         break;
       case 'peer-closed':
         this.peer = false;
+        if (this.join !== null) this.abandonJoin('the joiner disconnected', out);
         break;
       case 'frame':
         this.onFrame(input.frame, out);
@@ -209,7 +275,7 @@ export class PrimaryCore {
     if (input.count > 0) {
       const b: Batch = { firstSeq: input.firstSeq, count: input.count, bytes: input.bytes, instructionNumber: input.instructionNumber };
       this.nextSeq += input.count;
-      if (this.alone) {
+      if (this.alone && this.join === null) {
         this.ackedSeq = this.nextSeq;
       } else {
         this.unacked.push(b);
@@ -300,12 +366,69 @@ export class PrimaryCore {
   /** The output rule: an output goes out once every entry up to and including its own is acknowledged. */
   private releaseCovered(out: PrimaryAction[]): void {
     const ready: WireOutput[] = [];
-    while (this.heldHead < this.held.length && this.held[this.heldHead]!.seq < this.ackedSeq) ready.push(this.held[this.heldHead++]!);
+    // Alone (also while a joiner catches up: it protects nothing before the pair is armed), every
+    // logged entry counts as covered.
+    const coveredSeq = this.alone ? this.nextSeq : this.ackedSeq;
+    while (this.heldHead < this.held.length && this.held[this.heldHead]!.seq < coveredSeq) ready.push(this.held[this.heldHead++]!);
     if (this.heldHead > 1024 && this.heldHead * 2 > this.held.length) {
       this.held.splice(0, this.heldHead);
       this.heldHead = 0;
     }
     if (ready.length > 0) out.push({ t: 'release', outputs: ready });
+  }
+
+  /** While a joiner catches up: give up on silence or an overflowing log; ask to arm once it caught up. */
+  private tickJoin(out: PrimaryAction[]): void {
+    const j = this.join;
+    if (j === null) return;
+    if (this.unackedBytes > this.cfg.unackedMaxBytes) {
+      this.abandonJoin(`the joiner fell ${this.unackedBytes} log bytes behind (max ${this.cfg.unackedMaxBytes})`, out);
+      return;
+    }
+    if (!j.streaming || j.arming) return;
+    if (this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
+      this.abandonJoin(`the joiner was silent for ${this.cfg.failTimeoutMs} ms`, out);
+      return;
+    }
+    if (this.nowMs < j.armRetryAtMs) return;
+    if (this.ackedSeq >= j.snapshotSeq && this.backupN > 0 && this.lagMs() <= this.cfg.lagMaxMs) {
+      j.arming = true;
+      out.push({ t: 'arm', epoch: this.epoch });
+    }
+  }
+
+  private onArmResult(r: Extract<PrimaryInput, { t: 'arm-result' }>, out: PrimaryAction[]): void {
+    const j = this.join;
+    if (j === null || !j.arming) return; // the join was abandoned meanwhile; an advanced record is harmless
+    j.arming = false;
+    if (r.fenced) {
+      this.halted = `the arbiter's record moved on while arming a new backup: ${r.reason}`;
+      out.push({ t: 'halt', reason: this.halted });
+      return;
+    }
+    if (!r.ok) {
+      j.armRetryAtMs = this.nowMs + this.cfg.claimRetryMs;
+      return;
+    }
+    assert(r.epoch === this.epoch + 1, 'arming advances the epoch by one');
+    // Tell the backup first: every LOG frame it got before this one came from the unprotected stretch,
+    // so it holds every entry whose output already went out.
+    out.push({ t: 'send', frame: { type: FrameType.CONTROL, epoch: r.epoch, kind: ControlKind.ARMED, reason: `armed at epoch ${r.epoch}` } });
+    this.epoch = r.epoch;
+    this.alone = false;
+    this.join = null;
+    this.lastHeardMs = this.nowMs;
+    this.lastSendMs = this.nowMs;
+    out.push({ t: 'armed', epoch: r.epoch });
+  }
+
+  private abandonJoin(reason: string, out: PrimaryAction[]): void {
+    this.join = null;
+    this.peer = false;
+    this.unacked.length = 0;
+    this.unackedBytes = 0;
+    this.ackedSeq = this.sentSeq = this.nextSeq;
+    out.push({ t: 'join-abandoned', reason });
   }
 
   private evaluateThrottle(out: PrimaryAction[]): void {
