@@ -62,3 +62,53 @@ test('a guest computing for a long time does not block the I/O thread; input lan
     await backup.terminate();
   }
 });
+
+test('a running vCPU is snapshotted at an idle point under load; a replica restored from it and fed the log from there matches', async () => {
+  const g = guest('kv');
+  const primary = new Vcpu({ mode: 'record', guest: g, config: DEFAULT_VM_CONFIG, env: { kind: 'live' } });
+  const batches: BatchEvent[] = [];
+  let replies = 0;
+  primary.on('batch', (b: BatchEvent) => {
+    batches.push(b);
+    replies += b.outputs.length;
+  });
+  let backup: Vcpu | undefined;
+  try {
+    primary.input('open', 1);
+    let sent = 0;
+    const send = (): void => {
+      for (let i = 0; i < 20; i++) primary.input('data', 1, Buffer.from(`SET k${sent % 50} ${'v'.repeat(sent % 300)}${sent++}\r\n`));
+    };
+    send();
+    while (replies < 10) await new Promise((r) => setTimeout(r, 2));
+    // Keep the guest busy while the snapshot is taken.
+    const load = setInterval(send, 1);
+    const taken = await primary.takeSnapshot();
+    const again = await primary.takeSnapshot(); // the buffer is reused the second time
+    clearInterval(load);
+    assert.ok(taken.pauseMs >= 0 && again.pauseMs >= 0);
+    assert.ok(again.snapshot.seq >= taken.snapshot.seq);
+    const snap = { ...again.snapshot, memory: new Uint8Array(again.snapshot.memory) };
+    send();
+    primary.input('close', 1);
+    await new Promise((r) => setTimeout(r, 50));
+    primary.stop();
+    const pd = await primary.done;
+    backup = new Vcpu({ mode: 'replay', guest: g, config: DEFAULT_VM_CONFIG, snapshot: snap });
+    // Batches from the snapshot's entry on: the snapshot lies on a batch boundary.
+    const from = batches.findIndex((b) => b.firstSeq === snap.seq && b.count > 0);
+    assert.ok(from >= 0 || batches.every((b) => b.firstSeq + b.count <= snap.seq || b.count === 0), 'snapshot lies on a batch boundary');
+    for (const b of batches) {
+      if (b.count > 0 && b.firstSeq >= snap.seq) backup.feedLog(b.entries);
+      backup.grant(b.instructionNumber);
+    }
+    backup.grant(pd.count);
+    backup.endOfLog();
+    const bd = await backup.done;
+    assert.equal(bd.count, pd.count);
+    assert.equal(hex(bd.finalHash!), hex(pd.finalHash!));
+  } finally {
+    await primary.terminate();
+    await backup?.terminate();
+  }
+});

@@ -24,7 +24,10 @@ export interface LocalIdentity {
   role: Role;
   vmName: string;
   moduleHash: Uint8Array;
+  /** Read at handshake time (a backup's epoch grows when a pair is armed). A standby sends 0. */
   epoch: number;
+  /** Test-only: speak another protocol version (to show that old peers are refused). */
+  protocolVersion?: number;
   /** Primary: first seq it will send. Backup: next seq it expects. Read at handshake time. */
   nextSeq: () => number;
 }
@@ -99,7 +102,7 @@ export class ChannelConnection extends EventEmitter {
     const id = this.opts.identity;
     const hello: HelloFrame = {
       type: FrameType.HELLO,
-      version: PROTOCOL_VERSION,
+      version: id.protocolVersion ?? PROTOCOL_VERSION,
       role: id.role,
       vmName: id.vmName,
       moduleHash: id.moduleHash,
@@ -112,7 +115,7 @@ export class ChannelConnection extends EventEmitter {
   }
 
   private writeRaw(body: Uint8Array, key: Buffer, counter: bigint): void {
-    const dir = this.opts.identity.role === 'primary' ? 1 : 2;
+    const dir = this.opts.identity.role === 'primary' ? 1 : 2; // a standby speaks as a backup
     const len = body.length + MAC_BYTES;
     const hdr = Buffer.alloc(4);
     hdr.writeUInt32LE(len, 0);
@@ -230,11 +233,14 @@ export class ChannelConnection extends EventEmitter {
     const id = this.opts.identity;
     if (h.version !== PROTOCOL_VERSION) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `protocol version ${h.version} (this node speaks ${PROTOCOL_VERSION})` };
     if (h.role === id.role) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `both ends are ${h.role}s` };
+    if ((id.role === 'primary') === (h.role === 'primary')) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `a ${id.role} does not pair with a ${h.role}` };
     if (h.vmName !== id.vmName) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs VM "${h.vmName}", this node "${id.vmName}"` };
     if (!Buffer.from(h.moduleHash).equals(Buffer.from(id.moduleHash))) {
       return { code: 'FTVM_ERR_MODULE_MISMATCH', reason: `the peer's guest module differs (sha256 ${Buffer.from(h.moduleHash).toString('hex').slice(0, 16)}…, ours ${Buffer.from(id.moduleHash).toString('hex').slice(0, 16)}…)` };
     }
     if (h.arch !== process.arch) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs on ${h.arch}, this node on ${process.arch}: NaN bit patterns may differ` };
+    // A standby has no epoch of its own: it takes the recruiting primary's (and checks it at the arbiter).
+    if (id.role === 'standby' || h.role === 'standby') return this.opts.checkHello?.(h);
     if (h.epoch < id.epoch) return { code: 'FTVM_ERR_STALE_EPOCH', reason: `the peer is at epoch ${h.epoch}, older than ours (${id.epoch})` };
     if (h.epoch > id.epoch) return { code: 'FTVM_ERR_STALE_EPOCH', reason: `the peer is at epoch ${h.epoch}, newer than ours (${id.epoch}): this node is fenced` };
     return this.opts.checkHello?.(h);

@@ -5,7 +5,8 @@
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import { FtvmError } from '../util/errors.js';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: re-replication (SNAPSHOT frames, the standby role, CONTROL ARMED). */
+export const PROTOCOL_VERSION = 2;
 
 export const FrameType = {
   HELLO: 1,
@@ -15,11 +16,15 @@ export const FrameType = {
   STATE_HASH: 5,
   CONTROL: 6,
   REFUSE: 7,
+  SNAPSHOT: 8,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 export const FRAME_TYPE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k]));
 
-export type Role = 'primary' | 'backup';
+/** A standby is a backup-to-be in a pool: it accepts any epoch from the primary that recruited it. */
+export type Role = 'primary' | 'backup' | 'standby';
+const ROLE_CODES: Record<Role, number> = { primary: 1, backup: 2, standby: 3 };
+const ROLES: Record<number, Role> = { 1: 'primary', 2: 'backup', 3: 'standby' };
 
 export interface HelloFrame {
   type: typeof FrameType.HELLO;
@@ -89,7 +94,22 @@ export interface RefuseFrame {
   reason: string;
 }
 
-export type Frame = HelloFrame | LogFrame | AckFrame | HeartbeatFrame | StateHashFrame | ControlFrame | RefuseFrame;
+/**
+ * Primary → joining standby: the running VM's snapshot (src/machine/snapshot-codec.ts), streamed while
+ * the primary keeps running. Part BEGIN carries the VM config (JSON) and the snapshot's header chunk;
+ * then one CHUNK per memory chunk. The log from the snapshot's entry follows as ordinary LOG frames.
+ */
+export const SnapshotPart = { BEGIN: 0, CHUNK: 1 } as const;
+export interface SnapshotFrame {
+  type: typeof FrameType.SNAPSHOT;
+  epoch: number;
+  part: number;
+  /** BEGIN: the VM config as JSON; CHUNK: empty. */
+  config: string;
+  data: Uint8Array;
+}
+
+export type Frame = HelloFrame | LogFrame | AckFrame | HeartbeatFrame | StateHashFrame | ControlFrame | RefuseFrame | SnapshotFrame;
 
 function bad(msg: string): never {
   throw new FtvmError('FTVM_ERR_BAD_FRAME', msg);
@@ -113,7 +133,7 @@ export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
   switch (f.type) {
     case FrameType.HELLO:
       w.varint(f.version);
-      w.u8(f.role === 'primary' ? 1 : 2);
+      w.u8(ROLE_CODES[f.role]);
       str(w, f.vmName);
       w.bytes(f.moduleHash);
       w.varint(f.epoch);
@@ -153,6 +173,12 @@ export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
       str(w, f.code);
       str(w, f.reason);
       break;
+    case FrameType.SNAPSHOT:
+      w.varint(f.epoch);
+      w.u8(f.part);
+      str(w, f.config);
+      w.bytes(f.data);
+      break;
   }
   return w.finish();
 }
@@ -167,14 +193,15 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
       case FrameType.HELLO: {
         const version = r.varint();
         const roleByte = r.u8();
-        if (roleByte !== 1 && roleByte !== 2) bad(`HELLO with unknown role ${roleByte}`);
+        const role = ROLES[roleByte];
+        if (role === undefined) bad(`HELLO with unknown role ${roleByte}`);
         const vmName = readStr(r, 256);
         const moduleHash = r.bytes(32);
         const epoch = r.varint();
         const arch = readStr(r, 64);
         const nonce = r.bytes(16);
         const nextSeq = r.varint();
-        f = { type, version, role: roleByte === 1 ? 'primary' : 'backup', vmName, moduleHash, epoch, arch, nonce, nextSeq };
+        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq };
         break;
       }
       case FrameType.LOG: {
@@ -204,6 +231,14 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
       case FrameType.REFUSE:
         f = { type, code: readStr(r, 64), reason: readStr(r) };
         break;
+      case FrameType.SNAPSHOT: {
+        const epoch = r.varint();
+        const part = r.u8();
+        if (part !== SnapshotPart.BEGIN && part !== SnapshotPart.CHUNK) bad(`SNAPSHOT with unknown part ${part}`);
+        const config = readStr(r, 65536);
+        f = { type, epoch, part, config, data: r.bytes(r.remaining) };
+        break;
+      }
       default:
         bad(`unknown frame type ${type}`);
     }
@@ -231,5 +266,7 @@ export function describeFrame(f: Frame): string {
       return `CONTROL epoch=${f.epoch} kind=${f.kind} ${f.reason}`;
     case FrameType.REFUSE:
       return `REFUSE ${f.code} ${f.reason}`;
+    case FrameType.SNAPSHOT:
+      return `SNAPSHOT epoch=${f.epoch} ${f.part === SnapshotPart.BEGIN ? 'begin' : 'chunk'} ${f.data.length}B`;
   }
 }

@@ -55,6 +55,8 @@ export interface RecordEnv {
   readonly sliceUnits: number;
   /** Optional hook at each checkpoint (after deliveries): lag control may block here. */
   atCheckpoint?(count: number): void;
+  /** Optional hook between steps (the machine is at an idle point): snapshots are taken here. */
+  betweenSteps?(count: number): void;
 }
 
 /** The log a replaying machine consumes. */
@@ -692,6 +694,7 @@ export class Machine {
 
   /** One idle round in record mode; returns a result when the run should end. */
   private idleRecord(): RunResult | undefined {
+    this.env!.betweenSteps?.(this.count);
     const delivered = this.deliverRecorded(true);
     if (delivered > 0 || this.stepAgain || this.deliveredInStep) {
       this.step();
@@ -819,13 +822,24 @@ export class Machine {
     return h.digest();
   }
 
-  /** A snapshot at an idle point. */
-  snapshot(): Snapshot {
+  /**
+   * A snapshot at an idle point. With `into` (large enough), memory is copied into it and the snapshot's
+   * memory is a view of it: a reused, already touched buffer makes the copy a plain memcpy (DESIGN.md §3).
+   */
+  snapshot(into?: Uint8Array): Snapshot {
     assert(!this.inStep, 'snapshots are taken at idle points');
     assert(!this.broken, 'cannot snapshot an unwound machine');
+    const mem = this.mem();
+    let memory: Uint8Array;
+    if (into !== undefined && into.length >= mem.length) {
+      memory = into.subarray(0, mem.length);
+      memory.set(mem);
+    } else {
+      memory = new Uint8Array(mem);
+    }
     return {
       count: this.count,
-      memory: new Uint8Array(this.mem()),
+      memory,
       globals: this.globals.map((g) => g.value as number | bigint),
       devices: this.devices.save(),
       stepAgain: this.stepAgain,

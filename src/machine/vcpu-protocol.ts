@@ -13,7 +13,8 @@
 import type { ScheduledInput } from './env.js';
 import type { VmConfig } from '../log/recording.js';
 import type { InstrumentedModule } from './instrumented.js';
-import type { GuestOutput, HaltInfo } from './machine.js';
+import type { MessagePort } from 'node:worker_threads';
+import type { GuestOutput, HaltInfo, Snapshot } from './machine.js';
 
 export const Tag = {
   OPEN: 1,
@@ -26,11 +27,18 @@ export const Tag = {
   STATE_HASH: 21,
   /** Replay: once the held log is consumed, go live (become a recording primary). */
   GO_LIVE: 22,
+  /**
+   * Record: take a snapshot at the next idle point (between steps), into the buffer waiting on the
+   * snapshot port (posted there first, so the pause is a memcpy into touched pages).
+   */
+  SNAPSHOT: 23,
 } as const;
 
 export const STATUS_COUNT = 0;
 export const STATUS_SEQ = 1;
 export const STATUS_IDLE = 2;
+/** The guest's linear memory size in bytes. */
+export const STATUS_MEMORY_BYTES = 3;
 export const STATUS_SLOTS = 4;
 /** Int32 control flags the I/O thread sets and the worker reads at checkpoints. */
 export const CTRL_THROTTLE = 0;
@@ -55,6 +63,10 @@ export interface WorkerInit {
   sliceUnits: number;
   /** Record: log a state hash at an idle point at most this often (0 = only on request / at the end). */
   stateHashIntervalMs: number;
+  /** Record: where snapshot buffers arrive (read synchronously with receiveMessageOnPort). */
+  snapshotPort: MessagePort;
+  /** Replay: start from this snapshot (a joining backup) instead of booting the guest. */
+  snapshot?: Snapshot;
 }
 
 /** Outputs cross the thread boundary as they are (structured clone). */
@@ -66,6 +78,11 @@ export type WorkerEvent =
   | { t: 'batch'; firstSeq: number; count: number; entries: Uint8Array; outputs: WireOutput[]; instructionNumber: number }
   /** The replica went live at instruction `count` after consuming `seq` entries. */
   | { t: 'live'; count: number; seq: number; maxConn: number }
+  /**
+   * Record: a snapshot taken at an idle point (its memory is in `buffer`, the SharedArrayBuffer the I/O
+   * thread posted, or a fresh ArrayBuffer if the memory outgrew it). `pauseMs`: time the guest stood still.
+   */
+  | { t: 'snapshot'; state: Omit<Snapshot, 'memory'>; memoryBytes: number; buffer: SharedArrayBuffer | ArrayBuffer; pauseMs: number }
   /** A state hash logged (record) or verified (replay) at instruction n. */
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }

@@ -2,14 +2,14 @@
  * The vCPU worker: runs one Machine on its own thread, so a guest computing for seconds never delays
  * the I/O thread (heartbeats, sockets, the arbiter). See vcpu-protocol.ts for the messages.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { ByteWriter, decodeBatch, encodeBatch } from '../log/codec.js';
 import type { LogEntry } from '../log/entry.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -51,6 +51,7 @@ function publish(idle: boolean): void {
   status[STATUS_COUNT] = machine.count;
   status[STATUS_SEQ] = machine.entriesSeen;
   status[STATUS_IDLE] = idle ? 1 : 0;
+  status[STATUS_MEMORY_BYTES] = machine.memoryBytes;
 }
 
 // ---------------------------------------------------------------- inbound
@@ -62,6 +63,23 @@ let logHead = 0;
 let grant = 0;
 let endOfLog = false;
 let goLiveRequested = false;
+let snapshotRequested = false;
+
+/** At an idle point: copy the machine's state into the buffer the I/O thread posted, and post it. */
+function takeSnapshot(): void {
+  snapshotRequested = false;
+  if (!machine || machine.halted) return;
+  flush(); // every entry before the snapshot reaches the I/O thread first
+  const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer } | undefined;
+  const t0 = performance.now();
+  const into = msg ? new Uint8Array(msg.buffer) : undefined;
+  const snap = machine.snapshot(into);
+  const pauseMs = performance.now() - t0;
+  const { memory, ...state } = snap;
+  const shared = into !== undefined && memory.buffer === into.buffer;
+  const buffer = shared ? msg!.buffer : (memory.buffer as ArrayBuffer);
+  post({ t: 'snapshot', state, memoryBytes: memory.length, buffer, pauseMs }, shared ? [] : [buffer as ArrayBuffer]);
+}
 
 function drainQueue(): void {
   for (;;) {
@@ -97,6 +115,9 @@ function drainQueue(): void {
       case Tag.GO_LIVE:
         goLiveRequested = true;
         break;
+      case Tag.SNAPSHOT:
+        snapshotRequested = true;
+        break;
       default:
         throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `vCPU queue: unknown tag ${tag}`);
     }
@@ -123,10 +144,17 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
       return true;
     }
     if (inputs.length > 0 || hashRequested) return true;
+    if (snapshotRequested) {
+      takeSnapshot();
+      return true;
+    }
     const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
     queue.wait(wait);
     drainQueue();
     return !stopRequested;
+  }
+  betweenSteps(): void {
+    if (snapshotRequested) takeSnapshot();
   }
   atCheckpoint(): void {
     publish(false);
@@ -237,6 +265,7 @@ function main(): void {
     ...(source ? { source } : {}),
   });
   scripted?.bind(() => machine!.count);
+  if (init.snapshot !== undefined) machine.restore(init.snapshot);
   post({ t: 'ready' });
   const result = machine.run();
   let finalHash: Uint8Array | null = null;
