@@ -167,6 +167,41 @@ function sharedBehaviour(label: string, get: () => Backend): void {
     }
     t.diagnostic(`${label}: sequential CAS latency ${summary(ms)}`);
   });
+
+  it('standby pool: register, renew, recruit exactly once among racing primaries, leases run out, remove', async () => {
+    const vm = freshVm('pool');
+    const ttl = 1000;
+    assert.deepEqual(await c(0).listStandbys(vm, O()), []);
+    const a = await c(0).registerStandby(vm, { hostId: 'host-a', channel: '127.0.0.1:7001', free: true }, ttl, O());
+    assert.deepEqual(a, { hostId: 'host-a', channel: '127.0.0.1:7001', state: 'free' });
+    await c(1).registerStandby(vm, { hostId: 'host-b', channel: '127.0.0.1:7002', free: true }, 30_000, O());
+    assert.deepEqual((await c(2).listStandbys(vm, O())).map((s) => s.hostId).sort(), ['host-a', 'host-b']);
+    // Three primaries race for host-b: exactly one gets it; a retry by the winner is idempotent.
+    const results = await Promise.all([0, 1, 2].map((i) => c(i).recruitStandby(vm, 'host-b', { owner: `p${i}`, epoch: 4 }, O())));
+    const winners = results.filter((r) => r !== null);
+    assert.equal(winners.length, 1);
+    const w = winners[0]!;
+    assert.equal(w.state, 'recruited');
+    assert.equal(w.epoch, 4);
+    assert.deepEqual(await c(3).recruitStandby(vm, 'host-b', { owner: w.owner!, epoch: 4 }, O()), w);
+    // Renewing keeps it recruited (the standby learns it was recruited this way)...
+    assert.deepEqual(await c(0).registerStandby(vm, { hostId: 'host-b', channel: '127.0.0.1:7002', free: false }, 30_000, O()), w);
+    // ...returning to the pool frees it.
+    assert.equal((await c(0).registerStandby(vm, { hostId: 'host-b', channel: '127.0.0.1:7002', free: true }, 30_000, O())).state, 'free');
+    // host-a stops renewing: its lease runs out and it leaves the pool (etcd: TTL in whole seconds, expiry checked ~every 0.5 s).
+    const until = Date.now() + 8000;
+    while ((await c(0).listStandbys(vm, O())).some((s) => s.hostId === 'host-a')) {
+      assert.ok(Date.now() < until, 'an expired standby left the pool');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(await c(1).recruitStandby(vm, 'host-a', { owner: 'p0', epoch: 4 }, O()), null, 'a gone standby cannot be recruited');
+    await c(0).removeStandby(vm, 'host-b', O());
+    await c(0).removeStandby(vm, 'host-b', O()); // absent is fine
+    assert.deepEqual(await c(0).listStandbys(vm, O()), []);
+    await assert.rejects(c(0).registerStandby(vm, { hostId: 'bad id', channel: '127.0.0.1:1', free: true }, ttl, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+    await assert.rejects(c(0).registerStandby(vm, { hostId: 'h', channel: 'nope', free: true }, ttl, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+    await assert.rejects(c(0).registerStandby(vm, { hostId: 'h', channel: '127.0.0.1:1', free: true }, 5, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------

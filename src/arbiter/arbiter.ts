@@ -34,6 +34,21 @@ export interface CallOptions {
   deadlineMs: number;
 }
 
+/**
+ * A standby in a VM's pool (re-replication): a host ready to become the VM's backup. Registered with a
+ * lease (`ttlMs`): a standby that stops renewing drops out of the pool.
+ */
+export interface StandbyRecord {
+  /** The standby's host identity; a primary never recruits one with its own host id. */
+  hostId: string;
+  /** Where the standby's logging channel listens (`host:port`). */
+  channel: string;
+  state: 'free' | 'recruited';
+  /** When recruited: the recruiting primary's owner id and its epoch at the time. */
+  owner?: string;
+  epoch?: number;
+}
+
 export interface Arbiter {
   /**
    * Creates the VM's record {epoch, owner} if there is none; returns the record as it now is (a
@@ -56,5 +71,22 @@ export interface Arbiter {
    */
   advance(vm: string, epoch: number, owner: string, opts: CallOptions): Promise<boolean>;
   read(vm: string, opts: CallOptions): Promise<ArbiterRecord | null>;
+  /**
+   * Registers a standby of `vm` for `ttlMs` (its lease), or renews it. `free: true` (first registration,
+   * or a standby returning to the pool after a failed join) sets it free; `free: false` renews it as it
+   * is (a recruited standby stays recruited). An entry whose lease ran out is gone: renewing it registers
+   * it afresh, free. Returns the entry as it now is (a standby learns this way that it was recruited).
+   */
+  registerStandby(vm: string, standby: { hostId: string; channel: string; free: boolean }, ttlMs: number, opts: CallOptions): Promise<StandbyRecord>;
+  /** The VM's live standbys (leases not expired), free and recruited. */
+  listStandbys(vm: string, opts: CallOptions): Promise<StandbyRecord[]>;
+  /**
+   * Test-and-set: if standby `hostId` is free, mark it recruited by {owner, epoch} and return the entry.
+   * Returns null if it is gone or recruited by someone else. Idempotent: a retry by the same recruiter
+   * (same owner and epoch) after a timeout returns the entry.
+   */
+  recruitStandby(vm: string, hostId: string, by: { owner: string; epoch: number }, opts: CallOptions): Promise<StandbyRecord | null>;
+  /** Removes a standby from the pool (it joined a pair, or is shutting down). Absent is fine. */
+  removeStandby(vm: string, hostId: string, opts: CallOptions): Promise<void>;
   close(): Promise<void>;
 }

@@ -31,16 +31,18 @@ import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
-import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult } from './arbiter.js';
+import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, StandbyRecord } from './arbiter.js';
 import {
   Deadline,
   backoffMs,
   checkArgs,
+  checkStandbyArgs,
   describeError,
   isValidEpoch,
   isValidOwner,
   isValidVmName,
   parseRecordValue,
+  parseStandbyValue,
   sameRecord,
   sleep,
   unavailable,
@@ -62,8 +64,12 @@ const FILE_SUFFIX = '.json';
 const TMP_SUFFIX = '.tmp';
 const LOCK_FILE = 'LOCK';
 
-type Op = 'init' | 'claim' | 'advance' | 'read';
-const OPS: readonly Op[] = ['init', 'claim', 'advance', 'read'];
+type RecordOp = 'init' | 'claim' | 'advance' | 'read';
+/** Standby pool operations: register/renew, list, recruit (test-and-set), remove. Kept in memory only. */
+type StandbyOp = 'standby' | 'standbys' | 'recruit' | 'unstandby';
+type Op = RecordOp | StandbyOp;
+const OPS: readonly Op[] = ['init', 'claim', 'advance', 'read', 'standby', 'standbys', 'recruit', 'unstandby'];
+const STANDBY_OPS: readonly Op[] = ['standby', 'standbys', 'recruit', 'unstandby'];
 
 // ---------------------------------------------------------------------------------------------------
 // Authentication (exported for tests and for other clients of the wire format)
@@ -257,14 +263,71 @@ class HttpRefusal extends Error {
 const bad = (message: string): HttpRefusal => new HttpRefusal(400, 'FTVM_ERR_ARBITER_BAD_REQUEST', message);
 
 interface ParsedRequest {
-  op: Op;
+  op: RecordOp;
   vm: string;
   epoch: number;
   owner: string;
 }
 
+interface ParsedStandbyRequest {
+  op: StandbyOp;
+  vm: string;
+  hostId: string;
+  channel: string;
+  free: boolean;
+  ttlMs: number;
+  owner: string;
+  epoch: number;
+}
+
+const STANDBY_FIELDS: Record<StandbyOp, string[]> = {
+  standby: ['vm', 'hostId', 'channel', 'free', 'ttlMs'],
+  standbys: ['vm'],
+  recruit: ['vm', 'hostId', 'owner', 'epoch'],
+  unstandby: ['vm', 'hostId'],
+};
+
+/** Validates a standby-pool request body strictly. */
+function parseStandbyBody(op: StandbyOp, raw: Buffer): ParsedStandbyRequest {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw bad('body is not JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('body is not a JSON object');
+  const o = v as Record<string, unknown>;
+  const fields = STANDBY_FIELDS[op];
+  for (const k of Object.keys(o)) if (!fields.includes(k)) throw bad(`unexpected field ${JSON.stringify(k)} (${op} takes ${fields.join(', ')})`);
+  for (const k of fields) if (!(k in o)) throw bad(`missing field ${JSON.stringify(k)}`);
+  try {
+    checkStandbyArgs({
+      vm: o.vm as string,
+      opts: { deadlineMs: 1 },
+      ...('hostId' in o ? { hostId: o.hostId as string } : {}),
+      ...('channel' in o ? { channel: o.channel as string } : {}),
+      ...('ttlMs' in o ? { ttlMs: o.ttlMs as number } : {}),
+    });
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  if ('free' in o && typeof o.free !== 'boolean') throw bad('free must be a boolean');
+  if ('owner' in o && !isValidOwner(o.owner)) throw bad('owner must be a string of 1–256 characters without control characters');
+  if ('epoch' in o && !isValidEpoch(o.epoch)) throw bad('epoch must be a non-negative safe integer');
+  return {
+    op,
+    vm: o.vm as string,
+    hostId: (o.hostId as string | undefined) ?? '',
+    channel: (o.channel as string | undefined) ?? '',
+    free: o.free === true,
+    ttlMs: (o.ttlMs as number | undefined) ?? 0,
+    owner: (o.owner as string | undefined) ?? '',
+    epoch: (o.epoch as number | undefined) ?? 0,
+  };
+}
+
 /** Validates a request body strictly: exactly the op's fields, of the right types. */
-function parseBody(op: Op, raw: Buffer): ParsedRequest {
+function parseBody(op: RecordOp, raw: Buffer): ParsedRequest {
   let v: unknown;
   try {
     v = JSON.parse(raw.toString('utf8'));
@@ -285,8 +348,15 @@ function parseBody(op: Op, raw: Buffer): ParsedRequest {
   return { op, vm: o.vm, epoch: o.epoch, owner };
 }
 
+interface StandbyEntry {
+  record: StandbyRecord;
+  expiresAtMs: number;
+}
+
 export class EmbeddedArbiterServer {
   private readonly slots = new Map<string, Slot>();
+  /** Standby pools per VM: leases on this process's monotonic clock, not durable (standbys renew). */
+  private readonly pools = new Map<string, Map<string, StandbyEntry>>();
   private readonly chains = new Map<string, Promise<unknown>>();
   private readonly nonces = new NonceWindow();
   private closed = false;
@@ -462,6 +532,42 @@ export class EmbeddedArbiterServer {
     }
   }
 
+  /** The VM's pool with expired leases dropped. */
+  private pool(vm: string): Map<string, StandbyEntry> {
+    let pool = this.pools.get(vm);
+    if (!pool) {
+      pool = new Map();
+      this.pools.set(vm, pool);
+    }
+    const now = performance.now();
+    for (const [id, e] of pool) if (e.expiresAtMs <= now) pool.delete(id);
+    return pool;
+  }
+
+  private executeStandby(p: ParsedStandbyRequest): Record<string, unknown> {
+    const pool = this.pool(p.vm);
+    const cur = pool.get(p.hostId);
+    switch (p.op) {
+      case 'standby': {
+        const record: StandbyRecord = !p.free && cur && cur.record.channel === p.channel ? cur.record : { hostId: p.hostId, channel: p.channel, state: 'free' };
+        pool.set(p.hostId, { record, expiresAtMs: performance.now() + p.ttlMs });
+        return { standby: record };
+      }
+      case 'standbys':
+        return { standbys: [...pool.values()].map((e) => e.record) };
+      case 'recruit': {
+        if (!cur) return { standby: null };
+        const r = cur.record;
+        if (r.state === 'recruited') return { standby: r.owner === p.owner && r.epoch === p.epoch ? r : null };
+        cur.record = { hostId: r.hostId, channel: r.channel, state: 'recruited', owner: p.owner, epoch: p.epoch };
+        return { standby: cur.record };
+      }
+      case 'unstandby':
+        pool.delete(p.hostId);
+        return { removed: cur !== undefined };
+    }
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const method = req.method ?? '';
     const path = req.url ?? '';
@@ -516,7 +622,14 @@ export class EmbeddedArbiterServer {
       if (!op || !OPS.includes(op)) throw new HttpRefusal(404, 'FTVM_ERR_ARBITER_BAD_REQUEST', `no such endpoint ${path}`);
       if (method !== 'POST') throw new HttpRefusal(405, 'FTVM_ERR_ARBITER_BAD_REQUEST', `${path} takes POST, not ${method}`);
       if (this.closed) throw new HttpRefusal(503, 'FTVM_ERR_ARBITER_UNAVAILABLE', 'arbiter is shutting down');
-      const parsed = parseBody(op, body);
+      if (STANDBY_OPS.includes(op)) {
+        const parsed = parseStandbyBody(op as StandbyOp, body);
+        const result = this.executeStandby(parsed);
+        this.log.debug({ remote, op, vm: parsed.vm, result }, 'arbiter: request served');
+        reply(200, result);
+        return;
+      }
+      const parsed = parseBody(op as RecordOp, body);
       const result = await this.serialize(parsed.vm, () => this.execute(parsed));
       this.log.debug({ remote, op, vm: parsed.vm, result }, 'arbiter: request served');
       reply(200, result);
@@ -643,6 +756,37 @@ export class EmbeddedArbiterClient implements Arbiter {
     checkArgs({ vm, opts });
     const { body } = await this.call('read', { vm }, opts);
     return this.recordOf(body, 'read', true);
+  }
+
+  async registerStandby(vm: string, standby: { hostId: string; channel: string; free: boolean }, ttlMs: number, opts: CallOptions): Promise<StandbyRecord> {
+    checkStandbyArgs({ vm, hostId: standby.hostId, channel: standby.channel, ttlMs, opts });
+    const { body } = await this.call('standby', { vm, hostId: standby.hostId, channel: standby.channel, free: standby.free, ttlMs }, opts);
+    return this.standbyOf(body.standby, 'standby');
+  }
+
+  async listStandbys(vm: string, opts: CallOptions): Promise<StandbyRecord[]> {
+    checkStandbyArgs({ vm, opts });
+    const { body } = await this.call('standbys', { vm }, opts);
+    if (!Array.isArray(body.standbys)) throw this.corruptReply('standbys', 'no "standbys" array');
+    return body.standbys.map((s: unknown) => this.standbyOf(s, 'standbys'));
+  }
+
+  async recruitStandby(vm: string, hostId: string, by: { owner: string; epoch: number }, opts: CallOptions): Promise<StandbyRecord | null> {
+    checkStandbyArgs({ vm, hostId, opts });
+    checkArgs({ vm, epoch: by.epoch, owner: by.owner, opts });
+    const { body } = await this.call('recruit', { vm, hostId, owner: by.owner, epoch: by.epoch }, opts);
+    return body.standby === null ? null : this.standbyOf(body.standby, 'recruit');
+  }
+
+  async removeStandby(vm: string, hostId: string, opts: CallOptions): Promise<void> {
+    checkStandbyArgs({ vm, hostId, opts });
+    await this.call('unstandby', { vm, hostId }, opts);
+  }
+
+  private standbyOf(v: unknown, op: Op): StandbyRecord {
+    const s = parseStandbyValue(v);
+    if (!s) throw this.corruptReply(op, `bad standby entry ${JSON.stringify(v)}`);
+    return s;
   }
 
   close(): Promise<void> {

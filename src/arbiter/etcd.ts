@@ -21,10 +21,12 @@
 import { Etcd3, GRPCDeadlineExceededError, isRecoverableError, type IOptions } from 'etcd3';
 import { FtvmError } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
-import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult } from './arbiter.js';
-import { Deadline, backoffMs, checkArgs, describeError, parseRecordValue, recordJson, sameRecord, sleep, unavailable } from './record.js';
+import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, StandbyRecord } from './arbiter.js';
+import { Deadline, backoffMs, checkArgs, checkStandbyArgs, describeError, parseRecordValue, parseStandbyValue, recordJson, sameRecord, sleep, standbyJson, unavailable } from './record.js';
 
 export const DEFAULT_KEY_PREFIX = '/ftvm/vms/';
+/** Standby pools: `/ftvm/standbys/<vm>/<hostId>`, each key attached to an etcd lease. */
+export const DEFAULT_STANDBY_PREFIX = '/ftvm/standbys/';
 /** After a failed call, a member is skipped (if another is available) for this long. */
 export const MEMBER_SKIP_MS = 250;
 
@@ -33,6 +35,8 @@ export interface EtcdArbiterOptions {
   endpoints: string[];
   /** Key prefix; the VM's key is prefix + name. Default `/ftvm/vms/`. */
   keyPrefix?: string;
+  /** Standby pool prefix; a standby's key is prefix + vm + '/' + hostId. Default `/ftvm/standbys/`. */
+  standbyPrefix?: string;
   log?: Logger;
 }
 
@@ -95,6 +99,7 @@ interface Seen {
 export class EtcdArbiter implements Arbiter {
   private readonly client: Etcd3;
   private readonly prefix: string;
+  private readonly standbyPrefix: string;
   private readonly log: Logger;
   private closed = false;
 
@@ -102,6 +107,7 @@ export class EtcdArbiter implements Arbiter {
     if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'etcd arbiter: no endpoints');
     const hosts = opts.endpoints.map((e) => (/^https?:\/\//.test(e) ? e : `http://${e}`));
     this.prefix = opts.keyPrefix ?? DEFAULT_KEY_PREFIX;
+    this.standbyPrefix = opts.standbyPrefix ?? DEFAULT_STANDBY_PREFIX;
     this.log = opts.log ?? logger('arbiter-etcd', { endpoints: hosts.join(',') });
     // Note: etcd3 1.1.2 declares a `dialTimeout` option but never reads it; deadlines are per call.
     this.client = new Etcd3({
@@ -169,6 +175,90 @@ export class EtcdArbiter implements Arbiter {
   async read(vm: string, opts: CallOptions): Promise<ArbiterRecord | null> {
     checkArgs({ vm, opts });
     return this.retrying(`read of VM ${vm}`, opts, async (deadline) => (await this.readKv(vm, deadline))?.record ?? null);
+  }
+
+  /**
+   * Each registration or renewal grants a fresh lease and re-puts the entry under it in one transaction
+   * guarded by the revision it read (so a recruitment in between is never overwritten by a renewal);
+   * the previous lease, left without keys, runs out by itself. No keep-alive stream: etcd3 reports lost
+   * leases late (DESIGN.md §5), and a plain grant + txn keeps every call under the caller's deadline.
+   */
+  async registerStandby(vm: string, standby: { hostId: string; channel: string; free: boolean }, ttlMs: number, opts: CallOptions): Promise<StandbyRecord> {
+    checkStandbyArgs({ vm, hostId: standby.hostId, channel: standby.channel, ttlMs, opts });
+    const key = this.standbyKey(vm, standby.hostId);
+    return this.retrying(`registration of standby ${standby.hostId} of VM ${vm}`, opts, async (deadline) => {
+      const grant = await this.bounded(deadline, this.client.leaseClient.leaseGrant({ TTL: Math.ceil(ttlMs / 1000), ID: 0 }, { deadline: deadline.wallClock() }));
+      const cur = await this.readStandby(vm, standby.hostId, deadline);
+      const keep = !standby.free && cur !== null && cur.record.channel === standby.channel;
+      const next: StandbyRecord = keep ? cur.record : { hostId: standby.hostId, channel: standby.channel, state: 'free' };
+      const put = this.client.put(key).value(standbyJson(next)).lease(grant.ID);
+      const txn = await this.bounded(
+        deadline,
+        (cur ? this.client.if(key, 'Mod', '==', cur.modRevision) : this.client.if(key, 'Create', '==', 0)).then(put).options({ deadline: deadline.wallClock() }).commit(),
+      );
+      if (!txn.succeeded) throw AGAIN;
+      return next;
+    });
+  }
+
+  async listStandbys(vm: string, opts: CallOptions): Promise<StandbyRecord[]> {
+    checkStandbyArgs({ vm, opts });
+    return this.retrying(`listing of the standbys of VM ${vm}`, opts, async (deadline) => {
+      const res = await this.bounded(deadline, this.client.getAll().prefix(`${this.standbyPrefix}${vm}/`).options({ deadline: deadline.wallClock() }).exec());
+      return res.kvs.map((kv) => this.decodeStandby(kv.key.toString('utf8'), kv.value));
+    });
+  }
+
+  async recruitStandby(vm: string, hostId: string, by: { owner: string; epoch: number }, opts: CallOptions): Promise<StandbyRecord | null> {
+    checkStandbyArgs({ vm, hostId, opts });
+    checkArgs({ vm, epoch: by.epoch, owner: by.owner, opts });
+    const key = this.standbyKey(vm, hostId);
+    return this.retrying(`recruitment of standby ${hostId} of VM ${vm}`, opts, async (deadline) => {
+      const cur = await this.readStandby(vm, hostId, deadline);
+      if (!cur) return null;
+      const r = cur.record;
+      // Idempotent: an earlier attempt of ours (maybe one that timed out) recruited it.
+      if (r.state === 'recruited') return r.owner === by.owner && r.epoch === by.epoch ? r : null;
+      const next: StandbyRecord = { hostId: r.hostId, channel: r.channel, state: 'recruited', owner: by.owner, epoch: by.epoch };
+      const txn = await this.bounded(
+        deadline,
+        this.client.if(key, 'Mod', '==', cur.modRevision).then(this.client.put(key).value(standbyJson(next)).ignoreLease()).options({ deadline: deadline.wallClock() }).commit(),
+      );
+      if (txn.succeeded) return next;
+      throw AGAIN;
+    });
+  }
+
+  async removeStandby(vm: string, hostId: string, opts: CallOptions): Promise<void> {
+    checkStandbyArgs({ vm, hostId, opts });
+    const key = this.standbyKey(vm, hostId);
+    await this.retrying(`removal of standby ${hostId} of VM ${vm}`, opts, async (deadline) => {
+      await this.bounded(deadline, this.client.delete().key(key).options({ deadline: deadline.wallClock() }).exec());
+    });
+  }
+
+  private standbyKey(vm: string, hostId: string): string {
+    return `${this.standbyPrefix}${vm}/${hostId}`;
+  }
+
+  private async readStandby(vm: string, hostId: string, deadline: Deadline): Promise<{ record: StandbyRecord; modRevision: string } | null> {
+    const key = this.standbyKey(vm, hostId);
+    const res = await this.bounded(deadline, this.client.get(key).options({ deadline: deadline.wallClock() }).exec());
+    const kv = res.kvs[0];
+    if (!kv) return null;
+    return { record: this.decodeStandby(key, kv.value), modRevision: kv.mod_revision };
+  }
+
+  private decodeStandby(key: string, value: Buffer): StandbyRecord {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(value.toString('utf8'));
+    } catch {
+      parsed = undefined;
+    }
+    const r = parseStandbyValue(parsed);
+    if (!r) throw new FtvmError('FTVM_ERR_ARBITER_CORRUPT', `etcd key ${key} does not hold a standby entry: ${JSON.stringify(value.subarray(0, 200).toString('utf8'))}`);
+    return r;
   }
 
   close(): Promise<void> {

@@ -3,7 +3,7 @@
  * comparison, and per-call deadlines.
  */
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
-import type { ArbiterRecord, CallOptions } from './arbiter.js';
+import type { ArbiterRecord, CallOptions, StandbyRecord } from './arbiter.js';
 
 /** VM names: 1–128 characters of [A-Za-z0-9._-] (they become etcd keys and file names). */
 export const VM_NAME_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
@@ -100,4 +100,44 @@ export function unavailable(what: string, deadline: Deadline, lastError: unknown
   return new FtvmError('FTVM_ERR_ARBITER_UNAVAILABLE', `arbiter unavailable: ${what} did not complete within ${deadline.ms} ms: ${detail}${note}`, {
     cause: lastError,
   });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Standby pools (re-replication)
+
+/** Standby leases: at least this long (etcd leases have a floor of about a second). */
+export const MIN_STANDBY_TTL_MS = 1000;
+export const MAX_STANDBY_TTL_MS = 3_600_000;
+/** `host:port` with a port number. */
+const CHANNEL_PATTERN = /^[A-Za-z0-9.:[\]-]{1,250}:[0-9]{1,5}$/;
+
+export function checkStandbyArgs(args: { vm: string; hostId?: string; channel?: string; ttlMs?: number; opts: CallOptions }): void {
+  checkArgs({ vm: args.vm, opts: args.opts });
+  if ('hostId' in args && !isValidVmName(args.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: host id ${JSON.stringify(args.hostId)} is not 1–128 characters of [A-Za-z0-9._-]`);
+  if ('channel' in args && (typeof args.channel !== 'string' || !CHANNEL_PATTERN.test(args.channel))) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: standby channel ${JSON.stringify(args.channel)} is not host:port`);
+  }
+  if ('ttlMs' in args && (typeof args.ttlMs !== 'number' || !Number.isInteger(args.ttlMs) || args.ttlMs < MIN_STANDBY_TTL_MS || args.ttlMs > MAX_STANDBY_TTL_MS)) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: standby ttlMs ${String(args.ttlMs)} is not an integer in ${MIN_STANDBY_TTL_MS}..${MAX_STANDBY_TTL_MS}`);
+  }
+}
+
+/** Parses a standby entry from an untrusted value; undefined if it is not one. */
+export function parseStandbyValue(v: unknown): StandbyRecord | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  const o = v as Record<string, unknown>;
+  if (!isValidVmName(o.hostId) || typeof o.channel !== 'string' || !CHANNEL_PATTERN.test(o.channel)) return undefined;
+  if (o.state === 'free') {
+    if (Object.keys(o).length !== 3) return undefined;
+    return { hostId: o.hostId, channel: o.channel, state: 'free' };
+  }
+  if (o.state !== 'recruited' || !isValidOwner(o.owner) || !isValidEpoch(o.epoch) || Object.keys(o).length !== 5) return undefined;
+  return { hostId: o.hostId, channel: o.channel, state: 'recruited', owner: o.owner, epoch: o.epoch };
+}
+
+/** The canonical JSON of a standby entry (fixed key order). */
+export function standbyJson(s: StandbyRecord): string {
+  return s.state === 'free'
+    ? JSON.stringify({ hostId: s.hostId, channel: s.channel, state: 'free' })
+    : JSON.stringify({ hostId: s.hostId, channel: s.channel, state: 'recruited', owner: s.owner, epoch: s.epoch });
 }
