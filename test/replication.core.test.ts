@@ -177,7 +177,7 @@ test('join: a joiner that disconnects, goes silent, or falls too far behind is a
     p.step({ t: 'peer-open', backupNextSeq: 0 });
     let a: PrimaryAction[] = [];
     if (how === 'closed') a = p.step({ t: 'peer-closed' });
-    if (how === 'silent') a = p.step({ t: 'tick', nowMs: 1000 });
+    if (how === 'silent') a = p.step({ t: 'tick', nowMs: 5000 });
     if (how === 'overflow') {
       p.step(log(0, 20, 10));
       a = p.step({ t: 'tick', nowMs: 1 });
@@ -221,10 +221,10 @@ test('joiner backup: starts at the snapshot entry, never goes live before ARMED,
   a = b.step({ t: 'frame', frame: { type: FrameType.LOG, epoch: 4, firstSeq: 10, count: 2, instructionNumber: 99, batch: new Uint8Array(4) } });
   assert.ok(a.some((x) => x.t === 'feed'));
   // Silence before ARMED: give up, never drain/claim.
-  a = b.step({ t: 'tick', nowMs: 500 });
+  a = b.step({ t: 'tick', nowMs: 2500 });
   assert.deepEqual(a.map((x) => x.t), ['abandon']);
   assert.equal(b.status().phase, 'abandoned');
-  assert.deepEqual(b.step({ t: 'tick', nowMs: 1000 }), []);
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 9000 }), []);
   // Disconnect before ARMED: give up at once.
   b = mk();
   b.step({ t: 'peer-open' });

@@ -105,6 +105,13 @@ export class ChannelDialer extends EventEmitter {
     this.backoffMs = Math.min(this.backoffMs * 2, this.opts.retryMaxMs ?? 1000);
   }
 
+  /** Stops redialing; the current connection (if any) stays open and is the caller's now. */
+  detach(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.current = undefined;
+  }
+
   close(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);

@@ -4,7 +4,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_VM_CONFIG, type VmConfig } from '../log/recording.js';
 import type { ScheduledInput } from '../machine/env.js';
@@ -12,7 +12,7 @@ import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
 import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { hex, inspectFile, loadGuestFile, recordToFile, replayFile } from './recording-cmds.js';
-import { TIMING_DEFAULTS, parseAddr, readSecret, runNode, status } from './run-cmds.js';
+import { TIMING_DEFAULTS, parseAddr, readSecret, runNode, runStandby, status } from './run-cmds.js';
 import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
 import { logger } from '../util/log.js';
 import { pairDemo } from './demo.js';
@@ -130,31 +130,26 @@ export function buildProgram(): Command {
       console.log(`start function: ${g.instrumented.hasStart ? 'yes (metered)' : 'no'}; mutable globals: ${g.instrumented.globalExports.length}`);
     });
 
-  program
+  const run = program
     .command('run')
     .description('Run a guest as the primary (serving clients, streaming its log) or the backup (replaying it) of a fault-tolerant pair')
     .argument('<guest.wasm>', 'the guest module; both replicas must run the same one')
     .requiredOption('--role <role>', 'primary | backup')
-    .option('--service <host:port>', 'where clients connect (each TCP connection is a virtual connection of the guest); a backup serves there once it goes live')
-    .option('--peer <host:port>', "primary: the backup's channel address; omit to run alone with FT off")
-    .option('--channel <host:port>', 'backup: where to listen for the primary\'s logging channel')
-    .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status` (loopback)')
-    .option('--secret-file <path>', 'shared secret authenticating every channel frame (same file on both replicas, >= 16 bytes)')
-    .option('--vm-name <name>', 'VM name; both replicas must agree', 'vm')
-    .option('--node-id <id>', "this replica's identity at the arbiter (default: host-role-pid)")
-    .option('--arbiter <url>', 'who decides which replica is live after a failure: ftvm://host:port (an `ftvm arbiter` server) or etcd://host:port,host:port')
-    .option('--fail-timeout-ms <ms>', 'silence on the logging channel for this long means the peer failed', intArg('--fail-timeout-ms', 10, 600_000), TIMING_DEFAULTS.failTimeoutMs)
-    .option('--arbiter-deadline-ms <ms>', 'deadline of each arbiter call (and retry interval when it is unreachable)', intArg('--arbiter-deadline-ms', 10, 600_000), TIMING_DEFAULTS.arbiterDeadlineMs)
-    .option('--epoch <n>', 'epoch of this pair (frames from older epochs are refused)', intArg('--epoch', 0), 1)
-    .option('--heartbeat-interval-ms <ms>', 'heartbeat/ACK interval on the channel', intArg('--heartbeat-interval-ms', 1, 60_000), TIMING_DEFAULTS.heartbeatIntervalMs)
-    .option('--grant-interval-ms <ms>', 'primary: progress grants to the backup at most this often while the guest computes', intArg('--grant-interval-ms', 1, 60_000), TIMING_DEFAULTS.grantIntervalMs)
-    .option('--lag-max-ms <ms>', 'primary: slow the guest when the backup replays more than this far behind', intArg('--lag-max-ms', 1, 600_000), TIMING_DEFAULTS.lagMaxMs)
-    .option('--tick-ms <ms>', 'driver tick (timeouts and heartbeats are checked this often)', intArg('--tick-ms', 1, 1000), TIMING_DEFAULTS.tickMs)
-    .option('--state-hash-interval-ms <ms>', 'primary: log a state hash at an idle point this often for the backup to check (0 = only on request)', intArg('--state-hash-interval-ms', 0), TIMING_DEFAULTS.stateHashIntervalMs)
-    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000))
-    .action(async (guestPath: string, o) => {
-      await runNode(guestPath, o);
-    });
+    .option('--peer <host:port>', "primary: the backup's channel address; omit to start without a backup (FT off, or with --arbiter: recruit one from the standby pool)")
+    .option('--channel <host:port>', "backup: where to listen for the primary's logging channel");
+  nodeOptions(run).action(async (guestPath: string, o) => {
+    await runNode(guestPath, o);
+  });
+
+  const standbyCmd = program
+    .command('standby')
+    .description("Join a VM's standby pool at the arbiter: wait until a primary running alone recruits this host, receive a clone of the running VM, and become its backup")
+    .argument('<guest.wasm>', "the guest module (must be the primary's)")
+    .requiredOption('--channel <host:port>', 'where to listen for the recruiting primary (registered in the pool)')
+    .option('--lease-ttl-ms <ms>', 'lease of the pool entry: a standby that stops renewing drops out after this long', intArg('--lease-ttl-ms', 1000, 3_600_000), 3000);
+  nodeOptions(standbyCmd).action(async (guestPath: string, o) => {
+    await runStandby(guestPath, o);
+  });
 
   program
     .command('status')
@@ -265,3 +260,25 @@ export async function main(argv: string[]): Promise<number> {
 
 const code = await main(process.argv);
 process.exitCode = code;
+
+/** The options every replica process takes (`run` and `standby`). */
+function nodeOptions(cmd: Command): Command {
+  return cmd
+    .option('--service <host:port>', 'where clients connect (each TCP connection is a virtual connection of the guest); a backup or standby serves there once it goes live')
+    .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status` (loopback)')
+    .option('--secret-file <path>', 'shared secret authenticating every channel frame (same file on every replica, >= 16 bytes)')
+    .option('--vm-name <name>', 'VM name; every replica must agree', 'vm')
+    .option('--node-id <id>', "this replica's identity at the arbiter (default: host-role-pid)")
+    .option('--host-id <id>', 'this machine in the standby pool: a primary never recruits a standby with its own host id', hostname())
+    .option('--no-recruit', 'a primary running alone does not recruit standbys from the pool')
+    .option('--arbiter <url>', 'who decides which replica is live after a failure: ftvm://host:port (an `ftvm arbiter` server) or etcd://host:port,host:port')
+    .option('--fail-timeout-ms <ms>', 'silence on the logging channel for this long means the peer failed', intArg('--fail-timeout-ms', 10, 600_000), TIMING_DEFAULTS.failTimeoutMs)
+    .option('--arbiter-deadline-ms <ms>', 'deadline of each arbiter call (and retry interval when it is unreachable)', intArg('--arbiter-deadline-ms', 10, 600_000), TIMING_DEFAULTS.arbiterDeadlineMs)
+    .option('--epoch <n>', 'epoch of this pair (frames from older epochs are refused)', intArg('--epoch', 0), 1)
+    .option('--heartbeat-interval-ms <ms>', 'heartbeat/ACK interval on the channel', intArg('--heartbeat-interval-ms', 1, 60_000), TIMING_DEFAULTS.heartbeatIntervalMs)
+    .option('--grant-interval-ms <ms>', 'primary: progress grants to the backup at most this often while the guest computes', intArg('--grant-interval-ms', 1, 60_000), TIMING_DEFAULTS.grantIntervalMs)
+    .option('--lag-max-ms <ms>', 'primary: slow the guest when the backup replays more than this far behind', intArg('--lag-max-ms', 1, 600_000), TIMING_DEFAULTS.lagMaxMs)
+    .option('--tick-ms <ms>', 'driver tick (timeouts and heartbeats are checked this often)', intArg('--tick-ms', 1, 1000), TIMING_DEFAULTS.tickMs)
+    .option('--state-hash-interval-ms <ms>', 'primary: log a state hash at an idle point this often for the backup to check (0 = only on request)', intArg('--state-hash-interval-ms', 0), TIMING_DEFAULTS.stateHashIntervalMs)
+    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000));
+}

@@ -4,12 +4,14 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { DEFAULT_VM_CONFIG } from '../log/recording.js';
-import { BackupNode, DEFAULT_TIMINGS, PrimaryNode, type Addr, type Timings } from '../replication/node.js';
+import { BackupNode, DEFAULT_TIMINGS, PrimaryNode, type Addr, type NodeOptions, type Timings } from '../replication/node.js';
+import { StandbyNode } from '../replication/standby.js';
 import { controlRequest, splitHostPort } from '../service/control.js';
 import type { Arbiter } from '../arbiter/arbiter.js';
 import { openArbiter } from '../arbiter/index.js';
 import { FtvmError } from '../util/errors.js';
-import { logger } from '../util/log.js';
+import { logger, type Logger } from '../util/log.js';
+import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 
 export function parseAddr(flag: string, v: string): Addr {
@@ -40,6 +42,9 @@ export async function readSecret(path: string | undefined, needed: boolean): Pro
 export interface RunOptions {
   role: string;
   nodeId?: string;
+  hostId: string;
+  /** commander's --no-recruit. */
+  recruit: boolean;
   arbiter?: string;
   failTimeoutMs: number;
   arbiterDeadlineMs: number;
@@ -58,8 +63,62 @@ export interface RunOptions {
   slice?: number;
 }
 
+/** How often a primary running alone looks at the standby pool. */
+const RECRUIT_INTERVAL_MS = 250;
+
 export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   if (o.role !== 'primary' && o.role !== 'backup') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--role must be primary or backup, not "${o.role}"`);
+  const { common, service, log } = await nodeSetup(guestPath, o);
+  let node: PrimaryNode | BackupNode;
+  if (o.role === 'primary') {
+    if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary needs --service <host:port> for its clients');
+    const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
+    if (!peer && common.arbiter && common.recruit) log.info({ hostId: o.hostId }, 'no --peer: starting alone; a standby from the pool will be cloned into a backup');
+    const secret = await readSecret(o.secretFile, peer !== undefined || common.recruit !== undefined);
+    node = new PrimaryNode({ ...common, secret, service, ...(peer ? { peer } : {}) });
+  } else {
+    if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
+    const secret = await readSecret(o.secretFile, true);
+    node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
+  }
+  await runUntilSignal(node, log);
+}
+
+export interface StandbyCliOptions extends Omit<RunOptions, 'role'> {
+  leaseTtlMs: number;
+}
+
+/** `ftvm standby`: wait in the VM's pool until a primary clones itself here, then be its backup. */
+export async function runStandby(guestPath: string, o: StandbyCliOptions): Promise<void> {
+  if (!o.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter <url>: its pool is kept there');
+  if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --channel <host:port> to listen on for the recruiting primary');
+  const { common, service, log } = await nodeSetup(guestPath, { ...o, role: 'standby' });
+  const secret = await readSecret(o.secretFile, true);
+  const node = new StandbyNode({ ...common, secret, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}) });
+  await runUntilSignal(node, log);
+}
+
+/** Starts the node, stops it on SIGTERM/SIGINT; runs until then. */
+async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<void> }, log: Logger): Promise<never> {
+  let stopping = false;
+  const stop = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig }, 'stopping');
+    node.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  await node.start();
+  return new Promise<never>(() => undefined);
+}
+
+/** What every replica process sets up: guest, config, timings, logger, arbiter, epoch. */
+async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Omit<NodeOptions, 'secret'>; service: Addr | undefined; log: Logger }> {
+  if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
   const guest = await loadGuestFile(guestPath);
   const config = { ...DEFAULT_VM_CONFIG, name: o.vmName };
   const timings: Timings = {
@@ -85,7 +144,7 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
         throw new FtvmError('FTVM_ERR_STALE_EPOCH', `VM "${o.vmName}" is owned by ${rec.owner} at epoch ${rec.epoch} at the arbiter; this node (${nodeId}) will not start as its primary`);
       }
       epoch = rec.epoch;
-    } else {
+    } else if (o.role === 'backup') {
       // A backup learns the epoch from the record if its primary created it already.
       epoch = (await arbiter.read(o.vmName, opts))?.epoch ?? o.epoch;
     }
@@ -108,35 +167,11 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
     nodeId,
     onHalt,
     ...(arbiter ? { arbiter } : {}),
+    ...(arbiter && o.recruit ? { recruit: { hostId: o.hostId, intervalMs: RECRUIT_INTERVAL_MS } } : {}),
     ...(control ? { control } : {}),
     ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}),
   };
-  let node: PrimaryNode | BackupNode;
-  if (o.role === 'primary') {
-    if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary needs --service <host:port> for its clients');
-    const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
-    const secret = await readSecret(o.secretFile, peer !== undefined);
-    node = new PrimaryNode({ ...common, secret, service, ...(peer ? { peer } : {}) });
-  } else {
-    if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
-    const secret = await readSecret(o.secretFile, true);
-    node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
-  }
-  let stopping = false;
-  const stop = (sig: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal: sig }, 'stopping');
-    node.stop().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  await node.start();
-  // Runs until a signal.
-  await new Promise<never>(() => undefined);
+  return { common, service, log };
 }
 
 async function openArbiterFor(url: string, secretFile: string | undefined): Promise<Arbiter> {

@@ -38,6 +38,14 @@ export interface SnapshotHeader {
 
 /** Splits a snapshot into a header chunk and memory chunks (views into the snapshot's memory). */
 export function encodeSnapshot(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): { header: Uint8Array; chunks: Uint8Array[] } {
+  const e = snapshotEncoder(s, chunkBytes);
+  const chunks: Uint8Array[] = [];
+  for (let i = 0; i < e.chunkCount; i++) chunks.push(e.chunk(i));
+  return { header: e.header, chunks };
+}
+
+/** The header now and each memory chunk on demand (so a large snapshot streams without a second copy). */
+export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): { header: Uint8Array; chunkCount: number; chunk(i: number): Uint8Array } {
   if (chunkBytes < 4096 || chunkBytes > 64 * 1024 * 1024) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `chunk size ${chunkBytes} outside [4 KiB, 64 MiB]`);
   const w = new ByteWriter(1024);
   w.varint(s.count);
@@ -66,16 +74,21 @@ export function encodeSnapshot(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): {
   header.writeUInt16LE(SNAPSHOT_VERSION, 8);
   header.writeUInt32LE(crc32(body) >>> 0, 10);
   header.set(body, 14);
-  const chunks: Uint8Array[] = [];
-  for (let i = 0, off = 0; off < s.memory.length; i++, off += chunkBytes) {
-    const piece = s.memory.subarray(off, Math.min(off + chunkBytes, s.memory.length));
-    const c = Buffer.alloc(8 + piece.length);
-    c.writeUInt32LE(i, 0);
-    c.writeUInt32LE(crc32(piece) >>> 0, 4);
-    c.set(piece, 8);
-    chunks.push(c);
-  }
-  return { header, chunks };
+  const chunkCount = Math.ceil(s.memory.length / chunkBytes);
+  return {
+    header,
+    chunkCount,
+    chunk(i: number): Uint8Array {
+      if (!Number.isInteger(i) || i < 0 || i >= chunkCount) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `chunk ${i} of ${chunkCount}`);
+      const off = i * chunkBytes;
+      const piece = s.memory.subarray(off, Math.min(off + chunkBytes, s.memory.length));
+      const c = Buffer.alloc(8 + piece.length);
+      c.writeUInt32LE(i, 0);
+      c.writeUInt32LE(crc32(piece) >>> 0, 4);
+      c.set(piece, 8);
+      return c;
+    },
+  };
 }
 
 export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {

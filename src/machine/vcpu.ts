@@ -75,6 +75,9 @@ export class Vcpu extends EventEmitter {
   /** Reused between snapshots: touched once, so copying into it costs no page faults. */
   private snapshotBuffer: SharedArrayBuffer | undefined;
   private snapshotWaiter: ((ev: SnapshotEvent) => void) | undefined;
+  private static taken(ev: SnapshotEvent): TakenSnapshot {
+    return { snapshot: { ...ev.state, memory: new Uint8Array(ev.buffer, 0, ev.memoryBytes) }, pauseMs: ev.pauseMs };
+  }
 
   constructor(opts: VcpuOptions) {
     super();
@@ -233,9 +236,10 @@ export class Vcpu extends EventEmitter {
    * Record: a snapshot at the guest's next idle point, while it keeps running afterwards. The buffer is
    * prepared first, page by page across event-loop turns (a fresh 64 MiB buffer costs ~250 ms of page
    * faults), so the guest stands still only for a memcpy. Entries logged before the snapshot arrive as
-   * 'batch' events before this resolves.
+   * 'batch' events before it; `onTaken` runs synchronously where the snapshot arrives, before any batch
+   * logged after it (a driver marks the snapshot's place in the log there).
    */
-  async takeSnapshot(headroomBytes = 16 * 1024 * 1024): Promise<TakenSnapshot> {
+  async takeSnapshot(onTaken?: (t: TakenSnapshot) => void, headroomBytes = 16 * 1024 * 1024): Promise<TakenSnapshot> {
     if (this.snapshotWaiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a snapshot is already being taken');
     const need = this.memoryBytes + headroomBytes;
     if (this.snapshotBuffer === undefined || this.snapshotBuffer.byteLength < this.memoryBytes) {
@@ -248,8 +252,12 @@ export class Vcpu extends EventEmitter {
       }
       this.snapshotBuffer = sab;
     }
-    const ev = await new Promise<SnapshotEvent>((resolve, reject) => {
-      this.snapshotWaiter = resolve;
+    return new Promise<TakenSnapshot>((resolve, reject) => {
+      this.snapshotWaiter = (ev) => {
+        const t = Vcpu.taken(ev);
+        onTaken?.(t);
+        resolve(t);
+      };
       this.snapshotPort.postMessage({ buffer: this.snapshotBuffer });
       this.send(Uint8Array.of(Tag.SNAPSHOT));
       this.queue.wake();
@@ -258,8 +266,6 @@ export class Vcpu extends EventEmitter {
         (err: unknown) => reject(err as Error),
       );
     });
-    const memory = new Uint8Array(ev.buffer, 0, ev.memoryBytes);
-    return { snapshot: { ...ev.state, memory }, pauseMs: ev.pauseMs };
   }
 
   requestStateHash(): void {

@@ -5,6 +5,7 @@
  * halts on divergence.
  */
 import { ControlKind, FrameType, type Frame } from '../channel/frames.js';
+import { joinTimeoutOf } from './primary.js';
 
 export interface BackupConfig {
   epoch: number;
@@ -20,6 +21,8 @@ export interface BackupConfig {
    * Default true (a pair started together is armed from the start).
    */
   armed?: boolean;
+  /** An unarmed joiner gives up after this long without word. Default max(2000, 10 × failTimeoutMs). */
+  joinTimeoutMs?: number;
 }
 
 export type BackupInput =
@@ -138,7 +141,7 @@ export class BackupCore {
           this.lastHeardMs = input.nowMs;
         }
         this.nowMs = input.nowMs;
-        if (this.phase === 'joining' && this.started && this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
+        if (this.phase === 'joining' && this.started && this.nowMs - this.lastHeardMs > joinTimeoutOf(this.cfg)) {
           this.phase = 'abandoned';
           out.push({ t: 'abandon', reason: `the primary went silent for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms before the pair was armed` });
           return out;

@@ -34,7 +34,14 @@ export interface PrimaryConfig {
   claimRetryMs: number;
   /** Sequence number of the first entry this primary will log (a backup gone live continues the log). */
   firstSeq?: number;
+  /**
+   * A joiner silent this long is abandoned. Longer than failTimeoutMs: a joiner protects nothing, and
+   * it may be busy restoring a large snapshot. Default max(2000, 10 × failTimeoutMs).
+   */
+  joinTimeoutMs?: number;
 }
+
+export const joinTimeoutOf = (c: { failTimeoutMs: number; joinTimeoutMs?: number }): number => c.joinTimeoutMs ?? Math.max(2000, 10 * c.failTimeoutMs);
 
 /** Re-replication in progress: a new backup is being cloned from a snapshot taken at `snapshotSeq`. */
 interface Join {
@@ -386,8 +393,8 @@ export class PrimaryCore {
       return;
     }
     if (!j.streaming || j.arming) return;
-    if (this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
-      this.abandonJoin(`the joiner was silent for ${this.cfg.failTimeoutMs} ms`, out);
+    if (this.nowMs - this.lastHeardMs > joinTimeoutOf(this.cfg)) {
+      this.abandonJoin(`the joiner was silent for ${joinTimeoutOf(this.cfg)} ms`, out);
       return;
     }
     if (this.nowMs < j.armRetryAtMs) return;

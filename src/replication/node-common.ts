@@ -1,0 +1,98 @@
+/**
+ * What the process drivers (PrimaryNode, BackupNode, StandbyNode) share: timings, options, the
+ * PrimaryCore settings, and one arbiter claim mapped to a core input.
+ */
+import type { Arbiter } from '../arbiter/arbiter.js';
+import type { VmConfig } from '../log/recording.js';
+import type { LoadedGuest } from '../machine/guest.js';
+import type { Logger } from '../util/log.js';
+import type { PrimaryConfig } from './primary.js';
+
+export interface Timings {
+  /** Silence on the channel for this long → the replica asks the arbiter (failure detection). */
+  failTimeoutMs: number;
+  /** Deadline of each arbiter call; retry interval after an unreachable arbiter. */
+  arbiterDeadlineMs: number;
+  heartbeatIntervalMs: number;
+  grantIntervalMs: number;
+  lagMaxMs: number;
+  tickMs: number;
+  stateHashIntervalMs: number;
+}
+
+export const DEFAULT_TIMINGS: Timings = {
+  failTimeoutMs: 150,
+  arbiterDeadlineMs: 1000,
+  heartbeatIntervalMs: 20,
+  grantIntervalMs: 2,
+  lagMaxMs: 20,
+  tickMs: 5,
+  stateHashIntervalMs: 0,
+};
+
+export interface Addr {
+  host: string;
+  port: number;
+}
+
+/** Re-replication: a primary running alone recruits standbys of its VM from the arbiter's pool. */
+export interface RecruitOptions {
+  /** This node's host; standbys registered with the same host id are never recruited. */
+  hostId: string;
+  /** Look at the pool this often while running alone. */
+  intervalMs: number;
+}
+
+export interface NodeOptions {
+  guest: LoadedGuest;
+  config: VmConfig;
+  epoch: number;
+  secret: Uint8Array;
+  timings: Timings;
+  log: Logger;
+  control?: Addr;
+  sliceUnits?: number;
+  /** The arbiter deciding who is live after a failure; without one, a pair never fails over. */
+  arbiter?: Arbiter;
+  /** This node's identity at the arbiter. */
+  nodeId: string;
+  /** Recruit standbys when running alone (needs `arbiter`). */
+  recruit?: RecruitOptions;
+  /** Called once when the node halts (lost a claim, fenced, diverged beyond repair). */
+  onHalt?: (reason: string) => void;
+}
+
+/** The PrimaryCore settings that follow from the node's timings. */
+export function primaryCoreConfig(t: Timings, epoch: number, alone: boolean): PrimaryConfig {
+  return {
+    epoch,
+    alone,
+    heartbeatIntervalMs: t.heartbeatIntervalMs,
+    grantIntervalMs: t.grantIntervalMs,
+    lagMaxMs: t.lagMaxMs,
+    failTimeoutMs: t.failTimeoutMs,
+    claimRetryMs: t.arbiterDeadlineMs,
+    unackedMaxBytes: 32 * 1024 * 1024,
+    heldMaxOutputs: 100_000,
+  };
+}
+
+/** One arbiter claim, mapped to a core input (an unreachable arbiter is an input too). */
+export async function claimAt(
+  o: NodeOptions,
+  epoch: number,
+  log: Logger,
+): Promise<{ t: 'claim-result'; won: boolean; epoch: number; owner: string } | { t: 'claim-failed'; reason: string }> {
+  if (!o.arbiter) {
+    log.error('silence on the channel, but no arbiter is configured: waiting, releasing nothing');
+    return { t: 'claim-failed', reason: 'no arbiter configured' };
+  }
+  try {
+    const r = await o.arbiter.claim(o.config.name, epoch, o.nodeId, { deadlineMs: o.timings.arbiterDeadlineMs });
+    log.warn({ epoch, won: r.won, record: r.record }, r.won ? 'won the arbiter claim' : 'lost the arbiter claim');
+    return { t: 'claim-result', won: r.won, epoch: r.record.epoch, owner: r.record.owner };
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'the arbiter is unreachable: waiting, releasing nothing');
+    return { t: 'claim-failed', reason: (err as Error).message };
+  }
+}

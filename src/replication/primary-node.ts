@@ -1,0 +1,534 @@
+/**
+ * PrimaryNode: the process driver of a primary. It records the guest on a vCPU, serves clients, streams
+ * the log to the backup and releases outputs under the output rule (all decided by the pure
+ * PrimaryCore; this class only does the I/O).
+ *
+ * Re-replication: a primary that runs alone (it won a failover, or started without a backup) and has an
+ * arbiter recruits a standby from the VM's pool (never one on its own host), snapshots the running guest
+ * at an idle point, streams the snapshot to it while the guest keeps running, then the log from the
+ * snapshot's entry; once the new backup caught up the core asks to arm the pair (arbiter.advance to a
+ * new epoch) and the output rule applies again. See docs/ARCHITECTURE.md, "Re-replication".
+ */
+import { once } from 'node:events';
+import { ChannelDialer } from '../channel/endpoints.js';
+import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
+import { ControlKind, FrameType, SnapshotPart, type Frame, type HelloFrame, type RefuseFrame } from '../channel/frames.js';
+import type { StandbyRecord } from '../arbiter/arbiter.js';
+import { moduleHash } from '../log/recording.js';
+import { snapshotEncoder } from '../machine/snapshot-codec.js';
+import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
+import { ClientService } from '../service/clients.js';
+import { ControlServer, splitHostPort } from '../service/control.js';
+import { FtvmError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { PrimaryCore, type PrimaryAction } from './primary.js';
+import { claimAt, primaryCoreConfig, type Addr, type NodeOptions } from './node-common.js';
+
+export interface PrimaryOptions extends NodeOptions {
+  service: Addr;
+  /** The backup's channel address; absent: no backup at start (FT off, or recruit one from the pool). */
+  peer?: Addr;
+  unackedMaxBytes?: number;
+  heldMaxOutputs?: number;
+  /** A backup gone live hands over its vCPU (already recording) instead of starting a new guest. */
+  adopt?: { vcpu: Vcpu; firstSeq: number; firstConn: number };
+}
+
+/** Bytes per second over a sliding second, for status. */
+class Rate {
+  private samples: Array<[number, number]> = [];
+  add(nowMs: number, total: number): void {
+    this.samples.push([nowMs, total]);
+    while (this.samples.length > 2 && nowMs - this.samples[0]![0] > 1000) this.samples.shift();
+  }
+  perSecond(): number {
+    const a = this.samples[0];
+    const b = this.samples[this.samples.length - 1];
+    if (!a || !b || b[0] === a[0]) return 0;
+    return ((b[1] - a[1]) * 1000) / (b[0] - a[0]);
+  }
+}
+
+/** Bytes the socket may hold unsent before the snapshot stream waits for 'drain'. */
+const SNAPSHOT_SEND_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/** One re-replication in progress (status and measurements). */
+interface JoinProgress {
+  standby: string;
+  channel: string;
+  phase: 'connecting' | 'snapshot' | 'transferring' | 'catching-up' | 'arming';
+  startedMs: number;
+  pauseMs: number;
+  sentBytes: number;
+  totalBytes: number;
+  snapshotSeq: number;
+}
+
+export class PrimaryNode {
+  readonly core: PrimaryCore;
+  private vcpu: Vcpu | undefined;
+  readonly service: ClientService;
+  private dialer: ChannelDialer | undefined;
+  private conn: ChannelConnection | undefined;
+  private control: ControlServer | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private readonly rate = new Rate();
+  private lastVerified: { n: number; hash: string; ok: boolean } | null = null;
+  private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
+  private readonly log: Logger;
+  private diverged: string | null = null;
+  private readonly identity: LocalIdentity;
+  private join: JoinProgress | null = null;
+  /** The last finished re-replication, for status and the benchmark. */
+  private lastJoin: (JoinProgress & { totalMs: number }) | null = null;
+  private recruitTimer: NodeJS.Timeout | undefined;
+  private recruiting = false;
+  private recruitNote = '';
+  private joinConnectTimer: NodeJS.Timeout | undefined;
+  /** Standbys that refused us (other module, version…): not asked again for a while. */
+  private readonly refusedUntil = new Map<string, number>();
+  private stopped = false;
+
+  constructor(private readonly opts: PrimaryOptions) {
+    this.log = opts.log;
+    const firstSeq = opts.adopt?.firstSeq;
+    this.core = new PrimaryCore({
+      ...primaryCoreConfig(opts.timings, opts.epoch, opts.peer === undefined),
+      unackedMaxBytes: opts.unackedMaxBytes ?? 32 * 1024 * 1024,
+      heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
+      ...(firstSeq !== undefined ? { firstSeq } : {}),
+    });
+    const core = this.core;
+    this.identity = {
+      role: 'primary',
+      vmName: opts.config.name,
+      moduleHash: moduleHash(opts.guest.original),
+      get epoch() {
+        return core.status().epoch;
+      },
+      nextSeq: () => core.status().ackedSeq,
+    };
+    this.service = new ClientService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
+    // A backup gone live: take over its vCPU now, so no batch after the go-live point is missed.
+    if (opts.adopt) this.attachVcpu(opts.adopt.vcpu);
+  }
+
+  private get recruits(): boolean {
+    return this.opts.arbiter !== undefined && this.opts.recruit !== undefined;
+  }
+
+  async start(): Promise<void> {
+    const o = this.opts;
+    if (o.control) {
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      await this.control.start();
+    }
+    if (o.peer) {
+      this.dialer = this.newDialer(o.peer);
+      const first = new Promise<void>((resolve) => this.dialer!.once('connection', () => resolve()));
+      this.dialer.start();
+      this.log.info({ peer: `${o.peer.host}:${o.peer.port}` }, 'waiting for the backup before starting the guest');
+      await first;
+    }
+    // Heartbeats start now: the backup must not take the guest's start-up time for a failure.
+    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
+    if (!o.adopt) this.startVcpu();
+    else this.service.firstConnectionId = o.adopt.firstConn;
+    const vcpu = this.vcpu!;
+    await this.service.start({
+      input: (k, c, d) => vcpu.input(k, c, d),
+      get backlogBytes() {
+        return vcpu.backlog_bytes;
+      },
+    });
+    this.log.info({ service: this.service.address, alone: this.core.status().alone, epoch: this.core.status().epoch }, 'primary is serving');
+    if (this.core.status().alone) this.scheduleRecruit(0);
+  }
+
+  private newDialer(peer: Addr): ChannelDialer {
+    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
+    d.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
+    return d;
+  }
+
+  private startVcpu(): void {
+    const o = this.opts;
+    this.attachVcpu(
+      new Vcpu({
+        mode: 'record',
+        guest: o.guest,
+        config: o.config,
+        env: { kind: 'live' },
+        stateHashIntervalMs: o.timings.stateHashIntervalMs,
+        ...(o.sliceUnits !== undefined ? { sliceUnits: o.sliceUnits } : {}),
+      }),
+    );
+  }
+
+  private attachVcpu(vcpu: Vcpu): void {
+    this.vcpu = vcpu;
+    vcpu.on('batch', (b: BatchEvent) => {
+      this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
+      this.exec(this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs }));
+    });
+    vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => {
+      const hex = Buffer.from(h.hash).toString('hex');
+      for (const w of this.hashWaiters.splice(0)) w({ n: h.n, hash: hex });
+    });
+    vcpu.on('vcpu-error', (err: Error) => this.log.error({ err: err.message }, 'the guest machine failed'));
+    vcpu.done.then(
+      (d) => this.log.info({ state: d.state, count: d.count, halt: d.halt }, 'the guest stopped'),
+      () => undefined,
+    );
+  }
+
+  private onConnection(c: ChannelConnection, hello: HelloFrame): void {
+    if (hello.role === 'standby') {
+      if (this.join === null || this.join.phase !== 'connecting' || !this.core.status().alone) {
+        c.close('no join expected from this standby now');
+        return;
+      }
+      void this.startJoin(c);
+      return;
+    }
+    this.onPeer(c, hello);
+  }
+
+  private wire(c: ChannelConnection): void {
+    this.conn?.close('replaced');
+    this.conn = c;
+    c.on('frame', (f: Frame) => this.exec(this.core.step({ t: 'frame', frame: f })));
+    c.once('refused', (f: RefuseFrame) => {
+      if (this.join) this.refusedUntil.set(this.join.standby, performance.now() + 30_000);
+      this.log.error({ code: f.code, reason: f.reason }, 'the backup refused this primary');
+    });
+    c.once('close', (reason: string) => {
+      if (this.conn === c) {
+        this.conn = undefined;
+        this.log.warn({ reason }, 'backup disconnected');
+        this.exec(this.core.step({ t: 'peer-closed' }));
+      }
+    });
+  }
+
+  private onPeer(c: ChannelConnection, hello: HelloFrame): void {
+    this.wire(c);
+    this.log.info({ backup: c.remote, nextSeq: hello.nextSeq }, 'backup connected');
+    this.exec(this.core.step({ t: 'peer-open', backupNextSeq: hello.nextSeq }));
+  }
+
+  // ---------------------------------------------------------------- re-replication
+
+  private scheduleRecruit(delayMs: number): void {
+    if (!this.recruits || this.stopped || this.recruitTimer) return;
+    this.recruitTimer = setTimeout(() => {
+      this.recruitTimer = undefined;
+      void this.recruit();
+    }, delayMs);
+  }
+
+  /** Picks a free standby from the pool (never one on this host) and dials it. */
+  private async recruit(): Promise<void> {
+    const o = this.opts;
+    const s = this.core.status();
+    if (this.recruiting || this.stopped || s.halted !== null || !s.alone || this.join !== null || !o.arbiter || !o.recruit) return;
+    this.recruiting = true;
+    const deadline = { deadlineMs: o.timings.arbiterDeadlineMs };
+    try {
+      const pool = await o.arbiter.listStandbys(o.config.name, deadline);
+      const now = performance.now();
+      const free = pool.filter((p) => p.state === 'free');
+      const sameHost = free.filter((p) => p.hostId === o.recruit!.hostId).length;
+      const candidates = free.filter((p) => p.hostId !== o.recruit!.hostId && (this.refusedUntil.get(p.hostId) ?? 0) < now);
+      for (const c of candidates) {
+        const got = await o.arbiter.recruitStandby(o.config.name, c.hostId, { owner: o.nodeId, epoch: this.core.status().epoch }, deadline);
+        if (got) {
+          this.recruitNote = '';
+          this.connectStandby(got);
+          return;
+        }
+      }
+      this.recruitNote =
+        pool.length === 0
+          ? 'no standby in the pool'
+          : `no free standby in the pool (${pool.length} registered, ${free.length} free${sameHost > 0 ? `, ${sameHost} on this host (${o.recruit.hostId}) and never used` : ''})`;
+      this.log.debug({ note: this.recruitNote }, 'running alone: no standby to recruit yet');
+    } catch (err) {
+      this.recruitNote = `cannot reach the arbiter for standbys: ${(err as Error).message}`;
+      this.log.warn({ err: (err as Error).message }, 'running alone: the standby pool is unreachable');
+    } finally {
+      this.recruiting = false;
+      if (this.join === null) this.scheduleRecruit(o.recruit!.intervalMs);
+    }
+  }
+
+  private connectStandby(s: StandbyRecord): void {
+    const [host, port] = splitHostPort(s.channel);
+    this.join = { standby: s.hostId, channel: s.channel, phase: 'connecting', startedMs: performance.now(), pauseMs: 0, sentBytes: 0, totalBytes: 0, snapshotSeq: -1 };
+    this.log.warn({ standby: s.hostId, channel: s.channel }, 'running alone: recruited a standby; cloning this VM to it');
+    this.dialer?.close();
+    this.dialer = this.newDialer({ host, port: Number(port) });
+    this.dialer.start();
+    this.joinConnectTimer = setTimeout(() => {
+      if (this.join?.phase === 'connecting') this.endJoin(`the standby ${s.hostId} did not answer at ${s.channel}`);
+    }, Math.max(3000, this.opts.timings.arbiterDeadlineMs));
+  }
+
+  /** The standby answered: snapshot at the next idle point, stream it, then the log from there. */
+  private async startJoin(c: ChannelConnection): Promise<void> {
+    const j = this.join!;
+    clearTimeout(this.joinConnectTimer);
+    this.dialer?.detach(); // this connection carries the join
+    this.dialer = undefined;
+    this.wire(c);
+    j.phase = 'snapshot';
+    let taken;
+    try {
+      taken = await this.vcpu!.takeSnapshot((t) => this.exec(this.core.step({ t: 'join-begin', snapshotSeq: t.snapshot.seq })));
+    } catch (err) {
+      this.endJoin(`cannot snapshot the guest: ${(err as Error).message}`);
+      return;
+    }
+    j.pauseMs = taken.pauseMs;
+    j.snapshotSeq = taken.snapshot.seq;
+    if (!c.isOpen || this.join !== j) {
+      this.exec(this.core.step({ t: 'join-abort', reason: 'the standby disconnected before the snapshot was sent' }));
+      return;
+    }
+    const enc = snapshotEncoder(taken.snapshot);
+    j.phase = 'transferring';
+    j.totalBytes = taken.snapshot.memory.length;
+    this.log.info({ standby: j.standby, memoryBytes: j.totalBytes, chunks: enc.chunkCount, pauseMs: +taken.pauseMs.toFixed(2), seq: j.snapshotSeq }, 'snapshot taken; streaming it while the guest runs on');
+    const epoch = this.core.status().epoch;
+    c.send({ type: FrameType.SNAPSHOT, epoch, part: SnapshotPart.BEGIN, config: JSON.stringify(this.opts.config), data: enc.header });
+    let nextReport = 0.25;
+    for (let i = 0; i < enc.chunkCount; i++) {
+      while (c.isOpen && c.bufferedBytes > SNAPSHOT_SEND_WINDOW_BYTES) {
+        await Promise.race([once(c, 'drain'), once(c, 'close')]);
+      }
+      if (!c.isOpen || this.join !== j) {
+        if (this.join === j) this.exec(this.core.step({ t: 'join-abort', reason: `the transfer was cut at ${j.sentBytes} of ${j.totalBytes} bytes` }));
+        return;
+      }
+      const chunk = enc.chunk(i);
+      c.send({ type: FrameType.SNAPSHOT, epoch, part: SnapshotPart.CHUNK, config: '', data: chunk });
+      j.sentBytes += chunk.length - 8;
+      if (j.sentBytes / j.totalBytes >= nextReport) {
+        this.log.info({ standby: j.standby, sentBytes: j.sentBytes, totalBytes: j.totalBytes, percent: Math.round((100 * j.sentBytes) / j.totalBytes) }, 'snapshot transfer');
+        nextReport += 0.25;
+      }
+      if (i % 8 === 7) await new Promise((r) => setImmediate(r)); // let client I/O and heartbeats through
+    }
+    j.phase = 'catching-up';
+    this.exec(this.core.step({ t: 'peer-open', backupNextSeq: j.snapshotSeq }));
+  }
+
+  /** Ends a join attempt: close its connection and try again later (another standby, or the same). */
+  private endJoin(reason: string): void {
+    if (this.join === null) return;
+    clearTimeout(this.joinConnectTimer);
+    this.log.warn({ standby: this.join.standby, reason }, 'the join failed; serving alone, will recruit again');
+    this.join = null;
+    this.dialer?.close();
+    this.dialer = undefined;
+    this.conn?.close(reason);
+    this.scheduleRecruit(500);
+  }
+
+  // ---------------------------------------------------------------- actions
+
+  private tick(): void {
+    if (this.switchingOver) return;
+    const now = performance.now();
+    this.rate.add(now, this.core.status().logBytesSent);
+    this.exec(this.core.step({ t: 'tick', nowMs: now }));
+  }
+
+  private exec(actions: PrimaryAction[]): void {
+    for (const a of actions) {
+      switch (a.t) {
+        case 'send':
+          if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
+          break;
+        case 'release':
+          this.service.deliver(a.outputs);
+          break;
+        case 'throttle':
+          this.vcpu?.setThrottle(a.on);
+          this.log.debug({ on: a.on, reason: a.reason }, 'execution-lag control');
+          break;
+        case 'drop-peer':
+          this.log.warn({ reason: a.reason }, 'dropping the backup');
+          this.conn?.close(a.reason);
+          break;
+        case 'backup-diverged':
+          this.diverged = a.reason;
+          this.log.error({ reason: a.reason }, 'the backup diverged; this primary goes on (redundancy is lost)');
+          break;
+        case 'hash-verified':
+          this.lastVerified = { n: a.n, hash: Buffer.from(a.hash).toString('hex'), ok: a.ok };
+          break;
+        case 'claim':
+          void claimAt(this.opts, a.epoch, this.log).then((r) => this.exec(this.core.step(r)));
+          break;
+        case 'went-alone':
+          this.log.warn({ epoch: a.epoch, reason: a.reason }, 'the backup is gone: continuing alone');
+          this.dialer?.close();
+          this.dialer = undefined;
+          this.conn?.close('running alone');
+          this.scheduleRecruit(0);
+          break;
+        case 'halt':
+          this.haltNode(a.reason);
+          break;
+        case 'arm':
+          if (this.join) this.join.phase = 'arming';
+          void this.arm(a.epoch);
+          break;
+        case 'armed': {
+          const j = this.join;
+          if (j) {
+            const totalMs = performance.now() - j.startedMs;
+            this.lastJoin = { ...j, totalMs };
+            this.log.warn({ standby: j.standby, epoch: a.epoch, pauseMs: +j.pauseMs.toFixed(2), totalMs: Math.round(totalMs), memoryBytes: j.totalBytes }, 'redundancy restored: the new backup is armed');
+          }
+          this.join = null;
+          break;
+        }
+        case 'join-abandoned':
+          this.endJoin(a.reason);
+          break;
+      }
+    }
+  }
+
+  /** Arms the pair: the VM's record moves to the next epoch, still ours (arbiter.advance). */
+  private async arm(epoch: number): Promise<void> {
+    const o = this.opts;
+    const deadline = { deadlineMs: o.timings.arbiterDeadlineMs };
+    if (!o.arbiter) {
+      this.exec(this.core.step({ t: 'arm-result', ok: false, epoch, fenced: false, reason: 'no arbiter' }));
+      return;
+    }
+    try {
+      if (await o.arbiter.advance(o.config.name, epoch, o.nodeId, deadline)) {
+        this.exec(this.core.step({ t: 'arm-result', ok: true, epoch: epoch + 1, fenced: false, reason: '' }));
+        return;
+      }
+      const rec = await o.arbiter.read(o.config.name, deadline);
+      this.exec(this.core.step({ t: 'arm-result', ok: false, epoch, fenced: true, reason: `the arbiter's record is ${JSON.stringify(rec)}, not {epoch ${epoch}, owner ${o.nodeId}}` }));
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'arming the new backup: the arbiter is unreachable; retrying');
+      this.exec(this.core.step({ t: 'arm-result', ok: false, epoch, fenced: false, reason: (err as Error).message }));
+    }
+  }
+
+  /**
+   * Planned switchover: stop the guest at an idle point, wait until the backup acknowledged every entry
+   * (so every held output has been released), then hand over: the backup consumes the log and goes
+   * live without waiting for a failure timeout.
+   */
+  async switchover(): Promise<Record<string, unknown>> {
+    const conn = this.conn;
+    if (!conn?.isOpen || !this.vcpu || this.core.status().alone) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'no armed backup to switch over to');
+    this.switchingOver = true;
+    this.vcpu.stop();
+    const done = await this.vcpu.done;
+    const until = Date.now() + 10_000;
+    while (this.core.status().ackedSeq < this.core.status().nextSeq) {
+      if (Date.now() > until) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the backup did not acknowledge the whole log within 10 s; switchover abandoned (this primary is stopped)');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.SWITCHOVER, reason: 'ftvm switchover' });
+    this.log.warn({ instructionNumber: done.count, entries: this.core.status().nextSeq }, 'switchover: the backup takes over from here');
+    setTimeout(() => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm switchover')), 100);
+    return { switchedOver: true, instructionNumber: done.count, entries: this.core.status().nextSeq };
+  }
+
+  private switchingOver = false;
+  private halting = false;
+  private haltNode(reason: string): void {
+    if (this.halting) return;
+    this.halting = true;
+    this.log.error({ reason }, 'primary halted: releasing nothing more');
+    this.vcpu?.setThrottle(true);
+    void this.stop().finally(() => this.opts.onHalt?.(reason));
+  }
+
+  status(): Record<string, unknown> {
+    const s = this.core.status();
+    const j = this.join;
+    let backup: string;
+    if (s.peer && !s.alone) backup = 'connected';
+    else if (j) backup = `joining: ${j.standby} (${j.phase}${j.phase === 'transferring' ? ` ${Math.round((100 * j.sentBytes) / Math.max(1, j.totalBytes))}%` : ''})`;
+    else if (!s.alone) backup = 'disconnected';
+    else if (this.recruits) backup = `none: serving alone (${this.recruitNote || 'looking for a standby'})`;
+    else backup = this.opts.adopt ? 'none (redundancy lost: this node went live; no standby pool configured)' : this.opts.peer ? 'none (the backup is gone: serving alone)' : 'none (FT off)';
+    return {
+      role: s.halted ? 'halted' : 'primary',
+      alone: s.alone,
+      claiming: s.claiming,
+      halted: s.halted,
+      vm: this.opts.config.name,
+      epoch: s.epoch,
+      instructionNumber: Math.max(this.vcpu?.count ?? 0, s.instructionNumber),
+      backup,
+      standby: this.join ? { host: this.join.standby, channel: this.join.channel, phase: this.join.phase, sentBytes: this.join.sentBytes, totalBytes: this.join.totalBytes } : null,
+      lastRereplication: this.lastJoin ? { standby: this.lastJoin.standby, pauseMs: this.lastJoin.pauseMs, totalMs: this.lastJoin.totalMs, memoryBytes: this.lastJoin.totalBytes } : null,
+      backupInstructionNumber: s.backupInstructionNumber,
+      lagMs: s.lagMs,
+      logBytesPerSec: Math.round(this.rate.perSecond()),
+      logBytesSent: s.logBytesSent,
+      entries: s.nextSeq,
+      ackedEntries: s.ackedSeq,
+      outputsHeld: s.outputsHeld,
+      throttled: s.throttled,
+      clients: this.service.openConnections,
+      lastVerifiedByBackup: this.lastVerified,
+      backupDiverged: this.diverged,
+    };
+  }
+
+  /** Logs a state hash at the guest's next idle point; resolves with it. */
+  stateHash(timeoutMs = 10_000): Promise<{ n: number; hash: string }> {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'no idle point within the timeout')), timeoutMs);
+      this.hashWaiters.push((h) => {
+        clearTimeout(t);
+        resolve(h);
+      });
+      this.vcpu!.requestStateHash();
+    });
+  }
+
+  /** The control endpoint's requests (also reached through a backup or standby that went live). */
+  async handleControl(method: string, path: string): Promise<unknown> {
+    if (method === 'GET' && path === '/status') return this.status();
+    if (method === 'POST' && path === '/state-hash') return this.stateHash();
+    if (method === 'GET' && path === '/state-hash') return this.lastVerified;
+    if (method === 'POST' && path === '/switchover') return this.switchover();
+    if (method === 'POST' && path === '/stop') {
+      // An intentional stop: tell the backup not to go live, then stop.
+      if (this.conn?.isOpen) this.conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.STOP, reason: 'ftvm stop' });
+      setTimeout(() => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm stop')), 50);
+      return { stopping: true };
+    }
+    return undefined;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.ticker) clearInterval(this.ticker);
+    if (this.recruitTimer) clearTimeout(this.recruitTimer);
+    clearTimeout(this.joinConnectTimer);
+    this.dialer?.close();
+    this.conn?.close('shutting down');
+    await this.service.close();
+    await this.control?.close();
+    if (this.vcpu) {
+      this.vcpu.stop();
+      await Promise.race([this.vcpu.done.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+      await this.vcpu.terminate();
+    }
+  }
+}

@@ -1,0 +1,270 @@
+/**
+ * StandbyNode (`ftvm standby`): a host waiting in a VM's standby pool at the arbiter, ready to become
+ * its backup. It registers with a lease and renews it; a primary running alone recruits it (a
+ * test-and-set at the arbiter), dials its channel, and streams a snapshot of the running VM followed by
+ * the log. Once the snapshot is complete the standby restores it into a replaying vCPU and runs a
+ * BackupNode on the same connection; when the primary arms the pair it leaves the pool. A transfer that
+ * is cut, refused or abandoned before arming discards the partial state and returns it to the pool.
+ */
+import { ChannelListener } from '../channel/endpoints.js';
+import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
+import { FrameType, SnapshotPart, type Frame, type HelloFrame } from '../channel/frames.js';
+import type { StandbyRecord } from '../arbiter/arbiter.js';
+import { moduleHash, type VmConfig } from '../log/recording.js';
+import { SnapshotAssembler } from '../machine/snapshot-codec.js';
+import { ControlServer } from '../service/control.js';
+import { FtvmError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { BackupNode, type BackupOptions } from './node.js';
+import type { Addr } from './node-common.js';
+
+export interface StandbyOptions extends Omit<BackupOptions, 'joined' | 'onAbandon' | 'onArmed'> {
+  /** This standby's host id in the pool (primaries never recruit one on their own host). */
+  hostId: string;
+  /** Lease of the pool entry; renewed every third of it. */
+  leaseTtlMs: number;
+  /** The channel address primaries dial, as registered (defaults to `listen`). */
+  advertise?: Addr;
+  /** Recruited but no primary came within this long: return to the pool. */
+  recruitedWaitMs?: number;
+}
+
+interface Receiving {
+  conn: ChannelConnection;
+  hello: HelloFrame;
+  assembler: SnapshotAssembler;
+  config: VmConfig | undefined;
+  startedMs: number;
+  receivedBytes: number;
+  totalBytes: number;
+}
+
+export class StandbyNode {
+  private listener: ChannelListener | undefined;
+  private control: ControlServer | undefined;
+  private readonly log: Logger;
+  private readonly identity: LocalIdentity;
+  private readonly assembler = new SnapshotAssembler(); // reused across joins (DESIGN.md §3)
+  private receiving: Receiving | null = null;
+  private backup: BackupNode | null = null;
+  private pooled: StandbyRecord | null = null;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private renewing = false;
+  private leavePool = false;
+  private recruitedSinceMs = 0;
+  private stopped = false;
+  private lastNote = 'registering';
+  private joins = 0;
+
+  constructor(private readonly opts: StandbyOptions) {
+    this.log = opts.log;
+    if (!opts.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter (its pool lives there)');
+    this.identity = { role: 'standby', vmName: opts.config.name, moduleHash: moduleHash(opts.guest.original), epoch: 0, nextSeq: () => 0 };
+  }
+
+  private get channel(): string {
+    const a = this.opts.advertise ?? this.address ?? this.opts.listen;
+    return `${a.host}:${a.port}`;
+  }
+
+  get address(): Addr | undefined {
+    const a = this.listener?.address;
+    return a ? { host: a.address, port: a.port } : undefined;
+  }
+
+  async start(): Promise<void> {
+    const o = this.opts;
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, log: o.log.child({ part: 'channel' }), identity: this.identity });
+    this.listener.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
+    await this.listener.start();
+    if (o.control) {
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      await this.control.start();
+    }
+    await this.register(true);
+    this.log.info({ channel: this.channel, hostId: o.hostId, vm: o.config.name }, 'standby is in the pool');
+  }
+
+  // ---------------------------------------------------------------- the pool
+
+  /** Registers (free) or renews; schedules the next renewal. Never throws: an unreachable arbiter is retried. */
+  private async register(free: boolean): Promise<void> {
+    const o = this.opts;
+    if (this.stopped || this.leavePool || this.renewing) return;
+    this.renewing = true;
+    try {
+      const rec = await o.arbiter!.registerStandby(o.config.name, { hostId: o.hostId, channel: this.channel, free }, o.leaseTtlMs, { deadlineMs: o.timings.arbiterDeadlineMs });
+      if (rec.state === 'recruited' && this.pooled?.state !== 'recruited') {
+        this.recruitedSinceMs = performance.now();
+        this.log.info({ by: rec.owner, epoch: rec.epoch }, 'recruited by a primary; waiting for it to connect');
+      }
+      this.pooled = rec;
+      this.lastNote = rec.state === 'free' ? 'in the pool, free' : `recruited by ${rec.owner} at epoch ${rec.epoch}`;
+      // Recruited, but the primary never came (it died, or gave up): back to the pool.
+      if (rec.state === 'recruited' && this.receiving === null && this.backup === null && performance.now() - this.recruitedSinceMs > (o.recruitedWaitMs ?? 5000)) {
+        this.log.warn({ by: rec.owner }, 'recruited, but no primary connected in time: returning to the pool');
+        this.renewing = false;
+        return this.register(true);
+      }
+    } catch (err) {
+      this.lastNote = `cannot reach the arbiter: ${(err as Error).message}`;
+      this.log.warn({ err: (err as Error).message }, 'standby: cannot register at the arbiter; retrying');
+    } finally {
+      this.renewing = false;
+    }
+    this.scheduleRenew();
+  }
+
+  private scheduleRenew(): void {
+    if (this.stopped || this.leavePool) return;
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = setTimeout(() => void this.register(false), Math.max(100, Math.floor(this.opts.leaseTtlMs / 3)));
+  }
+
+  private returnToPool(reason: string): void {
+    this.log.warn({ reason }, 'standby: discarding the partial clone; back in the pool');
+    this.receiving = null;
+    this.backup = null;
+    this.identity.role = 'standby';
+    Object.defineProperty(this.identity, 'epoch', { value: 0, writable: true, configurable: true, enumerable: true });
+    this.identity.nextSeq = () => 0;
+    this.leavePool = false;
+    this.renewing = false;
+    void this.register(true);
+  }
+
+  // ---------------------------------------------------------------- the join
+
+  private onConnection(c: ChannelConnection, hello: HelloFrame): void {
+    if (this.backup) {
+      this.backup.acceptPeer(c); // a reconnection of our primary (or a refusal there)
+      return;
+    }
+    if (this.receiving) {
+      c.close('this standby is already receiving a clone');
+      return;
+    }
+    const r: Receiving = { conn: c, hello, assembler: this.assembler, config: undefined, startedMs: performance.now(), receivedBytes: 0, totalBytes: 0 };
+    this.receiving = r;
+    this.joins++;
+    this.log.info({ primary: c.remote, epoch: hello.epoch }, 'a primary is cloning its VM to this standby');
+    const onFrame = (f: Frame): void => {
+      if (this.receiving !== r) return;
+      try {
+        if (this.onSnapshotFrame(r, f)) {
+          c.off('frame', onFrame);
+          this.restore(r);
+        }
+      } catch (err) {
+        const code = err instanceof FtvmError ? err.code : 'FTVM_ERR_SNAPSHOT';
+        this.log.error({ code, err: (err as Error).message }, 'standby: refusing the clone');
+        try {
+          c.send({ type: FrameType.REFUSE, code, reason: (err as Error).message });
+        } catch {
+          // closing anyway
+        }
+        c.close(`refused the clone: ${(err as Error).message}`);
+      }
+    };
+    c.on('frame', onFrame);
+    c.once('close', (reason: string) => {
+      if (this.receiving === r) this.returnToPool(`the transfer was cut at ${r.receivedBytes} of ${r.totalBytes} bytes (${reason})`);
+    });
+  }
+
+  /** Takes one frame of the snapshot stream; true when the snapshot is complete. */
+  private onSnapshotFrame(r: Receiving, f: Frame): boolean {
+    if (f.type !== FrameType.SNAPSHOT) {
+      if (f.type === FrameType.HEARTBEAT || f.type === FrameType.CONTROL) return false;
+      throw new FtvmError('FTVM_ERR_SNAPSHOT', `expected the snapshot, got frame type ${f.type}`);
+    }
+    if (f.epoch !== r.hello.epoch) throw new FtvmError('FTVM_ERR_STALE_EPOCH', `snapshot of epoch ${f.epoch} on a connection of epoch ${r.hello.epoch}`);
+    if (f.part === SnapshotPart.BEGIN) {
+      if (r.config !== undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'a second snapshot header');
+      let cfg: VmConfig;
+      try {
+        cfg = JSON.parse(f.config) as VmConfig;
+      } catch {
+        throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the VM config in the snapshot header is not JSON');
+      }
+      if (cfg.name !== this.opts.config.name) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the snapshot is of VM "${cfg.name}", this standby serves "${this.opts.config.name}"`);
+      r.config = cfg;
+      const h = r.assembler.begin(f.data);
+      r.totalBytes = h.memoryBytes;
+      return h.chunks === 0;
+    }
+    if (r.config === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'a memory chunk before the snapshot header');
+    const before = r.receivedBytes;
+    const frac = r.assembler.add(f.data);
+    r.receivedBytes = Math.round(frac * r.totalBytes);
+    if (Math.floor((4 * before) / Math.max(1, r.totalBytes)) !== Math.floor((4 * r.receivedBytes) / Math.max(1, r.totalBytes))) {
+      this.log.info({ receivedBytes: r.receivedBytes, totalBytes: r.totalBytes, percent: Math.round(frac * 100) }, 'snapshot transfer');
+    }
+    return r.assembler.complete;
+  }
+
+  /** The snapshot is complete: restore it into a replaying vCPU and follow the log as a joining backup. */
+  private restore(r: Receiving): void {
+    const o = this.opts;
+    const snapshot = r.assembler.finish();
+    this.log.info({ memoryBytes: snapshot.memory.length, seq: snapshot.seq, instructionNumber: snapshot.count, ms: Math.round(performance.now() - r.startedMs) }, 'snapshot received; restoring and following the log');
+    this.receiving = null;
+    this.backup = new BackupNode({
+      ...o,
+      config: r.config ?? o.config,
+      epoch: r.hello.epoch,
+      joined: { snapshot, conn: r.conn, identity: this.identity },
+      onArmed: () => void this.leave(),
+      onAbandon: (reason) => this.returnToPool(reason),
+    });
+  }
+
+  /** Armed: this node is the VM's backup now, no longer in the pool. */
+  private async leave(): Promise<void> {
+    this.leavePool = true;
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.pooled = null;
+    try {
+      await this.opts.arbiter!.removeStandby(this.opts.config.name, this.opts.hostId, { deadlineMs: this.opts.timings.arbiterDeadlineMs });
+    } catch (err) {
+      // The lease runs out by itself; a primary that recruits it meanwhile is refused (we are busy).
+      this.log.warn({ err: (err as Error).message }, 'standby: could not leave the pool; its lease will run out');
+    }
+  }
+
+  status(): Record<string, unknown> {
+    if (this.backup) return { ...this.backup.status(), standbyHost: this.opts.hostId };
+    const r = this.receiving;
+    return {
+      role: 'standby',
+      vm: this.opts.config.name,
+      hostId: this.opts.hostId,
+      channel: this.channel,
+      pool: this.lastNote,
+      joins: this.joins,
+      receiving: r ? { receivedBytes: r.receivedBytes, totalBytes: r.totalBytes, percent: r.totalBytes ? Math.round((100 * r.receivedBytes) / r.totalBytes) : 0 } : null,
+    };
+  }
+
+  async handleControl(method: string, path: string): Promise<unknown> {
+    if (method === 'GET' && path === '/status') return this.status();
+    if (this.backup) return this.backup.handleControl(method, path);
+    return undefined;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.receiving?.conn.close('shutting down');
+    await this.backup?.stop();
+    await this.listener?.close();
+    await this.control?.close();
+    if (this.pooled !== null) {
+      try {
+        await this.opts.arbiter!.removeStandby(this.opts.config.name, this.opts.hostId, { deadlineMs: this.opts.timings.arbiterDeadlineMs });
+      } catch {
+        // the lease runs out by itself
+      }
+    }
+  }
+}
