@@ -146,6 +146,7 @@ export function buildProgram(): Command {
     .description("Join a VM's standby pool at the arbiter: wait until a primary running alone recruits this host, receive a clone of the running VM, and become its backup")
     .argument('<guest.wasm>', "the guest module (must be the primary's)")
     .requiredOption('--channel <host:port>', 'where to listen for the recruiting primary (registered in the pool)')
+    .option('--advertise <host:port>', 'the channel address to register in the pool, if primaries reach this host elsewhere (default: --channel)')
     .option('--lease-ttl-ms <ms>', 'lease of the pool entry: a standby that stops renewing drops out after this long', intArg('--lease-ttl-ms', 1000, 3_600_000), 3000);
   nodeOptions(standbyCmd).action(async (guestPath: string, o) => {
     await runStandby(guestPath, o);

@@ -86,6 +86,7 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
 
 export interface StandbyCliOptions extends Omit<RunOptions, 'role'> {
   leaseTtlMs: number;
+  advertise?: string;
 }
 
 /** `ftvm standby`: wait in the VM's pool until a primary clones itself here, then be its backup. */
@@ -94,7 +95,7 @@ export async function runStandby(guestPath: string, o: StandbyCliOptions): Promi
   if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --channel <host:port> to listen on for the recruiting primary');
   const { common, service, log } = await nodeSetup(guestPath, { ...o, role: 'standby' });
   const secret = await readSecret(o.secretFile, true);
-  const node = new StandbyNode({ ...common, secret, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}) });
+  const node = new StandbyNode({ ...common, secret, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}), ...(o.advertise ? { advertise: parseAddr('--advertise', o.advertise) } : {}) });
   await runUntilSignal(node, log);
 }
 
