@@ -245,7 +245,7 @@ export class Vcpu extends EventEmitter {
     if (this.snapshotBuffer === undefined || this.snapshotBuffer.byteLength < this.memoryBytes) {
       const sab = new SharedArrayBuffer(need);
       const bytes = new Uint8Array(sab);
-      const stepBytes = 4 * 1024 * 1024;
+      const stepBytes = 1024 * 1024; // ~4 ms of page faults per event-loop turn
       for (let off = 0; off < bytes.length; off += stepBytes) {
         bytes.fill(1, off, Math.min(bytes.length, off + stepBytes)); // touch (non-zero, so it is written)
         await new Promise((r) => setImmediate(r));

@@ -51,6 +51,11 @@ class Rate {
 
 /** Bytes the socket may hold unsent before the snapshot stream waits for 'drain'. */
 const SNAPSHOT_SEND_WINDOW_BYTES = 4 * 1024 * 1024;
+/**
+ * Snapshot chunk size on the channel. Each chunk is checksummed, MAC'd and copied on the I/O thread,
+ * which yields after every chunk: small chunks keep the client I/O of the running guest flowing.
+ */
+const SNAPSHOT_CHUNK_BYTES = 256 * 1024;
 
 /** One re-replication in progress (status and measurements). */
 interface JoinProgress {
@@ -295,7 +300,7 @@ export class PrimaryNode {
       this.exec(this.core.step({ t: 'join-abort', reason: 'the standby disconnected before the snapshot was sent' }));
       return;
     }
-    const enc = snapshotEncoder(taken.snapshot);
+    const enc = snapshotEncoder(taken.snapshot, SNAPSHOT_CHUNK_BYTES);
     j.phase = 'transferring';
     j.totalBytes = taken.snapshot.memory.length;
     this.log.info({ standby: j.standby, memoryBytes: j.totalBytes, chunks: enc.chunkCount, pauseMs: +taken.pauseMs.toFixed(2), seq: j.snapshotSeq }, 'snapshot taken; streaming it while the guest runs on');
@@ -317,7 +322,7 @@ export class PrimaryNode {
         this.log.info({ standby: j.standby, sentBytes: j.sentBytes, totalBytes: j.totalBytes, percent: Math.round((100 * j.sentBytes) / j.totalBytes) }, 'snapshot transfer');
         nextReport += 0.25;
       }
-      if (i % 8 === 7) await new Promise((r) => setImmediate(r)); // let client I/O and heartbeats through
+      await new Promise((r) => setImmediate(r)); // let client I/O and heartbeats through
     }
     j.phase = 'catching-up';
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: j.snapshotSeq }));
