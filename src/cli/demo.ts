@@ -1,6 +1,7 @@
 /**
- * `ftvm demo`: a primary and a backup as child processes on loopback, a kv workload from real RESP
- * clients, and the proof at the end: both replicas' state hashes are equal.
+ * `ftvm demo`: an arbiter, a primary, a backup and a standby as child processes on loopback; a kv
+ * workload from real RESP clients; kill -9 of the primary mid-load (nothing acknowledged is lost); the
+ * new primary recruits the standby and clones itself to it, and both replicas' state hashes are equal.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -57,6 +58,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
   const secret = join(dir, 'secret');
   await writeFile(secret, randomBytes(32), { mode: 0o600 });
   const [svc, svc2, chan, pc, bc, arb] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  const [svc3, chan3, sc] = [await freePort(), await freePort(), await freePort()];
   const lines: string[] = [];
   const procs: ChildProcess[] = [];
   const show = (from: number): number => {
@@ -73,8 +75,10 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     const primary = child(['run', o.guest, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common], 'primary', lines);
     procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), 30_000);
+    procs.push(child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', ...common], 'standby', lines));
+    await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), 30_000);
     let seen = show(0);
-    console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1`);
+    console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
     const warm = await RespClient.connect({ port: svc });
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
     warm.close();
@@ -117,8 +121,32 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     console.log(`5. read back every acknowledged write from the new primary: ${acked.size - missing} of ${acked.size} present`);
     const ok = missing === 0 && st.role === 'primary';
     console.log(ok ? '   NOTHING LOST: every write a client was told had happened survived the crash.' : '   LOST WRITES: the failover broke the output rule!');
+    if (!ok) {
+      show(seen);
+      return false;
+    }
+    // Re-replication: the new primary runs alone; it recruits the standby and clones its running VM.
+    let st2: Record<string, unknown> = {};
+    await until('the new primary to recruit the standby and arm the pair', async () => {
+      st2 = (await controlRequest(`127.0.0.1:${bc}`, 'GET', '/status')) as Record<string, unknown>;
+      return st2.backup === 'connected' && st2.alone === false;
+    }, 60_000);
+    seen = show(seen);
+    const rr = st2.lastRereplication as { pauseMs: number; totalMs: number; memoryBytes: number } | null;
+    console.log(
+      `6. redundancy restored: the standby received a snapshot of the running VM (${((rr?.memoryBytes ?? 0) / 1048576).toFixed(1)} MiB; the guest paused ${(rr?.pauseMs ?? 0).toFixed(2)} ms) and the log, and is the backup at epoch ${String(st2.epoch)} (${(rr?.totalMs ?? 0).toFixed(0)} ms)`,
+    );
+    const h2 = (await controlRequest(`127.0.0.1:${bc}`, 'POST', '/state-hash')) as { n: number; hash: string };
+    let b2: { n: number; hash: string } | null = null;
+    await until('the new backup to verify the state hash', async () => {
+      b2 = (await controlRequest(`127.0.0.1:${sc}`, 'GET', '/state-hash')) as { n: number; hash: string } | null;
+      return b2 !== null && b2.n === h2.n;
+    }, 30_000);
+    const bb2 = b2 as unknown as { n: number; hash: string };
+    console.log(`   new primary state hash at instruction ${h2.n}: ${h2.hash}`);
+    console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     show(seen);
-    return ok;
+    return bb2.hash === h2.hash;
   } finally {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
     await Promise.all(procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r)))));
