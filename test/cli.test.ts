@@ -86,13 +86,15 @@ test('bad input: clear errors with codes, usage for bad flags', () => {
   for (const c of ['record', 'replay', 'inspect', 'check', 'demo']) assert.match(r.out, new RegExp(`\\b${c}\\b`));
 });
 
-test('the demo runs arbiter + pair, kills the primary mid-load, loses nothing; --offline records and replays', () => {
+test('the demo runs arbiter + pair + standby, kills the primary mid-load, loses nothing, re-replicates; --offline records and replays', () => {
   const r = spawnSync(process.execPath, [CLI, 'demo', '--ops', '100', '--clients', '4', '--guest', guestPath('kv')], { encoding: 'utf8', timeout: 120_000, cwd: ROOT });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   const hashes = [...r.stdout.matchAll(/state hash at instruction (\d+): ([0-9a-f]{64})/g)].map((m) => `${m[1]}:${m[2]}`);
-  assert.equal(hashes.length, 2);
+  assert.equal(hashes.length, 4);
   assert.equal(hashes[0], hashes[1]);
-  assert.match(r.stdout, /IDENTICAL/);
+  assert.equal(hashes[2], hashes[3], 'the recruited standby matches the new primary');
+  assert.doesNotMatch(r.stdout, /DIFFERENT/);
+  assert.match(r.stdout, /redundancy restored/);
   assert.match(r.stdout, /kill -9 the primary/);
   assert.match(r.stdout, /went live/);
   assert.match(r.stdout, /(\d+) of \1 present/);
