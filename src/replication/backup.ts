@@ -23,6 +23,8 @@ export interface BackupConfig {
   armed?: boolean;
   /** An unarmed joiner gives up after this long without word. Default max(2000, 10 × failTimeoutMs). */
   joinTimeoutMs?: number;
+  /** TEST ONLY (src/sim): a deliberately broken core, to show that the simulator catches it. Never set otherwise. */
+  testOnlyBreak?: 'skip-drain';
 }
 
 export type BackupInput =
@@ -49,7 +51,7 @@ export type BackupAction =
   | { t: 'drain'; reason: string }
   | { t: 'claim'; epoch: number }
   /** Won: the replica goes live (records from where its log ended) and starts serving at `epoch`. */
-  | { t: 'go-live'; epoch: number }
+  | { t: 'go-live'; epoch: number; /** TEST ONLY (testOnlyBreak): go live without consuming the held log. */ testOnlyAbandonHeld?: true }
   /** The primary armed the pair at `epoch`: from now on this replica is its failover target. */
   | { t: 'armed'; epoch: number }
   /** A joiner lost its primary before being armed: discard the replica (a standby returns to its pool). */
@@ -124,7 +126,7 @@ export class BackupCore {
         if (input.won) {
           this.phase = 'live';
           this.epoch = input.epoch;
-          out.push({ t: 'go-live', epoch: input.epoch });
+          out.push({ t: 'go-live', epoch: input.epoch, ...(this.cfg.testOnlyBreak === 'skip-drain' ? { testOnlyAbandonHeld: true as const } : {}) });
         } else {
           this.halted = `lost the claim: ${input.owner} owns epoch ${input.epoch}`;
           this.phase = 'halted';
@@ -149,6 +151,11 @@ export class BackupCore {
         if (this.phase === 'following' && this.started && this.sawPrimary && this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
           this.phase = 'draining';
           out.push({ t: 'drain', reason: `no word from the primary for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms` });
+        }
+        if (this.phase === 'draining' && this.cfg.testOnlyBreak === 'skip-drain') {
+          // TEST ONLY (testOnlyBreak): claim at once, without letting the replica consume the held log.
+          this.phase = 'claiming';
+          out.push({ t: 'claim', epoch: this.epoch });
         }
         if (this.phase === 'claiming' && this.claimRetryAtMs > 0 && this.nowMs >= this.claimRetryAtMs) {
           this.claimRetryAtMs = 0;

@@ -39,6 +39,8 @@ export interface PrimaryConfig {
    * it may be busy restoring a large snapshot. Default max(2000, 10 × failTimeoutMs).
    */
   joinTimeoutMs?: number;
+  /** TEST ONLY (src/sim): a deliberately broken core, to show that the simulator catches it. Never set otherwise. */
+  testOnlyBreak?: 'release-before-ack';
 }
 
 export const joinTimeoutOf = (c: { failTimeoutMs: number; joinTimeoutMs?: number }): number => c.joinTimeoutMs ?? Math.max(2000, 10 * c.failTimeoutMs);
@@ -375,7 +377,7 @@ export class PrimaryCore {
     const ready: WireOutput[] = [];
     // Alone (also while a joiner catches up: it protects nothing before the pair is armed), every
     // logged entry counts as covered.
-    const coveredSeq = this.alone ? this.nextSeq : this.ackedSeq;
+    const coveredSeq = this.alone || this.cfg.testOnlyBreak === 'release-before-ack' /* TEST ONLY */ ? this.nextSeq : this.ackedSeq;
     while (this.heldHead < this.held.length && this.held[this.heldHead]!.seq < coveredSeq) ready.push(this.held[this.heldHead++]!);
     if (this.heldHead > 1024 && this.heldHead * 2 > this.held.length) {
       this.held.splice(0, this.heldHead);

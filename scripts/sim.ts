@@ -1,0 +1,135 @@
+/**
+ * The simulator's command line (src/sim/index.ts):
+ *
+ *   npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--assume-fix arm] [--trace] [--keep-going]
+ *
+ * Runs seeds S, S+1, … S+N-1 (S random unless given; one seed with --seed alone). Prints the seed first;
+ * a failing seed prints its step, virtual time, message, the tail of its trace and the command that
+ * reproduces it. Exit code 1 if any seed failed.
+ */
+import { randomInt } from 'node:crypto';
+import { reproduceCommand, runSeed, type AssumedFix, type BreakMode, type SimOptions, type SimResult } from '../src/sim/index.js';
+
+interface Args {
+  seeds: number | undefined;
+  seed: number | undefined;
+  breakMode: BreakMode | undefined;
+  assumeFixed: AssumedFix[];
+  trace: boolean;
+  keepGoing: boolean;
+  json: boolean;
+}
+
+function usage(msg: string): never {
+  process.stderr.write(`${msg}\nusage: npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--assume-fix arm] [--trace] [--keep-going] [--json]\n`);
+  process.exit(2);
+}
+
+function parse(argv: string[]): Args {
+  const a: Args = { seeds: undefined, seed: undefined, breakMode: undefined, assumeFixed: [], trace: false, keepGoing: false, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]!;
+    const v = (): string => argv[++i] ?? usage(`${k} needs a value`);
+    const int = (s: string): number => {
+      if (!/^\d+$/.test(s)) usage(`${k}: not a non-negative integer: ${s}`);
+      const n = Number(s);
+      if (n > 0xffffffff) usage(`${k}: at most ${0xffffffff}`);
+      return n;
+    };
+    if (k === '--seeds') a.seeds = int(v());
+    else if (k === '--seed') a.seed = int(v());
+    else if (k === '--break') {
+      const b = v();
+      if (b !== 'release-before-ack' && b !== 'skip-drain') usage(`--break: release-before-ack or skip-drain, not ${b}`);
+      a.breakMode = b;
+    } else if (k === '--assume-fix') {
+      const f = v();
+      if (f !== 'arm') usage(`--assume-fix: arm, not ${f}`);
+      a.assumeFixed.push(f);
+    } else if (k === '--trace') a.trace = true;
+    else if (k === '--keep-going') a.keepGoing = true;
+    else if (k === '--json') a.json = true;
+    else usage(`unknown argument ${k}`);
+  }
+  return a;
+}
+
+function report(r: SimResult, opts: SimOptions, traceAll: boolean): void {
+  const out = process.stdout;
+  out.write(`\nFAIL seed ${r.seed} at step ${r.step} (virtual time ${r.timeMs.toFixed(3)} ms):\n  ${r.message}\n`);
+  // Re-run the seed with tracing on: it replays exactly, so the trace is this failure's.
+  const traced = runSeed(r.seed, { ...opts, trace: true });
+  if (traced.step !== r.step || traced.message !== r.message) out.write('  (!) the traced re-run did not reproduce the same failure\n');
+  const lines = traceAll ? traced.trace : traced.trace.slice(-40);
+  out.write(`  trace${traceAll ? '' : ` (last ${lines.length} lines; --trace for all)`}:\n`);
+  for (const l of lines) out.write(`    ${l}\n`);
+  out.write(`  reproduce: ${reproduceCommand(r.seed, opts)}\n`);
+}
+
+function main(): void {
+  const a = parse(process.argv.slice(2));
+  const opts: SimOptions = { ...(a.breakMode ? { breakMode: a.breakMode } : {}), ...(a.assumeFixed.length > 0 ? { assumeFixed: a.assumeFixed } : {}) };
+  const count = a.seeds ?? (a.seed !== undefined ? 1 : 1);
+  const base = a.seed ?? randomInt(0, 0xffffffff);
+  process.stdout.write(`seed ${base}${count > 1 ? ` (seeds ${base}..${base + count - 1})` : ''}${a.breakMode ? ` break=${a.breakMode}` : ''}${a.assumeFixed.length ? ` assume-fix=${a.assumeFixed.join(',')}` : ''}\n`);
+  const t0 = performance.now();
+  let failed = 0;
+  let steps = 0;
+  let virtualMs = 0;
+  let failovers = 0;
+  let joins = 0;
+  let completed = 0;
+  let maxEpoch = 0;
+  const faults: Record<string, number> = {};
+  let firstFailure: SimResult | undefined;
+  for (let i = 0; i < count; i++) {
+    const seed = (base + i) >>> 0;
+    const r = runSeed(seed, { ...opts, trace: a.trace && count === 1 });
+    steps += r.stats.steps;
+    virtualMs += r.stats.virtualMs;
+    failovers += r.stats.failovers;
+    completed += r.stats.completed;
+    maxEpoch = Math.max(maxEpoch, r.stats.maxEpoch);
+    for (const [k, n] of Object.entries(r.stats.faults)) faults[k] = (faults[k] ?? 0) + n;
+    joins += r.stats.joinsArmed;
+    if (count === 1 && a.trace && r.ok) for (const l of r.trace) process.stdout.write(`  ${l}\n`);
+    if (!r.ok) {
+      failed++;
+      firstFailure ??= r;
+      report(r, opts, a.trace);
+      if (!a.keepGoing) break;
+    }
+    if (count >= 100 && (i + 1) % Math.max(100, Math.floor(count / 20)) === 0 && process.stdout.isTTY) {
+      process.stdout.write(`  ${i + 1}/${count} seeds, ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+    }
+  }
+  const secs = (performance.now() - t0) / 1000;
+  const ran = failed > 0 && !a.keepGoing ? (firstFailure!.seed - base + 1) >>> 0 : count;
+  const summary = {
+    seeds: ran,
+    failed,
+    seconds: +secs.toFixed(2),
+    seedsPerSecond: +(ran / secs).toFixed(1),
+    steps,
+    virtualSeconds: +(virtualMs / 1000).toFixed(1),
+    failovers,
+    joinsArmed: joins,
+    maxEpoch,
+    completedRequests: completed,
+    faults,
+    ...(firstFailure ? { firstFailure: { seed: firstFailure.seed, step: firstFailure.step, message: firstFailure.message, reproduce: reproduceCommand(firstFailure.seed, opts) } } : {}),
+  };
+  if (a.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+  else {
+    process.stdout.write(
+      `${failed === 0 ? 'PASS' : 'FAIL'}: ${ran} seed(s), ${failed} failed, ${secs.toFixed(1)} s (${summary.seedsPerSecond} seeds/s), ${steps} steps, ${summary.virtualSeconds} s of virtual time; ` +
+        `${failovers} go-lives, ${joins} pairs re-armed, max epoch ${maxEpoch}, ${completed} client requests completed\n  faults: ${Object.entries(faults)
+          .sort()
+          .map(([k, n]) => `${k} ${n}`)
+          .join(', ')}\n`,
+    );
+  }
+  process.exitCode = failed === 0 ? 0 : 1;
+}
+
+main();

@@ -1,0 +1,93 @@
+/**
+ * ftvm's deterministic simulator (TigerBeetle's VOPR, FoundationDB's simulation): one seed drives a
+ * whole cluster — a primary, a backup, standbys, the arbiter, clients and a nemesis — in virtual time,
+ * on one thread, with every choice drawn from one PRNG (prng.ts). A seed replays exactly: same events,
+ * same steps, same failure.
+ *
+ * What runs is the real protocol logic: the pure cores src/replication/primary.ts (PrimaryCore) and
+ * backup.ts (BackupCore), fed by drivers (nodes.ts) that mirror PrimaryNode, BackupNode, StandbyNode
+ * and the channel endpoints action by action. Modelled around them:
+ * - the guest (guest.ts, vcpu.ts): a kv server on a deterministic machine — an instruction counter,
+ *   client requests as async entries at the instruction the primary reached, replies as sync entries
+ *   carrying the outputs, replay that honours grants and checks every entry, go-live where the log ends;
+ * - the channel (net.ts): TCP connections as ordered streams that a partition holds and a cut breaks
+ *   (each side gets a prefix, then sees the close); HELLO checks of roles and epochs; redial with
+ *   backoff; duplicates and reordering only across reconnections, as TCP allows;
+ * - the arbiter (arbiter.ts): the record {epoch, owner} with claim/advance/read and the standby pool,
+ *   exactly as src/arbiter/arbiter.ts documents them, behind calls with latency and a deadline whose
+ *   requests can be lost, answered, lost after committing ("timed out but committed"), or held in the
+ *   network and committed after the caller gave up;
+ * - the world (world.ts): three hosts; timeouts drawn per seed from their allowed ranges; clients with
+ *   timeouts that fail over between nodes; a nemesis — kill -9, power loss, SIGSTOP/SIGCONT (a paused
+ *   process gets no ticks and handles nothing, then resumes with time jumped), channel cuts, partitions
+ *   (both ways or one way, ending healed or cut), arbiter partitions and outages, delay spikes, slow
+ *   replicas, standbys (re)starting; crashed or halted hosts come back as `ftvm standby` and a primary
+ *   running alone re-replicates to them, so faults keep hitting full pairs. A crash is injected only if
+ *   another process can carry the VM on (a double failure loses a VM by design).
+ *
+ * Checked after EVERY event (a step):
+ * (a) never two live replicas in one epoch (live: a primary not halted, or a backup that went live), and
+ *     none live beyond the arbiter's epoch;
+ * (b) at every release, each output is covered by what the backup of that epoch holds (received and
+ *     acknowledged), unless the releasing primary legitimately runs alone (it won that epoch: a claim or
+ *     a go-live, and no pair has been armed since);
+ * (c) replicas' states are equal where their positions are (same entry, same instruction number); a
+ *     replica checks every entry it replays against the primary's (type, instruction, reply, state hash)
+ *     and never runs past a delivery;
+ * (lost) whenever a node goes live (wins a claim or takes over), and at the end, its state holds every
+ *     entry whose output was ever released;
+ * (d) liveness: after the fault phase everything heals (crashed hosts restart as standbys) and client
+ *     requests sent after the heal must complete within a bound of virtual time.
+ *
+ * Use: `npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--trace]`
+ * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags, to show the checkers
+ * catch a broken core.
+ */
+import type { AssumedFix, BreakMode } from './nodes.js';
+import { SimFailure, World, type WorldStats } from './world.js';
+
+export type { AssumedFix, BreakMode } from './nodes.js';
+export type { WorldStats } from './world.js';
+
+export interface SimResult {
+  seed: number;
+  ok: boolean;
+  /** The step (event number) and virtual time of the failure, or of the end. */
+  step: number;
+  timeMs: number;
+  message: string;
+  stats: WorldStats;
+  trace: string[];
+}
+
+export interface SimOptions {
+  breakMode?: BreakMode;
+  /** Known driver bugs to assume fixed (nodes.ts AssumedFix); none by default. */
+  assumeFixed?: readonly AssumedFix[];
+  trace?: boolean;
+}
+
+export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
+  const w = new World({
+    seed,
+    ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
+    ...(opts.assumeFixed ? { assumeFixed: opts.assumeFixed } : {}),
+    ...(opts.trace ? { trace: true } : {}),
+  });
+  try {
+    w.run();
+    return { seed, ok: true, step: w.stats.steps, timeMs: w.stats.virtualMs, message: '', stats: w.stats, trace: w.traceLines };
+  } catch (err) {
+    const e = err as Error;
+    const message = err instanceof SimFailure ? e.message : `${e.name}: ${e.message}`;
+    const at = w.position();
+    w.stats.steps = at.step;
+    w.stats.virtualMs = at.timeMs;
+    return { seed, ok: false, step: at.step, timeMs: at.timeMs, message, stats: w.stats, trace: w.traceLines };
+  }
+}
+
+/** The command that reproduces a seed's run. */
+export function reproduceCommand(seed: number, opts: SimOptions = {}): string {
+  return `npm run sim -- --seed ${seed}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}${(opts.assumeFixed ?? []).map((f) => ` --assume-fix ${f}`).join('')}`;
+}

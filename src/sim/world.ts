@@ -1,0 +1,803 @@
+/**
+ * One simulated world per seed: hosts running ftvm processes (primary, backup, standbys), the logging
+ * channel between them, the arbiter, clients, and a nemesis — all in virtual time, single threaded,
+ * every choice drawn from one PRNG. After every event the invariants are checked; see index.ts.
+ */
+import type { WireOutput } from '../machine/vcpu-protocol.js';
+import { ArbiterModel, type ArbiterOp, type ArbiterReply } from './arbiter.js';
+import { KEYS, type GuestState, type Op } from './guest.js';
+import { Network, type Conn, type End, type Identity } from './net.js';
+import { BackupDriver, PrimaryDriver, Proc, StandbyDriver, type AssumedFix, type BreakMode, type SimTimings, type Timer, type WorldApi } from './nodes.js';
+import { Prng } from './prng.js';
+import { EventQueue } from './queue.js';
+import { outputReplies } from './vcpu.js';
+
+export class SimFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SimFailure';
+  }
+}
+
+export interface WorldOptions {
+  seed: number;
+  breakMode?: BreakMode;
+  assumeFixed?: readonly AssumedFix[];
+  /** Keep every trace line (else only the failure is reported). */
+  trace?: boolean;
+}
+
+export interface WorldStats {
+  steps: number;
+  virtualMs: number;
+  faults: Record<string, number>;
+  failovers: number;
+  joinsArmed: number;
+  maxEpoch: number;
+  requests: number;
+  completed: number;
+  released: number;
+  healAtMs: number;
+  progressAfterHealMs: number;
+}
+
+interface Host {
+  index: number;
+  hostId: string;
+  proc: Proc | null;
+  incarnation: number;
+  /** Power is off (a silent crash): connects hang, nothing answers. */
+  down: boolean;
+  restartPending: boolean;
+}
+
+interface Client {
+  idx: number;
+  proc: Proc | undefined;
+  conn: number;
+  preferred: number;
+  pending: { req: number; op: Op; sentAtMs: number; timer: Timer | undefined } | undefined;
+  connecting: boolean;
+}
+
+const PROGRESS_NEEDED = 5;
+
+export class World implements WorldApi {
+  readonly rng: Prng;
+  readonly t: SimTimings;
+  readonly net: Network;
+  readonly breakMode: BreakMode | undefined;
+  readonly assumeFixed: ReadonlySet<AssumedFix>;
+  private readonly q = new EventQueue();
+  private nowMs = 0;
+  private steps = 0;
+  private micro: Array<() => void> = [];
+  private readonly hosts: Host[] = [];
+  readonly arb = new ArbiterModel();
+  private arbDown = false;
+  private readonly arbBlocked: boolean[] = [];
+  /** blocked[a][b]: the link a → b is held by a partition. */
+  private readonly blockedLinks: boolean[][] = [];
+  private readonly slowLinks: number[][] = [];
+  private readonly baseDelayMs: number;
+  private readonly arbLatencyMs: number;
+  private readonly replicaSpeedMean: number;
+  private readonly clients: Client[] = [];
+  private nextConn = 1;
+  private nextReq = 1;
+  private nextEntry = 1;
+  /** Every output released to a client: its entry (seq, id). */
+  private readonly releasedLog: Array<{ seq: number; id: number; by: string; atMs: number }> = [];
+  /** Highest entry count a backup has held at each epoch (the output rule's coverage). */
+  private readonly received = new Map<number, number>();
+  private readonly traceOn: boolean;
+  readonly traceLines: string[] = [];
+  private readonly faultEndMs: number;
+  private readonly meanFaultGapMs: number;
+  private healed = false;
+  private healAtMs = Infinity;
+  private progressAfterHeal = 0;
+  private progressAtMs = -1;
+  private readonly boundMs: number;
+  private readonly clientTimeoutMs: number;
+  readonly stats: WorldStats;
+
+  constructor(opts: WorldOptions) {
+    this.rng = new Prng(opts.seed);
+    this.breakMode = opts.breakMode;
+    this.assumeFixed = new Set(opts.assumeFixed ?? []);
+    this.traceOn = opts.trace ?? false;
+    const r = this.rng;
+    // Timeouts randomized within their allowed ranges (the CLI's), biased to the interesting region.
+    const heartbeatIntervalMs = r.int(5, 40);
+    const tickMs = r.int(1, Math.min(10, heartbeatIntervalMs));
+    const failTimeoutMs = r.int(Math.max(20, 2 * heartbeatIntervalMs + 2 * tickMs), 400);
+    this.t = {
+      heartbeatIntervalMs,
+      tickMs,
+      failTimeoutMs,
+      arbiterDeadlineMs: r.pick([r.int(20, 200), r.int(200, 1000)]),
+      grantIntervalMs: r.int(1, 5),
+      lagMaxMs: r.int(5, 60),
+      unackedMaxBytes: r.chance(0.2) ? r.int(200, 20_000) : 32 * 1024 * 1024,
+      heldMaxOutputs: r.chance(0.2) ? r.int(1, 20) : 100_000,
+      leaseTtlMs: r.int(1000, 4000),
+      memoryBytes: r.pick([64 * 1024, 1 << 20, 8 << 20, 32 << 20]),
+    };
+    this.baseDelayMs = r.range(0.02, 1.5);
+    this.arbLatencyMs = r.range(0.3, 15);
+    this.replicaSpeedMean = r.range(0.7, 1.6);
+    this.clientTimeoutMs = r.int(100, 1000);
+    this.faultEndMs = r.int(600, 3000);
+    this.meanFaultGapMs = r.range(40, 400);
+    this.boundMs = 4 * failTimeoutMs + 6 * this.t.arbiterDeadlineMs + 3 * this.clientTimeoutMs + 4000;
+    this.stats = {
+      steps: 0,
+      virtualMs: 0,
+      faults: {},
+      failovers: 0,
+      joinsArmed: 0,
+      maxEpoch: 1,
+      requests: 0,
+      completed: 0,
+      released: 0,
+      healAtMs: 0,
+      progressAfterHealMs: -1,
+    };
+    this.net = new Network({
+      now: () => this.nowMs,
+      delay: (a, b, bytes) => this.delay(a, b, bytes),
+      blocked: (a, b) => this.blockedLinks[a]![b]!,
+      schedule: (owner, at, fn) => this.q.push(at, () => this.dispatch(owner as Proc | null, fn, 'other')),
+      random: () => this.rng.float(),
+    });
+  }
+
+  // ------------------------------------------------------------------------------ WorldApi
+
+  now(): number {
+    return this.nowMs;
+  }
+
+  later(proc: Proc, delayMs: number, fn: () => void, kind: 'tick' | 'other' = 'other'): Timer {
+    const token = { cancelled: false };
+    this.q.push(this.nowMs + Math.max(0, delayMs), () => {
+      if (!token.cancelled) this.dispatch(proc, fn, kind);
+    });
+    return { cancel: () => (token.cancelled = true) };
+  }
+
+  microtask(fn: () => void): void {
+    this.micro.push(fn);
+  }
+
+  newEntryId(): number {
+    return this.nextEntry++;
+  }
+
+  replicaSpeed(): number {
+    return this.replicaSpeedMean * this.rng.range(0.8, 1.2);
+  }
+
+  trace(proc: Proc | null, msg: () => string): void {
+    if (!this.traceOn) return;
+    this.traceLines.push(`${this.nowMs.toFixed(3).padStart(10)} #${this.steps} ${proc ? proc.id : '-'}: ${msg()}`);
+  }
+
+  count(what: 'armed'): void {
+    if (what === 'armed') this.stats.joinsArmed++;
+  }
+
+  fail(msg: string): never {
+    throw new SimFailure(msg);
+  }
+
+  dial(proc: Proc, hostIndex: number, identity: () => Identity): End {
+    const target = this.hosts[hostIndex]!;
+    const tp = target.proc;
+    const c = this.net.connect({ owner: proc, host: proc.host }, { owner: tp, host: hostIndex });
+    const [mine, theirs] = c.ends;
+    mine.identity = identity;
+    this.net.send(mine, { k: 'hello', role: identity().role, epoch: identity().epoch, nextSeq: identity().nextSeq, from: proc.id });
+    if (tp === null || tp.dead) {
+      // Nobody there: RST from a live host, or a connect that hangs until it times out (power off).
+      const wait = target.down ? this.rng.range(500, 2000) : this.delay(hostIndex, proc.host, 0) * 2;
+      this.q.push(this.nowMs + wait, () => this.net.closeLocal(theirs, 'connection refused'));
+      return mine;
+    }
+    // The target accepts when it runs (a paused process accepts after it resumes).
+    this.later(tp, 0, () => {
+      const l = tp.listener;
+      if (l === undefined || !l.open) {
+        this.net.closeLocal(theirs, 'connection refused');
+        return;
+      }
+      l.accept(theirs);
+      const id = l.identity();
+      this.net.send(theirs, { k: 'hello', role: id.role, epoch: id.epoch, nextSeq: id.nextSeq, from: tp.id });
+    });
+    return mine;
+  }
+
+  arbiter(proc: Proc, op: ArbiterOp, cb: (r: ArbiterReply | null) => void): void {
+    proc.arbiterInFlight++;
+    const deadlineAt = this.nowMs + this.t.arbiterDeadlineMs;
+    let settled = false;
+    let uncertain = false;
+    const settle = (r: ArbiterReply | null): void => {
+      if (settled) return;
+      settled = true;
+      proc.arbiterInFlight--;
+      cb(r);
+    };
+    this.later(proc, this.t.arbiterDeadlineMs, () => settle(null));
+    const attempt = (): void => {
+      if (settled || this.nowMs >= deadlineAt || proc.dead) return;
+      const h = proc.host;
+      if (!this.arbReachable(h)) {
+        this.later(proc, this.rng.range(10, 60), attempt); // connection refused/reset: try again
+        return;
+      }
+      let lat = this.arbLatencyMs * this.rng.range(0.5, 2);
+      // A request held in the network can commit after the caller gave up (etcd3 retries, TCP).
+      if (this.rng.chance(0.03)) lat += this.rng.range(0.5, 1.5) * this.t.arbiterDeadlineMs;
+      proc.arbiterRequests++;
+      this.q.push(this.nowMs + lat / 2, () => {
+        proc.arbiterRequests--;
+        if (!this.arbReachable(h)) {
+          if (!proc.dead) this.later(proc, this.rng.range(10, 60), attempt);
+          return;
+        }
+        const wasUncertain = uncertain;
+        const reply = this.arb.apply(op, this.nowMs, wasUncertain);
+        this.noteArbiter();
+        if (this.rng.chance(0.05) || !this.arbReachable(h)) {
+          // Committed, but the answer is lost: the client retries the same call (it may have committed).
+          uncertain = true;
+          if (!proc.dead) this.later(proc, this.rng.range(lat / 2, lat / 2 + 30), attempt);
+          return;
+        }
+        this.later(proc, lat / 2, () => settle(reply));
+      });
+    };
+    attempt();
+  }
+
+  released(proc: Proc, outputs: WireOutput[]): void {
+    const rec = proc.recorder();
+    if (rec === undefined) this.fail(`${proc.id} released outputs without a recording driver`);
+    const st = rec.core.status();
+    const alone = rec.soleEpoch === st.epoch;
+    const covered = this.received.get(st.epoch) ?? 0;
+    for (const o of outputs) {
+      const reply = outputReplies.get(o);
+      if (reply === undefined) this.fail('an output without its reply');
+      if (!alone && o.seq >= covered) {
+        this.fail(
+          `(b) output rule: ${proc.id} released the reply to request ${reply.req} (entry ${o.seq}) at epoch ${st.epoch}, ` +
+            `but the backup of epoch ${st.epoch} holds only entries < ${covered} and this primary did not win epoch ${st.epoch} alone`,
+        );
+      }
+      this.releasedLog.push({ seq: o.seq, id: reply.entryId, by: proc.id, atMs: this.nowMs });
+      this.stats.released++;
+      const ci = proc.clientConns.get(o.conn);
+      if (ci !== undefined) {
+        const client = this.clients[ci]!;
+        const conn = o.conn;
+        this.q.push(this.nowMs + this.clientDelay(), () => this.clientReply(client, conn, reply.req));
+      }
+    }
+  }
+
+  wentLive(proc: Proc, epoch: number): void {
+    this.stats.failovers++;
+    this.trace(proc, () => `LIVE at epoch ${epoch}`);
+    const rec = proc.recorder();
+    const state = rec?.vcpu?.state ?? proc.replica()?.vcpu.state;
+    if (state === undefined) this.fail(`${proc.id} went live without a guest`);
+    this.checkHasReleased(proc, state, `went live at epoch ${epoch}`);
+  }
+
+  exit(proc: Proc, reason: string): void {
+    this.trace(proc, () => `process exits: ${reason}`);
+    this.kill(proc, true);
+  }
+
+  /** Where the run is (for a failure report). */
+  position(): { step: number; timeMs: number } {
+    return { step: this.steps, timeMs: this.nowMs };
+  }
+
+  // ------------------------------------------------------------------------------ the run
+
+  run(): void {
+    const r = this.rng;
+    for (let i = 0; i < 3; i++) {
+      this.hosts.push({ index: i, hostId: `h${i}`, proc: null, incarnation: 0, down: false, restartPending: false });
+      this.arbBlocked.push(false);
+    }
+    for (let a = 0; a < 3; a++) {
+      this.blockedLinks.push([false, false, false]);
+      this.slowLinks.push([1, 1, 1]);
+    }
+    // ftvm run --role backup, then --role primary (which inits the arbiter's record and dials).
+    this.spawn(1, 'backup');
+    this.arb.init({ epoch: 1, owner: 'h0.1' }, 0);
+    this.spawn(0, 'primary');
+    // A standby in the pool from the start, later, or never.
+    const standbyAt = r.pick([0, 0, r.range(0, this.faultEndMs), Infinity]);
+    if (standbyAt !== Infinity) this.q.push(standbyAt, () => this.hosts[2]!.proc === null && this.spawn(2, 'standby'));
+    const nClients = r.int(1, 4);
+    for (let i = 0; i < nClients; i++) {
+      const c: Client = { idx: i, proc: undefined, conn: -1, preferred: 0, pending: undefined, connecting: false };
+      this.clients.push(c);
+      this.q.push(r.range(0, 20), () => this.clientConnect(c));
+    }
+    this.q.push(r.range(30, 150), () => this.nemesis());
+    this.q.push(this.faultEndMs, () => this.heal());
+    const hardEnd = this.faultEndMs + this.boundMs;
+    for (;;) {
+      const ev = this.q.pop();
+      if (ev === undefined) break;
+      if (ev.at > hardEnd) {
+        this.nowMs = hardEnd;
+        break;
+      }
+      this.nowMs = ev.at;
+      this.steps++;
+      ev.fn();
+      while (this.micro.length > 0) {
+        const m = this.micro;
+        this.micro = [];
+        for (const f of m) f();
+      }
+      this.checkInvariants();
+      if (this.healed && this.progressAfterHeal >= PROGRESS_NEEDED && this.nowMs >= this.healAtMs + 300) break;
+    }
+    this.stats.steps = this.steps;
+    this.stats.virtualMs = this.nowMs;
+    if (this.progressAfterHeal < PROGRESS_NEEDED) {
+      this.fail(`(d) no progress: ${this.progressAfterHeal} of ${PROGRESS_NEEDED} client requests sent after the heal at ${this.healAtMs.toFixed(1)} ms completed within ${this.boundMs} ms; ${this.describeNodes()}`);
+    }
+    this.stats.progressAfterHealMs = this.progressAtMs - this.healAtMs;
+    // The end: every output ever released is in the state of the VM's current primary (a fenced old
+    // primary that has not asked the arbiter yet is not it).
+    for (const h of this.hosts) {
+      const rec = h.proc?.recorder();
+      const s = rec?.core.status();
+      if (h.proc && !h.proc.dead && rec?.vcpu && s && s.halted === null && s.epoch === this.arb.record?.epoch) this.checkHasReleased(h.proc, rec.vcpu.state, 'is live at the end');
+    }
+  }
+
+  describeNodes(): string {
+    return this.hosts
+      .map((h) => {
+        const p = h.proc;
+        if (!p || p.dead) return `${h.hostId}: down`;
+        const rec = p.recorder();
+        if (rec) {
+          const s = rec.core.status();
+          return `${p.id}: primary epoch ${s.epoch}${s.alone ? ' alone' : ''}${s.claiming ? ' claiming' : ''}${s.joining ? ` joining(${s.joining})` : ''} peer=${s.peer} entries=${s.nextSeq} acked=${s.ackedSeq} held=${s.outputsHeld}${p.paused ? ' PAUSED' : ''}`;
+        }
+        const b = p.replica();
+        if (b) {
+          const s = b.core.status();
+          return `${p.id}: backup ${s.phase} epoch ${s.epoch} peer=${s.peer} entries=${s.nextSeq}${p.paused ? ' PAUSED' : ''}`;
+        }
+        return `${p.id}: standby${p.paused ? ' PAUSED' : ''}`;
+      })
+      .join('; ') + `; arbiter ${JSON.stringify(this.arb.record)}`;
+  }
+
+  // ------------------------------------------------------------------------------ processes
+
+  private spawn(hostIndex: number, role: 'primary' | 'backup' | 'standby'): Proc {
+    const h = this.hosts[hostIndex]!;
+    h.incarnation++;
+    h.down = false;
+    h.restartPending = false;
+    const proc = new Proc(`${h.hostId}.${h.incarnation}`, hostIndex, h.hostId);
+    h.proc = proc;
+    this.trace(proc, () => `process starts as ${role}`);
+    if (role === 'primary') {
+      const d = new PrimaryDriver(this, proc, { epoch: 1, peerHost: 1 });
+      proc.root = d;
+      d.start();
+    } else if (role === 'backup') {
+      const d = new BackupDriver(this, proc, { epoch: 1 });
+      proc.root = d;
+      d.start();
+    } else {
+      const d = new StandbyDriver(this, proc);
+      proc.root = d;
+      d.start();
+    }
+    return proc;
+  }
+
+  private dispatch(proc: Proc | null, fn: () => void, kind: 'tick' | 'other'): void {
+    if (proc === null) return;
+    if (proc.dead) return;
+    if (proc.paused) {
+      proc.deferred.push({ fn, kind });
+      return;
+    }
+    fn();
+  }
+
+  /** kill -9 (the kernel closes its sockets) or power loss (nothing is closed; connects hang). */
+  private kill(proc: Proc, kernelCloses: boolean): void {
+    if (proc.dead) return;
+    proc.dead = true;
+    proc.deferred = [];
+    const h = this.hosts[proc.host]!;
+    if (!kernelCloses) h.down = true;
+    for (const c of [...this.net.conns]) for (const e of c.ends) if (e.owner === proc) this.net.vanish(e, kernelCloses);
+    for (const [conn, ci] of proc.clientConns) {
+      const client = this.clients[ci]!;
+      if (kernelCloses) this.q.push(this.nowMs + this.clientDelay(), () => this.clientDisconnected(client, conn));
+    }
+    proc.clientConns.clear();
+  }
+
+  private restart(hostIndex: number): void {
+    const h = this.hosts[hostIndex]!;
+    const old = h.proc;
+    if (old && !old.dead) return;
+    if (old) {
+      // The survivors of a power loss learn of it at their next segment (RST from the rebooted host).
+      for (const c of [...this.net.conns]) for (const e of c.ends) if (e.owner === old) this.net.resetHalfOpen(e);
+      for (const [conn, ci] of old.clientConns) this.clientDisconnected(this.clients[ci]!, conn);
+    }
+    this.spawn(hostIndex, 'standby');
+  }
+
+  // ------------------------------------------------------------------------------ network
+
+  private delay(a: number, b: number, bytes: number): number {
+    const slow = this.slowLinks[a]![b]!;
+    return (this.baseDelayMs * (0.5 + this.rng.exp(0.5)) + bytes / 1e6) * slow;
+  }
+
+  private arbReachable(host: number): boolean {
+    return !this.arbDown && !this.arbBlocked[host]!;
+  }
+
+  private channelConns(a?: number, b?: number): Conn[] {
+    const out: Conn[] = [];
+    for (const c of this.net.conns) {
+      const x = c.ends[0].hostIndex;
+      const y = c.ends[1].hostIndex;
+      if (a === undefined || (x === a && y === b) || (x === b && y === a)) out.push(c);
+    }
+    return out;
+  }
+
+  private setLink(a: number, b: number, blocked: boolean): void {
+    this.blockedLinks[a]![b] = blocked;
+    for (const c of this.channelConns(a, b)) {
+      for (const side of [0, 1] as const) {
+        if (c.ends[side].hostIndex === a && c.ends[1 - side]!.hostIndex === b) this.net.setBlocked(c, side, blocked);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------ clients
+
+  private clientDelay(): number {
+    return this.rng.range(0.02, 0.3);
+  }
+
+  private clientConnect(c: Client): void {
+    if (c.connecting) return;
+    c.connecting = true;
+    const host = this.rng.chance(0.6) ? c.preferred : this.rng.int(0, 2);
+    this.q.push(this.nowMs + this.clientDelay(), () => {
+      c.connecting = false;
+      const p = this.hosts[host]!.proc;
+      const rec = p?.recorder();
+      if (!p || p.dead || rec === undefined || !rec.serviceOpen) {
+        c.preferred = this.rng.int(0, 2);
+        this.q.push(this.nowMs + this.rng.range(2, 20), () => this.clientConnect(c));
+        return;
+      }
+      c.proc = p;
+      c.conn = this.nextConn++;
+      c.preferred = host;
+      p.clientConns.set(c.conn, c.idx);
+      this.clientSend(c);
+    });
+  }
+
+  private clientSend(c: Client): void {
+    const p = c.proc;
+    if (!p) return;
+    const r = this.rng;
+    const roll = r.float();
+    const op: Op =
+      roll < 0.55
+        ? { kind: 'incr', key: r.int(0, KEYS - 1), val: 0, work: r.int(50, 2000) }
+        : roll < 0.75
+          ? { kind: 'get', key: r.int(0, KEYS - 1), val: 0, work: r.int(20, 500) }
+          : roll < 0.9
+            ? { kind: 'set', key: r.int(0, KEYS - 1), val: r.int(0, 1_000_000), work: r.int(50, 2000) }
+            : { kind: 'compute', key: 0, val: r.int(0, 1000), work: r.int(5_000, 80_000) };
+    const req = this.nextReq++;
+    this.stats.requests++;
+    const conn = c.conn;
+    const pending: NonNullable<Client['pending']> = { req, op, sentAtMs: this.nowMs, timer: undefined };
+    c.pending = pending;
+    this.q.push(this.nowMs + this.clientDelay(), () =>
+      this.dispatch(p, () => {
+        if (p.clientConns.get(conn) !== c.idx) return;
+        p.recorder()?.clientInput(conn, req, op);
+      }, 'other'),
+    );
+    const token = { cancelled: false };
+    pending.timer = { cancel: () => (token.cancelled = true) };
+    this.q.push(this.nowMs + this.clientTimeoutMs, () => {
+      if (token.cancelled || c.pending !== pending) return;
+      // Indeterminate: give up on this connection and try a node again.
+      c.pending = undefined;
+      p.clientConns.delete(conn);
+      c.proc = undefined;
+      c.preferred = this.rng.int(0, 2);
+      this.clientConnect(c);
+    });
+  }
+
+  private clientReply(c: Client, conn: number, req: number): void {
+    const p = c.pending;
+    if (p === undefined || p.req !== req || c.conn !== conn) return;
+    p.timer?.cancel();
+    c.pending = undefined;
+    this.stats.completed++;
+    if (this.healed && p.sentAtMs >= this.healAtMs) {
+      this.progressAfterHeal++;
+      if (this.progressAfterHeal === PROGRESS_NEEDED) this.progressAtMs = this.nowMs;
+    }
+    this.q.push(this.nowMs + this.rng.exp(3), () => (c.proc && c.conn === conn ? this.clientSend(c) : this.clientConnect(c)));
+  }
+
+  private clientDisconnected(c: Client, conn: number): void {
+    if (c.conn !== conn) return;
+    c.pending?.timer?.cancel();
+    c.pending = undefined;
+    c.proc = undefined;
+    c.conn = -1;
+    c.preferred = this.rng.int(0, 2);
+    this.clientConnect(c);
+  }
+
+  // ------------------------------------------------------------------------------ the nemesis
+
+  private fault(kind: string): void {
+    this.stats.faults[kind] = (this.stats.faults[kind] ?? 0) + 1;
+  }
+
+  private nemesis(): void {
+    if (this.healed) return;
+    const r = this.rng;
+    const roll = r.float();
+    const alive = this.hosts.filter((h) => h.proc !== null && !h.proc.dead).map((h) => h.proc!);
+    if (roll < 0.16) {
+      const victim = alive.length > 0 ? r.pick(alive) : undefined;
+      if (victim && this.crashAllowed(victim)) {
+        const k9 = r.chance(0.75);
+        this.fault(k9 ? 'kill-9' : 'power-loss');
+        this.trace(victim, () => (k9 ? 'NEMESIS kill -9' : 'NEMESIS power loss'));
+        this.kill(victim, k9);
+        const h = this.hosts[victim.host]!;
+        h.restartPending = true;
+        this.q.push(this.nowMs + r.range(50, 1500), () => {
+          if (!this.healed && h.restartPending) this.restart(h.index);
+        });
+      }
+    } else if (roll < 0.34) {
+      const victim = alive.filter((p) => !p.paused);
+      if (victim.length > 0) {
+        const p = r.pick(victim);
+        const ms = r.chance(0.5) ? r.range(1, this.t.failTimeoutMs) : r.range(this.t.failTimeoutMs, 3 * this.t.failTimeoutMs + 300);
+        this.fault('pause');
+        this.trace(p, () => `NEMESIS SIGSTOP for ${ms.toFixed(1)} ms`);
+        p.paused = true;
+        this.q.push(this.nowMs + ms, () => this.resume(p));
+      }
+    } else if (roll < 0.5) {
+      const cs = this.channelConns();
+      if (cs.length > 0) {
+        const c = r.pick(cs);
+        this.fault('channel-cut');
+        this.trace(null, () => `NEMESIS cuts connection ${c.id}`);
+        this.net.cut(c, 'connection reset by the network', r.chance(0.3));
+      }
+    } else if (roll < 0.64) {
+      const a = r.int(0, 2);
+      const b = (a + r.int(1, 2)) % 3;
+      const both = r.chance(0.6);
+      const ms = r.range(5, 3 * this.t.failTimeoutMs + 200);
+      const endCut = r.chance(0.3);
+      this.fault(both ? 'partition' : 'partition-one-way');
+      this.trace(null, () => `NEMESIS partitions h${a}${both ? '<->' : '->'}h${b} for ${ms.toFixed(1)} ms`);
+      this.setLink(a, b, true);
+      if (both) this.setLink(b, a, true);
+      this.q.push(this.nowMs + ms, () => {
+        if (endCut) for (const c of this.channelConns(a, b)) this.net.cut(c, 'connection timed out', false);
+        this.setLink(a, b, false);
+        if (both) this.setLink(b, a, false);
+      });
+    } else if (roll < 0.76) {
+      const h = r.int(0, 2);
+      const ms = r.range(20, 4 * this.t.arbiterDeadlineMs + 200);
+      this.fault('arbiter-partition');
+      this.trace(null, () => `NEMESIS cuts h${h} from the arbiter for ${ms.toFixed(1)} ms`);
+      this.arbBlocked[h] = true;
+      this.q.push(this.nowMs + ms, () => (this.arbBlocked[h] = false));
+    } else if (roll < 0.82) {
+      const ms = r.range(20, 3 * this.t.arbiterDeadlineMs + 100);
+      this.fault('arbiter-down');
+      this.trace(null, () => `NEMESIS arbiter unreachable for ${ms.toFixed(1)} ms`);
+      this.arbDown = true;
+      this.q.push(this.nowMs + ms, () => (this.arbDown = false));
+    } else if (roll < 0.9) {
+      const a = r.int(0, 2);
+      const b = (a + r.int(1, 2)) % 3;
+      const f = r.range(5, 100);
+      const ms = r.range(5, 300);
+      this.fault('delay-spike');
+      this.slowLinks[a]![b] = f;
+      this.slowLinks[b]![a] = f;
+      this.q.push(this.nowMs + ms, () => {
+        this.slowLinks[a]![b] = 1;
+        this.slowLinks[b]![a] = 1;
+      });
+    } else if (roll < 0.95) {
+      const reps = alive.map((p) => p.replica()).filter((x): x is BackupDriver => x !== undefined);
+      if (reps.length > 0) {
+        const rep = r.pick(reps);
+        const old = rep.vcpu.speed;
+        rep.vcpu.speed = old * r.range(0.05, 0.5);
+        this.fault('replica-slow');
+        this.q.push(this.nowMs + r.range(5, 400), () => (rep.vcpu.speed = old));
+      }
+    } else {
+      // A host comes back (or a fresh standby appears) early.
+      const down = this.hosts.filter((h) => h.proc === null || h.proc.dead);
+      if (down.length > 0) {
+        const h = r.pick(down);
+        this.fault('standby-start');
+        this.restart(h.index);
+      }
+    }
+    this.q.push(this.nowMs + r.exp(this.meanFaultGapMs), () => this.nemesis());
+  }
+
+  private resume(p: Proc): void {
+    if (!p.paused) return;
+    p.paused = false;
+    if (p.dead) return;
+    this.trace(p, () => 'SIGCONT');
+    const d = p.deferred;
+    p.deferred = [];
+    // One pending tick fires (setInterval does not catch up); whether timers or I/O go first is a race.
+    const ticksFirst = this.rng.chance(0.5);
+    const ticks = d.filter((x) => x.kind === 'tick');
+    const rest = d.filter((x) => x.kind !== 'tick');
+    for (const x of ticksFirst ? [...ticks, ...rest] : [...rest, ...ticks]) this.q.push(this.nowMs, () => this.dispatch(p, x.fn, x.kind));
+  }
+
+  /** A crash must leave a replica that can carry the VM on (a double failure loses the VM by design). */
+  private crashAllowed(victim: Proc): boolean {
+    if (victim.arbiterInFlight > 0 || victim.arbiterRequests > 0) return false;
+    for (const h of this.hosts) {
+      const p = h.proc;
+      if (!p || p.dead || p === victim) continue;
+      if (this.viable(p)) return true;
+    }
+    return false;
+  }
+
+  /** Can this process carry the VM on by itself (it is, or can become, the live primary)? */
+  private viable(p: Proc): boolean {
+    const rec = this.arb.record;
+    if (rec === null) return false;
+    const ownsNext = (epoch: number): boolean => rec.epoch === epoch || (rec.epoch === epoch + 1 && rec.owner === p.id);
+    const pr = p.recorder();
+    if (pr) {
+      const s = pr.core.status();
+      return s.halted === null && ownsNext(s.epoch);
+    }
+    const b = p.replica();
+    if (b) {
+      const s = b.core.status();
+      return (s.phase === 'following' || s.phase === 'draining' || s.phase === 'claiming') && ownsNext(s.epoch);
+    }
+    return false;
+  }
+
+  private heal(): void {
+    this.healed = true;
+    this.healAtMs = this.nowMs;
+    this.stats.healAtMs = this.nowMs;
+    this.trace(null, () => 'HEAL: faults end; every node resumes, links and the arbiter come back, crashed hosts restart as standbys');
+    this.arbDown = false;
+    for (let a = 0; a < 3; a++) {
+      this.arbBlocked[a] = false;
+      for (let b = 0; b < 3; b++) {
+        if (a !== b) this.setLink(a, b, false);
+        this.slowLinks[a]![b] = 1;
+      }
+    }
+    for (const h of this.hosts) {
+      const p = h.proc;
+      if (p && !p.dead) this.resume(p);
+      const rep = p?.replica();
+      if (rep) rep.vcpu.speed = 1000 * this.replicaSpeedMean;
+    }
+    for (const h of this.hosts) {
+      if (h.proc === null || h.proc.dead) {
+        const i = h.index;
+        this.q.push(this.nowMs + this.rng.range(1, 100), () => this.restart(i));
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------ checkers
+
+  private noteArbiter(): void {
+    const r = this.arb.record;
+    if (r && r.epoch > this.stats.maxEpoch) this.stats.maxEpoch = r.epoch;
+  }
+
+  /** (lost) Every output ever released is in this state: its entry, at its seq. */
+  private checkHasReleased(proc: Proc, state: GuestState, what: string): void {
+    for (const r of this.releasedLog) {
+      if (r.seq >= state.seq || state.ids[r.seq] !== r.id) {
+        this.fail(
+          `(lost) ${proc.id} ${what} with ${state.seq} entries, but the output of entry ${r.seq} ` +
+            `(released by ${r.by} at ${r.atMs.toFixed(3)} ms) is ${r.seq >= state.seq ? 'beyond its log' : 'not the entry it has there'}: an acknowledged output was lost`,
+        );
+      }
+    }
+  }
+
+  private checkInvariants(): void {
+    const live = new Map<number, string>();
+    const states: Array<{ id: string; s: GuestState }> = [];
+    const rec = this.arb.record;
+    for (const h of this.hosts) {
+      const p = h.proc;
+      if (!p || p.dead) continue;
+      const pr = p.recorder();
+      let liveEpoch = -1;
+      if (pr) {
+        const s = pr.core.status();
+        if (s.halted === null) liveEpoch = s.epoch;
+        if (pr.vcpu) states.push({ id: p.id, s: pr.vcpu.state });
+      } else {
+        const b = p.replica();
+        if (b) {
+          const s = b.core.status();
+          if (s.phase === 'live') liveEpoch = s.epoch;
+          if (s.nextSeq > (this.received.get(s.epoch) ?? 0)) this.received.set(s.epoch, s.nextSeq);
+          states.push({ id: p.id, s: b.vcpu.state });
+        }
+      }
+      if (liveEpoch >= 0) {
+        const other = live.get(liveEpoch);
+        if (other !== undefined) this.fail(`(a) two live replicas in epoch ${liveEpoch}: ${other} and ${p.id}`);
+        live.set(liveEpoch, p.id);
+        if (rec && liveEpoch > rec.epoch) this.fail(`(a) ${p.id} is live at epoch ${liveEpoch}, beyond the arbiter's ${rec.epoch}`);
+      }
+    }
+    for (let i = 0; i < states.length; i++) {
+      for (let j = i + 1; j < states.length; j++) {
+        const a = states[i]!;
+        const b = states[j]!;
+        if (a.s.seq === b.s.seq && a.s.n === b.s.n && a.s.seq > 0 && a.s.lastId() === b.s.lastId() && a.s.stateHash() !== b.s.stateHash()) {
+          this.fail(`(c) ${a.id} and ${b.id} are both after entry ${a.s.seq - 1} at instruction ${a.s.n}, with different state hashes`);
+        }
+      }
+    }
+  }
+}
