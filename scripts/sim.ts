@@ -1,32 +1,31 @@
 /**
  * The simulator's command line (src/sim/index.ts):
  *
- *   npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--assume-fix arm] [--trace] [--keep-going]
+ *   npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--trace] [--keep-going]
  *
  * Runs seeds S, S+1, … S+N-1 (S random unless given; one seed with --seed alone). Prints the seed first;
  * a failing seed prints its step, virtual time, message, the tail of its trace and the command that
  * reproduces it. Exit code 1 if any seed failed.
  */
 import { randomInt } from 'node:crypto';
-import { reproduceCommand, runSeed, type AssumedFix, type BreakMode, type SimOptions, type SimResult } from '../src/sim/index.js';
+import { reproduceCommand, runSeed, type BreakMode, type SimOptions, type SimResult } from '../src/sim/index.js';
 
 interface Args {
   seeds: number | undefined;
   seed: number | undefined;
   breakMode: BreakMode | undefined;
-  assumeFixed: AssumedFix[];
   trace: boolean;
   keepGoing: boolean;
   json: boolean;
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--assume-fix arm] [--trace] [--keep-going] [--json]\n`);
+  process.stderr.write(`${msg}\nusage: npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--trace] [--keep-going] [--json]\n`);
   process.exit(2);
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { seeds: undefined, seed: undefined, breakMode: undefined, assumeFixed: [], trace: false, keepGoing: false, json: false };
+  const a: Args = { seeds: undefined, seed: undefined, breakMode: undefined, trace: false, keepGoing: false, json: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => argv[++i] ?? usage(`${k} needs a value`);
@@ -42,10 +41,6 @@ function parse(argv: string[]): Args {
       const b = v();
       if (b !== 'release-before-ack' && b !== 'skip-drain') usage(`--break: release-before-ack or skip-drain, not ${b}`);
       a.breakMode = b;
-    } else if (k === '--assume-fix') {
-      const f = v();
-      if (f !== 'arm') usage(`--assume-fix: arm, not ${f}`);
-      a.assumeFixed.push(f);
     } else if (k === '--trace') a.trace = true;
     else if (k === '--keep-going') a.keepGoing = true;
     else if (k === '--json') a.json = true;
@@ -68,10 +63,10 @@ function report(r: SimResult, opts: SimOptions, traceAll: boolean): void {
 
 function main(): void {
   const a = parse(process.argv.slice(2));
-  const opts: SimOptions = { ...(a.breakMode ? { breakMode: a.breakMode } : {}), ...(a.assumeFixed.length > 0 ? { assumeFixed: a.assumeFixed } : {}) };
+  const opts: SimOptions = { ...(a.breakMode ? { breakMode: a.breakMode } : {}) };
   const count = a.seeds ?? (a.seed !== undefined ? 1 : 1);
   const base = a.seed ?? randomInt(0, 0xffffffff);
-  process.stdout.write(`seed ${base}${count > 1 ? ` (seeds ${base}..${base + count - 1})` : ''}${a.breakMode ? ` break=${a.breakMode}` : ''}${a.assumeFixed.length ? ` assume-fix=${a.assumeFixed.join(',')}` : ''}\n`);
+  process.stdout.write(`seed ${base}${count > 1 ? ` (seeds ${base}..${base + count - 1})` : ''}${a.breakMode ? ` break=${a.breakMode}` : ''}\n`);
   const t0 = performance.now();
   let failed = 0;
   let steps = 0;

@@ -9,12 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import { reproduceCommand, runSeed, type BreakMode, type SimOptions, type SimResult } from '../src/sim/index.js';
 
-/**
- * PrimaryNode.arm() halts a primary whose earlier advance() timed out but committed (see nodes.ts
- * AssumedFix). Until primary-node.ts is fixed, the seed runs assume the fix; the known-bug test below
- * keeps the real behaviour in view (it passes once the fix lands, and the assumption can go).
- */
-const BASE: SimOptions = { assumeFixed: ['arm'] };
+const BASE: SimOptions = {};
 const SEEDS = 300;
 
 test(`simulation: ${SEEDS} seeds pass every checker`, (t) => {
@@ -73,7 +68,7 @@ test('simulation: the command line prints the seed first and, on failure, the co
   let out = '';
   let code = 0;
   try {
-    out = execFileSync(process.execPath, [script, '--seed', '1', '--break', 'release-before-ack', '--assume-fix', 'arm'], { encoding: 'utf8' });
+    out = execFileSync(process.execPath, [script, '--seed', '1', '--break', 'release-before-ack'], { encoding: 'utf8' });
   } catch (err) {
     const e = err as { status: number; stdout: string };
     code = e.status;
@@ -82,11 +77,11 @@ test('simulation: the command line prints the seed first and, on failure, the co
   assert.equal(code, 1);
   assert.match(out.split('\n')[0]!, /^seed 1\b/);
   assert.match(out, /FAIL seed 1 at step \d+/);
-  assert.ok(out.includes('reproduce: npm run sim -- --seed 1 --break release-before-ack --assume-fix arm'), out);
+  assert.ok(out.includes('reproduce: npm run sim -- --seed 1 --break release-before-ack'), out);
 });
 
-test('simulation: known bug — PrimaryNode.arm() halts a primary whose timed-out advance() had committed', { todo: 'primary-node.ts arm(): after advance() is false, a record {epoch + 1, this node} means armed, not fenced' }, () => {
-  // Faithful mirror of primary-node.ts (no fix assumed): seed 154 loses its VM this way.
+test('simulation: a primary whose timed-out advance() had committed is armed, not fenced (seed 154 found it)', () => {
+  // Before the fix, PrimaryNode.arm() took the record {epoch + 1, this node} for a fence and halted.
   const r = runSeed(154);
   assert.ok(r.ok, `${r.message}\n  reproduce: ${reproduceCommand(154)}`);
 });

@@ -17,6 +17,7 @@ export class ChannelListener extends EventEmitter {
     private readonly host: string,
     private readonly port: number,
     private readonly opts: ConnectionOptions,
+    private readonly replaceCurrent = true,
   ) {
     super();
   }
@@ -41,8 +42,9 @@ export class ChannelListener extends EventEmitter {
   private accept(s: net.Socket): void {
     const c = new ChannelConnection(s, this.opts);
     c.once('open', (hello: HelloFrame) => {
-      // One primary at a time: an authenticated newcomer (a restarted primary) replaces the old link.
-      if (this.current && this.current !== c) this.current.close('replaced by a new connection from the primary');
+      // One primary at a time: an authenticated newcomer (a restarted primary) replaces the old link
+      // (unless the owner decides, as a standby receiving a clone does).
+      if (this.replaceCurrent && this.current && this.current !== c) this.current.close('replaced by a new connection from the primary');
       this.current = c;
       this.emit('connection', c, hello);
     });
@@ -103,6 +105,19 @@ export class ChannelDialer extends EventEmitter {
       this.dial();
     }, this.backoffMs);
     this.backoffMs = Math.min(this.backoffMs * 2, this.opts.retryMaxMs ?? 1000);
+  }
+
+  /**
+   * Takes an open connection (made elsewhere, e.g. the one a join ran on) as this dialer's current
+   * one: when it closes, the dialer redials.
+   */
+  adopt(c: ChannelConnection): void {
+    this.stopped = false;
+    this.current = c;
+    c.once('close', () => {
+      if (this.current === c) this.current = undefined;
+      this.schedule();
+    });
   }
 
   /** Stops redialing; the current connection (if any) stays open and is the caller's now. */

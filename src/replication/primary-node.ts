@@ -396,6 +396,13 @@ export class PrimaryNode {
             const totalMs = performance.now() - j.startedMs;
             this.lastJoin = { ...j, totalMs };
             this.log.warn({ standby: j.standby, epoch: a.epoch, pauseMs: +j.pauseMs.toFixed(2), totalMs: Math.round(totalMs), memoryBytes: j.totalBytes }, 'redundancy restored: the new backup is armed');
+            // From here on the new backup is dialed like any backup: a cut connection is redialed and
+            // resumes from the backup's position (instead of ending in a failover).
+            if (this.conn) {
+              const [host, port] = splitHostPort(j.channel);
+              this.dialer = this.newDialer({ host, port: Number(port) });
+              this.dialer.adopt(this.conn);
+            }
           }
           this.join = null;
           break;
@@ -421,6 +428,11 @@ export class PrimaryNode {
         return;
       }
       const rec = await o.arbiter.read(o.config.name, deadline);
+      // An earlier advance of ours (one that timed out, then committed) already moved the record on.
+      if (rec !== null && rec.epoch === epoch + 1 && rec.owner === o.nodeId) {
+        this.exec(this.core.step({ t: 'arm-result', ok: true, epoch: epoch + 1, fenced: false, reason: '' }));
+        return;
+      }
       this.exec(this.core.step({ t: 'arm-result', ok: false, epoch, fenced: true, reason: `the arbiter's record is ${JSON.stringify(rec)}, not {epoch ${epoch}, owner ${o.nodeId}}` }));
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'arming the new backup: the arbiter is unreachable; retrying');

@@ -74,7 +74,8 @@ export class StandbyNode {
 
   async start(): Promise<void> {
     const o = this.opts;
-    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, log: o.log.child({ part: 'channel' }), identity: this.identity });
+    // The listener must not let a newcomer replace a connection carrying a clone: onConnection decides.
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, log: o.log.child({ part: 'channel' }), identity: this.identity }, false);
     this.listener.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     await this.listener.start();
     if (o.control) {

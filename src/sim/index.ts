@@ -43,10 +43,10 @@
  * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags, to show the checkers
  * catch a broken core.
  */
-import type { AssumedFix, BreakMode } from './nodes.js';
+import type { BreakMode } from './nodes.js';
 import { SimFailure, World, type WorldStats } from './world.js';
 
-export type { AssumedFix, BreakMode } from './nodes.js';
+export type { BreakMode } from './nodes.js';
 export type { WorldStats } from './world.js';
 
 export interface SimResult {
@@ -62,8 +62,6 @@ export interface SimResult {
 
 export interface SimOptions {
   breakMode?: BreakMode;
-  /** Known driver bugs to assume fixed (nodes.ts AssumedFix); none by default. */
-  assumeFixed?: readonly AssumedFix[];
   trace?: boolean;
 }
 
@@ -71,7 +69,6 @@ export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
   const w = new World({
     seed,
     ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
-    ...(opts.assumeFixed ? { assumeFixed: opts.assumeFixed } : {}),
     ...(opts.trace ? { trace: true } : {}),
   });
   try {
@@ -89,5 +86,5 @@ export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
 
 /** The command that reproduces a seed's run. */
 export function reproduceCommand(seed: number, opts: SimOptions = {}): string {
-  return `npm run sim -- --seed ${seed}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}${(opts.assumeFixed ?? []).map((f) => ` --assume-fix ${f}`).join('')}`;
+  return `npm run sim -- --seed ${seed}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
 }

@@ -56,16 +56,6 @@ const RECRUITED_WAIT_MS = 5000;
 
 export type BreakMode = 'release-before-ack' | 'skip-drain';
 
-/**
- * Known bugs of the real drivers that the simulator found, and that it can assume fixed (so that the rest
- * of the protocol can still be checked at scale). Each is a deliberate, documented deviation from the
- * mirrored code, off by default:
- * - 'arm': primary-node.ts arm() reports `fenced` (halt) when advance() returns false even though the
- *   record read next is {epoch + 1, this node} — an earlier advance that timed out had committed. The
- *   fix: treat that record as armed (arm-result ok, epoch + 1).
- */
-export type AssumedFix = 'arm';
-
 export interface Timer {
   cancel(): void;
 }
@@ -76,7 +66,6 @@ export interface WorldApi {
   readonly t: SimTimings;
   readonly net: Network;
   readonly breakMode: BreakMode | undefined;
-  readonly assumeFixed: ReadonlySet<AssumedFix>;
   now(): number;
   /** Runs fn after delayMs on proc (deferred while it is paused, dropped once it is dead). */
   later(proc: Proc, delayMs: number, fn: () => void, kind?: 'tick'): Timer;
@@ -168,7 +157,10 @@ function claimAt(w: WorldApi, proc: Proc, epoch: number, cb: (r: ClaimInput) => 
 
 // ------------------------------------------------------------------------------------ endpoints
 
-/** endpoints.ts ChannelListener: one connection at a time; an authenticated newcomer replaces the old. */
+/**
+ * endpoints.ts ChannelListener: one connection at a time; an authenticated newcomer replaces the old
+ * (unless `replaceCurrent` is false: a standby decides itself, so a clone in transfer is not cut).
+ */
 export class Listener {
   open = true;
   private current: End | undefined;
@@ -177,12 +169,13 @@ export class Listener {
     private readonly net: Network,
     readonly identity: () => Identity,
     private readonly onConnection: (c: End, hello: Hello) => void,
+    private readonly replaceCurrent = true,
   ) {}
 
   accept(c: End): void {
     c.identity = this.identity;
     c.onOpen = (hello) => {
-      if (this.current && this.current !== c) this.net.closeLocal(this.current, 'replaced by a new connection from the primary');
+      if (this.replaceCurrent && this.current && this.current !== c) this.net.closeLocal(this.current, 'replaced by a new connection from the primary');
       this.current = c;
       this.onConnection(c, hello);
     };
@@ -237,6 +230,16 @@ class Dialer {
       this.dial();
     });
     this.backoffMs = Math.min(this.backoffMs * 2, 1000);
+  }
+
+  /** Takes an open connection as the current one: when it closes, the dialer redials. */
+  adopt(c: End): void {
+    this.stopped = false;
+    this.current = c;
+    c.onceClose(() => {
+      if (this.current === c) this.current = undefined;
+      this.schedule();
+    });
   }
 
   /** Stops redialing; the current connection (if any) stays open and is the caller's now. */
@@ -536,6 +539,11 @@ export class PrimaryDriver {
         case 'armed':
           this.w.trace(this.proc, () => `redundancy restored: the new backup is armed at epoch ${a.epoch}`);
           this.w.count('armed');
+          // PrimaryNode: the new backup is dialed like any backup from here on (a cut is redialed).
+          if (this.join && this.conn) {
+            this.dialer = this.newDialer(this.join.host);
+            this.dialer.adopt(this.conn);
+          }
           this.join = null;
           break;
         case 'join-abandoned':
@@ -545,7 +553,7 @@ export class PrimaryDriver {
     }
   }
 
-  /** PrimaryNode.arm: arbiter.advance; on false, read the record and report it as fenced. */
+  /** PrimaryNode.arm: arbiter.advance; on false, read the record: ours at epoch + 1 → armed, else fenced. */
   private arm(epoch: number): void {
     this.w.arbiter(this.proc, { op: 'advance', epoch, owner: this.proc.id }, (r) => {
       if (r === null || r.op !== 'advance') {
@@ -562,8 +570,8 @@ export class PrimaryDriver {
           return;
         }
         const rec = rr.record;
-        if (this.w.assumeFixed.has('arm') && rec !== null && rec.epoch === epoch + 1 && rec.owner === this.proc.id) {
-          // Assumed fix (see AssumedFix): an earlier advance of ours committed.
+        if (rec !== null && rec.epoch === epoch + 1 && rec.owner === this.proc.id) {
+          // An earlier advance of ours (timed out, then committed) already moved the record on.
           this.exec(this.core.step({ t: 'arm-result', ok: true, epoch: epoch + 1, fenced: false, reason: 'an earlier advance committed' }));
           return;
         }
@@ -824,6 +832,7 @@ export class StandbyDriver {
       w.net,
       () => this.identity.get(),
       (c, h) => this.onConnection(c, h),
+      false,
     );
   }
 

@@ -7,7 +7,7 @@ import type { WireOutput } from '../machine/vcpu-protocol.js';
 import { ArbiterModel, type ArbiterOp, type ArbiterReply } from './arbiter.js';
 import { KEYS, type GuestState, type Op } from './guest.js';
 import { Network, type Conn, type End, type Identity } from './net.js';
-import { BackupDriver, PrimaryDriver, Proc, StandbyDriver, type AssumedFix, type BreakMode, type SimTimings, type Timer, type WorldApi } from './nodes.js';
+import { BackupDriver, PrimaryDriver, Proc, StandbyDriver, type BreakMode, type SimTimings, type Timer, type WorldApi } from './nodes.js';
 import { Prng } from './prng.js';
 import { EventQueue } from './queue.js';
 import { outputReplies } from './vcpu.js';
@@ -22,7 +22,6 @@ export class SimFailure extends Error {
 export interface WorldOptions {
   seed: number;
   breakMode?: BreakMode;
-  assumeFixed?: readonly AssumedFix[];
   /** Keep every trace line (else only the failure is reported). */
   trace?: boolean;
 }
@@ -67,7 +66,6 @@ export class World implements WorldApi {
   readonly t: SimTimings;
   readonly net: Network;
   readonly breakMode: BreakMode | undefined;
-  readonly assumeFixed: ReadonlySet<AssumedFix>;
   private readonly q = new EventQueue();
   private nowMs = 0;
   private steps = 0;
@@ -105,7 +103,6 @@ export class World implements WorldApi {
   constructor(opts: WorldOptions) {
     this.rng = new Prng(opts.seed);
     this.breakMode = opts.breakMode;
-    this.assumeFixed = new Set(opts.assumeFixed ?? []);
     this.traceOn = opts.trace ?? false;
     const r = this.rng;
     // Timeouts randomized within their allowed ranges (the CLI's), biased to the interesting region.
