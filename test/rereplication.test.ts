@@ -237,6 +237,33 @@ test('a 64 MiB guest joined mid-load: the transfer cut half-way leaves the prima
   }
 });
 
+test('a re-replicated pair whose channel is cut and healed at once reconnects and resumes (no failover)', async () => {
+  const proxies = new Map<number, FaultProxy>();
+  const pool = await Pool.start({ slots: 1, advertise: (s) => (proxies.has(s.index) ? `127.0.0.1:${proxies.get(s.index)!.port}` : undefined) });
+  try {
+    const slot: Slot = { index: 1, servicePort: await freePort(), channelPort: await freePort(), controlPort: await freePort(), gen: 0, proc: undefined };
+    const proxy = await FaultProxy.start({ targetPort: slot.channelPort });
+    proxies.set(1, proxy);
+    pool.slots.push(slot);
+    await pool.startStandby(slot);
+    const before = await pool.waitProtected();
+    const c = await RespClient.connect({ port: before.primary.servicePort, callTimeoutMs: 10_000 });
+    for (let round = 0; round < 3; round++) {
+      proxy.cut();
+      await proxy.heal();
+      assert.equal(await c.call('SET', `after-cut-${round}`, 'x'), 'OK'); // released once the redialed backup ACKs
+      const after = await pool.waitProtected();
+      assert.equal(after.primary, before.primary);
+      assert.equal(after.epoch, before.epoch, 'no failover: the same epoch');
+    }
+    await pool.hashesAgree(before.primary, before.backup);
+    c.close();
+  } finally {
+    await pool.stop();
+    for (const x of proxies.values()) await x.close();
+  }
+});
+
 const noEtcd = etcdAvailable() ? false : '/usr/bin/etcd is not installed (apt-get install -y etcd-server)';
 
 test('with etcd as the arbiter: three kill/recruit cycles, nothing acknowledged lost', { skip: noEtcd }, async () => {
