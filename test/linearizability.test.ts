@@ -188,6 +188,7 @@ describe('checker mechanics', () => {
         if (expected) legal++;
         assert.equal(r.verdict, expected ? 'ok' : 'illegal', `${JSON.stringify(h)}\n${formatCheckResult(r)}`);
         assert.equal(checkKv(h, { forcedSteps: false }).verdict, r.verdict);
+        assert.equal(checkKv(h, { cache: 'fingerprint' }).verdict, r.verdict);
       }),
       { numRuns: 3000 },
     );

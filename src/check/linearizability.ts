@@ -97,6 +97,12 @@ export interface CheckOptions {
    * (default true; false gives the plain Wing & Gong / Lowe search, for comparison).
    */
   forcedSteps?: boolean;
+  /**
+   * How the cache identifies a set of linearized operations: `exact` (a bit set per entry), or
+   * `fingerprint` (two 32-bit hashes and the size: constant memory; a violation found this way is
+   * confirmed with an exact search). Default `auto`: exact up to 1,024 operations in a partition.
+   */
+  cache?: 'exact' | 'fingerprint' | 'auto';
   /** For `ok` partitions, return the linearization found (operation indices in order). Default false. */
   linearizations?: boolean;
 }
@@ -136,6 +142,8 @@ export interface PartitionResult {
   operations: number;
   steps: number;
   cacheEntries: number;
+  /** How the cache identified linearized sets (see {@link CheckOptions.cache}). */
+  cache?: 'exact' | 'fingerprint';
   ms: number;
   /** Why the verdict is `unknown`. */
   reason?: string;
@@ -178,9 +186,9 @@ interface Budget {
 }
 
 /** splitmix32: deterministic pseudo-random 32-bit values for the cache's Zobrist hashing. */
-function zobristTable(n: number): Uint32Array {
+function zobristTable(n: number, seed: number): Uint32Array {
   const t = new Uint32Array(n);
-  let s = 0x9e3779b9;
+  let s = seed;
   for (let i = 0; i < n; i++) {
     s = (s + 0x9e3779b9) | 0;
     let z = s;
@@ -225,7 +233,14 @@ function fmtOp(d: DescribedOperation): string {
 }
 
 /** Checks one partition. `ops` are the partition's operations (without failed ones). */
-function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: readonly IndexedOperation<I, O>[], budget: Budget, wantLinearization: boolean): PartitionResult {
+function checkPartition<S, I, O>(
+  model: Model<S, I, O>,
+  partition: string,
+  ops: readonly IndexedOperation<I, O>[],
+  budget: Budget,
+  wantLinearization: boolean,
+  exact: boolean,
+): PartitionResult {
   const t0 = performance.now();
   const n = ops.length;
   const equal = model.equal ?? Object.is;
@@ -306,17 +321,30 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
 
   const words = (n + 31) >>> 5;
   const bits = new Uint32Array(words);
-  const zob = zobristTable(n);
+  const zob = zobristTable(n, 0x9e3779b9);
+  const zob2 = zobristTable(n, 0x7f4a7c15);
   let zobHash = 0;
-  // The cache: (linearized set, state) pairs already reached. Entries live in chunked arenas (bit sets
-  // in Uint32Arrays, states in arrays), chained per bucket of a combined hash.
-  const perChunk = Math.max(64, Math.floor(65536 / Math.max(1, words)));
+  let zobHash2 = 0;
+  // The cache: (linearized set, state) pairs already reached. Entries live in chunked arenas
+  // (signatures in Uint32Arrays, states in arrays), chained per bucket of a combined hash. The
+  // signature of a linearized set is the set itself (exact), or two independent 32-bit Zobrist hashes
+  // and its size (fingerprint: constant memory per entry; a collision could only prune a path, so
+  // fingerprint mode may wrongly report `illegal`, never wrongly `ok` — the caller confirms).
+  const sigWords = exact ? words : 3;
+  const sig = exact ? bits : new Uint32Array(3);
+  const setSig = (zh: number, zh2: number, count: number): void => {
+    if (exact) return;
+    sig[0] = zh;
+    sig[1] = zh2;
+    sig[2] = count;
+  };
+  const perChunk = Math.max(64, Math.floor(65536 / Math.max(1, sigWords)));
   const bitChunks: Uint32Array[] = [];
   const stateChunks: S[][] = [];
   const chainChunks: Int32Array[] = [];
   const heads = new Map<number, number>();
   let cacheEntries = 0;
-  const maxCache = Math.min(budget.maxCache, Math.floor(budget.maxCacheBytes / (words * 4 + 48)));
+  const maxCache = Math.min(budget.maxCache, Math.floor(budget.maxCacheBytes / (sigWords * 4 + 48)));
   const cacheHas = (key: number, st: S): boolean => {
     let e = heads.get(key) ?? -1;
     while (e !== -1) {
@@ -324,10 +352,10 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
       const j = e - c * perChunk;
       if (equal(stateChunks[c]![j]!, st)) {
         const b = bitChunks[c]!;
-        const base = j * words;
+        const base = j * sigWords;
         let same = true;
-        for (let w = 0; w < words; w++) {
-          if (b[base + w] !== bits[w]) {
+        for (let w = 0; w < sigWords; w++) {
+          if (b[base + w] !== sig[w]) {
             same = false;
             break;
           }
@@ -343,11 +371,11 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
     const c = (e / perChunk) | 0;
     const j = e - c * perChunk;
     if (c === bitChunks.length) {
-      bitChunks.push(new Uint32Array(perChunk * words));
+      bitChunks.push(new Uint32Array(perChunk * sigWords));
       stateChunks.push(new Array<S>(perChunk));
       chainChunks.push(new Int32Array(perChunk));
     }
-    bitChunks[c]!.set(bits, j * words);
+    bitChunks[c]!.set(sig, j * sigWords);
     stateChunks[c]![j] = st;
     chainChunks[c]![j] = heads.get(key) ?? -1;
     heads.set(key, e);
@@ -378,15 +406,15 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
   let fresh = true;
 
   const keyFor = (zh: number, st: S): number => (zh ^ Math.imul(model.hash(st) ^ 0x5bd1e995, 0x9e3779b1)) & 0x3fffffff;
-  const push = (c: number, op: number, zh: number, ns: S, isForced: boolean): void => {
+  const push = (c: number, zh: number, zh2: number, ns: S, isForced: boolean): void => {
     stackNode[depth] = c;
     stackState[depth] = state;
     stackForced[depth] = isForced ? 1 : 0;
     depth++;
     zobHash = zh;
+    zobHash2 = zh2;
     state = ns;
     lift(c);
-    void op;
   };
   /**
    * A dead end: undo the last choice, and keep undoing while the undone step was forced (a forced step
@@ -402,6 +430,7 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
       const op = nodeOp[c]!;
       bits[op >>> 5]! &= ~(1 << (op & 31));
       zobHash = (zobHash ^ zob[op]!) >>> 0;
+      zobHash2 = (zobHash2 ^ zob2[op]!) >>> 0;
       unlift(c);
       if (stackForced[depth] === 0) {
         node = next[c]!;
@@ -447,13 +476,15 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
         const bit = 1 << (op & 31);
         bits[w]! |= bit;
         const zh = (zobHash ^ zob[op]!) >>> 0;
+        const zh2 = (zobHash2 ^ zob2[op]!) >>> 0;
+        setSig(zh, zh2, depth + 1);
         const key = keyFor(zh, state);
         if (cacheHas(key, state)) {
           bits[w]! &= ~bit;
           dead = true;
         } else {
           cacheAdd(key, state);
-          push(x, op, zh, state, true);
+          push(x, zh, zh2, state, true);
           forced = true;
         }
         break;
@@ -483,6 +514,8 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
       const bit = 1 << (op & 31);
       bits[w]! |= bit;
       const zh = (zobHash ^ zob[op]!) >>> 0;
+      const zh2 = (zobHash2 ^ zob2[op]!) >>> 0;
+      setSig(zh, zh2, depth + 1);
       const key = keyFor(zh, nsv);
       if (cacheHas(key, nsv)) {
         bits[w]! &= ~bit;
@@ -490,7 +523,7 @@ function checkPartition<S, I, O>(model: Model<S, I, O>, partition: string, ops: 
         continue;
       }
       cacheAdd(key, nsv);
-      push(node, op, zh, nsv, false);
+      push(node, zh, zh2, nsv, false);
       fresh = true;
       node = next[0]!;
     } else {
@@ -611,7 +644,18 @@ export function checkLinearizability<S, I, O>(model: Model<S, I, O>, history: re
       partitions.push({ partition: key, verdict: 'unknown', operations: ops.length, steps: 0, cacheEntries: 0, ms: 0, reason: 'time budget exhausted before this partition' });
       continue;
     }
-    partitions.push(checkPartition(model, key, ops, budget, options.linearizations === true));
+    const mode = options.cache ?? 'auto';
+    const exact = mode === 'exact' || (mode === 'auto' && ops.length <= 1024);
+    let r = checkPartition(model, key, ops, budget, options.linearizations === true, exact);
+    if (!exact && r.verdict === 'illegal') {
+      // Fingerprints may collide (a pruned path): confirm with the exact cache.
+      const confirm = checkPartition(model, key, ops, budget, options.linearizations === true, true);
+      confirm.steps += r.steps;
+      if (confirm.verdict === 'unknown') confirm.reason = `the fingerprint search found a violation; confirming it exactly: ${confirm.reason ?? 'unknown'}`;
+      r = confirm;
+    }
+    r.cache = exact ? 'exact' : 'fingerprint';
+    partitions.push(r);
   }
   const violations = partitions.flatMap((p) => (p.violation ? [p.violation] : []));
   const unknown = partitions.filter((p) => p.verdict === 'unknown').map((p) => ({ partition: p.partition, reason: p.reason ?? 'unknown' }));

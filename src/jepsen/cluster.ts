@@ -1,0 +1,271 @@
+/**
+ * The system under test of the Jepsen-style run: one VM (the kv guest) served by real `ftvm` processes
+ * on loopback, in "slots" of fixed ports. Slot 0 starts as a primary with an arbiter and no `--peer`
+ * (it recruits a backup from the standby pool); every other slot starts as `ftvm standby`. With three
+ * slots there is a primary, a backup and a spare standby.
+ *
+ * Fault points:
+ * - every slot's logging channel is reached through its own {@link FaultProxy} (the standby registers
+ *   the proxy's address with `--advertise`), so the channel of the current pair is cut at the backup's
+ *   proxy;
+ * - the arbiter (an `ftvm arbiter` process, or one etcd member) is reached through a FaultProxy;
+ * - processes are killed (-9), paused (SIGSTOP) and resumed (SIGCONT) by PID.
+ *
+ * A replica that died (killed, or halted after losing a claim) is replaced in one place,
+ * {@link Cluster.replaceDeadReplica}: it is restarted as a fresh standby on the same ports with a new
+ * host id, as a repaired machine would rejoin the pool, and the primary running alone recruits it.
+ */
+import { performance } from 'node:perf_hooks';
+import { EtcdTestCluster } from '../arbiter/etcd-test-cluster.js';
+import { controlRequest } from '../service/control.js';
+import { FaultProxy } from '../testing/fault-proxy.js';
+import { CLI, guestFile, makeSecretFile, startArbiter, type ArbiterProcess } from '../testing/pair.js';
+import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../testing/processes.js';
+
+export type ArbiterKind = 'embedded' | 'etcd';
+
+export interface Slot {
+  readonly index: number;
+  readonly servicePort: number;
+  readonly channelPort: number;
+  readonly controlPort: number;
+  /** Restarts so far (the host id is `slot<index>-g<gen>`). */
+  gen: number;
+  proc: ProcessHandle | undefined;
+  /** In front of the slot's channel port; its address is what the slot registers in the pool. */
+  readonly channelProxy: FaultProxy;
+  /** SIGSTOPped by the nemesis and not yet resumed. */
+  paused: boolean;
+}
+
+export interface ClusterOptions {
+  arbiter: ArbiterKind;
+  /** Default 3: primary, backup, one spare standby. */
+  slots?: number;
+  guest?: string;
+  /** Extra flags for every node. */
+  nodeArgs?: string[];
+  log?: (line: string) => void;
+}
+
+export interface ProtectedPair {
+  primary: Slot;
+  backup: Slot;
+  epoch: number;
+}
+
+type Status = Record<string, unknown>;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class Cluster {
+  readonly slots: Slot[] = [];
+  /** Replicas restarted as standbys after they died. */
+  restarts = 0;
+  /** The slot last seen serving as the primary (clients try it first). */
+  private primaryHint = 0;
+
+  private constructor(
+    readonly opts: ClusterOptions,
+    readonly vm: string,
+    readonly secretFile: string,
+    readonly arbiterProxy: FaultProxy,
+    private readonly arbiterProc: ArbiterProcess | undefined,
+    private readonly etcd: EtcdTestCluster | undefined,
+  ) {}
+
+  static async start(o: ClusterOptions): Promise<Cluster> {
+    const log = o.log ?? (() => {});
+    const secretFile = makeSecretFile();
+    let arbiterProc: ArbiterProcess | undefined;
+    let etcd: EtcdTestCluster | undefined;
+    let arbiterPort: number;
+    if (o.arbiter === 'etcd') {
+      etcd = await EtcdTestCluster.start({ size: 1 });
+      arbiterPort = Number(new URL(etcd.endpoint(0)).port);
+    } else {
+      arbiterProc = await startArbiter(secretFile);
+      arbiterPort = arbiterProc.port;
+    }
+    const arbiterProxy = await FaultProxy.start({ targetPort: arbiterPort });
+    const vm = `jepsen-${Math.random().toString(36).slice(2, 10)}`;
+    const c = new Cluster(o, vm, secretFile, arbiterProxy, arbiterProc, etcd);
+    try {
+      for (let i = 0; i < (o.slots ?? 3); i++) {
+        const channelPort = await freePort();
+        c.slots.push({
+          index: i,
+          servicePort: await freePort(),
+          channelPort,
+          controlPort: await freePort(),
+          gen: 0,
+          proc: undefined,
+          channelProxy: await FaultProxy.start({ targetPort: channelPort }),
+          paused: false,
+        });
+      }
+      log(`arbiter ${o.arbiter} at ${c.arbiterUrl} (through a fault proxy); ${c.slots.length} slots`);
+      await c.startPrimary(c.slots[0]!);
+      await Promise.all(c.slots.slice(1).map((s) => c.startStandby(s)));
+    } catch (err) {
+      await c.stop();
+      throw err;
+    }
+    return c;
+  }
+
+  /** What the nodes are given: the arbiter through its fault proxy. */
+  get arbiterUrl(): string {
+    return `${this.opts.arbiter === 'etcd' ? 'etcd' : 'ftvm'}://127.0.0.1:${this.arbiterProxy.port}`;
+  }
+
+  hostId(s: Slot): string {
+    return `slot${s.index}-g${s.gen}`;
+  }
+
+  control(s: Slot): string {
+    return `127.0.0.1:${s.controlPort}`;
+  }
+
+  /** Every slot's service port, the one last seen serving first. */
+  servicePorts(): number[] {
+    const hint = this.slots[this.primaryHint];
+    return [...(hint ? [hint.servicePort] : []), ...this.slots.filter((s) => s !== hint).map((s) => s.servicePort)];
+  }
+
+  private common(s: Slot): string[] {
+    const etcdArgs = this.opts.arbiter === 'etcd' ? ['--arbiter-deadline-ms', '2000'] : [];
+    return [
+      '--service', `127.0.0.1:${s.servicePort}`,
+      '--control', this.control(s),
+      '--secret-file', this.secretFile,
+      '--arbiter', this.arbiterUrl,
+      '--vm-name', this.vm,
+      '--host-id', this.hostId(s),
+      '--node-id', `node-${this.hostId(s)}`,
+      ...etcdArgs,
+      ...(this.opts.nodeArgs ?? []),
+    ];
+  }
+
+  private async startPrimary(s: Slot): Promise<void> {
+    s.proc = spawnNode([CLI, 'run', guestFile(this.opts.guest ?? 'kv'), '--role', 'primary', ...this.common(s)], { name: `primary-${this.hostId(s)}` });
+    await s.proc.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' });
+    await waitForPort(s.servicePort);
+  }
+
+  private async startStandby(s: Slot): Promise<void> {
+    s.paused = false;
+    s.proc = spawnNode(
+      [CLI, 'standby', guestFile(this.opts.guest ?? 'kv'), '--channel', `127.0.0.1:${s.channelPort}`, '--advertise', `127.0.0.1:${s.channelProxy.port}`, ...this.common(s)],
+      { name: `standby-${this.hostId(s)}` },
+    );
+    await s.proc.waitForLine(/standby is in the pool/, 30_000, { stream: 'stderr' });
+  }
+
+  /**
+   * THE place a dead replica is replaced: the slot's process (killed, or halted after losing a claim)
+   * is restarted as a fresh standby on the same ports with a new host id; a primary running alone
+   * recruits it and clones the running VM to it.
+   */
+  async replaceDeadReplica(s: Slot): Promise<void> {
+    if (s.proc?.running) {
+      s.proc.kill('SIGKILL');
+      await s.proc.exited;
+    }
+    s.gen++;
+    this.restarts++;
+    this.opts.log?.(`slot ${s.index}: restarting as standby ${this.hostId(s)}`);
+    await this.startStandby(s);
+  }
+
+  /** Replaces every slot whose process has exited; returns how many. */
+  async reviveDead(): Promise<number> {
+    const dead = this.slots.filter((s) => s.proc !== undefined && !s.proc.running);
+    for (const s of dead) await this.replaceDeadReplica(s);
+    return dead.length;
+  }
+
+  kill(s: Slot): void {
+    if (s.paused) this.resume(s);
+    s.proc?.kill('SIGKILL');
+  }
+
+  pause(s: Slot): void {
+    if (s.proc?.kill('SIGSTOP')) s.paused = true;
+  }
+
+  resume(s: Slot): void {
+    if (!s.paused) return;
+    s.paused = false;
+    s.proc?.kill('SIGCONT');
+  }
+
+  async status(s: Slot): Promise<Status | null> {
+    if (!s.proc?.running || s.paused) return null;
+    try {
+      return (await controlRequest(this.control(s), 'GET', '/status', 1000)) as Status;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The protected pair now, if there is one. */
+  async protectedPair(): Promise<{ pair: ProtectedPair | undefined; statuses: (Status | null)[] }> {
+    const statuses = await Promise.all(this.slots.map((s) => this.status(s)));
+    const pi = statuses.findIndex((x) => x?.role === 'primary' && x.alone === false && x.backup === 'connected');
+    if (pi === -1) {
+      const live = statuses.findIndex((x) => x?.role === 'primary' && x.halted !== true);
+      if (live !== -1) this.primaryHint = live;
+      return { pair: undefined, statuses };
+    }
+    this.primaryHint = pi;
+    const epoch = statuses[pi]!.epoch as number;
+    const bi = statuses.findIndex((x, i) => i !== pi && x?.role === 'backup' && x.epoch === epoch && x.phase === 'following' && x.primary === 'connected');
+    if (bi === -1) return { pair: undefined, statuses };
+    return { pair: { primary: this.slots[pi]!, backup: this.slots[bi]!, epoch }, statuses };
+  }
+
+  /**
+   * Heals every fault, replaces dead replicas and waits until there is a protected pair and every other
+   * slot is a standby in the pool: the state every fault starts from.
+   */
+  async settle(timeoutMs = 60_000): Promise<ProtectedPair> {
+    for (const s of this.slots) this.resume(s);
+    await this.healNetwork();
+    const until = performance.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      await this.reviveDead();
+      const { pair, statuses } = await this.protectedPair();
+      if (pair) {
+        const spares = statuses.filter((x, i) => i !== pair.primary.index && i !== pair.backup.index && x?.role === 'standby');
+        if (spares.length === this.slots.length - 2) return pair;
+      }
+      last = JSON.stringify(statuses.map((x, i) => [i, x?.role ?? (this.slots[i]!.proc?.running ? 'no answer' : 'exited'), x?.backup ?? x?.phase ?? x?.pool, x?.epoch]));
+      if (performance.now() > until) throw new Error(`the cluster did not settle into a protected pair within ${timeoutMs} ms: ${last}`);
+      await sleep(50);
+    }
+  }
+
+  async healNetwork(): Promise<void> {
+    await this.arbiterProxy.heal();
+    for (const s of this.slots) await s.channelProxy.heal();
+  }
+
+  /** Any slot serving clients as a primary (protected or alone). */
+  async servingSlot(): Promise<Slot | undefined> {
+    const statuses = await Promise.all(this.slots.map((s) => this.status(s)));
+    const i = statuses.findIndex((x) => x?.role === 'primary' && x.halted !== true);
+    return i === -1 ? undefined : this.slots[i];
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.slots) this.resume(s);
+    await Promise.all(this.slots.map((s) => s.proc?.stop(3000)));
+    await Promise.all(this.slots.map((s) => s.channelProxy.close()));
+    await this.arbiterProxy.close();
+    await this.arbiterProc?.proc.stop();
+    await this.etcd?.stop();
+  }
+}

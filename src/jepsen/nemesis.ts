@@ -1,0 +1,125 @@
+/**
+ * The nemesis: one fault at a time, chosen and timed by a seeded PRNG, always against a protected pair
+ * (the cluster settles — every fault healed, dead replicas replaced by standbys, a protected pair and a
+ * spare — before each one).
+ *
+ * | fault | what |
+ * |---|---|
+ * | `kill-primary`, `kill-backup` | kill -9 |
+ * | `pause-primary`, `pause-backup` | SIGSTOP, then SIGCONT after 10–100 ms (shorter than the 150 ms failure timeout) or 200–1500 ms (longer) |
+ * | `channel-cut` | the pair's logging channel reset and refused (FaultProxy cut) for 150–1500 ms |
+ * | `channel-blackhole` | the channel silently drops everything, TCP up, for 150–1500 ms |
+ * | `arbiter-cut` | the arbiter unreachable for 100–2000 ms (the pair runs on: nothing to decide) |
+ * | `arbiter-and-channel-cut` | both at once: neither replica may go on until the arbiter returns |
+ */
+import { performance } from 'node:perf_hooks';
+import type { Prng } from '../testing/prng.js';
+import type { Cluster, ProtectedPair } from './cluster.js';
+
+export type FaultKind =
+  | 'kill-primary'
+  | 'kill-backup'
+  | 'pause-primary'
+  | 'pause-backup'
+  | 'channel-cut'
+  | 'channel-blackhole'
+  | 'arbiter-cut'
+  | 'arbiter-and-channel-cut';
+
+export const FAULT_WEIGHTS: readonly (readonly [FaultKind, number])[] = [
+  ['kill-primary', 3],
+  ['kill-backup', 2],
+  ['pause-primary', 3],
+  ['pause-backup', 2],
+  ['channel-cut', 2],
+  ['channel-blackhole', 1],
+  ['arbiter-cut', 2],
+  ['arbiter-and-channel-cut', 1],
+];
+
+export interface FaultRecord {
+  n: number;
+  kind: FaultKind;
+  /** Slot hit (the pair's primary or backup at the time). */
+  slot: number;
+  /** How long the fault lasted (pause, cut) or how long before the cluster was repaired (kill), ms. */
+  durationMs: number;
+  /** Pauses: longer than the failure timeout? */
+  long?: boolean;
+  /** History time (ms) when it was injected. */
+  at: number;
+  epochBefore: number;
+  epochAfter: number;
+  /** Time to settle afterwards (protected pair and a spare again), ms. */
+  settleMs: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Injects one fault on `pair`, heals it, and waits until the cluster settled. `now` is the history
+ * clock.
+ */
+export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: FaultKind, rng: Prng, n: number, now: () => number): Promise<FaultRecord> {
+  const at = now();
+  const t0 = performance.now();
+  let slot = pair.primary;
+  let long: boolean | undefined;
+  switch (kind) {
+    case 'kill-primary':
+    case 'kill-backup': {
+      slot = kind === 'kill-primary' ? pair.primary : pair.backup;
+      cluster.kill(slot);
+      await sleep(rng.range(0, 400));
+      break;
+    }
+    case 'pause-primary':
+    case 'pause-backup': {
+      slot = kind === 'pause-primary' ? pair.primary : pair.backup;
+      long = rng.chance(0.5);
+      cluster.pause(slot);
+      await sleep(long ? rng.range(200, 1500) : rng.range(10, 100));
+      cluster.resume(slot);
+      break;
+    }
+    case 'channel-cut':
+    case 'channel-blackhole': {
+      // The primary dials the backup's slot through that slot's proxy.
+      slot = pair.backup;
+      if (kind === 'channel-cut') slot.channelProxy.cut();
+      else slot.channelProxy.blackhole('both');
+      await sleep(rng.range(150, 1500));
+      await slot.channelProxy.heal();
+      break;
+    }
+    case 'arbiter-cut': {
+      cluster.arbiterProxy.cut();
+      await sleep(rng.range(100, 2000));
+      await cluster.arbiterProxy.heal();
+      break;
+    }
+    case 'arbiter-and-channel-cut': {
+      slot = pair.backup;
+      cluster.arbiterProxy.cut();
+      await sleep(rng.range(0, 50));
+      slot.channelProxy.cut();
+      await sleep(rng.range(300, 1500));
+      if (rng.chance(0.5)) {
+        await cluster.arbiterProxy.heal();
+        await sleep(rng.range(0, 300));
+        await slot.channelProxy.heal();
+      } else {
+        await slot.channelProxy.heal();
+        await sleep(rng.range(0, 300));
+        await cluster.arbiterProxy.heal();
+      }
+      break;
+    }
+  }
+  const durationMs = performance.now() - t0;
+  const t1 = performance.now();
+  const after = await cluster.settle();
+  const rec: FaultRecord = { n, kind, slot: slot.index, durationMs: Math.round(durationMs), at: Math.round(at), epochBefore: pair.epoch, epochAfter: after.epoch, settleMs: Math.round(performance.now() - t1) };
+  if (long !== undefined) rec.long = long;
+  return rec;
+}
