@@ -11,6 +11,7 @@
  * | `channel-blackhole` | the channel silently drops everything, TCP up, for 150–1500 ms |
  * | `arbiter-cut` | the arbiter unreachable for 100–2000 ms (the pair runs on: nothing to decide) |
  * | `arbiter-and-channel-cut` | both at once: neither replica may go on until the arbiter returns |
+ * | `rejoin-disrupted` | kill -9 a replica of the pair; while the survivor (running alone) clones the VM to the standby it recruited, kill that standby or cut its channel for 200–800 ms |
  */
 import { performance } from 'node:perf_hooks';
 import type { Prng } from '../testing/prng.js';
@@ -24,7 +25,8 @@ export type FaultKind =
   | 'channel-cut'
   | 'channel-blackhole'
   | 'arbiter-cut'
-  | 'arbiter-and-channel-cut';
+  | 'arbiter-and-channel-cut'
+  | 'rejoin-disrupted';
 
 export const FAULT_WEIGHTS: readonly (readonly [FaultKind, number])[] = [
   ['kill-primary', 3],
@@ -35,6 +37,7 @@ export const FAULT_WEIGHTS: readonly (readonly [FaultKind, number])[] = [
   ['channel-blackhole', 1],
   ['arbiter-cut', 2],
   ['arbiter-and-channel-cut', 1],
+  ['rejoin-disrupted', 1],
 ];
 
 export interface FaultRecord {
@@ -46,6 +49,8 @@ export interface FaultRecord {
   durationMs: number;
   /** Pauses: longer than the failure timeout? */
   long?: boolean;
+  /** `rejoin-disrupted`: what happened to the joining standby (or that no join was seen in time). */
+  rejoin?: 'killed' | 'channel-cut' | 'not-seen';
   /** History time (ms) when it was injected. */
   at: number;
   epochBefore: number;
@@ -65,6 +70,7 @@ export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: F
   const t0 = performance.now();
   let slot = pair.primary;
   let long: boolean | undefined;
+  let rejoin: FaultRecord['rejoin'];
   switch (kind) {
     case 'kill-primary':
     case 'kill-backup': {
@@ -115,11 +121,42 @@ export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: F
       }
       break;
     }
+    case 'rejoin-disrupted': {
+      slot = rng.chance(0.5) ? pair.primary : pair.backup;
+      const survivor = slot === pair.primary ? pair.backup : pair.primary;
+      cluster.kill(slot);
+      // The survivor goes on alone (after a failover if the primary died) and recruits the spare.
+      rejoin = 'not-seen';
+      const until = performance.now() + 10_000;
+      while (performance.now() < until) {
+        const st = await cluster.status(survivor);
+        const joining = st?.standby as { host?: string; phase?: string } | null | undefined;
+        const target = joining?.host === undefined ? undefined : cluster.slots.find((x) => cluster.hostId(x) === joining.host);
+        if (target) {
+          await sleep(rng.range(0, 30));
+          if (rng.chance(0.5)) {
+            cluster.kill(target);
+            rejoin = 'killed';
+          } else {
+            target.channelProxy.cut();
+            await sleep(rng.range(200, 800));
+            await target.channelProxy.heal();
+            rejoin = 'channel-cut';
+          }
+          break;
+        }
+        // The join completed before we saw it (claim: epoch + 1, armed: epoch + 2).
+        if (st?.backup === 'connected' && typeof st.epoch === 'number' && st.epoch >= pair.epoch + 2) break;
+        await sleep(10);
+      }
+      break;
+    }
   }
   const durationMs = performance.now() - t0;
   const t1 = performance.now();
   const after = await cluster.settle();
   const rec: FaultRecord = { n, kind, slot: slot.index, durationMs: Math.round(durationMs), at: Math.round(at), epochBefore: pair.epoch, epochAfter: after.epoch, settleMs: Math.round(performance.now() - t1) };
   if (long !== undefined) rec.long = long;
+  if (rejoin !== undefined) rec.rejoin = rejoin;
   return rec;
 }

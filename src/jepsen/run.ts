@@ -171,7 +171,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const lost = countLostWrites(history.ops, finals);
   const mix: Record<string, number> = {};
   for (const f of faults) {
-    const name = f.long === undefined ? f.kind : `${f.kind}-${f.long ? 'long' : 'short'}`;
+    const name = f.long !== undefined ? `${f.kind}-${f.long ? 'long' : 'short'}` : f.rejoin !== undefined ? `${f.kind}-${f.rejoin}` : f.kind;
     mix[name] = (mix[name] ?? 0) + 1;
   }
   const count = (s: string): number => history.ops.filter((x) => x.status === s).length;
