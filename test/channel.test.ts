@@ -81,3 +81,32 @@ test('a peer with the wrong secret never gets a frame through', async () => {
   p.close('done');
   server.close();
 });
+
+test('a standby speaking an older protocol version (before re-replication) is refused with a clear error; standby HELLOs skip the epoch check', async () => {
+  const secret = randomBytes(32);
+  {
+    const [a, b, server] = await pairOfSockets();
+    const pl = capture();
+    const p = new ChannelConnection(a, { secret, identity: { ...id('primary'), epoch: 7 }, log: pl.log });
+    const s = new ChannelConnection(b, { secret, identity: { role: 'standby', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 0, nextSeq: () => 0, protocolVersion: 1 }, log: capture().log });
+    const [reason] = await Promise.all([new Promise<string>((r) => p.once('close', r)), new Promise((r) => s.once('close', r))]);
+    assert.match(reason, /refused: protocol version 1 \(this node speaks 2\)/);
+    assert.ok(pl.lines.some((l) => /refused peer: protocol version 1/.test(l.msg)));
+    server.close();
+  }
+  {
+    // The current version: a standby (epoch 0) pairs with a primary at epoch 7; SNAPSHOT frames round-trip.
+    const [a, b, server] = await pairOfSockets();
+    const p = new ChannelConnection(a, { secret, identity: { ...id('primary'), epoch: 7 }, log: capture().log });
+    const s = new ChannelConnection(b, { secret, identity: { role: 'standby', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 0, nextSeq: () => 0 }, log: capture().log });
+    const [hello] = await Promise.all([new Promise<{ role: string }>((r) => p.once('open', r)), new Promise((r) => s.once('open', r))]);
+    assert.equal(hello.role, 'standby');
+    const got = new Promise<Frame>((r) => s.once('frame', r));
+    const snap: Frame = { type: FrameType.SNAPSHOT, epoch: 7, part: 0, config: '{"name":"vm"}', data: new Uint8Array([1, 2, 3]) };
+    p.send(snap);
+    const g = (await got) as typeof snap & { data: Uint8Array };
+    assert.deepEqual({ ...g, data: new Uint8Array(g.data) }, snap);
+    p.close('done');
+    server.close();
+  }
+});
