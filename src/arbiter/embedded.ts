@@ -287,8 +287,8 @@ const STANDBY_FIELDS: Record<StandbyOp, string[]> = {
   unstandby: ['vm', 'hostId'],
 };
 
-/** Validates a standby-pool request body strictly. */
-function parseStandbyBody(op: StandbyOp, raw: Buffer): ParsedStandbyRequest {
+/** A request body: a JSON object with exactly `fields`. */
+function jsonBody(op: Op, raw: Buffer, fields: readonly string[]): Record<string, unknown> {
   let v: unknown;
   try {
     v = JSON.parse(raw.toString('utf8'));
@@ -297,9 +297,14 @@ function parseStandbyBody(op: StandbyOp, raw: Buffer): ParsedStandbyRequest {
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('body is not a JSON object');
   const o = v as Record<string, unknown>;
-  const fields = STANDBY_FIELDS[op];
   for (const k of Object.keys(o)) if (!fields.includes(k)) throw bad(`unexpected field ${JSON.stringify(k)} (${op} takes ${fields.join(', ')})`);
   for (const k of fields) if (!(k in o)) throw bad(`missing field ${JSON.stringify(k)}`);
+  return o;
+}
+
+/** Validates a standby-pool request body strictly. */
+function parseStandbyBody(op: StandbyOp, raw: Buffer): ParsedStandbyRequest {
+  const o = jsonBody(op, raw, STANDBY_FIELDS[op]);
   try {
     checkStandbyArgs({
       vm: o.vm as string,
@@ -328,18 +333,8 @@ function parseStandbyBody(op: StandbyOp, raw: Buffer): ParsedStandbyRequest {
 
 /** Validates a request body strictly: exactly the op's fields, of the right types. */
 function parseBody(op: RecordOp, raw: Buffer): ParsedRequest {
-  let v: unknown;
-  try {
-    v = JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw bad('body is not JSON');
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('body is not a JSON object');
-  const o = v as Record<string, unknown>;
   const ownerField = op === 'claim' ? 'claimant' : 'owner';
-  const fields = op === 'read' ? ['vm'] : ['vm', 'epoch', ownerField];
-  for (const k of Object.keys(o)) if (!fields.includes(k)) throw bad(`unexpected field ${JSON.stringify(k)} (${op} takes ${fields.join(', ')})`);
-  for (const k of fields) if (!(k in o)) throw bad(`missing field ${JSON.stringify(k)}`);
+  const o = jsonBody(op, raw, op === 'read' ? ['vm'] : ['vm', 'epoch', ownerField]);
   if (!isValidVmName(o.vm)) throw bad(`vm must be 1–128 characters of [A-Za-z0-9._-]`);
   if (op === 'read') return { op, vm: o.vm, epoch: 0, owner: '' };
   if (!isValidEpoch(o.epoch)) throw bad(`epoch must be a non-negative safe integer`);

@@ -53,6 +53,19 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, timeo
   }
 }
 
+type Hash = { n: number; hash: string };
+
+/** Logs a state hash on the primary; returns it with the backup's verified hash at the same instruction. */
+async function stateHashes(primaryControl: string, backupControl: string): Promise<[Hash, Hash]> {
+  const h = (await controlRequest(primaryControl, 'POST', '/state-hash')) as Hash;
+  let b: Hash | null = null;
+  await until('the backup to verify the state hash', async () => {
+    b = (await controlRequest(backupControl, 'GET', '/state-hash')) as Hash | null;
+    return b !== null && b.n === h.n;
+  }, 30_000);
+  return [h, b as unknown as Hash];
+}
+
 export async function pairDemo(o: { guest: string; ops: number; clients: number }): Promise<boolean> {
   const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
   const secret = join(dir, 'secret');
@@ -82,13 +95,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     const warm = await RespClient.connect({ port: svc });
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
     warm.close();
-    const h = (await controlRequest(`127.0.0.1:${pc}`, 'POST', '/state-hash')) as { n: number; hash: string };
-    let b: { n: number; hash: string } | null = null;
-    await until('the backup to verify the state hash', async () => {
-      b = (await controlRequest(`127.0.0.1:${bc}`, 'GET', '/state-hash')) as { n: number; hash: string } | null;
-      return b !== null && b.n === h.n;
-    }, 30_000);
-    const bb = b as unknown as { n: number; hash: string };
+    const [h, bb] = await stateHashes(`127.0.0.1:${pc}`, `127.0.0.1:${bc}`);
     console.log(`   after 100 writes: primary state hash at instruction ${h.n}: ${h.hash}`);
     console.log(`                     backup  state hash at instruction ${bb.n}: ${bb.hash} ${bb.hash === h.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     if (bb.hash !== h.hash) return false;
@@ -136,13 +143,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     console.log(
       `6. redundancy restored: the standby received a snapshot of the running VM (${((rr?.memoryBytes ?? 0) / 1048576).toFixed(1)} MiB; the guest paused ${(rr?.pauseMs ?? 0).toFixed(2)} ms) and the log, and is the backup at epoch ${String(st2.epoch)} (${(rr?.totalMs ?? 0).toFixed(0)} ms)`,
     );
-    const h2 = (await controlRequest(`127.0.0.1:${bc}`, 'POST', '/state-hash')) as { n: number; hash: string };
-    let b2: { n: number; hash: string } | null = null;
-    await until('the new backup to verify the state hash', async () => {
-      b2 = (await controlRequest(`127.0.0.1:${sc}`, 'GET', '/state-hash')) as { n: number; hash: string } | null;
-      return b2 !== null && b2.n === h2.n;
-    }, 30_000);
-    const bb2 = b2 as unknown as { n: number; hash: string };
+    const [h2, bb2] = await stateHashes(`127.0.0.1:${bc}`, `127.0.0.1:${sc}`);
     console.log(`   new primary state hash at instruction ${h2.n}: ${h2.hash}`);
     console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     show(seen);

@@ -62,8 +62,8 @@ export interface NodeOptions {
   onHalt?: (reason: string) => void;
 }
 
-/** The PrimaryCore settings that follow from the node's timings. */
-export function primaryCoreConfig(t: Timings, epoch: number, alone: boolean): PrimaryConfig {
+/** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */
+export function primaryCoreConfig(t: Omit<Timings, 'stateHashIntervalMs' | 'tickMs'>, epoch: number, alone: boolean): PrimaryConfig {
   return {
     epoch,
     alone,

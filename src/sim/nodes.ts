@@ -29,6 +29,7 @@ import type { ArbiterOp, ArbiterReply } from './arbiter.js';
 import { batchEntries, GuestState, type Op } from './guest.js';
 import type { End, Hello, Identity, Network } from './net.js';
 import type { Prng } from './prng.js';
+import { primaryCoreConfig as nodePrimaryCoreConfig } from '../replication/node-common.js';
 import { RecordVcpu, ReplayVcpu, type BatchEvent, type VcpuHost } from './vcpu.js';
 
 export interface SimTimings {
@@ -130,17 +131,10 @@ function vcpuHost(w: WorldApi, proc: Proc): VcpuHost {
 
 /** node-common.ts primaryCoreConfig (with PrimaryOptions' unackedMaxBytes and heldMaxOutputs). */
 function primaryCoreConfig(w: WorldApi, epoch: number, alone: boolean): PrimaryConfig {
-  const t = w.t;
   return {
-    epoch,
-    alone,
-    heartbeatIntervalMs: t.heartbeatIntervalMs,
-    grantIntervalMs: t.grantIntervalMs,
-    lagMaxMs: t.lagMaxMs,
-    failTimeoutMs: t.failTimeoutMs,
-    claimRetryMs: t.arbiterDeadlineMs,
-    unackedMaxBytes: t.unackedMaxBytes,
-    heldMaxOutputs: t.heldMaxOutputs,
+    ...nodePrimaryCoreConfig(w.t, epoch, alone),
+    unackedMaxBytes: w.t.unackedMaxBytes,
+    heldMaxOutputs: w.t.heldMaxOutputs,
     ...(w.breakMode === 'release-before-ack' ? { testOnlyBreak: 'release-before-ack' as const } : {}),
   };
 }

@@ -111,6 +111,15 @@ export class Pool {
     }
   }
 
+  /** Waits until the slot's node serves as the primary (a backup that went live). */
+  async waitLive(s: Slot, timeoutMs = 15_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while ((await this.status(s))?.role !== 'primary') {
+      if (Date.now() > until) throw new Error(`slot ${s.index} did not go live within ${timeoutMs} ms`);
+      await sleep(20);
+    }
+  }
+
   /** Waits until one slot is a primary with an armed, connected backup; returns both slots. */
   async waitProtected(timeoutMs = 30_000): Promise<{ primary: Slot; backup: Slot; epoch: number }> {
     const until = Date.now() + timeoutMs;
