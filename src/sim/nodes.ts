@@ -29,16 +29,11 @@ import type { ArbiterOp, ArbiterReply } from './arbiter.js';
 import { batchEntries, GuestState, type Op } from './guest.js';
 import type { End, Hello, Identity, Network } from './net.js';
 import type { Prng } from './prng.js';
-import { primaryCoreConfig as nodePrimaryCoreConfig } from '../replication/node-common.js';
+import { primaryCoreConfig as nodePrimaryCoreConfig, type Timings } from '../replication/node-common.js';
 import { RecordVcpu, ReplayVcpu, type BatchEvent, type VcpuHost } from './vcpu.js';
 
-export interface SimTimings {
-  failTimeoutMs: number;
-  arbiterDeadlineMs: number;
-  heartbeatIntervalMs: number;
-  grantIntervalMs: number;
-  lagMaxMs: number;
-  tickMs: number;
+/** The nodes' timings (node-common.ts Timings; no state hashes here) and what else the drivers take. */
+export interface SimTimings extends Omit<Timings, 'stateHashIntervalMs'> {
   /** PrimaryOptions.unackedMaxBytes / heldMaxOutputs. */
   unackedMaxBytes: number;
   heldMaxOutputs: number;

@@ -3,40 +3,11 @@
  * simulation makes (delays, faults, timeouts, client operations) is drawn from one instance, in one
  * order, so a seed replays exactly.
  */
-export class Prng {
-  private a: number;
-  private b: number;
-  private c: number;
-  private d: number;
+import { Xoshiro128 } from '../util/prng.js';
 
+export class Prng extends Xoshiro128 {
   constructor(seed: number) {
-    let s = seed >>> 0;
-    const next = (): number => {
-      // splitmix32
-      s = (s + 0x9e3779b9) | 0;
-      let z = s;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-      return (z ^ (z >>> 16)) >>> 0;
-    };
-    this.a = next();
-    this.b = next();
-    this.c = next();
-    this.d = next();
-    if ((this.a | this.b | this.c | this.d) === 0) this.d = 1;
-  }
-
-  /** A uniform 32-bit unsigned integer (xoshiro128**). */
-  u32(): number {
-    const result = Math.imul(rotl(Math.imul(this.b, 5), 7), 9) >>> 0;
-    const t = this.b << 9;
-    this.c ^= this.a;
-    this.d ^= this.b;
-    this.b ^= this.c;
-    this.a ^= this.d;
-    this.c ^= t;
-    this.d = rotl(this.d, 11);
-    return result;
+    super(seed >>> 0);
   }
 
   /** Uniform in [0, 1). */
@@ -67,10 +38,6 @@ export class Prng {
   exp(mean: number): number {
     return -Math.log(1 - this.float()) * mean;
   }
-}
-
-function rotl(x: number, k: number): number {
-  return (x << k) | (x >>> (32 - k));
 }
 
 /** A 32-bit mixing hash step (murmur3 finalizer over an accumulator), for model state hashes. */

@@ -2,41 +2,18 @@
  * A small seeded PRNG (xoshiro128**, seeded through splitmix32) for reproducible tests, generators and
  * the Jepsen-style nemesis: one seed → one sequence of choices, on every platform.
  */
-export class Prng {
-  private a: number;
-  private b: number;
-  private c: number;
-  private d: number;
+import { Xoshiro128 } from '../util/prng.js';
 
+export class Prng extends Xoshiro128 {
   /** `seed`: any integer in ±2^53 (its low 32 bits and the rest are both used). */
   constructor(readonly seed: number) {
     if (!Number.isSafeInteger(seed)) throw new RangeError(`seed must be a safe integer, not ${String(seed)}`);
-    let s = (seed >>> 0) ^ Math.imul(Math.floor(seed / 2 ** 32) | 0, 0x27d4eb2d);
-    const next = (): number => {
-      s = (s + 0x9e3779b9) | 0;
-      let z = s;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-      return (z ^ (z >>> 16)) >>> 0;
-    };
-    this.a = next();
-    this.b = next();
-    this.c = next();
-    this.d = next();
-    if ((this.a | this.b | this.c | this.d) === 0) this.a = 1;
+    super((seed >>> 0) ^ Math.imul(Math.floor(seed / 2 ** 32) | 0, 0x27d4eb2d));
   }
 
   /** A uniform 32-bit unsigned integer. */
   next(): number {
-    const result = Math.imul(rotl(Math.imul(this.b, 5), 7), 9) >>> 0;
-    const t = this.b << 9;
-    this.c ^= this.a;
-    this.d ^= this.b;
-    this.b ^= this.c;
-    this.a ^= this.d;
-    this.c ^= t;
-    this.d = rotl(this.d, 11);
-    return result;
+    return this.u32();
   }
 
   /** Uniform in [0, 1). */
@@ -82,10 +59,6 @@ export class Prng {
   fork(): Prng {
     return new Prng(this.next() * 2 ** 21 + (this.next() >>> 11));
   }
-}
-
-function rotl(x: number, k: number): number {
-  return (x << k) | (x >>> (32 - k));
 }
 
 /** A fresh random seed (printed first by whoever uses it, so a run can be reproduced). */
