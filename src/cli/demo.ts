@@ -6,7 +6,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,16 +13,9 @@ import { callOnAnyReplica } from '../client/failover.js';
 import { RespClient } from '../client/resp.js';
 import { controlRequest } from '../service/control.js';
 import { FtvmError } from '../util/errors.js';
+import { freePort } from '../util/ports.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 function child(args: string[], name: string, lines: string[]): ChildProcess {
   const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FTVM_LOG_LEVEL: 'info' } });

@@ -49,6 +49,9 @@ class Rate {
   }
 }
 
+/** Binding the client service: attempts 250 ms apart while the address is in use. */
+const SERVICE_BIND_ATTEMPTS = 40;
+
 /** Bytes the socket may hold unsent before the snapshot stream waits for 'drain'. */
 const SNAPSHOT_SEND_WINDOW_BYTES = 4 * 1024 * 1024;
 /**
@@ -140,14 +143,27 @@ export class PrimaryNode {
     if (!o.adopt) this.startVcpu();
     else this.service.firstConnectionId = o.adopt.firstConn;
     const vcpu = this.vcpu!;
-    await this.service.start({
-      input: (k, c, d) => vcpu.input(k, c, d),
+    // Redundancy does not wait for the client service.
+    if (this.core.status().alone) this.scheduleRecruit(0);
+    const sink = {
+      input: (k: 'open' | 'data' | 'close', c: number, d?: Uint8Array) => vcpu.input(k, c, d),
       get backlogBytes() {
         return vcpu.backlog_bytes;
       },
-    });
+    };
+    // A backup that just went live may find its service address briefly held (e.g. by a connection in
+    // TIME_WAIT or another process's outgoing port): retry for a while rather than give up serving.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.service.start(sink);
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= SERVICE_BIND_ATTEMPTS || this.stopped) throw err;
+        if (attempt === 1) this.log.warn({ service: `${o.service.host}:${o.service.port}` }, 'the service address is in use; retrying');
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
     this.log.info({ service: this.service.address, alone: this.core.status().alone, epoch: this.core.status().epoch }, 'primary is serving');
-    if (this.core.status().alone) this.scheduleRecruit(0);
   }
 
   private newDialer(peer: Addr): ChannelDialer {

@@ -370,21 +370,7 @@ export async function stopAll(graceMs = 5000): Promise<ExitStatus[]> {
   return Promise.all([...live].map((p) => p.stop(graceMs)));
 }
 
-/**
- * A port that was free on 127.0.0.1 a moment ago (bind to port 0, read it, close). Another process may
- * take it before you bind it: prefer letting servers bind port 0 and report their port when they can.
- */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0 }, () => resolve());
-  });
-  const addr = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (addr === null || typeof addr !== 'object') throw new ProcessError('FTVM_ERR_BAD_ARGUMENT', 'listening socket has no port');
-  return addr.port;
-}
+export { freePort } from '../util/ports.js';
 
 /**
  * Resolves once a TCP connection to 127.0.0.1:`port` succeeds (the connection is closed at once);
