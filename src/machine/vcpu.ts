@@ -74,7 +74,9 @@ export class Vcpu extends EventEmitter {
   private readonly snapshotPort: MessagePort;
   /** Reused between snapshots: touched once, so copying into it costs no page faults. */
   private snapshotBuffer: SharedArrayBuffer | undefined;
-  private snapshotWaiter: ((ev: SnapshotEvent) => void) | undefined;
+  /** The snapshot being taken: resolved by the worker's 'snapshot' event, rejected if the guest ends first. */
+  private snapshotWaiter: { resolve: (ev: SnapshotEvent) => void; reject: (err: Error) => void } | undefined;
+  private snapshotting = false;
   private static taken(ev: SnapshotEvent): TakenSnapshot {
     return { snapshot: { ...ev.state, memory: new Uint8Array(ev.buffer, 0, ev.memoryBytes) }, pauseMs: ev.pauseMs };
   }
@@ -118,7 +120,7 @@ export class Vcpu extends EventEmitter {
         } else if (ev.t === 'snapshot') {
           const w = this.snapshotWaiter;
           this.snapshotWaiter = undefined;
-          w?.(ev);
+          w?.resolve(ev);
         } else if (ev.t === 'live') {
           this.emit('live', ev);
         } else if (ev.t === 'done') {
@@ -144,6 +146,16 @@ export class Vcpu extends EventEmitter {
       });
     });
     this.done.catch(() => undefined); // observed through events or by awaiting `done`
+    // A snapshot still being taken when the guest ends never comes.
+    const failSnapshot = (err: Error): void => {
+      const w = this.snapshotWaiter;
+      this.snapshotWaiter = undefined;
+      w?.reject(err);
+    };
+    this.done.then(
+      () => failSnapshot(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the guest stopped before the snapshot')),
+      (err: unknown) => failSnapshot(err as Error),
+    );
   }
 
   /** The guest's instruction number as the worker last published it. */
@@ -240,7 +252,17 @@ export class Vcpu extends EventEmitter {
    * logged after it (a driver marks the snapshot's place in the log there).
    */
   async takeSnapshot(onTaken?: (t: TakenSnapshot) => void, headroomBytes = 16 * 1024 * 1024): Promise<TakenSnapshot> {
-    if (this.snapshotWaiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a snapshot is already being taken');
+    if (this.snapshotting) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a snapshot is already being taken');
+    this.snapshotting = true;
+    try {
+      return await this.snapshotOnce(onTaken, headroomBytes);
+    } finally {
+      this.snapshotting = false;
+    }
+  }
+
+  private async snapshotOnce(onTaken: ((t: TakenSnapshot) => void) | undefined, headroomBytes: number): Promise<TakenSnapshot> {
+    if (this.exited) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the guest stopped before the snapshot');
     const need = this.memoryBytes + headroomBytes;
     if (this.snapshotBuffer === undefined || this.snapshotBuffer.byteLength < this.memoryBytes) {
       const sab = new SharedArrayBuffer(need);
@@ -253,18 +275,17 @@ export class Vcpu extends EventEmitter {
       this.snapshotBuffer = sab;
     }
     return new Promise<TakenSnapshot>((resolve, reject) => {
-      this.snapshotWaiter = (ev) => {
-        const t = Vcpu.taken(ev);
-        onTaken?.(t);
-        resolve(t);
+      this.snapshotWaiter = {
+        resolve: (ev) => {
+          const t = Vcpu.taken(ev);
+          onTaken?.(t);
+          resolve(t);
+        },
+        reject,
       };
       this.snapshotPort.postMessage({ buffer: this.snapshotBuffer });
       this.send(Uint8Array.of(Tag.SNAPSHOT));
       this.queue.wake();
-      this.done.then(
-        () => reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the guest stopped before the snapshot')),
-        (err: unknown) => reject(err as Error),
-      );
     });
   }
 
