@@ -16,7 +16,8 @@ import { pino, type Logger } from 'pino';
 import type { Arbiter, ArbiterRecord } from '../src/arbiter/arbiter.js';
 import { EmbeddedArbiterClient, EmbeddedArbiterServer, HEADER_MAC, MAX_BODY_BYTES, recordFileName, signRequest } from '../src/arbiter/embedded.js';
 import { EtcdArbiter } from '../src/arbiter/etcd.js';
-import { EtcdTestCluster, etcdAvailable } from '../src/arbiter/etcd-test-cluster.js';
+import { EtcdTestCluster } from '../src/arbiter/etcd-test-cluster.js';
+import { needs } from '../src/testing/system-deps.js';
 import { openArbiter, parseArbiterUrl } from '../src/arbiter/index.js';
 import { FaultProxy } from '../src/testing/fault-proxy.js';
 import { FtvmError } from '../src/util/errors.js';
@@ -505,9 +506,7 @@ describe('embedded arbiter', () => {
 // ---------------------------------------------------------------------------------------------------
 // etcd
 
-const noEtcd = etcdAvailable() ? false : '/usr/bin/etcd is not installed (apt-get install -y etcd-server)';
-
-describe('etcd arbiter, one member', { skip: noEtcd }, () => {
+describe('etcd arbiter, one member', needs('etcd'), () => {
   let cluster: EtcdTestCluster | undefined;
   const backend: Backend = { clients: [], deadlineMs: 3000 };
   before(async () => {
@@ -576,7 +575,7 @@ describe('etcd arbiter, one member', { skip: noEtcd }, () => {
   });
 });
 
-describe('etcd arbiter, three members', { skip: noEtcd }, () => {
+describe('etcd arbiter, three members', needs('etcd'), () => {
   let cluster: EtcdTestCluster | undefined;
   // Deadlines cover a leader election (~1–2 s here with etcd's default 1 s election timeout).
   const backend: Backend = { clients: [], deadlineMs: 5000 };

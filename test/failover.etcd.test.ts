@@ -10,6 +10,7 @@ import { RespClient } from '../src/client/resp.js';
 import { controlRequest } from '../src/service/control.js';
 import { startFtPair } from '../src/testing/pair.js';
 import { stopAll } from '../src/testing/processes.js';
+import { needs } from '../src/testing/system-deps.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const clusters: EtcdTestCluster[] = [];
@@ -58,15 +59,15 @@ async function killPrimaryUnderLoad(members: number, killEtcdMember: boolean): P
   }
 }
 
-test('etcd (single member): kill -9 of the primary under load; the backup goes live; nothing acknowledged is lost', async () => {
+test('etcd (single member): kill -9 of the primary under load; the backup goes live; nothing acknowledged is lost', needs('etcd'), async () => {
   await killPrimaryUnderLoad(1, false);
 });
 
-test('etcd (3 members, the leader killed during the failover): the backup still goes live; nothing acknowledged is lost', async () => {
+test('etcd (3 members, the leader killed during the failover): the backup still goes live; nothing acknowledged is lost', needs('etcd'), async () => {
   await killPrimaryUnderLoad(3, true);
 });
 
-test('etcd: channel cut while both reach the arbiter: exactly one replica stays live (5 runs)', async () => {
+test('etcd: channel cut while both reach the arbiter: exactly one replica stays live (5 runs)', needs('etcd'), async () => {
   const etcd = await EtcdTestCluster.start({ size: 1 });
   clusters.push(etcd);
   for (let run = 0; run < 5; run++) {
@@ -99,7 +100,7 @@ test('etcd: channel cut while both reach the arbiter: exactly one replica stays 
   await etcd.stop();
 });
 
-test('etcd: kill -9 of the backup: the primary wins and continues alone', async () => {
+test('etcd: kill -9 of the backup: the primary wins and continues alone', needs('etcd'), async () => {
   const etcd = await EtcdTestCluster.start({ size: 1 });
   clusters.push(etcd);
   const pair = await startFtPair({ guest: 'kv', arbiterUrl: etcd.url });
@@ -118,7 +119,7 @@ test('etcd: kill -9 of the backup: the primary wins and continues alone', async 
   }
 });
 
-test('etcd: SIGSTOP the primary past the timeout, the backup goes live, SIGCONT: the old primary releases nothing and halts', async () => {
+test('etcd: SIGSTOP the primary past the timeout, the backup goes live, SIGCONT: the old primary releases nothing and halts', needs('etcd'), async () => {
   const etcd = await EtcdTestCluster.start({ size: 1 });
   clusters.push(etcd);
   const pair = await startFtPair({ guest: 'kv', arbiterUrl: etcd.url });
@@ -144,7 +145,7 @@ test('etcd: SIGSTOP the primary past the timeout, the backup goes live, SIGCONT:
   }
 });
 
-test('etcd: channel cut and etcd unreachable: neither goes live, nothing released; service resumes when etcd returns', async () => {
+test('etcd: channel cut and etcd unreachable: neither goes live, nothing released; service resumes when etcd returns', needs('etcd'), async () => {
   const etcd = await EtcdTestCluster.start({ size: 1 });
   clusters.push(etcd);
   const pair = await startFtPair({ guest: 'kv', viaProxy: true, arbiterUrl: etcd.url });

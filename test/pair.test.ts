@@ -11,12 +11,14 @@ import { RespClient } from '../src/client/resp.js';
 import { controlRequest } from '../src/service/control.js';
 import { CLI, guestFile, makeSecretFile, startBackup, startPair } from '../src/testing/pair.js';
 import { freePort, spawnNode, stopAll } from '../src/testing/processes.js';
+import { needs, requireComponents } from '../src/testing/system-deps.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 after(() => stopAll());
 
-test('N concurrent RESP clients and redis-cli through the primary; the backup ends in the same state', async () => {
+test('N concurrent RESP clients and redis-cli through the primary; the backup ends in the same state', needs('redis-tools'), async () => {
+  requireComponents('redis-tools');
   const pair = await startPair({ guest: 'kv' });
   try {
     const N = 8;

@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { EtcdTestCluster, etcdAvailable } from '../src/arbiter/etcd-test-cluster.js';
+import { EtcdTestCluster } from '../src/arbiter/etcd-test-cluster.js';
+import { needs } from '../src/testing/system-deps.js';
 import { RespClient, isIndeterminate } from '../src/client/resp.js';
 import { FaultProxy } from '../src/testing/fault-proxy.js';
 import { CLI, guestFile, makeSecretFile } from '../src/testing/pair.js';
@@ -257,9 +258,7 @@ test('a re-replicated pair whose channel is cut and healed at once reconnects an
   }
 });
 
-const noEtcd = etcdAvailable() ? false : '/usr/bin/etcd is not installed (apt-get install -y etcd-server)';
-
-test('with etcd as the arbiter: three kill/recruit cycles, nothing acknowledged lost', { skip: noEtcd }, async () => {
+test('with etcd as the arbiter: three kill/recruit cycles, nothing acknowledged lost', needs('etcd'), async () => {
   const cluster = await EtcdTestCluster.start({ size: 1 });
   const pool = await Pool.start({ slots: 3, arbiterUrl: cluster.url, nodeArgs: ['--arbiter-deadline-ms', '3000'] });
   try {

@@ -23,6 +23,7 @@ import {
   type RespValue,
 } from '../src/client/resp.js';
 import { FaultProxy, FaultProxyError } from '../src/testing/fault-proxy.js';
+import { needs, requireComponents } from '../src/testing/system-deps.js';
 import {
   ProcessError,
   freePort,
@@ -212,8 +213,9 @@ let redisDir = '';
 // A safety net: whatever a failing test left running is stopped by PID (SIGTERM, then SIGKILL).
 after(() => stopAll(3000));
 
-describe('against a real redis-server', () => {
+describe('against a real redis-server', needs('redis-server'), () => {
   before(async () => {
+    requireComponents('redis-server');
     redisPort = await freePort();
     redisDir = mkdtempSync(join(tmpdir(), 'ftvm-redis-'));
     try {
@@ -223,7 +225,7 @@ describe('against a real redis-server', () => {
         { name: 'redis-server' },
       );
     } catch (err) {
-      throw new Error('these tests need redis-server on PATH (Debian: apt-get install redis-server)', { cause: err });
+      throw new Error('redis-server failed to start', { cause: err });
     }
     await Promise.race([
       waitForPort(redisPort, 10_000),

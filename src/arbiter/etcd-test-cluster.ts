@@ -9,6 +9,7 @@
  * Each member's log (zap, JSON lines) goes to `<dir>/<name>.log`; the directory is kept when
  * `FTVM_KEEP_ETCD=1`, and its path is in every error message.
  */
+import { requireComponents } from '../testing/system-deps.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -123,7 +124,8 @@ export class EtcdTestCluster {
   /** Starts `size` members and waits until every one reports healthy (a leader exists). */
   static async start(options: EtcdTestClusterOptions): Promise<EtcdTestCluster> {
     const opts: Required<EtcdTestClusterOptions> = { unsafeNoFsync: true, healthTimeoutMs: 15_000, extraArgs: [], ...options };
-    if (!etcdAvailable()) throw new Error(`${ETCD_BIN} not found (apt-get install -y etcd-server)`);
+    if (process.env.FTVM_ETCD_BIN === undefined) requireComponents('etcd');
+    if (!etcdAvailable()) throw new Error(`${ETCD_BIN} not found (FTVM_ETCD_BIN)`);
     if (!Number.isInteger(opts.size) || opts.size < 1) throw new Error(`bad cluster size ${opts.size}`);
     installExitHook();
     const dir = await mkdtemp(join(tmpdir(), 'ftvm-etcd-'));
