@@ -11,7 +11,7 @@ import type { ScheduledInput } from '../machine/env.js';
 import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
 import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
-import { hex, inspectFile, loadGuestFile, recordToFile, replayFile } from './recording-cmds.js';
+import { hex, inspectFile, loadGuestFile, parseDump, recordToFile, replayFile, travelFile } from './recording-cmds.js';
 import { TIMING_DEFAULTS, parseAddr, readSecret, runNode, runStandby, status } from './run-cmds.js';
 import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
 import { logger } from '../util/log.js';
@@ -86,7 +86,20 @@ export function buildProgram(): Command {
     .description('Replay a recording on a fresh machine; with --verify, exit 0 only if it is identical')
     .argument('<recording>', 'a recording made by `ftvm record`')
     .option('--verify', 'check every output, host call and state hash against the recording; non-zero exit at the first divergence')
-    .action(async (path: string, o: { verify?: boolean }) => {
+    .option('--to <n>', 'time travel: replay to this instruction number and show the machine there (state hash, devices, entries around it)', intArg('--to', 0))
+    .option('--dump <addr:len>', 'with --to: hex dump of a guest memory range there (repeatable; decimal or 0x hex; at most 1 MiB)', (v: string, acc: Array<[number, number]>) => [...acc, parseDump(v)], [] as Array<[number, number]>)
+    .option('--step', 'with --to: then walk on entry by entry, showing where each leaves the machine')
+    .option('--steps <k>', 'with --step: how many entries to walk', intArg('--steps', 1, 1_000_000), 10)
+    .option('--around <k>', 'with --to: entries shown either side of the point', intArg('--around', 0, 1000), 5)
+    .action(async (path: string, o: { verify?: boolean; to?: number; dump: Array<[number, number]>; step?: boolean; steps: number; around: number }) => {
+      if (o.to === undefined) {
+        if (o.dump.length > 0 || o.step) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--dump and --step go with --to <instruction number>');
+      } else {
+        if (o.verify) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--verify replays the whole recording; it does not go with --to');
+        const t = await travelFile(path, { to: o.to, dumps: o.dump, around: o.around, steps: o.step ? o.steps : 0 });
+        console.log(t.lines.join('\n'));
+        return;
+      }
       const s = await replayFile(path);
       console.log(`replayed ${s.entries} entries in ${s.wallMs.toFixed(0)} ms`);
       if (s.halt) console.log(`guest halted: ${s.halt.kind} code ${s.halt.code}${s.halt.message ? ` (${s.halt.message})` : ''}`);
@@ -281,5 +294,7 @@ function nodeOptions(cmd: Command): Command {
     .option('--lag-max-ms <ms>', 'primary: slow the guest when the backup replays more than this far behind', intArg('--lag-max-ms', 1, 600_000), TIMING_DEFAULTS.lagMaxMs)
     .option('--tick-ms <ms>', 'driver tick (timeouts and heartbeats are checked this often)', intArg('--tick-ms', 1, 1000), TIMING_DEFAULTS.tickMs)
     .option('--state-hash-interval-ms <ms>', 'primary: log a state hash at an idle point this often for the backup to check (0 = only on request)', intArg('--state-hash-interval-ms', 0), TIMING_DEFAULTS.stateHashIntervalMs)
-    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000));
+    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000))
+    .option('--record <dir>', 'backup/standby: keep a continuous recording of the VM (segments from the last snapshot on) for `ftvm replay --to`')
+    .option('--record-max-bytes <n>', 'with --record: the segments kept take at most this many bytes (oldest deleted first)', intArg('--record-max-bytes', 4 * 1024 * 1024), 256 * 1024 * 1024);
 }

@@ -8,6 +8,7 @@ import { RecordingWriter, readRecording, type VmConfig } from '../log/recording.
 import type { ScheduledInput } from '../machine/env.js';
 import { loadGuest, type LoadedGuest } from '../machine/guest.js';
 import type { HaltInfo } from '../machine/machine.js';
+import { travel } from '../machine/travel.js';
 import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
 import { FtvmError } from '../util/errors.js';
 
@@ -92,7 +93,7 @@ export async function replayFile(path: string): Promise<ReplaySummary> {
   const rec = await readRecording(path);
   const guest = loadGuest(rec.module, rec.config.maxCallDepth);
   const t0 = performance.now();
-  const vcpu = new Vcpu({ mode: 'replay', guest, config: rec.config });
+  const vcpu = new Vcpu({ mode: 'replay', guest, config: rec.config, ...(rec.snapshot ? { snapshot: rec.snapshot } : {}) });
   try {
     const chunk = 2048;
     for (let i = 0; i < rec.entries.length; i += chunk) {
@@ -149,4 +150,110 @@ export async function inspectFile(path: string, opts: { entries: number }): Prom
     rec.entries.slice(0, show).forEach((e: LogEntry, i: number) => lines.push(`${String(i).padStart(7)}  ${String(e.n).padStart(11)}  ${describeEntry(e)}`));
   }
   return lines.join('\n');
+}
+
+export interface TravelOptions {
+  to: number;
+  /** Memory ranges to dump at the first stop: [addr, len]. */
+  dumps: Array<[number, number]>;
+  /** Entries shown either side of the stop. */
+  around: number;
+  /** With --step: entries to walk past the target, one stop after each. */
+  steps: number;
+}
+
+/** The hex dump lines (16 bytes a line, with printable ASCII) of `bytes` at `addr`. */
+export function hexDump(bytes: Uint8Array, addr: number): string[] {
+  const lines: string[] = [];
+  for (let o = 0; o < bytes.length; o += 16) {
+    const row = bytes.subarray(o, Math.min(bytes.length, o + 16));
+    const hexes = [...row].map((b) => b.toString(16).padStart(2, '0'));
+    const ascii = [...row].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
+    lines.push(`  ${(addr + o).toString(16).padStart(8, '0')}  ${hexes.slice(0, 8).join(' ').padEnd(23)}  ${hexes.slice(8).join(' ').padEnd(23)}  |${ascii}|`);
+  }
+  return lines;
+}
+
+/** Parses `addr:len` (decimal or 0x-hex), len at most 1 MiB. */
+export function parseDump(v: string): [number, number] {
+  const m = /^(0x[0-9a-fA-F]+|\d+):(0x[0-9a-fA-F]+|\d+)$/.exec(v.trim());
+  if (m === null) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--dump takes addr:len (decimal or 0x hex), got "${v}"`);
+  const addr = Number(m[1]);
+  const len = Number(m[2]);
+  if (len < 1 || len > 1 << 20) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--dump length must be 1..1048576 bytes, got ${len}`);
+  return [addr, len];
+}
+
+/**
+ * `ftvm replay <recording> --to N`: replays to instruction N on one thread and describes the machine
+ * there (state hash, devices, the entries around the point, memory ranges); with `steps`, walks on
+ * entry by entry. Returns the lines to print.
+ */
+export async function travelFile(path: string, o: TravelOptions): Promise<{ lines: string[]; hashAtTarget: string }> {
+  const rec = await readRecording(path);
+  const guest = loadGuest(rec.module, rec.config.maxCallDepth);
+  const entries = rec.entries;
+  const lines: string[] = [];
+  let hashAtTarget = '';
+  let stepsLeft = o.steps;
+  let first = true;
+  const logged = (n: number): string | undefined => {
+    for (const e of entries) {
+      if (e.n > n) break;
+      if (e.n === n && e.type === EntryType.STATE_HASH) return hex(e.hash);
+    }
+    return undefined;
+  };
+  if (rec.snapshot) lines.push(`the recording starts from a snapshot at instruction ${rec.snapshot.count} (entry ${rec.snapshot.seq} of the VM's log)`);
+  const result = travel(guest, rec.config, entries, o.to, (stop) => {
+    const m = stop.machine;
+    const hash = hex(m.stateHash());
+    if (first) {
+      first = false;
+      hashAtTarget = hash;
+      const where = stop.idle ? 'idle between steps' : 'inside a step, at a budget checkpoint';
+      lines.push(`stopped at instruction ${stop.count} (${where}); asked for ${o.to}`);
+      if (stop.count !== o.to) {
+        const next = entries[stop.nextEntry];
+        lines.push(
+          stop.idle
+            ? `  the guest went idle at ${stop.count}; nothing happens until ${next ? `instruction ${next.n}` : 'the end of the recording'}`
+            : `  the guest's next region of instructions starts at ${stop.count} and covers ${o.to}: its count moves by whole regions between checkpoints`,
+        );
+      }
+      lines.push(`state hash     ${hash}`);
+      const primary = logged(stop.count);
+      if (primary !== undefined) lines.push(`               ${primary === hash ? 'equal to' : 'DIFFERENT from'} the state hash the primary logged at ${stop.count}`);
+      lines.push(`memory         ${m.memoryBytes} bytes`);
+      const d = m.devices.save();
+      lines.push(`receive ring   ${d.ring ? `at ${d.ring.ptr}, ${d.ring.capacity} bytes` : 'not set up'}`);
+      lines.push(`connections    ${d.conns.length === 0 ? 'none' : d.conns.map(([id, st]) => `${id}:${st === 1 ? 'open' : 'peer-closed'}`).join(' ')} (highest id ${d.maxConn})`);
+      lines.push(`timers         ${d.timers.length === 0 ? 'none' : d.timers.map(([id, t]) => `${id}:${t.delayMs}ms`).join(' ')}`);
+      lines.push(`entries ${stop.nextEntry} of ${entries.length} applied; around this point:`);
+      const from = Math.max(0, stop.nextEntry - o.around);
+      const to = Math.min(entries.length, stop.nextEntry + o.around);
+      for (let i = from; i < to; i++) {
+        if (i === stop.nextEntry) lines.push(`  ▶ ── the machine stands here (instruction ${stop.count}) ──`);
+        lines.push(`  ${String(i).padStart(7)}  ${String(entries[i]!.n).padStart(12)}  ${describeEntry(entries[i]!)}`);
+      }
+      if (to === stop.nextEntry) lines.push(`  ▶ ── the machine stands here (instruction ${stop.count}) ──`);
+      for (const [addr, len] of o.dumps) {
+        lines.push(`memory ${addr}..${addr + len - 1} (0x${addr.toString(16)}, ${len} bytes):`);
+        lines.push(...hexDump(m.readMemory(addr, len), addr));
+      }
+    } else {
+      const e = entries[stop.nextEntry - 1];
+      lines.push(`step  applied #${stop.nextEntry - 1} ${e ? describeEntry(e) : ''} → at ${stop.count}${stop.idle ? ' (idle)' : ''}  hash ${hash.slice(0, 16)}…`);
+    }
+    if (stepsLeft <= 0 || stop.nextEntry >= entries.length) return 'end';
+    if (stepsLeft === o.steps) lines.push(`walking ${o.steps} entr${o.steps === 1 ? 'y' : 'ies'} on:`);
+    stepsLeft--;
+    return 'next';
+  }, rec.snapshot);
+  if (result.result.state === 'halted') {
+    const h = result.result.halt;
+    lines.push(`the guest halted at instruction ${h.n}: ${h.kind} code ${h.code}${h.message ? ` (${h.message})` : ''}`);
+  }
+  if (first) lines.push(`the replay ended at instruction ${result.result.count} before reaching ${o.to} (${result.result.state})`);
+  return { lines, hashAtTarget };
 }

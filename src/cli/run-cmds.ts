@@ -6,6 +6,7 @@ import { hostname } from 'node:os';
 import { DEFAULT_VM_CONFIG } from '../log/recording.js';
 import { BackupNode, DEFAULT_TIMINGS, PrimaryNode, type Addr, type NodeOptions, type Timings } from '../replication/node.js';
 import { StandbyNode } from '../replication/standby.js';
+import { RECORD_MIN_BYTES } from '../replication/recorder.js';
 import { controlRequest, splitHostPort } from '../service/control.js';
 import type { Arbiter } from '../arbiter/arbiter.js';
 import { openArbiter } from '../arbiter/index.js';
@@ -61,6 +62,8 @@ export interface RunOptions {
   tickMs: number;
   stateHashIntervalMs: number;
   slice?: number;
+  record?: string;
+  recordMaxBytes: number;
 }
 
 /** How often a primary running alone looks at the standby pool. */
@@ -68,6 +71,12 @@ const RECRUIT_INTERVAL_MS = 250;
 
 export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   if (o.role !== 'primary' && o.role !== 'backup') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--role must be primary or backup, not "${o.role}"`);
+  if (o.record !== undefined && o.role === 'primary') {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--record is for a backup or a standby: the backup records the log as it arrives (the primary is not slowed by a disk)');
+  }
+  if (o.record !== undefined && o.recordMaxBytes < RECORD_MIN_BYTES) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--record-max-bytes must be at least ${RECORD_MIN_BYTES}`);
+  }
   const { common, service, log } = await nodeSetup(guestPath, o);
   let node: PrimaryNode | BackupNode;
   if (o.role === 'primary') {
@@ -171,6 +180,7 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     ...(arbiter && o.recruit ? { recruit: { hostId: o.hostId, intervalMs: RECRUIT_INTERVAL_MS } } : {}),
     ...(control ? { control } : {}),
     ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}),
+    ...(o.record !== undefined ? { record: { dir: o.record, maxBytes: o.recordMaxBytes } } : {}),
   };
   return { common, service, log };
 }

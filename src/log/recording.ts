@@ -15,9 +15,15 @@ import { crc32 } from 'node:zlib';
 import { FtvmError } from '../util/errors.js';
 import { ByteWriter, decodeBatch, encodeBatch } from './codec.js';
 import type { LogEntry } from './entry.js';
+import type { Snapshot } from '../machine/machine.js';
+import { SnapshotAssembler, encodeSnapshot } from '../machine/snapshot-codec.js';
 
 export const RECORDING_MAGIC = Buffer.from('FTVMLOG\0', 'latin1');
+/** Version 1: header, then blocks. Version 2: the header also holds the snapshot the log starts from. */
 export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION_SNAPSHOT = 2;
+const HEADER_FLAG_SNAPSHOT = 1;
+const MAX_SNAPSHOT_CHUNKS = 1 << 16;
 const MAX_BLOCK_BYTES = 64 * 1024 * 1024;
 
 /** Everything that, with the module, determines a run. Part of the recording header. */
@@ -56,12 +62,13 @@ export function validateConfig(raw: unknown): VmConfig {
   return c as unknown as VmConfig;
 }
 
-export function encodeHeader(module: Uint8Array, config: VmConfig): Uint8Array {
+export function encodeHeader(module: Uint8Array, config: VmConfig, snapshot?: Snapshot): Uint8Array {
+  const version = snapshot ? FORMAT_VERSION_SNAPSHOT : FORMAT_VERSION;
   const w = new ByteWriter(1024, 512 * 1024 * 1024);
   w.bytes(RECORDING_MAGIC);
-  w.u8(FORMAT_VERSION & 0xff);
-  w.u8(FORMAT_VERSION >> 8);
-  w.u8(0);
+  w.u8(version & 0xff);
+  w.u8(version >> 8);
+  w.u8(snapshot ? HEADER_FLAG_SNAPSHOT : 0);
   w.u8(0);
   w.bytes(moduleHash(module));
   const cfg = Buffer.from(JSON.stringify(config), 'utf8');
@@ -69,7 +76,20 @@ export function encodeHeader(module: Uint8Array, config: VmConfig): Uint8Array {
   w.bytes(cfg);
   w.u32(module.length);
   w.bytes(module);
-  return w.finish();
+  if (!snapshot) return w.finish();
+  const head = w.finish();
+  // The snapshot the log starts from: its header, then its memory chunks, each length-prefixed (the
+  // snapshot codec checksums every piece).
+  const s = encodeSnapshot(snapshot);
+  const parts: Uint8Array[] = [head];
+  const u32 = (n: number): Uint8Array => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n, 0);
+    return b;
+  };
+  parts.push(u32(s.header.length), s.header, u32(s.chunks.length));
+  for (const c of s.chunks) parts.push(u32(c.length), c);
+  return Buffer.concat(parts);
 }
 
 export function encodeBlock(entries: readonly LogEntry[], w?: ByteWriter): Uint8Array {
@@ -87,6 +107,8 @@ export function blockOf(payload: Uint8Array): Uint8Array {
 
 export interface Recording {
   formatVersion: number;
+  /** The state the log starts from (a backup's continuous recording); none: the guest's start. */
+  snapshot?: Snapshot;
   moduleHash: Uint8Array;
   config: VmConfig;
   module: Uint8Array;
@@ -103,9 +125,10 @@ export function parseRecording(buf: Uint8Array): Recording {
   }
   if (b.length < 48) throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', 'recording header is truncated');
   const version = b.readUInt16LE(8);
-  if (version !== FORMAT_VERSION) {
-    throw new FtvmError('FTVM_ERR_RECORDING_VERSION', `recording format version ${version} is not supported (this ftvm reads version ${FORMAT_VERSION})`);
+  if (version !== FORMAT_VERSION && version !== FORMAT_VERSION_SNAPSHOT) {
+    throw new FtvmError('FTVM_ERR_RECORDING_VERSION', `recording format version ${version} is not supported (this ftvm reads versions ${FORMAT_VERSION} and ${FORMAT_VERSION_SNAPSHOT})`);
   }
+  const flags = b.readUInt8(10);
   const hash = b.subarray(12, 44);
   let pos = 44;
   const cfgLen = b.readUInt32LE(pos);
@@ -126,6 +149,37 @@ export function parseRecording(buf: Uint8Array): Recording {
   pos += modLen;
   if (!Buffer.from(moduleHash(module)).equals(hash)) {
     throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', 'the embedded guest module does not match the hash in the recording header');
+  }
+  let snapshot: Snapshot | undefined;
+  if (version === FORMAT_VERSION_SNAPSHOT && (flags & HEADER_FLAG_SNAPSHOT) !== 0) {
+    const need = (n: number, what: string): void => {
+      if (pos + n > b.length) throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `recording header is truncated (${what})`);
+    };
+    need(4, 'snapshot');
+    const hl = b.readUInt32LE(pos);
+    pos += 4;
+    need(hl + 4, 'snapshot header');
+    const asm = new SnapshotAssembler();
+    try {
+      const h = asm.begin(b.subarray(pos, pos + hl));
+      pos += hl;
+      const chunks = b.readUInt32LE(pos);
+      pos += 4;
+      if (chunks !== h.chunks || chunks > MAX_SNAPSHOT_CHUNKS) throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `snapshot claims ${chunks} chunks`);
+      for (let i = 0; i < chunks; i++) {
+        need(4, 'snapshot chunk');
+        const cl = b.readUInt32LE(pos);
+        pos += 4;
+        need(cl, 'snapshot chunk');
+        asm.add(b.subarray(pos, pos + cl));
+        pos += cl;
+      }
+      const s = asm.finish();
+      snapshot = { ...s, memory: new Uint8Array(s.memory) };
+    } catch (err) {
+      if (err instanceof FtvmError && err.code === 'FTVM_ERR_SNAPSHOT') throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `the recording's snapshot is damaged: ${err.message}`, { cause: err });
+      throw err;
+    }
   }
   const entries: LogEntry[] = [];
   let truncated = false;
@@ -156,7 +210,7 @@ export function parseRecording(buf: Uint8Array): Recording {
     pos += 8 + len;
     blocks++;
   }
-  return { formatVersion: version, moduleHash: new Uint8Array(hash), config, module, entries, truncated, blocks };
+  return { formatVersion: version, moduleHash: new Uint8Array(hash), config, module, entries, truncated, blocks, ...(snapshot ? { snapshot } : {}) };
 }
 
 export async function readRecording(path: string): Promise<Recording> {
@@ -172,12 +226,17 @@ export async function readRecording(path: string): Promise<Recording> {
 /** Appends blocks to a recording file as entries are produced. */
 export class RecordingWriter {
   private readonly writer = new ByteWriter(4096);
-  private constructor(private readonly fh: FileHandle) {}
+  private constructor(
+    private readonly fh: FileHandle,
+    /** Bytes of the header (with the snapshot, if any). */
+    readonly headerBytes: number,
+  ) {}
 
-  static async create(path: string, module: Uint8Array, config: VmConfig): Promise<RecordingWriter> {
+  static async create(path: string, module: Uint8Array, config: VmConfig, snapshot?: Snapshot): Promise<RecordingWriter> {
     const fh = await open(path, 'w');
-    await fh.write(encodeHeader(module, config));
-    return new RecordingWriter(fh);
+    const header = encodeHeader(module, config, snapshot);
+    await fh.write(header);
+    return new RecordingWriter(fh, header.length);
   }
 
   async append(entries: readonly LogEntry[]): Promise<void> {

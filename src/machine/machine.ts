@@ -893,4 +893,13 @@ export class Machine {
   get memoryBytes(): number {
     return this.memory.buffer.byteLength;
   }
+
+  /** A copy of `len` bytes of guest memory at `addr` (inspection: time travel, debugging). */
+  readMemory(addr: number, len: number): Uint8Array {
+    const m = this.mem();
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(len) || addr < 0 || len < 0 || addr + len > m.length) {
+      throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `memory range ${addr}+${len} is outside the guest's ${m.length} bytes`);
+    }
+    return m.slice(addr, addr + len);
+  }
 }

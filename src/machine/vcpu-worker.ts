@@ -184,6 +184,7 @@ class LiveSource implements ReplaySource {
   }
   atIdle(): void {
     publish(true);
+    if (snapshotRequested) takeSnapshot(); // a backup's continuous recording starts a segment here
   }
   peek(i: number): LogEntry | undefined {
     if (logHead + i >= log.length) drainQueue();
@@ -209,6 +210,7 @@ class LiveSource implements ReplaySource {
     try {
       for (;;) {
         drainQueue();
+        if (snapshotRequested && machine?.isIdle === true) takeSnapshot();
         if (log.length - logHead > have || grant > g) return true;
         if (endOfLog || stopRequested || goLiveRequested) return false;
         queue.wait(have === 0 ? 5 : 1000);

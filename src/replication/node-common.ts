@@ -60,6 +60,8 @@ export interface NodeOptions {
   recruit?: RecruitOptions;
   /** Called once when the node halts (lost a claim, fenced, diverged beyond repair). */
   onHalt?: (reason: string) => void;
+  /** A backup (or a standby once cloned) keeps a continuous, rotated recording of the VM's log here. */
+  record?: { dir: string; maxBytes: number };
 }
 
 /** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */

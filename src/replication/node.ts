@@ -20,6 +20,7 @@ import type { Logger } from '../util/log.js';
 import { BackupCore, type BackupAction } from './backup.js';
 import { claimAt, type Addr, type NodeOptions } from './node-common.js';
 import { PrimaryNode } from './primary-node.js';
+import { ContinuousRecorder } from './recorder.js';
 
 export { DEFAULT_TIMINGS, claimAt, primaryCoreConfig, type Addr, type NodeOptions, type RecruitOptions, type Timings } from './node-common.js';
 export { PrimaryNode, type PrimaryOptions } from './primary-node.js';
@@ -55,6 +56,7 @@ export class BackupNode {
   private drainStartMs = 0;
   private live: PrimaryNode | undefined;
   private finished = false;
+  private readonly recorder: ContinuousRecorder | undefined;
 
   constructor(private readonly opts: BackupOptions) {
     this.log = opts.log;
@@ -86,6 +88,19 @@ export class BackupNode {
     Object.defineProperty(this.identity, 'epoch', { get: () => core.status().epoch, configurable: true, enumerable: true });
     this.identity.nextSeq = () => core.expectedSeq;
     this.identity.role = 'backup';
+    if (opts.record) {
+      const vcpu = this.vcpu;
+      this.recorder = new ContinuousRecorder({
+        dir: opts.record.dir,
+        maxBytes: opts.record.maxBytes,
+        module: opts.guest.original,
+        config: opts.config,
+        log: this.log.child({ part: 'recorder' }),
+        ...(j ? { start: { ...j.snapshot, memory: new Uint8Array(j.snapshot.memory) } } : {}),
+        takeSnapshot: async () => (await vcpu.takeSnapshot()).snapshot,
+        consumed: () => vcpu.entries,
+      });
+    }
     this.vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => this.exec(this.core.step({ t: 'replica-verified', n: h.n, hash: h.hash })));
     this.vcpu.on('vcpu-error', (err: Error) => {
       const reason = err instanceof DeterminismViolation ? err.message : `replica failed: ${err.message}`;
@@ -175,6 +190,7 @@ export class BackupNode {
         case 'feed':
           this.fedEntries += a.count;
           this.vcpu.feedLog(a.batch);
+          this.recorder?.feed(a.batch, a.count);
           break;
         case 'grant':
           this.vcpu.grant(a.instructionNumber);
@@ -222,6 +238,7 @@ export class BackupNode {
       return;
     }
     void this.listener?.close().catch(() => undefined);
+    void this.recorder?.close(); // the recording ends where this replica stops following a primary
     this.conn?.close('this backup went live');
     const t0 = performance.now();
     const service = o.service;
@@ -253,6 +270,7 @@ export class BackupNode {
       entries: s.nextSeq,
       halted: s.halted,
       lastVerified: s.lastVerified,
+      recording: this.recorder?.path ?? null,
     };
   }
 
@@ -266,6 +284,7 @@ export class BackupNode {
   async stop(): Promise<void> {
     this.finished = true;
     if (this.ticker) clearInterval(this.ticker);
+    await this.recorder?.close();
     await this.live?.stop();
     await this.listener?.close();
     await this.control?.close();
