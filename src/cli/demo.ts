@@ -14,6 +14,8 @@ import { RespClient } from '../client/resp.js';
 import { controlRequest } from '../service/control.js';
 import { FtvmError } from '../util/errors.js';
 import { freePort } from '../util/ports.js';
+import { listSegments } from '../replication/recorder.js';
+import { travelFile } from './recording-cmds.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
 
@@ -80,7 +82,10 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     const primary = child(['run', o.guest, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common], 'primary', lines);
     procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), 30_000);
-    procs.push(child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', ...common], 'standby', lines));
+    // The standby keeps a continuous recording once it is a backup: the demo replays it at the end.
+    const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
+    const standby = child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common], 'standby', lines);
+    procs.push(standby);
     await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), 30_000);
     let seen = show(0);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
@@ -139,7 +144,23 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     console.log(`   new primary state hash at instruction ${h2.n}: ${h2.hash}`);
     console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     show(seen);
-    return bb2.hash === h2.hash;
+    if (bb2.hash !== h2.hash) return false;
+    // Time travel: the new backup recorded the VM from its clone on; replay that recording offline to
+    // the instruction where the new primary just logged its hash.
+    standby.kill('SIGTERM');
+    await new Promise((r) => (standby.exitCode !== null || standby.signalCode !== null ? r(undefined) : standby.once('exit', r)));
+    const segs = listSegments(recordDir, 'demo-kv');
+    const seg = segs[segs.length - 1];
+    if (seg === undefined) {
+      console.log(`7. the new backup left no recording in ${recordDir}`);
+      return false;
+    }
+    const t = await travelFile(seg.path, { to: h2.n, dumps: [], around: 0, steps: 0 });
+    const same = t.hashAtTarget === h2.hash;
+    console.log(`7. the new backup kept a recording of the VM from its clone on: ${seg.path}`);
+    console.log(`   replayed offline to instruction ${h2.n}: state hash ${t.hashAtTarget} ${same ? "(IDENTICAL to the primary's)" : '(DIFFERENT!)'}`);
+    console.log(`   look around yourself: npx ftvm replay ${seg.path} --to ${h2.n} --step`);
+    return same;
   } finally {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
     await Promise.all(procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r)))));
