@@ -45,6 +45,7 @@ import { controlRequest } from '../src/service/control.js';
 import { CLI, guestFile, makeSecretFile, startPair, type Pair } from '../src/testing/pair.js';
 import { freePort, spawnNode, spawnProcess, stopAll, waitForPort, type ProcessHandle } from '../src/testing/processes.js';
 import { requireComponents } from '../src/testing/system-deps.js';
+import { progress, type Progress } from '../src/util/progress.js';
 import { failoverChart, latencyChart, throughputChart, type LatencyPoint, type ThroughputPoint } from './charts.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -208,8 +209,10 @@ function processCpuMs(pid: number): number {
   }
 }
 
+let bar: Progress | undefined;
 function log(msg: string): void {
-  process.stderr.write(`[bench] ${msg}\n`);
+  if (bar) bar.log(`[bench] ${msg}`);
+  else process.stderr.write(`[bench] ${msg}\n`);
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -549,6 +552,7 @@ async function main(): Promise<number> {
     const lag: number[] = [];
     const logBytes = { log: 0, request: 0 };
     const totalPhases = o.rounds * o.conns.length * systems.length;
+    bar = progress('phases', totalPhases);
     for (let r = 0; r < o.rounds; r++) {
       for (const conns of o.conns) {
         const order = systems.map((_, i) => systems[(i + r) % systems.length]!);
@@ -570,6 +574,7 @@ async function main(): Promise<number> {
             p = await runPhase(sys, conns, r, o);
           }
           phases.push(p);
+          bar.update(phases.length, `${sys.name} c${conns}`);
           const s = p.latency.sorted();
           log(
             `[${phases.length}/${totalPhases}] round ${r + 1} c${String(conns).padEnd(3)} ${sys.name.padEnd(10)} ${p.opsPerSec.toFixed(0).padStart(7)} ops/s  p50 ${fmtMs(quantile(s, 0.5))} ms  p99 ${fmtMs(quantile(s, 0.99))} ms`,
@@ -577,6 +582,8 @@ async function main(): Promise<number> {
         }
       }
     }
+    bar.stop();
+    bar = undefined;
     log('checking that the FT-on primary and backup reach the same state hash');
     const hash = await on.pair.hashesAgree(20_000);
     log(`state hashes agree at instruction ${hash.n}`);
@@ -695,6 +702,8 @@ async function main(): Promise<number> {
     log(`FAILED: ${err instanceof Error ? err.message : String(err)}`);
     return 1;
   } finally {
+    bar?.stop();
+    bar = undefined;
     for (const s of systems) await s.stop().catch(() => undefined);
     await stopAll(3000);
     rmSync(dir, { recursive: true, force: true });

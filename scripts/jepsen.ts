@@ -9,6 +9,7 @@
  */
 import { randomSeed } from '../src/testing/prng.js';
 import { runJepsen } from '../src/jepsen/run.js';
+import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
@@ -70,11 +71,17 @@ for (let i = 0; i < args.length; i++) {
 
 console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys})`);
 const t0 = Date.now();
-const log = quiet ? undefined : (line: string): void => void process.stderr.write(`[jepsen +${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}\n`);
+const bar = quiet ? undefined : progress('faults', faults);
+const log = bar === undefined ? undefined : (line: string): void => {
+  bar.log(`[jepsen +${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}`);
+  const m = /^fault (\d+)\/\d+: (\S+).*; (\d+) ops so far$/.exec(line);
+  if (m) bar.update(Number(m[1]), `${m[2]}, ${m[3]} ops`);
+};
 let code = 1;
 try {
   const { result } = await runJepsen({ faults, seed, arbiter, clients, keys, ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
   code = result.passed ? 0 : 1;
+  bar?.stop();
   console.log(JSON.stringify(result));
 } catch (err) {
   process.stderr.write(`jepsen: ${(err as Error).stack ?? String(err)}\n`);
