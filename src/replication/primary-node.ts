@@ -9,7 +9,7 @@
  * snapshot's entry; once the new backup caught up the core asks to arm the pair (arbiter.advance to a
  * new epoch) and the output rule applies again. See docs/ARCHITECTURE.md, "Re-replication".
  */
-import { once } from 'node:events';
+import { once, type EventEmitter } from 'node:events';
 import { ChannelDialer } from '../channel/endpoints.js';
 import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
 import { ControlKind, FrameType, SnapshotPart, type Frame, type HelloFrame, type RefuseFrame } from '../channel/frames.js';
@@ -23,6 +23,19 @@ import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
 import { claimAt, primaryCoreConfig, type Addr, type NodeOptions } from './node-common.js';
+
+
+/** Waits for the first of `events` on `emitter` and removes every listener it added (no leak per wait). */
+export async function firstOf(emitter: EventEmitter, events: readonly string[]): Promise<void> {
+  const ac = new AbortController();
+  const waits = events.map((e) => once(emitter, e, { signal: ac.signal }));
+  try {
+    await Promise.race(waits);
+  } finally {
+    ac.abort();
+    for (const w of waits) w.catch(() => undefined); // the losers reject with AbortError
+  }
+}
 
 export interface PrimaryOptions extends NodeOptions {
   service: Addr;
@@ -325,7 +338,7 @@ export class PrimaryNode {
     let nextReport = 0.25;
     for (let i = 0; i < enc.chunkCount; i++) {
       while (c.isOpen && c.bufferedBytes > SNAPSHOT_SEND_WINDOW_BYTES) {
-        await Promise.race([once(c, 'drain'), once(c, 'close')]);
+        await firstOf(c, ['drain', 'close']);
       }
       if (!c.isOpen || this.join !== j) {
         if (this.join === j) this.exec(this.core.step({ t: 'join-abort', reason: `the transfer was cut at ${j.sentBytes} of ${j.totalBytes} bytes` }));
