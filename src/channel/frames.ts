@@ -5,111 +5,11 @@
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import { FtvmError } from '../util/errors.js';
 
-/** 2: re-replication (SNAPSHOT frames, the standby role, CONTROL ARMED). */
-export const PROTOCOL_VERSION = 2;
+export * from '../replication/messages.js';
+import { ControlKind, FRAME_TYPE_NAMES, FrameType, SnapshotPart, type Frame, type Role } from '../replication/messages.js';
 
-export const FrameType = {
-  HELLO: 1,
-  LOG: 2,
-  ACK: 3,
-  HEARTBEAT: 4,
-  STATE_HASH: 5,
-  CONTROL: 6,
-  REFUSE: 7,
-  SNAPSHOT: 8,
-} as const;
-export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
-export const FRAME_TYPE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k]));
-
-/** A standby is a backup-to-be in a pool: it accepts any epoch from the primary that recruited it. */
-export type Role = 'primary' | 'backup' | 'standby';
 const ROLE_CODES: Record<Role, number> = { primary: 1, backup: 2, standby: 3 };
 const ROLES: Record<number, Role> = { 1: 'primary', 2: 'backup', 3: 'standby' };
-
-export interface HelloFrame {
-  type: typeof FrameType.HELLO;
-  version: number;
-  role: Role;
-  vmName: string;
-  moduleHash: Uint8Array;
-  epoch: number;
-  arch: string;
-  nonce: Uint8Array;
-  /** Primary: the sequence number of the first entry it will send. Backup: the next entry it expects. */
-  nextSeq: number;
-}
-
-/** A batch of log entries [firstSeq, firstSeq + count); the primary had reached `instructionNumber`. */
-export interface LogFrame {
-  type: typeof FrameType.LOG;
-  epoch: number;
-  firstSeq: number;
-  count: number;
-  instructionNumber: number;
-  batch: Uint8Array;
-}
-
-/** Cumulative: the backup holds every entry with seq < `ackSeq`. Also reports replay progress. */
-export interface AckFrame {
-  type: typeof FrameType.ACK;
-  epoch: number;
-  ackSeq: number;
-  replayedInstructionNumber: number;
-}
-
-/** Primary → backup: it has reached `instructionNumber` with `nextSeq` entries logged before it. */
-export interface HeartbeatFrame {
-  type: typeof FrameType.HEARTBEAT;
-  epoch: number;
-  instructionNumber: number;
-  nextSeq: number;
-}
-
-/** Backup → primary: the replica verified (or failed) the state hash logged at instruction `n`. */
-export interface StateHashFrame {
-  type: typeof FrameType.STATE_HASH;
-  epoch: number;
-  n: number;
-  hash: Uint8Array;
-  ok: boolean;
-}
-
-/**
- * STOP: an intentional stop (the backup must not go live). DIVERGED: the backup's replica diverged.
- * SWITCHOVER: a planned handover. ARMED: a joined backup caught up; the pair is protected at the frame's
- * (new) epoch and the backup may fail over from now on.
- */
-export const ControlKind = { STOP: 1, DIVERGED: 2, SWITCHOVER: 3, ARMED: 4 } as const;
-export interface ControlFrame {
-  type: typeof FrameType.CONTROL;
-  epoch: number;
-  kind: number;
-  reason: string;
-}
-
-/** Sent before closing a connection that is refused (wrong module, older epoch…). */
-export interface RefuseFrame {
-  type: typeof FrameType.REFUSE;
-  code: string;
-  reason: string;
-}
-
-/**
- * Primary → joining standby: the running VM's snapshot (src/machine/snapshot-codec.ts), streamed while
- * the primary keeps running. Part BEGIN carries the VM config (JSON) and the snapshot's header chunk;
- * then one CHUNK per memory chunk. The log from the snapshot's entry follows as ordinary LOG frames.
- */
-export const SnapshotPart = { BEGIN: 0, CHUNK: 1 } as const;
-export interface SnapshotFrame {
-  type: typeof FrameType.SNAPSHOT;
-  epoch: number;
-  part: number;
-  /** BEGIN: the VM config as JSON; CHUNK: empty. */
-  config: string;
-  data: Uint8Array;
-}
-
-export type Frame = HelloFrame | LogFrame | AckFrame | HeartbeatFrame | StateHashFrame | ControlFrame | RefuseFrame | SnapshotFrame;
 
 function bad(msg: string): never {
   throw new FtvmError('FTVM_ERR_BAD_FRAME', msg);

@@ -14,7 +14,7 @@ import type { ScheduledInput } from './env.js';
 import type { VmConfig } from '../log/recording.js';
 import type { InstrumentedModule } from './instrumented.js';
 import type { MessagePort } from 'node:worker_threads';
-import type { GuestOutput, HaltInfo, Snapshot } from './machine.js';
+import type { HaltInfo, Snapshot } from './machine.js';
 
 export const Tag = {
   OPEN: 1,
@@ -70,7 +70,8 @@ export interface WorkerInit {
 }
 
 /** Outputs cross the thread boundary as they are (structured clone). */
-export type WireOutput = GuestOutput;
+export type { WireOutput } from '../replication/messages.js';
+import type { WireOutput } from '../replication/messages.js';
 
 export type WorkerEvent =
   | { t: 'ready' }

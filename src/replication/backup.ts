@@ -4,7 +4,7 @@
  * primary's reported instruction number, reports replay progress for the primary's lag control, and
  * halts on divergence.
  */
-import { ControlKind, FrameType, type Frame } from '../channel/frames.js';
+import { ControlKind, FrameType, type Frame } from './messages.js';
 import { joinTimeoutOf } from './primary.js';
 
 export interface BackupConfig {

@@ -10,8 +10,8 @@
  * - execution-lag control: when the backup's replay is more than `lagMaxMs` behind, or the unacked log
  *   exceeds its bound, ask the driver to slow the primary at its budget checkpoints.
  */
-import { ControlKind, FrameType, type Frame } from '../channel/frames.js';
-import type { WireOutput } from '../machine/vcpu-protocol.js';
+import { ControlKind, FrameType, type Frame } from './messages.js';
+import type { WireOutput } from './messages.js';
 import { assert } from '../util/errors.js';
 
 export interface PrimaryConfig {
