@@ -93,13 +93,19 @@ export class DirtyTracker {
     w.varint(memory.length);
     w.varint(pb);
     const dirty: number[] = [];
-    for (let p = 0; p < pages; p++) {
-      const a = p * pb;
-      const b = Math.min(memory.length, a + pb);
-      const page = mem.subarray(a, b);
-      const base = a < shadow.length ? shadow.subarray(a, Math.min(shadow.length, b)) : undefined;
-      if (base !== undefined && base.length === page.length ? page.equals(base) : isZero(page, base)) continue;
-      dirty.push(p);
+    // Two levels: one memcmp per 64 pages where nothing changed (most of memory, most of the time),
+    // then page by page inside a block that differs.
+    const block = pb * 64;
+    for (let blockStart = 0; blockStart < memory.length; blockStart += block) {
+      const blockEnd = Math.min(memory.length, blockStart + block);
+      if (blockEnd <= shadow.length && mem.subarray(blockStart, blockEnd).equals(shadow.subarray(blockStart, blockEnd))) continue;
+      for (let a = blockStart; a < blockEnd; a += pb) {
+        const b = Math.min(memory.length, a + pb);
+        const page = mem.subarray(a, b);
+        const base = a < shadow.length ? shadow.subarray(a, Math.min(shadow.length, b)) : undefined;
+        if (base !== undefined && base.length === page.length ? page.equals(base) : isZero(page, base)) continue;
+        dirty.push(a / pb);
+      }
     }
     w.varint(dirty.length);
     const body = new ByteWriter(Math.max(64, dirty.length * 64), MAX_MEMORY_BYTES);
