@@ -1,0 +1,341 @@
+/**
+ * The checkpoint-replication protocol (state transfer, Remus/COLO style), as two pure state machines
+ * in the shape of the replay cores: `step(input) → actions`; no sockets, timers, clocks or randomness
+ * (time enters as `tick` inputs), so the simulator and the drivers can run the same code.
+ *
+ * The primary runs its guest freely. Time is cut into epochs: every `intervalMs` (or at once when
+ * outputs wait and `eagerWhenOutputsHeld`), the core asks the driver to **capture** a checkpoint — the
+ * driver stops the guest at a safe point, computes the memory delta since the last checkpoint plus the
+ * small state (globals, devices) and reports `captured`. The checkpoint goes to the backup, which applies
+ * it and acknowledges. **Output rule:** an output produced in epoch k (after checkpoint k−1 was captured,
+ * up to the capture of checkpoint k) is released only once the backup acknowledged checkpoint k: the
+ * backup then holds a state from which that output was produced. Nothing the backup holds is ever
+ * "ahead" of the primary, and a backup that goes live from its last applied checkpoint never contradicts
+ * a released output (the primary released nothing produced after that checkpoint).
+ *
+ * Bounded: at most `inFlightMax` checkpoints unacknowledged — past it the core asks the driver to pause
+ * the guest (`throttle`) until the backup catches up, so a guest that dirties memory faster than the
+ * link carries is slowed instead of growing buffers (vSphere SMP-FT does the same). Held outputs are
+ * bounded by `heldMaxOutputs` (past it, `throttle` as well).
+ *
+ * Failure: silence for `failTimeoutMs` → the survivor asks the arbiter (`claim` at the current epoch of
+ * the pair, as in replay mode). Primary wins: it continues alone, releasing what it holds (nobody else
+ * can go live). Backup wins: it goes live from the last checkpoint it applied (`go-live`). Loser: halts.
+ */
+import { assert } from '../util/errors.js';
+
+export interface CheckpointPrimaryConfig {
+  epoch: number;
+  intervalMs: number;
+  failTimeoutMs: number;
+  claimRetryMs: number;
+  inFlightMax: number;
+  heldMaxOutputs: number;
+  /** Capture before the interval when outputs are waiting (latency over throughput). */
+  eagerWhenOutputsHeld: boolean;
+  /** No backup yet: outputs are released at once. */
+  alone: boolean;
+}
+
+export type CheckpointPrimaryInput =
+  | { t: 'tick'; nowMs: number }
+  /** The guest produced an output (held until its epoch's checkpoint is acknowledged). */
+  | { t: 'output'; id: number }
+  /** The driver captured the checkpoint it was asked for; `bytes` is the size it will send. */
+  | { t: 'captured'; checkpoint: number; bytes: number }
+  /** The backup applied and acknowledges every checkpoint up to `checkpoint`. */
+  | { t: 'ack'; checkpoint: number; nowMs: number }
+  | { t: 'heard'; nowMs: number }
+  | { t: 'peer-open'; nowMs: number }
+  | { t: 'peer-closed' }
+  | { t: 'claim-result'; won: boolean; epoch: number; unavailable?: boolean };
+
+export type CheckpointPrimaryAction =
+  | { t: 'capture'; checkpoint: number }
+  | { t: 'send-checkpoint'; checkpoint: number; epoch: number }
+  | { t: 'release'; ids: number[] }
+  | { t: 'throttle'; on: boolean }
+  | { t: 'heartbeat'; epoch: number }
+  | { t: 'claim'; epoch: number }
+  | { t: 'alone'; epoch: number }
+  | { t: 'halt'; reason: string };
+
+export interface CheckpointPrimaryStatus {
+  epoch: number;
+  /** The checkpoint being built (outputs produced now belong to it). */
+  openCheckpoint: number;
+  ackedCheckpoint: number;
+  capturedCheckpoint: number;
+  heldOutputs: number;
+  inFlight: number;
+  throttled: boolean;
+  alone: boolean;
+  phase: 'running' | 'claiming' | 'halted';
+  bytesSent: number;
+}
+
+export class CheckpointPrimaryCore {
+  private epoch: number;
+  /** Outputs produced in the open epoch belong to checkpoint `open`. */
+  private open = 1;
+  private captured = 0;
+  private acked = 0;
+  private capturing = false;
+  private lastCaptureMs = -Infinity;
+  private lastHeardMs = 0;
+  private lastSentMs = -Infinity;
+  private peer = false;
+  private alone: boolean;
+  private phase: 'running' | 'claiming' | 'halted' = 'running';
+  private throttled = false;
+  private nextClaimMs = 0;
+  private bytesSent = 0;
+  /** Held outputs in production order: [checkpoint, id]. */
+  private held: Array<[number, number]> = [];
+
+  constructor(private readonly cfg: CheckpointPrimaryConfig) {
+    assert(cfg.intervalMs > 0 && cfg.failTimeoutMs > 0 && cfg.inFlightMax >= 1 && cfg.heldMaxOutputs >= 1, 'checkpoint config');
+    this.epoch = cfg.epoch;
+    this.alone = cfg.alone;
+  }
+
+  status(): CheckpointPrimaryStatus {
+    return {
+      epoch: this.epoch,
+      openCheckpoint: this.open,
+      ackedCheckpoint: this.acked,
+      capturedCheckpoint: this.captured,
+      heldOutputs: this.held.length,
+      inFlight: this.captured - this.acked,
+      throttled: this.throttled,
+      alone: this.alone,
+      phase: this.phase,
+      bytesSent: this.bytesSent,
+    };
+  }
+
+  step(i: CheckpointPrimaryInput): CheckpointPrimaryAction[] {
+    const out: CheckpointPrimaryAction[] = [];
+    if (this.phase === 'halted') return out;
+    switch (i.t) {
+      case 'output':
+        if (this.alone) out.push({ t: 'release', ids: [i.id] });
+        else this.held.push([this.open, i.id]);
+        break;
+      case 'captured':
+        assert(this.capturing && i.checkpoint === this.open, `captured checkpoint ${i.checkpoint}, asked for ${this.open}`);
+        this.capturing = false;
+        this.captured = i.checkpoint;
+        this.open = i.checkpoint + 1;
+        this.bytesSent += i.bytes;
+        if (this.alone) {
+          // Nobody to send to; a capture while alone only happens when a backup is being joined.
+          this.acked = this.captured;
+        } else if (this.peer) {
+          out.push({ t: 'send-checkpoint', checkpoint: i.checkpoint, epoch: this.epoch });
+        }
+        break;
+      case 'ack': {
+        if (i.checkpoint > this.captured) {
+          out.push({ t: 'halt', reason: `the backup acknowledged checkpoint ${i.checkpoint}, beyond the last captured (${this.captured})` });
+          this.phase = 'halted';
+          return out;
+        }
+        this.lastHeardMs = i.nowMs;
+        if (i.checkpoint > this.acked) {
+          this.acked = i.checkpoint;
+          this.releaseAcked(out);
+        }
+        break;
+      }
+      case 'heard':
+        this.lastHeardMs = i.nowMs;
+        break;
+      case 'peer-open':
+        this.peer = true;
+        this.lastHeardMs = i.nowMs;
+        // Resend every checkpoint not acknowledged (the driver keeps them until acknowledged).
+        for (let c = this.acked + 1; c <= this.captured; c++) out.push({ t: 'send-checkpoint', checkpoint: c, epoch: this.epoch });
+        break;
+      case 'peer-closed':
+        this.peer = false;
+        break;
+      case 'claim-result':
+        if (this.phase !== 'claiming') break;
+        if (i.unavailable) break; // retried at the next tick after claimRetryMs
+        if (i.won) {
+          this.epoch = i.epoch;
+          this.alone = true;
+          this.phase = 'running';
+          this.acked = this.captured;
+          out.push({ t: 'alone', epoch: this.epoch });
+          this.releaseAll(out);
+        } else {
+          this.phase = 'halted';
+          out.push({ t: 'halt', reason: `lost the arbiter claim at epoch ${this.epoch}: the backup is live` });
+        }
+        break;
+      case 'tick':
+        this.tick(i.nowMs, out);
+        break;
+    }
+    this.updateThrottle(out);
+    return out;
+  }
+
+  private tick(now: number, out: CheckpointPrimaryAction[]): void {
+    if (this.phase === 'claiming') {
+      if (now >= this.nextClaimMs) {
+        this.nextClaimMs = now + this.cfg.claimRetryMs;
+        out.push({ t: 'claim', epoch: this.epoch });
+      }
+      return;
+    }
+    if (!this.alone) {
+      if (now - this.lastHeardMs > this.cfg.failTimeoutMs) {
+        this.phase = 'claiming';
+        this.nextClaimMs = now + this.cfg.claimRetryMs;
+        out.push({ t: 'claim', epoch: this.epoch });
+        return;
+      }
+      if (this.peer && now - this.lastSentMs >= this.cfg.failTimeoutMs / 4) {
+        this.lastSentMs = now;
+        out.push({ t: 'heartbeat', epoch: this.epoch });
+      }
+    }
+    const due = now - this.lastCaptureMs >= this.cfg.intervalMs || (this.cfg.eagerWhenOutputsHeld && this.held.some(([c]) => c === this.open));
+    if (!this.alone && !this.capturing && due && this.captured - this.acked < this.cfg.inFlightMax) {
+      this.capturing = true;
+      this.lastCaptureMs = now;
+      out.push({ t: 'capture', checkpoint: this.open });
+    }
+  }
+
+  private releaseAcked(out: CheckpointPrimaryAction[]): void {
+    let n = 0;
+    while (n < this.held.length && this.held[n]![0] <= this.acked) n++;
+    if (n === 0) return;
+    const ids = this.held.slice(0, n).map(([, id]) => id);
+    this.held = this.held.slice(n);
+    out.push({ t: 'release', ids });
+  }
+
+  private releaseAll(out: CheckpointPrimaryAction[]): void {
+    if (this.held.length === 0) return;
+    out.push({ t: 'release', ids: this.held.map(([, id]) => id) });
+    this.held = [];
+  }
+
+  private updateThrottle(out: CheckpointPrimaryAction[]): void {
+    const want = !this.alone && (this.captured - this.acked >= this.cfg.inFlightMax || this.held.length >= this.cfg.heldMaxOutputs);
+    if (want !== this.throttled) {
+      this.throttled = want;
+      out.push({ t: 'throttle', on: want });
+    }
+  }
+}
+
+export interface CheckpointBackupConfig {
+  epoch: number;
+  failTimeoutMs: number;
+  claimRetryMs: number;
+}
+
+export type CheckpointBackupInput =
+  | { t: 'tick'; nowMs: number }
+  /** A checkpoint frame arrived (not yet applied). */
+  | { t: 'checkpoint'; checkpoint: number; epoch: number; nowMs: number }
+  /** The driver applied checkpoint n to its copy of the VM. */
+  | { t: 'applied'; checkpoint: number }
+  | { t: 'heard'; nowMs: number }
+  | { t: 'peer-closed' }
+  | { t: 'claim-result'; won: boolean; epoch: number; unavailable?: boolean };
+
+export type CheckpointBackupAction =
+  | { t: 'apply'; checkpoint: number }
+  | { t: 'ack'; checkpoint: number; epoch: number }
+  | { t: 'drop'; checkpoint: number; reason: string }
+  | { t: 'claim'; epoch: number }
+  | { t: 'go-live'; epoch: number; checkpoint: number }
+  | { t: 'halt'; reason: string };
+
+export class CheckpointBackupCore {
+  private epoch: number;
+  private applied = 0;
+  private applying = 0;
+  private lastHeardMs = 0;
+  private heard = false;
+  private phase: 'following' | 'claiming' | 'live' | 'halted' = 'following';
+  private nextClaimMs = 0;
+
+  constructor(private readonly cfg: CheckpointBackupConfig) {
+    this.epoch = cfg.epoch;
+  }
+
+  status(): { epoch: number; applied: number; phase: string } {
+    return { epoch: this.epoch, applied: this.applied, phase: this.phase };
+  }
+
+  step(i: CheckpointBackupInput): CheckpointBackupAction[] {
+    const out: CheckpointBackupAction[] = [];
+    if (this.phase === 'halted' || this.phase === 'live') return out;
+    switch (i.t) {
+      case 'checkpoint':
+        if (i.epoch < this.epoch) {
+          out.push({ t: 'drop', checkpoint: i.checkpoint, reason: `epoch ${i.epoch} is older than ${this.epoch}` });
+          break;
+        }
+        this.heard = true;
+        this.lastHeardMs = i.nowMs;
+        if (this.phase === 'claiming') break; // too late: the claim decides
+        if (i.checkpoint <= this.applied || i.checkpoint <= this.applying) {
+          out.push({ t: 'ack', checkpoint: this.applied, epoch: this.epoch }); // a resend: acknowledge again
+          break;
+        }
+        if (i.checkpoint !== Math.max(this.applied, this.applying) + 1) {
+          out.push({ t: 'drop', checkpoint: i.checkpoint, reason: `checkpoint ${i.checkpoint} after ${Math.max(this.applied, this.applying)}: a gap` });
+          break;
+        }
+        this.applying = i.checkpoint;
+        out.push({ t: 'apply', checkpoint: i.checkpoint });
+        break;
+      case 'applied':
+        assert(i.checkpoint === this.applying && i.checkpoint === this.applied + 1, `applied ${i.checkpoint}, expected ${this.applied + 1}`);
+        this.applied = i.checkpoint;
+        out.push({ t: 'ack', checkpoint: this.applied, epoch: this.epoch });
+        break;
+      case 'heard':
+        this.heard = true;
+        this.lastHeardMs = i.nowMs;
+        break;
+      case 'peer-closed':
+        break;
+      case 'tick':
+        if (this.phase === 'claiming') {
+          if (i.nowMs >= this.nextClaimMs) {
+            this.nextClaimMs = i.nowMs + this.cfg.claimRetryMs;
+            out.push({ t: 'claim', epoch: this.epoch });
+          }
+        } else if (this.heard && this.applied > 0 && i.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs && this.applying === this.applied) {
+          // Silent primary, and the last checkpoint is fully applied: claim. (A backup that never held a
+          // whole checkpoint has nothing to go live from and keeps waiting.)
+          this.phase = 'claiming';
+          this.nextClaimMs = i.nowMs + this.cfg.claimRetryMs;
+          out.push({ t: 'claim', epoch: this.epoch });
+        }
+        break;
+      case 'claim-result':
+        if (this.phase !== 'claiming' || i.unavailable) break;
+        if (i.won) {
+          this.phase = 'live';
+          this.epoch = i.epoch;
+          out.push({ t: 'go-live', epoch: i.epoch, checkpoint: this.applied });
+        } else {
+          this.phase = 'halted';
+          out.push({ t: 'halt', reason: `lost the arbiter claim at epoch ${this.epoch}: the primary is live` });
+        }
+        break;
+    }
+    return out;
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * The checkpoint-replication cores (src/checkpoint/core.ts): the output rule per epoch, bounded
+ * in-flight checkpoints (throttle), failure handling at the arbiter, and a randomized run of both cores
+ * over a lossy, reordering channel checking that no output is released before the backup holds the
+ * checkpoint it came from.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import {
+  CheckpointBackupCore,
+  CheckpointPrimaryCore,
+  type CheckpointBackupAction,
+  type CheckpointPrimaryAction,
+  type CheckpointPrimaryConfig,
+} from '../src/checkpoint/core.js';
+
+const cfg = (o: Partial<CheckpointPrimaryConfig> = {}): CheckpointPrimaryConfig => ({
+  epoch: 1,
+  intervalMs: 10,
+  failTimeoutMs: 100,
+  claimRetryMs: 50,
+  inFlightMax: 2,
+  heldMaxOutputs: 1000,
+  eagerWhenOutputsHeld: false,
+  alone: false,
+  ...o,
+});
+const of = <T extends { t: string }>(as: T[], t: T['t']): T[] => as.filter((a) => a.t === t);
+
+test('an output waits for the acknowledgement of its own epoch\'s checkpoint, then goes out in order', () => {
+  const p = new CheckpointPrimaryCore(cfg());
+  p.step({ t: 'peer-open', nowMs: 0 });
+  p.step({ t: 'output', id: 1 });
+  p.step({ t: 'output', id: 2 });
+  const cap = p.step({ t: 'tick', nowMs: 10 });
+  assert.deepEqual(of(cap, 'capture'), [{ t: 'capture', checkpoint: 1 }]);
+  p.step({ t: 'output', id: 3 }); // produced while checkpoint 1 is being captured: still epoch 1
+  assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 1, bytes: 100 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 1, epoch: 1 }]);
+  p.step({ t: 'output', id: 4 }); // epoch 2
+  assert.deepEqual(of(p.step({ t: 'ack', checkpoint: 1, nowMs: 12 }), 'release'), [{ t: 'release', ids: [1, 2, 3] }]);
+  assert.equal(p.status().heldOutputs, 1);
+  p.step({ t: 'tick', nowMs: 25 });
+  p.step({ t: 'captured', checkpoint: 2, bytes: 10 });
+  assert.deepEqual(of(p.step({ t: 'ack', checkpoint: 2, nowMs: 26 }), 'release'), [{ t: 'release', ids: [4] }]);
+  assert.throws(() => p.step({ t: 'captured', checkpoint: 9, bytes: 1 }), /captured checkpoint 9/);
+});
+
+test('in-flight checkpoints are bounded: the guest is throttled until the backup catches up; a reconnect resends the unacknowledged ones', () => {
+  const p = new CheckpointPrimaryCore(cfg({ inFlightMax: 2 }));
+  p.step({ t: 'peer-open', nowMs: 0 });
+  p.step({ t: 'tick', nowMs: 10 });
+  p.step({ t: 'captured', checkpoint: 1, bytes: 1 });
+  p.step({ t: 'tick', nowMs: 20 });
+  const a = p.step({ t: 'captured', checkpoint: 2, bytes: 1 });
+  assert.deepEqual(of(a, 'throttle'), [{ t: 'throttle', on: true }]);
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 30 }), 'capture'), [], 'no third capture in flight');
+  p.step({ t: 'peer-closed' });
+  assert.deepEqual(of(p.step({ t: 'peer-open', nowMs: 31 }), 'send-checkpoint').map((x) => (x as { checkpoint: number }).checkpoint), [1, 2]);
+  assert.deepEqual(of(p.step({ t: 'ack', checkpoint: 1, nowMs: 32 }), 'throttle'), [{ t: 'throttle', on: false }]);
+  assert.equal(p.step({ t: 'ack', checkpoint: 7, nowMs: 33 })[0]?.t, 'halt', 'an ack beyond what was captured is a broken peer');
+});
+
+test('silence: the primary claims; winning it continues alone and releases what it held; losing it halts', () => {
+  for (const won of [true, false]) {
+    const p = new CheckpointPrimaryCore(cfg());
+    p.step({ t: 'peer-open', nowMs: 0 });
+    p.step({ t: 'output', id: 1 });
+    assert.deepEqual(of(p.step({ t: 'tick', nowMs: 101 }), 'claim'), [{ t: 'claim', epoch: 1 }]);
+    assert.deepEqual(p.step({ t: 'claim-result', won: false, epoch: 1, unavailable: true }), []);
+    assert.deepEqual(of(p.step({ t: 'tick', nowMs: 160 }), 'claim'), [{ t: 'claim', epoch: 1 }], 'retried');
+    const r = p.step({ t: 'claim-result', won, epoch: 2 });
+    if (won) {
+      assert.deepEqual(r.map((x) => x.t), ['alone', 'release']);
+      assert.deepEqual(of(p.step({ t: 'output', id: 2 }), 'release'), [{ t: 'release', ids: [2] }]);
+    } else {
+      assert.equal(r[0]?.t, 'halt');
+      assert.deepEqual(p.step({ t: 'output', id: 2 }), []);
+    }
+  }
+});
+
+test('the backup applies checkpoints in order, re-acknowledges resends, drops gaps and old epochs, and goes live from the last one it applied', () => {
+  const b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 500 }), [], 'never claims before holding a whole checkpoint');
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 1, epoch: 1, nowMs: 501 }), [{ t: 'apply', checkpoint: 1 }]);
+  assert.deepEqual(b.step({ t: 'applied', checkpoint: 1 }), [{ t: 'ack', checkpoint: 1, epoch: 1 }]);
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 1, epoch: 1, nowMs: 502 }), [{ t: 'ack', checkpoint: 1, epoch: 1 }]);
+  assert.equal(b.step({ t: 'checkpoint', checkpoint: 3, epoch: 1, nowMs: 503 })[0]?.t, 'drop');
+  assert.equal(b.step({ t: 'checkpoint', checkpoint: 2, epoch: 0, nowMs: 503 })[0]?.t, 'drop');
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 2, epoch: 1, nowMs: 504 }), [{ t: 'apply', checkpoint: 2 }]);
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 700 }), [], 'no claim while a checkpoint is half applied');
+  b.step({ t: 'applied', checkpoint: 2 });
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 701 }), [{ t: 'claim', epoch: 1 }]);
+  assert.deepEqual(b.step({ t: 'claim-result', won: true, epoch: 2 }), [{ t: 'go-live', epoch: 2, checkpoint: 2 }]);
+});
+
+test('randomized: over a lossy, reordering channel with a crash of either side, no output is released before the backup applied its checkpoint', () => {
+  fc.assert(
+    fc.property(fc.array(fc.nat(1000), { minLength: 50, maxLength: 400 }), fc.integer({ min: 0, max: 2 }), (rolls, crash) => {
+      const p = new CheckpointPrimaryCore(cfg({ eagerWhenOutputsHeld: true, inFlightMax: 3 }));
+      const b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
+      const toB: Array<{ checkpoint: number; epoch: number }> = [];
+      const toP: number[] = [];
+      const producedIn = new Map<number, number>(); // output id → checkpoint it belongs to
+      let nextId = 1;
+      let now = 0;
+      let arbiterEpoch = 1;
+      let pAlive = true;
+      let bAlive = true;
+      let live: 'p' | 'b' | null = 'p';
+      const claim = (): { won: boolean; epoch: number } => {
+        if (live !== null && arbiterEpoch > 1) return { won: false, epoch: arbiterEpoch };
+        arbiterEpoch++;
+        return { won: true, epoch: arbiterEpoch };
+      };
+      const runP = (as: CheckpointPrimaryAction[]): void => {
+        for (const a of as) {
+          if (a.t === 'send-checkpoint') toB.push({ checkpoint: a.checkpoint, epoch: a.epoch });
+          if (a.t === 'capture') runP(p.step({ t: 'captured', checkpoint: a.checkpoint, bytes: 1 }));
+          if (a.t === 'release') {
+            for (const id of a.ids) {
+              const c = producedIn.get(id)!;
+              if (!p.status().alone) assert.ok(b.status().applied >= c, `output ${id} of checkpoint ${c} released; backup applied ${b.status().applied}`);
+            }
+          }
+          if (a.t === 'claim') {
+            const r = claim();
+            if (r.won) live = 'p';
+            runP(p.step({ t: 'claim-result', ...r }));
+          }
+          if (a.t === 'halt' && live === 'p') live = null;
+        }
+      };
+      const runB = (as: CheckpointBackupAction[]): void => {
+        for (const a of as) {
+          if (a.t === 'apply') runB(b.step({ t: 'applied', checkpoint: a.checkpoint }));
+          if (a.t === 'ack') toP.push(a.checkpoint);
+          if (a.t === 'claim') {
+            const r = claim();
+            if (r.won) live = 'b';
+            runB(b.step({ t: 'claim-result', ...r }));
+          }
+          if (a.t === 'go-live') assert.ok(!pAlive || p.status().phase !== 'running' || p.status().alone === false, 'one live replica');
+        }
+      };
+      runP(p.step({ t: 'peer-open', nowMs: 0 }));
+      for (let i = 0; i < rolls.length; i++) {
+        const r = rolls[i]!;
+        now += 1 + (r % 7);
+        if (crash === 1 && i === rolls.length >> 1) pAlive = false;
+        if (crash === 2 && i === rolls.length >> 1) bAlive = false;
+        if (pAlive && r % 3 === 0) {
+          const id = nextId++;
+          producedIn.set(id, p.status().openCheckpoint);
+          runP(p.step({ t: 'output', id }));
+        }
+        if (r % 5 === 0 && toB.length > 0) toB.splice(r % toB.length, 1); // loss
+        if (bAlive && toB.length > 0 && r % 2 === 0) {
+          const f = toB.splice(r % 4 === 0 ? toB.length - 1 : 0, 1)[0]!; // reorder sometimes
+          runB(b.step({ t: 'checkpoint', ...f, nowMs: now }));
+        }
+        if (pAlive && toP.length > 0 && r % 2 === 1) runP(p.step({ t: 'ack', checkpoint: toP.shift()!, nowMs: now }));
+        if (pAlive && r % 11 === 0) {
+          runP(p.step({ t: 'peer-closed' }));
+          runP(p.step({ t: 'peer-open', nowMs: now }));
+        }
+        if (pAlive) {
+          if (bAlive) b.step({ t: 'heard', nowMs: now });
+          runP(p.step({ t: 'tick', nowMs: now }));
+        }
+        if (bAlive) {
+          if (pAlive) p.step({ t: 'heard', nowMs: now });
+          runB(b.step({ t: 'tick', nowMs: now }));
+        }
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
