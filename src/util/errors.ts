@@ -27,7 +27,8 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_ARBITER_UNAVAILABLE'
   | 'FTVM_ERR_ARBITER_AUTH'
   | 'FTVM_ERR_ARBITER_CORRUPT'
-  | 'FTVM_ERR_ARBITER_BAD_REQUEST';
+  | 'FTVM_ERR_ARBITER_BAD_REQUEST'
+  | 'FTVM_ERR_TIMEOUT';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;
