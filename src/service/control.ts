@@ -6,6 +6,7 @@
  *   GET  /state-hash   → backup: the last state hash it verified against the log
  */
 import http from 'node:http';
+import { FtvmError } from '../util/errors.js';
 
 export type ControlHandler = (method: string, path: string) => Promise<unknown> | unknown;
 
@@ -96,7 +97,11 @@ export async function controlRequest(addr: string, method: string, path: string,
       });
     });
     req.on('timeout', () => req.destroy(new Error(`no answer from ${addr} within ${timeoutMs} ms`)));
-    req.on('error', reject);
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' || err.code === 'EHOSTUNREACH') {
+        reject(new FtvmError('FTVM_ERR_CONTROL_UNREACHABLE', `no node answers at ${addr} (${err.code}): is its --control address right, is it running?`, { cause: err }));
+      } else reject(err);
+    });
     req.end();
   });
 }

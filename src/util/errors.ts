@@ -28,7 +28,8 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_ARBITER_AUTH'
   | 'FTVM_ERR_ARBITER_CORRUPT'
   | 'FTVM_ERR_ARBITER_BAD_REQUEST'
-  | 'FTVM_ERR_TIMEOUT';
+  | 'FTVM_ERR_TIMEOUT'
+  | 'FTVM_ERR_CONTROL_UNREACHABLE';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;
