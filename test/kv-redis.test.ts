@@ -92,6 +92,13 @@ test('redis-cli sees Redis replies: lists, sets, hashes, sorted sets, streams, n
     }
     assert.equal(got, expected, `${args.join(' ')}`);
   }
+  // XADD * takes its ID from the guest's clock (logged, so the backup computes the same one).
+  const id1 = await cli(p, 'XADD', 'st3', 'MAXLEN', '1', '*', 'f', 'v');
+  const id2 = await cli(p, 'XADD', 'st3', 'MAXLEN', '1', '*', 'f', 'w');
+  assert.match(id1, /^"\d{13}-\d+"$/);
+  assert.match(id2, /^"\d{13}-\d+"$/);
+  assert.notEqual(id1, id2);
+  assert.equal(await cli(p, 'XLEN', 'st3'), '(integer) 1');
   await (await thePair()).hashesAgree();
 });
 

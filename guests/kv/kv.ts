@@ -1065,6 +1065,8 @@ function cmdXadd(n: i32): void {
   let i = 2;
   let noMake = false;
   let maxLen: i64 = -1;
+  // (Not `for (;;) { if (..) { ..; continue; } break; }`: AssemblyScript 0.28.20 takes the code after
+  // such a loop for unreachable and drops it.)
   let options = true;
   while (options && i < n) {
     if (argIs(i, "NOMKSTREAM")) {
