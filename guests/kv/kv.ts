@@ -587,18 +587,16 @@ function int64Buffer(v: i64): ArrayBuffer {
 
 /** A double as Redis prints it: integers without a fraction, "inf"/"-inf", else the shortest form. */
 function replyDouble(d: f64): void {
-  const save = out.len;
-  out.str("$0\r\n"); // placeholder header, rewritten below
+  // format at the end of the reply buffer, then move the text behind its "$<len>\r\n" header
   const start = out.len;
   if (d == Infinity) out.str("inf");
   else if (d == -Infinity) out.str("-inf");
   else if (d == Math.floor(d) && Math.abs(d) < 1e15) out.int(<i64>d);
   else out.str(d.toString());
   const len = out.len - start;
-  // move the text behind a correct "$<len>\r\n" header
   const text = new ArrayBuffer(len);
   memory.copy(changetype<usize>(text), out.ptr + <usize>start, <usize>len);
-  out.len = save;
+  out.len = start;
   replyBulk(changetype<usize>(text), len);
 }
 
