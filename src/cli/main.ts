@@ -2,7 +2,7 @@
 /**
  * The `ftvm` command. commander (well kept, typed, generates --help) parses the arguments.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +12,7 @@ import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
 import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { hex, inspectFile, loadGuestFile, parseDump, recordToFile, replayFile, travelFile } from './recording-cmds.js';
-import { TIMING_DEFAULTS, parseAddr, readSecret, runNode, runStandby, status } from './run-cmds.js';
+import { TIMING_DEFAULTS, WAIT_STATES, parseAddr, readSecret, runNode, runStandby, status, type WaitState } from './run-cmds.js';
 import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
 import { logger } from '../util/log.js';
 import { pairDemo } from './demo.js';
@@ -167,11 +167,16 @@ export function buildProgram(): Command {
 
   program
     .command('status')
-    .description("Print a running node's role, epoch, instruction number, lag, log bytes/s and outputs held")
+    .description("Print a running node's role, process id, host id, start time, epoch, instruction number, lag, log bytes/s and outputs held")
     .argument('<host:port>', 'the node\'s --control address')
     .option('--json', 'print one JSON object')
-    .action(async (addr: string, o: { json?: boolean }) => {
-      await status(addr, o.json === true);
+    .option('--pid', "print only the node's process id (e.g. `kill -9 $(ftvm status 127.0.0.1:7100 --pid)`)")
+    .addOption(
+      new Option('--wait <state>', 'first wait until the node answers (up), serves clients as the primary (serving), or serves with a connected backup (protected)').choices(WAIT_STATES),
+    )
+    .option('--timeout-ms <ms>', 'give up waiting after this long (exit 2, FTVM_ERR_TIMEOUT)', intArg('--timeout-ms', 1, 3_600_000), 60_000)
+    .action(async (addr: string, o: { json?: boolean; pid?: boolean; wait?: WaitState; timeoutMs: number }) => {
+      await status(addr, { json: o.json === true, pid: o.pid === true, timeoutMs: o.timeoutMs, ...(o.wait !== undefined ? { wait: o.wait } : {}) });
     });
 
   program

@@ -149,20 +149,21 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     // The arbiter holds the VM's epoch: the primary creates the record, the backup learns it.
     const opts = { deadlineMs: o.arbiterDeadlineMs };
     if (o.role === 'primary') {
-      const rec = await arbiter.init(o.vmName, { epoch: o.epoch, owner: nodeId }, opts);
+      const rec = await whenArbiterAnswers(() => arbiter.init(o.vmName, { epoch: o.epoch, owner: nodeId }, opts), o.arbiter!, log);
       if (rec.owner !== nodeId) {
         throw new FtvmError('FTVM_ERR_STALE_EPOCH', `VM "${o.vmName}" is owned by ${rec.owner} at epoch ${rec.epoch} at the arbiter; this node (${nodeId}) will not start as its primary`);
       }
       epoch = rec.epoch;
     } else if (o.role === 'backup') {
       // A backup learns the epoch from the record if its primary created it already.
-      epoch = (await arbiter.read(o.vmName, opts))?.epoch ?? o.epoch;
+      epoch = (await whenArbiterAnswers(() => arbiter.read(o.vmName, opts), o.arbiter!, log))?.epoch ?? o.epoch;
     }
   } else if (o.role === 'backup' || o.peer) {
     log.warn('no --arbiter: this pair cannot fail over (a silent peer only makes it wait)');
   }
   const onHalt = (reason: string): void => {
-    const intentional = reason.startsWith('stopped by');
+    // `ftvm stop` on this node, or (a backup) its primary was stopped that way: not a failure.
+    const intentional = reason.startsWith('stopped by') || reason.startsWith('the primary stopped intentionally');
     if (intentional) log.info({ reason }, 'stopped');
     else log.error({ reason }, 'halted');
     process.exit(intentional ? 0 : 4);
@@ -175,6 +176,7 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     timings,
     log,
     nodeId,
+    hostId: o.hostId,
     onHalt,
     ...(arbiter ? { arbiter } : {}),
     ...(arbiter && o.recruit ? { recruit: { hostId: o.hostId, intervalMs: RECRUIT_INTERVAL_MS } } : {}),
@@ -185,14 +187,80 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
   return { common, service, log };
 }
 
+/** How long a starting replica waits for its arbiter to answer (started just before it, say). */
+export const ARBITER_STARTUP_WAIT_MS = 60_000;
+
+/**
+ * A replica's first arbiter call: while the arbiter is unreachable (not started yet), retry for up to
+ * {@link ARBITER_STARTUP_WAIT_MS}, saying so once; other errors at once.
+ */
+async function whenArbiterAnswers<T>(call: () => Promise<T>, url: string, log: Logger): Promise<T> {
+  const deadline = Date.now() + ARBITER_STARTUP_WAIT_MS;
+  let said = false;
+  for (;;) {
+    try {
+      return await call();
+    } catch (err) {
+      if ((err as FtvmError).code !== 'FTVM_ERR_ARBITER_UNAVAILABLE' || Date.now() >= deadline) throw err;
+      if (!said) log.warn({ arbiter: url, err: (err as Error).message }, `the arbiter does not answer yet; waiting up to ${ARBITER_STARTUP_WAIT_MS / 1000} s for it`);
+      said = true;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  }
+}
+
 async function openArbiterFor(url: string, secretFile: string | undefined): Promise<Arbiter> {
   const secret = await readSecret(secretFile, url.startsWith('ftvm://'));
   return openArbiter(url, secret);
 }
 
-export async function status(addr: string, json: boolean): Promise<void> {
-  const s = (await controlRequest(addr, 'GET', '/status')) as Record<string, unknown>;
-  if (json) {
+/** States `ftvm status --wait` can wait for. */
+export const WAIT_STATES = ['up', 'serving', 'protected'] as const;
+export type WaitState = (typeof WAIT_STATES)[number];
+
+export interface StatusCliOptions {
+  json: boolean;
+  /** Print only the node's process id. */
+  pid: boolean;
+  /** Wait until the node is in this state (retrying while it does not answer yet). */
+  wait?: WaitState;
+  timeoutMs: number;
+}
+
+/** Whether a status object shows the state `ftvm status --wait` waits for. */
+export function reached(s: Record<string, unknown>, state: WaitState): boolean {
+  if (state === 'up') return true;
+  const serving = s['serving'] === true && s['role'] === 'primary';
+  if (state === 'serving') return serving;
+  return serving && s['backup'] === 'connected';
+}
+
+/** GET /status, waiting (up to `o.timeoutMs`) for the node to answer and reach `o.wait`, if given. */
+async function fetchStatus(addr: string, o: StatusCliOptions): Promise<Record<string, unknown>> {
+  if (o.wait === undefined) return (await controlRequest(addr, 'GET', '/status')) as Record<string, unknown>;
+  const deadline = Date.now() + o.timeoutMs;
+  let last = 'no answer yet';
+  for (;;) {
+    try {
+      const s = (await controlRequest(addr, 'GET', '/status', Math.max(100, Math.min(5000, deadline - Date.now())))) as Record<string, unknown>;
+      if (reached(s, o.wait)) return s;
+      last = `role ${String(s['role'])}, serving ${String(s['serving'])}, backup ${String(s['backup'] ?? '-')}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() >= deadline) throw new FtvmError('FTVM_ERR_TIMEOUT', `${addr} did not become ${o.wait} within ${o.timeoutMs} ms (last: ${last})`);
+    await new Promise((res) => setTimeout(res, 200));
+  }
+}
+
+export async function status(addr: string, o: StatusCliOptions): Promise<void> {
+  const s = await fetchStatus(addr, o);
+  if (o.pid) {
+    if (typeof s['pid'] !== 'number') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${addr} did not report a pid`);
+    console.log(String(s['pid']));
+    return;
+  }
+  if (o.json) {
     console.log(JSON.stringify(s));
     return;
   }

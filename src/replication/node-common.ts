@@ -56,6 +56,8 @@ export interface NodeOptions {
   arbiter?: Arbiter;
   /** This node's identity at the arbiter. */
   nodeId: string;
+  /** This machine (`--host-id`), shown in status. */
+  hostId?: string;
   /** Recruit standbys when running alone (needs `arbiter`). */
   recruit?: RecruitOptions;
   /** Called once when the node halts (lost a claim, fenced, diverged beyond repair). */

@@ -125,7 +125,7 @@ export class BackupNode {
     this.listener.on('connection', (c: ChannelConnection) => this.acceptPeer(c));
     await this.listener.start();
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) });
       await this.control.start();
     }
     this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
@@ -261,6 +261,7 @@ export class BackupNode {
     const s = this.core.status();
     return {
       role: 'backup',
+      serving: false,
       phase: s.phase,
       vm: this.opts.config.name,
       epoch: s.epoch,
@@ -275,8 +276,8 @@ export class BackupNode {
   }
 
   async handleControl(method: string, path: string): Promise<unknown> {
-    if (this.live) return this.live.handleControl(method, path);
     if (method === 'GET' && path === '/status') return this.status();
+    if (this.live) return this.live.handleControl(method, path);
     if (method === 'GET' && path === '/state-hash') return this.core.status().lastVerified;
     return undefined;
   }

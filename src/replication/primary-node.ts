@@ -109,6 +109,8 @@ export class PrimaryNode {
   /** Standbys that refused us (other module, version…): not asked again for a while. */
   private readonly refusedUntil = new Map<string, number>();
   private stopped = false;
+  /** The client service is listening (set once `start` bound it). */
+  private serving = false;
 
   constructor(private readonly opts: PrimaryOptions) {
     this.log = opts.log;
@@ -141,7 +143,7 @@ export class PrimaryNode {
   async start(): Promise<void> {
     const o = this.opts;
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) });
       await this.control.start();
     }
     if (o.peer) {
@@ -176,6 +178,7 @@ export class PrimaryNode {
         await new Promise((r) => setTimeout(r, 250));
       }
     }
+    this.serving = true;
     this.log.info({ service: this.service.address, alone: this.core.status().alone, epoch: this.core.status().epoch }, 'primary is serving');
   }
 
@@ -512,6 +515,8 @@ export class PrimaryNode {
     else backup = this.opts.adopt ? 'none (redundancy lost: this node went live; no standby pool configured)' : this.opts.peer ? 'none (the backup is gone: serving alone)' : 'none (FT off)';
     return {
       role: s.halted ? 'halted' : 'primary',
+      serving: this.serving && !this.stopped && !s.halted,
+      service: `${this.opts.service.host}:${this.opts.service.port}`,
       alone: s.alone,
       claiming: s.claiming,
       halted: s.halted,

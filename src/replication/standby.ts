@@ -79,7 +79,7 @@ export class StandbyNode {
     this.listener.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     await this.listener.start();
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) });
       await this.control.start();
     }
     await this.register(true);
@@ -238,6 +238,7 @@ export class StandbyNode {
     const r = this.receiving;
     return {
       role: 'standby',
+      serving: false,
       vm: this.opts.config.name,
       hostId: this.opts.hostId,
       channel: this.channel,

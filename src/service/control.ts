@@ -1,12 +1,23 @@
 /**
  * The control endpoint of a node: a tiny HTTP/JSON server on loopback for `ftvm status` and tests.
- *   GET  /status       → the node's status object
+ *   GET  /status       → the node's status object, with the process's `pid`, `startedAt` and the
+ *                        node's identity (`hostId`, `nodeId`) after its `role`
  *   POST /state-hash   → primary: log a state hash at the next idle point and return {n, hash}
  *   GET  /state-hash   → backup: the last state hash it verified against the log
  */
 import http from 'node:http';
+import { FtvmError } from '../util/errors.js';
 
 export type ControlHandler = (method: string, path: string) => Promise<unknown> | unknown;
+
+/** When this process started (ISO 8601), for status. */
+export const PROCESS_STARTED_AT = new Date(Math.round(performance.timeOrigin)).toISOString();
+
+/** Who answers at a control endpoint: shown in every status, so a user can find the process. */
+export interface ControlIdentity {
+  hostId?: string;
+  nodeId?: string;
+}
 
 export class ControlServer {
   private server: http.Server | undefined;
@@ -15,7 +26,15 @@ export class ControlServer {
     private readonly host: string,
     private readonly port: number,
     private readonly handler: ControlHandler,
+    private readonly identity: ControlIdentity = {},
   ) {}
+
+  /** A status object with the process's identity after its role (the first line a user reads). */
+  private withIdentity(body: unknown): unknown {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) return body;
+    const { role, ...rest } = body as Record<string, unknown>;
+    return { ...(role !== undefined ? { role } : {}), pid: process.pid, ...this.identity, startedAt: PROCESS_STARTED_AT, ...rest };
+  }
 
   get address(): { host: string; port: number } | undefined {
     const a = this.server?.address();
@@ -26,7 +45,10 @@ export class ControlServer {
     const server = http.createServer((req, res) => {
       void (async () => {
         try {
-          const body = await this.handler(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/');
+          const method = req.method ?? 'GET';
+          const path = (req.url ?? '/').split('?')[0] ?? '/';
+          let body = await this.handler(method, path);
+          if (method === 'GET' && path === '/status') body = this.withIdentity(body);
           if (body === undefined) {
             res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not found' }));
             return;
@@ -75,7 +97,11 @@ export async function controlRequest(addr: string, method: string, path: string,
       });
     });
     req.on('timeout', () => req.destroy(new Error(`no answer from ${addr} within ${timeoutMs} ms`)));
-    req.on('error', reject);
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' || err.code === 'EHOSTUNREACH') {
+        reject(new FtvmError('FTVM_ERR_CONTROL_UNREACHABLE', `no node answers at ${addr} (${err.code}): is its --control address right, is it running?`, { cause: err }));
+      } else reject(err);
+    });
     req.end();
   });
 }

@@ -27,7 +27,9 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_ARBITER_UNAVAILABLE'
   | 'FTVM_ERR_ARBITER_AUTH'
   | 'FTVM_ERR_ARBITER_CORRUPT'
-  | 'FTVM_ERR_ARBITER_BAD_REQUEST';
+  | 'FTVM_ERR_ARBITER_BAD_REQUEST'
+  | 'FTVM_ERR_TIMEOUT'
+  | 'FTVM_ERR_CONTROL_UNREACHABLE';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;
