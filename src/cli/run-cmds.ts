@@ -10,7 +10,7 @@ import { controlRequest, splitHostPort } from '../service/control.js';
 import type { Arbiter } from '../arbiter/arbiter.js';
 import { openArbiter } from '../arbiter/index.js';
 import { FtvmError } from '../util/errors.js';
-import { logger, type Logger } from '../util/log.js';
+import { bindLogContext, logger, type Logger } from '../util/log.js';
 import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 
@@ -131,7 +131,9 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     tickMs: o.tickMs,
     stateHashIntervalMs: o.stateHashIntervalMs,
   };
-  const log = logger(o.role, { vm: o.vmName });
+  const log = logger(o.role);
+  // Until the node binds its own (current role and epoch), lines carry the starting ones.
+  bindLogContext(log, () => ({ vm: o.vmName, role: o.role, epoch: o.epoch }));
   const control = o.control ? parseAddr('--control', o.control) : undefined;
   const nodeId = o.nodeId ?? `${hostname()}-${o.role}-${process.pid}`;
   let epoch = o.epoch;
