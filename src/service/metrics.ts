@@ -90,7 +90,7 @@ export class NodeMetrics {
   constructor(readonly vm: string) {
     const registers = [this.registry];
     const r = { registers };
-    collectDefaultMetrics({ register: this.registry, prefix: 'ftvm_process_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'ftvm_' }); // ftvm_process_cpu_seconds_total, ftvm_nodejs_heap_size_used_bytes, …
     const src = (): NodeGaugeSource | undefined => {
       try {
         return this.source?.();
@@ -149,6 +149,15 @@ export class NodeMetrics {
     this.rereplicationSeconds = new Histogram({ name: 'ftvm_rereplication_seconds', help: 'From recruiting a standby to the armed pair', buckets: SECONDS_BUCKETS, ...r });
     this.snapshotBytes = new Counter({ name: 'ftvm_snapshot_sent_bytes_total', help: 'Snapshot memory bytes streamed to joining standbys', ...r });
     this.poolSize = new Gauge({ name: 'ftvm_standby_pool_size', help: 'Standbys registered in the VM\'s pool as last seen by this node', labelNames: ['state'], ...r });
+    // Known label values start at 0, so a rate() sees the first increment and a scrape shows every series.
+    for (const direction of ['in', 'out']) {
+      this.logBytes.inc({ direction }, 0);
+      this.logEntries.inc({ direction }, 0);
+      this.heartbeats.inc({ direction }, 0);
+    }
+    for (const [side, outcome] of [['backup', 'went-live'], ['primary', 'went-alone'], ['backup', 'halted'], ['primary', 'halted']] as const) this.failovers.inc({ side, outcome }, 0);
+    for (const outcome of ['armed', 'failed']) this.rereplications.inc({ outcome }, 0);
+    for (const phase of ['detect', 'drain', 'claim', 'go_live']) this.failoverPhase.zero({ phase });
   }
 
   /** The active driver reports its current state from here on. */
