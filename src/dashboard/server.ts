@@ -15,7 +15,7 @@ import http from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import type { Arbiter, ArbiterRecord, StandbyRecord } from '../arbiter/arbiter.js';
+import type { Arbiter, ArbiterRecord, MemberRecord, StandbyRecord } from '../arbiter/arbiter.js';
 import { controlRequest } from '../service/control.js';
 import type { TimelineEvent } from '../service/metrics.js';
 import type { Logger } from '../util/log.js';
@@ -26,7 +26,7 @@ export interface DashboardOptions {
   /** For display: the arbiter's URL. */
   arbiterUrl: string;
   vm: string;
-  /** Control addresses (host:port) of the VM's nodes. */
+  /** Control addresses (host:port) of nodes to watch besides those announced at the arbiter. */
   nodes: string[];
   host: string;
   port: number;
@@ -38,6 +38,9 @@ export interface DashboardOptions {
 /** One node as the dashboard last saw it. */
 export interface NodeView {
   control: string;
+  /** How the dashboard knows it: given with --nodes, or announced at the arbiter (with its node id). */
+  source: 'flag' | 'arbiter';
+  nodeId?: string;
   ok: boolean;
   error?: string;
   /** The node's /status, when reachable. */
@@ -47,7 +50,7 @@ export interface NodeView {
 export interface DashboardState {
   atMs: number;
   vm: string;
-  arbiter: { url: string; ok: boolean; error?: string; record: ArbiterRecord | null; standbys: StandbyRecord[] };
+  arbiter: { url: string; ok: boolean; error?: string; record: ArbiterRecord | null; standbys: StandbyRecord[]; members: MemberRecord[] | 'unsupported' };
   nodes: NodeView[];
   /** The control address of the live primary, if one is reachable. */
   primary: string | null;
@@ -65,6 +68,10 @@ export interface DashboardState {
 export const SAMPLES_MAX = 600;
 /** Timeline events kept across all nodes. */
 export const EVENTS_MAX = 512;
+/** A node announced at the arbiter stays on the page this long after its announcement ran out (a node killed -9 is shown unreachable). */
+export const FORGET_MEMBER_MS = 120_000;
+/** Nodes watched at most. */
+export const NODES_MAX = 64;
 /** Pages served at once; more are refused (bounded memory). */
 export const SSE_CLIENTS_MAX = 32;
 
@@ -82,13 +89,15 @@ export class DashboardServer {
   private readonly events = new Map<string, TimelineEvent & { node: string }>();
   private state: DashboardState;
   private assets: Map<string, { type: string; body: Buffer }> | undefined;
+  /** Nodes learnt from the arbiter: control address → node id and when it was last listed. */
+  private readonly announced = new Map<string, { nodeId: string; lastListedMs: number }>();
 
   constructor(private readonly o: DashboardOptions) {
     this.state = {
       atMs: Date.now(),
       vm: o.vm,
-      arbiter: { url: o.arbiterUrl, ok: false, error: 'not asked yet', record: null, standbys: [] },
-      nodes: o.nodes.map((control) => ({ control, ok: false, error: 'not asked yet' })),
+      arbiter: { url: o.arbiterUrl, ok: false, error: 'not asked yet', record: null, standbys: [], members: [] },
+      nodes: o.nodes.map((control) => ({ control, source: 'flag' as const, ok: false, error: 'not asked yet' })),
       primary: null,
       protected: false,
       lagMs: null,
@@ -175,24 +184,41 @@ export class DashboardServer {
   async poll(): Promise<void> {
     const o = this.o;
     const deadlineMs = Math.max(250, Math.min(1000, o.pollMs * 2));
-    const arbiterP = Promise.all([o.arbiter.read(o.vm, { deadlineMs }), o.arbiter.listStandbys(o.vm, { deadlineMs })]);
-    const nodesP = o.nodes.map(async (control): Promise<{ view: NodeView; events: TimelineEvent[] }> => {
+    const arbiterP = Promise.all([
+      o.arbiter.read(o.vm, { deadlineMs }),
+      o.arbiter.listStandbys(o.vm, { deadlineMs }),
+      // An arbiter that predates members refuses the call as a bad request: it is not down.
+      o.arbiter.listMembers(o.vm, { deadlineMs }).catch((err: { code?: string }) => {
+        if (err.code === 'FTVM_ERR_ARBITER_BAD_REQUEST') return 'unsupported' as const;
+        throw err;
+      }),
+    ]);
+    const arb = await Promise.allSettled([arbiterP]).then((r) => r[0]!);
+    const now0 = Date.now();
+    if (arb.status === 'fulfilled' && arb.value[2] !== 'unsupported') {
+      for (const m of arb.value[2]) this.announced.set(m.control, { nodeId: m.nodeId, lastListedMs: now0 });
+    }
+    for (const [control, a] of this.announced) if (now0 - a.lastListedMs > FORGET_MEMBER_MS) this.announced.delete(control);
+    const targets: Array<{ control: string; source: 'flag' | 'arbiter'; nodeId?: string }> = o.nodes.map((control) => ({ control, source: 'flag' as const }));
+    for (const [control, a] of this.announced) if (!o.nodes.includes(control) && targets.length < NODES_MAX) targets.push({ control, source: 'arbiter', nodeId: a.nodeId });
+    const nodesP = targets.map(async ({ control, source, nodeId }): Promise<{ view: NodeView; events: TimelineEvent[] }> => {
+      const id = { control, source, ...(nodeId !== undefined ? { nodeId } : {}) };
       try {
         const [status, timeline] = await Promise.all([
           controlRequest(control, 'GET', '/status', deadlineMs) as Promise<Record<string, unknown>>,
           controlRequest(control, 'GET', '/timeline', deadlineMs) as Promise<{ events?: TimelineEvent[] }>,
         ]);
-        return { view: { control, ok: true, status }, events: Array.isArray(timeline.events) ? timeline.events : [] };
+        return { view: { ...id, ok: true, status }, events: Array.isArray(timeline.events) ? timeline.events : [] };
       } catch (err) {
-        return { view: { control, ok: false, error: (err as Error).message }, events: [] };
+        return { view: { ...id, ok: false, error: (err as Error).message }, events: [] };
       }
     });
-    const [arb, ...nodes] = await Promise.allSettled([arbiterP, ...nodesP]);
+    const nodes = await Promise.allSettled(nodesP);
     const prev = this.state.arbiter;
     const arbiter: DashboardState['arbiter'] =
-      arb?.status === 'fulfilled'
-        ? { url: o.arbiterUrl, ok: true, record: (arb.value as [ArbiterRecord | null, StandbyRecord[]])[0], standbys: (arb.value as [ArbiterRecord | null, StandbyRecord[]])[1] }
-        : { url: o.arbiterUrl, ok: false, error: ((arb as PromiseRejectedResult | undefined)?.reason as Error | undefined)?.message ?? 'no answer', record: prev.record, standbys: prev.standbys };
+      arb.status === 'fulfilled'
+        ? { url: o.arbiterUrl, ok: true, record: arb.value[0], standbys: arb.value[1], members: arb.value[2] }
+        : { url: o.arbiterUrl, ok: false, error: (arb.reason as Error | undefined)?.message ?? 'no answer', record: prev.record, standbys: prev.standbys, members: prev.members };
     if (arbiter.ok !== prev.ok) o.log.info({ ok: arbiter.ok, error: arbiter.error }, arbiter.ok ? 'dashboard: the arbiter answers' : 'dashboard: the arbiter is unreachable');
     const views: NodeView[] = [];
     for (const n of nodes) {
