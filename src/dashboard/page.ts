@@ -94,7 +94,8 @@ const SCRIPT = String.raw`
     var html = '';
     eps.slice(-4).reverse().forEach(function (ep, i) {
       var list = ep.kind === 'failover' ? PHASES : PHASES.slice(4);
-      var times = list.map(function (p) { return ep.ev[p[0]] ? ep.ev[p[0]].atMs : null; }).filter(function (t) { return t != null; });
+      var times = [];
+      list.forEach(function (p) { var e = ep.ev[p[0]]; if (e) { times.push(e.atMs); if (e.phaseMs != null) times.push(e.atMs - e.phaseMs); } });
       var t0 = times.length ? Math.min.apply(null, times) : 0, t1 = times.length ? Math.max.apply(null, times) : 0;
       var first = ep.ev[list[0][0]];
       var title = ep.kind === 'failover'
@@ -113,7 +114,7 @@ const SCRIPT = String.raw`
       var span = Math.max(1, t1 - t0);
       list.forEach(function (p, k) {
         var e = ep.ev[p[0]]; if (!e) return;
-        var start = e.phaseMs != null ? Math.max(t0, e.atMs - e.phaseMs) : e.atMs;
+        var start = e.phaseMs != null ? e.atMs - e.phaseMs : e.atMs;
         var left = 100 * (start - t0) / span, width = Math.max(0.8, 100 * (e.atMs - start) / span);
         html += '<span title="' + esc(p[1]) + '" style="left:' + Math.min(99, left).toFixed(2) + '%;width:' + Math.min(100 - Math.min(99, left), width).toFixed(2) + '%;background:' + COLORS[p[0]] + '"></span>';
       });

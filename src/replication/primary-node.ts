@@ -107,6 +107,8 @@ export class PrimaryNode {
   private claimStartMs: number | null = null;
   private peerConnections = 0;
   private poolTimer: NodeJS.Timeout | undefined;
+  /** When the current join's snapshot finished streaming (the catch-up starts). */
+  private streamedAtMs: number | undefined;
 
   constructor(private readonly opts: PrimaryOptions) {
     this.log = opts.log;
@@ -408,7 +410,8 @@ export class PrimaryNode {
       await new Promise((r) => setImmediate(r)); // let client I/O and heartbeats through
     }
     j.phase = 'catching-up';
-    this.metrics.event({ kind: 'snapshot-streamed', side: 'primary', epoch, phaseMs: performance.now() - transferStartMs, detail: `${j.totalBytes} bytes of memory to ${j.standby}; guest paused ${j.pauseMs.toFixed(1)} ms` });
+    this.streamedAtMs = performance.now();
+    this.metrics.event({ kind: 'snapshot-streamed', side: 'primary', epoch, phaseMs: this.streamedAtMs - transferStartMs, detail: `${Math.round(j.totalBytes / 1024)} KiB; guest paused ${j.pauseMs.toFixed(1)} ms` });
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: j.snapshotSeq }));
   }
 
@@ -515,7 +518,8 @@ export class PrimaryNode {
             this.log.warn({ standby: j.standby, epoch: a.epoch, pauseMs: +j.pauseMs.toFixed(2), totalMs: Math.round(totalMs), memoryBytes: j.totalBytes }, 'redundancy restored: the new backup is armed');
             this.metrics.rereplications.inc({ outcome: 'armed' });
             this.metrics.rereplicationSeconds.observe(totalMs / 1000);
-            this.metrics.event({ kind: 'armed', side: 'primary', epoch: a.epoch, phaseMs: totalMs, detail: `${j.standby} is the backup; protected again` });
+            // The phase this ends: the joiner catching up with the log, then the arbiter's advance.
+            this.metrics.event({ kind: 'armed', side: 'primary', epoch: a.epoch, phaseMs: performance.now() - (this.streamedAtMs ?? j.startedMs), detail: `${j.standby} is the backup (${Math.round(totalMs)} ms from recruiting)` });
             // From here on the new backup is dialed like any backup: a cut connection is redialed and
             // resumes from the backup's position (instead of ending in a failover).
             if (this.conn) {
