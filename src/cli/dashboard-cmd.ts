@@ -43,6 +43,9 @@ export async function runDashboard(o: DashboardCliOptions): Promise<void> {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--listen ${o.listen}: the dashboard serves on loopback only (127.0.0.0/8, ::1 or localhost); reach it from elsewhere through an SSH tunnel`);
   }
   const nodes = parseNodeList(o.nodes);
+  if (spec.kind === 'embedded' && o.secretFile === undefined) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `an ftvm:// arbiter needs --secret-file (the VM's shared secret: the dashboard's calls are authenticated like the nodes')`);
+  }
   const secret = await readSecret(o.secretFile, spec.kind === 'embedded');
   const log = logger('dashboard', { vm: o.vmName });
   const arbiter = openArbiter(o.arbiter, secret, { log });

@@ -55,7 +55,8 @@ export const COMPONENTS: readonly Component[] = [
     id: 'chromium',
     purpose: 'headless Chromium, driven by playwright-core, for the dashboard\'s browser test',
     packages: ['chromium'],
-    probes: ['/usr/bin/chromium'],
+    // The command (found on PATH, so a restricted PATH shows it missing) and the path the test launches.
+    probes: ['chromium', '/usr/bin/chromium'],
   },
 ];
 
