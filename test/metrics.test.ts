@@ -55,7 +55,8 @@ function get(control: string, path: string): Promise<{ status: number; type: str
 }
 
 test('GET /metrics is Prometheus text format, and the metrics move under load', { timeout: 180_000 }, async () => {
-  const pool = await Pool.start({ slots: 2 });
+  // Arbiter calls and failure detection with room for a busy machine (2 cores shared by many tests).
+  const pool = await Pool.start({ slots: 2, nodeArgs: ['--arbiter-deadline-ms', '3000', '--fail-timeout-ms', '600'] });
   try {
     const { primary, backup, epoch } = await pool.waitProtected();
     const pc = pool.control(primary);
@@ -85,7 +86,7 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
     assert.ok(value(p0, 'ftvm_guest_memory_bytes') >= 65536, 'the guest has memory');
     // This pair was made by re-replication: the primary cloned itself to the standby and armed it.
     assert.equal(value(p0, 'ftvm_rereplications_total', { outcome: 'armed' }), 1);
-    assert.equal(histogramCount(p0, 'ftvm_rereplication_pause_seconds'), 1);
+    assert.ok(histogramCount(p0, 'ftvm_rereplication_pause_seconds') >= 1, 'the snapshot pause was measured');
 
     const load = startLoad(() => [primary.servicePort], { clients: 4, maxOps: 20_000, maxMs: 4000 });
     // Scrape during the load, like `curl /metrics` would.
@@ -120,10 +121,12 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
     // The timeline of the primary shows the re-replication that made the pair.
     const tl = (await controlRequest(pc, 'GET', '/timeline')) as { vm: string; events: Array<{ kind: string; atMs: number }> };
     assert.equal(tl.vm, pool.opts.vm);
+    // (On a busy machine a first attempt may have failed: the successful one ends the timeline.)
     assert.deepEqual(
-      tl.events.map((e) => e.kind),
+      tl.events.map((e) => e.kind).slice(-3),
       ['standby-recruited', 'snapshot-streamed', 'armed'],
     );
+    assert.ok(tl.events.every((e) => ['standby-recruited', 'snapshot-streamed', 'armed', 'join-failed'].includes(e.kind)), JSON.stringify(tl.events));
 
     // Every JSON log line of a node carries vm, role and epoch.
     const line = await primary.proc!.waitForLine(/redundancy restored/, 1000, { stream: 'stderr' });
