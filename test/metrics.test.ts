@@ -88,12 +88,18 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
     assert.equal(value(p0, 'ftvm_rereplications_total', { outcome: 'armed' }), 1);
     assert.ok(histogramCount(p0, 'ftvm_rereplication_pause_seconds') >= 1, 'the snapshot pause was measured');
 
-    const load = startLoad(() => [primary.servicePort], { clients: 4, maxOps: 20_000, maxMs: 4000 });
+    const load = startLoad(() => [primary.servicePort], { clients: 4, maxOps: 20_000, maxMs: 15_000 });
+    /** Waits (bounded) until the load acknowledged `n` SETs in all. */
+    const acked = async (n: number): Promise<void> => {
+      const until = Date.now() + 12_000;
+      while (load.ok() < n && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(load.ok() >= n, `the load got ${load.ok()} SETs acknowledged, expected ${n}`);
+    };
+    await acked(20);
     // Scrape during the load, like `curl /metrics` would.
-    await new Promise((r) => setTimeout(r, 1500));
     const pMid = await scrape(pc);
+    await acked(load.ok() + 20);
     await load.stop();
-    assert.ok(load.ok() > 100, `the load ran (${load.ok()} SETs)`);
     const p1 = await scrape(pc);
     const b1 = await scrape(bc);
 

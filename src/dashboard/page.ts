@@ -63,7 +63,7 @@ const SCRIPT = String.raw`
     var opts = {
       width: el.clientWidth || 500, height: 180,
       series: [{}, { label: label, stroke: stroke, width: 2, fill: stroke + '22', value: function (u, v) { return v == null ? '–' : fmt(v); } }],
-      axes: [{}, { size: 70, values: function (u, vals) { return vals.map(function (v) { return v == null ? '' : fmt(v); }); } }],
+      axes: [{}, { size: 84, values: function (u, vals) { return vals.map(function (v) { return v == null ? '' : fmt(v); }); } }],
       scales: { x: { time: true } }, cursor: { drag: { x: false, y: false } }, legend: { live: false }
     };
     return new uPlot(opts, [[], []], el);
