@@ -203,6 +203,29 @@ function sharedBehaviour(label: string, get: () => Backend): void {
     await assert.rejects(c(0).registerStandby(vm, { hostId: 'h', channel: 'nope', free: true }, ttl, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
     await assert.rejects(c(0).registerStandby(vm, { hostId: 'h', channel: '127.0.0.1:1', free: true }, 5, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
   });
+
+  it('members (for the dashboard): announce, renew with a new role, list, leases run out', async () => {
+    const vm = freshVm('members');
+    assert.deepEqual(await c(0).listMembers(vm, O()), []);
+    await c(0).publishMember(vm, { nodeId: 'host-1-primary-1', control: '127.0.0.1:7100', role: 'primary' }, 1000, O());
+    await c(1).publishMember(vm, { nodeId: 'host-2-backup-2', control: '127.0.0.1:7101', role: 'backup' }, 30_000, O());
+    const byId = async (): Promise<Record<string, string>> => Object.fromEntries((await c(2).listMembers(vm, O())).map((m) => [m.nodeId, `${m.control} ${m.role}`]));
+    assert.deepEqual(await byId(), { 'host-1-primary-1': '127.0.0.1:7100 primary', 'host-2-backup-2': '127.0.0.1:7101 backup' });
+    // The backup goes live: its next announcement carries its new role.
+    await c(1).publishMember(vm, { nodeId: 'host-2-backup-2', control: '127.0.0.1:7101', role: 'primary' }, 30_000, O());
+    // The old primary stops announcing (killed): it drops out when its lease runs out.
+    const until = Date.now() + 8000;
+    while (Object.keys(await byId()).length !== 1) {
+      assert.ok(Date.now() < until, 'an expired member left the list');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.deepEqual(await byId(), { 'host-2-backup-2': '127.0.0.1:7101 primary' });
+    // Other VMs are not listed; bad input is the caller's bug.
+    assert.deepEqual(await c(0).listMembers(freshVm('members-other'), O()), []);
+    await assert.rejects(c(0).publishMember(vm, { nodeId: 'n', control: 'nope', role: 'primary' }, 3000, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+    await assert.rejects(c(0).publishMember(vm, { nodeId: 'n', control: '127.0.0.1:1', role: 'Primary!' }, 3000, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+    await assert.rejects(c(0).publishMember(vm, { nodeId: '', control: '127.0.0.1:1', role: 'primary' }, 3000, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------

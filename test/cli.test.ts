@@ -105,3 +105,29 @@ test('the demo runs arbiter + pair + standby, kills the primary mid-load, loses 
   assert.equal(oh.length, 2);
   assert.equal(oh[0], oh[1]);
 });
+
+test('ftvm dashboard: --help, and bad input refused with a code before anything is served', () => {
+  const h = run('dashboard', '--help');
+  assert.equal(h.code, 0, h.err);
+  assert.match(h.out, /--arbiter <url>/);
+  assert.match(h.out, /--listen <host:port>.*loopback only/s);
+  assert.match(h.out, /announce their --control address at the arbiter/);
+  const secret = join(dir, 'dash.secret');
+  writeFileSync(secret, 'x'.repeat(32));
+  const cases: Array<[string[], RegExp]> = [
+    [['--arbiter', 'http://127.0.0.1:1', '--secret-file', secret], /FTVM_ERR_BAD_ARGUMENT.*scheme http:\/\/ is ambiguous/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--listen', '0.0.0.0:7400'], /FTVM_ERR_BAD_ARGUMENT.*loopback only/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--listen', '127.0.0.1:99999'], /FTVM_ERR_BAD_ARGUMENT.*--listen/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--vm-name', 'no/slashes'], /FTVM_ERR_BAD_ARGUMENT.*--vm-name/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--nodes', '127.0.0.1:1,,127.0.0.1:2'], /FTVM_ERR_BAD_ARGUMENT.*--nodes.*empty entry/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--nodes', '127.0.0.1:1,127.0.0.1:1'], /FTVM_ERR_BAD_ARGUMENT.*listed twice/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--nodes', 'nohost'], /FTVM_ERR_BAD_ARGUMENT.*--nodes/],
+    [['--arbiter', 'ftvm://127.0.0.1:1'], /FTVM_ERR_BAD_ARGUMENT.*--secret-file/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', join(dir, 'missing.secret')], /FTVM_ERR_BAD_ARGUMENT.*cannot read secret file/],
+  ];
+  for (const [args, re] of cases) {
+    const r = run('dashboard', ...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+    assert.match(r.err, re, args.join(' '));
+  }
+});

@@ -49,6 +49,18 @@ export interface StandbyRecord {
   epoch?: number;
 }
 
+/**
+ * A node of a VM as it announces itself for operators (`ftvm dashboard`): its id, its control endpoint
+ * and its current role. Published with a lease like standbys; not used by the replication protocol.
+ */
+export interface MemberRecord {
+  nodeId: string;
+  /** The node's control endpoint (`host:port`). */
+  control: string;
+  /** primary | backup | standby | halted (free text of [a-z-], 1–32 characters). */
+  role: string;
+}
+
 export interface Arbiter {
   /**
    * Creates the VM's record {epoch, owner} if there is none; returns the record as it now is (a
@@ -88,5 +100,14 @@ export interface Arbiter {
   recruitStandby(vm: string, hostId: string, by: { owner: string; epoch: number }, opts: CallOptions): Promise<StandbyRecord | null>;
   /** Removes a standby from the pool (it joined a pair, or is shutting down). Absent is fine. */
   removeStandby(vm: string, hostId: string, opts: CallOptions): Promise<void>;
+  /**
+   * Announces (or renews) a node of `vm` for `ttlMs`: where its control endpoint is and its role now.
+   * For operators only (the dashboard finds the VM's nodes this way); nothing in the protocol reads it.
+   * An arbiter that predates members refuses with FTVM_ERR_ARBITER_BAD_REQUEST: callers treat that as
+   * "not supported" and carry on.
+   */
+  publishMember(vm: string, member: MemberRecord, ttlMs: number, opts: CallOptions): Promise<void>;
+  /** The VM's announced nodes whose lease has not run out. */
+  listMembers(vm: string, opts: CallOptions): Promise<MemberRecord[]>;
   close(): Promise<void>;
 }

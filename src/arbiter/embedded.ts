@@ -31,7 +31,7 @@ import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
-import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, StandbyRecord } from './arbiter.js';
+import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from './arbiter.js';
 import {
   Deadline,
   backoffMs,
@@ -46,6 +46,8 @@ import {
   sameRecord,
   sleep,
   unavailable,
+  checkMemberArgs,
+  parseMemberValue,
 } from './record.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -67,8 +69,13 @@ const LOCK_FILE = 'LOCK';
 type RecordOp = 'init' | 'claim' | 'advance' | 'read';
 /** Standby pool operations: register/renew, list, recruit (test-and-set), remove. Kept in memory only. */
 type StandbyOp = 'standby' | 'standbys' | 'recruit' | 'unstandby';
-type Op = RecordOp | StandbyOp;
-const OPS: readonly Op[] = ['init', 'claim', 'advance', 'read', 'standby', 'standbys', 'recruit', 'unstandby'];
+/** Members (nodes announcing their control endpoint for operators): publish/renew, list. In memory only. */
+type MemberOp = 'member' | 'members';
+type Op = RecordOp | StandbyOp | MemberOp;
+const OPS: readonly Op[] = ['init', 'claim', 'advance', 'read', 'standby', 'standbys', 'recruit', 'unstandby', 'member', 'members'];
+const MEMBER_OPS: readonly Op[] = ['member', 'members'];
+/** Members kept per VM at most (the oldest-expiring is dropped first). */
+const MEMBERS_MAX = 64;
 const STANDBY_OPS: readonly Op[] = ['standby', 'standbys', 'recruit', 'unstandby'];
 
 // ---------------------------------------------------------------------------------------------------
@@ -343,6 +350,23 @@ function parseBody(op: RecordOp, raw: Buffer): ParsedRequest {
   return { op, vm: o.vm, epoch: o.epoch, owner };
 }
 
+/** Validates a members request body strictly. */
+function parseMemberBody(op: MemberOp, raw: Buffer): { op: MemberOp; vm: string; member: MemberRecord | null; ttlMs: number } {
+  const o = jsonBody(op, raw, op === 'member' ? ['vm', 'nodeId', 'control', 'role', 'ttlMs'] : ['vm']);
+  const member = op === 'member' ? { nodeId: o.nodeId as string, control: o.control as string, role: o.role as string } : null;
+  try {
+    checkMemberArgs({ vm: o.vm as string, opts: { deadlineMs: 1 }, ...(member ? { member, ttlMs: o.ttlMs as number } : {}) });
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  return { op, vm: o.vm as string, member, ttlMs: (o.ttlMs as number | undefined) ?? 0 };
+}
+
+interface MemberEntry {
+  record: MemberRecord;
+  expiresAtMs: number;
+}
+
 interface StandbyEntry {
   record: StandbyRecord;
   expiresAtMs: number;
@@ -352,6 +376,8 @@ export class EmbeddedArbiterServer {
   private readonly slots = new Map<string, Slot>();
   /** Standby pools per VM: leases on this process's monotonic clock, not durable (standbys renew). */
   private readonly pools = new Map<string, Map<string, StandbyEntry>>();
+  /** Announced nodes per VM (for operators), leased like standbys; not durable. */
+  private readonly members = new Map<string, Map<string, MemberEntry>>();
   private readonly chains = new Map<string, Promise<unknown>>();
   private readonly nonces = new NonceWindow();
   private closed = false;
@@ -539,6 +565,24 @@ export class EmbeddedArbiterServer {
     return pool;
   }
 
+  private executeMember(p: ReturnType<typeof parseMemberBody>): Record<string, unknown> {
+    let m = this.members.get(p.vm);
+    if (!m) {
+      m = new Map();
+      this.members.set(p.vm, m);
+    }
+    const now = performance.now();
+    for (const [id, e] of m) if (e.expiresAtMs <= now) m.delete(id);
+    if (p.op === 'members') return { members: [...m.values()].map((e) => e.record) };
+    m.set(p.member!.nodeId, { record: p.member!, expiresAtMs: now + p.ttlMs });
+    while (m.size > MEMBERS_MAX) {
+      const oldest = [...m].sort((a, b) => a[1].expiresAtMs - b[1].expiresAtMs)[0];
+      if (!oldest) break;
+      m.delete(oldest[0]);
+    }
+    return { member: p.member };
+  }
+
   private executeStandby(p: ParsedStandbyRequest): Record<string, unknown> {
     const pool = this.pool(p.vm);
     const cur = pool.get(p.hostId);
@@ -617,6 +661,11 @@ export class EmbeddedArbiterServer {
       if (!op || !OPS.includes(op)) throw new HttpRefusal(404, 'FTVM_ERR_ARBITER_BAD_REQUEST', `no such endpoint ${path}`);
       if (method !== 'POST') throw new HttpRefusal(405, 'FTVM_ERR_ARBITER_BAD_REQUEST', `${path} takes POST, not ${method}`);
       if (this.closed) throw new HttpRefusal(503, 'FTVM_ERR_ARBITER_UNAVAILABLE', 'arbiter is shutting down');
+      if (MEMBER_OPS.includes(op)) {
+        const parsed = parseMemberBody(op as MemberOp, body);
+        reply(200, this.executeMember(parsed));
+        return;
+      }
       if (STANDBY_OPS.includes(op)) {
         const parsed = parseStandbyBody(op as StandbyOp, body);
         const result = this.executeStandby(parsed);
@@ -776,6 +825,22 @@ export class EmbeddedArbiterClient implements Arbiter {
   async removeStandby(vm: string, hostId: string, opts: CallOptions): Promise<void> {
     checkStandbyArgs({ vm, hostId, opts });
     await this.call('unstandby', { vm, hostId }, opts);
+  }
+
+  async publishMember(vm: string, member: MemberRecord, ttlMs: number, opts: CallOptions): Promise<void> {
+    checkMemberArgs({ vm, member, ttlMs, opts });
+    await this.call('member', { vm, nodeId: member.nodeId, control: member.control, role: member.role, ttlMs }, opts);
+  }
+
+  async listMembers(vm: string, opts: CallOptions): Promise<MemberRecord[]> {
+    checkMemberArgs({ vm, opts });
+    const { body } = await this.call('members', { vm }, opts);
+    if (!Array.isArray(body.members)) throw this.corruptReply('members', 'no "members" array');
+    return body.members.map((v: unknown) => {
+      const m = parseMemberValue(v);
+      if (!m) throw this.corruptReply('members', `bad member entry ${JSON.stringify(v)}`);
+      return m;
+    });
   }
 
   private standbyOf(v: unknown, op: Op): StandbyRecord {

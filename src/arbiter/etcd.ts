@@ -21,12 +21,14 @@
 import { Etcd3, GRPCDeadlineExceededError, isRecoverableError, type IOptions } from 'etcd3';
 import { FtvmError } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
-import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, StandbyRecord } from './arbiter.js';
-import { Deadline, backoffMs, checkArgs, checkStandbyArgs, describeError, parseRecordValue, parseStandbyValue, recordJson, sameRecord, sleep, standbyJson, unavailable } from './record.js';
+import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from './arbiter.js';
+import { Deadline, backoffMs, checkArgs, checkMemberArgs, checkStandbyArgs, describeError, memberJson, parseMemberValue, parseRecordValue, parseStandbyValue, recordJson, sameRecord, sleep, standbyJson, unavailable } from './record.js';
 
 export const DEFAULT_KEY_PREFIX = '/ftvm/vms/';
 /** Standby pools: `/ftvm/standbys/<vm>/<hostId>`, each key attached to an etcd lease. */
 export const DEFAULT_STANDBY_PREFIX = '/ftvm/standbys/';
+/** Members (nodes announcing their control endpoint for operators): `/ftvm/members/<vm>/<nodeId>`, leased. */
+export const DEFAULT_MEMBER_PREFIX = '/ftvm/members/';
 /** After a failed call, a member is skipped (if another is available) for this long. */
 export const MEMBER_SKIP_MS = 250;
 
@@ -234,6 +236,39 @@ export class EtcdArbiter implements Arbiter {
     const key = this.standbyKey(vm, hostId);
     await this.retrying(`removal of standby ${hostId} of VM ${vm}`, opts, async (deadline) => {
       await this.bounded(deadline, this.client.delete().key(key).options({ deadline: deadline.wallClock() }).exec());
+    });
+  }
+
+  /**
+   * A fresh lease and a plain put per announcement (last writer wins: each node writes only its own
+   * key); the previous lease, left without keys, runs out by itself.
+   */
+  async publishMember(vm: string, member: MemberRecord, ttlMs: number, opts: CallOptions): Promise<void> {
+    checkMemberArgs({ vm, member, ttlMs, opts });
+    const key = `${DEFAULT_MEMBER_PREFIX}${vm}/${encodeURIComponent(member.nodeId)}`;
+    await this.retrying(`announcement of node ${member.nodeId} of VM ${vm}`, opts, async (deadline) => {
+      const grant = await this.bounded(deadline, this.client.leaseClient.leaseGrant({ TTL: Math.ceil(ttlMs / 1000), ID: 0 }, { deadline: deadline.wallClock() }));
+      await this.bounded(deadline, this.client.put(key).value(memberJson(member)).lease(grant.ID).options({ deadline: deadline.wallClock() }).exec());
+    });
+  }
+
+  async listMembers(vm: string, opts: CallOptions): Promise<MemberRecord[]> {
+    checkMemberArgs({ vm, opts });
+    return this.retrying(`listing of the nodes of VM ${vm}`, opts, async (deadline) => {
+      const res = await this.bounded(deadline, this.client.getAll().prefix(`${DEFAULT_MEMBER_PREFIX}${vm}/`).options({ deadline: deadline.wallClock() }).exec());
+      const out: MemberRecord[] = [];
+      for (const kv of res.kvs) {
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(kv.value.toString('utf8'));
+        } catch {
+          parsed = undefined;
+        }
+        const m = parseMemberValue(parsed);
+        if (!m) throw new FtvmError('FTVM_ERR_ARBITER_CORRUPT', `etcd key ${kv.key.toString('utf8')} does not hold a member entry`);
+        out.push(m);
+      }
+      return out;
     });
   }
 

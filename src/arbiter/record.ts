@@ -3,7 +3,7 @@
  * comparison, and per-call deadlines.
  */
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
-import type { ArbiterRecord, CallOptions, StandbyRecord } from './arbiter.js';
+import type { ArbiterRecord, CallOptions, MemberRecord, StandbyRecord } from './arbiter.js';
 
 /** VM names: 1–128 characters of [A-Za-z0-9._-] (they become etcd keys and file names). */
 export const VM_NAME_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
@@ -140,4 +140,35 @@ export function standbyJson(s: StandbyRecord): string {
   return s.state === 'free'
     ? JSON.stringify({ hostId: s.hostId, channel: s.channel, state: 'free' })
     : JSON.stringify({ hostId: s.hostId, channel: s.channel, state: 'recruited', owner: s.owner, epoch: s.epoch });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Members (nodes announcing their control endpoint for operators)
+
+const ROLE_PATTERN = /^[a-z-]{1,32}$/;
+
+export function checkMemberArgs(args: { vm: string; member?: MemberRecord; ttlMs?: number; opts: CallOptions }): void {
+  checkArgs({ vm: args.vm, opts: args.opts });
+  const m = args.member;
+  if ('member' in args) {
+    if (!m || !isValidOwner(m.nodeId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member node id ${JSON.stringify(m?.nodeId)} is not 1–${MAX_OWNER_LENGTH} characters without control characters`);
+    if (typeof m.control !== 'string' || !CHANNEL_PATTERN.test(m.control)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member control address ${JSON.stringify(m.control)} is not host:port`);
+    if (typeof m.role !== 'string' || !ROLE_PATTERN.test(m.role)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member role ${JSON.stringify(m.role)} is not 1–32 characters of [a-z-]`);
+  }
+  if ('ttlMs' in args && (typeof args.ttlMs !== 'number' || !Number.isInteger(args.ttlMs) || args.ttlMs < MIN_STANDBY_TTL_MS || args.ttlMs > MAX_STANDBY_TTL_MS)) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member ttlMs ${String(args.ttlMs)} is not an integer in ${MIN_STANDBY_TTL_MS}..${MAX_STANDBY_TTL_MS}`);
+  }
+}
+
+/** Parses a member entry from an untrusted value; undefined if it is not one. */
+export function parseMemberValue(v: unknown): MemberRecord | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  const o = v as Record<string, unknown>;
+  if (Object.keys(o).length !== 3 || !isValidOwner(o.nodeId) || typeof o.control !== 'string' || !CHANNEL_PATTERN.test(o.control) || typeof o.role !== 'string' || !ROLE_PATTERN.test(o.role)) return undefined;
+  return { nodeId: o.nodeId, control: o.control, role: o.role };
+}
+
+/** The canonical JSON of a member entry (fixed key order). */
+export function memberJson(m: MemberRecord): string {
+  return JSON.stringify({ nodeId: m.nodeId, control: m.control, role: m.role });
 }

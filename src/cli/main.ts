@@ -16,6 +16,7 @@ import { TIMING_DEFAULTS, WAIT_STATES, parseAddr, readSecret, runNode, runStandb
 import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
 import { logger } from '../util/log.js';
 import { pairDemo } from './demo.js';
+import { runDashboard, type DashboardCliOptions } from './dashboard-cmd.js';
 import { controlRequest } from '../service/control.js';
 
 const intArg =
@@ -197,6 +198,28 @@ export function buildProgram(): Command {
       process.on('SIGTERM', stop);
       process.on('SIGINT', stop);
       await new Promise<never>(() => undefined);
+    });
+
+  program
+    .command('dashboard')
+    .description("Serve a live page of one VM on loopback: its pair and standbys with their roles, execution lag and log bandwidth over time, held outputs, and each failover and re-replication as a timeline")
+    .requiredOption('--arbiter <url>', "the VM's arbiter: ftvm://host:port or etcd://host:port,host:port (its record and standby pool are shown)")
+    .option('--secret-file <path>', 'the shared secret (needed for an ftvm:// arbiter)')
+    .option('--vm-name <name>', 'the VM to show', 'vm')
+    .option('--nodes <host:port,...>', "control addresses (--control) to watch besides the nodes announced at the arbiter (nodes run with --arbiter and --control announce themselves)")
+    .option('--listen <host:port>', 'where to serve the page (loopback only)', '127.0.0.1:7400')
+    .option('--poll-ms <ms>', 'ask the arbiter and the nodes this often', intArg('--poll-ms', 100, 60_000), 500)
+    .addHelpText(
+      'after',
+      `
+The page updates live (server-sent events). If the arbiter is down the page says so and recovers when
+it answers again. Example:
+  ftvm dashboard --arbiter ftvm://127.0.0.1:7300 --secret-file ftvm.secret --vm-name kv
+The VM's nodes announce their --control address at the arbiter; --nodes adds others.
+then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:7400 host).`,
+    )
+    .action(async (o: DashboardCliOptions) => {
+      await runDashboard(o);
     });
 
   program

@@ -11,7 +11,7 @@ import { controlRequest, splitHostPort } from '../service/control.js';
 import type { Arbiter } from '../arbiter/arbiter.js';
 import { openArbiter } from '../arbiter/index.js';
 import { FtvmError } from '../util/errors.js';
-import { logger, type Logger } from '../util/log.js';
+import { bindLogContext, logger, type Logger } from '../util/log.js';
 import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 
@@ -90,7 +90,41 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
     const secret = await readSecret(o.secretFile, true);
     node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
   }
+  announce(node, common, log);
   await runUntilSignal(node, log);
+}
+
+/** A node's announcement at the arbiter (for `ftvm dashboard`): lease, renewed every third of it. */
+const MEMBER_TTL_MS = 3000;
+
+/**
+ * Announces this node's control address and current role at the arbiter, so `ftvm dashboard` finds the
+ * VM's nodes without being told. For operators only; an arbiter without members support is left alone.
+ */
+function announce(node: { status(): Record<string, unknown> }, common: Omit<NodeOptions, 'secret'>, log: Logger): void {
+  const arbiter = common.arbiter;
+  const control = common.control;
+  if (!arbiter || !control) return;
+  let timer: NodeJS.Timeout | undefined;
+  let failing = false;
+  const once = async (): Promise<void> => {
+    const r = node.status().role;
+    const role = typeof r === 'string' && /^[a-z-]{1,32}$/.test(r) ? r : 'unknown';
+    try {
+      await arbiter.publishMember(common.config.name, { nodeId: common.nodeId, control: `${control.host}:${control.port}`, role }, MEMBER_TTL_MS, { deadlineMs: common.timings.arbiterDeadlineMs });
+      failing = false;
+    } catch (err) {
+      if ((err as FtvmError).code === 'FTVM_ERR_ARBITER_BAD_REQUEST') {
+        log.info({ err: (err as Error).message }, 'the arbiter does not list members (an older arbiter?): not announcing this node for the dashboard');
+        return;
+      }
+      if (!failing) log.debug({ err: (err as Error).message }, 'cannot announce this node at the arbiter; retrying');
+      failing = true;
+    }
+    timer = setTimeout(() => void once(), Math.floor(MEMBER_TTL_MS / 3));
+    timer.unref();
+  };
+  void once();
 }
 
 export interface StandbyCliOptions extends Omit<RunOptions, 'role'> {
@@ -105,6 +139,7 @@ export async function runStandby(guestPath: string, o: StandbyCliOptions): Promi
   const { common, service, log } = await nodeSetup(guestPath, { ...o, role: 'standby' });
   const secret = await readSecret(o.secretFile, true);
   const node = new StandbyNode({ ...common, secret, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}), ...(o.advertise ? { advertise: parseAddr('--advertise', o.advertise) } : {}) });
+  announce(node, common, log);
   await runUntilSignal(node, log);
 }
 
@@ -140,7 +175,9 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     tickMs: o.tickMs,
     stateHashIntervalMs: o.stateHashIntervalMs,
   };
-  const log = logger(o.role, { vm: o.vmName });
+  const log = logger(o.role);
+  // Until the node binds its own (current role and epoch), lines carry the starting ones.
+  bindLogContext(log, () => ({ vm: o.vmName, role: o.role, epoch: o.epoch }));
   const control = o.control ? parseAddr('--control', o.control) : undefined;
   const nodeId = o.nodeId ?? `${hostname()}-${o.role}-${process.pid}`;
   let epoch = o.epoch;

@@ -6,6 +6,7 @@ import type { Arbiter } from '../arbiter/arbiter.js';
 import type { VmConfig } from '../log/recording.js';
 import type { LoadedGuest } from '../machine/guest.js';
 import type { Logger } from '../util/log.js';
+import type { NodeMetrics } from '../service/metrics.js';
 import type { PrimaryConfig } from './primary.js';
 
 export interface Timings {
@@ -64,6 +65,11 @@ export interface NodeOptions {
   onHalt?: (reason: string) => void;
   /** A backup (or a standby once cloned) keeps a continuous, rotated recording of the VM's log here. */
   record?: { dir: string; maxBytes: number };
+  /**
+   * Metrics and timeline (served at /metrics and /timeline). Absent: the node makes its own. A node
+   * that changes role hands its own on, so counters survive the change.
+   */
+  metrics?: NodeMetrics;
 }
 
 /** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */

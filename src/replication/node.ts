@@ -15,8 +15,9 @@ import { moduleHash } from '../log/recording.js';
 import type { Snapshot } from '../machine/machine.js';
 import { Vcpu } from '../machine/vcpu.js';
 import { ControlServer } from '../service/control.js';
+import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { DeterminismViolation } from '../util/errors.js';
-import type { Logger } from '../util/log.js';
+import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupCore, type BackupAction } from './backup.js';
 import { claimAt, type Addr, type NodeOptions } from './node-common.js';
 import { PrimaryNode } from './primary-node.js';
@@ -57,6 +58,11 @@ export class BackupNode {
   private live: PrimaryNode | undefined;
   private finished = false;
   private readonly recorder: ContinuousRecorder | undefined;
+  readonly metrics: NodeMetrics;
+  /** When the primary was last heard (any frame), for the failure-detection time. */
+  private lastHeardMs = performance.now();
+  private claimStartMs: number | null = null;
+  private peerConnections = 0;
 
   constructor(private readonly opts: BackupOptions) {
     this.log = opts.log;
@@ -77,6 +83,20 @@ export class BackupNode {
       ...(j ? { snapshot: j.snapshot } : {}),
     });
     const core = this.core;
+    this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
+    this.metrics.setSource(() => {
+      const st = core.status();
+      return {
+        role: st.halted !== null ? 'halted' : 'backup',
+        epoch: st.epoch,
+        protected: st.phase === 'following' && st.peer,
+        instructionNumber: this.vcpu.count,
+        outputsHeld: 0,
+        guestMemoryBytes: this.vcpu.memoryBytes,
+        rereplicationProgress: 0,
+      };
+    });
+    bindLogContext(this.log, () => ({ vm: opts.config.name, role: core.status().halted !== null ? 'halted' : 'backup', epoch: core.status().epoch }));
     this.identity = j?.identity ?? {
       role: 'backup',
       vmName: opts.config.name,
@@ -141,7 +161,11 @@ export class BackupNode {
     if (this.conn && this.conn !== c) this.conn.close('replaced by a new connection from the primary');
     this.conn = c;
     this.log.info({ primary: c.remote }, 'primary connected');
+    this.lastHeardMs = performance.now();
+    if (this.peerConnections++ > 0) this.metrics.reconnects.inc();
     c.on('frame', (f: Frame) => {
+      this.lastHeardMs = performance.now();
+      if (f.type === FrameType.HEARTBEAT) this.metrics.heartbeats.inc({ direction: 'in' });
       // Report the replica's freshest position with the ACK this frame triggers.
       this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
       this.exec(this.core.step({ t: 'frame', frame: f }));
@@ -159,9 +183,14 @@ export class BackupNode {
   private tick(): void {
     if (this.live || this.finished) return;
     this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
-    this.exec(this.core.step({ t: 'tick', nowMs: performance.now() }));
+    const now = performance.now();
+    this.exec(this.core.step({ t: 'tick', nowMs: now }));
+    this.metrics.sampleVcpu(now, !this.vcpu.idle);
     if (this.draining && this.vcpu.drained && this.vcpu.entries >= this.fedEntries) {
       this.draining = false;
+      const drainMs = performance.now() - this.drainStartMs;
+      this.metrics.phase('drain', drainMs);
+      this.metrics.event({ kind: 'drained', side: 'backup', epoch: this.core.status().epoch, phaseMs: drainMs, detail: `replayed every held entry (${this.fedEntries})` });
       this.exec(this.core.step({ t: 'drained' }));
     }
   }
@@ -188,6 +217,8 @@ export class BackupNode {
           else if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
           break;
         case 'feed':
+          this.metrics.logBytes.inc({ direction: 'in' }, a.batch.length);
+          this.metrics.logEntries.inc({ direction: 'in' }, a.count);
           this.fedEntries += a.count;
           this.vcpu.feedLog(a.batch);
           this.recorder?.feed(a.batch, a.count);
@@ -201,6 +232,7 @@ export class BackupNode {
           break;
         case 'halt':
           this.log.error({ reason: a.reason }, 'backup halted');
+          this.metrics.event({ kind: 'halted', side: 'backup', epoch: this.core.status().epoch, detail: a.reason });
           this.vcpu.stop();
           void this.stop().finally(() => this.opts.onHalt?.(a.reason));
           break;
@@ -208,9 +240,24 @@ export class BackupNode {
           this.log.warn({ reason: a.reason }, 'primary silent: consuming every held entry before claiming');
           this.draining = true;
           this.drainStartMs = performance.now();
+          this.metrics.phase('detect', this.drainStartMs - this.lastHeardMs);
+          this.metrics.event({ kind: 'silence-detected', side: 'backup', epoch: this.core.status().epoch, phaseMs: this.drainStartMs - this.lastHeardMs, detail: a.reason });
           break;
         case 'claim':
-          void claimAt(this.opts, a.epoch, this.log).then((r) => this.exec(this.core.step(r)));
+          this.claimStartMs ??= performance.now();
+          void claimAt(this.opts, a.epoch, this.log).then((r) => {
+            if (r.t === 'claim-result' && this.claimStartMs !== null) {
+              const ms = performance.now() - this.claimStartMs;
+              if (r.won) {
+                this.metrics.phase('claim', ms);
+                this.metrics.event({ kind: 'claim-won', side: 'backup', epoch: r.epoch, phaseMs: ms });
+              } else {
+                this.metrics.failovers.inc({ side: 'backup', outcome: 'halted' });
+                this.metrics.event({ kind: 'claim-lost', side: 'backup', epoch: r.epoch, phaseMs: ms, detail: `the VM belongs to ${r.owner}` });
+              }
+            }
+            this.exec(this.core.step(r));
+          });
           break;
         case 'go-live':
           this.goLive(a.epoch);
@@ -245,11 +292,17 @@ export class BackupNode {
     this.vcpu.once('live', (ev: { count: number; seq: number; maxConn: number }) => {
       // The PrimaryNode takes the vCPU over here, in the 'live' handler: no batch after it is missed.
       const { control: _control, ...rest } = o;
-      const live = new PrimaryNode({ ...rest, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1 } });
+      const live = new PrimaryNode({ ...rest, metrics: this.metrics, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1 } });
       this.live = live;
       if (this.ticker) clearInterval(this.ticker);
       live.start().then(
-        () => this.log.warn({ epoch, instructionNumber: ev.count, entries: ev.seq, service: o.service, drainMs: Math.round(t0 - this.drainStartMs) }, 'went live: serving clients as the primary'),
+        () => {
+          const goLiveMs = performance.now() - t0;
+          this.metrics.phase('go_live', goLiveMs);
+          this.metrics.failovers.inc({ side: 'backup', outcome: 'went-live' });
+          this.metrics.event({ kind: 'live', side: 'backup', epoch, phaseMs: goLiveMs, detail: `serving clients at ${o.service?.host}:${o.service?.port}` });
+          this.log.warn({ epoch, instructionNumber: ev.count, entries: ev.seq, service: o.service, drainMs: Math.round(t0 - this.drainStartMs) }, 'went live: serving clients as the primary');
+        },
         (err: Error) => this.log.error({ err: err.message }, 'went live but cannot serve'),
       );
     });
@@ -278,6 +331,7 @@ export class BackupNode {
   async handleControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
     if (this.live) return this.live.handleControl(method, path);
+    if (path === '/metrics' || path === '/timeline') return observabilityRoute(this.metrics, method, path);
     if (method === 'GET' && path === '/state-hash') return this.core.status().lastVerified;
     return undefined;
   }

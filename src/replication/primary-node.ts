@@ -19,8 +19,9 @@ import { snapshotEncoder } from '../machine/snapshot-codec.js';
 import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
 import { ClientService } from '../service/clients.js';
 import { ControlServer, splitHostPort } from '../service/control.js';
+import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
-import type { Logger } from '../util/log.js';
+import { bindLogContext, type Logger } from '../util/log.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
 import { claimAt, primaryCoreConfig, type Addr, type NodeOptions } from './node-common.js';
 
@@ -61,6 +62,9 @@ class Rate {
     return ((b[1] - a[1]) * 1000) / (b[0] - a[0]);
   }
 }
+
+/** How often a primary with an arbiter reads the standby pool's size for /metrics. */
+const POOL_REFRESH_MS = 2000;
 
 /** Binding the client service: attempts 250 ms apart while the address is in use. */
 const SERVICE_BIND_ATTEMPTS = 40;
@@ -111,6 +115,15 @@ export class PrimaryNode {
   private stopped = false;
   /** The client service is listening (set once `start` bound it). */
   private serving = false;
+  readonly metrics: NodeMetrics;
+  /** When the backup was last heard (any frame), for the failure-detection time. */
+  private lastHeardMs = performance.now();
+  /** The claim of a failover in progress: when it was first asked (retries keep the first). */
+  private claimStartMs: number | null = null;
+  private peerConnections = 0;
+  private poolTimer: NodeJS.Timeout | undefined;
+  /** When the current join's snapshot finished streaming (the catch-up starts). */
+  private streamedAtMs: number | undefined;
 
   constructor(private readonly opts: PrimaryOptions) {
     this.log = opts.log;
@@ -131,9 +144,31 @@ export class PrimaryNode {
       },
       nextSeq: () => core.status().ackedSeq,
     };
+    this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
+    this.metrics.resetHeld();
+    this.metrics.setSource(() => {
+      const st = core.status();
+      const j = this.join;
+      return {
+        role: st.halted !== null ? 'halted' : 'primary',
+        epoch: st.epoch,
+        protected: this.isProtected(),
+        instructionNumber: Math.max(this.vcpu?.count ?? 0, st.instructionNumber),
+        outputsHeld: st.outputsHeld,
+        guestMemoryBytes: this.vcpu?.memoryBytes ?? 0,
+        rereplicationProgress: j === null ? 0 : j.phase === 'transferring' ? j.sentBytes / Math.max(1, j.totalBytes) : j.phase === 'catching-up' || j.phase === 'arming' ? 1 : 0,
+      };
+    });
+    bindLogContext(this.log, () => ({ vm: opts.config.name, role: core.status().halted !== null ? 'halted' : 'primary', epoch: core.status().epoch }));
     this.service = new ClientService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
     // A backup gone live: take over its vCPU now, so no batch after the go-live point is missed.
     if (opts.adopt) this.attachVcpu(opts.adopt.vcpu);
+  }
+
+  /** A connected, armed backup holds the log: the output rule protects every output. */
+  isProtected(): boolean {
+    const st = this.core.status();
+    return !st.alone && st.peer && st.joining === null && st.halted === null;
   }
 
   private get recruits(): boolean {
@@ -155,6 +190,11 @@ export class PrimaryNode {
     }
     // Heartbeats start now: the backup must not take the guest's start-up time for a failure.
     this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
+    if (o.arbiter) {
+      // The standby pool's size, for /metrics (recruiting also refreshes it).
+      this.poolTimer = setInterval(() => void this.refreshPool(), POOL_REFRESH_MS);
+      this.poolTimer.unref();
+    }
     if (!o.adopt) this.startVcpu();
     else this.service.firstConnectionId = o.adopt.firstConn;
     const vcpu = this.vcpu!;
@@ -182,6 +222,21 @@ export class PrimaryNode {
     this.log.info({ service: this.service.address, alone: this.core.status().alone, epoch: this.core.status().epoch }, 'primary is serving');
   }
 
+  private async refreshPool(): Promise<void> {
+    const o = this.opts;
+    if (!o.arbiter || this.stopped || this.recruiting) return;
+    try {
+      this.notePool(await o.arbiter.listStandbys(o.config.name, { deadlineMs: o.timings.arbiterDeadlineMs }));
+    } catch {
+      // an unreachable arbiter: the gauge keeps its last value
+    }
+  }
+
+  private notePool(pool: StandbyRecord[]): void {
+    this.metrics.poolSize.set({ state: 'free' }, pool.filter((p) => p.state === 'free').length);
+    this.metrics.poolSize.set({ state: 'recruited' }, pool.filter((p) => p.state === 'recruited').length);
+  }
+
   private newDialer(peer: Addr): ChannelDialer {
     const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
     d.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
@@ -206,6 +261,9 @@ export class PrimaryNode {
     this.vcpu = vcpu;
     vcpu.on('batch', (b: BatchEvent) => {
       this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
+      this.metrics.logBytes.inc({ direction: 'out' }, b.entries.length);
+      this.metrics.logEntries.inc({ direction: 'out' }, b.count);
+      this.metrics.outputsEntered(b.outputs.length, performance.now());
       this.exec(this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs }));
     });
     vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => {
@@ -234,7 +292,11 @@ export class PrimaryNode {
   private wire(c: ChannelConnection): void {
     this.conn?.close('replaced');
     this.conn = c;
-    c.on('frame', (f: Frame) => this.exec(this.core.step({ t: 'frame', frame: f })));
+    c.on('frame', (f: Frame) => {
+      this.lastHeardMs = performance.now();
+      if (f.type === FrameType.HEARTBEAT) this.metrics.heartbeats.inc({ direction: 'in' });
+      this.exec(this.core.step({ t: 'frame', frame: f }));
+    });
     c.once('refused', (f: RefuseFrame) => {
       if (this.join) this.refusedUntil.set(this.join.standby, performance.now() + 30_000);
       this.log.error({ code: f.code, reason: f.reason }, 'the backup refused this primary');
@@ -250,6 +312,8 @@ export class PrimaryNode {
 
   private onPeer(c: ChannelConnection, hello: HelloFrame): void {
     this.wire(c);
+    this.lastHeardMs = performance.now();
+    if (this.peerConnections++ > 0) this.metrics.reconnects.inc();
     this.log.info({ backup: c.remote, nextSeq: hello.nextSeq }, 'backup connected');
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: hello.nextSeq }));
   }
@@ -273,6 +337,7 @@ export class PrimaryNode {
     const deadline = { deadlineMs: o.timings.arbiterDeadlineMs };
     try {
       const pool = await o.arbiter.listStandbys(o.config.name, deadline);
+      this.notePool(pool);
       const now = performance.now();
       const free = pool.filter((p) => p.state === 'free');
       const sameHost = free.filter((p) => p.hostId === o.recruit!.hostId).length;
@@ -303,6 +368,7 @@ export class PrimaryNode {
     const [host, port] = splitHostPort(s.channel);
     this.join = { standby: s.hostId, channel: s.channel, phase: 'connecting', startedMs: performance.now(), pauseMs: 0, sentBytes: 0, totalBytes: 0, snapshotSeq: -1 };
     this.log.warn({ standby: s.hostId, channel: s.channel }, 'running alone: recruited a standby; cloning this VM to it');
+    this.metrics.event({ kind: 'standby-recruited', side: 'primary', epoch: this.core.status().epoch, detail: `${s.hostId} at ${s.channel}` });
     this.dialer?.close();
     this.dialer = this.newDialer({ host, port: Number(port) });
     this.dialer.start();
@@ -328,6 +394,8 @@ export class PrimaryNode {
     }
     j.pauseMs = taken.pauseMs;
     j.snapshotSeq = taken.snapshot.seq;
+    this.metrics.rereplicationPause.observe(taken.pauseMs / 1000);
+    const transferStartMs = performance.now();
     if (!c.isOpen || this.join !== j) {
       this.exec(this.core.step({ t: 'join-abort', reason: 'the standby disconnected before the snapshot was sent' }));
       return;
@@ -350,6 +418,7 @@ export class PrimaryNode {
       const chunk = enc.chunk(i);
       c.send({ type: FrameType.SNAPSHOT, epoch, part: SnapshotPart.CHUNK, config: '', data: chunk });
       j.sentBytes += chunk.length - 8;
+      this.metrics.snapshotBytes.inc(chunk.length - 8);
       if (j.sentBytes / j.totalBytes >= nextReport) {
         this.log.info({ standby: j.standby, sentBytes: j.sentBytes, totalBytes: j.totalBytes, percent: Math.round((100 * j.sentBytes) / j.totalBytes) }, 'snapshot transfer');
         nextReport += 0.25;
@@ -357,6 +426,8 @@ export class PrimaryNode {
       await new Promise((r) => setImmediate(r)); // let client I/O and heartbeats through
     }
     j.phase = 'catching-up';
+    this.streamedAtMs = performance.now();
+    this.metrics.event({ kind: 'snapshot-streamed', side: 'primary', epoch, phaseMs: this.streamedAtMs - transferStartMs, detail: `${Math.round(j.totalBytes / 1024)} KiB; guest paused ${j.pauseMs.toFixed(1)} ms` });
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: j.snapshotSeq }));
   }
 
@@ -365,6 +436,8 @@ export class PrimaryNode {
     if (this.join === null) return;
     clearTimeout(this.joinConnectTimer);
     this.log.warn({ standby: this.join.standby, reason }, 'the join failed; serving alone, will recruit again');
+    this.metrics.rereplications.inc({ outcome: 'failed' });
+    this.metrics.event({ kind: 'join-failed', side: 'primary', epoch: this.core.status().epoch, detail: `${this.join.standby}: ${reason}` });
     this.join = null;
     this.dialer?.close();
     this.dialer = undefined;
@@ -379,15 +452,19 @@ export class PrimaryNode {
     const now = performance.now();
     this.rate.add(now, this.core.status().logBytesSent);
     this.exec(this.core.step({ t: 'tick', nowMs: now }));
+    if (this.isProtected()) this.metrics.lag.observe(this.core.status().lagMs / 1000);
+    if (this.vcpu) this.metrics.sampleVcpu(now, !this.vcpu.idle);
   }
 
   private exec(actions: PrimaryAction[]): void {
     for (const a of actions) {
       switch (a.t) {
         case 'send':
+          if (a.frame.type === FrameType.HEARTBEAT) this.metrics.heartbeats.inc({ direction: 'out' });
           if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
           break;
         case 'release':
+          this.metrics.outputsReleased(a.outputs.length, performance.now());
           this.service.deliver(a.outputs);
           break;
         case 'throttle':
@@ -405,10 +482,37 @@ export class PrimaryNode {
         case 'hash-verified':
           this.lastVerified = { n: a.n, hash: Buffer.from(a.hash).toString('hex'), ok: a.ok };
           break;
-        case 'claim':
-          void claimAt(this.opts, a.epoch, this.log).then((r) => this.exec(this.core.step(r)));
+        case 'claim': {
+          if (this.claimStartMs === null) {
+            // A failover starts: the backup has been silent since lastHeardMs.
+            const now = performance.now();
+            this.claimStartMs = now;
+            this.metrics.phase('detect', now - this.lastHeardMs);
+            this.metrics.event({ kind: 'silence-detected', side: 'primary', epoch: a.epoch, phaseMs: now - this.lastHeardMs, detail: 'the backup is silent' });
+          }
+          void claimAt(this.opts, a.epoch, this.log).then((r) => {
+            if (r.t === 'claim-result' && this.claimStartMs !== null) {
+              const ms = performance.now() - this.claimStartMs;
+              if (r.won) {
+                this.metrics.phase('claim', ms);
+                this.metrics.event({ kind: 'claim-won', side: 'primary', epoch: r.epoch, phaseMs: ms });
+              } else {
+                this.metrics.failovers.inc({ side: 'primary', outcome: 'halted' });
+                this.metrics.event({ kind: 'claim-lost', side: 'primary', epoch: r.epoch, phaseMs: ms, detail: `the VM belongs to ${r.owner}` });
+              }
+            }
+            this.exec(this.core.step(r));
+          });
           break;
+        }
         case 'went-alone':
+          if (this.claimStartMs !== null) {
+            this.metrics.phase('go_live', 0);
+            this.metrics.failovers.inc({ side: 'primary', outcome: 'went-alone' });
+            this.metrics.event({ kind: 'live', side: 'primary', epoch: a.epoch, phaseMs: 0, detail: 'serving alone' });
+            this.claimStartMs = null;
+          }
+          this.metrics.resetHeld();
           this.log.warn({ epoch: a.epoch, reason: a.reason }, 'the backup is gone: continuing alone');
           this.dialer?.close();
           this.dialer = undefined;
@@ -428,6 +532,10 @@ export class PrimaryNode {
             const totalMs = performance.now() - j.startedMs;
             this.lastJoin = { ...j, totalMs };
             this.log.warn({ standby: j.standby, epoch: a.epoch, pauseMs: +j.pauseMs.toFixed(2), totalMs: Math.round(totalMs), memoryBytes: j.totalBytes }, 'redundancy restored: the new backup is armed');
+            this.metrics.rereplications.inc({ outcome: 'armed' });
+            this.metrics.rereplicationSeconds.observe(totalMs / 1000);
+            // The phase this ends: the joiner catching up with the log, then the arbiter's advance.
+            this.metrics.event({ kind: 'armed', side: 'primary', epoch: a.epoch, phaseMs: performance.now() - (this.streamedAtMs ?? j.startedMs), detail: `${j.standby} is the backup (${Math.round(totalMs)} ms from recruiting)` });
             // From here on the new backup is dialed like any backup: a cut connection is redialed and
             // resumes from the backup's position (instead of ending in a failover).
             if (this.conn) {
@@ -500,6 +608,7 @@ export class PrimaryNode {
     if (this.halting) return;
     this.halting = true;
     this.log.error({ reason }, 'primary halted: releasing nothing more');
+    this.metrics.event({ kind: 'halted', side: 'primary', epoch: this.core.status().epoch, detail: reason });
     this.vcpu?.setThrottle(true);
     void this.stop().finally(() => this.opts.onHalt?.(reason));
   }
@@ -555,6 +664,7 @@ export class PrimaryNode {
   /** The control endpoint's requests (also reached through a backup or standby that went live). */
   async handleControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
+    if (path === '/metrics' || path === '/timeline') return observabilityRoute(this.metrics, method, path);
     if (method === 'POST' && path === '/state-hash') return this.stateHash();
     if (method === 'GET' && path === '/state-hash') return this.lastVerified;
     if (method === 'POST' && path === '/switchover') return this.switchover();
@@ -571,6 +681,7 @@ export class PrimaryNode {
     this.stopped = true;
     if (this.ticker) clearInterval(this.ticker);
     if (this.recruitTimer) clearTimeout(this.recruitTimer);
+    if (this.poolTimer) clearInterval(this.poolTimer);
     clearTimeout(this.joinConnectTimer);
     this.dialer?.close();
     this.conn?.close('shutting down');

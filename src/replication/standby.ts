@@ -13,8 +13,9 @@ import type { StandbyRecord } from '../arbiter/arbiter.js';
 import { moduleHash, type VmConfig } from '../log/recording.js';
 import { SnapshotAssembler } from '../machine/snapshot-codec.js';
 import { ControlServer } from '../service/control.js';
+import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
-import type { Logger } from '../util/log.js';
+import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupNode, type BackupOptions } from './node.js';
 import type { Addr } from './node-common.js';
 
@@ -55,11 +56,20 @@ export class StandbyNode {
   private stopped = false;
   private lastNote = 'registering';
   private joins = 0;
+  readonly metrics: NodeMetrics;
 
   constructor(private readonly opts: StandbyOptions) {
     this.log = opts.log;
+    this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
+    this.observeAsStandby();
     if (!opts.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter (its pool lives there)');
     this.identity = { role: 'standby', vmName: opts.config.name, moduleHash: moduleHash(opts.guest.original), epoch: 0, nextSeq: () => 0 };
+  }
+
+  /** Metrics and log lines describe this node as a standby (again). */
+  private observeAsStandby(): void {
+    this.metrics.setSource(() => ({ role: 'standby', epoch: 0, protected: false, instructionNumber: 0, outputsHeld: 0, guestMemoryBytes: 0, rereplicationProgress: 0 }));
+    bindLogContext(this.log, () => ({ vm: this.opts.config.name, role: 'standby', epoch: 0 }));
   }
 
   private get channel(): string {
@@ -126,6 +136,7 @@ export class StandbyNode {
     this.log.warn({ reason }, 'standby: discarding the partial clone; back in the pool');
     this.receiving = null;
     this.backup = null;
+    this.observeAsStandby();
     this.identity.role = 'standby';
     Object.defineProperty(this.identity, 'epoch', { value: 0, writable: true, configurable: true, enumerable: true });
     this.identity.nextSeq = () => 0;
@@ -215,6 +226,7 @@ export class StandbyNode {
       config: r.config ?? o.config,
       epoch: r.hello.epoch,
       joined: { snapshot, conn: r.conn, identity: this.identity },
+      metrics: this.metrics,
       onArmed: () => void this.leave(),
       onAbandon: (reason) => this.returnToPool(reason),
     });
@@ -250,6 +262,7 @@ export class StandbyNode {
 
   async handleControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
+    if (path === '/metrics' || path === '/timeline') return observabilityRoute(this.metrics, method, path);
     if (this.backup) return this.backup.handleControl(method, path);
     return undefined;
   }

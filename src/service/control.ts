@@ -4,9 +4,19 @@
  *                        node's identity (`hostId`, `nodeId`) after its `role`
  *   POST /state-hash   → primary: log a state hash at the next idle point and return {n, hash}
  *   GET  /state-hash   → backup: the last state hash it verified against the log
+ *   GET  /metrics      → Prometheus text format (prom-client; see src/service/metrics.ts)
+ *   GET  /timeline     → the node's failover and re-replication events, oldest first
  */
 import http from 'node:http';
 import { FtvmError } from '../util/errors.js';
+
+/** A reply that is not JSON (e.g. /metrics): written as is with its content type. */
+export class RawReply {
+  constructor(
+    readonly contentType: string,
+    readonly body: string,
+  ) {}
+}
 
 export type ControlHandler = (method: string, path: string) => Promise<unknown> | unknown;
 
@@ -53,7 +63,8 @@ export class ControlServer {
             res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not found' }));
             return;
           }
-          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+          if (body instanceof RawReply) res.writeHead(200, { 'content-type': body.contentType }).end(body.body);
+          else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
         } catch (err) {
           const e = err as { code?: string; message?: string };
           res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e.message ?? String(err), code: e.code }));
@@ -79,8 +90,8 @@ export class ControlServer {
   }
 }
 
-/** Client side, for `ftvm status` and tests. */
-export async function controlRequest(addr: string, method: string, path: string, timeoutMs = 5000): Promise<unknown> {
+/** Client side, for `ftvm status`, `ftvm dashboard` and tests. `as: 'text'` resolves with the body as text (/metrics). */
+export async function controlRequest(addr: string, method: string, path: string, timeoutMs = 5000, as: 'json' | 'text' = 'json'): Promise<unknown> {
   const [host, portStr] = splitHostPort(addr);
   return new Promise((resolve, reject) => {
     const req = http.request({ host, port: Number(portStr), method, path, timeout: timeoutMs }, (res) => {
@@ -88,6 +99,7 @@ export async function controlRequest(addr: string, method: string, path: string,
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
         try {
+          if (as === 'text' && (res.statusCode ?? 500) < 400) return resolve(Buffer.concat(chunks).toString('utf8'));
           const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
           if ((res.statusCode ?? 500) >= 400) reject(Object.assign(new Error((body as { error?: string }).error ?? `HTTP ${res.statusCode}`), { code: (body as { code?: string }).code }));
           else resolve(body);

@@ -14,7 +14,7 @@
 import { accessSync, constants, existsSync } from 'node:fs';
 import path from 'node:path';
 
-export type ComponentId = 'clang-wasi' | 'redis-tools' | 'redis-server' | 'etcd';
+export type ComponentId = 'clang-wasi' | 'redis-tools' | 'redis-server' | 'etcd' | 'chromium';
 
 export interface Component {
   readonly id: ComponentId;
@@ -50,6 +50,13 @@ export const COMPONENTS: readonly Component[] = [
     purpose: 'etcd, the production arbiter',
     packages: ['etcd-server', 'etcd-client'],
     probes: ['etcd', 'etcdctl'],
+  },
+  {
+    id: 'chromium',
+    purpose: 'headless Chromium, driven by playwright-core, for the dashboard\'s browser test',
+    packages: ['chromium'],
+    // The command (found on PATH, so a restricted PATH shows it missing) and the path the test launches.
+    probes: ['chromium', '/usr/bin/chromium'],
   },
 ];
 
