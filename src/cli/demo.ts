@@ -16,6 +16,8 @@ import { FtvmError } from '../util/errors.js';
 import { freePort } from '../util/ports.js';
 import { listSegments } from '../replication/recorder.js';
 import { travelFile } from './recording-cmds.js';
+import { EntryType } from '../log/entry.js';
+import { readRecording } from '../log/recording.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
 
@@ -60,12 +62,12 @@ async function stateHashes(primaryControl: string, backupControl: string): Promi
   return [h, b as unknown as Hash];
 }
 
-export async function pairDemo(o: { guest: string; ops: number; clients: number }): Promise<boolean> {
+export async function pairDemo(o: { guest: string; ops: number; clients: number; keep?: boolean }): Promise<boolean> {
   const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
   const secret = join(dir, 'secret');
   await writeFile(secret, randomBytes(32), { mode: 0o600 });
   const [svc, svc2, chan, pc, bc, arb] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
-  const [svc3, chan3, sc] = [await freePort(), await freePort(), await freePort()];
+  const [svc3, chan3, sc, dash] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const lines: string[] = [];
   const procs: ChildProcess[] = [];
   const show = (from: number): number => {
@@ -84,10 +86,13 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), 30_000);
     // The standby keeps a continuous recording once it is a backup: the demo replays it at the end.
     const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
-    const standby = child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common], 'standby', lines);
-    procs.push(standby);
+    procs.push(child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common], 'standby', lines));
     await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), 30_000);
+    const dashboardUrl = `http://127.0.0.1:${dash}/`;
+    procs.push(child(['dashboard', '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', 'demo-kv', '--listen', `127.0.0.1:${dash}`], 'dashboard', lines));
+    await until('the dashboard', () => lines.some((l) => l.includes('dashboard is serving')), 30_000);
     let seen = show(0);
+    console.log(`   watch it live: ${dashboardUrl}`);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
     const warm = await RespClient.connect({ port: svc });
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
@@ -145,21 +150,29 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number 
     console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     show(seen);
     if (bb2.hash !== h2.hash) return false;
-    // Time travel: the new backup recorded the VM from its clone on; replay that recording offline to
-    // the instruction where the new primary just logged its hash.
-    standby.kill('SIGTERM');
-    await new Promise((r) => (standby.exitCode !== null || standby.signalCode !== null ? r(undefined) : standby.once('exit', r)));
-    const segs = listSegments(recordDir, 'demo-kv');
-    const seg = segs[segs.length - 1];
-    if (seg === undefined) {
-      console.log(`7. the new backup left no recording in ${recordDir}`);
-      return false;
-    }
+    // Time travel: the new backup records the VM from its clone on; replay that recording offline to
+    // the instruction where the new primary just logged its hash (once the recording holds it).
+    let seg: { path: string } | undefined;
+    await until('the new backup\'s recording to hold the logged state hash', async () => {
+      const segs = listSegments(recordDir, 'demo-kv');
+      seg = segs[segs.length - 1];
+      if (seg === undefined) return false;
+      const rec = await readRecording(seg.path).catch(() => undefined);
+      return rec !== undefined && rec.entries.some((e) => e.type === EntryType.STATE_HASH && e.n === h2.n);
+    }, 20_000);
+    if (seg === undefined) return false;
     const t = await travelFile(seg.path, { to: h2.n, dumps: [], around: 0, steps: 0 });
     const same = t.hashAtTarget === h2.hash;
     console.log(`7. the new backup kept a recording of the VM from its clone on: ${seg.path}`);
     console.log(`   replayed offline to instruction ${h2.n}: state hash ${t.hashAtTarget} ${same ? "(IDENTICAL to the primary's)" : '(DIFFERENT!)'}`);
     console.log(`   look around yourself: npx ftvm replay ${seg.path} --to ${h2.n} --step`);
+    console.log(`8. the dashboard showed all of it live, the failover and the re-replication as a timeline: ${dashboardUrl}`);
+    if (o.keep && same) {
+      console.log('   --keep: the VM, its arbiter, the dashboard and the clients\' data stay up; Ctrl-C stops them.');
+      await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+    } else if (!o.keep) {
+      console.log('   (it stops with the demo; `npm run demo -- --keep` leaves everything running to explore it)');
+    }
     return same;
   } finally {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');

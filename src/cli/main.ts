@@ -242,12 +242,13 @@ then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:74
 
   program
     .command('demo')
-    .description('Start a primary and a backup on loopback, drive a kv workload through the primary, and show both state hashes are equal')
+    .description('On loopback: an arbiter, a primary, a backup, a standby and the dashboard; kv load, kill -9 of the primary, the backup goes live with nothing lost, the standby is cloned into a new backup (equal state hashes), and its recording is replayed to the primary\'s logged hash')
     .option('--guest <path>', 'kv guest to use', 'build/guests/kv.wasm')
     .option('--ops <n>', 'commands per client', intArg('--ops', 1, 1_000_000), 300)
     .option('--clients <n>', 'concurrent clients', intArg('--clients', 1, 1000), 8)
     .option('--offline', 'instead: record a kv session to a file and replay it in one process')
-    .action(async (o: { guest: string; ops: number; clients: number; offline?: boolean }) => {
+    .option('--keep', 'leave the VM, the arbiter and the dashboard running after the demo (Ctrl-C stops them)')
+    .action(async (o: { guest: string; ops: number; clients: number; offline?: boolean; keep?: boolean }) => {
       if (!o.offline) {
         if (!(await pairDemo(o))) process.exitCode = 1;
         return;
