@@ -18,7 +18,8 @@ import { ControlServer } from '../service/control.js';
 import { DeterminismViolation } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { BackupCore, type BackupAction } from './backup.js';
-import { claimAt, type Addr, type NodeOptions } from './node-common.js';
+import { claimAt, controlOptions, securityStatus, type Addr, type NodeOptions } from './node-common.js';
+import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 import { PrimaryNode } from './primary-node.js';
 
 export { DEFAULT_TIMINGS, claimAt, primaryCoreConfig, type Addr, type NodeOptions, type RecruitOptions, type Timings } from './node-common.js';
@@ -106,11 +107,11 @@ export class BackupNode {
   async start(): Promise<void> {
     const o = this.opts;
     if (o.joined) return; // started in the constructor, on the standby's listener
-    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, log: o.log.child({ part: 'channel' }), identity: this.identity });
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, security: o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: o.log.child({ part: 'channel' }), identity: this.identity });
     this.listener.on('connection', (c: ChannelConnection) => this.acceptPeer(c));
     await this.listener.start();
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), controlOptions(o));
       await this.control.start();
     }
     this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
@@ -253,6 +254,7 @@ export class BackupNode {
       entries: s.nextSeq,
       halted: s.halted,
       lastVerified: s.lastVerified,
+      ...securityStatus(this.opts),
     };
   }
 

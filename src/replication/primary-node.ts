@@ -22,7 +22,8 @@ import { ControlServer, splitHostPort } from '../service/control.js';
 import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
-import { claimAt, primaryCoreConfig, type Addr, type NodeOptions } from './node-common.js';
+import { claimAt, controlOptions, primaryCoreConfig, securityStatus, type Addr, type NodeOptions } from './node-common.js';
+import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 
 export interface PrimaryOptions extends NodeOptions {
   service: Addr;
@@ -128,7 +129,7 @@ export class PrimaryNode {
   async start(): Promise<void> {
     const o = this.opts;
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p));
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), controlOptions(o));
       await this.control.start();
     }
     if (o.peer) {
@@ -167,7 +168,7 @@ export class PrimaryNode {
   }
 
   private newDialer(peer: Addr): ChannelDialer {
-    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
+    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, security: this.opts.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
     d.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     return d;
   }
@@ -519,6 +520,7 @@ export class PrimaryNode {
       clients: this.service.openConnections,
       lastVerifiedByBackup: this.lastVerified,
       backupDiverged: this.diverged,
+      ...securityStatus(this.opts),
     };
   }
 

@@ -7,6 +7,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readSecretFileSync } from '../security/secrets.js';
 import { controlRequest } from '../service/control.js';
 import { FaultProxy } from './fault-proxy.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from './processes.js';
@@ -43,6 +44,8 @@ export interface Pair {
   backupControl: string;
   proxy: FaultProxy | undefined;
   secretFile: string;
+  /** The secret control requests are signed with. */
+  auth: Uint8Array;
   status(which: 'primary' | 'backup'): Promise<Record<string, unknown>>;
   /** Logs a state hash on the primary and waits until the backup verified the same one. */
   hashesAgree(timeoutMs?: number): Promise<{ n: number; hash: string }>;
@@ -74,10 +77,11 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
     await primary.waitForLine(/primary is serving/, 20_000, { stream: 'stderr' });
     await waitForPort(servicePort);
   }
+  const auth = readSecretFileSync(secretFile);
   const primaryControl = `127.0.0.1:${pc}`;
   const backupControl = `127.0.0.1:${bc}`;
   const status = async (which: 'primary' | 'backup'): Promise<Record<string, unknown>> =>
-    (await controlRequest(which === 'primary' ? primaryControl : backupControl, 'GET', '/status')) as Record<string, unknown>;
+    (await controlRequest(which === 'primary' ? primaryControl : backupControl, auth, 'GET', '/status')) as Record<string, unknown>;
   return {
     primary,
     backup,
@@ -87,12 +91,13 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
     backupControl,
     proxy,
     secretFile,
+    auth,
     status,
     async hashesAgree(timeoutMs = 15_000) {
-      const h = (await controlRequest(primaryControl, 'POST', '/state-hash')) as { n: number; hash: string };
+      const h = (await controlRequest(primaryControl, auth, 'POST', '/state-hash')) as { n: number; hash: string };
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const b = (await controlRequest(backupControl, 'GET', '/state-hash')) as { n: number; hash: string } | null;
+        const b = (await controlRequest(backupControl, auth, 'GET', '/state-hash')) as { n: number; hash: string } | null;
         if (b && b.n === h.n) {
           if (b.hash !== h.hash) throw new Error(`state hashes differ at instruction ${h.n}: primary ${h.hash}, backup ${b.hash}`);
           return h;
