@@ -27,6 +27,8 @@ export interface PairOptions {
   guest?: string;
   backupGuest?: string;
   viaProxy?: boolean;
+  /** With viaProxy: keep the first this many channel bytes per direction (`proxy.captured`). */
+  captureMaxBytes?: number;
   secretFile?: string;
   backupSecretFile?: string;
   primaryArgs?: string[];
@@ -66,7 +68,7 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
   let proxy: FaultProxy | undefined;
   let peerPort = channelPort;
   if (o.viaProxy) {
-    proxy = await FaultProxy.start({ targetPort: channelPort });
+    proxy = await FaultProxy.start({ targetPort: channelPort, ...(o.captureMaxBytes ? { captureMaxBytes: o.captureMaxBytes } : {}) });
     peerPort = proxy.port;
   }
   const primary = spawnNode(
@@ -121,10 +123,10 @@ export interface ArbiterProcess {
 }
 
 /** Starts an embedded arbiter server (`ftvm arbiter`) on a free loopback port. */
-export async function startArbiter(secretFile: string, dataDir?: string, port?: number): Promise<ArbiterProcess> {
+export async function startArbiter(secretFile: string, dataDir?: string, port?: number, extra: string[] = []): Promise<ArbiterProcess> {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'ftvm-arbiter-'));
   const p = port ?? (await freePort());
-  const proc = spawnNode([CLI, 'arbiter', '--data', dir, '--listen', `127.0.0.1:${p}`, '--secret-file', secretFile], { name: 'arbiter' });
+  const proc = spawnNode([CLI, 'arbiter', '--data', dir, '--listen', `127.0.0.1:${p}`, '--secret-file', secretFile, ...extra], { name: 'arbiter' });
   await proc.waitForLine(/arbiter is listening/, 20_000, { stream: 'stderr' });
   return { proc, url: `ftvm://127.0.0.1:${p}`, port: p, dataDir: dir };
 }
@@ -139,9 +141,9 @@ export interface FtPair extends Pair {
  * A pair with an arbiter — the embedded one (started here), or any `arbiterUrl` (e.g. an etcd
  * cluster's) — and a service port on the backup for when it goes live.
  */
-export async function startFtPair(o: PairOptions & { vm?: string; arbiterUrl?: string } = {}): Promise<FtPair> {
+export async function startFtPair(o: PairOptions & { vm?: string; arbiterUrl?: string; arbiterArgs?: string[] } = {}): Promise<FtPair> {
   const secretFile = o.secretFile ?? makeSecretFile();
-  const arbiter = await startArbiter(secretFile);
+  const arbiter = await startArbiter(secretFile, undefined, undefined, o.arbiterArgs);
   const backupServicePort = await freePort();
   const vm = o.vm ?? `vm-${Math.random().toString(36).slice(2, 10)}`;
   const common = ['--arbiter', o.arbiterUrl ?? arbiter.url, '--vm-name', vm];
