@@ -68,7 +68,10 @@ describe('control endpoint', () => {
   after(async () => pair?.stop());
 
   it('refuses unsigned, forged, replayed, stale, cross-origin and foreign-Host requests; the VM keeps serving', async () => {
-    pair = await startFtPair({ guest: 'kv' });
+    // A generous failure timeout: this test is about the control endpoint, not failure detection (on a
+    // loaded machine a 150 ms silence can happen without a fault).
+    const slow = ['--fail-timeout-ms', '1000'];
+    pair = await startFtPair({ guest: 'kv', primaryArgs: slow, backupArgs: slow });
     const p = pair;
     const addr = p.primaryControl;
     const host = addr; // 127.0.0.1:port: what a client puts in Host
@@ -236,7 +239,7 @@ function writers(port: number, n: number, tag: string) {
 describe('logging channel encryption', () => {
   for (const insecure of [false, true]) {
     it(insecure ? 'with --insecure-channel, a capture of the channel holds the clients\' values in clear (the check can fail)' : 'a capture of the channel under load holds none of the clients\' values (TLS-PSK by default)', async () => {
-      const flags = insecure ? ['--insecure-channel'] : [];
+      const flags = [...(insecure ? ['--insecure-channel'] : []), '--fail-timeout-ms', '1000'];
       const pair = await startPair({ guest: 'kv', viaProxy: true, captureMaxBytes: 16 * 1024 * 1024, primaryArgs: flags, backupArgs: flags });
       try {
         const load = writers(pair.servicePort, 4, insecure ? 'plain' : 'tls');
@@ -271,8 +274,10 @@ describe('secret rotation', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ftvm-rotate-'));
     const secretFile = join(dir, 'ftvm.secret');
     const nextFile = join(dir, 'ftvm.secret.next');
-    const oldSecret = randomBytes(32);
-    const newSecret = randomBytes(32);
+    // Text secrets (hex): a secret file's surrounding whitespace is ignored, so random binary bytes could
+    // differ from what the nodes read.
+    const oldSecret = Buffer.from(randomBytes(32).toString('hex'));
+    const newSecret = Buffer.from(randomBytes(32).toString('hex'));
     writeFileSync(secretFile, oldSecret, { mode: 0o600 });
     const both = ['--accept-secret-file', nextFile];
     // A longer failure timeout: the test cuts the channel after each step to force new handshakes with
@@ -296,9 +301,19 @@ describe('secret rotation', () => {
     };
     try {
       const load = writers(pair.servicePort, 4, 'rot');
-      await sleep(500);
+      // Clients keep getting replies before, between and after the steps.
+      const progress = async (what: string): Promise<void> => {
+        const from = load.acked.size;
+        const until = Date.now() + 20_000;
+        while (load.acked.size < from + 50 && load.errors.length === 0) {
+          assert.ok(Date.now() < until, `${what}: only ${load.acked.size - from} writes acknowledged in 20 s`);
+          await sleep(20);
+        }
+      };
+      await progress('before');
       // 1. Every node also accepts the new secret (and still signs with the old one).
       await step('accept new', () => writeFileSync(nextFile, newSecret, { mode: 0o600 }));
+      await progress('after step 1');
       // 2. Every node signs with the new secret (and still accepts the old one).
       await step('switch', () => {
         writeFileSync(join(dir, 'tmp'), oldSecret, { mode: 0o600 });
@@ -306,9 +321,10 @@ describe('secret rotation', () => {
         renameSync(join(dir, 'tmp2'), secretFile);
         renameSync(join(dir, 'tmp'), nextFile);
       });
+      await progress('after step 2');
       // 3. The old secret is dropped.
       await step('drop old', () => rmSync(nextFile));
-      await sleep(500);
+      await progress('after step 3');
       await load.stop();
       assert.deepEqual(load.errors, [], 'no client saw an error');
       assert.ok(load.acked.size > 100, `${load.acked.size} writes`);

@@ -97,6 +97,9 @@ export interface RunOptions {
   slice?: number;
 }
 
+/** Deadline of the arbiter calls a replica makes while starting (init, read). */
+const STARTUP_ARBITER_DEADLINE_MS = 5000;
+
 /** How often a primary running alone looks at the standby pool. */
 const RECRUIT_INTERVAL_MS = 250;
 
@@ -196,7 +199,9 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
   const arbiter = o.arbiter ? openArbiter(o.arbiter, secret, { insecure }) : undefined;
   if (arbiter) {
     // The arbiter holds the VM's epoch: the primary creates the record, the backup learns it.
-    const opts = { deadlineMs: o.arbiterDeadlineMs };
+    // At start-up nothing waits on these calls: give a busy arbiter (or a slow first TLS handshake on a
+    // loaded machine) a few seconds rather than failing the start.
+    const opts = { deadlineMs: Math.max(o.arbiterDeadlineMs, STARTUP_ARBITER_DEADLINE_MS) };
     if (o.role === 'primary') {
       const rec = await arbiter.init(o.vmName, { epoch: o.epoch, owner: nodeId }, opts);
       if (rec.owner !== nodeId) {
