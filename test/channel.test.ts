@@ -167,3 +167,18 @@ test('TLS-PSK endpoints: a dialer with an accepted secret connects; one with an 
   bad.close();
   await listener.close();
 });
+
+test('an out-of-bounds frame length drops the connection before anything is buffered (plain transport; over TLS only a key holder gets this far)', async () => {
+  const [a, b, server] = await pairOfSockets();
+  const bl = capture();
+  const k = new ChannelConnection(b, { secret: randomBytes(32), identity: id('backup'), log: bl.log });
+  const closed = new Promise<string>((r) => k.once('close', r));
+  const huge = Buffer.alloc(8);
+  huge.writeUInt32LE(0xfffffff0, 0);
+  a.on('error', () => undefined);
+  a.write(huge);
+  assert.match(await closed, /out of bounds/);
+  assert.ok(bl.lines.some((l) => /frame size out of bounds/.test(l.msg)));
+  a.destroy();
+  server.close();
+});

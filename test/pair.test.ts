@@ -121,20 +121,22 @@ test('bad peers are refused with a clear log line, and the backup keeps running'
       const svc = await freePort();
       return spawnNode([CLI, 'run', guestFile(guest), '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${channel}`, ...args], { name: 'bad-primary' });
     };
+    // Each bad primary is a new process: on a loaded machine its start-up alone can take 10 s.
+    const START_MS = 30_000;
     // 1. A primary with the wrong secret: refused at the TLS-PSK handshake (its PSK identity is unknown).
     const wrong = await primaryWith(['--secret-file', makeSecretFile()]);
-    await backup.waitForLine(/refused peer: TLS handshake failed \(wrong secret/, 10_000, { stream: 'stderr' });
+    await backup.waitForLine(/refused peer: TLS handshake failed \(wrong secret/, START_MS, { stream: 'stderr' });
     await wrong.stop();
     await backupAlive(secret, bc);
     // 2. A primary of an older epoch.
     const old = await primaryWith(['--secret-file', secret, '--epoch', '0']);
-    await backup.waitForLine(/refused peer: the peer is at epoch 0, older than ours \(1\)/, 10_000, { stream: 'stderr' });
-    await old.waitForLine(/newer than ours \(0\): this node is fenced|the peer refused us/, 10_000, { stream: 'stderr' });
+    await backup.waitForLine(/refused peer: the peer is at epoch 0, older than ours \(1\)/, START_MS, { stream: 'stderr' });
+    await old.waitForLine(/newer than ours \(0\): this node is fenced|the peer refused us/, START_MS, { stream: 'stderr' });
     await old.stop();
     await backupAlive(secret, bc);
     // 3. A primary with a different guest module.
     const other = await primaryWith(['--secret-file', secret], 'spin');
-    await backup.waitForLine(/refused peer: the peer's guest module differs/, 10_000, { stream: 'stderr' });
+    await backup.waitForLine(/refused peer: the peer's guest module differs/, START_MS, { stream: 'stderr' });
     await other.stop();
     await backupAlive(secret, bc);
     // 4. Forged bytes (no secret) and 5. an oversized frame, from raw sockets: not even a TLS handshake.
