@@ -139,7 +139,7 @@ export class BackupNode {
         this.exec(this.core.step({ t: 'peer-closed' }));
       }
     });
-    this.exec(this.core.step({ t: 'peer-open' }));
+    this.exec(this.core.step({ t: 'peer-open', nowMs: performance.now() }));
   }
 
   private tick(): void {
