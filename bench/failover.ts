@@ -151,9 +151,9 @@ function logLines(proc: ProcessHandle, since?: OutputMark): LogLine[] {
 
 const firstLine = (lines: readonly LogLine[], re: RegExp): LogLine | undefined => lines.find((l) => re.test(l.msg));
 
-async function statusOr(addr: string, timeoutMs = 1000): Promise<Record<string, unknown> | null> {
+async function statusOr(auth: Uint8Array, addr: string, timeoutMs = 1000): Promise<Record<string, unknown> | null> {
   try {
-    return (await controlRequest(addr, 'GET', '/status', timeoutMs)) as Record<string, unknown>;
+    return (await controlRequest(addr, auth, 'GET', '/status', timeoutMs)) as Record<string, unknown>;
   } catch {
     return null;
   }
@@ -312,7 +312,7 @@ async function failoverRun(run: number): Promise<RunResult> {
     } finally {
       c.close();
     }
-    const st = await statusOr(pair.backupControl);
+    const st = await statusOr(pair.auth, pair.backupControl);
     res.newRole = st?.role;
     res.newEpoch = st?.epoch;
 
@@ -523,7 +523,7 @@ async function soakPair(index: number, clock: SoakClock): Promise<SoakPairResult
         if (now >= endAt && r.incident === null) break;
         if (r.incident !== null && now >= soakStart + r.incident.atS * 1000 + INCIDENT_SETTLE_MS) break;
         const tp = performance.now();
-        const [p, b] = await Promise.all([statusOr(pair.primaryControl), statusOr(pair.backupControl)]);
+        const [p, b] = await Promise.all([statusOr(pair.auth, pair.primaryControl), statusOr(pair.auth, pair.backupControl)]);
         const pollMs = performance.now() - tp;
         r.polls++;
         r.pollMaxMs = Math.max(r.pollMaxMs, pollMs);

@@ -15,6 +15,7 @@
  * batch until an ACK's replayedInstructionNumber covers it), CPU per operation of each process, and a
  * baseline loopback round trip between two Node processes.
  */
+import { Keyring } from '../src/security/secrets.js';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -269,7 +270,7 @@ async function probe(conns: number[]): Promise<void> {
         guest,
         config: DEFAULT_VM_CONFIG,
         epoch: 1,
-        secret: mode === 'on' ? secret : new Uint8Array(0),
+        secret: new Keyring(mode === 'on' ? secret : randomBytes(32)),
         timings: DEFAULT_TIMINGS,
         log: silentLogger,
         service: { host: HOST, port: svc },
@@ -333,7 +334,7 @@ async function probeBackup(conns: number[]): Promise<void> {
   writeFileSync(secretFile, secret, { mode: 0o600 });
   const chan = await freePort();
   const svc = await freePort();
-  const node = new BackupNode({ nodeId: 'probe-backup', guest, config: DEFAULT_VM_CONFIG, epoch: 1, secret, timings: DEFAULT_TIMINGS, log: silentLogger, listen: { host: HOST, port: chan } });
+  const node = new BackupNode({ nodeId: 'probe-backup', guest, config: DEFAULT_VM_CONFIG, epoch: 1, secret: new Keyring(secret), timings: DEFAULT_TIMINGS, log: silentLogger, listen: { host: HOST, port: chan } });
   let frames: Array<[number, number]> = [];
   let delays: number[] = [];
   let ackStaleness: number[] = [];

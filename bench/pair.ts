@@ -23,6 +23,10 @@
  * - After the FT-on phases the primary logs a state hash and the backup must verify the same one;
  *   otherwise the script exits 1.
  *
+ * - Encryption's cost: a second FT-on pair runs with `--insecure-channel` (plain TCP instead of TLS-PSK)
+ *   beside the others and is measured in the same interleaved phases ("plain"); FT on (TLS) ÷ FT on
+ *   (plain) per concurrency is reported as `tls_ratio_c<N>` (median of per-repetition ratios).
+ *
  * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
  * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
  * BENCH_PAIR_REPS (default 3), BENCH_PAIR_MAX_OPS (per phase, default 1,000,000),
@@ -150,7 +154,7 @@ function rng(seed: number): () => number {
 }
 
 interface PhaseResult {
-  setup: 'off' | 'on';
+  setup: Setup;
   conns: number;
   rep: number;
   /** Operations completed in the measured window. */
@@ -171,7 +175,9 @@ interface PhaseResult {
  * One phase against `port`: `conns` closed-loop connections; a warm-up of WARMUP_MS, then a measured
  * window of MEASURE_MS, bounded by MAX_OPS operations in all.
  */
-async function runPhase(setup: 'off' | 'on', port: number, conns: number, rep: number): Promise<PhaseResult> {
+type Setup = 'off' | 'on' | 'plain';
+
+async function runPhase(setup: Setup, port: number, conns: number, rep: number): Promise<PhaseResult> {
   const clients = await Promise.all(
     Array.from({ length: conns }, () => RespClient.connect({ host: HOST, port, callTimeoutMs: CALL_TIMEOUT_MS, maxInFlight: 1 })),
   );
@@ -271,18 +277,25 @@ interface Status {
   backupDiverged?: string | null;
 }
 
+let authSecret: Uint8Array = new Uint8Array(0);
+const AUTH = (): Uint8Array => authSecret;
+
 async function status(ctl: string): Promise<Status> {
-  return (await controlRequest(ctl, 'GET', '/status', 3000)) as Status;
+  return (await controlRequest(ctl, AUTH(), 'GET', '/status', 3000)) as Status;
 }
 
 interface Servers {
   offPrimary: ProcessHandle;
   onPrimary: ProcessHandle;
   backup: ProcessHandle;
+  plainPrimary: ProcessHandle;
+  plainBackup: ProcessHandle;
   offPort: number;
   onPort: number;
+  plainPort: number;
   offCtl: string;
   onCtl: string;
+  plainCtl: string;
   backupCtl: string;
 }
 
@@ -291,12 +304,13 @@ const started: ProcessHandle[] = [];
 async function startServers(secretFile: string): Promise<Servers> {
   const ports: number[] = [];
   // One at a time, and distinct: a port freed a moment ago may be handed out again.
-  for (let i = 0; ports.length < 6 && i < 100; i++) {
+  for (let i = 0; ports.length < 9 && i < 100; i++) {
     const p = await freePort();
     if (!ports.includes(p)) ports.push(p);
   }
-  const [offPort, offCtlPort, onPort, onCtlPort, chanPort, backupCtlPort] = ports as [number, number, number, number, number, number];
-  if (ports.length < 6) throw new BenchFailure('could not find 6 free ports on 127.0.0.1');
+  if (ports.length < 9) throw new BenchFailure('could not find 9 free ports on 127.0.0.1');
+  const [offPort, offCtlPort, onPort, onCtlPort, chanPort, backupCtlPort, plainPort, plainCtlPort, plainChanPort] = ports as [number, number, number, number, number, number, number, number, number];
+  const plainCtl = `${HOST}:${plainCtlPort}`;
   const offCtl = `${HOST}:${offCtlPort}`;
   const onCtl = `${HOST}:${onCtlPort}`;
   const backupCtl = `${HOST}:${backupCtlPort}`;
@@ -304,22 +318,31 @@ async function startServers(secretFile: string): Promise<Servers> {
 
   const backup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile], { name: 'backup', env });
   started.push(backup);
+  const plainBackup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, '--insecure-channel'], { name: 'backup-plain', env });
+  started.push(plainBackup);
   await backup.waitForLine(/backup is waiting for the primary/, 30_000, { stream: 'stderr' });
+  await plainBackup.waitForLine(/backup is waiting for the primary/, 30_000, { stream: 'stderr' });
 
   const onPrimary = spawnNode(
     [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile],
     { name: 'primary-ft-on', env },
   );
   started.push(onPrimary);
-  const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl], { name: 'primary-ft-off', env });
+  const plainPrimary = spawnNode(
+    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${plainPort}`, '--peer', `${HOST}:${plainChanPort}`, '--control', plainCtl, '--secret-file', secretFile, '--insecure-channel'],
+    { name: 'primary-ft-on-plain', env },
+  );
+  started.push(plainPrimary);
+  const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl, '--secret-file', secretFile], { name: 'primary-ft-off', env });
   started.push(offPrimary);
 
   await Promise.all([
     onPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
+    plainPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
     offPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
   ]);
-  await Promise.all([waitForPort(onPort, 10_000), waitForPort(offPort, 10_000)]);
-  return { offPrimary, onPrimary, backup, offPort, onPort, offCtl, onCtl, backupCtl };
+  await Promise.all([waitForPort(onPort, 10_000), waitForPort(plainPort, 10_000), waitForPort(offPort, 10_000)]);
+  return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl };
 }
 
 async function stopStarted(): Promise<void> {
@@ -387,11 +410,11 @@ function startLagSampler(ctl: string): { stop: () => Promise<LagSamples> } {
 // ------------------------------------------------------------------ state hashes
 
 async function checkStateHashes(s: Servers): Promise<{ n: number; hash: string }> {
-  const p = (await controlRequest(s.onCtl, 'POST', '/state-hash', 15_000)) as { n: number; hash: string };
+  const p = (await controlRequest(s.onCtl, AUTH(), 'POST', '/state-hash', 15_000)) as { n: number; hash: string };
   const deadline = performance.now() + 15_000;
   let last: unknown = null;
   while (performance.now() < deadline) {
-    last = await controlRequest(s.backupCtl, 'GET', '/state-hash', 3000).catch(() => null);
+    last = await controlRequest(s.backupCtl, AUTH(), 'GET', '/state-hash', 3000).catch(() => null);
     const b = last as { n?: number; hash?: string } | null;
     if (b && b.n === p.n) {
       if (b.hash === p.hash) return p;
@@ -424,7 +447,8 @@ async function main(): Promise<void> {
   if (CONNS.length === 0) throw new BenchFailure('BENCH_PAIR_CONNS lists no valid connection count');
   const dir = mkdtempSync(join(tmpdir(), 'ftvm-bench-pair-'));
   const secretFile = join(dir, 'secret');
-  writeFileSync(secretFile, randomBytes(32), { mode: 0o600 });
+  authSecret = randomBytes(32);
+  writeFileSync(secretFile, authSecret, { mode: 0o600 });
   const t0 = performance.now();
   try {
     log(`starting an FT-off primary and an FT-on pair (kv guest); phases: warm-up ${WARMUP_MS} ms + ${MEASURE_MS} ms measured, ${REPS} rep(s), conns ${CONNS.join('/')}`);
@@ -441,14 +465,17 @@ async function main(): Promise<void> {
 
     for (let rep = 0; rep < REPS; rep++) {
       for (const conns of CONNS) {
-        const order: Array<'off' | 'on'> = rep % 2 === 0 ? ['off', 'on'] : ['on', 'off'];
+        const order: Setup[] = rep % 2 === 0 ? ['off', 'on', 'plain'] : ['plain', 'on', 'off'];
         for (const setup of order) {
           let r: PhaseResult;
-          const pids = setup === 'off' ? [servers.offPrimary.pid] : [servers.onPrimary.pid, servers.backup.pid];
+          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary.pid, servers.plainBackup.pid] : [servers.onPrimary.pid, servers.backup.pid];
           const cpu0 = pids.map(processCpuMs);
           const self0 = selfCpuMs();
           if (setup === 'off') {
             r = await runPhase('off', servers.offPort, conns, rep);
+          } else if (setup === 'plain') {
+            await quiesce(servers.plainCtl);
+            r = await runPhase('plain', servers.plainPort, conns, rep);
           } else {
             const before = await quiesce(servers.onCtl);
             const sampler = startLagSampler(servers.onCtl);
@@ -505,8 +532,9 @@ async function main(): Promise<void> {
     const summary: Record<string, unknown> = {};
     const rows: string[][] = [];
     const perConns: Record<string, unknown> = {};
+    const tlsRows: string[][] = [];
     for (const conns of CONNS) {
-      const agg = (setup: 'off' | 'on') => {
+      const agg = (setup: Setup) => {
         const rs = results.filter((r) => r.setup === setup && r.conns === conns);
         const lat = new Samples();
         for (const r of rs) lat.append(r.latency);
@@ -530,6 +558,14 @@ async function main(): Promise<void> {
       const pooledRatio = on.opsPerSec / off.opsPerSec;
       const perRepRatios = off.perRep.map((o, i) => round((on.perRep[i] ?? NaN) / o, 3));
       const ratio = median(perRepRatios);
+      const plain = agg('plain');
+      const tlsPerRep = plain.perRep.map((p, i) => round((on.perRep[i] ?? NaN) / p, 3));
+      summary[`tls_ratio_c${conns}`] = round(median(tlsPerRep), 3);
+      summary[`tls_ratio_pooled_c${conns}`] = round(on.opsPerSec / plain.opsPerSec, 3);
+      summary[`plain_ops_per_sec_c${conns}`] = round(plain.opsPerSec, 0);
+      summary[`plain_latency_p50_ms_c${conns}`] = round(plain.p50);
+      summary[`plain_latency_p99_ms_c${conns}`] = round(plain.p99);
+      tlsRows.push([`c${conns}`, plain.opsPerSec.toFixed(0), on.opsPerSec.toFixed(0), median(tlsPerRep).toFixed(3), (on.opsPerSec / plain.opsPerSec).toFixed(3), plain.p50.toFixed(3), on.p50.toFixed(3), plain.p99.toFixed(3), on.p99.toFixed(3)]);
       const lagS = sortedCopy(lagByConns.get(conns) ?? []);
       const lb = logBytesByConns.get(conns);
       summary[`ft_ratio_c${conns}`] = round(ratio, 3);
@@ -616,7 +652,7 @@ async function main(): Promise<void> {
     const phaseRows = results.map((r) => {
       const s = r.latency.sorted();
       const per = (ms: number): string => ((ms * 1000) / r.totalOps).toFixed(1);
-      return [String(r.rep + 1), r.setup, `c${r.conns}`, r.opsPerSec.toFixed(0), quantile(s, 0.5).toFixed(3), quantile(s, 0.99).toFixed(3), per(r.cpuMs.primary), r.setup === 'on' ? per(r.cpuMs.backup) : '-', per(r.cpuMs.bench)];
+      return [String(r.rep + 1), r.setup, `c${r.conns}`, r.opsPerSec.toFixed(0), quantile(s, 0.5).toFixed(3), quantile(s, 0.99).toFixed(3), per(r.cpuMs.primary), r.setup !== 'off' ? per(r.cpuMs.backup) : '-', per(r.cpuMs.bench)];
     });
     const pw = phaseHeader.map((h, i) => Math.max(h.length, ...phaseRows.map((r) => r[i]!.length)));
     console.log(phaseHeader.map((c, i) => c.padStart(pw[i]!)).join('  '));
@@ -632,6 +668,12 @@ async function main(): Promise<void> {
       `logging: ${summary.log_bytes_per_op} B/op, ${summary.log_entries_per_op} entries/op, ${summary.request_bytes_per_op} request B/op → ${summary.log_bytes_per_request_byte} log B per request B`,
     );
     console.log(`state hashes of primary and backup agree at instruction ${hash.n}`);
+    console.log('');
+    console.log("encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases");
+    const th = ['conns', 'plain ops/s', 'tls ops/s', 'tls÷plain (median)', 'pooled', 'plain p50', 'tls p50', 'plain p99', 'tls p99'];
+    const tw = th.map((h, i) => Math.max(h.length, ...tlsRows.map((r) => r[i]!.length)));
+    console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));
+    for (const r of tlsRows) console.log(r.map((c, i) => c.padStart(tw[i]!)).join('  '));
     console.log(JSON.stringify(summary));
   } finally {
     await stopStarted();

@@ -45,6 +45,7 @@ import { controlRequest } from '../src/service/control.js';
 import { CLI, guestFile, makeSecretFile, startPair, type Pair } from '../src/testing/pair.js';
 import { freePort, spawnNode, spawnProcess, stopAll, waitForPort, type ProcessHandle } from '../src/testing/processes.js';
 import { requireComponents } from '../src/testing/system-deps.js';
+import { readSecretFileSync } from '../src/security/secrets.js';
 import { progress, type Progress } from '../src/util/progress.js';
 import { failoverChart, latencyChart, throughputChart, type LatencyPoint, type ThroughputPoint } from './charts.js';
 
@@ -318,10 +319,10 @@ async function redisWaitSystem(dir: string): Promise<System> {
   };
 }
 
-async function ftvmOffSystem(): Promise<System & { control: string }> {
+async function ftvmOffSystem(secretFile: string): Promise<System & { control: string }> {
   const [port, ctl] = [await freePort(), await freePort()];
   const control = `${HOST}:${ctl}`;
-  const proc = spawnNode([CLI, 'run', guestFile('kv'), '--role', 'primary', '--service', `${HOST}:${port}`, '--control', control], { name: 'ftvm-off' });
+  const proc = spawnNode([CLI, 'run', guestFile('kv'), '--role', 'primary', '--service', `${HOST}:${port}`, '--control', control, '--secret-file', secretFile], { name: 'ftvm-off' });
   await proc.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' });
   await waitForPort(port, 10_000);
   return {
@@ -433,8 +434,9 @@ interface FtStatus {
   backupDiverged?: string | null;
 }
 
+let controlSecret: Uint8Array = new Uint8Array(0);
 async function ftStatus(ctl: string): Promise<FtStatus> {
-  return (await controlRequest(ctl, 'GET', '/status', 3000)) as FtStatus;
+  return (await controlRequest(ctl, controlSecret, 'GET', '/status', 3000)) as FtStatus;
 }
 
 /** Waits (bounded) until the FT-on primary holds no unacknowledged entries or outputs. */
@@ -532,6 +534,7 @@ async function main(): Promise<number> {
   mkdirSync(join(dir, 'p'));
   mkdirSync(join(dir, 'r'));
   const secretFile = makeSecretFile();
+  controlSecret = readSecretFileSync(secretFile);
   const systems: System[] = [];
   try {
     log(`starting ${SYSTEMS.join(', ')} (${o.quick ? 'quick: ' : ''}${o.rounds} round(s), conns ${o.conns.join('/')}, warm-up ${o.warmupMs} ms + ${o.measureMs} ms measured per phase)`);
@@ -539,7 +542,7 @@ async function main(): Promise<number> {
     systems.push(redis);
     const redisWait = await redisWaitSystem(dir);
     systems.push(redisWait);
-    const off = await ftvmOffSystem();
+    const off = await ftvmOffSystem(secretFile);
     systems.push(off);
     const on = await ftvmOnSystem(secretFile);
     systems.push(on);

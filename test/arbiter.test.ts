@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import { Etcd3 } from 'etcd3';
 import { pino, type Logger } from 'pino';
 import type { Arbiter, ArbiterRecord } from '../src/arbiter/arbiter.js';
-import { EmbeddedArbiterClient, EmbeddedArbiterServer, HEADER_MAC, MAX_BODY_BYTES, recordFileName, signRequest } from '../src/arbiter/embedded.js';
+import { EmbeddedArbiterClient, EmbeddedArbiterServer, HEADER_MAC, MAX_BODY_BYTES, arbiterClientTls, recordFileName, signRequest } from '../src/arbiter/embedded.js';
 import { EtcdArbiter } from '../src/arbiter/etcd.js';
 import { EtcdTestCluster } from '../src/arbiter/etcd-test-cluster.js';
 import { needs } from '../src/testing/system-deps.js';
@@ -326,7 +327,7 @@ describe('embedded arbiter', () => {
     assert.match(String(file.checksum), /^sha256:[0-9a-f]{64}$/);
   });
 
-  /** A raw HTTP request to the server, signed unless told otherwise. */
+  /** A raw HTTP request to the server (over TLS-PSK with the right secret), signed unless told otherwise. */
   function raw(o: { path?: string; method?: string; body?: string | Buffer; sign?: 'ok' | 'none' | 'wrong'; now?: number; headers?: Record<string, string> }) {
     const path = o.path ?? '/v1/read';
     const method = o.method ?? 'POST';
@@ -337,7 +338,7 @@ describe('embedded arbiter', () => {
       headers,
       send: (): Promise<{ status: number; json: { error?: { code: string; message: string } } & Record<string, unknown>; mac: string | undefined }> =>
         new Promise((resolve, reject) => {
-          const req = http.request({ host: '127.0.0.1', port, path, method, agent: false, headers: { ...headers, 'content-length': body.length } }, (res) => {
+          const req = https.request({ host: '127.0.0.1', port, path, method, agent: false, ...arbiterClientTls(() => secret), headers: { ...headers, 'content-length': body.length } }, (res) => {
             const chunks: Buffer[] = [];
             res.on('data', (ch: Buffer) => chunks.push(ch));
             res.on('end', () => {
@@ -450,6 +451,9 @@ describe('embedded arbiter', () => {
     const direct = backend.clients[1]!;
     const vm = freshVm('lostreply');
     await direct.init(vm, { epoch: 5, owner: 'p' }, { deadlineMs: 2000 });
+    // A kept-alive TLS connection through the proxy first: a request is sent only after a handshake,
+    // which a blackhole would stop.
+    await viaProxy.read(vm, { deadlineMs: 2000 });
     proxy.blackhole('down'); // requests reach the arbiter; its replies never come back
     const t0 = performance.now();
     await rejectsWithCode(viaProxy.claim(vm, 5, 'b', { deadlineMs: 500 }), 'FTVM_ERR_ARBITER_UNAVAILABLE');

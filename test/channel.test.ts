@@ -4,6 +4,8 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { test } from 'node:test';
 import { ChannelConnection } from '../src/channel/connection.js';
+import { ChannelDialer, ChannelListener } from '../src/channel/endpoints.js';
+import { Keyring } from '../src/security/secrets.js';
 import { FrameType, decodeFrameBody, encodeFrameBody, type Frame } from '../src/channel/frames.js';
 import { pino, type Logger } from 'pino';
 
@@ -109,4 +111,74 @@ test('a standby speaking an older protocol version (before re-replication) is re
     p.close('done');
     server.close();
   }
+});
+
+test('rotation: each side sends HELLO under its current secret and accepts the other\'s; both orders, and a dropped secret is refused', async () => {
+  const [oldS, newS] = [randomBytes(32), randomBytes(32)];
+  for (const [pk, bk] of [
+    [new Keyring(newS, [oldS]), new Keyring(oldS, [newS])],
+    [new Keyring(oldS, [newS]), new Keyring(newS, [oldS])],
+  ] as const) {
+    const [a, b, server] = await pairOfSockets();
+    const p = new ChannelConnection(a, { secret: pk, identity: id('primary'), log: capture().log });
+    const k = new ChannelConnection(b, { secret: bk, identity: id('backup'), log: capture().log });
+    await Promise.all([new Promise((r) => p.once('open', r)), new Promise((r) => k.once('open', r))]);
+    const got = new Promise<Frame>((r) => k.once('frame', r));
+    p.send({ type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 7, nextSeq: 0 });
+    assert.deepEqual(await got, { type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 7, nextSeq: 0 }, 'the session keys agree');
+    const ack = new Promise<Frame>((r) => p.once('frame', r));
+    k.send({ type: FrameType.ACK, epoch: 1, ackSeq: 0, replayedInstructionNumber: 0 });
+    assert.equal((await ack).type, FrameType.ACK);
+    p.close('done');
+    server.close();
+  }
+  // The old secret dropped on the backup: a primary still on it is refused.
+  const [a, b, server] = await pairOfSockets();
+  const bl = capture();
+  new ChannelConnection(a, { secret: new Keyring(oldS), identity: id('primary'), log: capture().log });
+  const k = new ChannelConnection(b, { secret: new Keyring(newS), identity: id('backup'), log: bl.log });
+  assert.equal(await new Promise<string>((r) => k.once('close', r)), 'authentication failed');
+  server.close();
+});
+
+test('TLS-PSK endpoints: a dialer with an accepted secret connects; one with an unknown secret fails the handshake and the listener logs it', async () => {
+  const [s1, s2, wrongS] = [randomBytes(32), randomBytes(32), randomBytes(32)];
+  const ll = capture();
+  const listener = new ChannelListener('127.0.0.1', 0, { secret: new Keyring(s1, [s2]), identity: id('backup'), log: ll.log, security: 'tls-psk' });
+  await listener.start();
+  const port = listener.address!.port;
+  for (const s of [s1, s2]) {
+    const dialer = new ChannelDialer('127.0.0.1', port, { secret: s, identity: id('primary'), log: capture().log, security: 'tls-psk' });
+    const opened = new Promise<ChannelConnection>((r) => dialer.once('connection', r));
+    const accepted = new Promise<ChannelConnection>((r) => listener.once('connection', r));
+    dialer.start();
+    const [c, srv] = await Promise.all([opened, accepted]);
+    const got = new Promise<Frame>((r) => srv.once('frame', r));
+    c.send({ type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 1, nextSeq: 0 });
+    assert.equal((await got).type, FrameType.HEARTBEAT);
+    dialer.close();
+  }
+  const before = ll.lines.length;
+  const bad = new ChannelDialer('127.0.0.1', port, { secret: wrongS, identity: id('primary'), log: capture().log, security: 'tls-psk', retryMinMs: 5000 });
+  bad.start();
+  const until = Date.now() + 5000;
+  while (!ll.lines.slice(before).some((l) => /TLS handshake failed/.test(l.msg)) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(ll.lines.slice(before).some((l) => /refused peer: TLS handshake failed/.test(l.msg)));
+  bad.close();
+  await listener.close();
+});
+
+test('an out-of-bounds frame length drops the connection before anything is buffered (plain transport; over TLS only a key holder gets this far)', async () => {
+  const [a, b, server] = await pairOfSockets();
+  const bl = capture();
+  const k = new ChannelConnection(b, { secret: randomBytes(32), identity: id('backup'), log: bl.log });
+  const closed = new Promise<string>((r) => k.once('close', r));
+  const huge = Buffer.alloc(8);
+  huge.writeUInt32LE(0xfffffff0, 0);
+  a.on('error', () => undefined);
+  a.write(huge);
+  assert.match(await closed, /out of bounds/);
+  assert.ok(bl.lines.some((l) => /frame size out of bounds/.test(l.msg)));
+  a.destroy();
+  server.close();
 });

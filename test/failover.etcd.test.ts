@@ -19,9 +19,9 @@ after(async () => {
   await stopAll();
 });
 
-async function statusOr(addr: string): Promise<Record<string, unknown> | null> {
+async function statusOr(auth: Uint8Array, addr: string): Promise<Record<string, unknown> | null> {
   try {
-    return (await controlRequest(addr, 'GET', '/status', 1000)) as Record<string, unknown>;
+    return (await controlRequest(addr, auth, 'GET', '/status', 1000)) as Record<string, unknown>;
   } catch {
     return null;
   }
@@ -47,7 +47,7 @@ async function killPrimaryUnderLoad(members: number, killEtcdMember: boolean): P
       await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['SET', `k${i}`, `v${i}`], { deadlineMs: 30_000 });
       acked.set(`k${i}`, `v${i}`);
     }
-    const s = await statusOr(pair.backupControl);
+    const s = await statusOr(pair.auth, pair.backupControl);
     assert.equal(s?.role, 'primary', 'the backup went live');
     assert.equal(s?.epoch, 2);
     const c = await RespClient.connect({ port: pair.backupServicePort });
@@ -81,8 +81,8 @@ test('etcd: channel cut while both reach the arbiter: exactly one replica stays 
       const until = Date.now() + 20_000;
       let live: string[] = [];
       for (;;) {
-        const p = pair.primary.exitStatus === null ? await statusOr(pair.primaryControl) : null;
-        const b = pair.backup.exitStatus === null ? await statusOr(pair.backupControl) : null;
+        const p = pair.primary.exitStatus === null ? await statusOr(pair.auth, pair.primaryControl) : null;
+        const b = pair.backup.exitStatus === null ? await statusOr(pair.auth, pair.backupControl) : null;
         live = [];
         if (p?.role === 'primary' && p.alone === true) live.push('primary');
         if (b?.role === 'primary') live.push('backup');
@@ -109,7 +109,7 @@ test('etcd: kill -9 of the backup: the primary wins and continues alone', needs(
     assert.equal(await c.call('SET', 'before', '1'), 'OK');
     pair.backup.kill('SIGKILL');
     assert.equal(await c.call('SET', 'after', '2'), 'OK');
-    const s = await statusOr(pair.primaryControl);
+    const s = await statusOr(pair.auth, pair.primaryControl);
     assert.equal(s?.alone, true);
     assert.equal(s?.epoch, 2);
     c.close();
@@ -132,7 +132,7 @@ test('etcd: SIGSTOP the primary past the timeout, the backup goes live, SIGCONT:
       () => false,
     );
     const until = Date.now() + 20_000;
-    while ((await statusOr(pair.backupControl))?.role !== 'primary') {
+    while ((await statusOr(pair.auth, pair.backupControl))?.role !== 'primary') {
       if (Date.now() > until) assert.fail('the backup did not go live');
       await sleep(25);
     }
@@ -165,12 +165,12 @@ test('etcd: channel cut and etcd unreachable: neither goes live, nothing release
     );
     await sleep(1500);
     assert.equal(replied, false, 'no output without the arbiter');
-    assert.notEqual((await statusOr(pair.backupControl))?.role, 'primary');
+    assert.notEqual((await statusOr(pair.auth, pair.backupControl))?.role, 'primary');
     process.kill(pid, 'SIGCONT');
     const until = Date.now() + 20_000;
     for (;;) {
-      const p = pair.primary.exitStatus === null ? await statusOr(pair.primaryControl) : null;
-      const b = pair.backup.exitStatus === null ? await statusOr(pair.backupControl) : null;
+      const p = pair.primary.exitStatus === null ? await statusOr(pair.auth, pair.primaryControl) : null;
+      const b = pair.backup.exitStatus === null ? await statusOr(pair.auth, pair.backupControl) : null;
       const live = (p?.role === 'primary' && p.alone === true ? 1 : 0) + (b?.role === 'primary' ? 1 : 0);
       if (live === 1 && (pair.primary.exitStatus !== null || pair.backup.exitStatus !== null)) {
         const r = await pending;

@@ -13,9 +13,9 @@ import { stopAll } from '../src/testing/processes.js';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 after(() => stopAll());
 
-async function statusOr(addr: string): Promise<Record<string, unknown> | null> {
+async function statusOr(auth: Uint8Array, addr: string): Promise<Record<string, unknown> | null> {
   try {
-    return (await controlRequest(addr, 'GET', '/status', 1000)) as Record<string, unknown>;
+    return (await controlRequest(addr, auth, 'GET', '/status', 1000)) as Record<string, unknown>;
   } catch {
     return null;
   }
@@ -46,7 +46,7 @@ test('kill -9 of the primary under load: the backup goes live; every acknowledge
     await waitFor('some acknowledged writes', async () => acked.size >= 200);
     pair.primary.kill('SIGKILL');
     killedAt = acked.size;
-    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
     await waitFor('writes after the failover', async () => acked.size >= killedAt + 200);
     stop = true;
     await Promise.all(writers);
@@ -55,7 +55,7 @@ test('kill -9 of the primary under load: the backup goes live; every acknowledge
     for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
     c.close();
     assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
-    const s = await statusOr(pair.backupControl);
+    const s = await statusOr(pair.auth, pair.backupControl);
     assert.equal(s?.epoch, 2);
   } finally {
     await pair.stop();
@@ -80,8 +80,8 @@ test('kill -9 of the backup: the primary wins the claim and continues alone', as
 });
 
 async function oneLive(pair: FtPair): Promise<{ live: string[]; halted: string[] }> {
-  const p = await statusOr(pair.primaryControl);
-  const b = await statusOr(pair.backupControl);
+  const p = await statusOr(pair.auth, pair.primaryControl);
+  const b = await statusOr(pair.auth, pair.backupControl);
   const pExited = pair.primary.exitStatus !== null;
   const bExited = pair.backup.exitStatus !== null;
   const live: string[] = [];
@@ -104,7 +104,12 @@ test('channel cut while both reach the arbiter: exactly one replica is live and 
       await sleep(Math.floor(Math.random() * 200));
       if (run % 2 === 0) pair.proxy!.cut();
       else pair.proxy!.blackhole('both');
-      await waitFor('one replica to halt', async () => (await oneLive(pair)).halted.length >= 1, 20_000);
+      // Until both decided (the primary counts as halted while it has not won yet): one live, one halted,
+      // or two live (a failure, caught below).
+      await waitFor('one replica live and the other halted', async () => {
+        const r = await oneLive(pair);
+        return r.live.length > 1 || (r.live.length === 1 && r.halted.length === 1);
+      }, 20_000);
       await sleep(300);
       const r = await oneLive(pair);
       assert.equal(r.live.length, 1, `run ${run}: live ${JSON.stringify(r)}`);
@@ -126,7 +131,7 @@ test('SIGSTOP the primary past the timeout, the backup goes live, SIGCONT: the o
       (v) => ({ ok: true, v }),
       (e: Error) => ({ ok: false, v: e.message }),
     );
-    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
     pair.primary.kill('SIGCONT');
     const exit = await pair.primary.exited;
     assert.equal(exit.code, 4, 'the old primary halted');
@@ -158,8 +163,8 @@ test('channel cut and arbiter unreachable: neither goes live, nothing is release
     );
     await sleep(1500);
     assert.equal(replied, false, 'no output may be released without the arbiter');
-    const ps = await statusOr(pair.primaryControl);
-    const bs = await statusOr(pair.backupControl);
+    const ps = await statusOr(pair.auth, pair.primaryControl);
+    const bs = await statusOr(pair.auth, pair.backupControl);
     assert.notEqual(bs?.role, 'primary', 'the backup did not go live');
     assert.equal(ps?.alone, false, 'the primary did not continue alone');
     pair.arbiter.proc.kill('SIGCONT');
@@ -180,10 +185,10 @@ test('planned switchover: the backup takes over at the primary\'s last idle poin
     const c = await RespClient.connect({ port: pair.servicePort });
     for (let i = 0; i < 200; i++) assert.equal(await c.call('SET', `s${i}`, `v${i}`), 'OK');
     c.close();
-    const r = (await controlRequest(pair.primaryControl, 'POST', '/switchover', 30_000)) as { switchedOver: boolean };
+    const r = (await controlRequest(pair.primaryControl, pair.auth, 'POST', '/switchover', 30_000)) as { switchedOver: boolean };
     assert.equal(r.switchedOver, true);
     assert.equal((await pair.primary.exited).code, 0, 'the old primary stepped down cleanly');
-    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
     const n = await RespClient.connect({ port: pair.backupServicePort });
     for (let i = 0; i < 200; i++) assert.equal(String(await n.call('GET', `s${i}`)), `v${i}`);
     assert.equal(await n.call('DBSIZE'), 200);
@@ -193,7 +198,7 @@ test('planned switchover: the backup takes over at the primary\'s last idle poin
   }
   const pair2 = await startFtPair({ guest: 'kv' });
   try {
-    await controlRequest(pair2.primaryControl, 'POST', '/stop');
+    await controlRequest(pair2.primaryControl, pair2.auth, 'POST', '/stop');
     assert.equal((await pair2.primary.exited).code, 0);
     const b = await pair2.backup.exited;
     assert.equal(b.code, 4, 'the backup halted instead of going live');

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, test } from 'node:test';
 import parsePrometheus, { type ParsedFamily } from 'parse-prometheus-text-format';
-import { controlRequest } from '../src/service/control.js';
+import { controlRequest, metricsScrapeToken } from '../src/service/control.js';
 import { startLoad } from '../src/testing/load.js';
 import { Pool } from '../src/testing/pool.js';
 import { stopAll } from '../src/testing/processes.js';
@@ -17,8 +17,16 @@ after(() => stopAll());
 
 type Families = Map<string, ParsedFamily>;
 
+/** GET /metrics as a scraper (Prometheus, curl) does it: plain HTTP with the read-only bearer token. */
+async function scrapeText(control: string, token: string): Promise<{ status: number; text: string }> {
+  const res = await fetch(`http://${control}/metrics`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
+  return { status: res.status, text: await res.text() };
+}
+
+let scrapeToken = '';
 async function scrape(control: string): Promise<Families> {
-  const text = (await controlRequest(control, 'GET', '/metrics', 5000, 'text')) as string;
+  const { status, text } = await scrapeText(control, scrapeToken);
+  assert.equal(status, 200, text);
   const families = parsePrometheus(text);
   return new Map(families.map((f) => [f.name, f]));
 }
@@ -57,10 +65,15 @@ function get(control: string, path: string): Promise<{ status: number; type: str
 test('GET /metrics is Prometheus text format, and the metrics move under load', { timeout: 180_000 }, async () => {
   // Arbiter calls and failure detection with room for a busy machine (2 cores shared by many tests).
   const pool = await Pool.start({ slots: 2, nodeArgs: ['--arbiter-deadline-ms', '3000', '--fail-timeout-ms', '600'] });
+  scrapeToken = metricsScrapeToken(pool.auth);
   try {
     const { primary, backup, epoch } = await pool.waitProtected();
     const pc = pool.control(primary);
     const bc = pool.control(backup);
+    // A wrong scrape token opens nothing; the right one opens /metrics and nothing else.
+    assert.equal((await scrapeText(pc, 'f'.repeat(64))).status, 401);
+    const other = await fetch(`http://${pc}/status`, { headers: { authorization: `Bearer ${scrapeToken}` }, signal: AbortSignal.timeout(5000) });
+    assert.equal(other.status, 401);
 
     const raw = await get(pc, '/metrics');
     assert.equal(raw.status, 200);
@@ -125,7 +138,7 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
     assert.ok(util >= 0 && util <= 1, `vCPU utilisation is a ratio (${util})`);
 
     // The timeline of the primary shows the re-replication that made the pair.
-    const tl = (await controlRequest(pc, 'GET', '/timeline')) as { vm: string; events: Array<{ kind: string; atMs: number }> };
+    const tl = (await controlRequest(pc, pool.auth, 'GET', '/timeline')) as { vm: string; events: Array<{ kind: string; atMs: number }> };
     assert.equal(tl.vm, pool.opts.vm);
     // (On a busy machine a first attempt may have failed: the successful one ends the timeline.)
     assert.deepEqual(

@@ -27,8 +27,12 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type tls from 'node:tls';
+import { Keyring, pskIdentity, tlsPsk } from '../security/secrets.js';
 import { join, resolve } from 'node:path';
+import { MAX_CLOCK_SKEW_MS, NonceWindow } from '../security/nonces.js';
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
 import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from './arbiter.js';
@@ -51,7 +55,7 @@ import {
 } from './record.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
-export const MAX_CLOCK_SKEW_MS = 30_000;
+export { MAX_CLOCK_SKEW_MS };
 export const MIN_SECRET_BYTES = 16;
 export const HEADER_TS = 'x-ftvm-ts';
 export const HEADER_NONCE = 'x-ftvm-nonce';
@@ -102,53 +106,37 @@ function macEqual(hexA: string, hexB: string): boolean {
   return a.length === b.length && a.length === 32 && timingSafeEqual(a, b);
 }
 
-function checkSecret(secret: unknown, who: string): Uint8Array {
+function checkSecret(secret: unknown, who: string): Keyring {
+  if (secret instanceof Keyring) return secret;
   if (!(secret instanceof Uint8Array) || secret.length < MIN_SECRET_BYTES) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${who}: the shared secret must be at least ${MIN_SECRET_BYTES} bytes`);
   }
-  return secret;
+  return new Keyring(secret);
 }
 
 /**
- * Nonces seen within the clock-skew window. Bounded: when full, the oldest entries are evicted and the
- * window's floor rises past their timestamps, so a request at or before the floor is refused as stale
- * (an evicted nonce can never be replayed).
+ * The arbiter's transport: TLS 1.3 keyed by the PSK derived from the secret (as the logging channel,
+ * src/channel/transport.ts), unless `insecure` (plain HTTP, for benchmarks: `--insecure-channel`).
+ * The request and reply MACs run inside either way.
  */
-export class NonceWindow {
-  private readonly seen = new Map<string, number>();
-  private floorTs = -Infinity;
-  private inserts = 0;
-  constructor(
-    private readonly maxEntries = 100_000,
-    private readonly skewMs = MAX_CLOCK_SKEW_MS,
-  ) {}
-  /** undefined if accepted (and recorded); otherwise the reason for refusal. */
-  check(nonce: string, ts: number, now: number): string | undefined {
-    if (Math.abs(now - ts) > this.skewMs) return `timestamp ${ts} is ${Math.round((now - ts) / 1000)} s away from the server's clock (max ${this.skewMs / 1000} s)`;
-    if (ts <= this.floorTs) return 'timestamp older than the replay window (the nonce window overflowed)';
-    if (this.seen.has(nonce)) return 'replayed nonce';
-    if (this.seen.size >= this.maxEntries) {
-      for (const [n, t] of this.seen) {
-        if (this.seen.size < this.maxEntries && t >= now - this.skewMs) break;
-        this.seen.delete(n);
-        if (t >= now - this.skewMs) this.floorTs = Math.max(this.floorTs, t);
-      }
-      if (ts <= this.floorTs) return 'timestamp older than the replay window (the nonce window overflowed)';
-    }
-    this.seen.set(nonce, ts);
-    if (++this.inserts % 1024 === 0) {
-      // Drop expired nonces from the front (their timestamps are refused as stale anyway).
-      for (const [n, t] of this.seen) {
-        if (t >= now - this.skewMs) break;
-        this.seen.delete(n);
-      }
-    }
-    return undefined;
-  }
-  get size(): number {
-    return this.seen.size;
-  }
+export function arbiterClientTls(secretOf: () => Uint8Array): tls.ConnectionOptions {
+  return {
+    minVersion: 'TLSv1.3',
+    maxVersion: 'TLSv1.3',
+    pskCallback: () => {
+      const s = secretOf();
+      return { psk: tlsPsk(s), identity: pskIdentity(s) };
+    },
+    checkServerIdentity: () => undefined,
+  };
 }
+
+/** A TLS failure that means the peer does not hold our secret (or is no ftvm arbiter): not worth a retry. */
+function isTlsRefusal(err: NodeJS.ErrnoException): boolean {
+  return err.code === 'EPROTO' || (typeof err.code === 'string' && err.code.startsWith('ERR_SSL_'));
+}
+
+export { NonceWindow };
 
 // ---------------------------------------------------------------------------------------------------
 // Durable records
@@ -253,7 +241,9 @@ export interface EmbeddedArbiterServerOptions {
   host: string;
   /** 0 picks a free port. */
   port: number;
-  secret: Uint8Array;
+  secret: Uint8Array | Keyring;
+  /** Plain HTTP instead of TLS-PSK (benchmarks only: `--insecure-channel`). */
+  insecure?: boolean;
   log?: Logger;
 }
 
@@ -386,7 +376,7 @@ export class EmbeddedArbiterServer {
   private constructor(
     private readonly server: http.Server,
     private readonly dataDir: string,
-    private readonly secret: Uint8Array,
+    private readonly keyring: Keyring,
     private readonly log: Logger,
   ) {}
 
@@ -402,7 +392,24 @@ export class EmbeddedArbiterServer {
     const dataDir = resolve(opts.dataDir);
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     await lockDataDir(dataDir);
-    const server = http.createServer({ requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 });
+    const httpOpts = { requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 };
+    const server: http.Server = opts.insecure
+      ? http.createServer(httpOpts)
+      : https.createServer({
+          ...httpOpts,
+          minVersion: 'TLSv1.3',
+          maxVersion: 'TLSv1.3',
+          handshakeTimeout: 5_000,
+          pskCallback: (_socket: tls.TLSSocket, identity: string) => {
+            const s = secret.byPskIdentity(identity);
+            return s ? tlsPsk(s) : null;
+          },
+        });
+    if (!opts.insecure) {
+      server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+        log.warn({ remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, code: err.code, err: err.message }, 'arbiter: refused a connection: TLS handshake failed (wrong secret, or a plain-HTTP client: --insecure-channel must match)');
+      });
+    }
     const self = new EmbeddedArbiterServer(server, dataDir, secret, log);
     try {
       await self.load();
@@ -613,12 +620,14 @@ export class EmbeddedArbiterServer {
     const nonceHeader = req.headers[HEADER_NONCE];
     const nonce = typeof nonceHeader === 'string' && NONCE_PATTERN.test(nonceHeader) ? nonceHeader : '';
     const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
+    // Replies are MAC'd with the secret the request was signed with (during a rotation, either).
+    let replySecret = this.keyring.current;
     const reply = (status: number, body: unknown, close = false): void => {
       const bytes = Buffer.from(JSON.stringify(body));
       const headers: http.OutgoingHttpHeaders = {
         'content-type': 'application/json',
         'content-length': bytes.length,
-        [HEADER_MAC]: responseMac(this.secret, nonce, status, bytes),
+        [HEADER_MAC]: responseMac(replySecret, nonce, status, bytes),
       };
       if (close || this.closed) headers.connection = 'close';
       res.writeHead(status, headers).end(bytes);
@@ -651,9 +660,9 @@ export class EmbeddedArbiterServer {
       if (typeof ts !== 'string' || !TS_PATTERN.test(ts) || !nonce || typeof mac !== 'string' || !MAC_PATTERN.test(mac)) {
         throw new HttpRefusal(401, 'FTVM_ERR_ARBITER_AUTH', 'missing or malformed authentication headers');
       }
-      if (!macEqual(mac, requestMac(this.secret, method, path, ts, nonce, body))) {
-        throw new HttpRefusal(401, 'FTVM_ERR_ARBITER_AUTH', 'bad MAC (wrong secret?)');
-      }
+      const signer = this.keyring.accepted.find((s) => macEqual(mac, requestMac(s, method, path, ts, nonce, body)));
+      if (!signer) throw new HttpRefusal(401, 'FTVM_ERR_ARBITER_AUTH', 'bad MAC (wrong secret?)');
+      replySecret = signer;
       const freshness = this.nonces.check(nonce, Number(ts), Date.now());
       if (freshness) throw new HttpRefusal(401, 'FTVM_ERR_ARBITER_AUTH', freshness);
       const m = /^\/v1\/([a-z]+)$/.exec(path);
@@ -753,20 +762,24 @@ async function unlockDataDir(dir: string): Promise<void> {
 export interface EmbeddedArbiterClientOptions {
   host: string;
   port: number;
-  secret: Uint8Array;
+  secret: Uint8Array | Keyring;
+  /** Plain HTTP instead of TLS-PSK (must match the server's). */
+  insecure?: boolean;
   log?: Logger;
 }
 
 type Attempt = { kind: 'ok'; body: Record<string, unknown> } | { kind: 'retry'; error: unknown; uncertain: boolean };
 
 export class EmbeddedArbiterClient implements Arbiter {
-  private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
-  private readonly secret: Uint8Array;
+  private readonly agent: http.Agent;
+  private readonly keyring: Keyring;
   private readonly log: Logger;
   private closed = false;
 
   constructor(private readonly opts: EmbeddedArbiterClientOptions) {
-    this.secret = checkSecret(opts.secret, 'arbiter client');
+    this.keyring = checkSecret(opts.secret, 'arbiter client');
+    const keyring = this.keyring;
+    this.agent = opts.insecure ? new http.Agent({ keepAlive: true, maxSockets: 32 }) : new https.Agent({ keepAlive: true, maxSockets: 32, ...arbiterClientTls(() => keyring.current) });
     if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter client: bad port ${opts.port}`);
     this.log = opts.log ?? logger('arbiter-client', { arbiter: `${opts.host}:${opts.port}` });
   }
@@ -893,10 +906,11 @@ export class EmbeddedArbiterClient implements Arbiter {
 
   private attempt(op: Op, body: Buffer, deadline: Deadline): Promise<Attempt> {
     const path = `/v1/${op}`;
-    const headers = signRequest(this.secret, 'POST', path, body);
+    const secret = this.keyring.current;
+    const headers = signRequest(secret, 'POST', path, body);
     const nonce = headers[HEADER_NONCE] ?? '';
     return new Promise<Attempt>((resolveAttempt, rejectAttempt) => {
-      const req = http.request(
+      const req = (this.opts.insecure ? http : https).request(
         {
           host: this.opts.host,
           port: this.opts.port,
@@ -910,7 +924,7 @@ export class EmbeddedArbiterClient implements Arbiter {
           readBody(res, MAX_BODY_BYTES).then(
             (raw) => {
               try {
-                resolveAttempt(this.interpret(op, nonce, res, raw));
+                resolveAttempt(this.interpret(op, secret, nonce, res, raw));
               } catch (err) {
                 rejectAttempt(err);
               }
@@ -920,6 +934,11 @@ export class EmbeddedArbiterClient implements Arbiter {
         },
       );
       req.on('error', (err: NodeJS.ErrnoException) => {
+        if (isTlsRefusal(err)) {
+          // The TLS-PSK handshake failed: no request went out. Retrying would not change the secret.
+          rejectAttempt(new FtvmError('FTVM_ERR_ARBITER_AUTH', `arbiter at ${this.opts.host}:${this.opts.port} refused our TLS handshake (${err.message.split('\n')[0]}): wrong secret, or --insecure-channel differs`));
+          return;
+        }
         // A refused connection never reached the server; any other failure may follow a commit.
         resolveAttempt({ kind: 'retry', error: err, uncertain: err.code !== 'ECONNREFUSED' });
       });
@@ -927,11 +946,11 @@ export class EmbeddedArbiterClient implements Arbiter {
     });
   }
 
-  private interpret(op: Op, nonce: string, res: http.IncomingMessage, raw: Buffer | undefined): Attempt {
+  private interpret(op: Op, secret: Uint8Array, nonce: string, res: http.IncomingMessage, raw: Buffer | undefined): Attempt {
     const status = res.statusCode ?? 0;
     if (raw === undefined) throw new FtvmError('FTVM_ERR_ARBITER_CORRUPT', `arbiter: ${op} reply exceeds ${MAX_BODY_BYTES} bytes`);
     const mac = res.headers[HEADER_MAC];
-    const authentic = typeof mac === 'string' && MAC_PATTERN.test(mac) && macEqual(mac, responseMac(this.secret, nonce, status, raw));
+    const authentic = typeof mac === 'string' && MAC_PATTERN.test(mac) && macEqual(mac, responseMac(secret, nonce, status, raw));
     if (!authentic) {
       throw new FtvmError(
         'FTVM_ERR_ARBITER_AUTH',

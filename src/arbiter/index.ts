@@ -7,6 +7,7 @@
  *
  * Hosts are names, IPv4 addresses or bracketed IPv6 addresses ([::1]:2379); the port is required.
  */
+import type { Keyring } from '../security/secrets.js';
 import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { Arbiter } from './arbiter.js';
@@ -99,8 +100,8 @@ export function parseArbiterUrl(url: string): ArbiterSpec {
  * Opens the arbiter a URL names. `secret` authenticates the embedded arbiter (≥ 16 bytes; the pair's
  * shared secret); etcd ignores it.
  */
-export function openArbiter(url: string, secret: Uint8Array, opts: { log?: Logger } = {}): Arbiter {
+export function openArbiter(url: string, secret: Uint8Array | Keyring, opts: { log?: Logger; insecure?: boolean } = {}): Arbiter {
   const spec = parseArbiterUrl(url);
   if (spec.kind === 'etcd') return new EtcdArbiter({ endpoints: spec.endpoints, ...(opts.log ? { log: opts.log } : {}) });
-  return new EmbeddedArbiterClient({ host: spec.host, port: spec.port, secret, ...(opts.log ? { log: opts.log } : {}) });
+  return new EmbeddedArbiterClient({ host: spec.host, port: spec.port, secret, ...(opts.insecure ? { insecure: true } : {}), ...(opts.log ? { log: opts.log } : {}) });
 }

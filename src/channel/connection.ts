@@ -13,6 +13,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { ByteWriter } from '../log/codec.js';
+import { Keyring } from '../security/secrets.js';
 import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, type Frame, type HelloFrame, type Role } from './frames.js';
@@ -33,7 +34,11 @@ export interface LocalIdentity {
 }
 
 export interface ConnectionOptions {
-  secret: Uint8Array;
+  /**
+   * The shared secret, or a keyring: HELLO is sent under its current secret, and a peer's HELLO is
+   * accepted under any secret it accepts (a rotation window).
+   */
+  secret: Uint8Array | Keyring;
   identity: LocalIdentity;
   log: Logger;
   maxFrameBytes?: number;
@@ -41,6 +46,10 @@ export interface ConnectionOptions {
   sendBufferMaxBytes?: number;
   /** Extra checks of the peer's HELLO; return a refusal reason, or undefined to accept. */
   checkHello?: (hello: HelloFrame) => { code: string; reason: string } | undefined;
+}
+
+function helloKeyOf(secret: Uint8Array): Buffer {
+  return createHmac('sha256', secret).update('ftvm-hello-v1').digest();
 }
 
 function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array): Buffer {
@@ -58,6 +67,7 @@ function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array): B
  * 'drain'.
  */
 export class ChannelConnection extends EventEmitter {
+  private readonly keys: Keyring;
   private readonly helloKey: Buffer;
   private sessionKey: Buffer | undefined;
   private readonly nonce = randomBytes(16);
@@ -80,7 +90,8 @@ export class ChannelConnection extends EventEmitter {
     super();
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
-    this.helloKey = createHmac('sha256', opts.secret).update('ftvm-hello-v1').digest();
+    this.keys = Keyring.of(opts.secret);
+    this.helloKey = helloKeyOf(this.keys.current);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.close(`socket error: ${err.message}`));
@@ -146,7 +157,7 @@ export class ChannelConnection extends EventEmitter {
         // closing anyway
       }
     }
-    this.close(`refused: ${reason}`);
+    this.close(`refused: ${reason}`, true);
   }
 
   private onData(chunk: Buffer): void {
@@ -170,8 +181,9 @@ export class ChannelConnection extends EventEmitter {
   private onFrameBytes(body: Buffer, tag: Buffer): void {
     const peerDir = this.opts.identity.role === 'primary' ? 2 : 1;
     if (this.sessionKey === undefined) {
-      // The first frame must be the peer's HELLO under the hello key.
-      if (!timingSafeEqual(mac(this.helloKey, peerDir, 0n, body), tag)) {
+      // The first frame must be the peer's HELLO under the hello key of a secret we accept.
+      const peerSecret = this.keys.accepted.find((s) => timingSafeEqual(mac(helloKeyOf(s), peerDir, 0n, body), tag));
+      if (peerSecret === undefined) {
         this.opts.log.warn({ peer: this.remote }, 'channel: refused peer: HELLO authentication failed (wrong secret?)');
         this.close('authentication failed');
         return;
@@ -189,9 +201,12 @@ export class ChannelConnection extends EventEmitter {
         this.close('no HELLO');
         return;
       }
-      // The peer knows the secret: derive the session key, so that even a refusal reaches it authenticated.
-      const [p, b] = this.opts.identity.role === 'primary' ? [this.nonce, hello.nonce] : [hello.nonce, this.nonce];
-      this.sessionKey = createHmac('sha256', this.opts.secret).update('ftvm-session-v1').update(p).update(b).digest();
+      // The peer knows a secret: derive the session key, so that even a refusal reaches it authenticated.
+      // It comes from the secret of the primary's HELLO, which both ends know (they may differ during a
+      // rotation: each signs with its current secret, and accepts the other's).
+      const primary = this.opts.identity.role === 'primary';
+      const [p, b] = primary ? [this.nonce, hello.nonce] : [hello.nonce, this.nonce];
+      this.sessionKey = createHmac('sha256', primary ? this.keys.current : peerSecret).update('ftvm-session-v1').update(p).update(b).digest();
       const problem = this.checkHello(hello);
       if (problem) {
         this.refuse(problem.code, problem.reason);
@@ -246,10 +261,20 @@ export class ChannelConnection extends EventEmitter {
     return this.opts.checkHello?.(h);
   }
 
-  close(reason: string): void {
+  /**
+   * Closes the connection. `flush`: end it gracefully so that what was just written (a REFUSE) reaches
+   * the peer — over TLS, a destroy would drop records still being encrypted — and destroy it after a
+   * second at the latest.
+   */
+  close(reason: string, flush = false): void {
     if (this.closed) return;
     this.closed = true;
-    this.socket.destroy();
+    if (flush) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    } else {
+      this.socket.destroy();
+    }
     this.emit('close', reason);
   }
 }

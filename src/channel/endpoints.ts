@@ -1,12 +1,19 @@
 /**
  * Channel endpoints: the backup listens, the primary dials (and redials with backoff). Each yields one
- * authenticated ChannelConnection at a time.
+ * authenticated ChannelConnection at a time, over TLS-PSK or plain TCP (transport.ts).
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { Logger } from '../util/log.js';
+import { Keyring } from '../security/secrets.js';
 import { ChannelConnection, type ConnectionOptions } from './connection.js';
 import type { HelloFrame } from './frames.js';
+import { DEFAULT_CHANNEL_SECURITY, connectChannel, createChannelServer, type ChannelSecurity } from './transport.js';
+
+export interface EndpointOptions extends ConnectionOptions {
+  /** Default: TLS-PSK. */
+  security?: ChannelSecurity;
+}
 
 /** Events: 'connection' (ChannelConnection, after its handshake opened). */
 export class ChannelListener extends EventEmitter {
@@ -16,7 +23,7 @@ export class ChannelListener extends EventEmitter {
   constructor(
     private readonly host: string,
     private readonly port: number,
-    private readonly opts: ConnectionOptions,
+    private readonly opts: EndpointOptions,
     private readonly replaceCurrent = true,
   ) {
     super();
@@ -28,7 +35,7 @@ export class ChannelListener extends EventEmitter {
   }
 
   async start(): Promise<void> {
-    const server = net.createServer((s) => this.accept(s));
+    const server = createChannelServer(this.opts.security ?? DEFAULT_CHANNEL_SECURITY, Keyring.of(this.opts.secret), this.opts.log, (s, keys) => this.accept(s, keys));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -39,8 +46,8 @@ export class ChannelListener extends EventEmitter {
     });
   }
 
-  private accept(s: net.Socket): void {
-    const c = new ChannelConnection(s, this.opts);
+  private accept(s: net.Socket, keys: Keyring): void {
+    const c = new ChannelConnection(s, { ...this.opts, secret: keys });
     c.once('open', (hello: HelloFrame) => {
       // One primary at a time: an authenticated newcomer (a restarted primary) replaces the old link
       // (unless the owner decides, as a standby receiving a clone does).
@@ -70,7 +77,7 @@ export class ChannelDialer extends EventEmitter {
   constructor(
     private readonly host: string,
     private readonly port: number,
-    private readonly opts: ConnectionOptions & { log: Logger; retryMinMs?: number; retryMaxMs?: number },
+    private readonly opts: EndpointOptions & { log: Logger; retryMinMs?: number; retryMaxMs?: number },
   ) {
     super();
     this.backoffMs = opts.retryMinMs ?? 20;
@@ -82,8 +89,8 @@ export class ChannelDialer extends EventEmitter {
 
   private dial(): void {
     if (this.stopped) return;
-    const s = net.connect({ host: this.host, port: this.port });
-    const c = new ChannelConnection(s, this.opts);
+    const { socket, keys } = connectChannel(this.opts.security ?? DEFAULT_CHANNEL_SECURITY, Keyring.of(this.opts.secret), this.host, this.port);
+    const c = new ChannelConnection(socket, { ...this.opts, secret: keys });
     let opened = false;
     c.once('open', (hello: HelloFrame) => {
       opened = true;

@@ -43,13 +43,13 @@ export async function runDashboard(o: DashboardCliOptions): Promise<void> {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--listen ${o.listen}: the dashboard serves on loopback only (127.0.0.0/8, ::1 or localhost); reach it from elsewhere through an SSH tunnel`);
   }
   const nodes = parseNodeList(o.nodes);
-  if (spec.kind === 'embedded' && o.secretFile === undefined) {
-    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `an ftvm:// arbiter needs --secret-file (the VM's shared secret: the dashboard's calls are authenticated like the nodes')`);
+  if (o.secretFile === undefined) {
+    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `the dashboard needs --secret-file (the VM's shared secret: the nodes' control endpoints${spec.kind === 'embedded' ? ' and the arbiter' : ''} answer only requests signed with it)`);
   }
-  const secret = await readSecret(o.secretFile, spec.kind === 'embedded');
+  const secret = await readSecret(o.secretFile, true);
   const log = logger('dashboard', { vm: o.vmName });
   const arbiter = openArbiter(o.arbiter, secret, { log });
-  const server = new DashboardServer({ arbiter, arbiterUrl: o.arbiter, vm: o.vmName, nodes, host: listen.host, port: listen.port, pollMs: o.pollMs, log });
+  const server = new DashboardServer({ arbiter, arbiterUrl: o.arbiter, vm: o.vmName, nodes, host: listen.host, port: listen.port, pollMs: o.pollMs, log, controlAuth: { secret } });
   try {
     await server.start();
   } catch (err) {

@@ -52,11 +52,11 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, timeo
 type Hash = { n: number; hash: string };
 
 /** Logs a state hash on the primary; returns it with the backup's verified hash at the same instruction. */
-async function stateHashes(primaryControl: string, backupControl: string): Promise<[Hash, Hash]> {
-  const h = (await controlRequest(primaryControl, 'POST', '/state-hash')) as Hash;
+async function stateHashes(auth: Uint8Array, primaryControl: string, backupControl: string): Promise<[Hash, Hash]> {
+  const h = (await controlRequest(primaryControl, auth, 'POST', '/state-hash')) as Hash;
   let b: Hash | null = null;
   await until('the backup to verify the state hash', async () => {
-    b = (await controlRequest(backupControl, 'GET', '/state-hash')) as Hash | null;
+    b = (await controlRequest(backupControl, auth, 'GET', '/state-hash')) as Hash | null;
     return b !== null && b.n === h.n;
   }, 30_000);
   return [h, b as unknown as Hash];
@@ -65,7 +65,8 @@ async function stateHashes(primaryControl: string, backupControl: string): Promi
 export async function pairDemo(o: { guest: string; ops: number; clients: number; keep?: boolean }): Promise<boolean> {
   const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
   const secret = join(dir, 'secret');
-  await writeFile(secret, randomBytes(32), { mode: 0o600 });
+  const auth = randomBytes(32);
+  await writeFile(secret, auth, { mode: 0o600 });
   const [svc, svc2, chan, pc, bc, arb] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
   const [svc3, chan3, sc, dash] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const lines: string[] = [];
@@ -97,7 +98,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     const warm = await RespClient.connect({ port: svc });
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
     warm.close();
-    const [h, bb] = await stateHashes(`127.0.0.1:${pc}`, `127.0.0.1:${bc}`);
+    const [h, bb] = await stateHashes(auth, `127.0.0.1:${pc}`, `127.0.0.1:${bc}`);
     console.log(`   after 100 writes: primary state hash at instruction ${h.n}: ${h.hash}`);
     console.log(`                     backup  state hash at instruction ${bb.n}: ${bb.hash} ${bb.hash === h.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     if (bb.hash !== h.hash) return false;
@@ -121,7 +122,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     );
     seen = show(seen);
     console.log(`4. the clients carried on against the new primary: ${acked.size} writes acknowledged in ${(performance.now() - t0).toFixed(0)} ms`);
-    const st = (await controlRequest(`127.0.0.1:${bc}`, 'GET', '/status')) as Record<string, unknown>;
+    const st = (await controlRequest(`127.0.0.1:${bc}`, auth, 'GET', '/status')) as Record<string, unknown>;
     console.log(`   the former backup is now ${String(st.role)} at epoch ${String(st.epoch)}, instruction ${String(st.instructionNumber)}`);
     const c = await RespClient.connect({ port: svc2 });
     let missing = 0;
@@ -137,7 +138,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     // Re-replication: the new primary runs alone; it recruits the standby and clones its running VM.
     let st2: Record<string, unknown> = {};
     await until('the new primary to recruit the standby and arm the pair', async () => {
-      st2 = (await controlRequest(`127.0.0.1:${bc}`, 'GET', '/status')) as Record<string, unknown>;
+      st2 = (await controlRequest(`127.0.0.1:${bc}`, auth, 'GET', '/status')) as Record<string, unknown>;
       return st2.backup === 'connected' && st2.alone === false;
     }, 60_000);
     seen = show(seen);
@@ -145,7 +146,7 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     console.log(
       `6. redundancy restored: the standby received a snapshot of the running VM (${((rr?.memoryBytes ?? 0) / 1048576).toFixed(1)} MiB; the guest paused ${(rr?.pauseMs ?? 0).toFixed(2)} ms) and the log, and is the backup at epoch ${String(st2.epoch)} (${(rr?.totalMs ?? 0).toFixed(0)} ms)`,
     );
-    const [h2, bb2] = await stateHashes(`127.0.0.1:${bc}`, `127.0.0.1:${sc}`);
+    const [h2, bb2] = await stateHashes(auth, `127.0.0.1:${bc}`, `127.0.0.1:${sc}`);
     console.log(`   new primary state hash at instruction ${h2.n}: ${h2.hash}`);
     console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     show(seen);

@@ -12,12 +12,12 @@ import { DEFAULT_SLICE_UNITS } from '../machine/machine.js';
 import { chaosWorkload, kvWorkload, loadWorkloadScript, spinWorkload } from '../machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { hex, inspectFile, loadGuestFile, parseDump, recordToFile, replayFile, travelFile } from './recording-cmds.js';
-import { TIMING_DEFAULTS, WAIT_STATES, parseAddr, readSecret, runNode, runStandby, status, type WaitState } from './run-cmds.js';
+import { TIMING_DEFAULTS, WAIT_STATES, controlAuth, loadKeyring, parseAddr, reloadSecretsOnSighup, runNode, runStandby, status, type WaitState } from './run-cmds.js';
 import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
 import { logger } from '../util/log.js';
 import { pairDemo } from './demo.js';
 import { runDashboard, type DashboardCliOptions } from './dashboard-cmd.js';
-import { controlRequest } from '../service/control.js';
+import { controlRequest, metricsScrapeToken } from '../service/control.js';
 
 const intArg =
   (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -167,17 +167,28 @@ export function buildProgram(): Command {
   });
 
   program
+    .command('metrics-token')
+    .description("Print the read-only bearer token that opens a node's GET /metrics (for Prometheus or curl), derived from the VM's secret")
+    .requiredOption('--secret-file <path>', "the VM's secret")
+    .addHelpText('after', '\nExample:\n  curl -H "Authorization: Bearer $(ftvm metrics-token --secret-file ftvm.secret)" http://127.0.0.1:7100/metrics\nThe token opens /metrics only; every other request must be signed with the secret itself.')
+    .action((o: { secretFile: string }) => {
+      console.log(metricsScrapeToken(controlAuth(o).secret));
+    });
+
+  program
     .command('status')
     .description("Print a running node's role, process id, host id, start time, epoch, instruction number, lag, log bytes/s and outputs held")
     .argument('<host:port>', 'the node\'s --control address')
     .option('--json', 'print one JSON object')
+    .option('--secret-file <path>', "the VM's secret: every control request is signed with it")
+    .option('--tls-ca <path>', 'the endpoint serves HTTPS: verify its certificate with this CA (PEM)')
     .option('--pid', "print only the node's process id (e.g. `kill -9 $(ftvm status 127.0.0.1:7100 --pid)`)")
     .addOption(
       new Option('--wait <state>', 'first wait until the node answers (up), serves clients as the primary (serving), or serves with a connected backup (protected)').choices(WAIT_STATES),
     )
     .option('--timeout-ms <ms>', 'give up waiting after this long (exit 2, FTVM_ERR_TIMEOUT)', intArg('--timeout-ms', 1, 3_600_000), 60_000)
-    .action(async (addr: string, o: { json?: boolean; pid?: boolean; wait?: WaitState; timeoutMs: number }) => {
-      await status(addr, { json: o.json === true, pid: o.pid === true, timeoutMs: o.timeoutMs, ...(o.wait !== undefined ? { wait: o.wait } : {}) });
+    .action(async (addr: string, o: { json?: boolean; pid?: boolean; wait?: WaitState; timeoutMs: number; secretFile?: string; tlsCa?: string }) => {
+      await status(addr, controlAuth(o), { json: o.json === true, pid: o.pid === true, timeoutMs: o.timeoutMs, ...(o.wait !== undefined ? { wait: o.wait } : {}) });
     });
 
   program
@@ -185,12 +196,15 @@ export function buildProgram(): Command {
     .description('Run the embedded arbiter: a durable, authenticated test-and-set server deciding which replica of each VM is live (one machine; use etcd across machines)')
     .requiredOption('--data <dir>', 'directory for the durable records (created if missing; written with fsync and atomic rename)')
     .option('--listen <host:port>', 'loopback address to serve on', '127.0.0.1:7300')
-    .requiredOption('--secret-file <path>', 'shared secret authenticating every request (>= 16 bytes)')
-    .action(async (o: { data: string; listen: string; secretFile: string }) => {
+    .requiredOption('--secret-file <path>', 'shared secret keying TLS and authenticating every request (>= 16 bytes, mode 600)')
+    .option('--accept-secret-file <path>', 'also accept this secret (a rotation; re-read with --secret-file on SIGHUP; a missing file is no extra secret)')
+    .option('--insecure-channel', 'plain HTTP instead of TLS-PSK (benchmarks; the replicas need it too)')
+    .action(async (o: { data: string; listen: string; secretFile: string; acceptSecretFile?: string; insecureChannel?: boolean }) => {
       const addr = parseAddr('--listen', o.listen);
-      const secret = await readSecret(o.secretFile, true);
+      const secret = loadKeyring(o.secretFile, o.acceptSecretFile, 'the arbiter');
       const log = logger('arbiter');
-      const server = await EmbeddedArbiterServer.start({ dataDir: o.data, host: addr.host, port: addr.port, secret, log });
+      reloadSecretsOnSighup(secret, log);
+      const server = await EmbeddedArbiterServer.start({ dataDir: o.data, host: addr.host, port: addr.port, secret, log, ...(o.insecureChannel ? { insecure: true } : {}) });
       log.info({ listen: o.listen, data: o.data }, 'arbiter is listening');
       const stop = (): void => {
         void server.close().finally(() => process.exit(0));
@@ -226,8 +240,10 @@ then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:74
     .command('switchover')
     .description('Planned handover: the primary stops at an idle point once its backup holds the whole log; the backup goes live there, nothing lost')
     .argument('<host:port>', "the primary's --control address")
-    .action(async (addr: string) => {
-      const r = (await controlRequest(addr, 'POST', '/switchover', 30_000)) as { instructionNumber: number; entries: number };
+    .option('--secret-file <path>', "the VM's secret: every control request is signed with it")
+    .option('--tls-ca <path>', 'the endpoint serves HTTPS: verify its certificate with this CA (PEM)')
+    .action(async (addr: string, o: { secretFile?: string; tlsCa?: string }) => {
+      const r = (await controlRequest(addr, controlAuth(o), 'POST', '/switchover', 30_000)) as { instructionNumber: number; entries: number };
       console.log(`switched over at instruction ${r.instructionNumber} after ${r.entries} log entries; the backup is going live`);
     });
 
@@ -235,8 +251,10 @@ then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:74
     .command('stop')
     .description('Stop a primary intentionally: its backup is told not to go live')
     .argument('<host:port>', "the primary's --control address")
-    .action(async (addr: string) => {
-      await controlRequest(addr, 'POST', '/stop');
+    .option('--secret-file <path>', "the VM's secret: every control request is signed with it")
+    .option('--tls-ca <path>', 'the endpoint serves HTTPS: verify its certificate with this CA (PEM)')
+    .action(async (addr: string, o: { secretFile?: string; tlsCa?: string }) => {
+      await controlRequest(addr, controlAuth(o), 'POST', '/stop');
       console.log(`stop requested at ${addr}`);
     });
 
@@ -308,8 +326,12 @@ process.exitCode = code;
 function nodeOptions(cmd: Command): Command {
   return cmd
     .option('--service <host:port>', 'where clients connect (each TCP connection is a virtual connection of the guest); a backup or standby serves there once it goes live')
-    .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status` (loopback)')
-    .option('--secret-file <path>', 'shared secret authenticating every channel frame (same file on every replica, >= 16 bytes)')
+    .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status|stop|switchover` (signed requests; loopback unless --tls-cert/--tls-key)')
+    .option('--secret-file <path>', 'shared secret keying the channel (TLS-PSK), its frames, the arbiter and the control endpoint (same file on every replica, >= 16 bytes, mode 600)')
+    .option('--accept-secret-file <path>', 'also accept this secret from peers and clients (a rotation; both files re-read on SIGHUP; a missing file is no extra secret)')
+    .option('--insecure-channel', 'run the logging channel and the arbiter traffic over plain TCP (authenticated, NOT encrypted): for benchmarks')
+    .option('--tls-cert <path>', 'PEM certificate the control endpoint serves HTTPS with (required for a non-loopback --control)')
+    .option('--tls-key <path>', 'PEM private key of --tls-cert')
     .option('--vm-name <name>', 'VM name; every replica must agree', 'vm')
     .option('--node-id <id>', "this replica's identity at the arbiter (default: host-role-pid)")
     .option('--host-id <id>', 'this machine in the standby pool: a primary never recruits a standby with its own host id', hostname())

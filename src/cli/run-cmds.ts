@@ -1,14 +1,16 @@
 /**
  * `ftvm run` (a primary or a backup process) and `ftvm status`.
  */
-import { readFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { DEFAULT_VM_CONFIG } from '../log/recording.js';
 import { BackupNode, DEFAULT_TIMINGS, PrimaryNode, type Addr, type NodeOptions, type Timings } from '../replication/node.js';
 import { StandbyNode } from '../replication/standby.js';
 import { RECORD_MIN_BYTES } from '../replication/recorder.js';
-import { controlRequest, splitHostPort } from '../service/control.js';
 import type { Arbiter } from '../arbiter/arbiter.js';
+import { controlRequest, isLoopbackHost, splitHostPort, type ControlAuth, type ControlTls } from '../service/control.js';
+import { FileKeyring, Keyring, readSecretFileSync } from '../security/secrets.js';
 import { openArbiter } from '../arbiter/index.js';
 import { FtvmError } from '../util/errors.js';
 import { bindLogContext, logger, type Logger } from '../util/log.js';
@@ -24,20 +26,49 @@ export function parseAddr(flag: string, v: string): Addr {
   }
 }
 
+const SECRET_HINT = 'the same file on every replica, mode 600; e.g. `(umask 077; head -c 32 /dev/urandom > ftvm.secret)`';
+
+/** Reads one secret file (owner-only permissions, ≥ 16 bytes: src/security/secrets.ts). */
 export async function readSecret(path: string | undefined, needed: boolean): Promise<Uint8Array> {
   if (path === undefined) {
-    if (needed) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary/backup pair needs --secret-file (the same file on both replicas; e.g. `head -c 32 /dev/urandom > ftvm.secret`)');
+    if (needed) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `a primary/backup pair needs --secret-file (${SECRET_HINT})`);
     return new Uint8Array(0);
   }
-  let raw: Buffer;
-  try {
-    raw = await readFile(path);
-  } catch (err) {
-    throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `cannot read secret file ${path}: ${(err as Error).message}`);
+  return readSecretFileSync(path);
+}
+
+/** The node's keyring: --secret-file and, during a rotation, --accept-secret-file (re-read on SIGHUP). */
+export function loadKeyring(secretFile: string | undefined, acceptFile: string | undefined, why: string | undefined): Keyring {
+  if (secretFile === undefined) {
+    if (why !== undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${why} needs --secret-file (${SECRET_HINT})`);
+    if (acceptFile !== undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--accept-secret-file needs --secret-file');
+    // FT off, no arbiter, no control endpoint: nothing is authenticated, so any key will do.
+    return new Keyring(randomBytes(32));
   }
-  const secret = raw.toString('latin1').trim().length === raw.length ? raw : Buffer.from(raw.toString('latin1').trim(), 'latin1');
-  if (secret.length < 16) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `secret file ${path} holds ${secret.length} bytes; use at least 16`);
-  return secret;
+  return new FileKeyring(secretFile, acceptFile);
+}
+
+/** --tls-cert/--tls-key for the control endpoint (both or neither). */
+export function loadControlTls(certFile: string | undefined, keyFile: string | undefined): ControlTls | undefined {
+  if (certFile === undefined && keyFile === undefined) return undefined;
+  if (certFile === undefined || keyFile === undefined) throw new FtvmError('FTVM_ERR_TLS_CONFIG', '--tls-cert and --tls-key go together');
+  try {
+    return { cert: readFileSync(certFile), key: readFileSync(keyFile) };
+  } catch (err) {
+    throw new FtvmError('FTVM_ERR_TLS_CONFIG', `cannot read the control endpoint's certificate or key: ${(err as Error).message}`);
+  }
+}
+
+/** How `ftvm status|stop|switchover` authenticate: the VM's secret, and a CA for an HTTPS endpoint. */
+export function controlAuth(o: { secretFile?: string; tlsCa?: string }): ControlAuth {
+  if (o.secretFile === undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `the control endpoint needs --secret-file (the VM's secret: ${SECRET_HINT})`);
+  const secret = readSecretFileSync(o.secretFile);
+  if (o.tlsCa === undefined) return { secret };
+  try {
+    return { secret, ca: readFileSync(o.tlsCa) };
+  } catch (err) {
+    throw new FtvmError('FTVM_ERR_TLS_CONFIG', `cannot read --tls-ca ${o.tlsCa}: ${(err as Error).message}`);
+  }
 }
 
 export interface RunOptions {
@@ -54,6 +85,10 @@ export interface RunOptions {
   peer?: string;
   control?: string;
   secretFile?: string;
+  acceptSecretFile?: string;
+  insecureChannel?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
   vmName: string;
   epoch: number;
   heartbeatIntervalMs: number;
@@ -65,6 +100,9 @@ export interface RunOptions {
   record?: string;
   recordMaxBytes: number;
 }
+
+/** Deadline of the arbiter calls a replica makes while starting (init, read). */
+const STARTUP_ARBITER_DEADLINE_MS = 5000;
 
 /** How often a primary running alone looks at the standby pool. */
 const RECRUIT_INTERVAL_MS = 250;
@@ -83,15 +121,13 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
     if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a primary needs --service <host:port> for its clients');
     const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
     if (!peer && common.arbiter && common.recruit) log.info({ hostId: o.hostId }, 'no --peer: starting alone; a standby from the pool will be cloned into a backup');
-    const secret = await readSecret(o.secretFile, peer !== undefined || common.recruit !== undefined);
-    node = new PrimaryNode({ ...common, secret, service, ...(peer ? { peer } : {}) });
+    node = new PrimaryNode({ ...common, service, ...(peer ? { peer } : {}) });
   } else {
     if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
-    const secret = await readSecret(o.secretFile, true);
-    node = new BackupNode({ ...common, secret, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
+    node = new BackupNode({ ...common, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
   }
   announce(node, common, log);
-  await runUntilSignal(node, log);
+  await runUntilSignal(node, log, common.secret);
 }
 
 /** A node's announcement at the arbiter (for `ftvm dashboard`): lease, renewed every third of it. */
@@ -137,14 +173,28 @@ export async function runStandby(guestPath: string, o: StandbyCliOptions): Promi
   if (!o.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter <url>: its pool is kept there');
   if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --channel <host:port> to listen on for the recruiting primary');
   const { common, service, log } = await nodeSetup(guestPath, { ...o, role: 'standby' });
-  const secret = await readSecret(o.secretFile, true);
-  const node = new StandbyNode({ ...common, secret, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}), ...(o.advertise ? { advertise: parseAddr('--advertise', o.advertise) } : {}) });
+  const node = new StandbyNode({ ...common, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}), ...(o.advertise ? { advertise: parseAddr('--advertise', o.advertise) } : {}) });
   announce(node, common, log);
-  await runUntilSignal(node, log);
+  await runUntilSignal(node, log, common.secret);
+}
+
+/** SIGHUP: re-read the secret files (a rotation); a bad file is logged and the old secrets kept. */
+export function reloadSecretsOnSighup(keyring: Keyring, log: Logger): void {
+  if (!(keyring instanceof FileKeyring)) return;
+  process.on('SIGHUP', () => {
+    try {
+      const k = keyring.reload();
+      log.warn({ secretKeyId: k.current, acceptedKeyIds: k.accepted }, 'SIGHUP: secrets reloaded');
+    } catch (err) {
+      const e = err as FtvmError;
+      log.error({ code: e.code, err: e.message }, 'SIGHUP: cannot reload the secrets; keeping the ones in use');
+    }
+  });
 }
 
 /** Starts the node, stops it on SIGTERM/SIGINT; runs until then. */
-async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<void> }, log: Logger): Promise<never> {
+async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<void> }, log: Logger, keyring: Keyring): Promise<never> {
+  reloadSecretsOnSighup(keyring, log);
   let stopping = false;
   const stop = (sig: string): void => {
     if (stopping) return;
@@ -162,7 +212,7 @@ async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<vo
 }
 
 /** What every replica process sets up: guest, config, timings, logger, arbiter, epoch. */
-async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Omit<NodeOptions, 'secret'>; service: Addr | undefined; log: Logger }> {
+async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: NodeOptions; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
   const guest = await loadGuestFile(guestPath);
   const config = { ...DEFAULT_VM_CONFIG, name: o.vmName };
@@ -179,12 +229,26 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
   // Until the node binds its own (current role and epoch), lines carry the starting ones.
   bindLogContext(log, () => ({ vm: o.vmName, role: o.role, epoch: o.epoch }));
   const control = o.control ? parseAddr('--control', o.control) : undefined;
+  const why =
+    o.role === 'standby' ? 'a standby' : o.role === 'backup' ? 'a backup' : o.peer ? 'a primary with a backup' : o.arbiter && o.recruit ? 'a primary recruiting standbys' : o.control ? '--control' : o.arbiter?.startsWith('ftvm://') ? '--arbiter ftvm://' : undefined;
+  const secret = loadKeyring(o.secretFile, o.acceptSecretFile, why);
+  const controlTls = loadControlTls(o.tlsCert, o.tlsKey);
+  const insecure = o.insecureChannel === true;
+  if (control && !isLoopbackHost(control.host) && !controlTls) {
+    throw new FtvmError(
+      'FTVM_ERR_CONTROL_INSECURE',
+      `--control ${o.control} is not a loopback address: the control endpoint listens beyond this machine only over TLS (give --tls-cert and --tls-key), or use 127.0.0.1`,
+    );
+  }
+  if (insecure) log.warn('--insecure-channel: the logging channel and the arbiter traffic are NOT encrypted (authenticated only); for benchmarks');
   const nodeId = o.nodeId ?? `${hostname()}-${o.role}-${process.pid}`;
   let epoch = o.epoch;
-  const arbiter = o.arbiter ? await openArbiterFor(o.arbiter, o.secretFile) : undefined;
+  const arbiter = o.arbiter ? openArbiter(o.arbiter, secret, { insecure }) : undefined;
   if (arbiter) {
     // The arbiter holds the VM's epoch: the primary creates the record, the backup learns it.
-    const opts = { deadlineMs: o.arbiterDeadlineMs };
+    // At start-up nothing waits on these calls: give a busy arbiter (or a slow first TLS handshake on a
+    // loaded machine) a few seconds rather than failing the start.
+    const opts = { deadlineMs: Math.max(o.arbiterDeadlineMs, STARTUP_ARBITER_DEADLINE_MS) };
     if (o.role === 'primary') {
       const rec = await whenArbiterAnswers(() => arbiter.init(o.vmName, { epoch: o.epoch, owner: nodeId }, opts), o.arbiter!, log);
       if (rec.owner !== nodeId) {
@@ -215,6 +279,9 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     nodeId,
     hostId: o.hostId,
     onHalt,
+    secret,
+    channelSecurity: insecure ? ('plain' as const) : ('tls-psk' as const),
+    ...(controlTls ? { controlTls } : {}),
     ...(arbiter ? { arbiter } : {}),
     ...(arbiter && o.recruit ? { recruit: { hostId: o.hostId, intervalMs: RECRUIT_INTERVAL_MS } } : {}),
     ...(control ? { control } : {}),
@@ -246,11 +313,6 @@ async function whenArbiterAnswers<T>(call: () => Promise<T>, url: string, log: L
   }
 }
 
-async function openArbiterFor(url: string, secretFile: string | undefined): Promise<Arbiter> {
-  const secret = await readSecret(secretFile, url.startsWith('ftvm://'));
-  return openArbiter(url, secret);
-}
-
 /** States `ftvm status --wait` can wait for. */
 export const WAIT_STATES = ['up', 'serving', 'protected'] as const;
 export type WaitState = (typeof WAIT_STATES)[number];
@@ -273,13 +335,13 @@ export function reached(s: Record<string, unknown>, state: WaitState): boolean {
 }
 
 /** GET /status, waiting (up to `o.timeoutMs`) for the node to answer and reach `o.wait`, if given. */
-async function fetchStatus(addr: string, o: StatusCliOptions): Promise<Record<string, unknown>> {
-  if (o.wait === undefined) return (await controlRequest(addr, 'GET', '/status')) as Record<string, unknown>;
+async function fetchStatus(addr: string, auth: ControlAuth, o: StatusCliOptions): Promise<Record<string, unknown>> {
+  if (o.wait === undefined) return (await controlRequest(addr, auth, 'GET', '/status')) as Record<string, unknown>;
   const deadline = Date.now() + o.timeoutMs;
   let last = 'no answer yet';
   for (;;) {
     try {
-      const s = (await controlRequest(addr, 'GET', '/status', Math.max(100, Math.min(5000, deadline - Date.now())))) as Record<string, unknown>;
+      const s = (await controlRequest(addr, auth, 'GET', '/status', Math.max(100, Math.min(5000, deadline - Date.now())))) as Record<string, unknown>;
       if (reached(s, o.wait)) return s;
       last = `role ${String(s['role'])}, serving ${String(s['serving'])}, backup ${String(s['backup'] ?? '-')}`;
     } catch (err) {
@@ -290,8 +352,8 @@ async function fetchStatus(addr: string, o: StatusCliOptions): Promise<Record<st
   }
 }
 
-export async function status(addr: string, o: StatusCliOptions): Promise<void> {
-  const s = await fetchStatus(addr, o);
+export async function status(addr: string, auth: ControlAuth, o: StatusCliOptions): Promise<void> {
+  const s = await fetchStatus(addr, auth, o);
   if (o.pid) {
     if (typeof s['pid'] !== 'number') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${addr} did not report a pid`);
     console.log(String(s['pid']));

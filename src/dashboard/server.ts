@@ -16,7 +16,7 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { Arbiter, ArbiterRecord, MemberRecord, StandbyRecord } from '../arbiter/arbiter.js';
-import { controlRequest } from '../service/control.js';
+import { controlRequest, type ControlAuth } from '../service/control.js';
 import type { TimelineEvent } from '../service/metrics.js';
 import type { Logger } from '../util/log.js';
 import { PAGE_HTML } from './page.js';
@@ -33,6 +33,8 @@ export interface DashboardOptions {
   /** Poll the arbiter and the nodes this often. */
   pollMs: number;
   log: Logger;
+  /** The VM's secret: the nodes' control endpoints answer signed requests only. */
+  controlAuth: ControlAuth;
 }
 
 /** One node as the dashboard last saw it. */
@@ -205,8 +207,8 @@ export class DashboardServer {
       const id = { control, source, ...(nodeId !== undefined ? { nodeId } : {}) };
       try {
         const [status, timeline] = await Promise.all([
-          controlRequest(control, 'GET', '/status', deadlineMs) as Promise<Record<string, unknown>>,
-          controlRequest(control, 'GET', '/timeline', deadlineMs) as Promise<{ events?: TimelineEvent[] }>,
+          controlRequest(control, o.controlAuth, 'GET', '/status', deadlineMs) as Promise<Record<string, unknown>>,
+          controlRequest(control, o.controlAuth, 'GET', '/timeline', deadlineMs) as Promise<{ events?: TimelineEvent[] }>,
         ]);
         return { view: { ...id, ok: true, status }, events: Array.isArray(timeline.events) ? timeline.events : [] };
       } catch (err) {

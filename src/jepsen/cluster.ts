@@ -17,6 +17,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { EtcdTestCluster } from '../arbiter/etcd-test-cluster.js';
+import { readSecretFileSync } from '../security/secrets.js';
 import { controlRequest } from '../service/control.js';
 import { FaultProxy } from '../testing/fault-proxy.js';
 import { CLI, guestFile, makeSecretFile, startArbiter, type ArbiterProcess } from '../testing/pair.js';
@@ -64,6 +65,8 @@ export class Cluster {
   restarts = 0;
   /** The slot last seen serving as the primary (clients try it first). */
   private primaryHint = 0;
+  /** The secret control requests are signed with. */
+  readonly auth: Uint8Array;
 
   private constructor(
     readonly opts: ClusterOptions,
@@ -72,7 +75,9 @@ export class Cluster {
     readonly arbiterProxy: FaultProxy,
     private readonly arbiterProc: ArbiterProcess | undefined,
     private readonly etcd: EtcdTestCluster | undefined,
-  ) {}
+  ) {
+    this.auth = readSecretFileSync(secretFile);
+  }
 
   static async start(o: ClusterOptions): Promise<Cluster> {
     const log = o.log ?? (() => {});
@@ -204,7 +209,7 @@ export class Cluster {
   async status(s: Slot): Promise<Status | null> {
     if (!s.proc?.running || s.paused) return null;
     try {
-      return (await controlRequest(this.control(s), 'GET', '/status', 1000)) as Status;
+      return (await controlRequest(this.control(s), this.auth, 'GET', '/status', 1000)) as Status;
     } catch {
       return null;
     }

@@ -147,10 +147,10 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
       if (finals.length < keys) error = `final reads: only ${finals.length} of ${keys} keys could be read`;
       // The replicas of the final pair hold the same state.
       try {
-        const h = (await controlRequest(cluster.control(pair.primary), 'POST', '/state-hash', 5000)) as { n: number; hash: string };
+        const h = (await controlRequest(cluster.control(pair.primary), cluster.auth, 'POST', '/state-hash', 5000)) as { n: number; hash: string };
         const until = performance.now() + 15_000;
         for (;;) {
-          const b = (await controlRequest(cluster.control(pair.backup), 'GET', '/state-hash', 2000)) as { n: number; hash: string } | null;
+          const b = (await controlRequest(cluster.control(pair.backup), cluster.auth, 'GET', '/state-hash', 2000)) as { n: number; hash: string } | null;
           if (b && b.n === h.n) {
             replicasAgree = b.hash === h.hash;
             break;

@@ -29,7 +29,11 @@ export interface BackupConfig {
 
 export type BackupInput =
   | { t: 'tick'; nowMs: number }
-  | { t: 'peer-open' }
+  /**
+   * A primary connected. `nowMs`: when (the silence clock restarts there, not at the last tick, which
+   * may be a stall of the I/O thread ago).
+   */
+  | { t: 'peer-open'; nowMs?: number }
   | { t: 'peer-closed' }
   | { t: 'frame'; frame: Frame }
   | { t: 'replica-progress'; instructionNumber: number }
@@ -165,6 +169,7 @@ export class BackupCore {
         if (this.peer && (this.nowMs - this.lastAckMs >= this.cfg.heartbeatIntervalMs || this.replayed > this.ackedReplayed)) this.ack(out);
         break;
       case 'peer-open':
+        if (input.nowMs !== undefined && input.nowMs > this.nowMs) this.nowMs = input.nowMs;
         this.peer = true;
         this.sawPrimary = true;
         this.lastHeardMs = this.nowMs;

@@ -4,7 +4,10 @@
  */
 import type { Arbiter } from '../arbiter/arbiter.js';
 import type { VmConfig } from '../log/recording.js';
+import { DEFAULT_CHANNEL_SECURITY, describeSecurity, type ChannelSecurity } from '../channel/transport.js';
 import type { LoadedGuest } from '../machine/guest.js';
+import type { Keyring } from '../security/secrets.js';
+import type { ControlTls } from '../service/control.js';
 import type { Logger } from '../util/log.js';
 import type { NodeMetrics } from '../service/metrics.js';
 import type { PrimaryConfig } from './primary.js';
@@ -48,7 +51,12 @@ export interface NodeOptions {
   guest: LoadedGuest;
   config: VmConfig;
   epoch: number;
-  secret: Uint8Array;
+  /** The VM's shared secret(s): channel frames and TLS-PSK, control requests. */
+  secret: Keyring;
+  /** Default: TLS-PSK. 'plain' only with `--insecure-channel`. */
+  channelSecurity?: ChannelSecurity;
+  /** HTTPS for the control endpoint (required for a non-loopback --control). */
+  controlTls?: ControlTls;
   timings: Timings;
   log: Logger;
   control?: Addr;
@@ -105,4 +113,15 @@ export async function claimAt(
     log.error({ err: (err as Error).message }, 'the arbiter is unreachable: waiting, releasing nothing');
     return { t: 'claim-failed', reason: (err as Error).message };
   }
+}
+
+/** The control endpoint's options for a node. */
+export function controlOptions(o: NodeOptions): { keyring: Keyring; log: Logger; tls?: ControlTls } {
+  return { keyring: o.secret, log: o.log.child({ part: 'control' }), ...(o.controlTls ? { tls: o.controlTls } : {}) };
+}
+
+/** What `ftvm status` says about the node's security. */
+export function securityStatus(o: NodeOptions): Record<string, unknown> {
+  const k = o.secret.describe();
+  return { channelSecurity: describeSecurity(o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY), secretKeyId: k.current, acceptedKeyIds: k.accepted, controlTls: o.controlTls !== undefined };
 }

@@ -19,7 +19,8 @@ import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { DeterminismViolation } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupCore, type BackupAction } from './backup.js';
-import { claimAt, type Addr, type NodeOptions } from './node-common.js';
+import { claimAt, controlOptions, securityStatus, type Addr, type NodeOptions } from './node-common.js';
+import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 import { PrimaryNode } from './primary-node.js';
 import { ContinuousRecorder } from './recorder.js';
 
@@ -141,11 +142,11 @@ export class BackupNode {
   async start(): Promise<void> {
     const o = this.opts;
     if (o.joined) return; // started in the constructor, on the standby's listener
-    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, log: o.log.child({ part: 'channel' }), identity: this.identity });
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, security: o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: o.log.child({ part: 'channel' }), identity: this.identity });
     this.listener.on('connection', (c: ChannelConnection) => this.acceptPeer(c));
     await this.listener.start();
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) });
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { ...controlOptions(o), identity: { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) } });
       await this.control.start();
     }
     this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
@@ -177,7 +178,7 @@ export class BackupNode {
         this.exec(this.core.step({ t: 'peer-closed' }));
       }
     });
-    this.exec(this.core.step({ t: 'peer-open' }));
+    this.exec(this.core.step({ t: 'peer-open', nowMs: performance.now() }));
   }
 
   private tick(): void {
@@ -325,6 +326,7 @@ export class BackupNode {
       halted: s.halted,
       lastVerified: s.lastVerified,
       recording: this.recorder?.path ?? null,
+      ...securityStatus(this.opts),
     };
   }
 

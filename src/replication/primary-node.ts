@@ -23,7 +23,8 @@ import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
-import { claimAt, primaryCoreConfig, type Addr, type NodeOptions } from './node-common.js';
+import { claimAt, controlOptions, primaryCoreConfig, securityStatus, type Addr, type NodeOptions } from './node-common.js';
+import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 
 
 /** Waits for the first of `events` on `emitter` and removes every listener it added (no leak per wait). */
@@ -178,7 +179,7 @@ export class PrimaryNode {
   async start(): Promise<void> {
     const o = this.opts;
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) });
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { ...controlOptions(o), identity: { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) } });
       await this.control.start();
     }
     if (o.peer) {
@@ -238,7 +239,7 @@ export class PrimaryNode {
   }
 
   private newDialer(peer: Addr): ChannelDialer {
-    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
+    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, security: this.opts.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
     d.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     return d;
   }
@@ -646,6 +647,7 @@ export class PrimaryNode {
       clients: this.service.openConnections,
       lastVerifiedByBackup: this.lastVerified,
       backupDiverged: this.diverged,
+      ...securityStatus(this.opts),
     };
   }
 

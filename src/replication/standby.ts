@@ -17,7 +17,8 @@ import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupNode, type BackupOptions } from './node.js';
-import type { Addr } from './node-common.js';
+import { controlOptions, securityStatus, type Addr } from './node-common.js';
+import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 
 export interface StandbyOptions extends Omit<BackupOptions, 'joined' | 'onAbandon' | 'onArmed'> {
   /** This standby's host id in the pool (primaries never recruit one on their own host). */
@@ -85,11 +86,11 @@ export class StandbyNode {
   async start(): Promise<void> {
     const o = this.opts;
     // The listener must not let a newcomer replace a connection carrying a clone: onConnection decides.
-    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, log: o.log.child({ part: 'channel' }), identity: this.identity }, false);
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, security: o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: o.log.child({ part: 'channel' }), identity: this.identity }, false);
     this.listener.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     await this.listener.start();
     if (o.control) {
-      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) });
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { ...controlOptions(o), identity: { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) } });
       await this.control.start();
     }
     await this.register(true);
@@ -175,7 +176,7 @@ export class StandbyNode {
         } catch {
           // closing anyway
         }
-        c.close(`refused the clone: ${(err as Error).message}`);
+        c.close(`refused the clone: ${(err as Error).message}`, true);
       }
     };
     c.on('frame', onFrame);
@@ -257,6 +258,7 @@ export class StandbyNode {
       pool: this.lastNote,
       joins: this.joins,
       receiving: r ? { receivedBytes: r.receivedBytes, totalBytes: r.totalBytes, percent: r.totalBytes ? Math.round((100 * r.receivedBytes) / r.totalBytes) : 0 } : null,
+      ...securityStatus(this.opts),
     };
   }
 

@@ -688,7 +688,7 @@ export class BackupDriver {
         this.exec(this.core.step({ t: 'peer-closed' }));
       }
     });
-    this.exec(this.core.step({ t: 'peer-open' }));
+    this.exec(this.core.step({ t: 'peer-open', nowMs: this.w.now() }));
   }
 
   private tick(): void {

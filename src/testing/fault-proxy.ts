@@ -18,6 +18,9 @@
  * | `cut()` | reset (RST) every current connection and refuse new ones (the listener is closed: ECONNREFUSED) |
  * | `heal()` | undo every fault: accept again, release held bytes, stop dropping, no delay |
  *
+ * With `captureMaxBytes`, the first bytes of each direction (over all connections, up to that bound) are
+ * kept for inspection: `captured(dir)` (what an eavesdropper on the wire would see).
+ *
  * Resets travel through at once (a connection reset on one side is reset on the other), whatever the
  * faults. `close()` destroys every socket the proxy opened.
  */
@@ -47,6 +50,8 @@ export interface FaultProxyOptions {
   targetPort: number;
   /** Per connection and direction, bytes buffered (held or delayed) before the source is paused. Default 64 MiB. */
   maxHeldBytes?: number;
+  /** Keep the first this many bytes received in each direction (`captured`). Default 0 (none). */
+  captureMaxBytes?: number;
 }
 
 export interface DirectionStats {
@@ -79,6 +84,10 @@ interface DirectionState {
   received: number;
   forwarded: number;
   dropped: number;
+  /** Captured bytes (bounded by captureMax). */
+  capture: Buffer[];
+  captured: number;
+  captureMax: number;
 }
 
 interface Chunk {
@@ -185,6 +194,11 @@ class Flow {
   private onData(data: Buffer): void {
     const s = this.state;
     s.received += data.length;
+    if (s.captured < s.captureMax) {
+      const part = data.subarray(0, s.captureMax - s.captured);
+      s.capture.push(Buffer.from(part));
+      s.captured += part.length;
+    }
     if (s.mode === 'blackhole') {
       s.dropped += data.length;
       return;
@@ -246,7 +260,9 @@ export class FaultProxy {
       throw new FaultProxyError('FTVM_ERR_BAD_ARGUMENT', `bad listen port ${String(listenPort)}`);
     }
     const maxHeldBytes = options.maxHeldBytes ?? 64 * 1024 * 1024;
-    const proxy = new FaultProxy(targetHost, targetPort, maxHeldBytes);
+    const captureMax = options.captureMaxBytes ?? 0;
+    if (!Number.isInteger(captureMax) || captureMax < 0 || captureMax > 256 * 1024 * 1024) throw new FaultProxyError('FTVM_ERR_BAD_ARGUMENT', `bad captureMaxBytes ${String(captureMax)}`);
+    const proxy = new FaultProxy(targetHost, targetPort, maxHeldBytes, captureMax);
     await proxy.listen(listenPort);
     return proxy;
   }
@@ -263,17 +279,24 @@ export class FaultProxy {
   private server: net.Server | null = null;
   private readonly connections = new Set<Connection>();
   private readonly state: Record<Direction, DirectionState> = {
-    up: { mode: 'pass', delayMs: 0, received: 0, forwarded: 0, dropped: 0 },
-    down: { mode: 'pass', delayMs: 0, received: 0, forwarded: 0, dropped: 0 },
+    up: { mode: 'pass', delayMs: 0, received: 0, forwarded: 0, dropped: 0, capture: [], captured: 0, captureMax: 0 },
+    down: { mode: 'pass', delayMs: 0, received: 0, forwarded: 0, dropped: 0, capture: [], captured: 0, captureMax: 0 },
   };
   private accepted = 0;
   private isCut = false;
   private isClosed = false;
 
-  private constructor(targetHost: string, targetPort: number, maxHeldBytes: number) {
+  private constructor(targetHost: string, targetPort: number, maxHeldBytes: number, captureMax: number) {
+    this.state.up.captureMax = captureMax;
+    this.state.down.captureMax = captureMax;
     this.targetHost = targetHost;
     this.targetPort = targetPort;
     this.maxHeldBytes = maxHeldBytes;
+  }
+
+  /** The bytes captured in `dir` so far (see `captureMaxBytes`). */
+  captured(dir: Direction): Buffer {
+    return Buffer.concat(this.state[dir].capture);
   }
 
   /** Stops forwarding in `dir`, buffering what arrives. */

@@ -7,6 +7,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readSecretFileSync } from '../security/secrets.js';
 import { controlRequest } from '../service/control.js';
 import { FaultProxy } from './fault-proxy.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from './processes.js';
@@ -26,6 +27,8 @@ export interface PairOptions {
   guest?: string;
   backupGuest?: string;
   viaProxy?: boolean;
+  /** With viaProxy: keep the first this many channel bytes per direction (`proxy.captured`). */
+  captureMaxBytes?: number;
   secretFile?: string;
   backupSecretFile?: string;
   primaryArgs?: string[];
@@ -43,6 +46,8 @@ export interface Pair {
   backupControl: string;
   proxy: FaultProxy | undefined;
   secretFile: string;
+  /** The secret control requests are signed with. */
+  auth: Uint8Array;
   status(which: 'primary' | 'backup'): Promise<Record<string, unknown>>;
   /** Logs a state hash on the primary and waits until the backup verified the same one. */
   hashesAgree(timeoutMs?: number): Promise<{ n: number; hash: string }>;
@@ -63,7 +68,7 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
   let proxy: FaultProxy | undefined;
   let peerPort = channelPort;
   if (o.viaProxy) {
-    proxy = await FaultProxy.start({ targetPort: channelPort });
+    proxy = await FaultProxy.start({ targetPort: channelPort, ...(o.captureMaxBytes ? { captureMaxBytes: o.captureMaxBytes } : {}) });
     peerPort = proxy.port;
   }
   const primary = spawnNode(
@@ -74,10 +79,11 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
     await primary.waitForLine(/primary is serving/, 20_000, { stream: 'stderr' });
     await waitForPort(servicePort);
   }
+  const auth = readSecretFileSync(secretFile);
   const primaryControl = `127.0.0.1:${pc}`;
   const backupControl = `127.0.0.1:${bc}`;
   const status = async (which: 'primary' | 'backup'): Promise<Record<string, unknown>> =>
-    (await controlRequest(which === 'primary' ? primaryControl : backupControl, 'GET', '/status')) as Record<string, unknown>;
+    (await controlRequest(which === 'primary' ? primaryControl : backupControl, auth, 'GET', '/status')) as Record<string, unknown>;
   return {
     primary,
     backup,
@@ -87,12 +93,13 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
     backupControl,
     proxy,
     secretFile,
+    auth,
     status,
     async hashesAgree(timeoutMs = 15_000) {
-      const h = (await controlRequest(primaryControl, 'POST', '/state-hash')) as { n: number; hash: string };
+      const h = (await controlRequest(primaryControl, auth, 'POST', '/state-hash')) as { n: number; hash: string };
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const b = (await controlRequest(backupControl, 'GET', '/state-hash')) as { n: number; hash: string } | null;
+        const b = (await controlRequest(backupControl, auth, 'GET', '/state-hash')) as { n: number; hash: string } | null;
         if (b && b.n === h.n) {
           if (b.hash !== h.hash) throw new Error(`state hashes differ at instruction ${h.n}: primary ${h.hash}, backup ${b.hash}`);
           return h;
@@ -116,10 +123,10 @@ export interface ArbiterProcess {
 }
 
 /** Starts an embedded arbiter server (`ftvm arbiter`) on a free loopback port. */
-export async function startArbiter(secretFile: string, dataDir?: string, port?: number): Promise<ArbiterProcess> {
+export async function startArbiter(secretFile: string, dataDir?: string, port?: number, extra: string[] = []): Promise<ArbiterProcess> {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'ftvm-arbiter-'));
   const p = port ?? (await freePort());
-  const proc = spawnNode([CLI, 'arbiter', '--data', dir, '--listen', `127.0.0.1:${p}`, '--secret-file', secretFile], { name: 'arbiter' });
+  const proc = spawnNode([CLI, 'arbiter', '--data', dir, '--listen', `127.0.0.1:${p}`, '--secret-file', secretFile, ...extra], { name: 'arbiter' });
   await proc.waitForLine(/arbiter is listening/, 20_000, { stream: 'stderr' });
   return { proc, url: `ftvm://127.0.0.1:${p}`, port: p, dataDir: dir };
 }
@@ -134,9 +141,9 @@ export interface FtPair extends Pair {
  * A pair with an arbiter — the embedded one (started here), or any `arbiterUrl` (e.g. an etcd
  * cluster's) — and a service port on the backup for when it goes live.
  */
-export async function startFtPair(o: PairOptions & { vm?: string; arbiterUrl?: string } = {}): Promise<FtPair> {
+export async function startFtPair(o: PairOptions & { vm?: string; arbiterUrl?: string; arbiterArgs?: string[] } = {}): Promise<FtPair> {
   const secretFile = o.secretFile ?? makeSecretFile();
-  const arbiter = await startArbiter(secretFile);
+  const arbiter = await startArbiter(secretFile, undefined, undefined, o.arbiterArgs);
   const backupServicePort = await freePort();
   const vm = o.vm ?? `vm-${Math.random().toString(36).slice(2, 10)}`;
   const common = ['--arbiter', o.arbiterUrl ?? arbiter.url, '--vm-name', vm];

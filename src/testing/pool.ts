@@ -5,6 +5,7 @@
  * killed slot is restarted as a fresh standby on the same ports with a new host id, as a repaired
  * machine would rejoin the pool.
  */
+import { readSecretFileSync } from '../security/secrets.js';
 import { controlRequest } from '../service/control.js';
 import { CLI, guestFile, makeSecretFile, startArbiter, type ArbiterProcess } from './pair.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from './processes.js';
@@ -35,12 +36,16 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 export class Pool {
   readonly slots: Slot[] = [];
+  /** The secret control requests are signed with. */
+  readonly auth: Uint8Array;
   private constructor(
     readonly opts: Required<Pick<PoolOptions, 'guest' | 'vm'>> & PoolOptions,
     readonly secretFile: string,
     readonly arbiterUrl: string,
     readonly arbiter: ArbiterProcess | undefined,
-  ) {}
+  ) {
+    this.auth = readSecretFileSync(secretFile);
+  }
 
   static async start(o: PoolOptions = {}): Promise<Pool> {
     const secretFile = makeSecretFile();
@@ -105,7 +110,7 @@ export class Pool {
 
   async status(s: Slot): Promise<Record<string, unknown> | null> {
     try {
-      return (await controlRequest(this.control(s), 'GET', '/status', 1000)) as Record<string, unknown>;
+      return (await controlRequest(this.control(s), this.auth, 'GET', '/status', 1000)) as Record<string, unknown>;
     } catch {
       return null;
     }
@@ -140,10 +145,10 @@ export class Pool {
 
   /** Logs a state hash on the primary; waits until the backup verified the same one. */
   async hashesAgree(primary: Slot, backup: Slot, timeoutMs = 15_000): Promise<{ n: number; hash: string }> {
-    const h = (await controlRequest(this.control(primary), 'POST', '/state-hash')) as { n: number; hash: string };
+    const h = (await controlRequest(this.control(primary), this.auth, 'POST', '/state-hash')) as { n: number; hash: string };
     const until = Date.now() + timeoutMs;
     for (;;) {
-      const b = (await controlRequest(this.control(backup), 'GET', '/state-hash')) as { n: number; hash: string } | null;
+      const b = (await controlRequest(this.control(backup), this.auth, 'GET', '/state-hash')) as { n: number; hash: string } | null;
       if (b && b.n === h.n) {
         if (b.hash !== h.hash) throw new Error(`state hashes differ at instruction ${h.n}: primary ${h.hash}, backup ${b.hash}`);
         return h;
