@@ -7,7 +7,7 @@
 //
 //   --force            rebuild even if the output is newer than all its sources
 //   --update-prebuilt  after building the C guests with clang, refresh guests/c/prebuilt/*.wasm
-//   name ...           build only these guests (kv, spin, chaos, compute_c, kernels_as, kernels_c)
+//   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, kernels_as, kernels_c)
 //   --check file.wasm ...  only check existing modules against the guest ABI (no build)
 //
 // AssemblyScript guests are compiled with the AssemblyScript compiler's API (no child process).
@@ -98,6 +98,11 @@ const GUESTS: Guest[] = [
     sources: ["guests/c/compute.c"], shape: "command", exports: ["_start"],
   },
   {
+    kind: "c", name: "c_server", source: "guests/c-server/server.c",
+    flags: ["--target=wasm32-wasi", "-O2", "-Wall"],
+    sources: ["guests/c-server/server.c"], shape: "command", exports: ["_start"],
+  },
+  {
     kind: "as", name: "kernels_as", entry: "guests/bench/kernels.ts", runtime: "stub",
     sources: ["guests/bench/kernels.ts"], shape: "library", exports: ["hash_bytes", "sum_loop", "fib", "matmul"],
   },
@@ -147,6 +152,13 @@ const ABI_IMPORTS: Record<string, Record<string, Sig>> = {
     environ_sizes_get: sig(["i32", "i32"], ["i32"]),
     environ_get: sig(["i32", "i32"], ["i32"]),
     sched_yield: sig([], ["i32"]),
+    clock_res_get: sig(["i32", "i32"], ["i32"]),
+    fd_fdstat_set_flags: sig(["i32", "i32"], ["i32"]),
+    sock_accept: sig(["i32", "i32", "i32"], ["i32"]),
+    sock_recv: sig(["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    sock_send: sig(["i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    sock_shutdown: sig(["i32", "i32"], ["i32"]),
+    poll_oneoff: sig(["i32", "i32", "i32", "i32"], ["i32"]),
   },
 };
 

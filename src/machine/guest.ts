@@ -41,6 +41,12 @@ export const ABI_IMPORTS: Record<string, Record<string, string>> = {
     fd_fdstat_get: sig([I, I], [I]),
     proc_exit: sig([I]),
     sched_yield: sig([], [I]),
+    fd_fdstat_set_flags: sig([I, I], [I]),
+    sock_accept: sig([I, I, I], [I]),
+    sock_recv: sig([I, I, I, I, I, I], [I]),
+    sock_send: sig([I, I, I, I, I], [I]),
+    sock_shutdown: sig([I, I], [I]),
+    poll_oneoff: sig([I, I, I, I], [I]),
   },
 };
 

@@ -25,7 +25,7 @@ import {
   type OutputEntry,
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
-import { ConnState, Devices, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
+import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
 import { DEPTH_GLOBAL, FUEL_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
 import { makeWasiImports } from './wasi.js';
 
@@ -57,6 +57,8 @@ export interface RecordEnv {
   atCheckpoint?(count: number): void;
   /** Optional hook between steps (the machine is at an idle point): snapshots are taken here. */
   betweenSteps?(count: number): void;
+  /** Optional: sleep up to `ms` (the WASI inbox is full and input must wait). */
+  pause?(ms: number): void;
 }
 
 /** The log a replaying machine consumes. */
@@ -126,10 +128,75 @@ class GuestExit extends Error {
   }
 }
 
-/** Internal: unwinds the guest when a replay log ends mid-step. */
+/** Internal: unwinds the guest when a replay log ends mid-step (or while it is blocked in a call). */
 class ReplayStarved extends Error {
-  constructor(readonly count: number) {
+  constructor(
+    readonly count: number,
+    readonly atBlock = false,
+  ) {
     super('replay log ended');
+  }
+}
+
+/** Internal: unwinds a guest blocked in a WASI call when the record environment asks to stop. */
+class BlockedStop extends Error {
+  constructor(readonly count: number) {
+    super('stopped while the guest was blocked in a call');
+  }
+}
+
+/** Bytes of client input the record side holds for a WASI guest that has not read it yet. */
+export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Record side of the WASI sockets: connections opened but not yet accepted and bytes received but not
+ * yet read. Not deterministic state (never hashed or snapshotted): the guest only learns of it through
+ * calls whose results are logged (sock_accept, sock_recv, poll_oneoff).
+ */
+export class SocketInbox {
+  readonly acceptQueue: number[] = [];
+  readonly rx = new Map<number, { chunks: Uint8Array[]; bytes: number; eof: boolean }>();
+  totalBytes = 0;
+
+  available(conn: number): { bytes: number; eof: boolean } {
+    const r = this.rx.get(conn);
+    // A connection the record side does not know (a replica that went live) has no more input.
+    return r === undefined ? { bytes: 0, eof: true } : { bytes: r.bytes, eof: r.eof };
+  }
+
+  /** Up to `max` bytes of `conn`'s input; consumed unless `peek`. */
+  take(conn: number, max: number, peek: boolean): Uint8Array {
+    const r = this.rx.get(conn);
+    if (r === undefined || r.bytes === 0 || max === 0) return new Uint8Array(0);
+    const n = Math.min(max, r.bytes);
+    const out = new Uint8Array(n);
+    let off = 0;
+    let i = 0;
+    while (off < n) {
+      const c = r.chunks[i]!;
+      const k = Math.min(c.length, n - off);
+      out.set(c.subarray(0, k), off);
+      off += k;
+      if (!peek) {
+        if (k === c.length) r.chunks.shift();
+        else r.chunks[0] = c.subarray(k);
+      } else {
+        i++;
+      }
+    }
+    if (!peek) {
+      r.bytes -= n;
+      this.totalBytes -= n;
+    }
+    return out;
+  }
+
+  drop(conn: number): void {
+    const r = this.rx.get(conn);
+    if (r !== undefined) this.totalBytes -= r.bytes;
+    this.rx.delete(conn);
+    const i = this.acceptQueue.indexOf(conn);
+    if (i >= 0) this.acceptQueue.splice(i, 1);
   }
 }
 
@@ -182,6 +249,12 @@ export class Machine {
   private broken = false;
   halted: HaltInfo | null = null;
   private pending: NicInput[] = [];
+  /** Set while a WASI command is blocked in a call (an idle point of a command: hashes are logged there). */
+  private blocked = false;
+  /** Record side of the WASI sockets (see SocketInbox). */
+  readonly inbox = new SocketInbox();
+  /** The pre-opened listening socket's descriptor, when the guest imports sock_accept. */
+  readonly listenerFd: number | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
 
@@ -207,6 +280,17 @@ export class Machine {
     }
     this.refreshMemory();
     this.setBudgetEnd(0);
+    if (opts.instrumented.imports.some((i) => i.module === 'wasi_snapshot_preview1' && i.name === 'sock_accept')) {
+      // After the pre-opened directories (none yet): wasi-libc scans fd 3, 4, … for directories and
+      // stops at the first EBADF, which a socket answers.
+      this.listenerFd = 3;
+      this.devices.fds.set(this.listenerFd, { kind: FdKind.LISTENER, conn: 0, nonblock: false, shut: 0 });
+    }
+  }
+
+  /** The guest's WASI environment: the VM's, plus FTVM_LISTEN_FD when it has a listening socket. */
+  get environ(): string[] {
+    return this.listenerFd === undefined ? this.config.env : [...this.config.env, `FTVM_LISTEN_FD=${this.listenerFd}`];
   }
 
   // ------------------------------------------------------------------ counting
@@ -313,6 +397,125 @@ export class Machine {
     src.shift();
     this.seq++;
     return e as Extract<LogEntry, { type: T }>;
+  }
+
+  // ------------------------------------------------------------------ WASI calls with logged results
+
+  /** Throws a DeterminismViolation (for host-call code outside this class). */
+  divergence(detail: string, e: LogEntry | undefined): never {
+    this.violation(detail, e);
+  }
+
+  /**
+   * A WASI call whose result is nondeterministic: `record` computes it (it may block with blockFor) and
+   * the entry is logged at the call's count; replay returns the logged entry. A blocking call is an idle
+   * point of a WASI command: state hashes logged while it waited are checked here first.
+   */
+  syscall<T extends typeof EntryType.SOCK_ACCEPT | typeof EntryType.SOCK_RECV | typeof EntryType.POLL>(
+    type: T,
+    what: string,
+    blocking: boolean,
+    record: () => Omit<Extract<LogEntry, { type: T }>, 'type' | 'n'>,
+  ): Extract<LogEntry, { type: T }> {
+    if (this.mode === 'replay' && blocking) this.replayBlockingPoint();
+    if (!this.replaying()) {
+      const body = record();
+      const e = { ...body, type, n: this.count } as unknown as Extract<LogEntry, { type: T }>;
+      this.emit(e);
+      return e;
+    }
+    return this.expectSync(type, what);
+  }
+
+  /** Replay, at a blocking call: wait for log, verify state hashes logged here; go live if it ends. */
+  private replayBlockingPoint(): void {
+    const src = this.source!;
+    this.blocked = true;
+    try {
+      for (;;) {
+        src.atIdle?.(this.count);
+        const head = src.peek(0);
+        if (head === undefined) {
+          if (src.waitForMore()) continue;
+          if (this.tryGoLive()) return;
+          throw new ReplayStarved(this.count, true);
+        }
+        if (head.type === EntryType.STATE_HASH && head.n === this.count) {
+          const mine = this.stateHash();
+          if (!Buffer.from(mine).equals(Buffer.from(head.hash))) this.violation(`state hash ${Buffer.from(mine).toString('hex')} differs`, head);
+          src.shift();
+          this.seq++;
+          this.sink.stateHash?.(head.n, mine);
+          continue;
+        }
+        return;
+      }
+    } finally {
+      this.blocked = false;
+    }
+  }
+
+  /** Record: the environment's monotonic milliseconds (only for results that are logged). */
+  recordNowMs(): number {
+    return this.env!.nowMs();
+  }
+
+  /** Record: the environment's clock in ns (only for results that are logged). */
+  recordNowNs(clock: number): bigint {
+    return this.env!.nowNs(clock);
+  }
+
+  /** Record: moves client input into the WASI inbox (bounded: input waits in the env when it is full). */
+  pumpSocketInputs(): void {
+    const env = this.env!;
+    const take = (i: NicInput): void => {
+      const r = this.inbox.rx.get(i.conn);
+      if (i.kind === 'open') {
+        if (r !== undefined || this.devices.conns.has(i.conn)) return; // a duplicate open: the driver's bug
+        this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: false });
+        this.inbox.acceptQueue.push(i.conn);
+      } else if (i.kind === 'data') {
+        if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) return; // closed by the guest
+        r.chunks.push(i.data);
+        r.bytes += i.data.length;
+        this.inbox.totalBytes += i.data.length;
+      } else if (r !== undefined) {
+        r.eof = true;
+      } else if (this.devices.conns.get(i.conn) === ConnState.OPEN) {
+        this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: true }); // a go-live close
+      }
+    };
+    while (this.pending.length > 0) take(this.pending.shift()!);
+    if (this.inbox.totalBytes >= SOCKET_INBOX_MAX_BYTES) return;
+    for (const i of env.takeInputs(this.count, MAX_PENDING_INPUTS)) take(i);
+  }
+
+  /**
+   * Record: blocks the guest inside a WASI call until `ready()` or the deadline (env monotonic ms).
+   * Returns whether it became ready. Stops the run (unwinding the guest) if the environment says stop.
+   */
+  blockFor(ready: () => boolean, deadlineMs: number | undefined): boolean {
+    const env = this.env!;
+    this.blocked = true;
+    try {
+      for (;;) {
+        this.pumpSocketInputs();
+        if (ready()) return true;
+        if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
+        if (this.inbox.totalBytes >= SOCKET_INBOX_MAX_BYTES) {
+          env.pause?.(5);
+          continue;
+        }
+        if (!env.waitForWork(this.count, deadlineMs)) throw new BlockedStop(this.count);
+      }
+    } finally {
+      this.blocked = false;
+    }
+  }
+
+  /** True while a WASI command waits inside a blocking call. */
+  get isBlocked(): boolean {
+    return this.blocked;
   }
 
   // ------------------------------------------------------------------ imports (the guest ABI)
@@ -672,10 +875,17 @@ export class Machine {
       }
     } catch (err) {
       if (err instanceof ReplayStarved) {
-        this.broken = this.inStep;
-        const midStep = this.inStep;
+        this.broken = this.inStep || err.atBlock;
+        // Starved while blocked in a call: the state (memory, globals, count) is that of the blocking
+        // point, a command's idle point, so its hash is meaningful; the stack is gone, though.
+        const midStep = this.inStep && !err.atBlock;
         this.inStep = false;
         return { state: 'starved', count: err.count, midStep };
+      }
+      if (err instanceof BlockedStop) {
+        this.broken = true;
+        this.inStep = false;
+        return { state: 'stopped', count: err.count };
       }
       throw err;
     }
@@ -793,7 +1003,7 @@ export class Machine {
 
   /** Record mode: logs the state hash at this idle point (the replica checks it when it gets here). */
   logStateHash(): Uint8Array {
-    assert(this.mode === 'record' && !this.inStep, 'state hashes are logged by the recorder at idle points');
+    assert(this.mode === 'record' && (!this.inStep || this.blocked), 'state hashes are logged by the recorder at idle points');
     const hash = this.stateHash();
     this.emit({ type: EntryType.STATE_HASH, n: this.count, hash });
     this.sink.stateHash?.(this.count, hash);
@@ -827,6 +1037,9 @@ export class Machine {
    * memory is a view of it: a reused, already touched buffer makes the copy a plain memcpy (DESIGN.md §3).
    */
   snapshot(into?: Uint8Array): Snapshot {
+    if (this.blocked || (this.inStep && this.instrumented.exports.includes('_start') && !this.instrumented.exports.includes('ftvm_step'))) {
+      throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the guest is a WASI command inside _start: its wasm stack is live and cannot be snapshotted (docs/GUEST_ABI.md)');
+    }
     assert(!this.inStep, 'snapshots are taken at idle points');
     assert(!this.broken, 'cannot snapshot an unwound machine');
     const mem = this.mem();

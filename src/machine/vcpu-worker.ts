@@ -16,6 +16,7 @@ const port = parentPort!;
 const queue = new SharedQueue(init.queue);
 const status = new Float64Array(init.status, 0, STATUS_SLOTS);
 const control = new Int32Array(init.control, 0, CTRL_SLOTS);
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
 const post = (e: WorkerEvent, transfer: ArrayBuffer[] = []): void => port.postMessage(e, transfer);
 
 // ---------------------------------------------------------------- outbound batching
@@ -73,7 +74,14 @@ function takeSnapshot(): void {
   const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer } | undefined;
   const t0 = performance.now();
   const into = msg ? new Uint8Array(msg.buffer) : undefined;
-  const snap = machine.snapshot(into);
+  let snap: ReturnType<Machine['snapshot']>;
+  try {
+    snap = machine.snapshot(into);
+  } catch (err) {
+    if (!(err instanceof FtvmError)) throw err;
+    post({ t: 'snapshot-refused', code: err.code, message: err.message });
+    return;
+  }
   const pauseMs = performance.now() - t0;
   const { memory, ...state } = snap;
   const shared = into !== undefined && memory.buffer === into.buffer;
@@ -155,6 +163,10 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
   }
   betweenSteps(): void {
     if (snapshotRequested) takeSnapshot();
+  }
+  pause(ms: number): void {
+    Atomics.wait(sleeper, 0, 0, ms); // nobody notifies it: a plain bounded sleep
+    drainQueue();
   }
   atCheckpoint(): void {
     publish(false);

@@ -121,6 +121,10 @@ export class Vcpu extends EventEmitter {
           const w = this.snapshotWaiter;
           this.snapshotWaiter = undefined;
           w?.resolve(ev);
+        } else if (ev.t === 'snapshot-refused') {
+          const w = this.snapshotWaiter;
+          this.snapshotWaiter = undefined;
+          w?.reject(new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_SNAPSHOT', ev.message));
         } else if (ev.t === 'live') {
           this.emit('live', ev);
         } else if (ev.t === 'done') {
