@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { EntryType, type LogEntry } from '../src/log/entry.js';
 import { DEFAULT_VM_CONFIG, type VmConfig } from '../src/log/recording.js';
 import { ArraySource, ScriptedEnv, type ScheduledInput } from '../src/machine/env.js';
-import { Machine, type GuestOutput, type RecordEnv } from '../src/machine/machine.js';
+import { Machine, type GuestOutput, type RecordEnv, type Snapshot } from '../src/machine/machine.js';
 import { collectingSink, recordRun, replayRun } from '../src/machine/runner.js';
 import { resp } from '../src/machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../src/util/errors.js';
@@ -207,4 +207,78 @@ test('a module importing an unsupported WASI call is refused at load, naming it'
     (memory (export "memory") 1)
     (func (export "_start")))`);
   assert.throws(() => loadGuest(bytes), (err: unknown) => err instanceof FtvmError && err.code === 'FTVM_ERR_ABI_IMPORT' && /sock_open/.test(err.message));
+});
+
+/** Records `inputs`, unwinding the guest out of its blocking call at the given idle waits and snapshotting it there. */
+function recordWithUnwinds(mode: 'poll' | 'blocking', inputs: ScheduledInput[], seed: number, slice: number, unwindAt: Set<number>) {
+  const g = guest('c_server');
+  let machine: Machine | undefined;
+  let waits = 0;
+  const snaps: Snapshot[] = [];
+  class Unwinder extends ScriptedEnv {
+    override waitForWork(count: number, deadline: number | undefined): boolean {
+      if (unwindAt.has(waits++) && machine!.requestUnwind()) return true;
+      return super.waitForWork(count, deadline);
+    }
+    betweenSteps(): void {
+      const s = machine!.snapshot();
+      assert.ok(s.resume !== undefined && s.resume.length > 8, 'the snapshot carries the unwound stack');
+      assert.equal(hex(machine!.stateHash()), hex(machine!.stateHash()));
+      snaps.push(s);
+    }
+  }
+  const env = new Unwinder(inputs, { seed, sliceUnits: slice });
+  const entries: LogEntry[] = [];
+  const outputs: GuestOutput[] = [];
+  machine = new Machine({ instrumented: g.instrumented, compiled: g.compiled, config: cfg(mode), sink: collectingSink(entries, outputs), mode: 'record', env });
+  env.bind(() => machine!.count);
+  const r = machine.run();
+  assert.equal(r.state, 'stopped');
+  return { entries, outputs, snaps, finalHash: machine.logStateHash(), finalCount: machine.count };
+}
+
+test('c_server: a guest blocked in a call unwinds (Asyncify), is snapshotted and rewinds; invisible to the log; a replica restored from the snapshot continues identically', () => {
+  const g = guest('c_server');
+  assert.equal(g.instrumented.asyncified, true);
+  let restored = 0;
+  fc.assert(
+    fc.property(
+      fc.constantFrom<'poll' | 'blocking'>('poll', 'blocking'),
+      fc.array(fc.record({ gap: fc.nat(100_000), conn: fc.nat(2), data: fc.array(command, { minLength: 1, maxLength: 3 }).map((cs) => Buffer.concat(cs)) }), { minLength: 1, maxLength: 12 }),
+      fc.uniqueArray(fc.nat(30), { minLength: 1, maxLength: 4 }),
+      fc.nat(1000),
+      (mode, items, unwinds, seed) => {
+        const inputs: ScheduledInput[] = [];
+        const opened = new Set<number>();
+        let at = 0;
+        for (const it of items) {
+          at += it.gap;
+          const conn = 1 + it.conn;
+          if (!opened.has(conn)) {
+            opened.add(conn);
+            inputs.push({ atCount: at, kind: 'open', conn });
+          }
+          inputs.push({ atCount: at, kind: 'data', conn, data: it.data });
+        }
+        for (const c of [...opened].sort()) inputs.push({ atCount: at + c, kind: 'close', conn: c });
+        const plain = recordRun(g, cfg(mode), new ScriptedEnv(inputs, { seed, sliceUnits: 50_000 }));
+        const un = recordWithUnwinds(mode, inputs, seed, 50_000, new Set(unwinds));
+        // Unwinding and rewinding changes nothing the log or the state can see.
+        assert.deepEqual(outputsKey(un.outputs), outputsKey(plain.outputs));
+        assert.equal(un.entries.length, plain.entries.length);
+        assert.equal(hex(un.finalHash), hex(plain.finalHash));
+        assert.equal(un.finalCount, plain.finalCount);
+        for (const s of un.snaps) {
+          // A backup cloned from the snapshot rewinds into the blocked call and replays the rest.
+          const rep = replayRun(g, cfg(mode), un.entries.slice(s.seq), s);
+          assert.equal(rep.finalCount, un.finalCount);
+          assert.equal(hex(rep.finalHash), hex(un.finalHash), 'the replica restored from the snapshot reaches the same state');
+          assert.deepEqual(outputsKey(rep.outputs), outputsKey(un.outputs.filter((o) => o.seq >= s.seq)));
+          restored++;
+        }
+      },
+    ),
+    { numRuns: 12 },
+  );
+  assert.ok(restored >= 6, `snapshots of a blocked guest were taken and restored (${restored})`);
 });

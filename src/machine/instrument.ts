@@ -487,6 +487,13 @@ class FunctionRewriter {
 }
 
 /** Reads, checks and instruments a guest module. Throws FtvmError with a clear message for bad input. */
+/**
+ * WASI calls in which a command may block: a command importing any of them is rewritten by binaryen's
+ * Asyncify pass at these imports only, so that a guest blocked in one can unwind its stack into linear
+ * memory (a snapshot) and be rewound into the same call on another replica.
+ */
+export const ASYNC_WASI_CALLS = ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read'];
+
 export function instrument(original: Uint8Array, options: InstrumentOptions = {}): InstrumentedModule {
   const maxCallDepth = options.maxCallDepth ?? DEFAULT_MAX_CALL_DEPTH;
   if (original.length < 8 || original[0] !== 0x00 || original[1] !== 0x61 || original[2] !== 0x73 || original[3] !== 0x6d) {
@@ -692,6 +699,20 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   if (!mod.validate()) {
     throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the instrumented module does not validate with the allowed features (MVP, mutable-globals, sign-ext, nontrapping-fptoint, bulk-memory, simd128, multivalue)');
   }
+  // --- Asyncify at the blocking WASI calls of a command (snapshots of a guest blocked in a call) ---
+  const blocking = exports.includes('_start') && !exports.includes('ftvm_step') ? imports.filter((i) => i.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALLS.includes(i.name)) : [];
+  if (blocking.length > 0) {
+    binaryen.setPassArgument('asyncify-imports', blocking.map((i) => `${i.module}.${i.name}`).join(','));
+    const level = binaryen.getOptimizeLevel();
+    try {
+      binaryen.setOptimizeLevel(0); // 1 or 2 shrink the code but cost seconds at every load
+      mod.runPasses(['asyncify']);
+    } finally {
+      binaryen.setOptimizeLevel(level);
+      binaryen.clearPassArguments();
+    }
+    if (!mod.validate()) throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the module does not validate after the asyncify pass');
+  }
   const binary = mod.emitBinary();
-  return { binary, hasStart, globalExports, imports, exports, maxCallDepth };
+  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0 };
 }

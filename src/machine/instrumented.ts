@@ -26,5 +26,10 @@ export interface InstrumentedModule {
   /** Exported function names of the original module. */
   exports: string[];
   maxCallDepth: number;
+  /**
+   * A WASI command rewritten by Asyncify at its blocking calls: it exports asyncify_start_unwind,
+   * asyncify_stop_unwind, asyncify_start_rewind, asyncify_stop_rewind and asyncify_get_state.
+   */
+  asyncified?: boolean;
 }
 

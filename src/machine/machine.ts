@@ -120,6 +120,11 @@ export interface Snapshot {
   booted: boolean;
   /** Entries logged (record) or consumed (replay) before this point. */
   seq: number;
+  /**
+   * A WASI command blocked in a call: its wasm stack, unwound by Asyncify (the bytes the guest's
+   * asyncify data buffer held). The machine restored from it rewinds into the same call.
+   */
+  resume?: Uint8Array;
 }
 
 class GuestExit extends Error {
@@ -144,6 +149,27 @@ class BlockedStop extends Error {
     super('stopped while the guest was blocked in a call');
   }
 }
+
+/** Internal: a blocking call gives way so the command can unwind its stack (Asyncify) for a snapshot. */
+class UnwindRequest extends Error {
+  constructor() {
+    super('unwinding for a snapshot');
+  }
+}
+
+interface AsyncifyExports {
+  start_unwind(ptr: number): void;
+  stop_unwind(): void;
+  start_rewind(ptr: number): void;
+  stop_rewind(): void;
+  get_state(): number;
+}
+const ASYNCIFY_NORMAL = 0;
+const ASYNCIFY_UNWINDING = 1;
+const ASYNCIFY_REWINDING = 2;
+/** Where the unwound stack is written, transiently (the guest's bytes there are put back before it runs). */
+const ASYNCIFY_DATA_PTR = 16;
+const ASYNCIFY_DATA_MAX_BYTES = 1024 * 1024;
 
 /** Bytes of client input the record side holds for a WASI guest that has not read it yet. */
 export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
@@ -251,6 +277,13 @@ export class Machine {
   private pending: NicInput[] = [];
   /** Set while a WASI command is blocked in a call (an idle point of a command: hashes are logged there). */
   private blocked = false;
+  /** Asyncify's exports when the guest was rewritten at its blocking calls. */
+  private readonly asy: AsyncifyExports | undefined;
+  private unwindRequested = false;
+  /** The unwound stack of a command stopped in a blocking call: rewound into it when the machine runs. */
+  private resumeImage: Uint8Array | undefined;
+  /** The guest's own bytes under the asyncify data buffer while it is in use. */
+  private asyncifySaved: Uint8Array | undefined;
   /** Record side of the WASI sockets (see SocketInbox). */
   readonly inbox = new SocketInbox();
   /** The pre-opened listening socket's descriptor, when the guest imports sock_accept. */
@@ -275,6 +308,10 @@ export class Machine {
     this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
     this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
     this.globals = opts.instrumented.globalExports.map((n) => ex[n] as WebAssembly.Global);
+    if (opts.instrumented.asyncified) {
+      const f = (n: string): ((...a: number[]) => number) => ex[`asyncify_${n}`] as (...a: number[]) => number;
+      this.asy = { start_unwind: f('start_unwind'), stop_unwind: f('stop_unwind'), start_rewind: f('start_rewind'), stop_rewind: f('stop_rewind'), get_state: f('get_state') };
+    }
     if (typeof ex.ftvm_step !== 'function' && typeof ex._start !== 'function') {
       throw new FtvmError('FTVM_ERR_ABI_EXPORT', 'the guest exports neither ftvm_step (reactor) nor _start (WASI command)');
     }
@@ -499,6 +536,7 @@ export class Machine {
     this.blocked = true;
     try {
       for (;;) {
+        if (this.unwindRequested) throw new UnwindRequest();
         this.pumpSocketInputs();
         if (ready()) return true;
         if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
@@ -516,6 +554,80 @@ export class Machine {
   /** True while a WASI command waits inside a blocking call. */
   get isBlocked(): boolean {
     return this.blocked;
+  }
+
+  /**
+   * Record, while blocked in a call: asks the guest to unwind its stack (Asyncify), so that at
+   * `env.betweenSteps` the machine can be snapshotted; it then rewinds into the same call and the call
+   * starts over (it had produced nothing yet). False when this guest cannot unwind.
+   */
+  requestUnwind(): boolean {
+    if (this.asy === undefined || !this.blocked || this.mode !== 'record') return false;
+    this.unwindRequested = true;
+    return true;
+  }
+
+  /** Asyncify data buffer: [ptr, ptr + size) of guest memory, used only while no guest code runs. */
+  private asyncifyRegion(): { ptr: number; size: number } {
+    const size = Math.min(ASYNCIFY_DATA_MAX_BYTES, this.mem().length - ASYNCIFY_DATA_PTR);
+    return { ptr: ASYNCIFY_DATA_PTR, size };
+  }
+
+  /** An asyncified import gives way: save the guest's bytes under the buffer and start unwinding. */
+  private beginUnwind(): void {
+    const { ptr, size } = this.asyncifyRegion();
+    this.asyncifySaved = new Uint8Array(this.mem().subarray(ptr, ptr + size));
+    const v = this.view();
+    v.setUint32(ptr, ptr + 8, true);
+    v.setUint32(ptr + 4, ptr + size, true);
+    this.unwindRequested = false;
+    this.asy!.start_unwind(ptr);
+  }
+
+  /** The stack is unwound: keep its image, put the guest's bytes back. Memory is the guest's again. */
+  private endUnwind(): void {
+    const asy = this.asy!;
+    asy.stop_unwind();
+    const { ptr } = this.asyncifyRegion();
+    const end = this.view().getUint32(ptr, true);
+    this.resumeImage = new Uint8Array(this.mem().subarray(ptr, end));
+    this.mem().set(this.asyncifySaved!, ptr);
+    this.asyncifySaved = undefined;
+  }
+
+  /** Before re-entering _start: put the stack image in place and start rewinding. */
+  private beginRewind(): void {
+    const image = this.resumeImage!;
+    const { ptr, size } = this.asyncifyRegion();
+    if (image.length > size || image.length < 8) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the unwound stack (${image.length} bytes) does not fit the asyncify buffer (${size} bytes)`);
+    this.asyncifySaved = new Uint8Array(this.mem().subarray(ptr, ptr + size));
+    this.mem().set(image, ptr);
+    this.view().setUint32(ptr + 4, ptr + size, true);
+    this.asy!.start_rewind(ptr);
+  }
+
+  /** The guest is back in the blocking call: stop rewinding and put the guest's bytes back. */
+  private endRewind(): void {
+    this.asy!.stop_rewind();
+    this.mem().set(this.asyncifySaved!, ASYNCIFY_DATA_PTR);
+    this.asyncifySaved = undefined;
+    this.resumeImage = undefined;
+  }
+
+  /** Wraps a blocking WASI import of an asyncified command (rewind arrives here; unwinds leave here). */
+  private asyncifyImport<F extends (...args: never[]) => unknown>(fn: F): F {
+    return ((...args: never[]) => {
+      if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_REWINDING) this.endRewind();
+      try {
+        return fn(...args);
+      } catch (err) {
+        if (err instanceof UnwindRequest) {
+          this.beginUnwind();
+          return 0;
+        }
+        throw err;
+      }
+    }) as F;
   }
 
   // ------------------------------------------------------------------ imports (the guest ABI)
@@ -595,6 +707,10 @@ export class Machine {
       },
     };
     const wasi = makeWasiImports(this);
+    for (const name of ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read']) {
+      const fn = wasi[name];
+      if (fn !== undefined) wasi[name] = this.asyncifyImport(fn);
+    }
     const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal };
     return imports;
   }
@@ -867,6 +983,8 @@ export class Machine {
       if (!this.booted) {
         this.booted = true;
         this.boot();
+      } else if (this.resumeImage !== undefined && !this.halted) {
+        this.runCommand();
       }
       for (;;) {
         if (this.halted) return { state: 'halted', count: this.count, halt: this.halted };
@@ -896,9 +1014,28 @@ export class Machine {
     if (this.instrumented.hasStart) this.callGuest(ex[START_EXPORT] as () => void);
     if (!this.halted && typeof ex._initialize === 'function') this.callGuest(ex._initialize as () => void);
     if (!this.halted && typeof ex.ftvm_init === 'function') this.callGuest(ex.ftvm_init as () => void);
-    if (!this.halted && typeof ex._start === 'function' && typeof ex.ftvm_step !== 'function') {
-      this.callGuest(ex._start as () => void);
-      if (!this.halted) this.halt('exit', 0, '');
+    if (!this.halted && typeof ex._start === 'function' && typeof ex.ftvm_step !== 'function') this.runCommand();
+  }
+
+  /**
+   * Runs a WASI command's _start until it returns, exits or traps. An asyncified command may unwind
+   * out of a blocking call (requestUnwind): the machine is then at an idle point (empty wasm stack,
+   * `env.betweenSteps` may snapshot it) and rewinds into the same call.
+   */
+  private runCommand(): void {
+    const start = this.instance.exports._start as () => void;
+    for (;;) {
+      if (this.resumeImage !== undefined) this.beginRewind();
+      this.callGuest(start);
+      if (this.halted) return;
+      if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_UNWINDING) {
+        this.endUnwind();
+        if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        continue;
+      }
+      assert(this.resumeImage === undefined && this.asy?.get_state() !== ASYNCIFY_REWINDING, 'the command returned while rewinding');
+      this.halt('exit', 0, '');
+      return;
     }
   }
 
@@ -1038,7 +1175,12 @@ export class Machine {
    */
   snapshot(into?: Uint8Array): Snapshot {
     if (this.blocked || (this.inStep && this.instrumented.exports.includes('_start') && !this.instrumented.exports.includes('ftvm_step'))) {
-      throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the guest is a WASI command inside _start: its wasm stack is live and cannot be snapshotted (docs/GUEST_ABI.md)');
+      throw new FtvmError(
+        'FTVM_ERR_SNAPSHOT',
+        this.asy !== undefined
+          ? 'the guest is a WASI command inside _start: it is snapshotted only after unwinding out of a blocking call (requestUnwind)'
+          : 'the guest is a WASI command inside _start that cannot unwind (it imports no blocking call): its wasm stack is live and cannot be snapshotted',
+      );
     }
     assert(!this.inStep, 'snapshots are taken at idle points');
     assert(!this.broken, 'cannot snapshot an unwound machine');
@@ -1059,6 +1201,7 @@ export class Machine {
       deliveredInStep: this.deliveredInStep,
       booted: this.booted,
       seq: this.seq,
+      ...(this.resumeImage !== undefined ? { resume: new Uint8Array(this.resumeImage) } : {}),
     };
   }
 
@@ -1081,6 +1224,10 @@ export class Machine {
     this.deliveredInStep = s.deliveredInStep;
     this.booted = s.booted;
     this.seq = s.seq;
+    if (s.resume !== undefined) {
+      if (this.asy === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot resumes a blocked call but this module is not asyncified');
+      this.resumeImage = new Uint8Array(s.resume);
+    }
     this.budgetEnd = s.count;
     this.fuel.value = 0n;
   }

@@ -153,7 +153,9 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
     }
     if (inputs.length > 0 || hashRequested) return true;
     if (snapshotRequested) {
-      takeSnapshot();
+      // A WASI command blocked in a call unwinds out of it first (Asyncify); betweenSteps then takes
+      // the snapshot and the guest rewinds into the call. One that cannot unwind refuses the snapshot.
+      if (!machine?.requestUnwind()) takeSnapshot();
       return true;
     }
     const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
