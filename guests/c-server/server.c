@@ -9,7 +9,7 @@
  *   poll      (default) every socket non-blocking, one poll() loop over the listener and all clients
  *   blocking  accept() one client at a time and serve it with blocking recv() until it closes
  *
- * Commands: PING [msg], ECHO msg, GET k, SET k v, DEL k [k ...], INCR k, EXISTS k [k ...], DBSIZE,
+ * Commands: PING [msg], ECHO msg, GET k, SET k v, MGET k [k ...], DEL k [k ...], INCR k, EXISTS k [k ...], DBSIZE,
  * QUIT, COMMAND (-> *0); anything else -> -ERR. Input: RESP arrays of bulk strings and inline
  * commands; pipelined and split input both work. At most 1 MiB of unparsed input per connection.
  *
@@ -180,6 +180,13 @@ static void execute(struct client *c, int argc) {
     struct entry *e = *find_slot(argv_p[1], argv_n[1]);
     if (e) buf_bulk(o, e->val, e->vlen);
     else buf_str(o, "$-1\r\n");
+  } else if (eq(cmd, cl, "MGET") && argc >= 2) {
+    buf_int(o, '*', argc - 1);
+    for (int i = 1; i < argc; i++) {
+      struct entry *e = *find_slot(argv_p[i], argv_n[i]);
+      if (e) buf_bulk(o, e->val, e->vlen);
+      else buf_str(o, "$-1\r\n");
+    }
   } else if (eq(cmd, cl, "DEL") && argc >= 2) {
     long long n = 0;
     for (int i = 1; i < argc; i++) n += del(argv_p[i], argv_n[i]);

@@ -509,7 +509,7 @@ export function instrument(original: Uint8Array, options: InstrumentOptions = {}
     throw new FtvmError('FTVM_ERR_INVALID_MODULE', `invalid WebAssembly module: ${String((err as Error).message ?? err)}`, { cause: err });
   }
   try {
-    return instrumentModule(mod, maxCallDepth);
+    return instrumentModule(mod, maxCallDepth, options.asyncify ?? true);
   } finally {
     mod.dispose();
   }
@@ -535,7 +535,7 @@ function freshName(mod: binaryen.Module, base: string): string {
   return name;
 }
 
-function instrumentModule(mod: binaryen.Module, maxCallDepth: number): InstrumentedModule {
+function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: boolean): InstrumentedModule {
   // --- module-level checks ---
   const memoryCount = (mod as unknown as { getNumMemories?: () => number }).getNumMemories?.() ?? (mod.hasMemory() ? 1 : 0);
   if (memoryCount > 1) refuse('multiple memories', 'module');
@@ -700,7 +700,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
     throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the instrumented module does not validate with the allowed features (MVP, mutable-globals, sign-ext, nontrapping-fptoint, bulk-memory, simd128, multivalue)');
   }
   // --- Asyncify at the blocking WASI calls of a command (snapshots of a guest blocked in a call) ---
-  const blocking = exports.includes('_start') && !exports.includes('ftvm_step') ? imports.filter((i) => i.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALLS.includes(i.name)) : [];
+  const blocking = asyncify && exports.includes('_start') && !exports.includes('ftvm_step') ? imports.filter((i) => i.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALLS.includes(i.name)) : [];
   if (blocking.length > 0) {
     binaryen.setPassArgument('asyncify-imports', blocking.map((i) => `${i.module}.${i.name}`).join(','));
     const level = binaryen.getOptimizeLevel();

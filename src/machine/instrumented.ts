@@ -12,6 +12,8 @@ export const INTERNAL_MODULE = 'ftvm_internal';
 
 export interface InstrumentOptions {
   maxCallDepth?: number;
+  /** Asyncify a WASI command at its blocking calls (default true; off only to measure its cost). */
+  asyncify?: boolean;
 }
 
 export interface InstrumentedModule {
