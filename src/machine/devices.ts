@@ -77,7 +77,9 @@ export class RxRing {
 export const ConnState = { OPEN: 1, PEER_CLOSED: 2 } as const;
 
 /** WASI file descriptors beyond stdio: the pre-opened listening socket and accepted connections. */
-export const FdKind = { LISTENER: 1, SOCKET: 2 } as const;
+export const FdKind = { LISTENER: 1, SOCKET: 2, DIR: 3, FILE: 4 } as const;
+export const RIGHT_READ = 1;
+export const RIGHT_WRITE = 2;
 export const SHUT_RD = 1;
 export const SHUT_WR = 2;
 /** Highest file descriptor number the VMM hands out (EMFILE beyond). */
@@ -91,6 +93,16 @@ export interface FdState {
   nonblock: boolean;
   /** SHUT_RD | SHUT_WR bits (SOCKET). */
   shut: number;
+  /** FILE / DIR: the disk inode. */
+  ino?: number;
+  /** FILE: the file position. */
+  offset?: number;
+  /** FILE: O_APPEND. */
+  append?: boolean;
+  /** FILE / DIR: RIGHT_READ | RIGHT_WRITE. */
+  rights?: number;
+  /** DIR: the pre-opened directory's name (fd_prestat_*). */
+  preopen?: string;
 }
 
 export interface TimerState {
@@ -110,6 +122,8 @@ export interface DeviceState {
   maxConn: number;
   /** WASI descriptors (absent in snapshots of guests without sockets). */
   fds?: Array<[number, FdState]>;
+  /** The last realtime clock value the guest read (ns, decimal): file timestamps. */
+  clockNs?: string;
 }
 
 export class Devices {
@@ -122,6 +136,8 @@ export class Devices {
   maxConn = 0;
   /** WASI descriptors above stdio (deterministic: the listener is set up from the module's imports). */
   readonly fds = new Map<number, FdState>();
+  /** The last realtime clock value the guest read (a logged value, so deterministic): file timestamps. */
+  clockNs = 0n;
 
   /** The lowest free descriptor at or above `from`, or -1 when all up to MAX_FD are taken. */
   allocFd(from: number): number {
@@ -161,6 +177,7 @@ export class Devices {
       armSeq: this.armSeq,
       maxConn: this.maxConn,
       fds: [...this.fds].map(([fd, f]) => [fd, { ...f }]),
+      clockNs: this.clockNs.toString(),
     };
   }
 
@@ -174,6 +191,7 @@ export class Devices {
     this.maxConn = s.maxConn;
     this.fds.clear();
     for (const [fd, f] of s.fds ?? []) this.fds.set(fd, { ...f });
+    this.clockNs = BigInt(s.clockNs ?? '0');
   }
 
   /** The deterministic part, for the state hash (deadlines are real time: excluded). */
@@ -189,7 +207,8 @@ export class Devices {
     if (this.fds.size > 0) {
       const fds = [...this.fds].sort((a, b) => a[0] - b[0]);
       parts.push(fds.length);
-      for (const [fd, f] of fds) parts.push(fd, f.kind, f.conn, f.nonblock ? 1 : 0, f.shut);
+      for (const [fd, f] of fds) parts.push(fd, f.kind, f.conn, f.nonblock ? 1 : 0, f.shut, f.ino ?? 0, f.offset ?? 0, f.append ? 1 : 0, f.rights ?? 0);
+      parts.push(Number(this.clockNs % 1_000_000_000_000n), Number(this.clockNs / 1_000_000_000_000n));
     }
     const out = new Float64Array(parts);
     return new Uint8Array(out.buffer);

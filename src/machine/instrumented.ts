@@ -9,6 +9,8 @@ export const MEMORY_EXPORT = '__ftvm_memory';
 export const START_EXPORT = '__ftvm_start';
 export const GLOBAL_EXPORT_PREFIX = '__ftvm_g';
 export const INTERNAL_MODULE = 'ftvm_internal';
+/** Asyncified commands: the number of indirect calls in progress (the VMM unwinds only at 0). */
+export const INDIRECT_GLOBAL = '__ftvm_indirect';
 
 export interface InstrumentOptions {
   maxCallDepth?: number;

@@ -26,7 +26,8 @@ import {
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
-import { DEPTH_GLOBAL, FUEL_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
 
 export const PAGE_BYTES = 65536;
@@ -120,6 +121,8 @@ export interface Snapshot {
   booted: boolean;
   /** Entries logged (record) or consumed (replay) before this point. */
   seq: number;
+  /** The virtual disk (disk.ts serialization), when the VM has one. */
+  disk?: Uint8Array;
   /**
    * A WASI command blocked in a call: its wasm stack, unwound by Asyncify (the bytes the guest's
    * asyncify data buffer held). The machine restored from it rewinds into the same call.
@@ -247,6 +250,8 @@ export interface MachineOptions {
   source?: ReplaySource;
   /** Replay: stop at least this often (instructions) to report progress, even when the log grants more. */
   replaySliceUnits?: number;
+  /** This replica's disk image file: the virtual disk is written there when the guest syncs. */
+  diskImagePath?: string;
 }
 
 export class Machine {
@@ -288,6 +293,9 @@ export class Machine {
   readonly inbox = new SocketInbox();
   /** The pre-opened listening socket's descriptor, when the guest imports sock_accept. */
   readonly listenerFd: number | undefined;
+  /** The virtual disk, pre-opened as /data at fd 3 (VmConfig.diskBytes > 0). */
+  disk: VirtualDisk | undefined;
+  readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
 
@@ -299,6 +307,8 @@ export class Machine {
     this.source = opts.source;
     this.sink = opts.sink;
     this.replaySliceUnits = opts.replaySliceUnits ?? DEFAULT_SLICE_UNITS;
+    this.diskImagePath = opts.diskImagePath;
+    this.disk = (opts.config.diskBytes ?? 0) > 0 ? new VirtualDisk(opts.config.diskBytes!) : undefined;
     if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
@@ -317,10 +327,15 @@ export class Machine {
     }
     this.refreshMemory();
     this.setBudgetEnd(0);
+    let nextFd = 3;
+    if (this.disk !== undefined) {
+      this.devices.fds.set(nextFd, { kind: FdKind.DIR, conn: 0, nonblock: false, shut: 0, ino: 1, rights: 3, preopen: '/data' });
+      nextFd++;
+    }
     if (opts.instrumented.imports.some((i) => i.module === 'wasi_snapshot_preview1' && i.name === 'sock_accept')) {
-      // After the pre-opened directories (none yet): wasi-libc scans fd 3, 4, … for directories and
-      // stops at the first EBADF, which a socket answers.
-      this.listenerFd = 3;
+      // After the pre-opened directory: wasi-libc scans fd 3, 4, … for directories and stops at the
+      // first EBADF, which a socket answers (wasmtime's issue #3936; wazero does the same).
+      this.listenerFd = nextFd;
       this.devices.fds.set(this.listenerFd, { kind: FdKind.LISTENER, conn: 0, nonblock: false, shut: 0 });
     }
   }
@@ -563,6 +578,9 @@ export class Machine {
    */
   requestUnwind(): boolean {
     if (this.asy === undefined || !this.blocked || this.mode !== 'record') return false;
+    // Asyncify rewrote only the functions that reach a blocking call directly: a call reached through a
+    // function pointer cannot unwind (the snapshot is refused; the primary tries again later).
+    if ((this.instance.exports[INDIRECT_GLOBAL] as WebAssembly.Global).value !== 0) return false;
     this.unwindRequested = true;
     return true;
   }
@@ -732,10 +750,12 @@ export class Machine {
     if (!this.replaying()) {
       const v = this.env!.nowNs(clock);
       this.emit({ type: EntryType.CLOCK, n: this.count, clock, valueNs: v });
+      if (clock === 0) this.devices.clockNs = v;
       return v;
     }
     const e = this.expectSync(EntryType.CLOCK, `a clock read (clock ${clock})`);
     if (e.clock !== clock) this.violation(`clock ${clock} read where the log has clock ${e.clock}`, e);
+    if (clock === 0) this.devices.clockNs = e.valueNs;
     return e.valueNs;
   }
 
@@ -1166,6 +1186,7 @@ export class Machine {
     });
     h.update(g);
     h.update(this.devices.hashBytes());
+    if (this.disk !== undefined) h.update(this.disk.serialize());
     return h.digest();
   }
 
@@ -1202,6 +1223,7 @@ export class Machine {
       booted: this.booted,
       seq: this.seq,
       ...(this.resumeImage !== undefined ? { resume: new Uint8Array(this.resumeImage) } : {}),
+      ...(this.disk !== undefined ? { disk: this.disk.serialize() } : {}),
     };
   }
 
@@ -1224,6 +1246,12 @@ export class Machine {
     this.deliveredInStep = s.deliveredInStep;
     this.booted = s.booted;
     this.seq = s.seq;
+    if ((s.disk !== undefined) !== (this.disk !== undefined)) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot and this VM disagree on having a disk');
+    if (s.disk !== undefined) {
+      this.disk = VirtualDisk.deserialize(s.disk);
+      if (this.disk.quotaBytes !== this.config.diskBytes) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the snapshot's disk has ${this.disk.quotaBytes} bytes; this VM ${this.config.diskBytes}`);
+      if (this.diskImagePath !== undefined) this.disk.persist(this.diskImagePath);
+    }
     if (s.resume !== undefined) {
       if (this.asy === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot resumes a blocked call but this module is not asyncified');
       this.resumeImage = new Uint8Array(s.resume);

@@ -37,6 +37,8 @@ export interface SnapshotHeader {
   devices: DeviceState;
   /** A WASI command snapshotted while blocked in a call: its Asyncify stack image. */
   resume?: Uint8Array;
+  /** The virtual disk (disk.ts serialization). */
+  disk?: Uint8Array;
 }
 
 /** Splits a snapshot into a header chunk and memory chunks (views into the snapshot's memory). */
@@ -53,7 +55,7 @@ export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): 
   const w = new ByteWriter(1024);
   w.varint(s.count);
   w.varint(s.seq);
-  w.u8((s.stepAgain ? 1 : 0) | (s.deliveredInStep ? 2 : 0) | (s.booted ? 4 : 0) | (s.resume !== undefined ? 8 : 0));
+  w.u8((s.stepAgain ? 1 : 0) | (s.deliveredInStep ? 2 : 0) | (s.booted ? 4 : 0) | (s.resume !== undefined ? 8 : 0) | (s.disk !== undefined ? 16 : 0));
   w.varint(s.memory.length);
   w.varint(chunkBytes);
   w.varint(s.globals.length);
@@ -74,6 +76,10 @@ export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): 
   if (s.resume !== undefined) {
     w.varint(s.resume.length);
     w.bytes(s.resume);
+  }
+  if (s.disk !== undefined) {
+    w.varint(s.disk.length);
+    w.bytes(s.disk);
   }
   const body = w.finish();
   const header = Buffer.alloc(8 + 2 + 4 + body.length);
@@ -125,6 +131,7 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
     }
     const devices = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8')) as DeviceState;
     const resume = (flags & 8) !== 0 ? r.bytes(r.varint()) : undefined;
+    const disk = (flags & 16) !== 0 ? r.bytes(r.varint()) : undefined;
     if (r.remaining !== 0) bad('trailing bytes in the header');
     return {
       count,
@@ -138,6 +145,7 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
       globals,
       devices,
       ...(resume !== undefined ? { resume } : {}),
+      ...(disk !== undefined ? { disk } : {}),
     };
   } catch (err) {
     if (err instanceof FtvmError) throw err;
@@ -201,6 +209,7 @@ export class SnapshotAssembler {
       globals: h.globals,
       devices: h.devices,
       ...(h.resume !== undefined ? { resume: h.resume } : {}),
+      ...(h.disk !== undefined ? { disk: h.disk } : {}),
     };
   }
 }

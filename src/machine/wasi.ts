@@ -14,6 +14,7 @@
 import { EntryType, type PollEvent } from '../log/entry.js';
 import { ConnState, FdKind, SHUT_RD, SHUT_WR, type FdState } from './devices.js';
 import type { Machine } from './machine.js';
+import { makeFsImports } from './wasi-fs.js';
 
 const ERRNO_SUCCESS = 0;
 const ERRNO_AGAIN = 6;
@@ -23,6 +24,7 @@ const ERRNO_MFILE = 33;
 const ERRNO_NOTCONN = 53;
 const ERRNO_NOTSOCK = 57;
 const ERRNO_PIPE = 64;
+const ERRNO_SPIPE = 70;
 const FILETYPE_CHARACTER_DEVICE = 2;
 const FILETYPE_SOCKET_STREAM = 6;
 const FDFLAGS_NONBLOCK = 4;
@@ -87,9 +89,11 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
     }
     return out;
   };
+  const fs = makeFsImports(m, iovecs);
   const socketOf = (fd: number): FdState | number => {
     const f = m.devices.fds.get(fd);
     if (f === undefined) return fd >= 0 && fd <= 2 ? ERRNO_NOTSOCK : ERRNO_BADF;
+    if (f.kind === FdKind.FILE || f.kind === FdKind.DIR) return ERRNO_NOTSOCK;
     return f;
   };
   /** Receives into `bufs` from connection fd `f` (sock_recv and fd_read). Returns [errno, bytes]. */
@@ -146,6 +150,10 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
         return;
       }
       const f = m.devices.fds.get(s.fd);
+      if (f !== undefined && (f.kind === FdKind.FILE || f.kind === FdKind.DIR)) {
+        out.push({ index, errno: ERRNO_SUCCESS, nbytes: 0, flags: 0 }); // files are always ready
+        return;
+      }
       if (f === undefined) {
         if (s.fd >= 0 && s.fd <= 2) out.push({ index, errno: ERRNO_SUCCESS, nbytes: s.tag === EVENTTYPE_FD_WRITE ? WRITE_ROOM_BYTES : 0, flags: 0 });
         else out.push({ index, errno: ERRNO_BADF, nbytes: 0, flags: 0 });
@@ -167,6 +175,7 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
     return out;
   };
   return {
+    ...fs.calls,
     sock_accept: (fd: number, flags: number, fdOut: number): number => {
       const l = socketOf(fd);
       if (typeof l === 'number') return l;
@@ -286,6 +295,8 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
       return ERRNO_SUCCESS;
     },
     fd_fdstat_set_flags: (fd: number, flags: number): number => {
+      const file = fs.fileFd(fd);
+      if (file !== undefined) return fs.setFlags(file, flags);
       const f = m.devices.fds.get(fd);
       if (f === undefined) return fd >= 0 && fd <= 2 ? ERRNO_INVAL : ERRNO_BADF;
       if ((flags & ~FDFLAGS_NONBLOCK) !== 0) return ERRNO_INVAL;
@@ -320,7 +331,8 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
         const bufs = iovecs(iovs, iovsLen, 'fd_write');
         if (bufs === undefined) return ERRNO_INVAL;
         m.guestBytes(nwritten, 4, 'fd_write nwritten');
-        const [errno, n] = send(sock, bufs);
+        const file = fs.fileFd(fd);
+        const [errno, n] = file !== undefined ? fs.write(file, bufs) : send(sock, bufs);
         if (errno !== ERRNO_SUCCESS) return errno;
         m.guestView().setUint32(nwritten, n, true);
         return ERRNO_SUCCESS;
@@ -348,12 +360,15 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
       const bufs = iovecs(iovs, iovsLen, 'fd_read');
       if (bufs === undefined) return ERRNO_INVAL;
       m.guestBytes(nread, 4, 'fd_read nread');
-      const [errno, n] = receive(sock, bufs, false, false);
+      const file = fs.fileFd(fd);
+      const [errno, n] = file !== undefined ? fs.read(file, bufs) : receive(sock, bufs, false, false);
       if (errno !== ERRNO_SUCCESS) return errno;
       m.guestView().setUint32(nread, n, true);
       return ERRNO_SUCCESS;
     },
     fd_close: (fd: number): number => {
+      const file = fs.fileFd(fd);
+      if (file !== undefined) return fs.close(fd, file);
       const f = m.devices.fds.get(fd);
       if (f === undefined) return ERRNO_BADF;
       if (f.kind === FdKind.SOCKET) {
@@ -364,10 +379,35 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
       m.devices.fds.delete(fd);
       return ERRNO_SUCCESS;
     },
-    fd_seek: () => ERRNO_BADF,
-    fd_prestat_get: () => ERRNO_BADF,
-    fd_prestat_dir_name: () => ERRNO_BADF,
+    fd_seek: (fd: number, offset: bigint, whence: number, out: number): number => {
+      const f = m.devices.fds.get(fd);
+      if (f === undefined) return ERRNO_BADF;
+      const file = fs.fileFd(fd);
+      if (file === undefined) return ERRNO_SPIPE;
+      m.guestBytes(out, 8, 'fd_seek');
+      const [errno, at] = fs.seek(file, offset, whence);
+      if (errno !== ERRNO_SUCCESS) return errno;
+      m.guestView().setBigUint64(out, at, true);
+      return ERRNO_SUCCESS;
+    },
+    fd_prestat_get: (fd: number, out: number): number => {
+      const f = m.devices.fds.get(fd);
+      if (f?.preopen === undefined) return ERRNO_BADF; // also for the listening socket: wasi-libc stops scanning here
+      m.guestBytes(out, 8, 'fd_prestat_get').fill(0);
+      m.guestView().setUint32(out + 4, Buffer.byteLength(f.preopen), true);
+      return ERRNO_SUCCESS;
+    },
+    fd_prestat_dir_name: (fd: number, path: number, len: number): number => {
+      const f = m.devices.fds.get(fd);
+      if (f?.preopen === undefined) return ERRNO_BADF;
+      const name = Buffer.from(f.preopen, 'utf8');
+      if (len >>> 0 < name.length) return ERRNO_INVAL;
+      m.guestBytes(path, name.length, 'fd_prestat_dir_name').set(name);
+      return ERRNO_SUCCESS;
+    },
     fd_fdstat_get: (fd: number, out: number): number => {
+      const file = fs.fileFd(fd);
+      if (file !== undefined) return fs.fdstat(file, out);
       const sock = m.devices.fds.get(fd);
       if (sock !== undefined) {
         m.guestBytes(out, 24, 'fd_fdstat_get').fill(0);
