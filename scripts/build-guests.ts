@@ -7,7 +7,12 @@
 //
 //   --force            rebuild even if the output is newer than all its sources
 //   --update-prebuilt  after building the C guests with clang, refresh guests/c/prebuilt/*.wasm
-//   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, kernels_as, kernels_c)
+//   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, sqlite_server,
+//                      kernels_as, kernels_c)
+//
+// sqlite_server also compiles SQLite's amalgamation, fetched once with `npm pack better-sqlite3@12.11.1`
+// into build/cache/ (no native build; no other download). Without clang, or when the fetch fails, the
+// checked-in prebuilt module is used.
 //   --check file.wasm ...  only check existing modules against the guest ABI (no build)
 //
 // AssemblyScript guests are compiled with the AssemblyScript compiler's API (no child process).
@@ -73,6 +78,8 @@ interface CGuest {
   sources: string[];
   shape: Shape;
   exports: string[];
+  /** Also compile SQLite's amalgamation (fetched with `npm pack`, see sqliteDir). */
+  sqlite?: boolean;
 }
 
 type Guest = AsGuest | CGuest;
@@ -100,7 +107,12 @@ const GUESTS: Guest[] = [
   {
     kind: "c", name: "c_server", source: "guests/c-server/server.c",
     flags: ["--target=wasm32-wasi", "-O2", "-Wall"],
-    sources: ["guests/c-server/server.c"], shape: "command", exports: ["_start"],
+    sources: ["guests/c-server"], shape: "command", exports: ["_start"],
+  },
+  {
+    kind: "c", name: "sqlite_server", source: "guests/sqlite/sqlite-server.c",
+    flags: ["--target=wasm32-wasi", "-O2", "-Wall", "-DSQLITE_OMIT_LOAD_EXTENSION", "-DSQLITE_THREADSAFE=0"],
+    sources: ["guests/sqlite", "guests/c-server"], shape: "command", exports: ["_start"], sqlite: true,
   },
   {
     kind: "as", name: "kernels_as", entry: "guests/bench/kernels.ts", runtime: "stub",
@@ -295,8 +307,27 @@ async function buildAs(g: AsGuest, out: string): Promise<void> {
   if (!existsSync(out)) throw new BuildError(`AssemblyScript compile of ${g.entry} produced no ${rel(out)}`);
 }
 
+// SQLite's official amalgamation, unmodified, as npm's better-sqlite3 ships it. `npm pack` fetches the
+// tarball from the registry without building anything; it is unpacked under build/cache/.
+const SQLITE_PACKAGE = "better-sqlite3@12.11.1";
+const SQLITE_CACHE = path.join(ROOT, "build", "cache", "better-sqlite3-12.11.1");
+
+function sqliteDir(): string {
+  const dir = path.join(SQLITE_CACHE, "package", "deps", "sqlite3");
+  if (existsSync(path.join(dir, "sqlite3.c"))) return dir;
+  mkdirSync(SQLITE_CACHE, { recursive: true });
+  console.log(`  fetching SQLite's amalgamation: npm pack ${SQLITE_PACKAGE} (into ${rel(SQLITE_CACHE)})`);
+  const p = spawnSync("npm", ["pack", SQLITE_PACKAGE, "--silent"], { encoding: "utf8", cwd: SQLITE_CACHE });
+  if (p.error || p.status !== 0) throw new BuildError(`npm pack ${SQLITE_PACKAGE} failed: ${p.error?.message ?? p.stderr}`);
+  const tgz = path.join(SQLITE_CACHE, p.stdout.trim().split("\n").pop() ?? "");
+  const t = spawnSync("tar", ["xzf", tgz, "-C", SQLITE_CACHE, "package/deps/sqlite3/sqlite3.c", "package/deps/sqlite3/sqlite3.h"], { encoding: "utf8" });
+  if (t.error || t.status !== 0) throw new BuildError(`cannot unpack ${tgz}: ${t.error?.message ?? t.stderr}`);
+  return dir;
+}
+
 function buildC(g: CGuest, out: string): void {
-  const args = [...g.flags, "-o", out, path.join(ROOT, g.source)];
+  const extra = g.sqlite ? ["-I", sqliteDir(), path.join(sqliteDir(), "sqlite3.c")] : [];
+  const args = [...g.flags, "-o", out, path.join(ROOT, g.source), ...extra];
   const r = spawnSync("clang", args, { encoding: "utf8", cwd: ROOT });
   if (r.stdout) process.stdout.write(r.stdout);
   if (r.stderr) process.stderr.write(r.stderr);
@@ -487,6 +518,15 @@ async function main(argv: string[]): Promise<void> {
       if (clang !== null) {
         stamp = `${clang} | clang ${g.flags.join(" ")} ${g.source}`;
         build = () => {
+          if (g.sqlite && existsSync(prebuilt)) {
+            try {
+              sqliteDir();
+            } catch (e) {
+              console.log(`  ${(e as Error).message}; using ${rel(prebuilt)}`);
+              copyFileSync(prebuilt, out);
+              return;
+            }
+          }
           buildC(g, out);
           if (updatePrebuilt) {
             mkdirSync(path.dirname(prebuilt), { recursive: true });

@@ -245,7 +245,7 @@ test('c_server: a guest blocked in a call unwinds (Asyncify), is snapshotted and
     fc.property(
       fc.constantFrom<'poll' | 'blocking'>('poll', 'blocking'),
       fc.array(fc.record({ gap: fc.nat(100_000), conn: fc.nat(2), data: fc.array(command, { minLength: 1, maxLength: 3 }).map((cs) => Buffer.concat(cs)) }), { minLength: 1, maxLength: 12 }),
-      fc.uniqueArray(fc.nat(30), { minLength: 1, maxLength: 4 }),
+      fc.uniqueArray(fc.nat(12), { maxLength: 4 }).map((a) => [0, ...a.filter((i) => i !== 0)]), // the first wait always unwinds
       fc.nat(1000),
       (mode, items, unwinds, seed) => {
         const inputs: ScheduledInput[] = [];
@@ -280,5 +280,5 @@ test('c_server: a guest blocked in a call unwinds (Asyncify), is snapshotted and
     ),
     { numRuns: 12 },
   );
-  assert.ok(restored >= 6, `snapshots of a blocked guest were taken and restored (${restored})`);
+  assert.ok(restored >= 12, `snapshots of a blocked guest were taken and restored (${restored})`);
 });

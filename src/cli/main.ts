@@ -70,8 +70,9 @@ export function buildProgram(): Command {
     .option('--env <K=V>', 'a WASI environment variable (repeatable)', collect, [])
     .option('--memory-max-pages <n>', 'refuse memory.grow past this many 64 KiB pages', intArg('--memory-max-pages', 1, 65536), DEFAULT_VM_CONFIG.memoryMaxPages)
     .option('--max-call-depth <n>', 'deterministic guest call-depth limit', intArg('--max-call-depth', 16, 100_000), DEFAULT_VM_CONFIG.maxCallDepth)
+    .option('--disk-size <bytes>', 'give the VM a virtual disk of this many bytes, pre-opened as /data', intArg('--disk-size', 0, 1024 * 1024 * 1024), 0)
     .action(async (guestPath: string, o) => {
-      const config = vmConfig(o);
+      const config = { ...vmConfig(o), ...(o.diskSize > 0 ? { diskBytes: o.diskSize as number } : {}) };
       const guest = await loadGuestFile(guestPath, config.maxCallDepth);
       const inputs = await workloadFor(o.workload, o.ops, o.conns, o.seed);
       const s = await recordToFile(guest, config, inputs, { out: o.out, seed: o.seed, sliceUnits: o.slice, onOutput: (t) => process.stdout.write(t) });
@@ -281,5 +282,8 @@ function nodeOptions(cmd: Command): Command {
     .option('--lag-max-ms <ms>', 'primary: slow the guest when the backup replays more than this far behind', intArg('--lag-max-ms', 1, 600_000), TIMING_DEFAULTS.lagMaxMs)
     .option('--tick-ms <ms>', 'driver tick (timeouts and heartbeats are checked this often)', intArg('--tick-ms', 1, 1000), TIMING_DEFAULTS.tickMs)
     .option('--state-hash-interval-ms <ms>', 'primary: log a state hash at an idle point this often for the backup to check (0 = only on request)', intArg('--state-hash-interval-ms', 0), TIMING_DEFAULTS.stateHashIntervalMs)
-    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000));
+    .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000))
+    .option('--disk <file>', "this replica's disk image: the VM gets a virtual disk, pre-opened as /data (same --disk-size on every replica; each writes its own file)")
+    .option('--disk-size <bytes>', 'size of the virtual disk (its quota: writes past it get ENOSPC)', intArg('--disk-size', 0, 1024 * 1024 * 1024), 64 * 1024 * 1024)
+    .option('--arg <value>', 'a WASI argument, argv[1..] (repeatable; the same on every replica)', collect, []);
 }

@@ -41,6 +41,11 @@ export async function readSecret(path: string | undefined, needed: boolean): Pro
 
 export interface RunOptions {
   role: string;
+  /** This replica's disk image file: the VM gets a virtual disk of `diskSize` bytes at /data. */
+  disk?: string;
+  diskSize: number;
+  /** WASI arguments (argv[1..]); every replica must have the same. */
+  arg?: string[];
   nodeId?: string;
   hostId: string;
   /** commander's --no-recruit. */
@@ -121,7 +126,7 @@ async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<vo
 async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Omit<NodeOptions, 'secret'>; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
   const guest = await loadGuestFile(guestPath);
-  const config = { ...DEFAULT_VM_CONFIG, name: o.vmName };
+  const config = { ...DEFAULT_VM_CONFIG, name: o.vmName, args: o.arg ?? [], ...(o.disk !== undefined ? { diskBytes: o.diskSize } : {}) };
   const timings: Timings = {
     failTimeoutMs: o.failTimeoutMs,
     arbiterDeadlineMs: o.arbiterDeadlineMs,
@@ -171,6 +176,7 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: Om
     ...(arbiter && o.recruit ? { recruit: { hostId: o.hostId, intervalMs: RECRUIT_INTERVAL_MS } } : {}),
     ...(control ? { control } : {}),
     ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}),
+    ...(o.disk !== undefined ? { diskImagePath: o.disk } : {}),
   };
   return { common, service, log };
 }

@@ -261,7 +261,7 @@ export class Machine {
   private env: RecordEnv | undefined;
   private source: ReplaySource | undefined;
   private readonly sink: MachineSink;
-  private readonly instance: WebAssembly.Instance;
+  readonly instance: WebAssembly.Instance;
   private readonly memory: WebAssembly.Memory;
   private readonly fuel: WebAssembly.Global;
   private readonly depth: WebAssembly.Global;

@@ -67,6 +67,8 @@ export interface WorkerInit {
   snapshotPort: MessagePort;
   /** Replay: start from this snapshot (a joining backup) instead of booting the guest. */
   snapshot?: Snapshot;
+  /** This replica's disk image file. */
+  diskImagePath?: string;
 }
 
 /** Outputs cross the thread boundary as they are (structured clone). */

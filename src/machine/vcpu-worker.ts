@@ -275,6 +275,7 @@ function main(): void {
     sink,
     mode: init.mode,
     replaySliceUnits: init.sliceUnits,
+    ...(init.diskImagePath !== undefined ? { diskImagePath: init.diskImagePath } : {}),
     ...(env ? { env } : {}),
     ...(source ? { source } : {}),
   });

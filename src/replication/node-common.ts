@@ -60,6 +60,8 @@ export interface NodeOptions {
   recruit?: RecruitOptions;
   /** Called once when the node halts (lost a claim, fenced, diverged beyond repair). */
   onHalt?: (reason: string) => void;
+  /** This replica's own copy of the VM's virtual disk (`--disk`). */
+  diskImagePath?: string;
 }
 
 /** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */

@@ -73,6 +73,7 @@ export class BackupNode {
       config: opts.config,
       ...(opts.sliceUnits !== undefined ? { sliceUnits: opts.sliceUnits } : {}),
       ...(j ? { snapshot: j.snapshot } : {}),
+      ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
     });
     const core = this.core;
     this.identity = j?.identity ?? {
