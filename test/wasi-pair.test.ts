@@ -4,6 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { callOnAnyReplica } from '../src/client/failover.js';
@@ -164,5 +167,71 @@ test('c_server re-replication: a primary whose guest is blocked in poll clones i
     stopping = true;
     await Promise.all(writers);
     await pool.stop();
+  }
+});
+
+test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9 of the primary mid-load; every acknowledged transaction is in the database and integrity_check is ok', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftvm-sqlite-pair-'));
+  const [pImg, bImg] = [join(dir, 'primary.img'), join(dir, 'backup.img')];
+  const pair = await startFtPair({ guest: 'sqlite_server', primaryArgs: ['--disk', pImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], backupArgs: ['--disk', bImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], startTimeoutMs: 120_000 });
+  try {
+    const ports = [pair.servicePort, pair.backupServicePort];
+    /** One SQL call on whichever replica serves; undefined if none answered in time (outcome unknown). */
+    const sqlOnAny = async (text: string, deadlineMs = 20_000): Promise<unknown> => {
+      const until = Date.now() + deadlineMs;
+      for (let k = 0; Date.now() < until; k++) {
+        const c = await RespClient.connect({ port: ports[k % ports.length]!, connectTimeoutMs: 300, callTimeoutMs: 15_000 }).catch(() => undefined);
+        if (c === undefined) {
+          await sleep(20);
+          continue;
+        }
+        try {
+          return await c.call('SQL', text);
+        } catch {
+          return undefined; // sent: the outcome is unknown, never retried blindly
+        } finally {
+          c.close();
+        }
+      }
+      return undefined;
+    };
+    const setup = await sqlOnAny('CREATE TABLE IF NOT EXISTS tx(id TEXT PRIMARY KEY, client INTEGER, n INTEGER); CREATE TABLE IF NOT EXISTS total(client INTEGER PRIMARY KEY, n INTEGER)');
+    assert.deepEqual(setup, []);
+    const acked = new Set<string>();
+    let stop = false;
+    const client = async (c: number, max: number): Promise<void> => {
+      for (let i = 0; !stop && i < max; i++) {
+        const id = `c${c}-${i}-${Math.random().toString(36).slice(2, 8)}`;
+        const r = await sqlOnAny(`BEGIN; INSERT INTO tx VALUES('${id}', ${c}, ${i}); INSERT INTO total VALUES(${c}, 1) ON CONFLICT(client) DO UPDATE SET n = n + 1; SELECT n FROM total WHERE client = ${c}; COMMIT`);
+        if (Array.isArray(r) && r.length === 1) acked.add(id);
+      }
+    };
+    // Phase 1: load, then quiet: both replicas synced the same database to their own image files.
+    await Promise.all(Array.from({ length: 8 }, (_, c) => client(c, 15)));
+    assert.ok(acked.size >= 100, `transactions acknowledged (${acked.size})`);
+    await pair.hashesAgree();
+    await waitFor('equal disk images', async () => existsSync(pImg) && existsSync(bImg) && readFileSync(pImg).equals(readFileSync(bImg)));
+    // Phase 2: kill -9 of the primary mid-load.
+    const before = acked.size;
+    const load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
+    await waitFor('more transactions', async () => acked.size >= before + 40);
+    pair.primary.kill('SIGKILL');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl))?.role === 'primary');
+    const killedAt = acked.size;
+    await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40);
+    stop = true;
+    await Promise.all(load);
+    const c = await RespClient.connect({ port: pair.backupServicePort, callTimeoutMs: 20_000 });
+    const rows = (await c.call('SQL', 'SELECT id FROM tx')) as Buffer[][];
+    const present = new Set(rows.map((r) => String(r[0])));
+    const missing = [...acked].filter((id) => !present.has(id));
+    assert.equal(missing.length, 0, `${missing.length} of ${acked.size} acknowledged transactions are missing`);
+    const check = (await c.call('SQL', 'PRAGMA integrity_check')) as Buffer[][];
+    assert.equal(String(check[0]![0]), 'ok');
+    const totals = (await c.call('SQL', 'SELECT sum(n) FROM total')) as Buffer[][];
+    assert.equal(Number(String(totals[0]![0])), present.size, 'every transaction is whole: the counters agree with the rows');
+    c.close();
+  } finally {
+    await pair.stop();
   }
 });
