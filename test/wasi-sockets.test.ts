@@ -282,3 +282,27 @@ test('c_server: a guest blocked in a call unwinds (Asyncify), is snapshotted and
   );
   assert.ok(restored >= 12, `snapshots of a blocked guest were taken and restored (${restored})`);
 });
+
+test('ftvm check lists the WASI calls a module imports and says which are unsupported', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { writeFileSync, mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { ROOT, guestPath, wat } = await import('./helpers.js');
+  const cli = join(ROOT, 'dist/src/cli/main.js');
+  const ok = spawnSync(process.execPath, [cli, 'check', guestPath('c_server')], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.match(ok.stdout, /sock_accept\s+logged \(SOCK_ACCEPT; may block\)/);
+  assert.match(ok.stdout, /poll_oneoff\s+logged \(POLL; may block\)/);
+  const file = join(mkdtempSync(join(tmpdir(), 'ftvm-check-')), 'bad.wasm');
+  writeFileSync(file, wat(`(module
+    (import "wasi_snapshot_preview1" "sock_open" (func (param i32 i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    (func (export "_start")))`));
+  const bad = spawnSync(process.execPath, [cli, 'check', file], { encoding: 'utf8', timeout: 120_000 });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stdout, /sock_open\s+UNSUPPORTED/);
+  assert.match(bad.stdout, /fd_write\s+output/);
+  assert.match(bad.stderr, /FTVM_ERR_ABI_IMPORT.*sock_open/);
+});
