@@ -79,7 +79,7 @@ export function checkAbi(mod: InstrumentedModule): void {
   for (const imp of mod.imports) {
     const expected = ABI_IMPORTS[imp.module]?.[imp.name];
     if (expected === undefined) {
-      throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name}, which is not in the ftvm guest ABI v1 (see docs/GUEST_ABI.md)`);
+      throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name}, which is not in the ftvm guest ABI v2 (see docs/GUEST_ABI.md; "ftvm check" lists what is supported)`);
     }
     if (expected !== imp.signature) {
       throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name} as ${imp.signature}; the ABI defines it as ${expected}`);
