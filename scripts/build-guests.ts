@@ -7,7 +7,12 @@
 //
 //   --force            rebuild even if the output is newer than all its sources
 //   --update-prebuilt  after building the C guests with clang, refresh guests/c/prebuilt/*.wasm
-//   name ...           build only these guests (kv, spin, chaos, compute_c, kernels_as, kernels_c)
+//   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, sqlite_server,
+//                      kernels_as, kernels_c)
+//
+// sqlite_server also compiles SQLite's amalgamation, fetched once with `npm pack better-sqlite3@12.11.1`
+// into build/cache/ (no native build; no other download). Without clang, or when the fetch fails, the
+// checked-in prebuilt module is used.
 //   --check file.wasm ...  only check existing modules against the guest ABI (no build)
 //
 // AssemblyScript guests are compiled with the AssemblyScript compiler's API (no child process).
@@ -73,6 +78,8 @@ interface CGuest {
   sources: string[];
   shape: Shape;
   exports: string[];
+  /** Also compile SQLite's amalgamation (fetched with `npm pack`, see sqliteDir). */
+  sqlite?: boolean;
 }
 
 type Guest = AsGuest | CGuest;
@@ -96,6 +103,16 @@ const GUESTS: Guest[] = [
     kind: "c", name: "compute_c", source: "guests/c/compute.c",
     flags: ["--target=wasm32-wasi", "-O2", "-Wall"],
     sources: ["guests/c/compute.c"], shape: "command", exports: ["_start"],
+  },
+  {
+    kind: "c", name: "c_server", source: "guests/c-server/server.c",
+    flags: ["--target=wasm32-wasi", "-O2", "-Wall"],
+    sources: ["guests/c-server"], shape: "command", exports: ["_start"],
+  },
+  {
+    kind: "c", name: "sqlite_server", source: "guests/sqlite/sqlite-server.c",
+    flags: ["--target=wasm32-wasi", "-O2", "-Wall", "-DSQLITE_OMIT_LOAD_EXTENSION", "-DSQLITE_THREADSAFE=0"],
+    sources: ["guests/sqlite", "guests/c-server"], shape: "command", exports: ["_start"], sqlite: true,
   },
   {
     kind: "as", name: "kernels_as", entry: "guests/bench/kernels.ts", runtime: "stub",
@@ -147,6 +164,32 @@ const ABI_IMPORTS: Record<string, Record<string, Sig>> = {
     environ_sizes_get: sig(["i32", "i32"], ["i32"]),
     environ_get: sig(["i32", "i32"], ["i32"]),
     sched_yield: sig([], ["i32"]),
+    clock_res_get: sig(["i32", "i32"], ["i32"]),
+    fd_fdstat_set_flags: sig(["i32", "i32"], ["i32"]),
+    sock_accept: sig(["i32", "i32", "i32"], ["i32"]),
+    sock_recv: sig(["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    sock_send: sig(["i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    sock_shutdown: sig(["i32", "i32"], ["i32"]),
+    poll_oneoff: sig(["i32", "i32", "i32", "i32"], ["i32"]),
+    path_open: sig(["i32", "i32", "i32", "i32", "i32", "i64", "i64", "i32", "i32"], ["i32"]),
+    fd_pread: sig(["i32", "i32", "i32", "i64", "i32"], ["i32"]),
+    fd_pwrite: sig(["i32", "i32", "i32", "i64", "i32"], ["i32"]),
+    fd_tell: sig(["i32", "i32"], ["i32"]),
+    fd_sync: sig(["i32"], ["i32"]),
+    fd_datasync: sig(["i32"], ["i32"]),
+    fd_filestat_get: sig(["i32", "i32"], ["i32"]),
+    fd_filestat_set_size: sig(["i32", "i64"], ["i32"]),
+    fd_filestat_set_times: sig(["i32", "i64", "i64", "i32"], ["i32"]),
+    fd_advise: sig(["i32", "i64", "i64", "i32"], ["i32"]),
+    fd_allocate: sig(["i32", "i64", "i64"], ["i32"]),
+    fd_readdir: sig(["i32", "i32", "i32", "i64", "i32"], ["i32"]),
+    path_filestat_get: sig(["i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    path_filestat_set_times: sig(["i32", "i32", "i32", "i32", "i64", "i64", "i32"], ["i32"]),
+    path_unlink_file: sig(["i32", "i32", "i32"], ["i32"]),
+    path_rename: sig(["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
+    path_create_directory: sig(["i32", "i32", "i32"], ["i32"]),
+    path_remove_directory: sig(["i32", "i32", "i32"], ["i32"]),
+    path_readlink: sig(["i32", "i32", "i32", "i32", "i32", "i32"], ["i32"]),
   },
 };
 
@@ -264,8 +307,27 @@ async function buildAs(g: AsGuest, out: string): Promise<void> {
   if (!existsSync(out)) throw new BuildError(`AssemblyScript compile of ${g.entry} produced no ${rel(out)}`);
 }
 
+// SQLite's official amalgamation, unmodified, as npm's better-sqlite3 ships it. `npm pack` fetches the
+// tarball from the registry without building anything; it is unpacked under build/cache/.
+const SQLITE_PACKAGE = "better-sqlite3@12.11.1";
+const SQLITE_CACHE = path.join(ROOT, "build", "cache", "better-sqlite3-12.11.1");
+
+function sqliteDir(): string {
+  const dir = path.join(SQLITE_CACHE, "package", "deps", "sqlite3");
+  if (existsSync(path.join(dir, "sqlite3.c"))) return dir;
+  mkdirSync(SQLITE_CACHE, { recursive: true });
+  console.log(`  fetching SQLite's amalgamation: npm pack ${SQLITE_PACKAGE} (into ${rel(SQLITE_CACHE)})`);
+  const p = spawnSync("npm", ["pack", SQLITE_PACKAGE, "--silent"], { encoding: "utf8", cwd: SQLITE_CACHE });
+  if (p.error || p.status !== 0) throw new BuildError(`npm pack ${SQLITE_PACKAGE} failed: ${p.error?.message ?? p.stderr}`);
+  const tgz = path.join(SQLITE_CACHE, p.stdout.trim().split("\n").pop() ?? "");
+  const t = spawnSync("tar", ["xzf", tgz, "-C", SQLITE_CACHE, "package/deps/sqlite3/sqlite3.c", "package/deps/sqlite3/sqlite3.h"], { encoding: "utf8" });
+  if (t.error || t.status !== 0) throw new BuildError(`cannot unpack ${tgz}: ${t.error?.message ?? t.stderr}`);
+  return dir;
+}
+
 function buildC(g: CGuest, out: string): void {
-  const args = [...g.flags, "-o", out, path.join(ROOT, g.source)];
+  const extra = g.sqlite ? ["-I", sqliteDir(), path.join(sqliteDir(), "sqlite3.c")] : [];
+  const args = [...g.flags, "-o", out, path.join(ROOT, g.source), ...extra];
   const r = spawnSync("clang", args, { encoding: "utf8", cwd: ROOT });
   if (r.stdout) process.stdout.write(r.stdout);
   if (r.stderr) process.stderr.write(r.stderr);
@@ -456,6 +518,15 @@ async function main(argv: string[]): Promise<void> {
       if (clang !== null) {
         stamp = `${clang} | clang ${g.flags.join(" ")} ${g.source}`;
         build = () => {
+          if (g.sqlite && existsSync(prebuilt)) {
+            try {
+              sqliteDir();
+            } catch (e) {
+              console.log(`  ${(e as Error).message}; using ${rel(prebuilt)}`);
+              copyFileSync(prebuilt, out);
+              return;
+            }
+          }
           buildC(g, out);
           if (updatePrebuilt) {
             mkdirSync(path.dirname(prebuilt), { recursive: true });

@@ -3,7 +3,7 @@
  * The `ftvm` command. commander (well kept, typed, generates --help) parses the arguments.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_VM_CONFIG, type VmConfig } from '../log/recording.js';
@@ -48,6 +48,21 @@ function vmConfig(o: { name: string; memoryMaxPages: number; maxCallDepth: numbe
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
+/** What ftvm does with each WASI call it supports (the table in docs/GUEST_ABI.md). */
+const WASI_CALL_KINDS: Record<string, string> = {
+  args_get: 'deterministic (VM config)', args_sizes_get: 'deterministic (VM config)', environ_get: 'deterministic (VM config)', environ_sizes_get: 'deterministic (VM config)',
+  clock_time_get: 'logged (CLOCK)', clock_res_get: 'deterministic', random_get: 'logged (RANDOM)', proc_exit: 'halts the guest (logged HALT)', sched_yield: 'deterministic',
+  fd_write: 'output (console, sockets) or disk', fd_read: 'logged on sockets (SOCK_RECV; may block), disk otherwise', fd_close: 'output on sockets (close), disk otherwise',
+  fd_seek: 'disk', fd_tell: 'disk', fd_fdstat_get: 'deterministic', fd_fdstat_set_flags: 'deterministic (O_NONBLOCK, O_APPEND)',
+  fd_prestat_get: 'deterministic (/data)', fd_prestat_dir_name: 'deterministic (/data)',
+  sock_accept: 'logged (SOCK_ACCEPT; may block)', sock_recv: 'logged (SOCK_RECV; may block)', sock_send: 'output', sock_shutdown: 'output (SHUT_WR) / deterministic',
+  poll_oneoff: 'logged (POLL; may block)',
+  path_open: 'disk', fd_pread: 'disk', fd_pwrite: 'disk', fd_sync: 'disk (writes this replica\'s image)', fd_datasync: 'disk (writes this replica\'s image)',
+  fd_filestat_get: 'disk', fd_filestat_set_size: 'disk', fd_filestat_set_times: 'disk', fd_advise: 'disk (no-op)', fd_allocate: 'disk', fd_readdir: 'disk',
+  path_filestat_get: 'disk', path_filestat_set_times: 'disk', path_unlink_file: 'disk', path_rename: 'disk', path_create_directory: 'disk', path_remove_directory: 'disk',
+  path_readlink: 'disk (no symbolic links: EINVAL)',
+};
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -71,8 +86,9 @@ export function buildProgram(): Command {
     .option('--env <K=V>', 'a WASI environment variable (repeatable)', collect, [])
     .option('--memory-max-pages <n>', 'refuse memory.grow past this many 64 KiB pages', intArg('--memory-max-pages', 1, 65536), DEFAULT_VM_CONFIG.memoryMaxPages)
     .option('--max-call-depth <n>', 'deterministic guest call-depth limit', intArg('--max-call-depth', 16, 100_000), DEFAULT_VM_CONFIG.maxCallDepth)
+    .option('--disk-size <bytes>', 'give the VM a virtual disk of this many bytes, pre-opened as /data', intArg('--disk-size', 0, 1024 * 1024 * 1024), 0)
     .action(async (guestPath: string, o) => {
-      const config = vmConfig(o);
+      const config = { ...vmConfig(o), ...(o.diskSize > 0 ? { diskBytes: o.diskSize as number } : {}) };
       const guest = await loadGuestFile(guestPath, config.maxCallDepth);
       const inputs = await workloadFor(o.workload, o.ops, o.conns, o.seed);
       const s = await recordToFile(guest, config, inputs, { out: o.out, seed: o.seed, sliceUnits: o.slice, onOutput: (t) => process.stdout.write(t) });
@@ -137,8 +153,22 @@ export function buildProgram(): Command {
     .description('Check a guest module against the guest ABI and instrument it, without running it')
     .argument('<guest.wasm>')
     .action(async (path: string) => {
+      // The WASI calls the module imports, each with what ftvm does with it (docs/GUEST_ABI.md), before
+      // loading refuses an unsupported one.
+      let wasi: string[] = [];
+      try {
+        const bytes = await readFile(path);
+        wasi = WebAssembly.Module.imports(new WebAssembly.Module(bytes)).filter((i) => i.module === 'wasi_snapshot_preview1' && i.kind === 'function').map((i) => i.name);
+      } catch {
+        // not readable or not wasm: loadGuestFile reports it with its error code
+      }
+      if (wasi.length > 0) {
+        console.log(`WASI preview1 calls imported (${wasi.length}):`);
+        for (const name of wasi) console.log(`  ${name.padEnd(26)} ${WASI_CALL_KINDS[name] ?? 'UNSUPPORTED (refused at load: FTVM_ERR_ABI_IMPORT)'}`);
+      }
       const g = await loadGuestFile(path);
       console.log(`ok: ${path} is a valid ftvm guest`);
+      if (g.instrumented.asyncified) console.log('blocking calls: asyncified (a guest blocked in one can be snapshotted for re-replication)');
       console.log(`imports: ${g.instrumented.imports.map((i) => `${i.module}.${i.name}`).join(', ') || '(none)'}`);
       console.log(`exports: ${g.instrumented.exports.join(', ')}`);
       console.log(`start function: ${g.instrumented.hasStart ? 'yes (metered)' : 'no'}; mutable globals: ${g.instrumented.globalExports.length}`);
@@ -347,5 +377,8 @@ function nodeOptions(cmd: Command): Command {
     .option('--state-hash-interval-ms <ms>', 'primary: log a state hash at an idle point this often for the backup to check (0 = only on request)', intArg('--state-hash-interval-ms', 0), TIMING_DEFAULTS.stateHashIntervalMs)
     .option('--slice <units>', 'instructions between input polls while the guest computes', intArg('--slice', 1000))
     .option('--record <dir>', 'backup/standby: keep a continuous recording of the VM (segments from the last snapshot on) for `ftvm replay --to`')
-    .option('--record-max-bytes <n>', 'with --record: the segments kept take at most this many bytes (oldest deleted first)', intArg('--record-max-bytes', 4 * 1024 * 1024), 256 * 1024 * 1024);
+    .option('--record-max-bytes <n>', 'with --record: the segments kept take at most this many bytes (oldest deleted first)', intArg('--record-max-bytes', 4 * 1024 * 1024), 256 * 1024 * 1024)
+    .option('--disk <file>', "this replica's disk image: the VM gets a virtual disk, pre-opened as /data (same --disk-size on every replica; each writes its own file)")
+    .option('--disk-size <bytes>', 'size of the virtual disk (its quota: writes past it get ENOSPC)', intArg('--disk-size', 0, 1024 * 1024 * 1024), 64 * 1024 * 1024)
+    .option('--arg <value>', 'a WASI argument, argv[1..] (repeatable; the same on every replica)', collect, []);
 }

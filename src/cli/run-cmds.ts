@@ -73,6 +73,11 @@ export function controlAuth(o: { secretFile?: string; tlsCa?: string }): Control
 
 export interface RunOptions {
   role: string;
+  /** This replica's disk image file: the VM gets a virtual disk of `diskSize` bytes at /data. */
+  disk?: string;
+  diskSize: number;
+  /** WASI arguments (argv[1..]); every replica must have the same. */
+  arg?: string[];
   nodeId?: string;
   hostId: string;
   /** commander's --no-recruit. */
@@ -215,7 +220,7 @@ async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<vo
 async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: NodeOptions; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
   const guest = await loadGuestFile(guestPath);
-  const config = { ...DEFAULT_VM_CONFIG, name: o.vmName };
+  const config = { ...DEFAULT_VM_CONFIG, name: o.vmName, args: o.arg ?? [], ...(o.disk !== undefined ? { diskBytes: o.diskSize } : {}) };
   const timings: Timings = {
     failTimeoutMs: o.failTimeoutMs,
     arbiterDeadlineMs: o.arbiterDeadlineMs,
@@ -287,6 +292,7 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
     ...(control ? { control } : {}),
     ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}),
     ...(o.record !== undefined ? { record: { dir: o.record, maxBytes: o.recordMaxBytes } } : {}),
+    ...(o.disk !== undefined ? { diskImagePath: o.disk } : {}),
   };
   return { common, service, log };
 }

@@ -167,6 +167,24 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
       w.varint(e.deltaPages);
       w.zigzag(e.result);
       return;
+    case EntryType.SOCK_ACCEPT:
+      w.varint(e.errno);
+      w.varint(e.conn);
+      return;
+    case EntryType.SOCK_RECV:
+      w.varint(e.errno);
+      w.varint(e.data.length);
+      w.bytes(e.data);
+      return;
+    case EntryType.POLL:
+      w.varint(e.events.length);
+      for (const v of e.events) {
+        w.varint(v.index);
+        w.varint(v.errno);
+        w.varint(v.nbytes);
+        w.u8(v.flags);
+      }
+      return;
     case EntryType.NIC_OPEN:
     case EntryType.NIC_CLOSE:
       w.varint(e.conn);
@@ -224,6 +242,26 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
       return { type, n, bytes: r.bytes(r.varint()) };
     case EntryType.MEMGROW:
       return { type, n, deltaPages: r.varint(), result: r.zigzag() };
+    case EntryType.SOCK_ACCEPT: {
+      const errno = r.varint();
+      return { type, n, errno, conn: r.varint() };
+    }
+    case EntryType.SOCK_RECV: {
+      const errno = r.varint();
+      return { type, n, errno, data: r.bytes(r.varint()) };
+    }
+    case EntryType.POLL: {
+      const count = r.varint();
+      if (count > 65536) corrupt(`poll result claims ${count} events`);
+      const events: Array<{ index: number; errno: number; nbytes: number; flags: number }> = [];
+      for (let i = 0; i < count; i++) {
+        const index = r.varint();
+        const errno = r.varint();
+        const nbytes = r.varint();
+        events.push({ index, errno, nbytes, flags: r.u8() });
+      }
+      return { type, n, events };
+    }
     case EntryType.NIC_OPEN:
     case EntryType.NIC_CLOSE:
       return { type, n, idle, conn: r.varint() };

@@ -13,6 +13,12 @@ export const EntryType = {
   CLOCK: 1,
   RANDOM: 2,
   MEMGROW: 3,
+  /** WASI sock_accept: the errno and the virtual connection accepted (0 if none). */
+  SOCK_ACCEPT: 4,
+  /** WASI sock_recv / fd_read on a socket: the errno and the bytes received (empty with errno 0 = end of input). */
+  SOCK_RECV: 5,
+  /** WASI poll_oneoff: which subscriptions fired, with their errno, nbytes and flags. */
+  POLL: 6,
   NIC_OPEN: 10,
   NIC_DATA: 11,
   NIC_CLOSE: 12,
@@ -30,6 +36,17 @@ export const ENTRY_TYPE_NAMES: Record<number, string> = Object.fromEntries(Objec
 export type ClockEntry = { type: typeof EntryType.CLOCK; n: number; clock: number; valueNs: bigint };
 export type RandomEntry = { type: typeof EntryType.RANDOM; n: number; bytes: Uint8Array };
 export type MemGrowEntry = { type: typeof EntryType.MEMGROW; n: number; deltaPages: number; result: number };
+export type SockAcceptEntry = { type: typeof EntryType.SOCK_ACCEPT; n: number; errno: number; conn: number };
+export type SockRecvEntry = { type: typeof EntryType.SOCK_RECV; n: number; errno: number; data: Uint8Array };
+export interface PollEvent {
+  /** Index of the subscription that fired. */
+  index: number;
+  errno: number;
+  nbytes: number;
+  /** WASI eventrwflags (1 = hangup). */
+  flags: number;
+}
+export type PollEntry = { type: typeof EntryType.POLL; n: number; events: PollEvent[] };
 export type NicOpenEntry = { type: typeof EntryType.NIC_OPEN; n: number; idle: boolean; conn: number };
 export type NicDataEntry = { type: typeof EntryType.NIC_DATA; n: number; idle: boolean; conn: number; data: Uint8Array };
 export type NicCloseEntry = { type: typeof EntryType.NIC_CLOSE; n: number; idle: boolean; conn: number };
@@ -44,7 +61,7 @@ export type HaltKind = 'exit' | 'trap';
 
 export type AsyncEntry = NicOpenEntry | NicDataEntry | NicCloseEntry | TimerEntry;
 export type OutputEntry = OutNetEntry | OutCloseEntry | OutConsoleEntry;
-export type LogEntry = ClockEntry | RandomEntry | MemGrowEntry | AsyncEntry | OutputEntry | StateHashEntry | HaltEntry;
+export type LogEntry = ClockEntry | RandomEntry | MemGrowEntry | SockAcceptEntry | SockRecvEntry | PollEntry | AsyncEntry | OutputEntry | StateHashEntry | HaltEntry;
 
 export function isAsync(e: LogEntry): e is AsyncEntry {
   return e.type >= EntryType.NIC_OPEN && e.type <= EntryType.TIMER;
@@ -64,6 +81,12 @@ export function describeEntry(e: LogEntry): string {
       return `${name} ${e.bytes.length} bytes`;
     case EntryType.MEMGROW:
       return `${name} delta=${e.deltaPages} result=${e.result}`;
+    case EntryType.SOCK_ACCEPT:
+      return `${name} errno=${e.errno} conn=${e.conn}`;
+    case EntryType.SOCK_RECV:
+      return `${name} errno=${e.errno} ${e.data.length} bytes`;
+    case EntryType.POLL:
+      return `${name} ${e.events.map((v) => `#${v.index}${v.errno ? ` errno=${v.errno}` : ''} nbytes=${v.nbytes}${v.flags ? ' hangup' : ''}`).join(', ') || 'none'}`;
     case EntryType.NIC_OPEN:
     case EntryType.NIC_CLOSE:
       return `${name} conn=${e.conn}${e.idle ? ' @idle' : ' @checkpoint'}`;

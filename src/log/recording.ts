@@ -34,6 +34,8 @@ export interface VmConfig {
   /** The VMM refuses memory.grow past this many 64 KiB pages (the result is logged). */
   memoryMaxPages: number;
   maxCallDepth: number;
+  /** Bytes of the VM's virtual disk (pre-opened as /data); absent or 0: no disk. */
+  diskBytes?: number;
 }
 
 export const DEFAULT_VM_CONFIG: VmConfig = {
@@ -59,6 +61,7 @@ export function validateConfig(raw: unknown): VmConfig {
   if (!Array.isArray(c.env) || !c.env.every((a) => typeof a === 'string')) bad('env');
   if (!Number.isInteger(c.memoryMaxPages) || (c.memoryMaxPages as number) < 1 || (c.memoryMaxPages as number) > 65536) bad('memoryMaxPages');
   if (!Number.isInteger(c.maxCallDepth) || (c.maxCallDepth as number) < 1) bad('maxCallDepth');
+  if (c.diskBytes !== undefined && (!Number.isSafeInteger(c.diskBytes) || (c.diskBytes as number) < 0 || (c.diskBytes as number) > 1024 * 1024 * 1024)) bad('diskBytes');
   return c as unknown as VmConfig;
 }
 

@@ -76,6 +76,35 @@ export class RxRing {
 
 export const ConnState = { OPEN: 1, PEER_CLOSED: 2 } as const;
 
+/** WASI file descriptors beyond stdio: the pre-opened listening socket and accepted connections. */
+export const FdKind = { LISTENER: 1, SOCKET: 2, DIR: 3, FILE: 4 } as const;
+export const RIGHT_READ = 1;
+export const RIGHT_WRITE = 2;
+export const SHUT_RD = 1;
+export const SHUT_WR = 2;
+/** Highest file descriptor number the VMM hands out (EMFILE beyond). */
+export const MAX_FD = 1023;
+
+export interface FdState {
+  kind: number;
+  /** Virtual connection id (SOCKET). */
+  conn: number;
+  /** O_NONBLOCK (WASI fdflags NONBLOCK). */
+  nonblock: boolean;
+  /** SHUT_RD | SHUT_WR bits (SOCKET). */
+  shut: number;
+  /** FILE / DIR: the disk inode. */
+  ino?: number;
+  /** FILE: the file position. */
+  offset?: number;
+  /** FILE: O_APPEND. */
+  append?: boolean;
+  /** FILE / DIR: RIGHT_READ | RIGHT_WRITE. */
+  rights?: number;
+  /** DIR: the pre-opened directory's name (fd_prestat_*). */
+  preopen?: string;
+}
+
 export interface TimerState {
   delayMs: number;
   /** Real-time deadline (monotonic ms), known only on the recording side; NaN on replay. */
@@ -91,6 +120,10 @@ export interface DeviceState {
   conns: Array<[number, number]>;
   armSeq: number;
   maxConn: number;
+  /** WASI descriptors (absent in snapshots of guests without sockets). */
+  fds?: Array<[number, FdState]>;
+  /** The last realtime clock value the guest read (ns, decimal): file timestamps. */
+  clockNs?: string;
 }
 
 export class Devices {
@@ -101,6 +134,16 @@ export class Devices {
   armSeq = 0;
   /** Highest connection id ever opened: a new primary numbers its clients above it. */
   maxConn = 0;
+  /** WASI descriptors above stdio (deterministic: the listener is set up from the module's imports). */
+  readonly fds = new Map<number, FdState>();
+  /** The last realtime clock value the guest read (a logged value, so deterministic): file timestamps. */
+  clockNs = 0n;
+
+  /** The lowest free descriptor at or above `from`, or -1 when all up to MAX_FD are taken. */
+  allocFd(from: number): number {
+    for (let fd = from; fd <= MAX_FD; fd++) if (!this.fds.has(fd)) return fd;
+    return -1;
+  }
 
   openConn(id: number): void {
     this.conns.set(id, ConnState.OPEN);
@@ -133,6 +176,8 @@ export class Devices {
       conns: [...this.conns],
       armSeq: this.armSeq,
       maxConn: this.maxConn,
+      fds: [...this.fds].map(([fd, f]) => [fd, { ...f }]),
+      clockNs: this.clockNs.toString(),
     };
   }
 
@@ -144,6 +189,9 @@ export class Devices {
     for (const [id, st] of s.conns) this.conns.set(id, st);
     this.armSeq = s.armSeq;
     this.maxConn = s.maxConn;
+    this.fds.clear();
+    for (const [fd, f] of s.fds ?? []) this.fds.set(fd, { ...f });
+    this.clockNs = BigInt(s.clockNs ?? '0');
   }
 
   /** The deterministic part, for the state hash (deadlines are real time: excluded). */
@@ -156,6 +204,12 @@ export class Devices {
     const conns = [...this.conns].sort((a, b) => a[0] - b[0]);
     parts.push(conns.length);
     for (const [id, st] of conns) parts.push(id, st);
+    if (this.fds.size > 0) {
+      const fds = [...this.fds].sort((a, b) => a[0] - b[0]);
+      parts.push(fds.length);
+      for (const [fd, f] of fds) parts.push(fd, f.kind, f.conn, f.nonblock ? 1 : 0, f.shut, f.ino ?? 0, f.offset ?? 0, f.append ? 1 : 0, f.rights ?? 0);
+      parts.push(Number(this.clockNs % 1_000_000_000_000n), Number(this.clockNs / 1_000_000_000_000n));
+    }
     const out = new Float64Array(parts);
     return new Uint8Array(out.buffer);
   }

@@ -41,6 +41,31 @@ export const ABI_IMPORTS: Record<string, Record<string, string>> = {
     fd_fdstat_get: sig([I, I], [I]),
     proc_exit: sig([I]),
     sched_yield: sig([], [I]),
+    fd_fdstat_set_flags: sig([I, I], [I]),
+    sock_accept: sig([I, I, I], [I]),
+    sock_recv: sig([I, I, I, I, I, I], [I]),
+    sock_send: sig([I, I, I, I, I], [I]),
+    sock_shutdown: sig([I, I], [I]),
+    poll_oneoff: sig([I, I, I, I], [I]),
+    path_open: sig([I, I, I, I, I, 'i64', 'i64', I, I], [I]),
+    fd_pread: sig([I, I, I, 'i64', I], [I]),
+    fd_pwrite: sig([I, I, I, 'i64', I], [I]),
+    fd_tell: sig([I, I], [I]),
+    fd_sync: sig([I], [I]),
+    fd_datasync: sig([I], [I]),
+    fd_filestat_get: sig([I, I], [I]),
+    fd_filestat_set_size: sig([I, 'i64'], [I]),
+    fd_filestat_set_times: sig([I, 'i64', 'i64', I], [I]),
+    fd_advise: sig([I, 'i64', 'i64', I], [I]),
+    fd_allocate: sig([I, 'i64', 'i64'], [I]),
+    fd_readdir: sig([I, I, I, 'i64', I], [I]),
+    path_filestat_get: sig([I, I, I, I, I], [I]),
+    path_filestat_set_times: sig([I, I, I, I, 'i64', 'i64', I], [I]),
+    path_unlink_file: sig([I, I, I], [I]),
+    path_rename: sig([I, I, I, I, I, I], [I]),
+    path_create_directory: sig([I, I, I], [I]),
+    path_remove_directory: sig([I, I, I], [I]),
+    path_readlink: sig([I, I, I, I, I, I], [I]),
   },
 };
 
@@ -54,7 +79,7 @@ export function checkAbi(mod: InstrumentedModule): void {
   for (const imp of mod.imports) {
     const expected = ABI_IMPORTS[imp.module]?.[imp.name];
     if (expected === undefined) {
-      throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name}, which is not in the ftvm guest ABI v1 (see docs/GUEST_ABI.md)`);
+      throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name}, which is not in the ftvm guest ABI v2 (see docs/GUEST_ABI.md; "ftvm check" lists what is supported)`);
     }
     if (expected !== imp.signature) {
       throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name} as ${imp.signature}; the ABI defines it as ${expected}`);

@@ -64,6 +64,7 @@ const READ_FEATURES =
   binaryen.Features.CallIndirectOverlong;
 
 import {
+  INDIRECT_GLOBAL,
   DEPTH_GLOBAL,
   DEFAULT_MAX_CALL_DEPTH,
   FUEL_GLOBAL,
@@ -265,6 +266,8 @@ class FunctionRewriter {
     private readonly sig: Threaded,
     /** Threaded signatures of the module's defined functions, by name. */
     private readonly sigs: ReadonlyMap<string, Threaded>,
+    /** Count the indirect calls in progress in INDIRECT_GLOBAL (asyncified commands). */
+    private readonly countIndirect = false,
   ) {
     this.fuelLocal = sig.params.length;
     this.depthLocal = sig.params.length + 1;
@@ -474,7 +477,18 @@ class FunctionRewriter {
       return call; // an operand never returns: the call never happens (but must still type-check)
     }
     B.Expression!.setType!(call, th.tresults);
-    const split = splitFuel(m, th, call, this.setFuel, this.temp);
+    let split = splitFuel(m, th, call, this.setFuel, this.temp);
+    if (id === ids.CallIndirectId && this.countIndirect) {
+      // Asyncify is told indirect calls never unwind (else it would rewrite nearly every function):
+      // the VMM unwinds a blocked command only while no indirect call is in progress.
+      const bump = (d: number): Ref => m.global.set(INDIRECT_GLOBAL, m.i32.add(m.global.get(INDIRECT_GLOBAL, binaryen.i32), m.i32.const(d)));
+      if (type === binaryen.none) {
+        split = m.block(null, [bump(1), split, bump(-1)], binaryen.none);
+      } else {
+        const t = this.temp(type);
+        split = m.block(null, [bump(1), m.local.set(t, split), bump(-1), m.local.get(t, type)], type);
+      }
+    }
     return pre.length === 0 ? split : m.block(null, [...pre, split], type);
   }
 
@@ -487,6 +501,13 @@ class FunctionRewriter {
 }
 
 /** Reads, checks and instruments a guest module. Throws FtvmError with a clear message for bad input. */
+/**
+ * WASI calls in which a command may block: a command importing any of them is rewritten by binaryen's
+ * Asyncify pass at these imports only, so that a guest blocked in one can unwind its stack into linear
+ * memory (a snapshot) and be rewound into the same call on another replica.
+ */
+export const ASYNC_WASI_CALLS = ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read'];
+
 export function instrument(original: Uint8Array, options: InstrumentOptions = {}): InstrumentedModule {
   const maxCallDepth = options.maxCallDepth ?? DEFAULT_MAX_CALL_DEPTH;
   if (original.length < 8 || original[0] !== 0x00 || original[1] !== 0x61 || original[2] !== 0x73 || original[3] !== 0x6d) {
@@ -502,7 +523,7 @@ export function instrument(original: Uint8Array, options: InstrumentOptions = {}
     throw new FtvmError('FTVM_ERR_INVALID_MODULE', `invalid WebAssembly module: ${String((err as Error).message ?? err)}`, { cause: err });
   }
   try {
-    return instrumentModule(mod, maxCallDepth);
+    return instrumentModule(mod, maxCallDepth, options.asyncify ?? true);
   } finally {
     mod.dispose();
   }
@@ -528,7 +549,7 @@ function freshName(mod: binaryen.Module, base: string): string {
   return name;
 }
 
-function instrumentModule(mod: binaryen.Module, maxCallDepth: number): InstrumentedModule {
+function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: boolean): InstrumentedModule {
   // --- module-level checks ---
   const memoryCount = (mod as unknown as { getNumMemories?: () => number }).getNumMemories?.() ?? (mod.hasMemory() ? 1 : 0);
   if (memoryCount > 1) refuse('multiple memories', 'module');
@@ -607,6 +628,11 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   // Kept for the VMM's view of the module; depth is threaded as a parameter, so this stays 0.
   mod.addGlobal(DEPTH_GLOBAL, binaryen.i32, true, mod.i32.const(0));
   mod.addGlobalExport(FUEL_GLOBAL, FUEL_GLOBAL);
+  const blocking = asyncify && exports.includes('_start') && !exports.includes('ftvm_step') ? imports.filter((i) => i.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALLS.includes(i.name)) : [];
+  if (blocking.length > 0) {
+    mod.addGlobal(INDIRECT_GLOBAL, binaryen.i32, true, mod.i32.const(0));
+    mod.addGlobalExport(INDIRECT_GLOBAL, INDIRECT_GLOBAL);
+  }
   mod.addGlobalExport(DEPTH_GLOBAL, DEPTH_GLOBAL);
   mod.addFunctionImport(`${INTERNAL_MODULE}.budget`, INTERNAL_MODULE, 'budget', binaryen.createType([binaryen.i32, binaryen.i64]), binaryen.i64);
   mod.addFunctionImport(`${INTERNAL_MODULE}.depth_exceeded`, INTERNAL_MODULE, 'depth_exceeded', binaryen.none, binaryen.none);
@@ -662,7 +688,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   for (const s of segments) mod.addActiveElementSegment(s.table, s.name, s.data.map((n) => importWrappers.get(n) ?? n), s.offset);
 
   // --- rewrite every defined function ---
-  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs).run();
+  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs, blocking.length > 0).run();
 
   // --- exports keep their original signatures through wrappers ---
   const exportWrappers = new Map<string, string>();
@@ -692,6 +718,20 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number): Instrumen
   if (!mod.validate()) {
     throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the instrumented module does not validate with the allowed features (MVP, mutable-globals, sign-ext, nontrapping-fptoint, bulk-memory, simd128, multivalue)');
   }
+  // --- Asyncify at the blocking WASI calls of a command (snapshots of a guest blocked in a call) ---
+  if (blocking.length > 0) {
+    binaryen.setPassArgument('asyncify-ignore-indirect', 'true');
+    binaryen.setPassArgument('asyncify-imports', blocking.map((i) => `${i.module}.${i.name}`).join(','));
+    const level = binaryen.getOptimizeLevel();
+    try {
+      binaryen.setOptimizeLevel(0); // 1 or 2 shrink the code but cost seconds at every load
+      mod.runPasses(['asyncify']);
+    } finally {
+      binaryen.setOptimizeLevel(level);
+      binaryen.clearPassArguments();
+    }
+    if (!mod.validate()) throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the module does not validate after the asyncify pass');
+  }
   const binary = mod.emitBinary();
-  return { binary, hasStart, globalExports, imports, exports, maxCallDepth };
+  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0 };
 }

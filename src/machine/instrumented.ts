@@ -9,9 +9,13 @@ export const MEMORY_EXPORT = '__ftvm_memory';
 export const START_EXPORT = '__ftvm_start';
 export const GLOBAL_EXPORT_PREFIX = '__ftvm_g';
 export const INTERNAL_MODULE = 'ftvm_internal';
+/** Asyncified commands: the number of indirect calls in progress (the VMM unwinds only at 0). */
+export const INDIRECT_GLOBAL = '__ftvm_indirect';
 
 export interface InstrumentOptions {
   maxCallDepth?: number;
+  /** Asyncify a WASI command at its blocking calls (default true; off only to measure its cost). */
+  asyncify?: boolean;
 }
 
 export interface InstrumentedModule {
@@ -26,5 +30,10 @@ export interface InstrumentedModule {
   /** Exported function names of the original module. */
   exports: string[];
   maxCallDepth: number;
+  /**
+   * A WASI command rewritten by Asyncify at its blocking calls: it exports asyncify_start_unwind,
+   * asyncify_stop_unwind, asyncify_start_rewind, asyncify_stop_rewind and asyncify_get_state.
+   */
+  asyncified?: boolean;
 }
 

@@ -25,8 +25,9 @@ import {
   type OutputEntry,
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
-import { ConnState, Devices, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
-import { DEPTH_GLOBAL, FUEL_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
+import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
 
 export const PAGE_BYTES = 65536;
@@ -57,6 +58,8 @@ export interface RecordEnv {
   atCheckpoint?(count: number): void;
   /** Optional hook between steps (the machine is at an idle point): snapshots are taken here. */
   betweenSteps?(count: number): void;
+  /** Optional: sleep up to `ms` (the WASI inbox is full and input must wait). */
+  pause?(ms: number): void;
 }
 
 /** The log a replaying machine consumes. */
@@ -118,6 +121,13 @@ export interface Snapshot {
   booted: boolean;
   /** Entries logged (record) or consumed (replay) before this point. */
   seq: number;
+  /** The virtual disk (disk.ts serialization), when the VM has one. */
+  disk?: Uint8Array;
+  /**
+   * A WASI command blocked in a call: its wasm stack, unwound by Asyncify (the bytes the guest's
+   * asyncify data buffer held). The machine restored from it rewinds into the same call.
+   */
+  resume?: Uint8Array;
 }
 
 class GuestExit extends Error {
@@ -126,10 +136,96 @@ class GuestExit extends Error {
   }
 }
 
-/** Internal: unwinds the guest when a replay log ends mid-step. */
+/** Internal: unwinds the guest when a replay log ends mid-step (or while it is blocked in a call). */
 class ReplayStarved extends Error {
-  constructor(readonly count: number) {
+  constructor(
+    readonly count: number,
+    readonly atBlock = false,
+  ) {
     super('replay log ended');
+  }
+}
+
+/** Internal: unwinds a guest blocked in a WASI call when the record environment asks to stop. */
+class BlockedStop extends Error {
+  constructor(readonly count: number) {
+    super('stopped while the guest was blocked in a call');
+  }
+}
+
+/** Internal: a blocking call gives way so the command can unwind its stack (Asyncify) for a snapshot. */
+class UnwindRequest extends Error {
+  constructor() {
+    super('unwinding for a snapshot');
+  }
+}
+
+interface AsyncifyExports {
+  start_unwind(ptr: number): void;
+  stop_unwind(): void;
+  start_rewind(ptr: number): void;
+  stop_rewind(): void;
+  get_state(): number;
+}
+const ASYNCIFY_NORMAL = 0;
+const ASYNCIFY_UNWINDING = 1;
+const ASYNCIFY_REWINDING = 2;
+/** Where the unwound stack is written, transiently (the guest's bytes there are put back before it runs). */
+const ASYNCIFY_DATA_PTR = 16;
+const ASYNCIFY_DATA_MAX_BYTES = 1024 * 1024;
+
+/** Bytes of client input the record side holds for a WASI guest that has not read it yet. */
+export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Record side of the WASI sockets: connections opened but not yet accepted and bytes received but not
+ * yet read. Not deterministic state (never hashed or snapshotted): the guest only learns of it through
+ * calls whose results are logged (sock_accept, sock_recv, poll_oneoff).
+ */
+export class SocketInbox {
+  readonly acceptQueue: number[] = [];
+  readonly rx = new Map<number, { chunks: Uint8Array[]; bytes: number; eof: boolean }>();
+  totalBytes = 0;
+
+  available(conn: number): { bytes: number; eof: boolean } {
+    const r = this.rx.get(conn);
+    // A connection the record side does not know (a replica that went live) has no more input.
+    return r === undefined ? { bytes: 0, eof: true } : { bytes: r.bytes, eof: r.eof };
+  }
+
+  /** Up to `max` bytes of `conn`'s input; consumed unless `peek`. */
+  take(conn: number, max: number, peek: boolean): Uint8Array {
+    const r = this.rx.get(conn);
+    if (r === undefined || r.bytes === 0 || max === 0) return new Uint8Array(0);
+    const n = Math.min(max, r.bytes);
+    const out = new Uint8Array(n);
+    let off = 0;
+    let i = 0;
+    while (off < n) {
+      const c = r.chunks[i]!;
+      const k = Math.min(c.length, n - off);
+      out.set(c.subarray(0, k), off);
+      off += k;
+      if (!peek) {
+        if (k === c.length) r.chunks.shift();
+        else r.chunks[0] = c.subarray(k);
+      } else {
+        i++;
+      }
+    }
+    if (!peek) {
+      r.bytes -= n;
+      this.totalBytes -= n;
+    }
+    return out;
+  }
+
+  drop(conn: number): void {
+    const r = this.rx.get(conn);
+    if (r !== undefined) this.totalBytes -= r.bytes;
+    this.rx.delete(conn);
+    const i = this.acceptQueue.indexOf(conn);
+    if (i >= 0) this.acceptQueue.splice(i, 1);
   }
 }
 
@@ -154,6 +250,8 @@ export interface MachineOptions {
   source?: ReplaySource;
   /** Replay: stop at least this often (instructions) to report progress, even when the log grants more. */
   replaySliceUnits?: number;
+  /** This replica's disk image file: the virtual disk is written there when the guest syncs. */
+  diskImagePath?: string;
 }
 
 export class Machine {
@@ -163,7 +261,7 @@ export class Machine {
   private env: RecordEnv | undefined;
   private source: ReplaySource | undefined;
   private readonly sink: MachineSink;
-  private readonly instance: WebAssembly.Instance;
+  readonly instance: WebAssembly.Instance;
   private readonly memory: WebAssembly.Memory;
   private readonly fuel: WebAssembly.Global;
   private readonly depth: WebAssembly.Global;
@@ -182,6 +280,22 @@ export class Machine {
   private broken = false;
   halted: HaltInfo | null = null;
   private pending: NicInput[] = [];
+  /** Set while a WASI command is blocked in a call (an idle point of a command: hashes are logged there). */
+  private blocked = false;
+  /** Asyncify's exports when the guest was rewritten at its blocking calls. */
+  private readonly asy: AsyncifyExports | undefined;
+  private unwindRequested = false;
+  /** The unwound stack of a command stopped in a blocking call: rewound into it when the machine runs. */
+  private resumeImage: Uint8Array | undefined;
+  /** The guest's own bytes under the asyncify data buffer while it is in use. */
+  private asyncifySaved: Uint8Array | undefined;
+  /** Record side of the WASI sockets (see SocketInbox). */
+  readonly inbox = new SocketInbox();
+  /** The pre-opened listening socket's descriptor, when the guest imports sock_accept. */
+  readonly listenerFd: number | undefined;
+  /** The virtual disk, pre-opened as /data at fd 3 (VmConfig.diskBytes > 0). */
+  disk: VirtualDisk | undefined;
+  readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
 
@@ -193,6 +307,8 @@ export class Machine {
     this.source = opts.source;
     this.sink = opts.sink;
     this.replaySliceUnits = opts.replaySliceUnits ?? DEFAULT_SLICE_UNITS;
+    this.diskImagePath = opts.diskImagePath;
+    this.disk = (opts.config.diskBytes ?? 0) > 0 ? new VirtualDisk(opts.config.diskBytes!) : undefined;
     if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
@@ -202,11 +318,31 @@ export class Machine {
     this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
     this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
     this.globals = opts.instrumented.globalExports.map((n) => ex[n] as WebAssembly.Global);
+    if (opts.instrumented.asyncified) {
+      const f = (n: string): ((...a: number[]) => number) => ex[`asyncify_${n}`] as (...a: number[]) => number;
+      this.asy = { start_unwind: f('start_unwind'), stop_unwind: f('stop_unwind'), start_rewind: f('start_rewind'), stop_rewind: f('stop_rewind'), get_state: f('get_state') };
+    }
     if (typeof ex.ftvm_step !== 'function' && typeof ex._start !== 'function') {
       throw new FtvmError('FTVM_ERR_ABI_EXPORT', 'the guest exports neither ftvm_step (reactor) nor _start (WASI command)');
     }
     this.refreshMemory();
     this.setBudgetEnd(0);
+    let nextFd = 3;
+    if (this.disk !== undefined) {
+      this.devices.fds.set(nextFd, { kind: FdKind.DIR, conn: 0, nonblock: false, shut: 0, ino: 1, rights: 3, preopen: '/data' });
+      nextFd++;
+    }
+    if (opts.instrumented.imports.some((i) => i.module === 'wasi_snapshot_preview1' && i.name === 'sock_accept')) {
+      // After the pre-opened directory: wasi-libc scans fd 3, 4, … for directories and stops at the
+      // first EBADF, which a socket answers (wasmtime's issue #3936; wazero does the same).
+      this.listenerFd = nextFd;
+      this.devices.fds.set(this.listenerFd, { kind: FdKind.LISTENER, conn: 0, nonblock: false, shut: 0 });
+    }
+  }
+
+  /** The guest's WASI environment: the VM's, plus FTVM_LISTEN_FD when it has a listening socket. */
+  get environ(): string[] {
+    return this.listenerFd === undefined ? this.config.env : [...this.config.env, `FTVM_LISTEN_FD=${this.listenerFd}`];
   }
 
   // ------------------------------------------------------------------ counting
@@ -315,6 +451,203 @@ export class Machine {
     return e as Extract<LogEntry, { type: T }>;
   }
 
+  // ------------------------------------------------------------------ WASI calls with logged results
+
+  /** Throws a DeterminismViolation (for host-call code outside this class). */
+  divergence(detail: string, e: LogEntry | undefined): never {
+    this.violation(detail, e);
+  }
+
+  /**
+   * A WASI call whose result is nondeterministic: `record` computes it (it may block with blockFor) and
+   * the entry is logged at the call's count; replay returns the logged entry. A blocking call is an idle
+   * point of a WASI command: state hashes logged while it waited are checked here first.
+   */
+  syscall<T extends typeof EntryType.SOCK_ACCEPT | typeof EntryType.SOCK_RECV | typeof EntryType.POLL>(
+    type: T,
+    what: string,
+    blocking: boolean,
+    record: () => Omit<Extract<LogEntry, { type: T }>, 'type' | 'n'>,
+  ): Extract<LogEntry, { type: T }> {
+    if (this.mode === 'replay' && blocking) this.replayBlockingPoint();
+    if (!this.replaying()) {
+      const body = record();
+      const e = { ...body, type, n: this.count } as unknown as Extract<LogEntry, { type: T }>;
+      this.emit(e);
+      return e;
+    }
+    return this.expectSync(type, what);
+  }
+
+  /** Replay, at a blocking call: wait for log, verify state hashes logged here; go live if it ends. */
+  private replayBlockingPoint(): void {
+    const src = this.source!;
+    this.blocked = true;
+    try {
+      for (;;) {
+        src.atIdle?.(this.count);
+        const head = src.peek(0);
+        if (head === undefined) {
+          if (src.waitForMore()) continue;
+          if (this.tryGoLive()) return;
+          throw new ReplayStarved(this.count, true);
+        }
+        if (head.type === EntryType.STATE_HASH && head.n === this.count) {
+          const mine = this.stateHash();
+          if (!Buffer.from(mine).equals(Buffer.from(head.hash))) this.violation(`state hash ${Buffer.from(mine).toString('hex')} differs`, head);
+          src.shift();
+          this.seq++;
+          this.sink.stateHash?.(head.n, mine);
+          continue;
+        }
+        return;
+      }
+    } finally {
+      this.blocked = false;
+    }
+  }
+
+  /** Record: the environment's monotonic milliseconds (only for results that are logged). */
+  recordNowMs(): number {
+    return this.env!.nowMs();
+  }
+
+  /** Record: the environment's clock in ns (only for results that are logged). */
+  recordNowNs(clock: number): bigint {
+    return this.env!.nowNs(clock);
+  }
+
+  /** Record: moves client input into the WASI inbox (bounded: input waits in the env when it is full). */
+  pumpSocketInputs(): void {
+    const env = this.env!;
+    const take = (i: NicInput): void => {
+      const r = this.inbox.rx.get(i.conn);
+      if (i.kind === 'open') {
+        if (r !== undefined || this.devices.conns.has(i.conn)) return; // a duplicate open: the driver's bug
+        this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: false });
+        this.inbox.acceptQueue.push(i.conn);
+      } else if (i.kind === 'data') {
+        if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) return; // closed by the guest
+        r.chunks.push(i.data);
+        r.bytes += i.data.length;
+        this.inbox.totalBytes += i.data.length;
+      } else if (r !== undefined) {
+        r.eof = true;
+      } else if (this.devices.conns.get(i.conn) === ConnState.OPEN) {
+        this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: true }); // a go-live close
+      }
+    };
+    while (this.pending.length > 0) take(this.pending.shift()!);
+    if (this.inbox.totalBytes >= SOCKET_INBOX_MAX_BYTES) return;
+    for (const i of env.takeInputs(this.count, MAX_PENDING_INPUTS)) take(i);
+  }
+
+  /**
+   * Record: blocks the guest inside a WASI call until `ready()` or the deadline (env monotonic ms).
+   * Returns whether it became ready. Stops the run (unwinding the guest) if the environment says stop.
+   */
+  blockFor(ready: () => boolean, deadlineMs: number | undefined): boolean {
+    const env = this.env!;
+    this.blocked = true;
+    try {
+      for (;;) {
+        if (this.unwindRequested) throw new UnwindRequest();
+        this.pumpSocketInputs();
+        if (ready()) return true;
+        if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
+        if (this.inbox.totalBytes >= SOCKET_INBOX_MAX_BYTES) {
+          env.pause?.(5);
+          continue;
+        }
+        if (!env.waitForWork(this.count, deadlineMs)) throw new BlockedStop(this.count);
+      }
+    } finally {
+      this.blocked = false;
+    }
+  }
+
+  /** True while a WASI command waits inside a blocking call. */
+  get isBlocked(): boolean {
+    return this.blocked;
+  }
+
+  /**
+   * Record, while blocked in a call: asks the guest to unwind its stack (Asyncify), so that at
+   * `env.betweenSteps` the machine can be snapshotted; it then rewinds into the same call and the call
+   * starts over (it had produced nothing yet). False when this guest cannot unwind.
+   */
+  requestUnwind(): boolean {
+    if (this.asy === undefined || !this.blocked || this.mode !== 'record') return false;
+    // Asyncify rewrote only the functions that reach a blocking call directly: a call reached through a
+    // function pointer cannot unwind (the snapshot is refused; the primary tries again later).
+    if ((this.instance.exports[INDIRECT_GLOBAL] as WebAssembly.Global).value !== 0) return false;
+    this.unwindRequested = true;
+    return true;
+  }
+
+  /** Asyncify data buffer: [ptr, ptr + size) of guest memory, used only while no guest code runs. */
+  private asyncifyRegion(): { ptr: number; size: number } {
+    const size = Math.min(ASYNCIFY_DATA_MAX_BYTES, this.mem().length - ASYNCIFY_DATA_PTR);
+    return { ptr: ASYNCIFY_DATA_PTR, size };
+  }
+
+  /** An asyncified import gives way: save the guest's bytes under the buffer and start unwinding. */
+  private beginUnwind(): void {
+    const { ptr, size } = this.asyncifyRegion();
+    this.asyncifySaved = new Uint8Array(this.mem().subarray(ptr, ptr + size));
+    const v = this.view();
+    v.setUint32(ptr, ptr + 8, true);
+    v.setUint32(ptr + 4, ptr + size, true);
+    this.unwindRequested = false;
+    this.asy!.start_unwind(ptr);
+  }
+
+  /** The stack is unwound: keep its image, put the guest's bytes back. Memory is the guest's again. */
+  private endUnwind(): void {
+    const asy = this.asy!;
+    asy.stop_unwind();
+    const { ptr } = this.asyncifyRegion();
+    const end = this.view().getUint32(ptr, true);
+    this.resumeImage = new Uint8Array(this.mem().subarray(ptr, end));
+    this.mem().set(this.asyncifySaved!, ptr);
+    this.asyncifySaved = undefined;
+  }
+
+  /** Before re-entering _start: put the stack image in place and start rewinding. */
+  private beginRewind(): void {
+    const image = this.resumeImage!;
+    const { ptr, size } = this.asyncifyRegion();
+    if (image.length > size || image.length < 8) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the unwound stack (${image.length} bytes) does not fit the asyncify buffer (${size} bytes)`);
+    this.asyncifySaved = new Uint8Array(this.mem().subarray(ptr, ptr + size));
+    this.mem().set(image, ptr);
+    this.view().setUint32(ptr + 4, ptr + size, true);
+    this.asy!.start_rewind(ptr);
+  }
+
+  /** The guest is back in the blocking call: stop rewinding and put the guest's bytes back. */
+  private endRewind(): void {
+    this.asy!.stop_rewind();
+    this.mem().set(this.asyncifySaved!, ASYNCIFY_DATA_PTR);
+    this.asyncifySaved = undefined;
+    this.resumeImage = undefined;
+  }
+
+  /** Wraps a blocking WASI import of an asyncified command (rewind arrives here; unwinds leave here). */
+  private asyncifyImport<F extends (...args: never[]) => unknown>(fn: F): F {
+    return ((...args: never[]) => {
+      if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_REWINDING) this.endRewind();
+      try {
+        return fn(...args);
+      } catch (err) {
+        if (err instanceof UnwindRequest) {
+          this.beginUnwind();
+          return 0;
+        }
+        throw err;
+      }
+    }) as F;
+  }
+
   // ------------------------------------------------------------------ imports (the guest ABI)
 
   private imports(): WebAssembly.Imports {
@@ -392,6 +725,10 @@ export class Machine {
       },
     };
     const wasi = makeWasiImports(this);
+    for (const name of ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read']) {
+      const fn = wasi[name];
+      if (fn !== undefined) wasi[name] = this.asyncifyImport(fn);
+    }
     const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal };
     return imports;
   }
@@ -413,10 +750,12 @@ export class Machine {
     if (!this.replaying()) {
       const v = this.env!.nowNs(clock);
       this.emit({ type: EntryType.CLOCK, n: this.count, clock, valueNs: v });
+      if (clock === 0) this.devices.clockNs = v;
       return v;
     }
     const e = this.expectSync(EntryType.CLOCK, `a clock read (clock ${clock})`);
     if (e.clock !== clock) this.violation(`clock ${clock} read where the log has clock ${e.clock}`, e);
+    if (clock === 0) this.devices.clockNs = e.valueNs;
     return e.valueNs;
   }
 
@@ -664,6 +1003,8 @@ export class Machine {
       if (!this.booted) {
         this.booted = true;
         this.boot();
+      } else if (this.resumeImage !== undefined && !this.halted) {
+        this.runCommand();
       }
       for (;;) {
         if (this.halted) return { state: 'halted', count: this.count, halt: this.halted };
@@ -672,10 +1013,17 @@ export class Machine {
       }
     } catch (err) {
       if (err instanceof ReplayStarved) {
-        this.broken = this.inStep;
-        const midStep = this.inStep;
+        this.broken = this.inStep || err.atBlock;
+        // Starved while blocked in a call: the state (memory, globals, count) is that of the blocking
+        // point, a command's idle point, so its hash is meaningful; the stack is gone, though.
+        const midStep = this.inStep && !err.atBlock;
         this.inStep = false;
         return { state: 'starved', count: err.count, midStep };
+      }
+      if (err instanceof BlockedStop) {
+        this.broken = true;
+        this.inStep = false;
+        return { state: 'stopped', count: err.count };
       }
       throw err;
     }
@@ -686,9 +1034,28 @@ export class Machine {
     if (this.instrumented.hasStart) this.callGuest(ex[START_EXPORT] as () => void);
     if (!this.halted && typeof ex._initialize === 'function') this.callGuest(ex._initialize as () => void);
     if (!this.halted && typeof ex.ftvm_init === 'function') this.callGuest(ex.ftvm_init as () => void);
-    if (!this.halted && typeof ex._start === 'function' && typeof ex.ftvm_step !== 'function') {
-      this.callGuest(ex._start as () => void);
-      if (!this.halted) this.halt('exit', 0, '');
+    if (!this.halted && typeof ex._start === 'function' && typeof ex.ftvm_step !== 'function') this.runCommand();
+  }
+
+  /**
+   * Runs a WASI command's _start until it returns, exits or traps. An asyncified command may unwind
+   * out of a blocking call (requestUnwind): the machine is then at an idle point (empty wasm stack,
+   * `env.betweenSteps` may snapshot it) and rewinds into the same call.
+   */
+  private runCommand(): void {
+    const start = this.instance.exports._start as () => void;
+    for (;;) {
+      if (this.resumeImage !== undefined) this.beginRewind();
+      this.callGuest(start);
+      if (this.halted) return;
+      if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_UNWINDING) {
+        this.endUnwind();
+        if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        continue;
+      }
+      assert(this.resumeImage === undefined && this.asy?.get_state() !== ASYNCIFY_REWINDING, 'the command returned while rewinding');
+      this.halt('exit', 0, '');
+      return;
     }
   }
 
@@ -793,7 +1160,7 @@ export class Machine {
 
   /** Record mode: logs the state hash at this idle point (the replica checks it when it gets here). */
   logStateHash(): Uint8Array {
-    assert(this.mode === 'record' && !this.inStep, 'state hashes are logged by the recorder at idle points');
+    assert(this.mode === 'record' && (!this.inStep || this.blocked), 'state hashes are logged by the recorder at idle points');
     const hash = this.stateHash();
     this.emit({ type: EntryType.STATE_HASH, n: this.count, hash });
     this.sink.stateHash?.(this.count, hash);
@@ -819,6 +1186,7 @@ export class Machine {
     });
     h.update(g);
     h.update(this.devices.hashBytes());
+    if (this.disk !== undefined) h.update(this.disk.serialize());
     return h.digest();
   }
 
@@ -827,6 +1195,14 @@ export class Machine {
    * memory is a view of it: a reused, already touched buffer makes the copy a plain memcpy (DESIGN.md §3).
    */
   snapshot(into?: Uint8Array): Snapshot {
+    if (this.blocked || (this.inStep && this.instrumented.exports.includes('_start') && !this.instrumented.exports.includes('ftvm_step'))) {
+      throw new FtvmError(
+        'FTVM_ERR_SNAPSHOT',
+        this.asy !== undefined
+          ? 'the guest is a WASI command inside _start: it is snapshotted only after unwinding out of a blocking call (requestUnwind)'
+          : 'the guest is a WASI command inside _start that cannot unwind (it imports no blocking call): its wasm stack is live and cannot be snapshotted',
+      );
+    }
     assert(!this.inStep, 'snapshots are taken at idle points');
     assert(!this.broken, 'cannot snapshot an unwound machine');
     const mem = this.mem();
@@ -846,6 +1222,8 @@ export class Machine {
       deliveredInStep: this.deliveredInStep,
       booted: this.booted,
       seq: this.seq,
+      ...(this.resumeImage !== undefined ? { resume: new Uint8Array(this.resumeImage) } : {}),
+      ...(this.disk !== undefined ? { disk: this.disk.serialize() } : {}),
     };
   }
 
@@ -868,6 +1246,16 @@ export class Machine {
     this.deliveredInStep = s.deliveredInStep;
     this.booted = s.booted;
     this.seq = s.seq;
+    if ((s.disk !== undefined) !== (this.disk !== undefined)) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot and this VM disagree on having a disk');
+    if (s.disk !== undefined) {
+      this.disk = VirtualDisk.deserialize(s.disk);
+      if (this.disk.quotaBytes !== this.config.diskBytes) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the snapshot's disk has ${this.disk.quotaBytes} bytes; this VM ${this.config.diskBytes}`);
+      if (this.diskImagePath !== undefined) this.disk.persist(this.diskImagePath);
+    }
+    if (s.resume !== undefined) {
+      if (this.asy === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot resumes a blocked call but this module is not asyncified');
+      this.resumeImage = new Uint8Array(s.resume);
+    }
     this.budgetEnd = s.count;
     this.fuel.value = 0n;
   }

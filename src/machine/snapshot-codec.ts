@@ -5,7 +5,8 @@
  * costs ~1 s in page faults, a reused one ~20 ms: DESIGN.md §3).
  *
  *   header chunk:  "FTVMSNAP" | u16 version | u32 crc32(body) | body (varint count, varint seq, flags,
- *                  varint memoryBytes, varint chunkBytes, globals, device state as JSON)
+ *                  varint memoryBytes, varint chunkBytes, globals, device state as JSON, and with flag 8
+ *                  the unwound stack of a command blocked in a call: varint length, bytes)
  *   memory chunks: u32 index | u32 crc32(bytes) | bytes   (memoryBytes split into chunkBytes pieces)
  */
 import { crc32 } from 'node:zlib';
@@ -34,6 +35,10 @@ export interface SnapshotHeader {
   chunks: number;
   globals: Array<number | bigint>;
   devices: DeviceState;
+  /** A WASI command snapshotted while blocked in a call: its Asyncify stack image. */
+  resume?: Uint8Array;
+  /** The virtual disk (disk.ts serialization). */
+  disk?: Uint8Array;
 }
 
 /** Splits a snapshot into a header chunk and memory chunks (views into the snapshot's memory). */
@@ -50,7 +55,7 @@ export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): 
   const w = new ByteWriter(1024);
   w.varint(s.count);
   w.varint(s.seq);
-  w.u8((s.stepAgain ? 1 : 0) | (s.deliveredInStep ? 2 : 0) | (s.booted ? 4 : 0));
+  w.u8((s.stepAgain ? 1 : 0) | (s.deliveredInStep ? 2 : 0) | (s.booted ? 4 : 0) | (s.resume !== undefined ? 8 : 0) | (s.disk !== undefined ? 16 : 0));
   w.varint(s.memory.length);
   w.varint(chunkBytes);
   w.varint(s.globals.length);
@@ -68,6 +73,14 @@ export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): 
   const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
   w.varint(dev.length);
   w.bytes(dev);
+  if (s.resume !== undefined) {
+    w.varint(s.resume.length);
+    w.bytes(s.resume);
+  }
+  if (s.disk !== undefined) {
+    w.varint(s.disk.length);
+    w.bytes(s.disk);
+  }
   const body = w.finish();
   const header = Buffer.alloc(8 + 2 + 4 + body.length);
   MAGIC.copy(header, 0);
@@ -117,6 +130,8 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
       else bad(`global kind ${kind}`);
     }
     const devices = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8')) as DeviceState;
+    const resume = (flags & 8) !== 0 ? r.bytes(r.varint()) : undefined;
+    const disk = (flags & 16) !== 0 ? r.bytes(r.varint()) : undefined;
     if (r.remaining !== 0) bad('trailing bytes in the header');
     return {
       count,
@@ -129,6 +144,8 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
       chunks: Math.ceil(memoryBytes / chunkBytes),
       globals,
       devices,
+      ...(resume !== undefined ? { resume } : {}),
+      ...(disk !== undefined ? { disk } : {}),
     };
   } catch (err) {
     if (err instanceof FtvmError) throw err;
@@ -191,6 +208,8 @@ export class SnapshotAssembler {
       memory: this.buffer.subarray(0, h.memoryBytes),
       globals: h.globals,
       devices: h.devices,
+      ...(h.resume !== undefined ? { resume: h.resume } : {}),
+      ...(h.disk !== undefined ? { disk: h.disk } : {}),
     };
   }
 }

@@ -67,6 +67,8 @@ export interface WorkerInit {
   snapshotPort: MessagePort;
   /** Replay: start from this snapshot (a joining backup) instead of booting the guest. */
   snapshot?: Snapshot;
+  /** This replica's disk image file. */
+  diskImagePath?: string;
 }
 
 /** Outputs cross the thread boundary as they are (structured clone). */
@@ -84,6 +86,8 @@ export type WorkerEvent =
    * thread posted, or a fresh ArrayBuffer if the memory outgrew it). `pauseMs`: time the guest stood still.
    */
   | { t: 'snapshot'; state: Omit<Snapshot, 'memory'>; memoryBytes: number; buffer: SharedArrayBuffer | ArrayBuffer; pauseMs: number }
+  /** Record: the machine cannot be snapshotted now (a WASI command's live stack). */
+  | { t: 'snapshot-refused'; code: string; message: string }
   /** A state hash logged (record) or verified (replay) at instruction n. */
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }

@@ -16,6 +16,7 @@ const port = parentPort!;
 const queue = new SharedQueue(init.queue);
 const status = new Float64Array(init.status, 0, STATUS_SLOTS);
 const control = new Int32Array(init.control, 0, CTRL_SLOTS);
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
 const post = (e: WorkerEvent, transfer: ArrayBuffer[] = []): void => port.postMessage(e, transfer);
 
 // ---------------------------------------------------------------- outbound batching
@@ -73,7 +74,14 @@ function takeSnapshot(): void {
   const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer } | undefined;
   const t0 = performance.now();
   const into = msg ? new Uint8Array(msg.buffer) : undefined;
-  const snap = machine.snapshot(into);
+  let snap: ReturnType<Machine['snapshot']>;
+  try {
+    snap = machine.snapshot(into);
+  } catch (err) {
+    if (!(err instanceof FtvmError)) throw err;
+    post({ t: 'snapshot-refused', code: err.code, message: err.message });
+    return;
+  }
   const pauseMs = performance.now() - t0;
   const { memory, ...state } = snap;
   const shared = into !== undefined && memory.buffer === into.buffer;
@@ -145,7 +153,9 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
     }
     if (inputs.length > 0 || hashRequested) return true;
     if (snapshotRequested) {
-      takeSnapshot();
+      // A WASI command blocked in a call unwinds out of it first (Asyncify); betweenSteps then takes
+      // the snapshot and the guest rewinds into the call. One that cannot unwind refuses the snapshot.
+      if (!machine?.requestUnwind()) takeSnapshot();
       return true;
     }
     const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
@@ -155,6 +165,10 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
   }
   betweenSteps(): void {
     if (snapshotRequested) takeSnapshot();
+  }
+  pause(ms: number): void {
+    Atomics.wait(sleeper, 0, 0, ms); // nobody notifies it: a plain bounded sleep
+    drainQueue();
   }
   atCheckpoint(): void {
     publish(false);
@@ -263,6 +277,7 @@ function main(): void {
     sink,
     mode: init.mode,
     replaySliceUnits: init.sliceUnits,
+    ...(init.diskImagePath !== undefined ? { diskImagePath: init.diskImagePath } : {}),
     ...(env ? { env } : {}),
     ...(source ? { source } : {}),
   });

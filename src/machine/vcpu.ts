@@ -46,6 +46,8 @@ export interface VcpuOptions {
   stackSizeMb?: number;
   /** Replay: start from this snapshot (a backup joining a running primary) instead of booting. */
   snapshot?: Snapshot;
+  /** This replica's disk image file (VMs with a disk). */
+  diskImagePath?: string;
 }
 
 export type SnapshotEvent = Extract<WorkerEvent, { t: 'snapshot' }>;
@@ -94,6 +96,7 @@ export class Vcpu extends EventEmitter {
     const init: WorkerInit = {
       snapshotPort: channel.port2,
       ...(opts.snapshot ? { snapshot: opts.snapshot } : {}),
+      ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
       mode: opts.mode,
       instrumented: opts.guest.instrumented,
       config: opts.config,
@@ -121,6 +124,10 @@ export class Vcpu extends EventEmitter {
           const w = this.snapshotWaiter;
           this.snapshotWaiter = undefined;
           w?.resolve(ev);
+        } else if (ev.t === 'snapshot-refused') {
+          const w = this.snapshotWaiter;
+          this.snapshotWaiter = undefined;
+          w?.reject(new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_SNAPSHOT', ev.message));
         } else if (ev.t === 'live') {
           this.emit('live', ev);
         } else if (ev.t === 'done') {

@@ -78,6 +78,8 @@ export interface NodeOptions {
    * that changes role hands its own on, so counters survive the change.
    */
   metrics?: NodeMetrics;
+  /** This replica's own copy of the VM's virtual disk (`--disk`). */
+  diskImagePath?: string;
 }
 
 /** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */

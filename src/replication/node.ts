@@ -82,6 +82,7 @@ export class BackupNode {
       config: opts.config,
       ...(opts.sliceUnits !== undefined ? { sliceUnits: opts.sliceUnits } : {}),
       ...(j ? { snapshot: j.snapshot } : {}),
+      ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
     });
     const core = this.core;
     this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);

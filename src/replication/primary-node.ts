@@ -254,6 +254,7 @@ export class PrimaryNode {
         env: { kind: 'live' },
         stateHashIntervalMs: o.timings.stateHashIntervalMs,
         ...(o.sliceUnits !== undefined ? { sliceUnits: o.sliceUnits } : {}),
+        ...(o.diskImagePath !== undefined ? { diskImagePath: o.diskImagePath } : {}),
       }),
     );
   }

@@ -35,6 +35,8 @@ export interface PairOptions {
   backupArgs?: string[];
   /** Wait until the primary serves (it waits for the backup first). Default true. */
   waitServing?: boolean;
+  /** How long each process may take to start (loading a large guest takes a while). Default 20 s. */
+  startTimeoutMs?: number;
 }
 
 export interface Pair {
@@ -54,9 +56,9 @@ export interface Pair {
   stop(): Promise<void>;
 }
 
-export async function startBackup(guest: string, channelPort: number, controlPort: number, secretFile: string, extra: string[] = []): Promise<ProcessHandle> {
+export async function startBackup(guest: string, channelPort: number, controlPort: number, secretFile: string, extra: string[] = [], startTimeoutMs = 20_000): Promise<ProcessHandle> {
   const b = spawnNode([CLI, 'run', guestFile(guest), '--role', 'backup', '--channel', `127.0.0.1:${channelPort}`, '--control', `127.0.0.1:${controlPort}`, '--secret-file', secretFile, ...extra], { name: 'backup' });
-  await b.waitForLine(/backup is waiting for the primary/, 20_000, { stream: 'stderr' });
+  await b.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
   return b;
 }
 
@@ -64,7 +66,7 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
   const guest = o.guest ?? 'kv';
   const secretFile = o.secretFile ?? makeSecretFile();
   const [servicePort, channelPort, pc, bc] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  const backup = await startBackup(o.backupGuest ?? guest, channelPort, bc, o.backupSecretFile ?? secretFile, o.backupArgs);
+  const backup = await startBackup(o.backupGuest ?? guest, channelPort, bc, o.backupSecretFile ?? secretFile, o.backupArgs, o.startTimeoutMs);
   let proxy: FaultProxy | undefined;
   let peerPort = channelPort;
   if (o.viaProxy) {
@@ -76,7 +78,7 @@ export async function startPair(o: PairOptions = {}): Promise<Pair> {
     { name: 'primary' },
   );
   if (o.waitServing ?? true) {
-    await primary.waitForLine(/primary is serving/, 20_000, { stream: 'stderr' });
+    await primary.waitForLine(/primary is serving/, o.startTimeoutMs ?? 20_000, { stream: 'stderr' });
     await waitForPort(servicePort);
   }
   const auth = readSecretFileSync(secretFile);

@@ -1,0 +1,237 @@
+/**
+ * An unmodified WASI program (the C server, guests/c-server) as a live fault-tolerant pair: real
+ * `ftvm run` processes, real RESP clients and redis-cli, kill -9 of the primary under load.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { promisify } from 'node:util';
+import { callOnAnyReplica } from '../src/client/failover.js';
+import { RespClient, isIndeterminate } from '../src/client/resp.js';
+import { controlRequest } from '../src/service/control.js';
+import { startFtPair, startPair } from '../src/testing/pair.js';
+import { Pool } from '../src/testing/pool.js';
+import { stopAll } from '../src/testing/processes.js';
+
+const run = promisify(execFile);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+after(() => stopAll());
+
+async function statusOr(addr: string, auth: Uint8Array): Promise<Record<string, unknown> | null> {
+  try {
+    return (await controlRequest(addr, auth, 'GET', '/status', 1000)) as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+}
+
+async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+test('c_server pair: 8 concurrent RESP clients and redis-cli; the backup verifies the same state hash while the guest is blocked in poll', async () => {
+  const pair = await startPair({ guest: 'c_server' });
+  try {
+    const N = 8;
+    const M = 60;
+    const clients = await Promise.all(Array.from({ length: N }, () => RespClient.connect({ port: pair.servicePort })));
+    await Promise.all(
+      clients.map(async (c, i) => {
+        for (let j = 0; j < M; j++) {
+          assert.equal(await c.call('SET', `k:${i}:${j}`, `v${i}-${j}`), 'OK');
+          if (j % 5 === 0) await c.call('INCR', 'shared');
+          if (j % 7 === 0) assert.equal(String(await c.call('GET', `k:${i}:${j}`)), `v${i}-${j}`);
+        }
+      }),
+    );
+    const { stdout: set } = await run('redis-cli', ['-p', String(pair.servicePort), 'SET', 'from-redis-cli', 'hello']);
+    assert.equal(set.trim(), 'OK');
+    const { stdout: get } = await run('redis-cli', ['-p', String(pair.servicePort), 'GET', 'from-redis-cli']);
+    assert.equal(get.trim(), 'hello');
+    assert.equal(Number(String(await clients[0]!.call('GET', 'shared'))), N * Math.ceil(M / 5));
+    assert.equal(await clients[1]!.call('DBSIZE'), N * M + 2);
+    for (const c of clients) c.close();
+    const agreed = await pair.hashesAgree();
+    assert.ok(agreed.n > 0);
+    const ps = await pair.status('primary');
+    assert.equal(ps.backup, 'connected');
+    assert.equal(ps.outputsHeld, 0);
+  } finally {
+    await pair.stop();
+  }
+});
+
+test('c_server pair: kill -9 of the primary under load; the backup goes live inside the blocked call and nothing acknowledged is lost', async () => {
+  const pair = await startFtPair({ guest: 'c_server' });
+  try {
+    const acked = new Map<string, string>();
+    let stop = false;
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      for (let i = 0; !stop && i < 3000; i++) {
+        const key = `w${w}:${i}`;
+        const value = `v${i}`;
+        await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['SET', key, value], { deadlineMs: 20_000 });
+        acked.set(key, value);
+      }
+    });
+    await waitFor('some acknowledged writes', async () => acked.size >= 150);
+    pair.primary.kill('SIGKILL');
+    const killedAt = acked.size;
+    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl, pair.auth))?.role === 'primary');
+    await waitFor('writes after the failover', async () => acked.size >= killedAt + 150);
+    stop = true;
+    await Promise.all(writers);
+    const c = await RespClient.connect({ port: pair.backupServicePort });
+    let missing = 0;
+    for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    c.close();
+    assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
+    assert.equal((await statusOr(pair.backupControl, pair.auth))?.epoch, 2);
+  } finally {
+    await pair.stop();
+  }
+});
+
+test('c_server re-replication: a primary whose guest is blocked in poll clones itself to a standby (Asyncify unwind → snapshot → rewind); kill -9 cycles lose nothing acknowledged', async () => {
+  const pool = await Pool.start({ slots: 3, guest: 'c_server' });
+  const acked = new Map<string, string>();
+  let stopping = false;
+  const writer = async (w: number): Promise<void> => {
+    let client: RespClient | undefined;
+    for (let i = 0; !stopping && i < 100_000; i++) {
+      const key = `w${w}:${i}`;
+      const value = `v${i}`;
+      for (let attempt = 0; attempt < 2000 && !stopping; attempt++) {
+        try {
+          if (!client) {
+            const ps = pool.servicePorts;
+            client = await RespClient.connect({ port: ps[(w + attempt) % ps.length]!, connectTimeoutMs: 300, callTimeoutMs: 3000 });
+          }
+          if ((await client.call('SET', key, value)) === 'OK') acked.set(key, value);
+          break;
+        } catch (err) {
+          client?.close();
+          client = undefined;
+          if (isIndeterminate(err)) break; // unknown outcome: a new key
+          await sleep(10);
+        }
+      }
+    }
+    client?.close();
+  };
+  const writers = [0, 1, 2].map((w) => writer(w));
+  try {
+    let epoch = 0;
+    for (let cycle = 0; cycle < 2; cycle++) {
+      const t0 = Date.now();
+      const { primary, backup, epoch: e } = await pool.waitProtected();
+      if (process.env.FTVM_TEST_TRACE) console.error(`cycle ${cycle}: protected after ${Date.now() - t0} ms`);
+      assert.ok(e > epoch);
+      epoch = e;
+      await pool.hashesAgree(primary, backup);
+      const before = acked.size;
+      const t1 = Date.now();
+      await pool.killAndReplace(primary);
+      await pool.waitLive(backup);
+      const t2 = Date.now();
+      await waitFor('writes after the failover', async () => acked.size >= before + 20);
+      if (process.env.FTVM_TEST_TRACE) console.error(`cycle ${cycle}: hashes ${t1 - t0} ms, live ${t2 - t1} ms, writes ${Date.now() - t2} ms`);
+    }
+    const t3 = Date.now();
+    const { primary, backup } = await pool.waitProtected();
+    await pool.hashesAgree(primary, backup);
+    if (process.env.FTVM_TEST_TRACE) console.error(`final protected pair after ${Date.now() - t3} ms`);
+    stopping = true;
+    await Promise.all(writers);
+    const c = await RespClient.connect({ port: primary.servicePort, callTimeoutMs: 10_000 });
+    let missing = 0;
+    const keys = [...acked.keys()];
+    for (let i = 0; i < keys.length; i += 200) {
+      const batch = keys.slice(i, i + 200);
+      const got = (await c.call('MGET', ...batch)) as Array<Buffer | null>;
+      batch.forEach((k, j) => {
+        if (String(got[j]) !== acked.get(k)) missing++;
+      });
+    }
+    c.close();
+    assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
+    assert.ok(acked.size > 40);
+  } finally {
+    stopping = true;
+    await Promise.all(writers);
+    await pool.stop();
+  }
+});
+
+test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9 of the primary mid-load; every acknowledged transaction is in the database and integrity_check is ok', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftvm-sqlite-pair-'));
+  const [pImg, bImg] = [join(dir, 'primary.img'), join(dir, 'backup.img')];
+  const pair = await startFtPair({ guest: 'sqlite_server', primaryArgs: ['--disk', pImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], backupArgs: ['--disk', bImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], startTimeoutMs: 120_000 });
+  try {
+    const ports = [pair.servicePort, pair.backupServicePort];
+    /** One SQL call on whichever replica serves; undefined if none answered in time (outcome unknown). */
+    const sqlOnAny = async (text: string, deadlineMs = 20_000): Promise<unknown> => {
+      const until = Date.now() + deadlineMs;
+      for (let k = 0; Date.now() < until; k++) {
+        const c = await RespClient.connect({ port: ports[k % ports.length]!, connectTimeoutMs: 300, callTimeoutMs: 15_000 }).catch(() => undefined);
+        if (c === undefined) {
+          await sleep(20);
+          continue;
+        }
+        try {
+          return await c.call('SQL', text);
+        } catch {
+          return undefined; // sent: the outcome is unknown, never retried blindly
+        } finally {
+          c.close();
+        }
+      }
+      return undefined;
+    };
+    const setup = await sqlOnAny('CREATE TABLE IF NOT EXISTS tx(id TEXT PRIMARY KEY, client INTEGER, n INTEGER); CREATE TABLE IF NOT EXISTS total(client INTEGER PRIMARY KEY, n INTEGER)');
+    assert.deepEqual(setup, []);
+    const acked = new Set<string>();
+    let stop = false;
+    const client = async (c: number, max: number): Promise<void> => {
+      for (let i = 0; !stop && i < max; i++) {
+        const id = `c${c}-${i}-${Math.random().toString(36).slice(2, 8)}`;
+        const r = await sqlOnAny(`BEGIN; INSERT INTO tx VALUES('${id}', ${c}, ${i}); INSERT INTO total VALUES(${c}, 1) ON CONFLICT(client) DO UPDATE SET n = n + 1; SELECT n FROM total WHERE client = ${c}; COMMIT`);
+        if (Array.isArray(r) && r.length === 1) acked.add(id);
+      }
+    };
+    // Phase 1: load, then quiet: both replicas synced the same database to their own image files.
+    await Promise.all(Array.from({ length: 8 }, (_, c) => client(c, 15)));
+    assert.ok(acked.size >= 100, `transactions acknowledged (${acked.size})`);
+    await pair.hashesAgree();
+    await waitFor('equal disk images', async () => existsSync(pImg) && existsSync(bImg) && readFileSync(pImg).equals(readFileSync(bImg)));
+    // Phase 2: kill -9 of the primary mid-load.
+    const before = acked.size;
+    const load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
+    await waitFor('more transactions', async () => acked.size >= before + 40);
+    pair.primary.kill('SIGKILL');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl, pair.auth))?.role === 'primary');
+    const killedAt = acked.size;
+    await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40);
+    stop = true;
+    await Promise.all(load);
+    const c = await RespClient.connect({ port: pair.backupServicePort, callTimeoutMs: 20_000 });
+    const rows = (await c.call('SQL', 'SELECT id FROM tx')) as Buffer[][];
+    const present = new Set(rows.map((r) => String(r[0])));
+    const missing = [...acked].filter((id) => !present.has(id));
+    assert.equal(missing.length, 0, `${missing.length} of ${acked.size} acknowledged transactions are missing`);
+    const check = (await c.call('SQL', 'PRAGMA integrity_check')) as Buffer[][];
+    assert.equal(String(check[0]![0]), 'ok');
+    const totals = (await c.call('SQL', 'SELECT sum(n) FROM total')) as Buffer[][];
+    assert.equal(Number(String(totals[0]![0])), present.size, 'every transaction is whole: the counters agree with the rows');
+    c.close();
+  } finally {
+    await pair.stop();
+  }
+});
