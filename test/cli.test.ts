@@ -113,7 +113,7 @@ test('ftvm dashboard: --help, and bad input refused with a code before anything 
   assert.match(h.out, /--listen <host:port>.*loopback only/s);
   assert.match(h.out, /announce their --control address at the arbiter/);
   const secret = join(dir, 'dash.secret');
-  writeFileSync(secret, 'x'.repeat(32));
+  writeFileSync(secret, 'x'.repeat(32), { mode: 0o600 });
   const cases: Array<[string[], RegExp]> = [
     [['--arbiter', 'http://127.0.0.1:1', '--secret-file', secret], /FTVM_ERR_BAD_ARGUMENT.*scheme http:\/\/ is ambiguous/],
     [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--listen', '0.0.0.0:7400'], /FTVM_ERR_BAD_ARGUMENT.*loopback only/],
@@ -123,7 +123,7 @@ test('ftvm dashboard: --help, and bad input refused with a code before anything 
     [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--nodes', '127.0.0.1:1,127.0.0.1:1'], /FTVM_ERR_BAD_ARGUMENT.*listed twice/],
     [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', secret, '--nodes', 'nohost'], /FTVM_ERR_BAD_ARGUMENT.*--nodes/],
     [['--arbiter', 'ftvm://127.0.0.1:1'], /FTVM_ERR_BAD_ARGUMENT.*--secret-file/],
-    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', join(dir, 'missing.secret')], /FTVM_ERR_BAD_ARGUMENT.*cannot read secret file/],
+    [['--arbiter', 'ftvm://127.0.0.1:1', '--secret-file', join(dir, 'missing.secret')], /FTVM_ERR_SECRET_UNREADABLE.*cannot read secret file/],
   ];
   for (const [args, re] of cases) {
     const r = run('dashboard', ...args);

@@ -18,9 +18,19 @@ after(() => stopAll());
 type Families = Map<string, ParsedFamily>;
 
 /** GET /metrics as a scraper (Prometheus, curl) does it: plain HTTP with the read-only bearer token. */
-async function scrapeText(control: string, token: string): Promise<{ status: number; text: string }> {
-  const res = await fetch(`http://${control}/metrics`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
-  return { status: res.status, text: await res.text() };
+async function scrapeText(control: string, token: string, path = '/metrics'): Promise<{ status: number; text: string }> {
+  // Plain node:http, headers as curl sends them (fetch adds Sec-Fetch-* headers, which browsers send and
+  // the endpoint refuses).
+  const [host, port] = control.split(':') as [string, string];
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host, port: Number(port), path, headers: { authorization: `Bearer ${token}` }, timeout: 5000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
 }
 
 let scrapeToken = '';
@@ -48,12 +58,12 @@ function histogramCount(f: Families, name: string, labels: Record<string, string
   return s?.count === undefined ? 0 : Number(s.count);
 }
 
-/** A plain HTTP GET, as curl or a Prometheus server would do it. */
+/** A plain HTTP GET with the scrape token, as curl or a Prometheus server would do it. */
 function get(control: string, path: string): Promise<{ status: number; type: string; body: string }> {
   const [host, port] = control.split(':');
   return new Promise((resolve, reject) => {
     http
-      .get({ host, port: Number(port), path, timeout: 5000 }, (res) => {
+      .get({ host, port: Number(port), path, timeout: 5000, headers: { authorization: `Bearer ${scrapeToken}` } }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body: Buffer.concat(chunks).toString('utf8') }));
@@ -72,8 +82,7 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
     const bc = pool.control(backup);
     // A wrong scrape token opens nothing; the right one opens /metrics and nothing else.
     assert.equal((await scrapeText(pc, 'f'.repeat(64))).status, 401);
-    const other = await fetch(`http://${pc}/status`, { headers: { authorization: `Bearer ${scrapeToken}` }, signal: AbortSignal.timeout(5000) });
-    assert.equal(other.status, 401);
+    assert.equal((await scrapeText(pc, scrapeToken, '/status')).status, 401);
 
     const raw = await get(pc, '/metrics');
     assert.equal(raw.status, 200);

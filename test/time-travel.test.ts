@@ -99,8 +99,13 @@ test("a backup's continuous recording rotates into segments that start from snap
     }
     const late = await pair.hashesAgree();
     await c.close();
-    const status = await pair.status('backup');
-    assert.equal(typeof status.recording, 'string');
+    // The backup's status names the segment being written (between two segments, for a moment, none).
+    let recording: unknown = null;
+    for (let i = 0; i < 100 && typeof recording !== 'string'; i++) {
+      recording = (await pair.status('backup')).recording;
+      if (typeof recording !== 'string') await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(typeof recording, 'string');
     await pair.stop();
 
     const segs = listSegments(recDir, 'vm');

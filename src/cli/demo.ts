@@ -80,18 +80,20 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     procs.push(child(['arbiter', '--data', join(dir, 'arbiter'), '--listen', `127.0.0.1:${arb}`, '--secret-file', secret], 'arbiter', lines));
     await until('the arbiter', () => lines.some((l) => l.includes('arbiter is listening')), 30_000);
     const common = ['--arbiter', `ftvm://127.0.0.1:${arb}`, '--vm-name', 'demo-kv', '--secret-file', secret];
+    const dashboardUrl = `http://127.0.0.1:${dash}/`;
+    procs.push(child(['dashboard', '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', 'demo-kv', '--listen', `127.0.0.1:${dash}`], 'dashboard', lines));
+    await until('the dashboard', () => lines.some((l) => l.includes('dashboard is serving')), 30_000);
+    // Everything else starts before the pair forms, so that no start-up (each loads and instruments the
+    // guest) competes for the CPU with a pair that has just begun heartbeating. The standby keeps a
+    // continuous recording once it is a backup: the demo replays it at the end.
+    const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
+    procs.push(child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common], 'standby', lines));
+    await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), 30_000);
     procs.push(child(['run', o.guest, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common], 'backup ', lines));
     await until('the backup', () => lines.some((l) => l.includes('backup is waiting')), 30_000);
     const primary = child(['run', o.guest, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common], 'primary', lines);
     procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), 30_000);
-    // The standby keeps a continuous recording once it is a backup: the demo replays it at the end.
-    const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
-    procs.push(child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common], 'standby', lines));
-    await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), 30_000);
-    const dashboardUrl = `http://127.0.0.1:${dash}/`;
-    procs.push(child(['dashboard', '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', 'demo-kv', '--listen', `127.0.0.1:${dash}`], 'dashboard', lines));
-    await until('the dashboard', () => lines.some((l) => l.includes('dashboard is serving')), 30_000);
     let seen = show(0);
     console.log(`   watch it live: ${dashboardUrl}`);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);

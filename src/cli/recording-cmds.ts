@@ -6,7 +6,17 @@ import { encodeBatch } from '../log/codec.js';
 import { ENTRY_TYPE_NAMES, EntryType, describeEntry, type LogEntry } from '../log/entry.js';
 import { RecordingWriter, readRecording, type VmConfig } from '../log/recording.js';
 import type { ScheduledInput } from '../machine/env.js';
-import { loadGuest, type LoadedGuest } from '../machine/guest.js';
+import type { LoadedGuest } from '../machine/guest.js';
+
+/**
+ * The instrumenter (binaryen) is loaded only by the commands that load a guest: `ftvm status`, `stop`,
+ * `arbiter` and `dashboard` start in a fraction of the time and CPU (a burst of CPU next to a live pair
+ * on a small machine is what starves its heartbeats).
+ */
+async function loadGuest(module: Uint8Array, maxCallDepth?: number): Promise<LoadedGuest> {
+  const g = await import('../machine/guest.js');
+  return g.loadGuest(module, maxCallDepth);
+}
 import type { HaltInfo } from '../machine/machine.js';
 import { travel } from '../machine/travel.js';
 import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
@@ -21,7 +31,7 @@ export async function loadGuestFile(path: string, maxCallDepth?: number): Promis
   } catch (err) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `cannot read guest ${path}: ${(err as Error).message}`);
   }
-  return loadGuest(new Uint8Array(bytes), maxCallDepth);
+  return await loadGuest(new Uint8Array(bytes), maxCallDepth);
 }
 
 export interface RecordSummary {
@@ -91,7 +101,7 @@ export interface ReplaySummary {
 /** Replays a recording file on a vCPU worker. Throws DeterminismViolation on the first divergence. */
 export async function replayFile(path: string): Promise<ReplaySummary> {
   const rec = await readRecording(path);
-  const guest = loadGuest(rec.module, rec.config.maxCallDepth);
+  const guest = await loadGuest(rec.module, rec.config.maxCallDepth);
   const t0 = performance.now();
   const vcpu = new Vcpu({ mode: 'replay', guest, config: rec.config, ...(rec.snapshot ? { snapshot: rec.snapshot } : {}) });
   try {
@@ -191,7 +201,7 @@ export function parseDump(v: string): [number, number] {
  */
 export async function travelFile(path: string, o: TravelOptions): Promise<{ lines: string[]; hashAtTarget: string }> {
   const rec = await readRecording(path);
-  const guest = loadGuest(rec.module, rec.config.maxCallDepth);
+  const guest = await loadGuest(rec.module, rec.config.maxCallDepth);
   const entries = rec.entries;
   const lines: string[] = [];
   let hashAtTarget = '';
