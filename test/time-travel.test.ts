@@ -140,3 +140,25 @@ test("a backup's continuous recording rotates into segments that start from snap
     await pair.stop().catch(() => undefined);
   }
 });
+
+test('replay --to N --disk lists the virtual disk there and --disk-file dumps a file of it (SQLite guest)', async () => {
+  const rec = join(dir, 'sqlite.ftlog');
+  const r = await ftvm(['record', guestFile('sqlite_server'), '--out', rec, '-w', 'kv', '--ops', '200', '--disk-size', String(8 << 20)]);
+  assert.equal(r.code, 0, r.stderr);
+  const parsed = await readRecording(rec);
+  const last = parsed.entries[parsed.entries.length - 1]!;
+  const t = await ftvm(['replay', rec, '--to', String(last.n), '--disk', '--disk-file', '/data/db.sqlite', '--around', '0']);
+  assert.equal(t.code, 0, t.stderr);
+  assert.match(t.stdout, /^disk\s+\d+ of 8388608 bytes used/m);
+  assert.match(t.stdout, /^ {2}file\s+\d+\s+[0-9a-f]{16}\s+\/data\/db\.sqlite$/m);
+  assert.match(t.stdout, /\/data\/db\.sqlite \(\d+ bytes[^)]*\):\n {2}00000000 {2}53 51 4c 69 74 65 20 66 {2}6f 72 6d 61 74 20 33 00 {2}\|SQLite format 3\.\|/);
+  const missing = await ftvm(['replay', rec, '--to', String(last.n), '--disk-file', '/data/nope']);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /no file \/data\/nope on the disk/);
+  const small = join(dir, 'small-kv.ftlog');
+  assert.equal((await ftvm(['record', guestFile('kv'), '--out', small, '--ops', '20', '--conns', '1'])).code, 0);
+  const smallLast = (await readRecording(small)).entries.at(-1)!;
+  const noDisk = await ftvm(['replay', small, '--to', String(smallLast.n), '--disk']);
+  assert.equal(noDisk.code, 2);
+  assert.match(noDisk.stderr, /FTVM_ERR_BAD_ARGUMENT.*has no disk/);
+});

@@ -108,12 +108,14 @@ export function buildProgram(): Command {
     .option('--step', 'with --to: then walk on entry by entry, showing where each leaves the machine')
     .option('--steps <k>', 'with --step: how many entries to walk', intArg('--steps', 1, 1_000_000), 10)
     .option('--around <k>', 'with --to: entries shown either side of the point', intArg('--around', 0, 1000), 5)
-    .action(async (path: string, o: { verify?: boolean; to?: number; dump: Array<[number, number]>; step?: boolean; steps: number; around: number }) => {
+    .option('--disk', "with --to: list the virtual disk's files there (path, size, SHA-256)")
+    .option('--disk-file <path>', 'with --to: hex dump of one file of the disk there (e.g. /data/kv.db; at most 1 MiB)')
+    .action(async (path: string, o: { verify?: boolean; to?: number; dump: Array<[number, number]>; step?: boolean; steps: number; around: number; disk?: boolean; diskFile?: string }) => {
       if (o.to === undefined) {
-        if (o.dump.length > 0 || o.step) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--dump and --step go with --to <instruction number>');
+        if (o.dump.length > 0 || o.step || o.disk || o.diskFile !== undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--dump, --step, --disk and --disk-file go with --to <instruction number>');
       } else {
         if (o.verify) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--verify replays the whole recording; it does not go with --to');
-        const t = await travelFile(path, { to: o.to, dumps: o.dump, around: o.around, steps: o.step ? o.steps : 0 });
+        const t = await travelFile(path, { to: o.to, dumps: o.dump, around: o.around, steps: o.step ? o.steps : 0, ...(o.disk ? { disk: true } : {}), ...(o.diskFile !== undefined ? { diskFile: o.diskFile } : {}) });
         console.log(t.lines.join('\n'));
         return;
       }

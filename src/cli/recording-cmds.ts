@@ -19,6 +19,8 @@ async function loadGuest(module: Uint8Array, maxCallDepth?: number): Promise<Loa
 }
 import type { HaltInfo } from '../machine/machine.js';
 import { travel } from '../machine/travel.js';
+import { KIND_DIR, ROOT_INO, type VirtualDisk } from '../machine/disk.js';
+import { createHash } from 'node:crypto';
 import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
 import { FtvmError } from '../util/errors.js';
 
@@ -170,6 +172,28 @@ export interface TravelOptions {
   around: number;
   /** With --step: entries to walk past the target, one stop after each. */
   steps: number;
+  /** List the virtual disk's files (path, size, SHA-256) at the first stop. */
+  disk?: boolean;
+  /** Hex dump of one file of the disk (a path under /data), at most 1 MiB, at the first stop. */
+  diskFile?: string;
+}
+
+/** The disk's files and directories, depth first, as `/data/...` paths. */
+export function diskListing(disk: VirtualDisk): Array<{ path: string; dir: boolean; size: number; ino: number }> {
+  const out: Array<{ path: string; dir: boolean; size: number; ino: number }> = [];
+  const walk = (ino: number, path: string, depth: number): void => {
+    const node = disk.get(ino);
+    if (node === undefined || depth > 256) return;
+    for (const [name, child] of [...node.entries].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+      const c = disk.get(child);
+      if (c === undefined) continue;
+      const p = `${path}/${name}`;
+      out.push({ path: p, dir: c.kind === KIND_DIR, size: c.size, ino: child });
+      if (c.kind === KIND_DIR) walk(child, p, depth + 1);
+    }
+  };
+  walk(ROOT_INO, '/data', 0);
+  return out;
 }
 
 /** The hex dump lines (16 bytes a line, with printable ASCII) of `bytes` at `addr`. */
@@ -250,6 +274,28 @@ export async function travelFile(path: string, o: TravelOptions): Promise<{ line
       for (const [addr, len] of o.dumps) {
         lines.push(`memory ${addr}..${addr + len - 1} (0x${addr.toString(16)}, ${len} bytes):`);
         lines.push(...hexDump(m.readMemory(addr, len), addr));
+      }
+      if (o.disk === true || o.diskFile !== undefined) {
+        const disk = m.disk;
+        if (disk === undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'this VM has no disk (--disk-size 0)');
+        const files = diskListing(disk);
+        if (o.disk === true) {
+          lines.push(`disk           ${disk.usedBytes} of ${disk.quotaBytes} bytes used, ${files.length} entr${files.length === 1 ? 'y' : 'ies'}`);
+          for (const f of files) {
+            const node = disk.get(f.ino)!;
+            const sha = f.dir ? '' : createHash('sha256').update(node.data.subarray(0, node.size)).digest('hex').slice(0, 16);
+            lines.push(`  ${f.dir ? 'dir ' : 'file'} ${String(f.size).padStart(10)}  ${sha.padEnd(16)}  ${f.path}`);
+          }
+        }
+        const want = o.diskFile;
+        if (want !== undefined) {
+          const f = files.find((x) => x.path === want || x.path === `/data/${want.replace(/^\/+/, '')}`);
+          if (f === undefined || f.dir) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `no file ${want} on the disk at instruction ${stop.count}`);
+          const node = disk.get(f.ino)!;
+          const len = Math.min(node.size, 1 << 20);
+          lines.push(`${f.path} (${node.size} bytes${len < node.size ? `, the first ${len} shown` : ''}):`);
+          lines.push(...hexDump(node.data.subarray(0, len), 0));
+        }
       }
     } else {
       const e = entries[stop.nextEntry - 1];
