@@ -94,7 +94,7 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
       'ftvm_role', 'ftvm_epoch', 'ftvm_protected', 'ftvm_instruction_number', 'ftvm_execution_lag_seconds', 'ftvm_log_bytes_total',
       'ftvm_log_entries_total', 'ftvm_outputs_held', 'ftvm_output_hold_seconds', 'ftvm_heartbeats_total', 'ftvm_channel_reconnects_total',
       'ftvm_failovers_total', 'ftvm_failover_phase_seconds', 'ftvm_rereplications_total', 'ftvm_rereplication_progress_ratio',
-      'ftvm_rereplication_pause_seconds', 'ftvm_standby_pool_size', 'ftvm_guest_memory_bytes', 'ftvm_vcpu_utilization_ratio',
+      'ftvm_rereplication_pause_seconds', 'ftvm_standby_pool_size', 'ftvm_guest_memory_bytes', 'ftvm_guest_disk_bytes', 'ftvm_vcpu_utilization_ratio',
     ]) {
       assert.ok(p0.has(name), `the primary exports ${name}`);
     }

@@ -39,7 +39,9 @@ export const STATUS_SEQ = 1;
 export const STATUS_IDLE = 2;
 /** The guest's linear memory size in bytes. */
 export const STATUS_MEMORY_BYTES = 3;
-export const STATUS_SLOTS = 4;
+/** Bytes the guest's files take on its virtual disk (0 without a disk). */
+export const STATUS_DISK_BYTES = 4;
+export const STATUS_SLOTS = 5;
 /** Int32 control flags the I/O thread sets and the worker reads at checkpoints. */
 export const CTRL_THROTTLE = 0;
 /** Set by the worker while a replica waits for log with everything it holds consumed. */

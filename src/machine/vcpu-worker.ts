@@ -9,7 +9,7 @@ import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -53,6 +53,7 @@ function publish(idle: boolean): void {
   status[STATUS_SEQ] = machine.entriesSeen;
   status[STATUS_IDLE] = idle ? 1 : 0;
   status[STATUS_MEMORY_BYTES] = machine.memoryBytes;
+  status[STATUS_DISK_BYTES] = machine.disk?.usedBytes ?? 0;
 }
 
 // ---------------------------------------------------------------- inbound

@@ -15,6 +15,7 @@ import {
   CTRL_THROTTLE,
   STATUS_COUNT,
   STATUS_IDLE,
+  STATUS_DISK_BYTES,
   STATUS_MEMORY_BYTES,
   STATUS_SEQ,
   STATUS_SLOTS,
@@ -249,6 +250,11 @@ export class Vcpu extends EventEmitter {
   /** The guest's linear memory size as the worker last published it. */
   get memoryBytes(): number {
     return this.status[STATUS_MEMORY_BYTES]!;
+  }
+
+  /** Bytes of the guest's files on its virtual disk (0 without one). */
+  get diskBytes(): number {
+    return this.status[STATUS_DISK_BYTES]!;
   }
 
   /**

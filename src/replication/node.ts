@@ -95,6 +95,7 @@ export class BackupNode {
         instructionNumber: this.vcpu.count,
         outputsHeld: 0,
         guestMemoryBytes: this.vcpu.memoryBytes,
+        guestDiskBytes: this.vcpu.diskBytes,
         rereplicationProgress: 0,
       };
     });

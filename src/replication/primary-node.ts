@@ -157,6 +157,7 @@ export class PrimaryNode {
         instructionNumber: Math.max(this.vcpu?.count ?? 0, st.instructionNumber),
         outputsHeld: st.outputsHeld,
         guestMemoryBytes: this.vcpu?.memoryBytes ?? 0,
+        guestDiskBytes: this.vcpu?.diskBytes ?? 0,
         rereplicationProgress: j === null ? 0 : j.phase === 'transferring' ? j.sentBytes / Math.max(1, j.totalBytes) : j.phase === 'catching-up' || j.phase === 'arming' ? 1 : 0,
       };
     });

@@ -22,6 +22,8 @@ export interface NodeGaugeSource {
   /** Primary: outputs waiting for the backup's ACK. */
   outputsHeld: number;
   guestMemoryBytes: number;
+  /** Bytes of the guest's files on its virtual disk (0 without one). */
+  guestDiskBytes?: number;
   /** Primary: 0..1 of the current re-replication (1 once armed; 0 when none). */
   rereplicationProgress: number;
 }
@@ -125,6 +127,7 @@ export class NodeMetrics {
     gauge('ftvm_instruction_number', 'The guest\'s instruction number on this replica', (s) => s.instructionNumber);
     gauge('ftvm_outputs_held', 'Outputs the primary holds until the backup acknowledges their log entry', (s) => s.outputsHeld);
     gauge('ftvm_guest_memory_bytes', 'Size of the guest\'s linear memory', (s) => s.guestMemoryBytes);
+    gauge('ftvm_guest_disk_bytes', 'Bytes of the guest\'s files on its virtual disk (0 without a disk)', (s) => s.guestDiskBytes ?? 0);
     gauge('ftvm_rereplication_progress_ratio', 'Progress of the current re-replication (0..1; 1 once armed, 0 when none runs)', (s) => s.rereplicationProgress);
     const busy = this.busySamples;
     this.vcpuUtilization = new Gauge({
