@@ -265,7 +265,8 @@ test('with etcd as the arbiter: three kill/recruit cycles, nothing acknowledged 
     await killCycles(pool, 3);
     await pool.stop();
     // A standby with the wrong channel secret (etcd needs none, so it does join the pool): the primary
-    // recruits it, the channel handshake refuses it with a clear error, and the primary serves alone.
+    // recruits it, the channel's TLS-PSK handshake fails — the standby says why — and the primary serves
+    // alone.
     const alone = await Pool.start({ slots: 1, arbiterUrl: cluster.url, nodeArgs: ['--arbiter-deadline-ms', '3000'] });
     try {
       const [ch, ctl] = [await freePort(), await freePort()];
@@ -274,7 +275,8 @@ test('with etcd as the arbiter: three kill/recruit cycles, nothing acknowledged 
         { name: 'standby-wrong-secret' },
       );
       await wrong.waitForLine(/standby is in the pool/, 20_000, { stream: 'stderr' });
-      await alone.slots[0]!.proc!.waitForLine(/HELLO authentication failed \(wrong secret\?\)/, 20_000, { stream: 'stderr' });
+      await wrong.waitForLine(/refused peer: TLS handshake failed \(wrong secret/, 20_000, { stream: 'stderr' });
+      await alone.slots[0]!.proc!.waitForLine(/the standby wrong-secret did not answer/, 20_000, { stream: 'stderr' });
       const c = await RespClient.connect({ port: alone.slots[0]!.servicePort });
       assert.equal(await c.call('SET', 'k', 'v'), 'OK');
       c.close();
