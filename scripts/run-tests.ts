@@ -127,6 +127,12 @@ function main(): void {
     return;
   }
   const partial = partialRun();
+  if (argv.includes('--preflight')) {
+    // Before the TypeScript build (tsconfig.preflight.json compiles only this file and the list): a
+    // user who cannot install what is missing is told within seconds, not after the build.
+    if (!partial) ensureComponents();
+    return;
+  }
   if (partial) {
     const missing = missingComponents();
     say(
@@ -145,7 +151,7 @@ function main(): void {
 
   const tmp = mkdtempSync(path.join(tmpdir(), 'ftvm-tests-'));
   const tapFile = path.join(tmp, 'report.tap');
-  const files = argv.filter((a) => a !== '--no-guest-build');
+  const files = argv.filter((a) => a !== '--no-guest-build' && a !== '--preflight');
   const unknown = files.filter((a) => a.startsWith('-'));
   if (unknown.length > 0) fail(`unknown option ${unknown.join(' ')} (see --help)`);
   const tests = files.length > 0 ? files : DEFAULT_TESTS;
