@@ -40,6 +40,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { median, processCpuMs, quantile, rng, round, sortedCopy } from './stats.js';
 import { RespClient, RespError, encodeCommand } from '../src/client/resp.js';
 import { controlRequest } from '../src/service/control.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../src/testing/processes.js';
@@ -90,26 +91,7 @@ class BenchFailure extends Error {}
 
 // ------------------------------------------------------------------ statistics
 
-function quantile(sorted: ArrayLike<number>, q: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
-  return sorted[i]!;
-}
 
-function median(xs: readonly number[]): number {
-  const s = sortedCopy(xs);
-  if (s.length === 0) return NaN;
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-function sortedCopy(xs: readonly number[] | Float64Array): Float64Array {
-  const a = Float64Array.from(xs);
-  a.sort();
-  return a;
-}
-
-const round = (x: number, digits = 3): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : x);
 
 /** A growable buffer of latency samples (ms). */
 class Samples {
@@ -139,19 +121,6 @@ const KEYS: string[] = Array.from({ length: KEYSPACE }, (_, i) => `key:${String(
 const VALUES: Buffer[] = Array.from({ length: 256 }, () => Buffer.from(randomBytes(VALUE_BYTES).toString('base64').slice(0, VALUE_BYTES), 'latin1'));
 const SET_BYTES = encodeCommand(['SET', KEYS[0]!, VALUES[0]!]).length;
 const GET_BYTES = encodeCommand(['GET', KEYS[0]!]).length;
-
-/** A small fast PRNG (xorshift32) so the bench's own CPU use stays low. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x1_0000_0000;
-  };
-}
 
 interface PhaseResult {
   setup: Setup;
@@ -247,18 +216,6 @@ async function runPhase(setup: Setup, port: number, conns: number, rep: number):
 
 // ------------------------------------------------------------------ CPU accounting
 
-const CLK_TCK = 100; // Linux USER_HZ
-
-/** utime + stime of a process in ms, from /proc (NaN where unavailable). */
-function processCpuMs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
-  } catch {
-    return NaN;
-  }
-}
 
 function selfCpuMs(): number {
   const u = process.cpuUsage();

@@ -32,7 +32,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -47,6 +47,7 @@ import { freePort, spawnNode, spawnProcess, stopAll, waitForPort, type ProcessHa
 import { requireComponents } from '../src/testing/system-deps.js';
 import { readSecretFileSync } from '../src/security/secrets.js';
 import { progress, type Progress } from '../src/util/progress.js';
+import { median, processCpuMs, quantile, rng, round } from './stats.js';
 import { failoverChart, latencyChart, throughputChart, type LatencyPoint, type ThroughputPoint } from './charts.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -142,20 +143,7 @@ function parseOptions(argv: string[]): Options {
 
 // ------------------------------------------------------------------ small statistics
 
-function quantile(sorted: ArrayLike<number>, q: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
-  return sorted[i]!;
-}
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-const round = (x: number, digits = 3): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : x);
 
 /** Latency samples (ms), bounded: past `cap` samples it keeps a uniform reservoir. */
 class Samples {
@@ -182,33 +170,11 @@ class Samples {
   }
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x1_0000_0000;
-  };
-}
-
 const KEYS = Array.from({ length: KEYSPACE }, (_, i) => `key:${String(i).padStart(12, '0')}`);
 const VALUES = Array.from({ length: 64 }, (_, i) => Buffer.from(String(100 + i).slice(0, VALUE_BYTES), 'latin1'));
 /** RESP bytes of one SET as the client sends it. */
 const SET_REQUEST_BYTES = `*3\r\n$3\r\nSET\r\n$16\r\n${KEYS[0]!}\r\n$${VALUE_BYTES}\r\n${VALUES[0]!.toString('latin1')}\r\n`.length;
 
-const CLK_TCK = 100;
-function processCpuMs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
-  } catch {
-    return NaN;
-  }
-}
 
 let bar: Progress | undefined;
 function log(msg: string): void {
