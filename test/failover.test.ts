@@ -7,27 +7,12 @@ import { after, test } from 'node:test';
 import { callOnAnyReplica } from '../src/client/failover.js';
 import { RespClient } from '../src/client/resp.js';
 import { controlRequest } from '../src/service/control.js';
-import { startFtPair, type FtPair } from '../src/testing/pair.js';
+import { startFtPair, type FtPair, statusOr, waitFor } from '../src/testing/pair.js';
 import { stopAll } from '../src/testing/processes.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 after(() => stopAll());
 
-async function statusOr(auth: Uint8Array, addr: string): Promise<Record<string, unknown> | null> {
-  try {
-    return (await controlRequest(addr, auth, 'GET', '/status', 1000)) as Record<string, unknown>;
-  } catch {
-    return null;
-  }
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 test('kill -9 of the primary under load: the backup goes live; every acknowledged write is there; clients continue', async () => {
   const pair = await startFtPair({ guest: 'kv' });

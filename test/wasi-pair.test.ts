@@ -11,8 +11,7 @@ import { after, test } from 'node:test';
 import { promisify } from 'node:util';
 import { callOnAnyReplica } from '../src/client/failover.js';
 import { RespClient, isIndeterminate } from '../src/client/resp.js';
-import { controlRequest } from '../src/service/control.js';
-import { startFtPair, startPair } from '../src/testing/pair.js';
+import { startFtPair, startPair, statusOr, waitFor } from '../src/testing/pair.js';
 import { Pool } from '../src/testing/pool.js';
 import { stopAll } from '../src/testing/processes.js';
 
@@ -20,21 +19,6 @@ const run = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 after(() => stopAll());
 
-async function statusOr(addr: string, auth: Uint8Array): Promise<Record<string, unknown> | null> {
-  try {
-    return (await controlRequest(addr, auth, 'GET', '/status', 1000)) as Record<string, unknown>;
-  } catch {
-    return null;
-  }
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 test('c_server pair: 8 concurrent RESP clients and redis-cli; the backup verifies the same state hash while the guest is blocked in poll', async () => {
   const pair = await startPair({ guest: 'c_server' });
@@ -84,7 +68,7 @@ test('c_server pair: kill -9 of the primary under load; the backup goes live ins
     await waitFor('some acknowledged writes', async () => acked.size >= 150);
     pair.primary.kill('SIGKILL');
     const killedAt = acked.size;
-    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl, pair.auth))?.role === 'primary');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
     await waitFor('writes after the failover', async () => acked.size >= killedAt + 150);
     stop = true;
     await Promise.all(writers);
@@ -93,7 +77,7 @@ test('c_server pair: kill -9 of the primary under load; the backup goes live ins
     for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
     c.close();
     assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
-    assert.equal((await statusOr(pair.backupControl, pair.auth))?.epoch, 2);
+    assert.equal((await statusOr(pair.auth, pair.backupControl))?.epoch, 2);
   } finally {
     await pair.stop();
   }
@@ -216,7 +200,7 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
     const load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
     await waitFor('more transactions', async () => acked.size >= before + 40);
     pair.primary.kill('SIGKILL');
-    await waitFor('the backup to go live', async () => (await statusOr(pair.backupControl, pair.auth))?.role === 'primary');
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
     const killedAt = acked.size;
     await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40);
     stop = true;

@@ -165,3 +165,21 @@ export async function startFtPair(o: PairOptions & { vm?: string; arbiterUrl?: s
     },
   };
 }
+
+/** A node's /status, or null when it does not answer (yet, or any more). */
+export async function statusOr(auth: Uint8Array, addr: string): Promise<Record<string, unknown> | null> {
+  try {
+    return (await controlRequest(addr, auth, 'GET', '/status', 1000)) as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+}
+
+/** Polls `cond` every 25 ms until it holds; throws after `timeoutMs`. */
+export async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
