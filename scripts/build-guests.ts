@@ -21,7 +21,7 @@
 // A guest is skipped when its output is newer than all of its sources and was built with the same
 // command line (recorded in build/guests/.build-stamps.json).
 
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -325,10 +325,19 @@ function sqliteDir(): string {
   return dir;
 }
 
-function buildC(g: CGuest, out: string): void {
+/** Runs clang as a child process (asynchronously, so AssemblyScript builds proceed meanwhile). */
+async function buildC(g: CGuest, out: string): Promise<void> {
   const extra = g.sqlite ? ["-I", sqliteDir(), path.join(sqliteDir(), "sqlite3.c")] : [];
   const args = [...g.flags, "-o", out, path.join(ROOT, g.source), ...extra];
-  const r = spawnSync("clang", args, { encoding: "utf8", cwd: ROOT });
+  const r = await new Promise<{ status: number | null; signal: NodeJS.Signals | null; error?: Error; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn("clang", args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (c: string) => { stdout += c; });
+    child.stderr.setEncoding("utf8").on("data", (c: string) => { stderr += c; });
+    child.on("error", (error) => resolve({ status: null, signal: null, error, stdout, stderr }));
+    child.on("close", (status, signal) => resolve({ status, signal, stdout, stderr }));
+  });
   if (r.stdout) process.stdout.write(r.stdout);
   if (r.stderr) process.stderr.write(r.stderr);
   if (r.error) throw new BuildError(`clang failed to start for ${g.source}: ${r.error.message}`);
@@ -503,7 +512,9 @@ async function main(argv: string[]): Promise<void> {
   let skipped = 0;
   const t0 = Date.now();
 
-  for (const g of selected) {
+  // clang runs as a child process, AssemblyScript in this one: the C guests build one after another
+  // while the AssemblyScript guests do the same beside them (SQLite's amalgamation alone takes a minute).
+  const buildOne = async (g: Guest): Promise<void> => {
     const out = path.join(OUT_DIR, `${g.name}.wasm`);
     const sources = listSources(g.sources);
     let stamp: string;
@@ -517,7 +528,7 @@ async function main(argv: string[]): Promise<void> {
       const clang = clangVersion();
       if (clang !== null) {
         stamp = `${clang} | clang ${g.flags.join(" ")} ${g.source}`;
-        build = () => {
+        build = async () => {
           if (g.sqlite && existsSync(prebuilt)) {
             try {
               sqliteDir();
@@ -527,7 +538,7 @@ async function main(argv: string[]): Promise<void> {
               return;
             }
           }
-          buildC(g, out);
+          await buildC(g, out);
           if (updatePrebuilt) {
             mkdirSync(path.dirname(prebuilt), { recursive: true });
             copyFileSync(out, prebuilt);
@@ -551,7 +562,7 @@ async function main(argv: string[]): Promise<void> {
     if (!force && isFresh(out, sources, stamp, stamps, g.name)) {
       skipped++;
       if (verbose) console.log(`  ${g.name}: up to date`);
-      continue;
+      return;
     }
 
     const t = Date.now();
@@ -566,7 +577,13 @@ async function main(argv: string[]): Promise<void> {
       for (const i of report.imports) console.log(`    import ${i}`);
       for (const e of report.exports) console.log(`    export ${e}`);
     }
-  }
+  };
+  const chain = async (gs: Guest[]): Promise<void> => {
+    for (const g of gs) await buildOne(g);
+  };
+  // Both chains run to the end; the first failure is reported once both stopped.
+  const results = await Promise.allSettled([chain(selected.filter((g) => g.kind === "c")), chain(selected.filter((g) => g.kind !== "c"))]);
+  for (const r of results) if (r.status === "rejected") throw r.reason;
   console.log(`build-guests: ${built} built, ${skipped} up to date (${Date.now() - t0} ms)`);
 }
 

@@ -570,10 +570,10 @@ describe('etcd arbiter, one member', needs('etcd'), () => {
       const vm = freshVm('latereply');
       await direct.init(vm, { epoch: 5, owner: 'p' }, { deadlineMs: 2000 });
       assert.deepEqual(await viaProxy.read(vm, { deadlineMs: 2000 }), { epoch: 5, owner: 'p' }); // connection up
-      // Every reply arrives 400 ms late: the read answers at ~400 ms, the transaction commits at once
-      // but its reply would come at ~800 ms, after the 700 ms deadline.
-      proxy.delay('down', 400);
-      await rejectsWithCode(viaProxy.claim(vm, 5, 'b', { deadlineMs: 700 }), 'FTVM_ERR_ARBITER_UNAVAILABLE');
+      // Every reply arrives 1 s late: the read answers at ~1 s, the transaction commits at once but its
+      // reply would come at ~2 s, after the 1.6 s deadline (0.6 s of slack each way for a busy machine).
+      proxy.delay('down', 1000);
+      await rejectsWithCode(viaProxy.claim(vm, 5, 'b', { deadlineMs: 1600 }), 'FTVM_ERR_ARBITER_UNAVAILABLE');
       assert.deepEqual(await direct.read(vm, { deadlineMs: 2000 }), { epoch: 6, owner: 'b' }, 'the timed-out claim committed');
       assert.deepEqual(await direct.claim(vm, 5, 'p', { deadlineMs: 2000 }), { won: false, record: { epoch: 6, owner: 'b' } });
       await proxy.heal();

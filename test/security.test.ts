@@ -186,16 +186,17 @@ describe('secret files', () => {
     const open = makeSecretFile();
     chmodSync(open, 0o644);
     const r = cli(['run', guestFile('kv'), '--role', 'backup', '--channel', '127.0.0.1:1', '--secret-file', open]);
-    assert.equal(r.code, 2);
+    assert.equal(r.code, 2, r.err);
     assert.match(r.err, new RegExp(`FTVM_ERR_SECRET_PERMISSIONS.*mode 644.*chmod 600 ${open.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
     const short = makeSecretFile(8);
     const s = cli(['arbiter', '--data', mkdtempSync(join(tmpdir(), 'ftvm-arb-')), '--listen', '127.0.0.1:1', '--secret-file', short]);
-    assert.equal(s.code, 2);
+    assert.equal(s.code, 2, s.err);
     assert.match(s.err, /FTVM_ERR_SECRET_TOO_SHORT.*8 bytes/);
-    // A file made the README's way (umask 077) is accepted.
+    // A file made the README's way is accepted (the chmod makes it private even where a directory's
+    // default ACL would override the umask).
     const dir = mkdtempSync(join(tmpdir(), 'ftvm-umask-'));
-    const made = spawnSync('sh', ['-c', '(umask 077; head -c 32 /dev/urandom > ftvm.secret)'], { cwd: dir });
-    assert.equal(made.status, 0);
+    const made = spawnSync('sh', ['-c', '(umask 077; head -c 32 /dev/urandom > ftvm.secret; chmod 600 ftvm.secret)'], { cwd: dir });
+    assert.equal(made.status, 0, made.stderr.toString());
     assert.equal(readSecretFileSync(join(dir, 'ftvm.secret')).length, 32);
   });
 });

@@ -26,7 +26,7 @@ export function parseAddr(flag: string, v: string): Addr {
   }
 }
 
-const SECRET_HINT = 'the same file on every replica, mode 600; e.g. `(umask 077; head -c 32 /dev/urandom > ftvm.secret)`';
+const SECRET_HINT = 'the same file on every replica, mode 600; e.g. `(umask 077; head -c 32 /dev/urandom > ftvm.secret; chmod 600 ftvm.secret)`';
 
 /** Reads one secret file (owner-only permissions, ≥ 16 bytes: src/security/secrets.ts). */
 export async function readSecret(path: string | undefined, needed: boolean): Promise<Uint8Array> {

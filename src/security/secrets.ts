@@ -44,7 +44,7 @@ export function readSecretFileSync(path: string): Buffer {
   const trimmed = text.trim();
   const secret = trimmed.length === raw.length ? raw : Buffer.from(trimmed, 'latin1');
   if (secret.length < MIN_SECRET_BYTES) {
-    throw new FtvmError('FTVM_ERR_SECRET_TOO_SHORT', `secret file ${path} holds ${secret.length} bytes; use at least ${MIN_SECRET_BYTES} (e.g. \`(umask 077; head -c 32 /dev/urandom > ${path})\`)`);
+    throw new FtvmError('FTVM_ERR_SECRET_TOO_SHORT', `secret file ${path} holds ${secret.length} bytes; use at least ${MIN_SECRET_BYTES} (e.g. \`(umask 077; head -c 32 /dev/urandom > ${path}; chmod 600 ${path})\`)`);
   }
   return secret;
 }
