@@ -14,6 +14,7 @@ import { RespClient, isIndeterminate } from '../src/client/resp.js';
 import { startFtPair, startPair, statusOr, waitFor } from '../src/testing/pair.js';
 import { Pool } from '../src/testing/pool.js';
 import { stopAll } from '../src/testing/processes.js';
+import { needs, requireComponents } from '../src/testing/system-deps.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -77,6 +78,51 @@ test('c_server pair: kill -9 of the primary under load; the backup goes live ins
     for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
     c.close();
     assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
+    assert.equal((await statusOr(pair.auth, pair.backupControl))?.epoch, 2);
+  } finally {
+    await pair.stop();
+  }
+});
+
+test('rust_server pair (Rust std, built with Debian rustc): redis-cli works; kill -9 of the primary under load; nothing acknowledged lost', needs('rust-wasi', 'redis-tools'), async () => {
+  requireComponents('rust-wasi', 'redis-tools');
+  const pair = await startFtPair({ guest: 'rust_server' });
+  try {
+    const { stdout: set } = await run('redis-cli', ['-p', String(pair.servicePort), 'SET', 'from-redis-cli', 'hello']);
+    assert.equal(set.trim(), 'OK');
+    const { stdout: get } = await run('redis-cli', ['-p', String(pair.servicePort), 'GET', 'from-redis-cli']);
+    assert.equal(get.trim(), 'hello');
+    const acked = new Map<string, string>();
+    let stop = false;
+    let incrs = 0;
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      for (let i = 0; !stop && i < 3000; i++) {
+        const key = `w${w}:${i}`;
+        const value = `v${i}`;
+        await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['SET', key, value], { deadlineMs: 20_000 });
+        acked.set(key, value);
+        if (i % 10 === 0) {
+          // INCR is not idempotent: count only acknowledged ones, as a lower bound.
+          await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['INCR', 'n'], { deadlineMs: 20_000, expect: (v) => typeof v === 'number' });
+          incrs++;
+        }
+      }
+    });
+    await waitFor('some acknowledged writes', async () => acked.size >= 150);
+    await pair.hashesAgree();
+    pair.primary.kill('SIGKILL');
+    const killedAt = acked.size;
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
+    await waitFor('writes after the failover', async () => acked.size >= killedAt + 150);
+    stop = true;
+    await Promise.all(writers);
+    const c = await RespClient.connect({ port: pair.backupServicePort });
+    let missing = 0;
+    for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
+    assert.ok(Number(await c.call('INCR', 'n')) > incrs, 'every acknowledged INCR is counted');
+    assert.equal(String(await c.call('GET', 'from-redis-cli')), 'hello');
+    c.close();
     assert.equal((await statusOr(pair.auth, pair.backupControl))?.epoch, 2);
   } finally {
     await pair.stop();
