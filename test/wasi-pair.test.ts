@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -125,6 +126,63 @@ test('rust_server pair (Rust std, built with Debian rustc): redis-cli works; kil
     c.close();
     assert.equal((await statusOr(pair.auth, pair.backupControl))?.epoch, 2);
   } finally {
+    await pair.stop();
+  }
+});
+
+test('per-connection backpressure: a client sending 100 MiB to a connection the guest does not read pauses only itself; another client is served meanwhile; it resumes once the guest reads', async () => {
+  // The C server in its blocking mode serves one client at a time: while A is served, B is never
+  // accepted, so B's input is never read.
+  const pair = await startPair({ guest: 'c_server', primaryArgs: ['--arg', 'blocking'], backupArgs: ['--arg', 'blocking'] });
+  const floodBytes = 100 * 1024 * 1024;
+  const chunk = Buffer.alloc(1024 * 1024, 0x0a); // empty inline commands: consumed without a reply
+  let accepted = 0; // bytes the flood client's kernel took (the write callback ran)
+  let stopFlood = false;
+  let b: net.Socket | undefined;
+  try {
+    const a = await RespClient.connect({ port: pair.servicePort });
+    assert.equal(await a.call('PING'), 'PONG'); // A is the client being served
+    b = net.connect({ port: pair.servicePort, host: '127.0.0.1' });
+    b.on('error', () => undefined);
+    b.setMaxListeners(0);
+    await new Promise<void>((r) => b!.once('connect', () => r()));
+    const flood = (async () => {
+      const until = Date.now() + 60_000;
+      for (let sent = 0; sent < floodBytes && !stopFlood && Date.now() < until; sent += chunk.length) {
+        const flushed = b!.write(chunk, () => void (accepted += chunk.length));
+        if (!flushed) await new Promise<void>((r) => { const t = setTimeout(r, 200); b!.once('drain', () => { clearTimeout(t); r(); }); });
+      }
+    })();
+    await waitFor('the flood to stall', async () => (await pair.status('primary')).clientsPausedForInput === 1);
+    if (process.env.FTVM_TEST_TRACE) console.error(`stalled at ${accepted}`);
+    // A keeps being served while B is held back; every reply comes promptly.
+    const t0 = Date.now();
+    let slowestMs = 0;
+    for (let i = 0; i < 200; i++) {
+      const t = Date.now();
+      assert.equal(await a.call('SET', `k${i}`, `v${i}`), 'OK');
+      assert.equal(String(await a.call('GET', `k${i}`)), `v${i}`);
+      slowestMs = Math.max(slowestMs, Date.now() - t);
+      if (process.env.FTVM_TEST_TRACE && i % 50 === 0) console.error(`call ${i}: ${Date.now() - t} ms, accepted ${accepted}`);
+    }
+    const servedMs = Date.now() - t0;
+    const stalledAt = accepted;
+    await sleep(300);
+    assert.ok(accepted - stalledAt <= 2 * chunk.length, `the flood is held back (${stalledAt} then ${accepted} bytes)`);
+    assert.ok(accepted < 48 * 1024 * 1024, `bounded: ${accepted} of ${floodBytes} bytes taken in (per-connection bound + socket buffers)`);
+    assert.ok(slowestMs < 2000, `A served promptly (slowest ${slowestMs} ms, 400 calls in ${servedMs} ms)`);
+    const ps = await pair.status('primary');
+    assert.equal(ps.clientsPausedForInput, 1);
+    // A leaves: the guest accepts B and reads its input; B's socket resumes.
+    a.close();
+    const t1 = Date.now();
+    await waitFor('the flood to resume', async () => accepted >= stalledAt + 3 * chunk.length, 20_000);
+    stopFlood = true;
+    await flood;
+    if (process.env.FTVM_TEST_TRACE) console.error(`resumed after ${Date.now() - t1} ms`);
+  } finally {
+    stopFlood = true;
+    b?.destroy();
     await pair.stop();
   }
 });

@@ -186,6 +186,24 @@ export class SocketInbox {
   readonly acceptQueue: number[] = [];
   readonly rx = new Map<number, { chunks: Uint8Array[]; bytes: number; eof: boolean }>();
   totalBytes = 0;
+  /** Per connection, bytes of input the guest consumed (or that were discarded) since `takeConsumed`. */
+  private consumed = new Map<number, number>();
+
+  private release(conn: number, bytes: number): void {
+    if (bytes > 0) this.consumed.set(conn, (this.consumed.get(conn) ?? 0) + bytes);
+  }
+
+  /**
+   * The consumption report for the client service's per-connection backpressure, as pairs
+   * (conn, bytes), and resets it; undefined when nothing was consumed.
+   */
+  takeConsumed(): number[] | undefined {
+    if (this.consumed.size === 0) return undefined;
+    const out: number[] = [];
+    for (const [conn, bytes] of this.consumed) out.push(conn, bytes);
+    this.consumed = new Map();
+    return out;
+  }
 
   available(conn: number): { bytes: number; eof: boolean } {
     const r = this.rx.get(conn);
@@ -216,13 +234,22 @@ export class SocketInbox {
     if (!peek) {
       r.bytes -= n;
       this.totalBytes -= n;
+      this.release(conn, n);
     }
     return out;
   }
 
+  /** Input that arrived for a connection the guest already closed: released at once. */
+  discarded(conn: number, bytes: number): void {
+    this.release(conn, bytes);
+  }
+
   drop(conn: number): void {
     const r = this.rx.get(conn);
-    if (r !== undefined) this.totalBytes -= r.bytes;
+    if (r !== undefined) {
+      this.totalBytes -= r.bytes;
+      this.release(conn, r.bytes);
+    }
     this.rx.delete(conn);
     const i = this.acceptQueue.indexOf(conn);
     if (i >= 0) this.acceptQueue.splice(i, 1);
@@ -527,7 +554,10 @@ export class Machine {
         this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: false });
         this.inbox.acceptQueue.push(i.conn);
       } else if (i.kind === 'data') {
-        if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) return; // closed by the guest
+        if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) {
+          this.inbox.discarded(i.conn, i.data?.length ?? 0); // closed by the guest
+          return;
+        }
         r.chunks.push(i.data);
         r.bytes += i.data.length;
         this.inbox.totalBytes += i.data.length;

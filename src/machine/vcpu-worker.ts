@@ -32,14 +32,15 @@ let lastPostedCount = -1;
 /** Posts pending entries and outputs; with `progress`, also a bare progress note when the count moved. */
 function flush(progress = false): void {
   const now = performance.now();
-  if (pendingEntries.length === 0 && pendingOutputs.length === 0) {
+  const consumed = machine?.inbox.takeConsumed();
+  if (pendingEntries.length === 0 && pendingOutputs.length === 0 && consumed === undefined) {
     if (!progress || !machine || machine.count === lastPostedCount || now - lastPostMs < init.progressIntervalMs) return;
   }
   lastPostMs = now;
   lastPostedCount = machine?.count ?? 0;
   const entries = encodeBatch(pendingEntries, writer);
   post(
-    { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0 },
+    { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0, ...(consumed !== undefined ? { consumed } : {}) },
     [entries.buffer as ArrayBuffer],
   );
   firstSeq += pendingEntries.length;

@@ -263,6 +263,7 @@ export class PrimaryNode {
   private attachVcpu(vcpu: Vcpu): void {
     this.vcpu = vcpu;
     vcpu.on('batch', (b: BatchEvent) => {
+      if (b.consumed !== undefined) this.service.consumed(b.consumed);
       this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
       this.metrics.logBytes.inc({ direction: 'out' }, b.entries.length);
       this.metrics.logEntries.inc({ direction: 'out' }, b.count);
@@ -647,6 +648,7 @@ export class PrimaryNode {
       outputsHeld: s.outputsHeld,
       throttled: s.throttled,
       clients: this.service.openConnections,
+      clientsPausedForInput: this.service.pausedConnections,
       lastVerifiedByBackup: this.lastVerified,
       backupDiverged: this.diverged,
       ...securityStatus(this.opts),
