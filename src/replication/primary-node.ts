@@ -406,8 +406,8 @@ export class PrimaryNode {
     }
     const enc = snapshotEncoder(taken.snapshot, SNAPSHOT_CHUNK_BYTES);
     j.phase = 'transferring';
-    j.totalBytes = taken.snapshot.memory.length;
-    this.log.info({ standby: j.standby, memoryBytes: j.totalBytes, chunks: enc.chunkCount, pauseMs: +taken.pauseMs.toFixed(2), seq: j.snapshotSeq }, 'snapshot taken; streaming it while the guest runs on');
+    j.totalBytes = taken.snapshot.memory.length + (taken.snapshot.disk?.length ?? 0); // the disk streams after memory
+    this.log.info({ standby: j.standby, memoryBytes: taken.snapshot.memory.length, diskBytes: taken.snapshot.disk?.length ?? 0, chunks: enc.chunkCount, pauseMs: +taken.pauseMs.toFixed(2), seq: j.snapshotSeq }, 'snapshot taken; streaming it while the guest runs on');
     const epoch = this.core.status().epoch;
     c.send({ type: FrameType.SNAPSHOT, epoch, part: SnapshotPart.BEGIN, config: JSON.stringify(this.opts.config), data: enc.header });
     let nextReport = 0.25;
