@@ -258,16 +258,25 @@ test('c_server re-replication: a primary whose guest is blocked in poll clones i
   }
 });
 
-test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9 of the primary mid-load; every acknowledged transaction is in the database and integrity_check is ok', async () => {
+test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9 of the primary mid-load; every acknowledged transaction is in the database and integrity_check is ok; a standby recruited afterwards receives memory + disk and hashes agree', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ftvm-sqlite-pair-'));
-  const [pImg, bImg] = [join(dir, 'primary.img'), join(dir, 'backup.img')];
-  const pair = await startFtPair({ guest: 'sqlite_server', primaryArgs: ['--disk', pImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], backupArgs: ['--disk', bImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], startTimeoutMs: 120_000 });
+  const image = (s: { index: number; gen: number }): string => join(dir, `slot${s.index}-g${s.gen}.img`);
+  const timing = ['--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'];
+  // Two slots: the primary recruits the other; after the kill, the killed slot restarts as a fresh
+  // standby (loading the guest while the backup goes live) and is recruited by the survivor.
+  const t0 = Date.now();
+  const pool = await Pool.start({ slots: 2, guest: 'sqlite_server', nodeArgs: ['--disk-size', String(32 << 20), ...timing], slotArgs: (s) => ['--disk', image(s)], startTimeoutMs: 120_000, parallelStart: true });
+  let stop = false;
+  let load: Array<Promise<void>> = [];
+  const trace = (what: string): void => void (process.env.FTVM_TEST_TRACE && console.error(`${Date.now() - t0} ms: ${what}`));
   try {
-    const ports = [pair.servicePort, pair.backupServicePort];
+    const first = await pool.waitProtected(60_000);
+    trace('protected');
     /** One SQL call on whichever replica serves; undefined if none answered in time (outcome unknown). */
     const sqlOnAny = async (text: string, deadlineMs = 20_000): Promise<unknown> => {
       const until = Date.now() + deadlineMs;
       for (let k = 0; Date.now() < until; k++) {
+        const ports = pool.servicePorts;
         const c = await RespClient.connect({ port: ports[k % ports.length]!, connectTimeoutMs: 300, callTimeoutMs: 15_000 }).catch(() => undefined);
         if (c === undefined) {
           await sleep(20);
@@ -286,7 +295,6 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
     const setup = await sqlOnAny('CREATE TABLE IF NOT EXISTS tx(id TEXT PRIMARY KEY, client INTEGER, n INTEGER); CREATE TABLE IF NOT EXISTS total(client INTEGER PRIMARY KEY, n INTEGER)');
     assert.deepEqual(setup, []);
     const acked = new Set<string>();
-    let stop = false;
     const client = async (c: number, max: number): Promise<void> => {
       for (let i = 0; !stop && i < max; i++) {
         const id = `c${c}-${i}-${Math.random().toString(36).slice(2, 8)}`;
@@ -294,22 +302,37 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
         if (Array.isArray(r) && r.length === 1) acked.add(id);
       }
     };
+    const imagesEqual = (a: string, b: string): boolean => existsSync(a) && existsSync(b) && readFileSync(a).equals(readFileSync(b));
     // Phase 1: load, then quiet: both replicas synced the same database to their own image files.
     await Promise.all(Array.from({ length: 8 }, (_, c) => client(c, 15)));
     assert.ok(acked.size >= 100, `transactions acknowledged (${acked.size})`);
-    await pair.hashesAgree();
-    await waitFor('equal disk images', async () => existsSync(pImg) && existsSync(bImg) && readFileSync(pImg).equals(readFileSync(bImg)));
-    // Phase 2: kill -9 of the primary mid-load.
+    trace('phase 1 load done');
+    await pool.hashesAgree(first.primary, first.backup);
+    await waitFor('equal disk images', async () => imagesEqual(image(first.primary), image(first.backup)));
+    trace('images equal');
+    // Phase 2: kill -9 of the primary mid-load; the killed slot comes back as a fresh standby.
     const before = acked.size;
-    const load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
+    load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
     await waitFor('more transactions', async () => acked.size >= before + 40);
-    pair.primary.kill('SIGKILL');
-    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
+    const replaced = pool.killAndReplace(first.primary);
+    await pool.waitLive(first.backup, 20_000);
+    trace('backup live');
     const killedAt = acked.size;
-    await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40);
+    await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40, 30_000);
+    trace('writes after failover');
     stop = true;
     await Promise.all(load);
-    const c = await RespClient.connect({ port: pair.backupServicePort, callTimeoutMs: 20_000 });
+    // Afterwards the survivor recruits the restarted slot as a standby, which receives memory + disk.
+    await replaced;
+    trace('standby restarted');
+    const second = await pool.waitProtected(60_000);
+    assert.equal(second.primary, first.backup);
+    trace('protected again');
+    await pool.hashesAgree(second.primary, second.backup); // the state hash covers memory and disk
+    trace('hashes agree');
+    const c = await RespClient.connect({ port: second.primary.servicePort, callTimeoutMs: 20_000 });
+    assert.ok(Array.isArray(await c.call('SQL', "BEGIN; INSERT INTO tx VALUES('last', -1, 0); COMMIT")));
+    await waitFor('equal disk images on the new pair', async () => imagesEqual(image(second.primary), image(second.backup)));
     const rows = (await c.call('SQL', 'SELECT id FROM tx')) as Buffer[][];
     const present = new Set(rows.map((r) => String(r[0])));
     const missing = [...acked].filter((id) => !present.has(id));
@@ -317,9 +340,11 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
     const check = (await c.call('SQL', 'PRAGMA integrity_check')) as Buffer[][];
     assert.equal(String(check[0]![0]), 'ok');
     const totals = (await c.call('SQL', 'SELECT sum(n) FROM total')) as Buffer[][];
-    assert.equal(Number(String(totals[0]![0])), present.size, 'every transaction is whole: the counters agree with the rows');
+    assert.equal(Number(String(totals[0]![0])), present.size - 1, 'every transaction is whole: the counters agree with the rows');
     c.close();
   } finally {
-    await pair.stop();
+    stop = true;
+    await Promise.all(load);
+    await pool.stop();
   }
 });
