@@ -46,6 +46,10 @@ export interface ClusterOptions {
   guest?: string;
   /** Extra flags for every node. */
   nodeArgs?: string[];
+  /** Extra flags for one slot's node at each (re)start (e.g. its own `--disk` image per generation). */
+  slotArgs?: (slot: Slot) => string[];
+  /** How long a node may take to start (a large guest loads slowly). Default 30 s. */
+  startTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -150,12 +154,13 @@ export class Cluster {
       '--node-id', `node-${this.hostId(s)}`,
       ...etcdArgs,
       ...(this.opts.nodeArgs ?? []),
+      ...(this.opts.slotArgs?.(s) ?? []),
     ];
   }
 
   private async startPrimary(s: Slot): Promise<void> {
     s.proc = spawnNode([CLI, 'run', guestFile(this.opts.guest ?? 'kv'), '--role', 'primary', ...this.common(s)], { name: `primary-${this.hostId(s)}` });
-    await s.proc.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' });
+    await s.proc.waitForLine(/primary is serving/, this.opts.startTimeoutMs ?? 30_000, { stream: 'stderr' });
     await waitForPort(s.servicePort);
   }
 
@@ -165,7 +170,7 @@ export class Cluster {
       [CLI, 'standby', guestFile(this.opts.guest ?? 'kv'), '--channel', `127.0.0.1:${s.channelPort}`, '--advertise', `127.0.0.1:${s.channelProxy.port}`, ...this.common(s)],
       { name: `standby-${this.hostId(s)}` },
     );
-    await s.proc.waitForLine(/standby is in the pool/, 30_000, { stream: 'stderr' });
+    await s.proc.waitForLine(/standby is in the pool/, this.opts.startTimeoutMs ?? 30_000, { stream: 'stderr' });
   }
 
   /**
