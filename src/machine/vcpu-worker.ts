@@ -88,7 +88,10 @@ function takeSnapshot(): void {
   const { memory, ...state } = snap;
   const shared = into !== undefined && memory.buffer === into.buffer;
   const buffer = shared ? msg!.buffer : (memory.buffer as ArrayBuffer);
-  post({ t: 'snapshot', state, memoryBytes: memory.length, buffer, pauseMs }, shared ? [] : [buffer as ArrayBuffer]);
+  // The disk's serialization is a fresh buffer of its own: moved, not copied (the guest waits for this post).
+  const transfer = shared ? [] : [buffer as ArrayBuffer];
+  if (state.disk !== undefined && state.disk.byteOffset === 0 && state.disk.byteLength === state.disk.buffer.byteLength) transfer.push(state.disk.buffer as ArrayBuffer);
+  post({ t: 'snapshot', state, memoryBytes: memory.length, buffer, pauseMs }, transfer);
 }
 
 function drainQueue(): void {
