@@ -113,8 +113,10 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     arbiter: o.arbiter,
     log,
     guest: guest.module,
+    // The WASI guests are larger to load and instrument than the kv guest: more time to start.
+    ...(guestName !== 'kv' ? { startTimeoutMs: 90_000 } : {}),
     ...(diskDir !== undefined
-      ? { nodeArgs: ['--disk-size', String(32 << 20)], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 120_000 }
+      ? { nodeArgs: ['--disk-size', String(32 << 20)], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
       : {}),
   });
   try {
