@@ -180,7 +180,9 @@ export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
 /**
  * Record side of the WASI sockets: connections opened but not yet accepted and bytes received but not
  * yet read. Not deterministic state (never hashed or snapshotted): the guest only learns of it through
- * calls whose results are logged (sock_accept, sock_recv, poll_oneoff).
+ * calls whose results are logged (sock_accept, sock_recv, poll_oneoff). It also keeps the consumption
+ * report of every guest's input (WASI reads, or deliveries into a reactor's ring) for the client
+ * service's per-connection backpressure.
  */
 export class SocketInbox {
   readonly acceptQueue: number[] = [];
@@ -239,8 +241,11 @@ export class SocketInbox {
     return out;
   }
 
-  /** Input that arrived for a connection the guest already closed: released at once. */
-  discarded(conn: number, bytes: number): void {
+  /**
+   * Input that left the VMM's hands another way: delivered into a reactor's receive ring, or dropped
+   * because the guest already closed the connection. Reported like consumed input.
+   */
+  handedOff(conn: number, bytes: number): void {
     this.release(conn, bytes);
   }
 
@@ -555,7 +560,7 @@ export class Machine {
         this.inbox.acceptQueue.push(i.conn);
       } else if (i.kind === 'data') {
         if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) {
-          this.inbox.discarded(i.conn, i.data?.length ?? 0); // closed by the guest
+          this.inbox.handedOff(i.conn, i.data?.length ?? 0); // closed by the guest
           return;
         }
         r.chunks.push(i.data);
@@ -958,6 +963,7 @@ export class Machine {
         const data = input.data ?? new Uint8Array(0);
         if (state !== ConnState.OPEN || data.length === 0) {
           this.pending.shift(); // the guest closed it (or the peer did): input for it is dropped
+          this.inbox.handedOff(input.conn, data.length);
           continue;
         }
         const free = ring.free(mem);
@@ -968,6 +974,7 @@ export class Machine {
         const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
         assert(ok, 'ring had room for the chunk');
         this.emit({ type: EntryType.NIC_DATA, n: this.count, idle, conn: input.conn, data: new Uint8Array(chunk) });
+        this.inbox.handedOff(input.conn, take); // in guest memory now: the client service's per-connection bound counts it consumed
         if (take < data.length) {
           input.data = data.subarray(take);
           delivered++;
