@@ -30,7 +30,8 @@
  * - `--guest c-server|rust-server|sqlite`: the same measurement for that guest too (the unmodified WASI
  *   programs of guests/, SET/GET over RESP; SQLite's SET is an upsert transaction on its database file on
  *   each replica's own disk image), after the kv guest's, and a table of the FT on ÷ off ratios of both
- *   side by side. The JSON line is then `{ guests: { kv: {...}, <guest>: {...} }, ratios: {...} }`.
+ *   side by side (the TLS ÷ plain comparison, which measures the channel, runs for the kv guest only).
+ *   The JSON line is then `{ guests: { kv: {...}, <guest>: {...} }, ratios: {...} }`.
  *
  * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
  * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
@@ -81,6 +82,8 @@ let GUEST = join(ROOT, 'build', 'guests', 'kv.wasm');
 /** Per-process extra flags (a disk image each) for the guest being measured. */
 let guestArgs: (name: string) => string[] = () => [];
 let startTimeoutMs = 30_000;
+/** Whether the TLS ÷ plain comparison runs (the kv guest only: it measures the channel, not the guest). */
+let withPlain = true;
 const HOST = '127.0.0.1';
 
 function envInt(name: string, dflt: number, min: number, max: number): number {
@@ -274,8 +277,8 @@ interface Servers {
   offPrimary: ProcessHandle;
   onPrimary: ProcessHandle;
   backup: ProcessHandle;
-  plainPrimary: ProcessHandle;
-  plainBackup: ProcessHandle;
+  plainPrimary: ProcessHandle | undefined;
+  plainBackup: ProcessHandle | undefined;
   offPort: number;
   onPort: number;
   plainPort: number;
@@ -304,30 +307,30 @@ async function startServers(secretFile: string): Promise<Servers> {
 
   const backup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile, ...guestArgs('backup')], { name: 'backup', env });
   started.push(backup);
-  const plainBackup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('backup-plain')], { name: 'backup-plain', env });
-  started.push(plainBackup);
+  const plainBackup = !withPlain ? undefined : spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('backup-plain')], { name: 'backup-plain', env });
+  if (plainBackup) started.push(plainBackup);
   await backup.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
-  await plainBackup.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
+  await plainBackup?.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
 
   const onPrimary = spawnNode(
     [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile, ...guestArgs('primary')],
     { name: 'primary-ft-on', env },
   );
   started.push(onPrimary);
-  const plainPrimary = spawnNode(
+  const plainPrimary = !withPlain ? undefined : spawnNode(
     [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${plainPort}`, '--peer', `${HOST}:${plainChanPort}`, '--control', plainCtl, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('primary-plain')],
     { name: 'primary-ft-on-plain', env },
   );
-  started.push(plainPrimary);
+  if (plainPrimary) started.push(plainPrimary);
   const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl, '--secret-file', secretFile, ...guestArgs('primary-off')], { name: 'primary-ft-off', env });
   started.push(offPrimary);
 
   await Promise.all([
     onPrimary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
-    plainPrimary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
+    plainPrimary?.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
     offPrimary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
   ]);
-  await Promise.all([waitForPort(onPort, 10_000), waitForPort(plainPort, 10_000), waitForPort(offPort, 10_000)]);
+  await Promise.all([waitForPort(onPort, 10_000), withPlain ? waitForPort(plainPort, 10_000) : undefined, waitForPort(offPort, 10_000)]);
   return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl };
 }
 
@@ -443,6 +446,7 @@ async function main(): Promise<void> {
       GUEST = join(ROOT, 'build', 'guests', `${spec.module}.wasm`);
       guestArgs = spec.disk ? (name) => ['--disk', join(dir, `${g}-${name}.img`), '--disk-size', String(64 << 20)] : () => [];
       startTimeoutMs = spec.disk ? 180_000 : 30_000;
+      withPlain = g === 'kv';
       summaries[g] = await measure(g, secretFile);
       await stopStarted();
     }
@@ -485,10 +489,10 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
 
     for (let rep = 0; rep < REPS; rep++) {
       for (const conns of CONNS) {
-        const order: Setup[] = rep % 2 === 0 ? ['off', 'on', 'plain'] : ['plain', 'on', 'off'];
+        const order: Setup[] = (rep % 2 === 0 ? (['off', 'on', 'plain'] as const) : (['plain', 'on', 'off'] as const)).filter((x) => withPlain || x !== 'plain');
         for (const setup of order) {
           let r: PhaseResult;
-          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary.pid, servers.plainBackup.pid] : [servers.onPrimary.pid, servers.backup.pid];
+          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : [servers.onPrimary.pid, servers.backup.pid];
           const cpu0 = pids.map(processCpuMs);
           const self0 = selfCpuMs();
           if (setup === 'off') {
@@ -579,6 +583,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
       const perRepRatios = off.perRep.map((o, i) => round((on.perRep[i] ?? NaN) / o, 3));
       const ratio = median(perRepRatios);
       const plain = agg('plain');
+      if (withPlain) {
       const tlsPerRep = plain.perRep.map((p, i) => round((on.perRep[i] ?? NaN) / p, 3));
       summary[`tls_ratio_c${conns}`] = round(median(tlsPerRep), 3);
       summary[`tls_ratio_pooled_c${conns}`] = round(on.opsPerSec / plain.opsPerSec, 3);
@@ -586,6 +591,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
       summary[`plain_latency_p50_ms_c${conns}`] = round(plain.p50);
       summary[`plain_latency_p99_ms_c${conns}`] = round(plain.p99);
       tlsRows.push([`c${conns}`, plain.opsPerSec.toFixed(0), on.opsPerSec.toFixed(0), median(tlsPerRep).toFixed(3), (on.opsPerSec / plain.opsPerSec).toFixed(3), plain.p50.toFixed(3), on.p50.toFixed(3), plain.p99.toFixed(3), on.p99.toFixed(3)]);
+      }
       const lagS = sortedCopy(lagByConns.get(conns) ?? []);
       const lb = logBytesByConns.get(conns);
       summary[`ft_ratio_c${conns}`] = round(ratio, 3);
@@ -689,10 +695,10 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     );
     console.log(`state hashes of primary and backup agree at instruction ${hash.n}`);
     console.log('');
-    console.log("encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases");
+    if (withPlain) console.log("encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases");
     const th = ['conns', 'plain ops/s', 'tls ops/s', 'tls÷plain (median)', 'pooled', 'plain p50', 'tls p50', 'plain p99', 'tls p99'];
     const tw = th.map((h, i) => Math.max(h.length, ...tlsRows.map((r) => r[i]!.length)));
-    console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));
+    if (withPlain) console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));
     for (const r of tlsRows) console.log(r.map((c, i) => c.padStart(tw[i]!)).join('  '));
     summary.guest = guest;
     return summary;
