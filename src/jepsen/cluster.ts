@@ -50,6 +50,8 @@ export interface ClusterOptions {
   slotArgs?: (slot: Slot) => string[];
   /** How long a node may take to start (a large guest loads slowly). Default 30 s. */
   startTimeoutMs?: number;
+  /** How long `settle()` waits for a protected pair plus a spare by default (default 60 s). */
+  settleTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -240,7 +242,7 @@ export class Cluster {
    * Heals every fault, replaces dead replicas and waits until there is a protected pair and every other
    * slot is a standby in the pool: the state every fault starts from.
    */
-  async settle(timeoutMs = 60_000): Promise<ProtectedPair> {
+  async settle(timeoutMs = this.opts.settleTimeoutMs ?? 60_000): Promise<ProtectedPair> {
     for (const s of this.slots) this.resume(s);
     await this.healNetwork();
     const until = performance.now() + timeoutMs;

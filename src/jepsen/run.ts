@@ -114,13 +114,13 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     log,
     guest: guest.module,
     // The WASI guests are larger to load and instrument than the kv guest: more time to start.
-    ...(guestName !== 'kv' ? { startTimeoutMs: 90_000 } : {}),
+    ...(guestName !== 'kv' ? { startTimeoutMs: 90_000, settleTimeoutMs: 180_000 } : {}),
     ...(diskDir !== undefined
       ? { nodeArgs: ['--disk-size', String(32 << 20)], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
       : {}),
   });
   try {
-    let pair = await cluster.settle(guest.disk ? 180_000 : 60_000);
+    let pair = await cluster.settle();
     log(`protected pair: primary slot ${pair.primary.index}, backup slot ${pair.backup.index}, epoch ${pair.epoch}`);
     const callOpts = { connectTimeoutMs: 300, callTimeoutMs: 1500 };
     for (const cmd of protocol.setup) {
