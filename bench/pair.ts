@@ -445,7 +445,7 @@ async function main(): Promise<void> {
       const spec = BENCH_GUESTS[g];
       GUEST = join(ROOT, 'build', 'guests', `${spec.module}.wasm`);
       guestArgs = spec.disk ? (name) => ['--disk', join(dir, `${g}-${name}.img`), '--disk-size', String(64 << 20)] : () => [];
-      startTimeoutMs = spec.disk ? 180_000 : 30_000;
+      startTimeoutMs = spec.disk ? 180_000 : 90_000;
       withPlain = g === 'kv';
       summaries[g] = await measure(g, secretFile);
       await stopStarted();
