@@ -478,6 +478,16 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     log(`starting an FT-off primary and an FT-on pair (${guest} guest); phases: warm-up ${WARMUP_MS} ms + ${MEASURE_MS} ms measured, ${REPS} rep(s), conns ${CONNS.join('/')}`);
     const servers = await startServers(secretFile);
     log(`up in ${((performance.now() - t0) / 1000).toFixed(1)} s: FT off on :${servers.offPort}, FT on on :${servers.onPort}`);
+    // One call on each before any phase: a WASI guest may still be starting its service (SQLite opens
+    // its database and creates its table on the first commands), which is not what the phases measure.
+    for (const port of [servers.offPort, servers.onPort, ...(withPlain ? [servers.plainPort] : [])]) {
+      const c = await RespClient.connect({ host: HOST, port, callTimeoutMs: 120_000 });
+      try {
+        await c.call('SET', KEYS[0]!, VALUES[0]!);
+      } finally {
+        c.close();
+      }
+    }
 
     const results: PhaseResult[] = [];
     const lagAll: number[] = [];
