@@ -27,6 +27,12 @@
  *   beside the others and is measured in the same interleaved phases ("plain"); FT on (TLS) ÷ FT on
  *   (plain) per concurrency is reported as `tls_ratio_c<N>` (median of per-repetition ratios).
  *
+ * - `--guest c-server|rust-server|sqlite`: the same measurement for that guest too (the unmodified WASI
+ *   programs of guests/, SET/GET over RESP; SQLite's SET is an upsert transaction on its database file on
+ *   each replica's own disk image), after the kv guest's, and a table of the FT on ÷ off ratios of both
+ *   side by side (the TLS ÷ plain comparison, which measures the channel, runs for the kv guest only).
+ *   The JSON line is then `{ guests: { kv: {...}, <guest>: {...} }, ratios: {...} }`.
+ *
  * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
  * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
  * BENCH_PAIR_REPS (default 3), BENCH_PAIR_MAX_OPS (per phase, default 1,000,000),
@@ -51,7 +57,33 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 /** dist/bench/pair.js → repository root (also works from bench/ with a TS loader). */
 const ROOT = HERE.endsWith(join('dist', 'bench')) ? join(HERE, '..', '..') : join(HERE, '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
-const GUEST = join(ROOT, 'build', 'guests', 'kv.wasm');
+/** The guests the bench can drive: the module, and whether each replica needs a disk image. */
+const BENCH_GUESTS = {
+  kv: { module: 'kv', disk: false },
+  'c-server': { module: 'c_server', disk: false },
+  'rust-server': { module: 'rust_server', disk: false },
+  sqlite: { module: 'sqlite_server', disk: true },
+} as const;
+type BenchGuest = keyof typeof BENCH_GUESTS;
+
+function guestArg(argv: string[]): BenchGuest {
+  const i = argv.indexOf('--guest');
+  if (i < 0) return 'kv';
+  const v = argv[i + 1];
+  if (v === undefined || !Object.hasOwn(BENCH_GUESTS, v)) {
+    process.stderr.write(`bench:pair: --guest is one of ${Object.keys(BENCH_GUESTS).join(', ')}, not ${String(v)}\n`);
+    process.exit(2);
+  }
+  return v as BenchGuest;
+}
+const EXTRA_GUEST = guestArg(process.argv.slice(2));
+/** Module file of the guest being measured (set per guest by main). */
+let GUEST = join(ROOT, 'build', 'guests', 'kv.wasm');
+/** Per-process extra flags (a disk image each) for the guest being measured. */
+let guestArgs: (name: string) => string[] = () => [];
+let startTimeoutMs = 30_000;
+/** Whether the TLS ÷ plain comparison runs (the kv guest only: it measures the channel, not the guest). */
+let withPlain = true;
 const HOST = '127.0.0.1';
 
 function envInt(name: string, dflt: number, min: number, max: number): number {
@@ -245,8 +277,8 @@ interface Servers {
   offPrimary: ProcessHandle;
   onPrimary: ProcessHandle;
   backup: ProcessHandle;
-  plainPrimary: ProcessHandle;
-  plainBackup: ProcessHandle;
+  plainPrimary: ProcessHandle | undefined;
+  plainBackup: ProcessHandle | undefined;
   offPort: number;
   onPort: number;
   plainPort: number;
@@ -273,37 +305,37 @@ async function startServers(secretFile: string): Promise<Servers> {
   const backupCtl = `${HOST}:${backupCtlPort}`;
   const env = { FTVM_LOG_LEVEL: process.env.FTVM_LOG_LEVEL ?? 'info' };
 
-  const backup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile], { name: 'backup', env });
+  const backup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile, ...guestArgs('backup')], { name: 'backup', env });
   started.push(backup);
-  const plainBackup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, '--insecure-channel'], { name: 'backup-plain', env });
-  started.push(plainBackup);
-  await backup.waitForLine(/backup is waiting for the primary/, 30_000, { stream: 'stderr' });
-  await plainBackup.waitForLine(/backup is waiting for the primary/, 30_000, { stream: 'stderr' });
+  const plainBackup = !withPlain ? undefined : spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('backup-plain')], { name: 'backup-plain', env });
+  if (plainBackup) started.push(plainBackup);
+  await backup.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
+  await plainBackup?.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
 
   const onPrimary = spawnNode(
-    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile],
+    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile, ...guestArgs('primary')],
     { name: 'primary-ft-on', env },
   );
   started.push(onPrimary);
-  const plainPrimary = spawnNode(
-    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${plainPort}`, '--peer', `${HOST}:${plainChanPort}`, '--control', plainCtl, '--secret-file', secretFile, '--insecure-channel'],
+  const plainPrimary = !withPlain ? undefined : spawnNode(
+    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${plainPort}`, '--peer', `${HOST}:${plainChanPort}`, '--control', plainCtl, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('primary-plain')],
     { name: 'primary-ft-on-plain', env },
   );
-  started.push(plainPrimary);
-  const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl, '--secret-file', secretFile], { name: 'primary-ft-off', env });
+  if (plainPrimary) started.push(plainPrimary);
+  const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl, '--secret-file', secretFile, ...guestArgs('primary-off')], { name: 'primary-ft-off', env });
   started.push(offPrimary);
 
   await Promise.all([
-    onPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
-    plainPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
-    offPrimary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' }),
+    onPrimary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
+    plainPrimary?.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
+    offPrimary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
   ]);
-  await Promise.all([waitForPort(onPort, 10_000), waitForPort(plainPort, 10_000), waitForPort(offPort, 10_000)]);
+  await Promise.all([waitForPort(onPort, 10_000), withPlain ? waitForPort(plainPort, 10_000) : undefined, waitForPort(offPort, 10_000)]);
   return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl };
 }
 
 async function stopStarted(): Promise<void> {
-  await Promise.all(started.map((p) => p.stop(3000).catch(() => undefined)));
+  await Promise.all(started.splice(0).map((p) => p.stop(3000).catch(() => undefined)));
 }
 
 /** Waits (bounded) until the FT-on primary holds no unacknowledged entries or outputs. */
@@ -406,11 +438,56 @@ async function main(): Promise<void> {
   const secretFile = join(dir, 'secret');
   authSecret = randomBytes(32);
   writeFileSync(secretFile, authSecret, { mode: 0o600 });
-  const t0 = performance.now();
   try {
-    log(`starting an FT-off primary and an FT-on pair (kv guest); phases: warm-up ${WARMUP_MS} ms + ${MEASURE_MS} ms measured, ${REPS} rep(s), conns ${CONNS.join('/')}`);
+    const guests: BenchGuest[] = EXTRA_GUEST === 'kv' ? ['kv'] : ['kv', EXTRA_GUEST];
+    const summaries: Partial<Record<BenchGuest, Record<string, unknown>>> = {};
+    for (const g of guests) {
+      const spec = BENCH_GUESTS[g];
+      GUEST = join(ROOT, 'build', 'guests', `${spec.module}.wasm`);
+      guestArgs = spec.disk ? (name) => ['--disk', join(dir, `${g}-${name}.img`), '--disk-size', String(64 << 20)] : () => [];
+      startTimeoutMs = spec.disk ? 180_000 : 90_000;
+      withPlain = g === 'kv';
+      summaries[g] = await measure(g, secretFile);
+      await stopStarted();
+    }
+    if (guests.length === 1) {
+      console.log(JSON.stringify(summaries.kv));
+      return;
+    }
+    const ratios: Record<string, Record<string, unknown>> = {};
+    console.log('');
+    console.log('FT on ÷ FT off throughput (median of per-repetition ratios), by guest');
+    const header = ['guest', ...CONNS.map((c) => `c${c}`)];
+    console.log(header.map((h) => h.padStart(12)).join(''));
+    for (const g of guests) {
+      const sm = summaries[g]!;
+      ratios[g] = Object.fromEntries(CONNS.map((c) => [`ft_ratio_c${c}`, sm[`ft_ratio_c${c}`]]));
+      console.log([g, ...CONNS.map((c) => String(sm[`ft_ratio_c${c}`]))].map((x) => x.padStart(12)).join(''));
+    }
+    console.log(JSON.stringify({ guests: summaries, ratios }));
+  } finally {
+    await stopStarted();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The whole measurement of one guest: prints its tables, returns its summary. */
+async function measure(guest: BenchGuest, secretFile: string): Promise<Record<string, unknown>> {
+  const t0 = performance.now();
+  {
+    log(`starting an FT-off primary and an FT-on pair (${guest} guest); phases: warm-up ${WARMUP_MS} ms + ${MEASURE_MS} ms measured, ${REPS} rep(s), conns ${CONNS.join('/')}`);
     const servers = await startServers(secretFile);
     log(`up in ${((performance.now() - t0) / 1000).toFixed(1)} s: FT off on :${servers.offPort}, FT on on :${servers.onPort}`);
+    // One call on each before any phase: a WASI guest may still be starting its service (SQLite opens
+    // its database and creates its table on the first commands), which is not what the phases measure.
+    for (const port of [servers.offPort, servers.onPort, ...(withPlain ? [servers.plainPort] : [])]) {
+      const c = await RespClient.connect({ host: HOST, port, callTimeoutMs: 120_000 });
+      try {
+        await c.call('SET', KEYS[0]!, VALUES[0]!);
+      } finally {
+        c.close();
+      }
+    }
 
     const results: PhaseResult[] = [];
     const lagAll: number[] = [];
@@ -422,10 +499,10 @@ async function main(): Promise<void> {
 
     for (let rep = 0; rep < REPS; rep++) {
       for (const conns of CONNS) {
-        const order: Setup[] = rep % 2 === 0 ? ['off', 'on', 'plain'] : ['plain', 'on', 'off'];
+        const order: Setup[] = (rep % 2 === 0 ? (['off', 'on', 'plain'] as const) : (['plain', 'on', 'off'] as const)).filter((x) => withPlain || x !== 'plain');
         for (const setup of order) {
           let r: PhaseResult;
-          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary.pid, servers.plainBackup.pid] : [servers.onPrimary.pid, servers.backup.pid];
+          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : [servers.onPrimary.pid, servers.backup.pid];
           const cpu0 = pids.map(processCpuMs);
           const self0 = selfCpuMs();
           if (setup === 'off') {
@@ -516,6 +593,7 @@ async function main(): Promise<void> {
       const perRepRatios = off.perRep.map((o, i) => round((on.perRep[i] ?? NaN) / o, 3));
       const ratio = median(perRepRatios);
       const plain = agg('plain');
+      if (withPlain) {
       const tlsPerRep = plain.perRep.map((p, i) => round((on.perRep[i] ?? NaN) / p, 3));
       summary[`tls_ratio_c${conns}`] = round(median(tlsPerRep), 3);
       summary[`tls_ratio_pooled_c${conns}`] = round(on.opsPerSec / plain.opsPerSec, 3);
@@ -523,6 +601,7 @@ async function main(): Promise<void> {
       summary[`plain_latency_p50_ms_c${conns}`] = round(plain.p50);
       summary[`plain_latency_p99_ms_c${conns}`] = round(plain.p99);
       tlsRows.push([`c${conns}`, plain.opsPerSec.toFixed(0), on.opsPerSec.toFixed(0), median(tlsPerRep).toFixed(3), (on.opsPerSec / plain.opsPerSec).toFixed(3), plain.p50.toFixed(3), on.p50.toFixed(3), plain.p99.toFixed(3), on.p99.toFixed(3)]);
+      }
       const lagS = sortedCopy(lagByConns.get(conns) ?? []);
       const lb = logBytesByConns.get(conns);
       summary[`ft_ratio_c${conns}`] = round(ratio, 3);
@@ -615,7 +694,7 @@ async function main(): Promise<void> {
     console.log(phaseHeader.map((c, i) => c.padStart(pw[i]!)).join('  '));
     for (const r of phaseRows) console.log(r.map((c, i) => c.padStart(pw[i]!)).join('  '));
     console.log('');
-    console.log(`summary: kv guest, closed loop, ${REPS} × (${WARMUP_MS} ms warm-up + ${MEASURE_MS} ms) per setup and concurrency; latencies in ms`);
+    console.log(`summary: ${guest} guest, closed loop, ${REPS} × (${WARMUP_MS} ms warm-up + ${MEASURE_MS} ms) per setup and concurrency; latencies in ms`);
     console.log(fmt(header));
     for (const r of rows) console.log(fmt(r));
     console.log(
@@ -626,15 +705,13 @@ async function main(): Promise<void> {
     );
     console.log(`state hashes of primary and backup agree at instruction ${hash.n}`);
     console.log('');
-    console.log("encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases");
+    if (withPlain) console.log("encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases");
     const th = ['conns', 'plain ops/s', 'tls ops/s', 'tls÷plain (median)', 'pooled', 'plain p50', 'tls p50', 'plain p99', 'tls p99'];
     const tw = th.map((h, i) => Math.max(h.length, ...tlsRows.map((r) => r[i]!.length)));
-    console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));
+    if (withPlain) console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));
     for (const r of tlsRows) console.log(r.map((c, i) => c.padStart(tw[i]!)).join('  '));
-    console.log(JSON.stringify(summary));
-  } finally {
-    await stopStarted();
-    rmSync(dir, { recursive: true, force: true });
+    summary.guest = guest;
+    return summary;
   }
 }
 

@@ -8,7 +8,7 @@
 //   --force            rebuild even if the output is newer than all its sources
 //   --update-prebuilt  after building the C guests with clang, refresh guests/c/prebuilt/*.wasm
 //   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, sqlite_server,
-//                      kernels_as, kernels_c)
+//                      rust_server, kernels_as, kernels_c)
 //
 // sqlite_server also compiles SQLite's amalgamation, fetched once with `npm pack better-sqlite3@12.11.1`
 // into build/cache/ (no native build; no other download). Without clang, or when the fetch fails, the
@@ -18,6 +18,9 @@
 // AssemblyScript guests are compiled with the AssemblyScript compiler's API (no child process).
 // C guests are compiled with clang (--target=wasm32-wasi) if it is on PATH; otherwise the
 // checked-in prebuilt module from guests/c/prebuilt/ is copied, so Node + npm alone suffice.
+// The Rust guest is compiled with Debian's rustc (/usr/bin/rustc, by path: a rustup toolchain without
+// the wasm32-wasi target may come first on PATH) and libstd-rust-dev-wasm32; without them, the
+// checked-in prebuilt module is copied.
 // A guest is skipped when its output is newer than all of its sources and was built with the same
 // command line (recorded in build/guests/.build-stamps.json).
 
@@ -82,7 +85,17 @@ interface CGuest {
   sqlite?: boolean;
 }
 
-type Guest = AsGuest | CGuest;
+interface RustGuest {
+  kind: "rust";
+  name: string;
+  source: string;
+  flags: string[];
+  sources: string[];
+  shape: Shape;
+  exports: string[];
+}
+
+type Guest = AsGuest | CGuest | RustGuest;
 
 const SDK = "guests/sdk";
 
@@ -113,6 +126,11 @@ const GUESTS: Guest[] = [
     kind: "c", name: "sqlite_server", source: "guests/sqlite/sqlite-server.c",
     flags: ["--target=wasm32-wasi", "-O2", "-Wall", "-DSQLITE_OMIT_LOAD_EXTENSION", "-DSQLITE_THREADSAFE=0"],
     sources: ["guests/sqlite", "guests/c-server"], shape: "command", exports: ["_start"], sqlite: true,
+  },
+  {
+    kind: "rust", name: "rust_server", source: "guests/rust-server/server.rs",
+    flags: ["--target", "wasm32-wasi", "--edition", "2021", "-O", "-C", "strip=debuginfo"],
+    sources: ["guests/rust-server"], shape: "command", exports: ["_start"],
   },
   {
     kind: "as", name: "kernels_as", entry: "guests/bench/kernels.ts", runtime: "stub",
@@ -213,7 +231,7 @@ function listSources(entries: string[]): string[] {
         const q = path.join(p, e);
         if (statSync(q).isDirectory()) {
           if (e !== "prebuilt") walk(q);
-        } else if (/\.(ts|c|h)$/.test(e)) {
+        } else if (/\.(ts|c|h|rs)$/.test(e)) {
           files.push(q);
         }
       }
@@ -256,6 +274,30 @@ function clangVersion(): string | null {
   const r = spawnSync("clang", ["--version"], { encoding: "utf8" });
   clangVersionCache = r.error || r.status !== 0 ? null : (r.stdout.split("\n")[0] ?? "clang").trim();
   return clangVersionCache;
+}
+
+/** Debian's rustc, called by path (a rustup toolchain earlier on PATH usually lacks wasm32-wasi). */
+const DEBIAN_RUSTC = "/usr/bin/rustc";
+/** Where libstd-rust-dev-wasm32 puts std for wasm32-wasi. */
+const RUST_WASI_STD = "/usr/lib/rustlib/wasm32-wasi/lib";
+
+let rustcVersionCache: string | null | undefined;
+/** `rustc --version` of Debian's rustc, or null if it or its wasm32-wasi std is missing. */
+function rustcVersion(): string | null {
+  if (rustcVersionCache !== undefined) return rustcVersionCache;
+  if (!existsSync(RUST_WASI_STD)) return (rustcVersionCache = null);
+  const r = spawnSync(DEBIAN_RUSTC, ["--version"], { encoding: "utf8" });
+  rustcVersionCache = r.error || r.status !== 0 ? null : (r.stdout.split("\n")[0] ?? "rustc").trim();
+  return rustcVersionCache;
+}
+
+function buildRust(g: RustGuest, out: string): void {
+  const args = [...g.flags, "-o", out, path.join(ROOT, g.source)];
+  const r = spawnSync(DEBIAN_RUSTC, args, { encoding: "utf8", cwd: ROOT });
+  if (r.stdout) process.stdout.write(r.stdout);
+  if (r.stderr) process.stderr.write(r.stderr);
+  if (r.error) throw new BuildError(`${DEBIAN_RUSTC} failed to start for ${g.source}: ${r.error.message}`);
+  if (r.status !== 0) throw new BuildError(`${DEBIAN_RUSTC} ${args.join(" ")} failed with exit code ${r.status ?? r.signal}`);
 }
 
 function asVersion(): string {
@@ -508,6 +550,7 @@ async function main(argv: string[]): Promise<void> {
   mkdirSync(OUT_DIR, { recursive: true });
   const stamps = loadStamps();
   let clangNoticeShown = false;
+  let rustNoticeShown = false;
   let built = 0;
   let skipped = 0;
   const t0 = Date.now();
@@ -523,6 +566,31 @@ async function main(argv: string[]): Promise<void> {
     if (g.kind === "as") {
       stamp = `asc ${asVersion()} ${asArgs(g, out).join(" ")}`;
       build = () => buildAs(g, out);
+    } else if (g.kind === "rust") {
+      const prebuilt = path.join(ROOT, PREBUILT_DIR, `${g.name}.wasm`);
+      const rustc = rustcVersion();
+      if (rustc !== null) {
+        stamp = `${rustc} | rustc ${g.flags.join(" ")} ${g.source}`;
+        build = () => {
+          buildRust(g, out);
+          if (updatePrebuilt) {
+            mkdirSync(path.dirname(prebuilt), { recursive: true });
+            copyFileSync(out, prebuilt);
+            console.log(`  updated ${rel(prebuilt)}`);
+          } else if (existsSync(prebuilt) && !readFileSync(prebuilt).equals(readFileSync(out))) {
+            console.log(`  note: ${rel(prebuilt)} differs from the fresh build (refresh it with --update-prebuilt)`);
+          }
+        };
+      } else {
+        if (!rustNoticeShown) {
+          console.log(`build-guests: ${DEBIAN_RUSTC} or ${RUST_WASI_STD} not found (Debian packages rustc, libstd-rust-dev-wasm32); using the prebuilt Rust guest from ${PREBUILT_DIR}/`);
+          rustNoticeShown = true;
+        }
+        if (!existsSync(prebuilt)) throw new BuildError(`Debian's rustc with the wasm32-wasi std is not installed and ${rel(prebuilt)} is missing`);
+        stamp = `prebuilt ${PREBUILT_DIR}/${g.name}.wasm`;
+        sources.push(prebuilt);
+        build = () => copyFileSync(prebuilt, out);
+      }
     } else {
       const prebuilt = path.join(ROOT, PREBUILT_DIR, `${g.name}.wasm`);
       const clang = clangVersion();

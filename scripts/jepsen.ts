@@ -1,5 +1,5 @@
 /**
- * `npm run jepsen -- --faults N [--seed S] [--arbiter embedded|etcd] [--clients C] [--keys K]
+ * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--clients C] [--keys K]
  * [--history FILE] [--quiet]`
  *
  * Real ftvm processes on loopback under a nemesis (kill -9, SIGSTOP/SIGCONT, channel and arbiter cuts),
@@ -8,12 +8,12 @@
  * is real) and ends with one line of JSON. Exit code 0 only if the run passed.
  */
 import { randomSeed } from '../src/testing/prng.js';
-import { runJepsen } from '../src/jepsen/run.js';
+import { JEPSEN_GUESTS, runJepsen, type JepsenGuest } from '../src/jepsen/run.js';
 import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--seed S] [--arbiter embedded|etcd] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -31,6 +31,7 @@ let clients = 4;
 let keys = 8;
 let historyOut: string | undefined;
 let quiet = false;
+let guest: JepsenGuest = 'kv';
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   const v = args[i + 1];
@@ -61,6 +62,11 @@ for (let i = 0; i < args.length; i++) {
       historyOut = v;
       i++;
       break;
+    case '--guest':
+      if (v === undefined || !Object.hasOwn(JEPSEN_GUESTS, v)) usage(`--guest is one of ${Object.keys(JEPSEN_GUESTS).join(', ')}, not ${String(v)}`);
+      guest = v as JepsenGuest;
+      i++;
+      break;
     case '--quiet':
       quiet = true;
       break;
@@ -69,7 +75,7 @@ for (let i = 0; i < args.length; i++) {
   }
 }
 
-console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys})`);
+console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --guest ${guest} --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys})`);
 const t0 = Date.now();
 const bar = quiet ? undefined : progress('faults', faults);
 const log = bar === undefined ? undefined : (line: string): void => {
@@ -79,13 +85,13 @@ const log = bar === undefined ? undefined : (line: string): void => {
 };
 let code = 1;
 try {
-  const { result } = await runJepsen({ faults, seed, arbiter, clients, keys, ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
+  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
   code = result.passed ? 0 : 1;
   bar?.stop();
   console.log(JSON.stringify(result));
 } catch (err) {
   process.stderr.write(`jepsen: ${(err as Error).stack ?? String(err)}\n`);
-  console.log(JSON.stringify({ seed, faults: 0, operations: 0, violations: null, lost_acked_writes: null, passed: false, error: (err as Error).message }));
+  console.log(JSON.stringify({ guest, seed, faults: 0, operations: 0, violations: null, lost_acked_writes: null, passed: false, error: (err as Error).message }));
 } finally {
   await stopAll(3000);
 }

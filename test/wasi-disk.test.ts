@@ -14,6 +14,7 @@ import { E, KIND_DIR, VirtualDisk } from '../src/machine/disk.js';
 import { ScriptedEnv, type ScheduledInput } from '../src/machine/env.js';
 import { Machine, type GuestOutput, type Snapshot } from '../src/machine/machine.js';
 import { collectingSink, recordRun, replayRun } from '../src/machine/runner.js';
+import { DEFAULT_CHUNK_BYTES, SnapshotAssembler, encodeSnapshot } from '../src/machine/snapshot-codec.js';
 import { resp } from '../src/machine/workloads.js';
 import { guest, hex } from './helpers.js';
 
@@ -130,4 +131,54 @@ test('sqlite_server blocked in poll: a snapshot carries memory, the unwound stac
   // The image the primary wrote at its last sync is a whole tree: it loads, and holds the database.
   const img = VirtualDisk.deserialize(readFileSync(join(dir, 'primary.img')));
   assert.ok(img.get(1)!.entries.has('db.sqlite'));
+});
+
+test('a disk larger than one channel frame (> 16 MiB) streams in snapshot chunks after memory; the reassembled snapshot restores a replica that continues identically', () => {
+  const g = guest('sqlite_server');
+  const config = cfg(40 << 20);
+  let machine: Machine | undefined;
+  let snap: Snapshot | undefined;
+  const bigAt = 2_000_000;
+  class SnapOnce extends ScriptedEnv {
+    override waitForWork(count: number, deadline: number | undefined): boolean {
+      // Once the big row is in: unwind out of the blocked call and snapshot between steps.
+      if (snap === undefined && (machine!.disk?.usedBytes ?? 0) > 16 * 1024 * 1024 && machine!.requestUnwind()) return true;
+      return super.waitForWork(count, deadline);
+    }
+    betweenSteps(): void {
+      if (snap === undefined) snap = machine!.snapshot();
+    }
+  }
+  const inputs: ScheduledInput[] = [
+    { atCount: 0, kind: 'open', conn: 1 },
+    { atCount: 1000, kind: 'data', conn: 1, data: sql('CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB); CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)') },
+    { atCount: bigAt, kind: 'data', conn: 1, data: sql('INSERT INTO big(b) VALUES(zeroblob(17000000))') },
+  ];
+  for (let i = 0; i < 6; i++) inputs.push({ atCount: 40_000_000 + i * 2_000_000, kind: 'data', conn: 1, data: sql(`BEGIN; INSERT INTO t(v) VALUES('row ${i}'); COMMIT`) });
+  inputs.push({ atCount: 60_000_000, kind: 'data', conn: 1, data: sql('SELECT count(*), sum(length(b)) FROM big; PRAGMA integrity_check') });
+  const env = new SnapOnce(inputs, { seed: 5 });
+  const entries: LogEntry[] = [];
+  const outputs: GuestOutput[] = [];
+  machine = new Machine({ instrumented: g.instrumented, compiled: g.compiled, config, sink: collectingSink(entries, outputs), mode: 'record', env });
+  env.bind(() => machine!.count);
+  assert.equal(machine.run().state, 'stopped');
+  const finalHash = machine.logStateHash();
+  const r1 = replies(outputs, 1);
+  if (process.env.FTVM_TEST_TRACE) console.error(JSON.stringify(r1), snap?.disk?.length, snap?.count);
+  assert.match(r1, /\$8\r\n17000000\r\n.*\$2\r\nok\r\n/s, 'the big row is there and the database is sound');
+  assert.ok(snap !== undefined, 'a snapshot was taken after the big row');
+  assert.ok(snap.disk !== undefined && snap.disk.length > 16 * 1024 * 1024, `the disk is larger than a frame (${snap.disk?.length} bytes)`);
+  const { header, chunks } = encodeSnapshot(snap);
+  assert.ok(header.length < 64 * 1024, `the header stays small (${header.length} bytes): the disk is not in it`);
+  assert.ok(chunks.every((c) => c.length <= DEFAULT_CHUNK_BYTES + 8));
+  const memoryChunks = Math.ceil(snap.memory.length / DEFAULT_CHUNK_BYTES);
+  assert.ok(chunks.length - memoryChunks >= 16, `the disk went as ${chunks.length - memoryChunks} chunks`);
+  const asm = new SnapshotAssembler();
+  const h = asm.begin(header);
+  assert.equal(h.diskBytes, snap.disk.length);
+  for (const i of chunks.map((_, k) => k).reverse()) asm.add(chunks[i]!); // any order
+  const copy = asm.finish();
+  assert.ok(Buffer.from(copy.disk!).equals(Buffer.from(snap.disk)));
+  const rep = replayRun(g, config, entries.slice(copy.seq), copy);
+  assert.equal(hex(rep.finalHash), hex(finalHash), 'the clone reaches the same memory and disk');
 });

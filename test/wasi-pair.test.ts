@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +15,7 @@ import { RespClient, isIndeterminate } from '../src/client/resp.js';
 import { startFtPair, startPair, statusOr, waitFor } from '../src/testing/pair.js';
 import { Pool } from '../src/testing/pool.js';
 import { stopAll } from '../src/testing/processes.js';
+import { needs, requireComponents } from '../src/testing/system-deps.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -79,6 +81,108 @@ test('c_server pair: kill -9 of the primary under load; the backup goes live ins
     assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
     assert.equal((await statusOr(pair.auth, pair.backupControl))?.epoch, 2);
   } finally {
+    await pair.stop();
+  }
+});
+
+test('rust_server pair (Rust std, built with Debian rustc): redis-cli works; kill -9 of the primary under load; nothing acknowledged lost', needs('rust-wasi', 'redis-tools'), async () => {
+  requireComponents('rust-wasi', 'redis-tools');
+  const pair = await startFtPair({ guest: 'rust_server' });
+  try {
+    const { stdout: set } = await run('redis-cli', ['-p', String(pair.servicePort), 'SET', 'from-redis-cli', 'hello']);
+    assert.equal(set.trim(), 'OK');
+    const { stdout: get } = await run('redis-cli', ['-p', String(pair.servicePort), 'GET', 'from-redis-cli']);
+    assert.equal(get.trim(), 'hello');
+    const acked = new Map<string, string>();
+    let stop = false;
+    let incrs = 0;
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      for (let i = 0; !stop && i < 3000; i++) {
+        const key = `w${w}:${i}`;
+        const value = `v${i}`;
+        await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['SET', key, value], { deadlineMs: 20_000 });
+        acked.set(key, value);
+        if (i % 10 === 0) {
+          // INCR is not idempotent: count only acknowledged ones, as a lower bound.
+          await callOnAnyReplica([pair.servicePort, pair.backupServicePort], ['INCR', 'n'], { deadlineMs: 20_000, expect: (v) => typeof v === 'number' });
+          incrs++;
+        }
+      }
+    });
+    await waitFor('some acknowledged writes', async () => acked.size >= 150);
+    await pair.hashesAgree();
+    pair.primary.kill('SIGKILL');
+    const killedAt = acked.size;
+    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
+    await waitFor('writes after the failover', async () => acked.size >= killedAt + 150);
+    stop = true;
+    await Promise.all(writers);
+    const c = await RespClient.connect({ port: pair.backupServicePort });
+    let missing = 0;
+    for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    assert.equal(missing, 0, `${missing} of ${acked.size} acknowledged writes were lost`);
+    assert.ok(Number(await c.call('INCR', 'n')) > incrs, 'every acknowledged INCR is counted');
+    assert.equal(String(await c.call('GET', 'from-redis-cli')), 'hello');
+    c.close();
+    assert.equal((await statusOr(pair.auth, pair.backupControl))?.epoch, 2);
+  } finally {
+    await pair.stop();
+  }
+});
+
+test('per-connection backpressure: a client sending 100 MiB to a connection the guest does not read pauses only itself; another client is served meanwhile; it resumes once the guest reads', async () => {
+  // The C server in its blocking mode serves one client at a time: while A is served, B is never
+  // accepted, so B's input is never read.
+  const pair = await startPair({ guest: 'c_server', primaryArgs: ['--arg', 'blocking'], backupArgs: ['--arg', 'blocking'] });
+  const floodBytes = 100 * 1024 * 1024;
+  const chunk = Buffer.alloc(1024 * 1024, 0x0a); // empty inline commands: consumed without a reply
+  let accepted = 0; // bytes the flood client's kernel took (the write callback ran)
+  let stopFlood = false;
+  let b: net.Socket | undefined;
+  try {
+    const a = await RespClient.connect({ port: pair.servicePort });
+    assert.equal(await a.call('PING'), 'PONG'); // A is the client being served
+    b = net.connect({ port: pair.servicePort, host: '127.0.0.1' });
+    b.on('error', () => undefined);
+    b.setMaxListeners(0);
+    await new Promise<void>((r) => b!.once('connect', () => r()));
+    const flood = (async () => {
+      const until = Date.now() + 60_000;
+      for (let sent = 0; sent < floodBytes && !stopFlood && Date.now() < until; sent += chunk.length) {
+        const flushed = b!.write(chunk, () => void (accepted += chunk.length));
+        if (!flushed) await new Promise<void>((r) => { const t = setTimeout(r, 200); b!.once('drain', () => { clearTimeout(t); r(); }); });
+      }
+    })();
+    await waitFor('the flood to stall', async () => (await pair.status('primary')).clientsPausedForInput === 1);
+    if (process.env.FTVM_TEST_TRACE) console.error(`stalled at ${accepted}`);
+    // A keeps being served while B is held back; every reply comes promptly.
+    const t0 = Date.now();
+    let slowestMs = 0;
+    for (let i = 0; i < 200; i++) {
+      const t = Date.now();
+      assert.equal(await a.call('SET', `k${i}`, `v${i}`), 'OK');
+      assert.equal(String(await a.call('GET', `k${i}`)), `v${i}`);
+      slowestMs = Math.max(slowestMs, Date.now() - t);
+      if (process.env.FTVM_TEST_TRACE && i % 50 === 0) console.error(`call ${i}: ${Date.now() - t} ms, accepted ${accepted}`);
+    }
+    const servedMs = Date.now() - t0;
+    const stalledAt = accepted;
+    await sleep(300);
+    assert.ok(accepted - stalledAt <= 2 * chunk.length, `the flood is held back (${stalledAt} then ${accepted} bytes)`);
+    assert.ok(accepted < 48 * 1024 * 1024, `bounded: ${accepted} of ${floodBytes} bytes taken in (per-connection bound + socket buffers)`);
+    assert.ok(slowestMs < 2000, `A served promptly (slowest ${slowestMs} ms, 400 calls in ${servedMs} ms)`);
+    const ps = await pair.status('primary');
+    assert.equal(ps.clientsPausedForInput, 1);
+    // A leaves: the guest accepts B and reads its input; B's socket resumes.
+    a.close();
+    const t1 = Date.now();
+    await waitFor('the flood to resume', async () => accepted >= stalledAt + 3 * chunk.length, 20_000);
+    stopFlood = true;
+    await flood;
+    if (process.env.FTVM_TEST_TRACE) console.error(`resumed after ${Date.now() - t1} ms`);
+  } finally {
+    stopFlood = true;
+    b?.destroy();
     await pair.stop();
   }
 });
@@ -154,16 +258,25 @@ test('c_server re-replication: a primary whose guest is blocked in poll clones i
   }
 });
 
-test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9 of the primary mid-load; every acknowledged transaction is in the database and integrity_check is ok', async () => {
+test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9 of the primary mid-load; every acknowledged transaction is in the database and integrity_check is ok; a standby recruited afterwards receives memory + disk and hashes agree', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ftvm-sqlite-pair-'));
-  const [pImg, bImg] = [join(dir, 'primary.img'), join(dir, 'backup.img')];
-  const pair = await startFtPair({ guest: 'sqlite_server', primaryArgs: ['--disk', pImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], backupArgs: ['--disk', bImg, '--disk-size', String(32 << 20), '--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'], startTimeoutMs: 120_000 });
+  const image = (s: { index: number; gen: number }): string => join(dir, `slot${s.index}-g${s.gen}.img`);
+  const timing = ['--arbiter-deadline-ms', '5000', '--fail-timeout-ms', '1000'];
+  // Two slots: the primary recruits the other; after the kill, the killed slot restarts as a fresh
+  // standby (loading the guest while the backup goes live) and is recruited by the survivor.
+  const t0 = Date.now();
+  const pool = await Pool.start({ slots: 2, guest: 'sqlite_server', nodeArgs: ['--disk-size', String(32 << 20), ...timing], slotArgs: (s) => ['--disk', image(s)], startTimeoutMs: 120_000, parallelStart: true });
+  let stop = false;
+  let load: Array<Promise<void>> = [];
+  const trace = (what: string): void => void (process.env.FTVM_TEST_TRACE && console.error(`${Date.now() - t0} ms: ${what}`));
   try {
-    const ports = [pair.servicePort, pair.backupServicePort];
+    const first = await pool.waitProtected(60_000);
+    trace('protected');
     /** One SQL call on whichever replica serves; undefined if none answered in time (outcome unknown). */
     const sqlOnAny = async (text: string, deadlineMs = 20_000): Promise<unknown> => {
       const until = Date.now() + deadlineMs;
       for (let k = 0; Date.now() < until; k++) {
+        const ports = pool.servicePorts;
         const c = await RespClient.connect({ port: ports[k % ports.length]!, connectTimeoutMs: 300, callTimeoutMs: 15_000 }).catch(() => undefined);
         if (c === undefined) {
           await sleep(20);
@@ -182,7 +295,6 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
     const setup = await sqlOnAny('CREATE TABLE IF NOT EXISTS tx(id TEXT PRIMARY KEY, client INTEGER, n INTEGER); CREATE TABLE IF NOT EXISTS total(client INTEGER PRIMARY KEY, n INTEGER)');
     assert.deepEqual(setup, []);
     const acked = new Set<string>();
-    let stop = false;
     const client = async (c: number, max: number): Promise<void> => {
       for (let i = 0; !stop && i < max; i++) {
         const id = `c${c}-${i}-${Math.random().toString(36).slice(2, 8)}`;
@@ -190,22 +302,37 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
         if (Array.isArray(r) && r.length === 1) acked.add(id);
       }
     };
+    const imagesEqual = (a: string, b: string): boolean => existsSync(a) && existsSync(b) && readFileSync(a).equals(readFileSync(b));
     // Phase 1: load, then quiet: both replicas synced the same database to their own image files.
     await Promise.all(Array.from({ length: 8 }, (_, c) => client(c, 15)));
     assert.ok(acked.size >= 100, `transactions acknowledged (${acked.size})`);
-    await pair.hashesAgree();
-    await waitFor('equal disk images', async () => existsSync(pImg) && existsSync(bImg) && readFileSync(pImg).equals(readFileSync(bImg)));
-    // Phase 2: kill -9 of the primary mid-load.
+    trace('phase 1 load done');
+    await pool.hashesAgree(first.primary, first.backup);
+    await waitFor('equal disk images', async () => imagesEqual(image(first.primary), image(first.backup)));
+    trace('images equal');
+    // Phase 2: kill -9 of the primary mid-load; the killed slot comes back as a fresh standby.
     const before = acked.size;
-    const load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
+    load = Array.from({ length: 8 }, (_, c) => client(c, 10_000));
     await waitFor('more transactions', async () => acked.size >= before + 40);
-    pair.primary.kill('SIGKILL');
-    await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary');
+    const replaced = pool.killAndReplace(first.primary);
+    await pool.waitLive(first.backup, 20_000);
+    trace('backup live');
     const killedAt = acked.size;
-    await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40);
+    await waitFor('transactions after the failover', async () => acked.size >= killedAt + 40, 30_000);
+    trace('writes after failover');
     stop = true;
     await Promise.all(load);
-    const c = await RespClient.connect({ port: pair.backupServicePort, callTimeoutMs: 20_000 });
+    // Afterwards the survivor recruits the restarted slot as a standby, which receives memory + disk.
+    await replaced;
+    trace('standby restarted');
+    const second = await pool.waitProtected(60_000);
+    assert.equal(second.primary, first.backup);
+    trace('protected again');
+    await pool.hashesAgree(second.primary, second.backup); // the state hash covers memory and disk
+    trace('hashes agree');
+    const c = await RespClient.connect({ port: second.primary.servicePort, callTimeoutMs: 20_000 });
+    assert.ok(Array.isArray(await c.call('SQL', "BEGIN; INSERT INTO tx VALUES('last', -1, 0); COMMIT")));
+    await waitFor('equal disk images on the new pair', async () => imagesEqual(image(second.primary), image(second.backup)));
     const rows = (await c.call('SQL', 'SELECT id FROM tx')) as Buffer[][];
     const present = new Set(rows.map((r) => String(r[0])));
     const missing = [...acked].filter((id) => !present.has(id));
@@ -213,9 +340,11 @@ test('sqlite_server pair: 8 clients run transactions; disk images equal; kill -9
     const check = (await c.call('SQL', 'PRAGMA integrity_check')) as Buffer[][];
     assert.equal(String(check[0]![0]), 'ok');
     const totals = (await c.call('SQL', 'SELECT sum(n) FROM total')) as Buffer[][];
-    assert.equal(Number(String(totals[0]![0])), present.size, 'every transaction is whole: the counters agree with the rows');
+    assert.equal(Number(String(totals[0]![0])), present.size - 1, 'every transaction is whole: the counters agree with the rows');
     c.close();
   } finally {
-    await pair.stop();
+    stop = true;
+    await Promise.all(load);
+    await pool.stop();
   }
 });

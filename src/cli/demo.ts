@@ -2,10 +2,16 @@
  * `ftvm demo`: an arbiter, a primary, a backup and a standby as child processes on loopback; a kv
  * workload from real RESP clients; kill -9 of the primary mid-load (nothing acknowledged is lost); the
  * new primary recruits the standby and clones itself to it, and both replicas' state hashes are equal.
+ *
+ * `--guest sqlite` runs the same story with SQLite (guests/sqlite, an unmodified WASI program) on a
+ * virtual disk: each replica keeps its own disk image; the clients run SQL transactions; after the
+ * failover every acknowledged transaction is read back, `PRAGMA integrity_check` must say ok, and the
+ * standby's clone carries the disk along with memory.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +26,24 @@ import { EntryType } from '../log/entry.js';
 import { readRecording } from '../log/recording.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+
+/** Guests the demo knows by name; anything else is a path to a kv-protocol guest. */
+const DEMO_GUESTS: Record<string, { module: string; sql: boolean; defaultOps: number }> = {
+  kv: { module: 'kv', sql: false, defaultOps: 300 },
+  'c-server': { module: 'c_server', sql: false, defaultOps: 300 },
+  'rust-server': { module: 'rust_server', sql: false, defaultOps: 300 },
+  sqlite: { module: 'sqlite_server', sql: true, defaultOps: 40 },
+};
+
+/** The demo's guest: a module path, whether it speaks SQL (then it gets a disk), and the default load. */
+export function demoGuest(guest: string): { path: string; name: string; sql: boolean; defaultOps: number } {
+  const g = DEMO_GUESTS[guest];
+  if (g === undefined) return { path: guest, name: 'kv', sql: false, defaultOps: 300 };
+  return { path: join(REPO, 'build', 'guests', `${g.module}.wasm`), name: guest, sql: g.sql, defaultOps: g.defaultOps };
+}
+
+const sqlQuote = (v: string): string => `'${v.replace(/'/g, "''")}'`;
 
 function child(args: string[], name: string, lines: string[]): ChildProcess {
   const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FTVM_LOG_LEVEL: 'info' } });
@@ -62,8 +86,16 @@ async function stateHashes(auth: Uint8Array, primaryControl: string, backupContr
   return [h, b as unknown as Hash];
 }
 
-export async function pairDemo(o: { guest: string; ops: number; clients: number; keep?: boolean }): Promise<boolean> {
+export async function pairDemo(o: { guest: string; ops?: number; clients: number; keep?: boolean }): Promise<boolean> {
+  const g = demoGuest(o.guest);
+  const ops = o.ops ?? g.defaultOps;
+  const vm = g.sql ? 'demo-sqlite' : 'demo-kv';
+  /** Start-up bound of one node: SQLite is a large guest to load and instrument. */
+  const startMs = g.sql ? 180_000 : 30_000;
   const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
+  /** With SQL: each replica its own disk image. */
+  const image = (name: string): string => join(dir, `${name}.img`);
+  const disk = (name: string): string[] => (g.sql ? ['--disk', image(name), '--disk-size', String(32 << 20)] : []);
   const secret = join(dir, 'secret');
   const auth = randomBytes(32);
   await writeFile(secret, auth, { mode: 0o600 });
@@ -76,45 +108,64 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     return lines.length;
   };
   try {
-    console.log('== ftvm demo: a fault-tolerant key/value VM (arbiter + primary + hot backup on loopback) ==');
+    console.log(
+      g.sql
+        ? '== ftvm demo: SQLite, unmodified, as a fault-tolerant VM with a replicated disk (arbiter + primary + hot backup on loopback) =='
+        : '== ftvm demo: a fault-tolerant key/value VM (arbiter + primary + hot backup on loopback) ==',
+    );
     procs.push(child(['arbiter', '--data', join(dir, 'arbiter'), '--listen', `127.0.0.1:${arb}`, '--secret-file', secret], 'arbiter', lines));
     await until('the arbiter', () => lines.some((l) => l.includes('arbiter is listening')), 30_000);
-    const common = ['--arbiter', `ftvm://127.0.0.1:${arb}`, '--vm-name', 'demo-kv', '--secret-file', secret];
+    const common = ['--arbiter', `ftvm://127.0.0.1:${arb}`, '--vm-name', vm, '--secret-file', secret];
     const dashboardUrl = `http://127.0.0.1:${dash}/`;
-    procs.push(child(['dashboard', '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', 'demo-kv', '--listen', `127.0.0.1:${dash}`], 'dashboard', lines));
+    procs.push(child(['dashboard', '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', vm, '--listen', `127.0.0.1:${dash}`], 'dashboard', lines));
     await until('the dashboard', () => lines.some((l) => l.includes('dashboard is serving')), 30_000);
     // Everything else starts before the pair forms, so that no start-up (each loads and instruments the
     // guest) competes for the CPU with a pair that has just begun heartbeating. The standby keeps a
     // continuous recording once it is a backup: the demo replays it at the end.
     const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
-    procs.push(child(['standby', o.guest, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common], 'standby', lines));
-    await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), 30_000);
-    procs.push(child(['run', o.guest, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common], 'backup ', lines));
-    await until('the backup', () => lines.some((l) => l.includes('backup is waiting')), 30_000);
-    const primary = child(['run', o.guest, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common], 'primary', lines);
+    procs.push(child(['standby', g.path, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common, ...disk('standby')], 'standby', lines));
+    await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), startMs);
+    procs.push(child(['run', g.path, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common, ...disk('backup')], 'backup ', lines));
+    await until('the backup', () => lines.some((l) => l.includes('backup is waiting')), startMs);
+    const primary = child(['run', g.path, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common, ...disk('primary')], 'primary', lines);
     procs.push(primary);
-    await until('the primary', () => lines.some((l) => l.includes('primary is serving')), 30_000);
+    await until('the primary', () => lines.some((l) => l.includes('primary is serving')), startMs);
     let seen = show(0);
     console.log(`   watch it live: ${dashboardUrl}`);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
-    const warm = await RespClient.connect({ port: svc });
+    const warm = await RespClient.connect({ port: svc, callTimeoutMs: 30_000 });
+    if (g.sql) {
+      const created = await warm.call('SQL', 'CREATE TABLE users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)');
+      if (!Array.isArray(created)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `demo: CREATE TABLE failed: ${String(created)}`);
+      console.log('   SQL> CREATE TABLE users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)  -- a file on /data, each replica its own disk image');
+    }
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
     warm.close();
     const [h, bb] = await stateHashes(auth, `127.0.0.1:${pc}`, `127.0.0.1:${bc}`);
     console.log(`   after 100 writes: primary state hash at instruction ${h.n}: ${h.hash}`);
     console.log(`                     backup  state hash at instruction ${bb.n}: ${bb.hash} ${bb.hash === h.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     if (bb.hash !== h.hash) return false;
-    console.log(`2. ${o.clients} clients write ${o.ops} keys each; every reply waits for the backup's ACK (the output rule)`);
+    console.log(
+      g.sql
+        ? `2. ${o.clients} clients run ${ops} transactions each (BEGIN; INSERT ... ON CONFLICT DO UPDATE; COMMIT); every reply waits for the backup's ACK (the output rule)`
+        : `2. ${o.clients} clients write ${ops} keys each; every reply waits for the backup's ACK (the output rule)`,
+    );
     const acked = new Map<string, string>();
     let killed = false;
     const t0 = performance.now();
     await Promise.all(
       Array.from({ length: o.clients }, async (_, i) => {
-        for (let j = 0; j < o.ops; j++) {
+        for (let j = 0; j < ops; j++) {
           const key = `user:${i}:${j}`;
-          await callOnAnyReplica([svc, svc2], ['SET', key, `value-${i}-${j}`], { deadlineMs: 30_000 });
-          acked.set(key, `value-${i}-${j}`);
-          if (!killed && acked.size >= (o.clients * o.ops) / 2) {
+          const value = `value-${i}-${j}`;
+          if (g.sql) {
+            const tx = `BEGIN; INSERT INTO users(k, v, client) VALUES(${sqlQuote(key)}, ${sqlQuote(value)}, ${i}) ON CONFLICT(k) DO UPDATE SET v = excluded.v; COMMIT`;
+            await callOnAnyReplica([svc, svc2], ['SQL', tx], { deadlineMs: 60_000, expect: (v) => Array.isArray(v) && v.length === 0 });
+          } else {
+            await callOnAnyReplica([svc, svc2], ['SET', key, value], { deadlineMs: 30_000 });
+          }
+          acked.set(key, value);
+          if (!killed && acked.size >= (o.clients * ops) / 2) {
             killed = true;
             primary.kill('SIGKILL');
             console.log(`3. kill -9 the primary (pid ${primary.pid}) after ${acked.size} acknowledged writes, mid-load`);
@@ -126,12 +177,22 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     console.log(`4. the clients carried on against the new primary: ${acked.size} writes acknowledged in ${(performance.now() - t0).toFixed(0)} ms`);
     const st = (await controlRequest(`127.0.0.1:${bc}`, auth, 'GET', '/status')) as Record<string, unknown>;
     console.log(`   the former backup is now ${String(st.role)} at epoch ${String(st.epoch)}, instruction ${String(st.instructionNumber)}`);
-    const c = await RespClient.connect({ port: svc2 });
+    const c = await RespClient.connect({ port: svc2, callTimeoutMs: 30_000 });
     let missing = 0;
-    for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    let integrity = 'ok';
+    if (g.sql) {
+      const rows = (await c.call('SQL', 'SELECT k, v FROM users')) as Buffer[][];
+      const have = new Map(rows.map((r) => [String(r[0]), String(r[1])]));
+      for (const [k, v] of acked) if (have.get(k) !== v) missing++;
+      const check = (await c.call('SQL', 'PRAGMA integrity_check')) as Buffer[][];
+      integrity = String(check[0]?.[0]);
+    } else {
+      for (const [k, v] of acked) if (String(await c.call('GET', k)) !== v) missing++;
+    }
     c.close();
-    console.log(`5. read back every acknowledged write from the new primary: ${acked.size - missing} of ${acked.size} present`);
-    const ok = missing === 0 && st.role === 'primary';
+    console.log(`5. read back every acknowledged ${g.sql ? 'transaction' : 'write'} from the new primary: ${acked.size - missing} of ${acked.size} present`);
+    if (g.sql) console.log(`   SQL> PRAGMA integrity_check  -- ${integrity}`);
+    const ok = missing === 0 && st.role === 'primary' && integrity === 'ok';
     console.log(ok ? '   NOTHING LOST: every write a client was told had happened survived the crash.' : '   LOST WRITES: the failover broke the output rule!');
     if (!ok) {
       show(seen);
@@ -146,18 +207,32 @@ export async function pairDemo(o: { guest: string; ops: number; clients: number;
     seen = show(seen);
     const rr = st2.lastRereplication as { pauseMs: number; totalMs: number; memoryBytes: number } | null;
     console.log(
-      `6. redundancy restored: the standby received a snapshot of the running VM (${((rr?.memoryBytes ?? 0) / 1048576).toFixed(1)} MiB; the guest paused ${(rr?.pauseMs ?? 0).toFixed(2)} ms) and the log, and is the backup at epoch ${String(st2.epoch)} (${(rr?.totalMs ?? 0).toFixed(0)} ms)`,
+      `6. redundancy restored: the standby received a snapshot of the running VM (${((rr?.memoryBytes ?? 0) / 1048576).toFixed(1)} MiB${g.sql ? ' of memory, then its disk' : ''}; the guest paused ${(rr?.pauseMs ?? 0).toFixed(2)} ms) and the log, and is the backup at epoch ${String(st2.epoch)} (${(rr?.totalMs ?? 0).toFixed(0)} ms)`,
     );
     const [h2, bb2] = await stateHashes(auth, `127.0.0.1:${bc}`, `127.0.0.1:${sc}`);
     console.log(`   new primary state hash at instruction ${h2.n}: ${h2.hash}`);
-    console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
+    console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}${g.sql ? ' (the hash covers memory and disk)' : ''}`);
     show(seen);
     if (bb2.hash !== h2.hash) return false;
+    if (g.sql) {
+      // One more transaction: both replicas sync the database to their own image files.
+      const c2 = await RespClient.connect({ port: svc2, callTimeoutMs: 30_000 });
+      await c2.call('SQL', "BEGIN; INSERT INTO users(k, v, client) VALUES('last', 'x', -1); COMMIT");
+      c2.close();
+      let same = false;
+      await until('the disk images of the new pair to be equal', async () => {
+        if (!existsSync(image('backup')) || !existsSync(image('standby'))) return false;
+        same = (await readFile(image('backup'))).equals(await readFile(image('standby')));
+        return same;
+      }, 20_000).catch(() => undefined);
+      console.log(`   disk images: ${image('backup')} and ${image('standby')} ${same ? 'are IDENTICAL' : 'DIFFER!'}`);
+      if (!same) return false;
+    }
     // Time travel: the new backup records the VM from its clone on; replay that recording offline to
     // the instruction where the new primary just logged its hash (once the recording holds it).
     let seg: { path: string } | undefined;
     await until('the new backup\'s recording to hold the logged state hash', async () => {
-      const segs = listSegments(recordDir, 'demo-kv');
+      const segs = listSegments(recordDir, vm);
       seg = segs[segs.length - 1];
       if (seg === undefined) return false;
       const rec = await readRecording(seg.path).catch(() => undefined);

@@ -15,7 +15,7 @@ import { hex, inspectFile, loadGuestFile, parseDump, recordToFile, replayFile, t
 import { TIMING_DEFAULTS, WAIT_STATES, controlAuth, loadKeyring, parseAddr, reloadSecretsOnSighup, runNode, runStandby, status, type WaitState } from './run-cmds.js';
 import { EmbeddedArbiterServer } from '../arbiter/embedded.js';
 import { logger } from '../util/log.js';
-import { pairDemo } from './demo.js';
+import { demoGuest, pairDemo } from './demo.js';
 import { runDashboard, type DashboardCliOptions } from './dashboard-cmd.js';
 import { controlRequest, metricsScrapeToken } from '../service/control.js';
 
@@ -293,12 +293,12 @@ then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:74
   program
     .command('demo')
     .description('On loopback: an arbiter, a primary, a backup, a standby and the dashboard; kv load, kill -9 of the primary, the backup goes live with nothing lost, the standby is cloned into a new backup (equal state hashes), and its recording is replayed to the primary\'s logged hash')
-    .option('--guest <path>', 'kv guest to use', 'build/guests/kv.wasm')
-    .option('--ops <n>', 'commands per client', intArg('--ops', 1, 1_000_000), 300)
+    .option('--guest <name|path>', 'kv (default), c-server, rust-server, sqlite (SQL transactions on a replicated virtual disk), or a path to a kv-protocol guest', 'kv')
+    .option('--ops <n>', 'commands per client (default 300; 40 with sqlite)', intArg('--ops', 1, 1_000_000))
     .option('--clients <n>', 'concurrent clients', intArg('--clients', 1, 1000), 8)
     .option('--offline', 'instead: record a kv session to a file and replay it in one process')
     .option('--keep', 'leave the VM, the arbiter and the dashboard running after the demo (Ctrl-C stops them)')
-    .action(async (o: { guest: string; ops: number; clients: number; offline?: boolean; keep?: boolean }) => {
+    .action(async (o: { guest: string; ops?: number; clients: number; offline?: boolean; keep?: boolean }) => {
       if (!o.offline) {
         if (!(await pairDemo(o))) process.exitCode = 1;
         return;
@@ -306,10 +306,11 @@ then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:74
       const dir = await mkdtemp(join(tmpdir(), 'ftvm-demo-'));
       try {
         const out = join(dir, 'kv.ftlog');
-        const guest = await loadGuestFile(o.guest);
+        const guest = await loadGuestFile(demoGuest(o.guest).path);
+        const opsPerClient = o.ops ?? 300;
         console.log(`== ftvm demo (offline): deterministic record and replay of a key/value guest ==`);
-        console.log(`1. recording ${o.ops * o.clients} RESP commands from ${o.clients} clients on ${o.guest} (the primary's view)`);
-        const r = await recordToFile(guest, DEFAULT_VM_CONFIG, kvWorkload({ ops: o.ops * o.clients, conns: o.clients, seed: 7 }), { out, seed: 7, sliceUnits: DEFAULT_SLICE_UNITS });
+        console.log(`1. recording ${opsPerClient * o.clients} RESP commands from ${o.clients} clients on ${o.guest} (the primary's view)`);
+        const r = await recordToFile(guest, DEFAULT_VM_CONFIG, kvWorkload({ ops: opsPerClient * o.clients, conns: o.clients, seed: 7 }), { out, seed: 7, sliceUnits: DEFAULT_SLICE_UNITS });
         for (const s of r.sampleOutputs) console.log(`   reply ${s}`);
         console.log(`   ${r.entries} log entries, ${r.outputs} outputs, final instruction ${r.count}`);
         console.log(`   primary state hash  ${hex(r.finalHash)}`);

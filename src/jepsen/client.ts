@@ -57,13 +57,70 @@ export interface KvCallOptions {
   callTimeoutMs: number;
 }
 
+/**
+ * How the register operations of the checker (kv-model.ts) are spoken to one guest. Every guest is
+ * reached over RESP; what differs is the command and the shape of its reply.
+ */
+export interface KvProtocol {
+  readonly name: string;
+  /** Idempotent commands run (and retried until acknowledged) once before the clients start. */
+  readonly setup: readonly (readonly string[])[];
+  command(input: KvInput): string[];
+  output(reply: RespValue): KvOutput;
+}
+
+/** The kv guest and the C and Rust servers: Redis's own SET/GET/DEL/INCR. */
+export const RESP_KV: KvProtocol = {
+  name: 'resp',
+  setup: [],
+  command: (input) => (input.f === 'set' ? ['SET', input.key, input.value] : input.f === 'get' ? ['GET', input.key] : [input.f.toUpperCase(), input.key]),
+  output: toOutput,
+};
+
+const sqlText = (v: string): string => `'${v.replace(/'/g, "''")}'`;
+
+/**
+ * The SQLite guest through SQL (not its SET/GET shortcut): a write is a transaction (BEGIN; upsert;
+ * COMMIT), a read a SELECT; replies are arrays of rows of bulk strings.
+ */
+export const SQL_KV: KvProtocol = {
+  name: 'sql',
+  setup: [['SQL', 'CREATE TABLE IF NOT EXISTS jepsen(k TEXT PRIMARY KEY, v TEXT NOT NULL)']],
+  command(input) {
+    const k = sqlText(input.key);
+    switch (input.f) {
+      case 'set':
+        return ['SQL', `BEGIN; INSERT INTO jepsen(k, v) VALUES(${k}, ${sqlText(input.value)}) ON CONFLICT(k) DO UPDATE SET v = excluded.v; COMMIT`];
+      case 'get':
+        return ['SQL', `SELECT v FROM jepsen WHERE k = ${k}`];
+      default:
+        throw new Error(`assertion: the SQL protocol has no ${input.f}`);
+    }
+  },
+  output(reply) {
+    if (reply instanceof RespError) return { error: reply.message };
+    if (!Array.isArray(reply)) return { error: `unexpected reply ${JSON.stringify(reply)}` };
+    if (reply.length === 0) return null; // no row (a GET of an absent key), or a write's empty result: see below
+    const row = reply[0];
+    if (reply.length !== 1 || !Array.isArray(row) || row.length !== 1 || !Buffer.isBuffer(row[0])) return { error: `unexpected rows ${JSON.stringify(reply)}` };
+    return row[0].toString('utf8');
+  },
+};
+
+/** The protocol of a guest by its Jepsen name. */
+export function protocolFor(guest: string): KvProtocol {
+  return guest === 'sqlite' ? SQL_KV : RESP_KV;
+}
+
 /** One operation on `client`; recorded in `history`. Returns false when the connection must be dropped. */
-export async function recordedCall(history: History, clientId: number, conn: RespClient, input: KvInput): Promise<boolean> {
-  const args = input.f === 'set' ? ['SET', input.key, input.value] : input.f === 'get' ? ['GET', input.key] : [input.f.toUpperCase(), input.key];
+export async function recordedCall(history: History, clientId: number, conn: RespClient, input: KvInput, protocol: KvProtocol = RESP_KV): Promise<boolean> {
+  const args = protocol.command(input);
   const op = history.invoke(clientId, input);
   try {
     const reply = await conn.call(...args);
-    history.ok(op, toOutput(reply));
+    // A write's reply carries no value: an acknowledged SQL transaction (no rows, no error) is SET's OK.
+    const out = protocol.output(reply);
+    history.ok(op, input.f === 'set' && out === null ? 'OK' : out);
     return true;
   } catch (err) {
     if (isIndeterminate(err)) history.indeterminate(op);
@@ -93,6 +150,8 @@ export interface WorkloadOptions extends KvCallOptions {
   thinkMs?: number;
   /** Stop after this many operations in all (a bound; default 1,000,000). */
   maxOps?: number;
+  /** How operations are spoken to the guest (default: RESP SET/GET). */
+  protocol?: KvProtocol;
 }
 
 export interface Workload {
@@ -132,7 +191,7 @@ export function startWorkload(history: History, ports: () => number[], rng: Prng
         const key = keyName(r.int(o.keys));
         const input: KvInput = r.chance(reads) ? { f: 'get', key } : { f: 'set', key, value: `c${id}-${unique++}` };
         total++;
-        if (!(await recordedCall(history, id, conn, input))) {
+        if (!(await recordedCall(history, id, conn, input, o.protocol))) {
           conn.close();
           conn = undefined;
         }

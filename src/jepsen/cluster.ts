@@ -46,6 +46,12 @@ export interface ClusterOptions {
   guest?: string;
   /** Extra flags for every node. */
   nodeArgs?: string[];
+  /** Extra flags for one slot's node at each (re)start (e.g. its own `--disk` image per generation). */
+  slotArgs?: (slot: Slot) => string[];
+  /** How long a node may take to start (a large guest loads slowly). Default 30 s. */
+  startTimeoutMs?: number;
+  /** How long `settle()` waits for a protected pair plus a spare by default (default 60 s). */
+  settleTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -150,12 +156,13 @@ export class Cluster {
       '--node-id', `node-${this.hostId(s)}`,
       ...etcdArgs,
       ...(this.opts.nodeArgs ?? []),
+      ...(this.opts.slotArgs?.(s) ?? []),
     ];
   }
 
   private async startPrimary(s: Slot): Promise<void> {
     s.proc = spawnNode([CLI, 'run', guestFile(this.opts.guest ?? 'kv'), '--role', 'primary', ...this.common(s)], { name: `primary-${this.hostId(s)}` });
-    await s.proc.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' });
+    await s.proc.waitForLine(/primary is serving/, this.opts.startTimeoutMs ?? 30_000, { stream: 'stderr' });
     await waitForPort(s.servicePort);
   }
 
@@ -165,7 +172,7 @@ export class Cluster {
       [CLI, 'standby', guestFile(this.opts.guest ?? 'kv'), '--channel', `127.0.0.1:${s.channelPort}`, '--advertise', `127.0.0.1:${s.channelProxy.port}`, ...this.common(s)],
       { name: `standby-${this.hostId(s)}` },
     );
-    await s.proc.waitForLine(/standby is in the pool/, 30_000, { stream: 'stderr' });
+    await s.proc.waitForLine(/standby is in the pool/, this.opts.startTimeoutMs ?? 30_000, { stream: 'stderr' });
   }
 
   /**
@@ -235,7 +242,7 @@ export class Cluster {
    * Heals every fault, replaces dead replicas and waits until there is a protected pair and every other
    * slot is a standby in the pool: the state every fault starts from.
    */
-  async settle(timeoutMs = 60_000): Promise<ProtectedPair> {
+  async settle(timeoutMs = this.opts.settleTimeoutMs ?? 60_000): Promise<ProtectedPair> {
     for (const s of this.slots) this.resume(s);
     await this.healNetwork();
     const until = performance.now() + timeoutMs;

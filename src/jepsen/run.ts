@@ -3,7 +3,7 @@
  * (each against a protected pair; dead replicas rejoin as standbys), heal, read every key once more,
  * then check the whole history for linearizability (per key) and count lost acknowledged writes.
  */
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -12,12 +12,23 @@ import { formatCheckResult, type CheckResult } from '../check/linearizability.js
 import { countLostWrites, type FinalRead, type LostWritesResult } from '../check/lost-writes.js';
 import { controlRequest } from '../service/control.js';
 import { Prng } from '../testing/prng.js';
-import { connectAny, History, keyName, recordedCall, startWorkload } from './client.js';
+import { connectAny, History, keyName, protocolFor, recordedCall, startWorkload } from './client.js';
 import { Cluster, type ArbiterKind } from './cluster.js';
 import { FAULT_WEIGHTS, injectFault, type FaultKind, type FaultRecord } from './nemesis.js';
 
+/** The guests a Jepsen run can drive, by name: the module and what each replica needs. */
+export const JEPSEN_GUESTS = {
+  kv: { module: 'kv', disk: false },
+  'c-server': { module: 'c_server', disk: false },
+  'rust-server': { module: 'rust_server', disk: false },
+  sqlite: { module: 'sqlite_server', disk: true },
+} as const;
+export type JepsenGuest = keyof typeof JEPSEN_GUESTS;
+
 export interface JepsenOptions {
   faults: number;
+  /** Default kv (the AssemblyScript guest). */
+  guest?: JepsenGuest;
   seed: number;
   arbiter: ArbiterKind;
   clients: number;
@@ -36,6 +47,7 @@ export interface JepsenOptions {
 }
 
 export interface JepsenResult {
+  guest: JepsenGuest;
   seed: number;
   arbiter: ArbiterKind;
   clients: number;
@@ -92,12 +104,43 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   let replicasAgree: boolean | null = null;
   let restarts = 0;
 
-  const cluster = await Cluster.start({ arbiter: o.arbiter, log });
+  const guestName: JepsenGuest = o.guest ?? 'kv';
+  const guest = JEPSEN_GUESTS[guestName];
+  const protocol = protocolFor(guestName);
+  // A guest with a disk: each replica its own image file, a fresh one per restart.
+  const diskDir = guest.disk ? mkdtempSync(join(tmpdir(), 'ftvm-jepsen-disk-')) : undefined;
+  const cluster = await Cluster.start({
+    arbiter: o.arbiter,
+    log,
+    guest: guest.module,
+    // The WASI guests are larger to load and instrument than the kv guest: more time to start.
+    ...(guestName !== 'kv' ? { startTimeoutMs: 90_000, settleTimeoutMs: 180_000 } : {}),
+    ...(diskDir !== undefined
+      ? { nodeArgs: ['--disk-size', String(32 << 20)], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
+      : {}),
+  });
   try {
     let pair = await cluster.settle();
     log(`protected pair: primary slot ${pair.primary.index}, backup slot ${pair.backup.index}, epoch ${pair.epoch}`);
     const callOpts = { connectTimeoutMs: 300, callTimeoutMs: 1500 };
-    const workload = startWorkload(history, () => cluster.servicePorts(), clientRng, { clients: o.clients, keys, thinkMs: o.thinkMs ?? 4, ...callOpts });
+    for (const cmd of protocol.setup) {
+      // Idempotent set-up (e.g. CREATE TABLE IF NOT EXISTS), retried until a replica acknowledges it.
+      let done = false;
+      for (let attempt = 0; attempt < 100 && !done; attempt++) {
+        const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
+        try {
+          const reply = await conn?.call(...cmd);
+          done = reply !== undefined && protocol.output(reply) === null;
+        } catch {
+          // try again
+        } finally {
+          conn?.close();
+        }
+        if (!done) await sleep(100);
+      }
+      if (!done) throw new Error(`set-up command ${cmd[0]} was not acknowledged`);
+    }
+    const workload = startWorkload(history, () => cluster.servicePorts(), clientRng, { clients: o.clients, keys, thinkMs: o.thinkMs ?? 4, protocol, ...callOpts });
     try {
       await sleep(500);
       for (let n = 0; n < o.faults; n++) {
@@ -134,7 +177,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
             continue;
           }
           const before = history.ops.length;
-          const fine = await recordedCall(history, finalClient, conn, { f: 'get', key });
+          const fine = await recordedCall(history, finalClient, conn, { f: 'get', key }, protocol);
           conn.close();
           const op = history.ops[before]!;
           if (fine && op.status === 'ok' && (typeof op.output === 'string' || op.output === null)) {
@@ -178,6 +221,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const runTime = (performance.now() - started) / 1000;
   const passed = error === undefined && check.verdict === 'ok' && lost.lost === 0 && replicasAgree !== false && faults.length === o.faults;
   const result: JepsenResult = {
+    guest: guestName,
     seed: o.seed,
     arbiter: o.arbiter,
     clients: o.clients,

@@ -240,7 +240,10 @@ export class VirtualDisk {
       if (kind === KIND_FILE) {
         const size = r.varint();
         if (size > MAX_DISK_BYTES) bad(`file of ${size} bytes`);
-        n.data = new Uint8Array(r.bytes(size));
+        // Read directly: a file may exceed the log codec's per-field limit (16 MiB).
+        if (size > r.remaining) bad(`file of ${size} bytes truncated at ${r.remaining}`);
+        n.data = buf.slice(r.pos, r.pos + size);
+        r.pos += size;
         n.size = size;
         d.usedBytes += size;
       } else {

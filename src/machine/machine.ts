@@ -180,12 +180,32 @@ export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
 /**
  * Record side of the WASI sockets: connections opened but not yet accepted and bytes received but not
  * yet read. Not deterministic state (never hashed or snapshotted): the guest only learns of it through
- * calls whose results are logged (sock_accept, sock_recv, poll_oneoff).
+ * calls whose results are logged (sock_accept, sock_recv, poll_oneoff). It also keeps the consumption
+ * report of every guest's input (WASI reads, or deliveries into a reactor's ring) for the client
+ * service's per-connection backpressure.
  */
 export class SocketInbox {
   readonly acceptQueue: number[] = [];
   readonly rx = new Map<number, { chunks: Uint8Array[]; bytes: number; eof: boolean }>();
   totalBytes = 0;
+  /** Per connection, bytes of input the guest consumed (or that were discarded) since `takeConsumed`. */
+  private consumed = new Map<number, number>();
+
+  private release(conn: number, bytes: number): void {
+    if (bytes > 0) this.consumed.set(conn, (this.consumed.get(conn) ?? 0) + bytes);
+  }
+
+  /**
+   * The consumption report for the client service's per-connection backpressure, as pairs
+   * (conn, bytes), and resets it; undefined when nothing was consumed.
+   */
+  takeConsumed(): number[] | undefined {
+    if (this.consumed.size === 0) return undefined;
+    const out: number[] = [];
+    for (const [conn, bytes] of this.consumed) out.push(conn, bytes);
+    this.consumed = new Map();
+    return out;
+  }
 
   available(conn: number): { bytes: number; eof: boolean } {
     const r = this.rx.get(conn);
@@ -216,13 +236,25 @@ export class SocketInbox {
     if (!peek) {
       r.bytes -= n;
       this.totalBytes -= n;
+      this.release(conn, n);
     }
     return out;
   }
 
+  /**
+   * Input that left the VMM's hands another way: delivered into a reactor's receive ring, or dropped
+   * because the guest already closed the connection. Reported like consumed input.
+   */
+  handedOff(conn: number, bytes: number): void {
+    this.release(conn, bytes);
+  }
+
   drop(conn: number): void {
     const r = this.rx.get(conn);
-    if (r !== undefined) this.totalBytes -= r.bytes;
+    if (r !== undefined) {
+      this.totalBytes -= r.bytes;
+      this.release(conn, r.bytes);
+    }
     this.rx.delete(conn);
     const i = this.acceptQueue.indexOf(conn);
     if (i >= 0) this.acceptQueue.splice(i, 1);
@@ -527,7 +559,10 @@ export class Machine {
         this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: false });
         this.inbox.acceptQueue.push(i.conn);
       } else if (i.kind === 'data') {
-        if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) return; // closed by the guest
+        if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) {
+          this.inbox.handedOff(i.conn, i.data?.length ?? 0); // closed by the guest
+          return;
+        }
         r.chunks.push(i.data);
         r.bytes += i.data.length;
         this.inbox.totalBytes += i.data.length;
@@ -928,6 +963,7 @@ export class Machine {
         const data = input.data ?? new Uint8Array(0);
         if (state !== ConnState.OPEN || data.length === 0) {
           this.pending.shift(); // the guest closed it (or the peer did): input for it is dropped
+          this.inbox.handedOff(input.conn, data.length);
           continue;
         }
         const free = ring.free(mem);
@@ -938,6 +974,7 @@ export class Machine {
         const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
         assert(ok, 'ring had room for the chunk');
         this.emit({ type: EntryType.NIC_DATA, n: this.count, idle, conn: input.conn, data: new Uint8Array(chunk) });
+        this.inbox.handedOff(input.conn, take); // in guest memory now: the client service's per-connection bound counts it consumed
         if (take < data.length) {
           input.data = data.subarray(take);
           delivered++;

@@ -5,9 +5,15 @@
  * costs ~1 s in page faults, a reused one ~20 ms: DESIGN.md §3).
  *
  *   header chunk:  "FTVMSNAP" | u16 version | u32 crc32(body) | body (varint count, varint seq, flags,
- *                  varint memoryBytes, varint chunkBytes, globals, device state as JSON, and with flag 8
- *                  the unwound stack of a command blocked in a call: varint length, bytes)
- *   memory chunks: u32 index | u32 crc32(bytes) | bytes   (memoryBytes split into chunkBytes pieces)
+ *                  varint memoryBytes, varint chunkBytes, globals, device state as JSON, with flag 8
+ *                  the unwound stack of a command blocked in a call: varint length, bytes; with flag 16
+ *                  the size of the virtual disk's serialization: varint diskBytes)
+ *   data chunks:   u32 index | u32 crc32(bytes) | bytes   (memoryBytes split into chunkBytes pieces,
+ *                  indexes 0 .. memoryChunks-1, then the disk's bytes the same way, indexes
+ *                  memoryChunks .. memoryChunks+diskChunks-1)
+ *
+ * The disk streams in chunks like memory (version 2; version 1 carried it inside the header, which
+ * capped it at one frame), so a disk of any size the quota allows is shipped while the primary runs on.
  */
 import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter } from '../log/codec.js';
@@ -16,9 +22,11 @@ import type { DeviceState } from './devices.js';
 import type { Snapshot } from './machine.js';
 
 const MAGIC = Buffer.from('FTVMSNAP', 'latin1');
-export const SNAPSHOT_VERSION = 1;
+export const SNAPSHOT_VERSION = 2;
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
 const MAX_MEMORY_BYTES = 4 * 1024 * 1024 * 1024;
+/** The largest disk serialization a snapshot may announce (the disk quota's ceiling plus metadata). */
+const MAX_DISK_BYTES = 16 * 1024 * 1024 * 1024;
 
 function bad(msg: string): never {
   throw new FtvmError('FTVM_ERR_SNAPSHOT', `bad snapshot stream: ${msg}`);
@@ -32,13 +40,18 @@ export interface SnapshotHeader {
   booted: boolean;
   memoryBytes: number;
   chunkBytes: number;
+  /** Memory chunks plus disk chunks. */
   chunks: number;
+  /** Chunks of memory (indexes below this); the disk's follow. */
+  memoryChunks: number;
+  /** Bytes of the disk's serialization (0 without a disk). */
+  diskBytes: number;
   globals: Array<number | bigint>;
   devices: DeviceState;
   /** A WASI command snapshotted while blocked in a call: its Asyncify stack image. */
   resume?: Uint8Array;
-  /** The virtual disk (disk.ts serialization). */
-  disk?: Uint8Array;
+  /** Set when the VM has a virtual disk (its bytes arrive in chunks). */
+  hasDisk: boolean;
 }
 
 /** Splits a snapshot into a header chunk and memory chunks (views into the snapshot's memory). */
@@ -77,24 +90,23 @@ export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): 
     w.varint(s.resume.length);
     w.bytes(s.resume);
   }
-  if (s.disk !== undefined) {
-    w.varint(s.disk.length);
-    w.bytes(s.disk);
-  }
+  if (s.disk !== undefined) w.varint(s.disk.length);
   const body = w.finish();
   const header = Buffer.alloc(8 + 2 + 4 + body.length);
   MAGIC.copy(header, 0);
   header.writeUInt16LE(SNAPSHOT_VERSION, 8);
   header.writeUInt32LE(crc32(body) >>> 0, 10);
   header.set(body, 14);
-  const chunkCount = Math.ceil(s.memory.length / chunkBytes);
+  const memoryChunks = Math.ceil(s.memory.length / chunkBytes);
+  const disk = s.disk ?? new Uint8Array(0);
+  const chunkCount = memoryChunks + Math.ceil(disk.length / chunkBytes);
   return {
     header,
     chunkCount,
     chunk(i: number): Uint8Array {
       if (!Number.isInteger(i) || i < 0 || i >= chunkCount) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `chunk ${i} of ${chunkCount}`);
-      const off = i * chunkBytes;
-      const piece = s.memory.subarray(off, Math.min(off + chunkBytes, s.memory.length));
+      const [region, off] = i < memoryChunks ? [s.memory, i * chunkBytes] : [disk, (i - memoryChunks) * chunkBytes];
+      const piece = region.subarray(off, Math.min(off + chunkBytes, region.length));
       const c = Buffer.alloc(8 + piece.length);
       c.writeUInt32LE(i, 0);
       c.writeUInt32LE(crc32(piece) >>> 0, 4);
@@ -131,8 +143,11 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
     }
     const devices = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8')) as DeviceState;
     const resume = (flags & 8) !== 0 ? r.bytes(r.varint()) : undefined;
-    const disk = (flags & 16) !== 0 ? r.bytes(r.varint()) : undefined;
+    const hasDisk = (flags & 16) !== 0;
+    const diskBytes = hasDisk ? r.varint() : 0;
+    if (diskBytes > MAX_DISK_BYTES) bad(`disk size ${diskBytes}`);
     if (r.remaining !== 0) bad('trailing bytes in the header');
+    const memoryChunks = Math.ceil(memoryBytes / chunkBytes);
     return {
       count,
       seq,
@@ -141,11 +156,13 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
       booted: (flags & 4) !== 0,
       memoryBytes,
       chunkBytes,
-      chunks: Math.ceil(memoryBytes / chunkBytes),
+      chunks: memoryChunks + Math.ceil(diskBytes / chunkBytes),
+      memoryChunks,
+      diskBytes,
       globals,
       devices,
       ...(resume !== undefined ? { resume } : {}),
-      ...(disk !== undefined ? { disk } : {}),
+      hasDisk,
     };
   } catch (err) {
     if (err instanceof FtvmError) throw err;
@@ -159,6 +176,7 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
  */
 export class SnapshotAssembler {
   private buffer: Uint8Array = new Uint8Array(0);
+  private diskBuffer: Uint8Array = new Uint8Array(0);
   private header: SnapshotHeader | undefined;
   private received: Uint8Array = new Uint8Array(0);
   private missing = 0;
@@ -166,6 +184,7 @@ export class SnapshotAssembler {
   begin(headerBytes: Uint8Array): SnapshotHeader {
     const h = decodeSnapshotHeader(headerBytes);
     if (this.buffer.length < h.memoryBytes) this.buffer = new Uint8Array(h.memoryBytes);
+    if (this.diskBuffer.length < h.diskBytes) this.diskBuffer = new Uint8Array(h.diskBytes);
     this.header = h;
     this.received = new Uint8Array(h.chunks);
     this.missing = h.chunks;
@@ -181,11 +200,13 @@ export class SnapshotAssembler {
     const i = b.readUInt32LE(0);
     if (i >= h.chunks) bad(`chunk ${i} of ${h.chunks}`);
     const piece = b.subarray(8);
-    const expected = Math.min(h.chunkBytes, h.memoryBytes - i * h.chunkBytes);
+    const inMemory = i < h.memoryChunks;
+    const off = (inMemory ? i : i - h.memoryChunks) * h.chunkBytes;
+    const expected = Math.min(h.chunkBytes, (inMemory ? h.memoryBytes : h.diskBytes) - off);
     if (piece.length !== expected) bad(`chunk ${i} holds ${piece.length} bytes, expected ${expected}`);
     if ((crc32(piece) >>> 0) !== b.readUInt32LE(4)) bad(`chunk ${i} checksum mismatch`);
     if (this.received[i] === 1) bad(`chunk ${i} received twice`);
-    this.buffer.set(piece, i * h.chunkBytes);
+    (inMemory ? this.buffer : this.diskBuffer).set(piece, off);
     this.received[i] = 1;
     this.missing--;
     return (h.chunks - this.missing) / h.chunks;
@@ -195,7 +216,7 @@ export class SnapshotAssembler {
     return this.header !== undefined && this.missing === 0;
   }
 
-  /** The snapshot; its memory is a view into the reused buffer, valid until the next `begin`. */
+  /** The snapshot; its memory and disk are views into reused buffers, valid until the next `begin`. */
   finish(): Snapshot {
     const h = this.header;
     if (!h || this.missing !== 0) bad(`${this.missing} chunks missing`);
@@ -209,7 +230,7 @@ export class SnapshotAssembler {
       globals: h.globals,
       devices: h.devices,
       ...(h.resume !== undefined ? { resume: h.resume } : {}),
-      ...(h.disk !== undefined ? { disk: h.disk } : {}),
+      ...(h.hasDisk ? { disk: this.diskBuffer.subarray(0, h.diskBytes) } : {}),
     };
   }
 }

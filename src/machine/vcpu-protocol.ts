@@ -80,7 +80,16 @@ import type { WireOutput } from '../replication/messages.js';
 export type WorkerEvent =
   | { t: 'ready' }
   /** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
-  | { t: 'batch'; firstSeq: number; count: number; entries: Uint8Array; outputs: WireOutput[]; instructionNumber: number }
+  | {
+      t: 'batch';
+      firstSeq: number;
+      count: number;
+      entries: Uint8Array;
+      outputs: WireOutput[];
+      instructionNumber: number;
+      /** Record side of WASI sockets: (conn, bytes) pairs of client input the guest consumed since the last batch (per-connection backpressure). */
+      consumed?: number[];
+    }
   /** The replica went live at instruction `count` after consuming `seq` entries. */
   | { t: 'live'; count: number; seq: number; maxConn: number }
   /**

@@ -32,14 +32,15 @@ let lastPostedCount = -1;
 /** Posts pending entries and outputs; with `progress`, also a bare progress note when the count moved. */
 function flush(progress = false): void {
   const now = performance.now();
-  if (pendingEntries.length === 0 && pendingOutputs.length === 0) {
+  const consumed = machine?.inbox.takeConsumed();
+  if (pendingEntries.length === 0 && pendingOutputs.length === 0 && consumed === undefined) {
     if (!progress || !machine || machine.count === lastPostedCount || now - lastPostMs < init.progressIntervalMs) return;
   }
   lastPostMs = now;
   lastPostedCount = machine?.count ?? 0;
   const entries = encodeBatch(pendingEntries, writer);
   post(
-    { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0 },
+    { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0, ...(consumed !== undefined ? { consumed } : {}) },
     [entries.buffer as ArrayBuffer],
   );
   firstSeq += pendingEntries.length;
@@ -87,7 +88,10 @@ function takeSnapshot(): void {
   const { memory, ...state } = snap;
   const shared = into !== undefined && memory.buffer === into.buffer;
   const buffer = shared ? msg!.buffer : (memory.buffer as ArrayBuffer);
-  post({ t: 'snapshot', state, memoryBytes: memory.length, buffer, pauseMs }, shared ? [] : [buffer as ArrayBuffer]);
+  // The disk's serialization is a fresh buffer of its own: moved, not copied (the guest waits for this post).
+  const transfer = shared ? [] : [buffer as ArrayBuffer];
+  if (state.disk !== undefined && state.disk.byteOffset === 0 && state.disk.byteLength === state.disk.buffer.byteLength) transfer.push(state.disk.buffer as ArrayBuffer);
+  post({ t: 'snapshot', state, memoryBytes: memory.length, buffer, pauseMs }, transfer);
 }
 
 function drainQueue(): void {

@@ -263,6 +263,7 @@ export class PrimaryNode {
   private attachVcpu(vcpu: Vcpu): void {
     this.vcpu = vcpu;
     vcpu.on('batch', (b: BatchEvent) => {
+      if (b.consumed !== undefined) this.service.consumed(b.consumed);
       this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
       this.metrics.logBytes.inc({ direction: 'out' }, b.entries.length);
       this.metrics.logEntries.inc({ direction: 'out' }, b.count);
@@ -405,8 +406,8 @@ export class PrimaryNode {
     }
     const enc = snapshotEncoder(taken.snapshot, SNAPSHOT_CHUNK_BYTES);
     j.phase = 'transferring';
-    j.totalBytes = taken.snapshot.memory.length;
-    this.log.info({ standby: j.standby, memoryBytes: j.totalBytes, chunks: enc.chunkCount, pauseMs: +taken.pauseMs.toFixed(2), seq: j.snapshotSeq }, 'snapshot taken; streaming it while the guest runs on');
+    j.totalBytes = taken.snapshot.memory.length + (taken.snapshot.disk?.length ?? 0); // the disk streams after memory
+    this.log.info({ standby: j.standby, memoryBytes: taken.snapshot.memory.length, diskBytes: taken.snapshot.disk?.length ?? 0, chunks: enc.chunkCount, pauseMs: +taken.pauseMs.toFixed(2), seq: j.snapshotSeq }, 'snapshot taken; streaming it while the guest runs on');
     const epoch = this.core.status().epoch;
     c.send({ type: FrameType.SNAPSHOT, epoch, part: SnapshotPart.BEGIN, config: JSON.stringify(this.opts.config), data: enc.header });
     let nextReport = 0.25;
@@ -647,6 +648,7 @@ export class PrimaryNode {
       outputsHeld: s.outputsHeld,
       throttled: s.throttled,
       clients: this.service.openConnections,
+      clientsPausedForInput: this.service.pausedConnections,
       lastVerifiedByBackup: this.lastVerified,
       backupDiverged: this.diverged,
       ...securityStatus(this.opts),

@@ -203,7 +203,7 @@ export class StandbyNode {
       if (cfg.name !== this.opts.config.name) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the snapshot is of VM "${cfg.name}", this standby serves "${this.opts.config.name}"`);
       r.config = cfg;
       const h = r.assembler.begin(f.data);
-      r.totalBytes = h.memoryBytes;
+      r.totalBytes = h.memoryBytes + h.diskBytes; // the disk streams after memory
       return h.chunks === 0;
     }
     if (r.config === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'a memory chunk before the snapshot header');
@@ -220,7 +220,7 @@ export class StandbyNode {
   private restore(r: Receiving): void {
     const o = this.opts;
     const snapshot = r.assembler.finish();
-    this.log.info({ memoryBytes: snapshot.memory.length, seq: snapshot.seq, instructionNumber: snapshot.count, ms: Math.round(performance.now() - r.startedMs) }, 'snapshot received; restoring and following the log');
+    this.log.info({ memoryBytes: snapshot.memory.length, diskBytes: snapshot.disk?.length ?? 0, seq: snapshot.seq, instructionNumber: snapshot.count, ms: Math.round(performance.now() - r.startedMs) }, 'snapshot received; restoring and following the log');
     this.receiving = null;
     this.backup = new BackupNode({
       ...o,

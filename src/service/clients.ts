@@ -19,15 +19,36 @@ export interface ClientServiceOptions {
   log: Logger;
   /** Pause reading client sockets while the vCPU input backlog exceeds this. */
   backlogPauseBytes?: number;
+  /**
+   * Per connection: stop reading a client's socket while more than this many of its bytes were taken
+   * in but not yet consumed by the guest (reported through `consumed`); resume below half of it. A
+   * client that sends to a guest that does not read pauses only itself.
+   */
+  connectionInputMaxBytes?: number;
   /** Refuse connections beyond this many. */
   maxConnections?: number;
   /** Drop a client whose unsent replies exceed this (it stopped reading). */
   clientSendMaxBytes?: number;
 }
 
+/** Default per-connection bound of unconsumed input. */
+export const CONNECTION_INPUT_MAX_BYTES = 4 * 1024 * 1024;
+
+/** Input accounting of one client connection (per-connection backpressure). */
+interface ConnInput {
+  /** Bytes handed to the vCPU and not yet reported consumed by the guest. */
+  unconsumedBytes: number;
+  /** Paused because of this connection's own backlog. */
+  paused: boolean;
+  /** The guest closed the connection: later input is dropped here (the guest would never see it). */
+  closed: boolean;
+}
+
 export class ClientService {
   private server: net.Server | undefined;
   private readonly sockets = new Map<number, net.Socket>();
+  private readonly inputs = new Map<number, ConnInput>();
+  private readonly connectionInputMaxBytes: number;
   private nextConn = 1;
   private sink: InputSink | undefined;
   private paused = false;
@@ -43,6 +64,31 @@ export class ClientService {
     this.backlogPauseBytes = opts.backlogPauseBytes ?? 8 * 1024 * 1024;
     this.maxConnections = opts.maxConnections ?? 10_000;
     this.clientSendMaxBytes = opts.clientSendMaxBytes ?? 64 * 1024 * 1024;
+    this.connectionInputMaxBytes = opts.connectionInputMaxBytes ?? CONNECTION_INPUT_MAX_BYTES;
+  }
+
+  /** Connections paused because they have too much unconsumed input of their own. */
+  get pausedConnections(): number {
+    let n = 0;
+    for (const i of this.inputs.values()) if (i.paused) n++;
+    return n;
+  }
+
+  /**
+   * The guest consumed input: (conn, bytes) pairs, as the vCPU reports them. Resumes a connection
+   * paused for its own backlog once that is below half the bound.
+   */
+  consumed(pairs: readonly number[]): void {
+    for (let k = 0; k + 1 < pairs.length; k += 2) {
+      const conn = pairs[k]!;
+      const i = this.inputs.get(conn);
+      if (i === undefined) continue; // the connection is gone
+      i.unconsumedBytes = Math.max(0, i.unconsumedBytes - pairs[k + 1]!);
+      if (i.paused && i.unconsumedBytes <= this.connectionInputMaxBytes / 2) {
+        i.paused = false;
+        if (!this.paused) this.sockets.get(conn)?.resume();
+      }
+    }
   }
 
   /** Connection ids must never be reused within a VM's life: continue after the highest seen. */
@@ -79,11 +125,19 @@ export class ClientService {
     const conn = this.nextConn++;
     this.connectionsTotal++;
     this.sockets.set(conn, s);
+    const input: ConnInput = { unconsumedBytes: 0, paused: false, closed: false };
+    this.inputs.set(conn, input);
     const sink = this.sink!;
     sink.input('open', conn);
     s.on('data', (chunk: Buffer) => {
       this.bytesIn += chunk.length;
+      if (input.closed) return;
       sink.input('data', conn, chunk);
+      input.unconsumedBytes += chunk.length;
+      if (!input.paused && input.unconsumedBytes > this.connectionInputMaxBytes) {
+        input.paused = true;
+        s.pause();
+      }
       this.checkBackpressure();
     });
     s.on('end', () => {
@@ -92,6 +146,7 @@ export class ClientService {
     });
     s.on('error', () => undefined); // 'close' follows
     s.on('close', (hadError) => {
+      this.inputs.delete(conn);
       if (this.sockets.get(conn) === s) {
         this.sockets.delete(conn);
         if (hadError || !s.readableEnded) sink.input('close', conn);
@@ -104,9 +159,9 @@ export class ClientService {
     const high = (this.sink?.backlogBytes ?? 0) > this.backlogPauseBytes;
     if (high === this.paused) return;
     this.paused = high;
-    for (const s of this.sockets.values()) {
+    for (const [conn, s] of this.sockets) {
       if (high) s.pause();
-      else s.resume();
+      else if (this.inputs.get(conn)?.paused !== true) s.resume();
     }
   }
 
@@ -129,6 +184,12 @@ export class ClientService {
         s.write(o.data);
       } else {
         this.sockets.delete(o.conn);
+        const input = this.inputs.get(o.conn);
+        if (input !== undefined) {
+          input.closed = true;
+          input.paused = false;
+          s.resume(); // drain what the client still sends, so the socket can close
+        }
         s.end();
       }
     }
@@ -138,6 +199,7 @@ export class ClientService {
     if (this.timer) clearInterval(this.timer);
     for (const s of this.sockets.values()) s.destroy();
     this.sockets.clear();
+    this.inputs.clear();
     const server = this.server;
     if (server) await new Promise<void>((r) => server.close(() => r()));
   }

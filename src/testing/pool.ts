@@ -30,6 +30,12 @@ export interface PoolOptions {
   nodeArgs?: string[];
   /** The channel address a standby registers (e.g. a fault proxy in front of it), by slot. */
   advertise?: (slot: Slot) => string | undefined;
+  /** Extra flags for one slot's node at each (re)start, e.g. its own `--disk` image per generation. */
+  slotArgs?: (slot: Slot) => string[];
+  /** How long a node may take to start (a large guest takes a while to load). Default 20 s. */
+  startTimeoutMs?: number;
+  /** Start the standbys while the primary starts (a large guest loads in each process at once). */
+  parallelStart?: boolean;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -55,8 +61,12 @@ export class Pool {
     for (let i = 0; i < (o.slots ?? 3); i++) {
       pool.slots.push({ index: i, servicePort: await freePort(), channelPort: await freePort(), controlPort: await freePort(), gen: 0, proc: undefined });
     }
-    await pool.startPrimary(pool.slots[0]!);
-    for (const s of pool.slots.slice(1)) await pool.startStandby(s);
+    if (o.parallelStart) {
+      await Promise.all([pool.startPrimary(pool.slots[0]!), ...pool.slots.slice(1).map((s) => pool.startStandby(s))]);
+    } else {
+      await pool.startPrimary(pool.slots[0]!);
+      for (const s of pool.slots.slice(1)) await pool.startStandby(s);
+    }
     return pool;
   }
 
@@ -82,12 +92,13 @@ export class Pool {
       '--host-id', this.hostId(s),
       '--node-id', `node-${this.hostId(s)}`,
       ...(this.opts.nodeArgs ?? []),
+      ...(this.opts.slotArgs?.(s) ?? []),
     ];
   }
 
   async startPrimary(s: Slot): Promise<void> {
     s.proc = spawnNode([CLI, 'run', guestFile(this.opts.guest), '--role', 'primary', ...this.common(s)], { name: `primary-${this.hostId(s)}` });
-    await s.proc.waitForLine(/primary is serving/, 20_000, { stream: 'stderr' });
+    await s.proc.waitForLine(/primary is serving/, this.opts.startTimeoutMs ?? 20_000, { stream: 'stderr' });
     await waitForPort(s.servicePort);
   }
 
@@ -97,7 +108,7 @@ export class Pool {
       [CLI, 'standby', guestFile(this.opts.guest), '--channel', `127.0.0.1:${s.channelPort}`, ...(adv ? ['--advertise', adv] : []), ...this.common(s)],
       { name: `standby-${this.hostId(s)}` },
     );
-    await s.proc.waitForLine(/standby is in the pool/, 20_000, { stream: 'stderr' });
+    await s.proc.waitForLine(/standby is in the pool/, this.opts.startTimeoutMs ?? 20_000, { stream: 'stderr' });
   }
 
   /** kill -9 the slot's process and restart it as a fresh standby (a new host id). */

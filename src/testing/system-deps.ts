@@ -14,7 +14,7 @@
 import { accessSync, constants, existsSync } from 'node:fs';
 import path from 'node:path';
 
-export type ComponentId = 'clang-wasi' | 'redis-tools' | 'redis-server' | 'etcd' | 'chromium';
+export type ComponentId = 'clang-wasi' | 'rust-wasi' | 'redis-tools' | 'redis-server' | 'etcd' | 'chromium';
 
 export interface Component {
   readonly id: ComponentId;
@@ -32,6 +32,12 @@ export const COMPONENTS: readonly Component[] = [
     purpose: 'compiles the C example guests (clang --target=wasm32-wasi with wasi-libc)',
     packages: ['clang', 'lld', 'wasi-libc', 'libclang-rt-14-dev-wasm32'],
     probes: ['clang', 'wasm-ld', '/usr/lib/wasm32-wasi/libc.a', '/usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a'],
+  },
+  {
+    id: 'rust-wasi',
+    purpose: "compiles the Rust example guest with Debian's rustc for wasm32-wasi (called as /usr/bin/rustc: a rustup toolchain earlier on PATH may lack the target)",
+    packages: ['rustc', 'libstd-rust-dev-wasm32'],
+    probes: ['/usr/bin/rustc', '/usr/lib/rustlib/wasm32-wasi/lib/self-contained/libc.a'],
   },
   {
     id: 'redis-tools',
