@@ -11,6 +11,8 @@
  * count are also published in a shared Float64Array for cheap status reads.
  */
 import type { ScheduledInput } from './env.js';
+import { ByteReader, type ByteWriter } from '../log/codec.js';
+import { assert } from '../util/errors.js';
 import type { VmConfig } from '../log/recording.js';
 import type { InstrumentedModule } from './instrumented.js';
 import type { MessagePort } from 'node:worker_threads';
@@ -79,8 +81,12 @@ import type { WireOutput } from '../replication/messages.js';
 
 export type WorkerEvent =
   | { t: 'ready' }
-  /** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
-  | { t: 'batch'; firstSeq: number; count: number; entries: Uint8Array; outputs: WireOutput[]; instructionNumber: number }
+  /**
+   * Entries [firstSeq, firstSeq + count) as one encoded batch (`bytes[0, entriesBytes)`), then the
+   * outputs they carry (encodeOutputs), in one transferred buffer: one copy and no structured clone of
+   * objects per batch. The I/O thread's Vcpu turns it into a BatchEvent.
+   */
+  | { t: 'batch'; firstSeq: number; count: number; bytes: Uint8Array; entriesBytes: number; instructionNumber: number }
   /** The replica went live at instruction `count` after consuming `seq` entries. */
   | { t: 'live'; count: number; seq: number; maxConn: number }
   /**
@@ -94,6 +100,41 @@ export type WorkerEvent =
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }
   | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number };
+
+const OUTPUT_KINDS = ['net', 'close', 'console'] as const;
+
+/** Appends outputs to `w`: varint count, then per output varint seq, n, u8 kind, varint conn, fd, length, bytes. */
+export function encodeOutputs(outputs: readonly WireOutput[], w: ByteWriter): void {
+  w.varint(outputs.length);
+  for (const o of outputs) {
+    w.varint(o.seq);
+    w.varint(o.n);
+    w.u8(o.kind === 'net' ? 0 : o.kind === 'close' ? 1 : 2);
+    w.varint(o.conn);
+    w.varint(o.fd);
+    w.varint(o.data.length);
+    w.bytes(o.data);
+  }
+}
+
+/** Reads what encodeOutputs wrote, from `buf[at..]`; the outputs' data are views into `buf`. */
+export function decodeOutputs(buf: Uint8Array, at: number): WireOutput[] {
+  const r = new ByteReader(buf.subarray(at));
+  const count = r.varint();
+  const out: WireOutput[] = [];
+  for (let i = 0; i < count; i++) {
+    const seq = r.varint();
+    const n = r.varint();
+    const kind = OUTPUT_KINDS[r.u8()];
+    assert(kind !== undefined, 'vCPU batch: a known output kind');
+    const conn = r.varint();
+    const fd = r.varint();
+    const data = r.bytesView(r.varint());
+    out.push({ seq, n, kind, conn, fd, data });
+  }
+  assert(r.remaining === 0, 'vCPU batch: nothing after the outputs');
+  return out;
+}
 
 export function encodeInput(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): Uint8Array {
   const tag = kind === 'open' ? Tag.OPEN : kind === 'data' ? Tag.DATA : Tag.CLOSE;
