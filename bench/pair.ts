@@ -31,7 +31,7 @@
  * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
  * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
  * BENCH_PAIR_REPS (default 3), BENCH_PAIR_MAX_OPS (per phase, default 1,000,000),
- * BENCH_PAIR_CONNS (default "1,8,50"), BENCH_PAIR_REDIS=1 (also run redis-benchmark against both
+ * BENCH_PAIR_CONNS (default "1,8,50"), BENCH_PAIR_RATE (offered ops/s instead of a closed loop), BENCH_PAIR_REDIS=1 (also run redis-benchmark against both
  * setups, when installed; informational only), BENCH_PAIR_CPU_PROF=<dir> (run every server with
  * `node --cpu-prof` writing its profiles, vCPU workers included, into <dir>; summarise them with
  * `node dist/scripts/cpuprofile-summary.js <dir>`), BENCH_PAIR_SETUPS (default "off,on,plain": which
@@ -85,6 +85,12 @@ const NODE_FLAGS = CPU_PROF_DIR === '' ? [] : ['--cpu-prof', `--cpu-prof-dir=${C
 const BASELINE_ROOT = process.env.BENCH_PAIR_BASELINE ?? '';
 const PLAIN_CLI = BASELINE_ROOT === '' ? CLI : join(BASELINE_ROOT, 'dist', 'src', 'cli', 'main.js');
 const PLAIN_FLAGS = BASELINE_ROOT === '' ? ['--insecure-channel'] : [];
+/**
+ * BENCH_PAIR_RATE=<ops/s>: an offered load instead of a closed loop (each connection paced to its share
+ * of the rate; it never sends a second command before the reply). At a rate every setup sustains, CPU
+ * per operation compares builds without the noise of a shared machine's throughput.
+ */
+const RATE = envInt('BENCH_PAIR_RATE', 0, 0, 1_000_000);
 const SETUPS = (process.env.BENCH_PAIR_SETUPS ?? 'off,on,plain').split(',').map((s) => s.trim());
 
 const KEYSPACE = 10_000;
@@ -178,9 +184,16 @@ async function runPhase(setup: Setup, port: number, conns: number, rep: number):
   const loop = async (c: RespClient, idx: number): Promise<void> => {
     // The same command sequence for FT off and FT on.
     const rand = rng(0x5eed + idx * 7919 + rep * 104729);
+    const intervalMs = RATE > 0 ? (conns * 1000) / RATE : 0;
+    let due = start + (intervalMs * idx) / conns;
     while (!stop && totalOps < MAX_OPS) {
       const key = KEYS[Math.floor(rand() * KEYSPACE)]!;
       const isSet = rand() < SET_FRACTION;
+      if (intervalMs > 0) {
+        due += intervalMs;
+        const wait = due - performance.now();
+        if (wait > 0) await sleep(wait);
+      }
       const t0 = performance.now();
       if (t0 >= end) break;
       let reply;
