@@ -7,8 +7,12 @@
  *   10 LOG batch bytes · 11 GRANT f64 n · 12 END_OF_LOG              (replay: the log)
  *   20 STOP · 21 STATE_HASH (record: log a state hash at the next idle point)
  *
- * Worker → I/O thread: postMessage of WorkerEvent objects; the worker's instruction count and entry
- * count are also published in a shared Float64Array for cheap status reads.
+ * Worker → I/O thread: postMessage of WorkerEvent objects (a batch: one transferred buffer holding the
+ * encoded entries and then its outputs); the worker's instruction count and entry count are also
+ * published in a shared Float64Array for cheap status reads.
+ *
+ * Wake-ups: the I/O thread queues the messages of an event-loop turn without waking the worker and
+ * notifies once at the end of the turn (setImmediate), and only while the worker waits (SharedQueue).
  */
 import type { ScheduledInput } from './env.js';
 import { ByteReader, type ByteWriter } from '../log/codec.js';
