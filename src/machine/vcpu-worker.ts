@@ -229,7 +229,7 @@ class LiveSource implements ReplaySource {
         if (snapshotRequested && machine?.isIdle === true) takeSnapshot();
         if (log.length - logHead > have || grant > g) return true;
         if (endOfLog || stopRequested || goLiveRequested) return false;
-        queue.wait(1000); // every message wakes it (log, grant, stop, go-live, snapshot)
+        queue.wait(have === 0 ? 5 : 1000);
       }
     } finally {
       Atomics.store(control, CTRL_DRAINED, 0);
