@@ -16,7 +16,8 @@
  *   the pooled ratio, all operations over all measured time, is reported too); p50/p99 latency of both
  *   (all measured samples of the repetitions pooled, and per repetition).
  * - Execution lag: the FT-on primary's /status `lagMs` sampled every ~20 ms during the FT-on phases:
- *   p99 and max; `throttled` samples counted.
+ *   p99 and max; `throttled` samples counted. The FT-off and plain phases sample their primary's
+ *   /status the same way (values discarded), so that every setup carries the observer's cost.
  * - Logging bytes per request byte: the FT-on primary's `logBytesSent` delta over each FT-on phase ÷ the
  *   RESP request bytes the bench clients sent in that phase (the whole phase, warm-up included, and the
  *   connection opens/closes it causes).
@@ -36,8 +37,11 @@
  * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
  * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
  * BENCH_PAIR_REPS (default 3), BENCH_PAIR_MAX_OPS (per phase, default 1,000,000),
- * BENCH_PAIR_CONNS (default "1,8,50"), BENCH_PAIR_REDIS=1 (also run redis-benchmark against both
- * setups, when installed; informational only).
+ * BENCH_PAIR_CONNS (default "1,8,50"), BENCH_PAIR_RATE (offered ops/s instead of a closed loop), BENCH_PAIR_REDIS=1 (also run redis-benchmark against both
+ * setups, when installed; informational only), BENCH_PAIR_CPU_PROF=<dir> (run every server with
+ * `node --cpu-prof` writing its profiles, vCPU workers included, into <dir>; summarise them with
+ * `node dist/scripts/cpuprofile-summary.js <dir>`), BENCH_PAIR_SETUPS (default "off,on,plain": which
+ * setups get load).
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -102,6 +106,24 @@ const CONNS = (process.env.BENCH_PAIR_CONNS ?? '1,8,50')
   .map((s) => Number(s.trim()))
   .filter((n) => Number.isInteger(n) && n >= 1 && n <= 500);
 const REDIS = process.env.BENCH_PAIR_REDIS === '1';
+const CPU_PROF_DIR = process.env.BENCH_PAIR_CPU_PROF ?? '';
+/** Node flags for the servers: CPU profiles on request. */
+const NODE_FLAGS = CPU_PROF_DIR === '' ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF_DIR}`];
+/**
+ * A/B: BENCH_PAIR_BASELINE=<root of another build> runs the third pair ("plain") from that build's
+ * dist/ with TLS, instead of this build with --insecure-channel: the "tls÷plain" table then compares
+ * this build's FT-on pair with the baseline's, measured in the same interleaved phases.
+ */
+const BASELINE_ROOT = process.env.BENCH_PAIR_BASELINE ?? '';
+const PLAIN_CLI = BASELINE_ROOT === '' ? CLI : join(BASELINE_ROOT, 'dist', 'src', 'cli', 'main.js');
+const PLAIN_FLAGS = BASELINE_ROOT === '' ? ['--insecure-channel'] : [];
+/**
+ * BENCH_PAIR_RATE=<ops/s>: an offered load instead of a closed loop (each connection paced to its share
+ * of the rate; it never sends a second command before the reply). At a rate every setup sustains, CPU
+ * per operation compares builds without the noise of a shared machine's throughput.
+ */
+const RATE = envInt('BENCH_PAIR_RATE', 0, 0, 1_000_000);
+const SETUPS = (process.env.BENCH_PAIR_SETUPS ?? 'off,on,plain').split(',').map((s) => s.trim());
 
 const KEYSPACE = 10_000;
 const VALUE_BYTES = 16;
@@ -194,9 +216,16 @@ async function runPhase(setup: Setup, port: number, conns: number, rep: number):
   const loop = async (c: RespClient, idx: number): Promise<void> => {
     // The same command sequence for FT off and FT on.
     const rand = rng(0x5eed + idx * 7919 + rep * 104729);
+    const intervalMs = RATE > 0 ? (conns * 1000) / RATE : 0;
+    let due = start + (intervalMs * idx) / conns;
     while (!stop && totalOps < MAX_OPS) {
       const key = KEYS[Math.floor(rand() * KEYSPACE)]!;
       const isSet = rand() < SET_FRACTION;
+      if (intervalMs > 0) {
+        due += intervalMs;
+        const wait = due - performance.now();
+        if (wait > 0) await sleep(wait);
+      }
       const t0 = performance.now();
       if (t0 >= end) break;
       let reply;
@@ -305,24 +334,24 @@ async function startServers(secretFile: string): Promise<Servers> {
   const backupCtl = `${HOST}:${backupCtlPort}`;
   const env = { FTVM_LOG_LEVEL: process.env.FTVM_LOG_LEVEL ?? 'info' };
 
-  const backup = spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile, ...guestArgs('backup')], { name: 'backup', env });
+  const backup = spawnNode([...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--control', backupCtl, '--secret-file', secretFile, ...guestArgs('backup')], { name: 'backup', env });
   started.push(backup);
-  const plainBackup = !withPlain ? undefined : spawnNode([CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('backup-plain')], { name: 'backup-plain', env });
+  const plainBackup = !withPlain ? undefined : spawnNode([...NODE_FLAGS, PLAIN_CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${plainChanPort}`, '--secret-file', secretFile, ...PLAIN_FLAGS, ...guestArgs('backup-plain')], { name: 'backup-plain', env });
   if (plainBackup) started.push(plainBackup);
   await backup.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
   await plainBackup?.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
 
   const onPrimary = spawnNode(
-    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile, ...guestArgs('primary')],
+    [...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile, ...guestArgs('primary')],
     { name: 'primary-ft-on', env },
   );
   started.push(onPrimary);
   const plainPrimary = !withPlain ? undefined : spawnNode(
-    [CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${plainPort}`, '--peer', `${HOST}:${plainChanPort}`, '--control', plainCtl, '--secret-file', secretFile, '--insecure-channel', ...guestArgs('primary-plain')],
+    [...NODE_FLAGS, PLAIN_CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${plainPort}`, '--peer', `${HOST}:${plainChanPort}`, '--control', plainCtl, '--secret-file', secretFile, ...PLAIN_FLAGS, ...guestArgs('primary-plain')],
     { name: 'primary-ft-on-plain', env },
   );
   if (plainPrimary) started.push(plainPrimary);
-  const offPrimary = spawnNode([CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl, '--secret-file', secretFile, ...guestArgs('primary-off')], { name: 'primary-ft-off', env });
+  const offPrimary = spawnNode([...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${offPort}`, '--control', offCtl, '--secret-file', secretFile, ...guestArgs('primary-off')], { name: 'primary-ft-off', env });
   started.push(offPrimary);
 
   await Promise.all([
@@ -501,15 +530,27 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
       for (const conns of CONNS) {
         const order: Setup[] = (rep % 2 === 0 ? (['off', 'on', 'plain'] as const) : (['plain', 'on', 'off'] as const)).filter((x) => withPlain || x !== 'plain');
         for (const setup of order) {
+          if (!SETUPS.includes(setup)) continue;
           let r: PhaseResult;
           const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : [servers.onPrimary.pid, servers.backup.pid];
           const cpu0 = pids.map(processCpuMs);
           const self0 = selfCpuMs();
           if (setup === 'off') {
-            r = await runPhase('off', servers.offPort, conns, rep);
+            // Sampled like FT on (and discarded), so that the observer's cost is the same on both sides.
+            const sampler = startLagSampler(servers.offCtl);
+            try {
+              r = await runPhase('off', servers.offPort, conns, rep);
+            } finally {
+              await sampler.stop();
+            }
           } else if (setup === 'plain') {
             await quiesce(servers.plainCtl);
-            r = await runPhase('plain', servers.plainPort, conns, rep);
+            const sampler = startLagSampler(servers.plainCtl);
+            try {
+              r = await runPhase('plain', servers.plainPort, conns, rep);
+            } finally {
+              await sampler.stop();
+            }
           } else {
             const before = await quiesce(servers.onCtl);
             const sampler = startLagSampler(servers.onCtl);
@@ -622,6 +663,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
         on_p99_ms_per_rep: on.perRepP99,
         cpu_us_per_op_off: { primary: off.cpuUsPerOp.primary, bench_clients: off.cpuUsPerOp.bench },
         cpu_us_per_op_on: { primary: on.cpuUsPerOp.primary, backup: on.cpuUsPerOp.backup, bench_clients: on.cpuUsPerOp.bench },
+        cpu_us_per_op_plain: { primary: plain.cpuUsPerOp.primary, backup: plain.cpuUsPerOp.backup, bench_clients: plain.cpuUsPerOp.bench },
         lag_p99_ms: round(quantile(lagS, 0.99)),
         lag_max_ms: round(lagS.length ? lagS[lagS.length - 1]! : NaN),
         log_bytes_per_request_byte: lb ? round(lb.logBytes / lb.requestBytes) : null,
@@ -705,7 +747,13 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     );
     console.log(`state hashes of primary and backup agree at instruction ${hash.n}`);
     console.log('');
-    if (withPlain) console.log("encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases");
+    if (withPlain) {
+      console.log(
+        BASELINE_ROOT === ''
+          ? "encryption's cost: FT on with TLS-PSK ÷ FT on plain (--insecure-channel), same run, interleaved phases"
+          : `A/B: "tls" = this build's FT-on pair, "plain" = the baseline build's FT-on pair (${BASELINE_ROOT}), both TLS, same run, interleaved phases`,
+      );
+    }
     const th = ['conns', 'plain ops/s', 'tls ops/s', 'tls÷plain (median)', 'pooled', 'plain p50', 'tls p50', 'plain p99', 'tls p99'];
     const tw = th.map((h, i) => Math.max(h.length, ...tlsRows.map((r) => r[i]!.length)));
     if (withPlain) console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));

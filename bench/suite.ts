@@ -17,7 +17,8 @@
  * Everything runs for the whole run; only the system being measured gets load. Phases are interleaved
  * in rounds (for each round, for each connection count, every system once, the order rotated per round),
  * so that all see the same conditions on a shared, noisy machine: only ratios from one run mean anything.
- * FT-on phases also sample the primary's execution lag, count logging-channel bytes per request byte and
+ * FT-on phases also sample the primary's execution lag (FT-off phases sample the FT-off primary's status
+ * the same way, so that the observer costs both sides alike), count logging-channel bytes per request byte and
  * measure the CPU time of both replicas per operation. After the FT-on phases the backup must verify the
  * primary's state hash.
  *
@@ -539,6 +540,15 @@ async function main(): Promise<number> {
             if (after.backupDiverged) throw new BenchFailure(`the backup diverged: ${after.backupDiverged}`);
             logBytes.log += after.logBytesSent - before.logBytesSent;
             logBytes.request += p.totalOps * SET_REQUEST_BYTES;
+          } else if (sys.name === 'ftvm-off') {
+            // The same /status sampling as FT on, so that both sides of ft_ratio carry the observer's
+            // cost (an authenticated HTTP request every 20 ms); FT off has no lag to report.
+            const sampler = startLagSampler(off.control, o.warmupMs + o.measureMs + 60_000);
+            try {
+              p = await runPhase(sys, conns, r, o);
+            } finally {
+              await sampler.stop();
+            }
           } else {
             p = await runPhase(sys, conns, r, o);
           }

@@ -122,7 +122,8 @@ test('GET /metrics is Prometheus text format, and the metrics move under load', 
     const pMid = await scrape(pc);
     await acked(load.ok() + 20);
     await load.stop();
-    // The last replies may still wait for the backup's ACK when the clients stop: give it (bounded) time.
+    // The clients' closes are still on their way through the guest and the backup's ACK (an output
+    // each): scrape once nothing is held any more, or after 5 s (then the assertion below fails).
     let p1 = await scrape(pc);
     for (const until = Date.now() + 5000; value(p1, 'ftvm_outputs_held') !== 0 && Date.now() < until; ) {
       await new Promise((r) => setTimeout(r, 50));

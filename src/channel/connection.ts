@@ -1,7 +1,8 @@
 /**
  * One logging-channel connection over TCP: length-prefixed frames, each authenticated with HMAC-SHA256.
  *
- * Wire: u32 length | body | 16-byte MAC, where length = body + 16 and ≤ maxFrameBytes.
+ * Wire: u32 length | body | 16-byte MAC, where length = body + 16 and ≤ maxFrameBytes. Frames written in
+ * one event-loop turn are sent together (the socket is corked until the turn ends).
  * Handshake: each side sends HELLO, MAC'd with a key derived from the shared secret. A side that cannot
  * verify the peer's HELLO closes the connection before reading anything else, so a peer without the
  * secret never gets a single entry in. After both HELLOs, every frame is MAC'd with a session key
@@ -16,7 +17,7 @@ import { ByteWriter } from '../log/codec.js';
 import { Keyring } from '../security/secrets.js';
 import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, type Frame, type HelloFrame, type Role } from './frames.js';
+import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
 
 const MAC_BYTES = 16;
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
@@ -52,13 +53,14 @@ function helloKeyOf(secret: Uint8Array): Buffer {
   return createHmac('sha256', secret).update('ftvm-hello-v1').digest();
 }
 
-function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array): Buffer {
+function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array, body2?: Uint8Array): Buffer {
   const h = createHmac('sha256', key);
-  const hdr = Buffer.alloc(9);
+  const hdr = Buffer.allocUnsafe(9);
   hdr[0] = dir;
   hdr.writeBigUInt64LE(counter, 1);
   h.update(hdr);
   h.update(body);
+  if (body2 !== undefined && body2.length > 0) h.update(body2);
   return h.digest().subarray(0, MAC_BYTES);
 }
 
@@ -122,16 +124,39 @@ export class ChannelConnection extends EventEmitter {
       nonce: this.nonce,
       nextSeq: id.nextSeq(),
     };
-    this.writeRaw(encodeFrameBody(hello, this.writer), this.helloKey, 0n);
+    const { head, tail } = encodeFrameParts(hello, this.writer);
+    this.writeRaw(head, tail, this.helloKey, 0n);
   }
 
-  private writeRaw(body: Uint8Array, key: Buffer, counter: bigint): void {
+  /**
+   * Writes one frame: u32 length | head | tail | MAC, in a single buffer (the payload is copied once).
+   * Frames written in one event-loop turn leave together: the socket is corked at the first and uncorked
+   * at the end of the turn (setImmediate), so a burst of LOG frames or ACKs becomes one TLS record and
+   * one system call.
+   */
+  private writeRaw(head: Uint8Array, tail: Uint8Array | undefined, key: Buffer, counter: bigint): void {
     const dir = this.opts.identity.role === 'primary' ? 1 : 2; // a standby speaks as a backup
-    const len = body.length + MAC_BYTES;
-    const hdr = Buffer.alloc(4);
-    hdr.writeUInt32LE(len, 0);
-    this.socket.write(Buffer.concat([hdr, body, mac(key, dir, counter, body)]));
+    const bodyLen = head.length + (tail?.length ?? 0);
+    const len = bodyLen + MAC_BYTES;
+    const out = Buffer.allocUnsafe(4 + len);
+    out.writeUInt32LE(len, 0);
+    out.set(head, 4);
+    if (tail !== undefined) out.set(tail, 4 + head.length);
+    out.set(mac(key, dir, counter, out.subarray(4, 4 + bodyLen)), 4 + bodyLen);
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
+    }
+    this.socket.write(out);
   }
+
+  private corked = false;
+  private readonly uncork = (): void => {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   /**
    * Sends an authenticated frame. Returns false when the socket's buffer is past the limit: the frame
@@ -140,10 +165,11 @@ export class ChannelConnection extends EventEmitter {
   send(frame: Frame): boolean {
     if (!this.isOpen) throw new FtvmError('FTVM_ERR_CHANNEL_CLOSED', 'channel is not open');
     if (this.socket.writableLength > this.sendBufferMaxBytes) return false;
-    const body = encodeFrameBody(frame, this.writer);
-    if (body.length + MAC_BYTES > this.maxFrameBytes) throw new FtvmError('FTVM_ERR_FRAME_TOO_LARGE', `frame of ${body.length} bytes exceeds ${this.maxFrameBytes}`);
+    const { head, tail } = encodeFrameParts(frame, this.writer);
+    const bodyLen = head.length + (tail?.length ?? 0);
+    if (bodyLen + MAC_BYTES > this.maxFrameBytes) throw new FtvmError('FTVM_ERR_FRAME_TOO_LARGE', `frame of ${bodyLen} bytes exceeds ${this.maxFrameBytes}`);
     this.sendCounter++;
-    this.writeRaw(body, this.sessionKey!, this.sendCounter);
+    this.writeRaw(head, tail, this.sessionKey!, this.sendCounter);
     return true;
   }
 
@@ -152,7 +178,8 @@ export class ChannelConnection extends EventEmitter {
     if (this.sessionKey !== undefined) {
       try {
         this.sendCounter++;
-        this.writeRaw(encodeFrameBody({ type: FrameType.REFUSE, code, reason }, this.writer), this.sessionKey, this.sendCounter);
+        const { head, tail } = encodeFrameParts({ type: FrameType.REFUSE, code, reason }, this.writer);
+        this.writeRaw(head, tail, this.sessionKey, this.sendCounter);
       } catch {
         // closing anyway
       }
@@ -269,6 +296,7 @@ export class ChannelConnection extends EventEmitter {
   close(reason: string, flush = false): void {
     if (this.closed) return;
     this.closed = true;
+    this.uncork(); // frames written in this turn go out first, as they would have without corking
     if (flush) {
       this.socket.end();
       setTimeout(() => this.socket.destroy(), 1000).unref();

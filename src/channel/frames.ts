@@ -28,7 +28,22 @@ function readStr(r: ByteReader, max = 4096): string {
 }
 
 export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
+  const { head, tail } = encodeFrameParts(f, w);
+  if (tail === undefined) return head.slice();
+  const out = new Uint8Array(head.length + tail.length);
+  out.set(head);
+  out.set(tail, head.length);
+  return out;
+}
+
+/**
+ * A frame's body in two parts, without copying its payload: `head` (a view into `w`, valid until `w` is
+ * used again) and `tail`, the LOG batch or SNAPSHOT data as given (undefined for other frames). The body
+ * is head followed by tail (what encodeFrameBody returns in one piece).
+ */
+export function encodeFrameParts(f: Frame, w: ByteWriter): { head: Uint8Array; tail: Uint8Array | undefined } {
   w.reset();
+  let tail: Uint8Array | undefined;
   w.u8(f.type);
   switch (f.type) {
     case FrameType.HELLO:
@@ -46,7 +61,7 @@ export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
       w.varint(f.firstSeq);
       w.varint(f.count);
       w.varint(f.instructionNumber);
-      w.bytes(f.batch);
+      tail = f.batch;
       break;
     case FrameType.ACK:
       w.varint(f.epoch);
@@ -77,10 +92,10 @@ export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
       w.varint(f.epoch);
       w.u8(f.part);
       str(w, f.config);
-      w.bytes(f.data);
+      tail = f.data;
       break;
   }
-  return w.finish();
+  return { head: w.bytesView(), tail };
 }
 
 export function decodeFrameBody(buf: Uint8Array): Frame {

@@ -81,6 +81,11 @@ export class ByteWriter {
     return this.buf.slice(0, this.length);
   }
 
+  /** The bytes written so far, without a copy: valid until the writer is written to or reset. */
+  bytesView(): Uint8Array {
+    return this.buf.subarray(0, this.length);
+  }
+
   reset(): void {
     this.length = 0;
   }
@@ -144,6 +149,15 @@ export class ByteReader {
     if (n > MAX_ENTRY_BYTES) corrupt(`field of ${n} bytes exceeds the ${MAX_ENTRY_BYTES}-byte limit`);
     this.need(n);
     const out = this.buf.slice(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+
+  /** Like bytes(n), but a view into the buffer rather than a copy. */
+  bytesView(n: number): Uint8Array {
+    if (n > MAX_ENTRY_BYTES) corrupt(`field of ${n} bytes exceeds the ${MAX_ENTRY_BYTES}-byte limit`);
+    this.need(n);
+    const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
   }
@@ -300,13 +314,18 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
 /** Encodes entries as one batch. */
 export function encodeBatch(entries: readonly LogEntry[], w = new ByteWriter()): Uint8Array {
   w.reset();
+  encodeBatchInto(entries, w);
+  return w.finish();
+}
+
+/** Appends entries as one batch to what `w` holds (no reset, no copy out). */
+export function encodeBatchInto(entries: readonly LogEntry[], w: ByteWriter): void {
   w.varint(entries.length);
   let prev = 0;
   for (const e of entries) {
     encodeEntry(w, e, prev);
     prev = e.n;
   }
-  return w.finish();
 }
 
 /** Decodes one batch; the whole buffer must be consumed. */

@@ -469,7 +469,8 @@ export class Machine {
   }
 
   /** Replay: the next entry, which must be a sync entry of `type` at the current count. Blocks for it. */
-  private expectSync<T extends LogEntry['type']>(type: T, what: string): Extract<LogEntry, { type: T }> {
+  /** `what` describes the call for a divergence report (a function: built only when there is one). */
+  private expectSync<T extends LogEntry['type']>(type: T, what: string | (() => string)): Extract<LogEntry, { type: T }> {
     const src = this.source!;
     let e = src.peek(0);
     while (e === undefined) {
@@ -477,7 +478,7 @@ export class Machine {
       e = src.peek(0);
     }
     const n = this.count;
-    if (e.type !== type || e.n !== n) this.violation(`the guest made ${what} at instruction ${n}`, e);
+    if (e.type !== type || e.n !== n) this.violation(`the guest made ${typeof what === 'function' ? what() : what} at instruction ${n}`, e);
     src.shift();
     this.seq++;
     return e as Extract<LogEntry, { type: T }>;
@@ -851,7 +852,7 @@ export class Machine {
       seq = this.emit(entry);
     } else {
       seq = this.seq;
-      const e = this.expectSync(entry.type, `an output (${describeEntry(entry)})`);
+      const e = this.expectSync(entry.type, () => `an output (${describeEntry(entry)})`);
       const same =
         (e.type === EntryType.OUT_NET && entry.type === EntryType.OUT_NET && e.conn === entry.conn && e.len === entry.len && e.hash === entry.hash) ||
         (e.type === EntryType.OUT_CLOSE && entry.type === EntryType.OUT_CLOSE && e.conn === entry.conn) ||

@@ -7,10 +7,16 @@
  *   10 LOG batch bytes · 11 GRANT f64 n · 12 END_OF_LOG              (replay: the log)
  *   20 STOP · 21 STATE_HASH (record: log a state hash at the next idle point)
  *
- * Worker → I/O thread: postMessage of WorkerEvent objects; the worker's instruction count and entry
- * count are also published in a shared Float64Array for cheap status reads.
+ * Worker → I/O thread: postMessage of WorkerEvent objects (a batch: one transferred buffer holding the
+ * encoded entries and then its outputs); the worker's instruction count and entry count are also
+ * published in a shared Float64Array for cheap status reads.
+ *
+ * Wake-ups: the I/O thread queues the messages of an event-loop turn without waking the worker and
+ * notifies once at the end of the turn (setImmediate), and only while the worker waits (SharedQueue).
  */
 import type { ScheduledInput } from './env.js';
+import { ByteReader, type ByteWriter } from '../log/codec.js';
+import { assert } from '../util/errors.js';
 import type { VmConfig } from '../log/recording.js';
 import type { InstrumentedModule } from './instrumented.js';
 import type { MessagePort } from 'node:worker_threads';
@@ -79,17 +85,14 @@ import type { WireOutput } from '../replication/messages.js';
 
 export type WorkerEvent =
   | { t: 'ready' }
-  /** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
-  | {
-      t: 'batch';
-      firstSeq: number;
-      count: number;
-      entries: Uint8Array;
-      outputs: WireOutput[];
-      instructionNumber: number;
-      /** Record side of WASI sockets: (conn, bytes) pairs of client input the guest consumed since the last batch (per-connection backpressure). */
-      consumed?: number[];
-    }
+  /**
+   * Entries [firstSeq, firstSeq + count) as one encoded batch (`bytes[0, entriesBytes)`), then the
+   * outputs they carry (encodeOutputs), in one transferred buffer: one copy and no structured clone of
+   * objects per batch. The I/O thread's Vcpu turns it into a BatchEvent. `consumed`: record side of
+   * WASI sockets, (conn, bytes) pairs of client input the guest consumed since the last batch
+   * (per-connection backpressure).
+   */
+  | { t: 'batch'; firstSeq: number; count: number; bytes: Uint8Array; entriesBytes: number; instructionNumber: number; consumed?: number[] }
   /** The replica went live at instruction `count` after consuming `seq` entries. */
   | { t: 'live'; count: number; seq: number; maxConn: number }
   /**
@@ -103,6 +106,41 @@ export type WorkerEvent =
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }
   | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number };
+
+const OUTPUT_KINDS = ['net', 'close', 'console'] as const;
+
+/** Appends outputs to `w`: varint count, then per output varint seq, n, u8 kind, varint conn, fd, length, bytes. */
+export function encodeOutputs(outputs: readonly WireOutput[], w: ByteWriter): void {
+  w.varint(outputs.length);
+  for (const o of outputs) {
+    w.varint(o.seq);
+    w.varint(o.n);
+    w.u8(o.kind === 'net' ? 0 : o.kind === 'close' ? 1 : 2);
+    w.varint(o.conn);
+    w.varint(o.fd);
+    w.varint(o.data.length);
+    w.bytes(o.data);
+  }
+}
+
+/** Reads what encodeOutputs wrote, from `buf[at..]`; the outputs' data are views into `buf`. */
+export function decodeOutputs(buf: Uint8Array, at: number): WireOutput[] {
+  const r = new ByteReader(buf.subarray(at));
+  const count = r.varint();
+  const out: WireOutput[] = [];
+  for (let i = 0; i < count; i++) {
+    const seq = r.varint();
+    const n = r.varint();
+    const kind = OUTPUT_KINDS[r.u8()];
+    assert(kind !== undefined, 'vCPU batch: a known output kind');
+    const conn = r.varint();
+    const fd = r.varint();
+    const data = r.bytesView(r.varint());
+    out.push({ seq, n, kind, conn, fd, data });
+  }
+  assert(r.remaining === 0, 'vCPU batch: nothing after the outputs');
+  return out;
+}
 
 export function encodeInput(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): Uint8Array {
   const tag = kind === 'open' ? Tag.OPEN : kind === 'data' ? Tag.DATA : Tag.CLOSE;

@@ -3,13 +3,13 @@
  * the I/O thread (heartbeats, sockets, the arbiter). See vcpu-protocol.ts for the messages.
  */
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { ByteWriter, decodeBatch, encodeBatch } from '../log/codec.js';
+import { ByteWriter, decodeBatch, encodeBatchInto } from '../log/codec.js';
 import type { LogEntry } from '../log/entry.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, encodeOutputs, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -38,10 +38,14 @@ function flush(progress = false): void {
   }
   lastPostMs = now;
   lastPostedCount = machine?.count ?? 0;
-  const entries = encodeBatch(pendingEntries, writer);
+  writer.reset();
+  encodeBatchInto(pendingEntries, writer);
+  const entriesBytes = writer.length;
+  encodeOutputs(pendingOutputs, writer);
+  const bytes = writer.finish();
   post(
-    { t: 'batch', firstSeq, count: pendingEntries.length, entries, outputs: pendingOutputs, instructionNumber: machine?.count ?? 0, ...(consumed !== undefined ? { consumed } : {}) },
-    [entries.buffer as ArrayBuffer],
+    { t: 'batch', firstSeq, count: pendingEntries.length, bytes, entriesBytes, instructionNumber: machine?.count ?? 0, ...(consumed !== undefined ? { consumed } : {}) },
+    [bytes.buffer as ArrayBuffer],
   );
   firstSeq += pendingEntries.length;
   pendingEntries = [];

@@ -20,15 +20,32 @@ import {
   STATUS_SEQ,
   STATUS_SLOTS,
   Tag,
+  decodeOutputs,
   encodeGrant,
-  encodeInput,
-  encodeLog,
+  type WireOutput,
   type EnvSpec,
   type WorkerEvent,
   type WorkerInit,
 } from './vcpu-protocol.js';
 
-export type BatchEvent = Extract<WorkerEvent, { t: 'batch' }>;
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Entries [firstSeq, firstSeq + count) as one encoded batch, and the outputs they carry. */
+export interface BatchEvent {
+  t: 'batch';
+  firstSeq: number;
+  count: number;
+  entries: Uint8Array;
+  outputs: WireOutput[];
+  instructionNumber: number;
+  /** Record side of WASI sockets: (conn, bytes) pairs of client input the guest consumed since the last batch. */
+  consumed?: number[];
+}
 export type DoneEvent = Extract<WorkerEvent, { t: 'done' }>;
 
 export interface VcpuOptions {
@@ -117,7 +134,16 @@ export class Vcpu extends EventEmitter {
     this.done = new Promise<DoneEvent>((resolve, reject) => {
       this.worker.on('message', (ev: WorkerEvent) => {
         if (ev.t === 'batch') {
-          this.emit('batch', ev);
+          const b: BatchEvent = {
+            t: 'batch',
+            firstSeq: ev.firstSeq,
+            count: ev.count,
+            entries: ev.bytes.subarray(0, ev.entriesBytes),
+            outputs: decodeOutputs(ev.bytes, ev.entriesBytes),
+            instructionNumber: ev.instructionNumber,
+            ...(ev.consumed !== undefined ? { consumed: ev.consumed } : {}),
+          };
+          this.emit('batch', b);
           this.drainBacklog();
         } else if (ev.t === 'hash') {
           this.emit('hash', ev);
@@ -184,9 +210,18 @@ export class Vcpu extends EventEmitter {
     return this.backlogBytes;
   }
 
-  private send(msg: Uint8Array): void {
+  /**
+   * Enqueues one message (`head`, then `body` if given) for the worker. The worker is woken once per
+   * event-loop turn (setImmediate), not once per message: a burst of client input or log frames read in
+   * one turn reaches the guest together, so it runs them in one step and logs one batch.
+   */
+  private send(head: Uint8Array, body?: Uint8Array): void {
     if (this.exited) return;
-    if (this.backlog.length === 0 && this.queue.push(msg)) return;
+    if (this.backlog.length === 0 && this.queue.push(head, false, body)) {
+      this.scheduleNotify();
+      return;
+    }
+    const msg = body === undefined ? head.slice() : concatBytes(head, body);
     if (this.backlogBytes + msg.length > this.backlogMaxBytes) {
       throw new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', `vCPU input backlog would exceed ${this.backlogMaxBytes} bytes; the driver must apply backpressure`);
     }
@@ -195,31 +230,58 @@ export class Vcpu extends EventEmitter {
     this.drainTimer ??= setInterval(() => this.drainBacklog(), 1);
   }
 
+  private notifyScheduled = false;
+  private readonly notifyNow = (): void => {
+    this.notifyScheduled = false;
+    this.queue.notify();
+  };
+
+  private scheduleNotify(): void {
+    if (this.notifyScheduled) return;
+    this.notifyScheduled = true;
+    setImmediate(this.notifyNow);
+  }
+
   private drainBacklog(): void {
+    let pushed = false;
     while (this.backlog.length > 0) {
       const m = this.backlog[0]!;
-      if (!this.queue.push(m)) return;
+      if (!this.queue.push(m, false)) break;
+      pushed = true;
       this.backlog.shift();
       this.backlogBytes -= m.length;
     }
+    if (pushed) this.queue.notify();
+    if (this.backlog.length > 0) return;
     if (this.drainTimer) {
       clearInterval(this.drainTimer);
       this.drainTimer = undefined;
     }
   }
 
+  /** Reused header of input messages (tag, u32 connection id): `send` copies it into the queue at once. */
+  private readonly inputHead = new Uint8Array(5);
+
   input(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): void {
     const max = this.queue.capacity / 4;
     if (data && data.length > max) {
-      for (let off = 0; off < data.length; off += max) this.send(encodeInput(kind, conn, data.subarray(off, off + max)));
+      for (let off = 0; off < data.length; off += max) this.input(kind, conn, data.subarray(off, off + max));
       return;
     }
-    this.send(encodeInput(kind, conn, data));
+    const h = this.inputHead;
+    h[0] = kind === 'open' ? Tag.OPEN : kind === 'data' ? Tag.DATA : Tag.CLOSE;
+    h[1] = conn & 0xff;
+    h[2] = (conn >>> 8) & 0xff;
+    h[3] = (conn >>> 16) & 0xff;
+    h[4] = (conn >>> 24) & 0xff;
+    this.send(h, data);
   }
+
+  private static readonly LOG_HEAD = Uint8Array.of(Tag.LOG);
 
   /** Replay: an encoded batch of entries (codec.ts). */
   feedLog(batch: Uint8Array): void {
-    this.send(encodeLog(batch));
+    this.send(Vcpu.LOG_HEAD, batch);
   }
 
   /** Replay: the primary has reached instruction `n`; the replica may run up to it. */

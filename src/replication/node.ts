@@ -220,8 +220,7 @@ export class BackupNode {
           else if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
           break;
         case 'feed':
-          this.metrics.logBytes.inc({ direction: 'in' }, a.batch.length);
-          this.metrics.logEntries.inc({ direction: 'in' }, a.count);
+          this.metrics.logged('in', a.batch.length, a.count);
           this.fedEntries += a.count;
           this.vcpu.feedLog(a.batch);
           this.recorder?.feed(a.batch, a.count);

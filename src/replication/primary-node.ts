@@ -265,8 +265,7 @@ export class PrimaryNode {
     vcpu.on('batch', (b: BatchEvent) => {
       if (b.consumed !== undefined) this.service.consumed(b.consumed);
       this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
-      this.metrics.logBytes.inc({ direction: 'out' }, b.entries.length);
-      this.metrics.logEntries.inc({ direction: 'out' }, b.count);
+      this.metrics.logged('out', b.entries.length, b.count);
       this.metrics.outputsEntered(b.outputs.length, performance.now());
       this.exec(this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs }));
     });

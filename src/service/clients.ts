@@ -117,8 +117,6 @@ export class ClientService {
         resolve();
       });
     });
-    this.timer = setInterval(() => this.checkBackpressure(), 2);
-    this.timer.unref();
   }
 
   private accept(s: net.Socket): void {
@@ -155,6 +153,10 @@ export class ClientService {
     if (this.paused) s.pause();
   }
 
+  /**
+   * Pauses every client socket while the vCPU's input backlog is high. Checked on every read; while
+   * paused (no reads), a 2 ms timer checks for the backlog to drain. An idle service has no timer.
+   */
   private checkBackpressure(): void {
     const high = (this.sink?.backlogBytes ?? 0) > this.backlogPauseBytes;
     if (high === this.paused) return;
@@ -162,6 +164,13 @@ export class ClientService {
     for (const [conn, s] of this.sockets) {
       if (high) s.pause();
       else if (this.inputs.get(conn)?.paused !== true) s.resume();
+    }
+    if (high) {
+      this.timer ??= setInterval(() => this.checkBackpressure(), 2);
+      this.timer.unref();
+    } else if (this.timer) {
+      clearInterval(this.timer);
+      this.timer = undefined;
     }
   }
 

@@ -138,8 +138,10 @@ export class NodeMetrics {
         if (busy.length > 0) this.set(busy.filter(([, b]) => b).length / busy.length);
       },
     });
-    this.logBytes = new Counter({ name: 'ftvm_log_bytes_total', help: 'Encoded log bytes produced (primary: sent) or received (backup)', labelNames: ['direction'], ...r });
-    this.logEntries = new Counter({ name: 'ftvm_log_entries_total', help: 'Log entries produced (primary) or received (backup)', labelNames: ['direction'], ...r });
+    // The hot path adds to plain numbers (logged); the counters take them in when scraped.
+    const flush = (): void => this.flushLogCounts();
+    this.logBytes = new Counter({ name: 'ftvm_log_bytes_total', help: 'Encoded log bytes produced (primary: sent) or received (backup)', labelNames: ['direction'], ...r, collect: flush });
+    this.logEntries = new Counter({ name: 'ftvm_log_entries_total', help: 'Log entries produced (primary) or received (backup)', labelNames: ['direction'], ...r, collect: flush });
     this.heartbeats = new Counter({ name: 'ftvm_heartbeats_total', help: 'Heartbeat frames sent or received on the logging channel', labelNames: ['direction'], ...r });
     this.reconnects = new Counter({ name: 'ftvm_channel_reconnects_total', help: 'Logging channel connections after the first one of this node', ...r });
     this.failovers = new Counter({ name: 'ftvm_failovers_total', help: 'Failovers this node took part in, by its side and outcome', labelNames: ['side', 'outcome'], ...r });
@@ -173,6 +175,33 @@ export class NodeMetrics {
   }
 
   // ---------------------------------------------------------------- observations from the drivers
+
+  /** Log bytes and entries not yet added to the counters: [out bytes, out entries, in bytes, in entries]. */
+  private readonly pendingLog = [0, 0, 0, 0];
+
+  /**
+   * A batch of log entries produced (primary, 'out') or received (backup, 'in'). Called once per batch on
+   * the hot path: it adds to plain numbers, and the counters take them in at the next scrape (a labelled
+   * prom-client increment hashes its labels every time).
+   */
+  logged(direction: 'in' | 'out', bytes: number, entries: number): void {
+    const i = direction === 'out' ? 0 : 2;
+    this.pendingLog[i]! += bytes;
+    this.pendingLog[i + 1]! += entries;
+  }
+
+  private flushLogCounts(): void {
+    const p = this.pendingLog;
+    if (p[0]! > 0 || p[1]! > 0) {
+      this.logBytes.inc({ direction: 'out' }, p[0]!);
+      this.logEntries.inc({ direction: 'out' }, p[1]!);
+    }
+    if (p[2]! > 0 || p[3]! > 0) {
+      this.logBytes.inc({ direction: 'in' }, p[2]!);
+      this.logEntries.inc({ direction: 'in' }, p[3]!);
+    }
+    p.fill(0);
+  }
 
   /** Primary: outputs entered the core (each is held until released; alone, released at once). */
   outputsEntered(count: number, nowMs: number): void {

@@ -3,15 +3,22 @@
  * to feed the vCPU worker while the guest runs (the worker polls it at budget checkpoints and blocks on
  * it with Atomics.wait when idle; a postMessage could not be received while wasm is running).
  *
- * Layout: Int32 header [writeBytes, readBytes, wakeCounter, closed], then `capacity` data bytes. A
- * message is a u32 length and its bytes, wrapping byte-wise. The producer never blocks: `push` returns
- * false when full, and the caller applies backpressure.
+ * Layout: Int32 header [writeBytes, readBytes, wakeCounter, closed, consumerWaiting], then `capacity`
+ * data bytes. A message is a u32 length (little-endian) and its bytes, wrapping byte-wise. The producer
+ * never blocks: `push` returns false when full, and the caller applies backpressure.
+ *
+ * Wake-ups: a futex wake (Atomics.notify) costs a system call, so the producer only notifies while the
+ * consumer says it is waiting (`consumerWaiting`, set before it re-checks the queue and blocks; all
+ * accesses are sequentially consistent, so either the producer sees the flag or the consumer sees the
+ * message). `push(msg, false)` defers even that: the producer calls `notify()` once after a burst (one
+ * wake-up per event-loop turn instead of one per message).
  */
-const HDR_INTS = 4;
+const HDR_INTS = 5;
 const W = 0;
 const R = 1;
 const WAKE = 2;
 const CLOSED = 3;
+const WAITING = 4;
 
 export class SharedQueue {
   readonly sab: SharedArrayBuffer;
@@ -35,51 +42,75 @@ export class SharedQueue {
   }
 
   private copyIn(at: number, src: Uint8Array): number {
-    let off = 0;
-    while (off < src.length) {
-      const pos = at % this.capacity;
-      const n = Math.min(src.length - off, this.capacity - pos);
-      this.data.set(src.subarray(off, off + n), pos);
-      off += n;
-      at = (at + n) >>> 0;
+    const pos = at % this.capacity;
+    if (pos + src.length <= this.capacity) {
+      this.data.set(src, pos);
+      return (at + src.length) >>> 0;
     }
-    return at;
+    const first = this.capacity - pos;
+    this.data.set(src.subarray(0, first), pos);
+    this.data.set(src.subarray(first), 0);
+    return (at + src.length) >>> 0;
   }
 
   private copyOut(at: number, dst: Uint8Array): number {
-    let off = 0;
-    while (off < dst.length) {
-      const pos = at % this.capacity;
-      const n = Math.min(dst.length - off, this.capacity - pos);
-      dst.set(this.data.subarray(pos, pos + n), off);
-      off += n;
-      at = (at + n) >>> 0;
+    const pos = at % this.capacity;
+    if (pos + dst.length <= this.capacity) {
+      dst.set(this.data.subarray(pos, pos + dst.length));
+      return (at + dst.length) >>> 0;
     }
-    return at;
+    const first = this.capacity - pos;
+    dst.set(this.data.subarray(pos, this.capacity), 0);
+    dst.set(this.data.subarray(0, dst.length - first), first);
+    return (at + dst.length) >>> 0;
   }
 
-  /** Producer: enqueue one message; false (nothing written) when there is not room. */
-  push(msg: Uint8Array): boolean {
-    if (msg.length + 4 > this.capacity) throw new RangeError(`message of ${msg.length} bytes exceeds queue capacity ${this.capacity}`);
-    if (this.freeBytes < msg.length + 4) return false;
-    const len = new Uint8Array(4);
-    new DataView(len.buffer).setUint32(0, msg.length, true);
+  private putU32(at: number, v: number): number {
+    const c = this.capacity;
+    const d = this.data;
+    d[at % c] = v & 0xff;
+    d[(at + 1) % c] = (v >>> 8) & 0xff;
+    d[(at + 2) % c] = (v >>> 16) & 0xff;
+    d[(at + 3) % c] = (v >>> 24) & 0xff;
+    return (at + 4) >>> 0;
+  }
+
+  private getU32(at: number): number {
+    const c = this.capacity;
+    const d = this.data;
+    return (d[at % c]! | (d[(at + 1) % c]! << 8) | (d[(at + 2) % c]! << 16) | (d[(at + 3) % c]! << 24)) >>> 0;
+  }
+
+  /**
+   * Producer: enqueue one message made of `head` and `body` (one message, two parts: no concatenation
+   * needed); false (nothing written) when there is not room. With `notify` false the consumer is not
+   * woken: the caller calls `notify()` after its burst.
+   */
+  push(head: Uint8Array, notify = true, body?: Uint8Array): boolean {
+    const len = head.length + (body?.length ?? 0);
+    if (len + 4 > this.capacity) throw new RangeError(`message of ${len} bytes exceeds queue capacity ${this.capacity}`);
+    if (this.freeBytes < len + 4) return false;
     let w = Atomics.load(this.hdr, W) >>> 0;
-    w = this.copyIn(w, len);
-    w = this.copyIn(w, msg);
+    w = this.putU32(w, len);
+    w = this.copyIn(w, head);
+    if (body) w = this.copyIn(w, body);
     Atomics.store(this.hdr, W, w | 0);
     Atomics.add(this.hdr, WAKE, 1);
-    Atomics.notify(this.hdr, WAKE);
+    if (notify) this.notify();
     return true;
+  }
+
+  /** Producer: wakes the consumer if it is blocked waiting (after pushes with `notify` false). */
+  notify(): void {
+    if (Atomics.load(this.hdr, WAITING) === 1) Atomics.notify(this.hdr, WAKE);
   }
 
   /** Consumer: dequeue one message, or undefined when empty. */
   pop(): Uint8Array | undefined {
     if (this.used() === 0) return undefined;
     let r = Atomics.load(this.hdr, R) >>> 0;
-    const lenBuf = new Uint8Array(4);
-    r = this.copyOut(r, lenBuf);
-    const len = new DataView(lenBuf.buffer).getUint32(0, true);
+    const len = this.getU32(r);
+    r = (r + 4) >>> 0;
     const msg = new Uint8Array(len);
     r = this.copyOut(r, msg);
     Atomics.store(this.hdr, R, r | 0);
@@ -92,9 +123,14 @@ export class SharedQueue {
 
   /** Consumer: block until a message may be present, the queue is closed, or `timeoutMs` passes. */
   wait(timeoutMs: number): void {
+    Atomics.store(this.hdr, WAITING, 1);
     const seen = Atomics.load(this.hdr, WAKE);
-    if (!this.isEmpty || this.closed) return;
+    if (!this.isEmpty || this.closed) {
+      Atomics.store(this.hdr, WAITING, 0);
+      return;
+    }
     Atomics.wait(this.hdr, WAKE, seen, Math.max(0, timeoutMs));
+    Atomics.store(this.hdr, WAITING, 0);
   }
 
   /** Wakes the consumer without a message (e.g. a stop request). */
