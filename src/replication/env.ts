@@ -60,6 +60,8 @@ export interface VcpuPort extends EventEmitter {
   requestStateHash(): void;
   stop(): void;
   terminate(): Promise<void>;
+  /** TEST ONLY (the simulator's model; the core's skip-drain break): forget the held log. */
+  testOnlyAbandonHeld?(): void;
 }
 
 export interface VcpuSpec {

@@ -76,6 +76,7 @@ export class BackupNode {
       failTimeoutMs: opts.timings.failTimeoutMs,
       claimRetryMs: opts.timings.arbiterDeadlineMs,
       ...(j ? { firstSeq: j.snapshot.seq, armed: false } : {}),
+      ...(opts.testOnlyCoreBreak === 'skip-drain' ? { testOnlyBreak: 'skip-drain' as const } : {}),
     });
     this.fedEntries = j?.snapshot.seq ?? 0;
     this.vcpu = opts.env.newVcpu({
@@ -276,6 +277,7 @@ export class BackupNode {
           });
           break;
         case 'go-live':
+          if (a.testOnlyAbandonHeld) this.vcpu.testOnlyAbandonHeld?.(); // TEST ONLY (the core's skip-drain)
           this.goLive(a.epoch);
           break;
         case 'armed':

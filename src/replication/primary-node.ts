@@ -136,6 +136,7 @@ export class PrimaryNode {
       unackedMaxBytes: opts.unackedMaxBytes ?? 32 * 1024 * 1024,
       heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
       ...(firstSeq !== undefined ? { firstSeq } : {}),
+      ...(opts.testOnlyCoreBreak === 'release-before-ack' ? { testOnlyBreak: 'release-before-ack' as const } : {}),
     });
     const core = this.core;
     this.identity = {

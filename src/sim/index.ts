@@ -43,10 +43,9 @@
  * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags, to show the checkers
  * catch a broken core.
  */
-import type { BreakMode } from './nodes.js';
-import { SimFailure, World, type WorldStats } from './world.js';
+import { SimFailure, World, type BreakMode, type WorldStats } from './world.js';
 
-export type { BreakMode } from './nodes.js';
+export type { BreakMode } from './world.js';
 export type { WorldStats } from './world.js';
 
 export interface SimResult {
@@ -58,6 +57,8 @@ export interface SimResult {
   message: string;
   stats: WorldStats;
   trace: string[];
+  /** The run's fingerprint (events, times, releases): a seed replays bit for bit. */
+  traceHash: string;
 }
 
 export interface SimOptions {
@@ -65,22 +66,40 @@ export interface SimOptions {
   trace?: boolean;
 }
 
-export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
+/** The world running now: a driver's unhandled rejection is its failure. */
+let current: World | undefined;
+let hooked = false;
+function onRejection(err: unknown): void {
+  if (current) current.driverFailed(err);
+  else throw err;
+}
+
+export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimResult> {
+  if (current) throw new Error('one simulated world at a time');
   const w = new World({
     seed,
     ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
     ...(opts.trace ? { trace: true } : {}),
   });
+  if (!hooked) {
+    process.on('unhandledRejection', onRejection);
+    hooked = true;
+  }
+  current = w;
   try {
-    w.run();
-    return { seed, ok: true, step: w.stats.steps, timeMs: w.stats.virtualMs, message: '', stats: w.stats, trace: w.traceLines };
+    await w.run();
+    return { seed, ok: true, step: w.stats.steps, timeMs: w.stats.virtualMs, message: '', stats: w.stats, trace: w.traceLines, traceHash: w.traceHash() };
   } catch (err) {
     const e = err as Error;
     const message = err instanceof SimFailure ? e.message : `${e.name}: ${e.message}`;
     const at = w.position();
     w.stats.steps = at.step;
     w.stats.virtualMs = at.timeMs;
-    return { seed, ok: false, step: at.step, timeMs: at.timeMs, message, stats: w.stats, trace: w.traceLines };
+    return { seed, ok: false, step: at.step, timeMs: at.timeMs, message, stats: w.stats, trace: w.traceLines, traceHash: w.traceHash() };
+  } finally {
+    // Promises of the dead world that are still pending never settle; let any late rejection land here.
+    await new Promise<void>((r) => setImmediate(r));
+    current = undefined;
   }
 }
 
