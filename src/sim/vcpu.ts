@@ -104,7 +104,7 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
     this.lastPostedN = this.state.n;
     this.grantN = this.state.n;
     this.done = new Promise<DoneEvent>((r) => (this.resolveDone = r));
-    if (mode === 'record') this.wake();
+    this.wake(); // a replica starts by waiting for log (drained), a recorder by running
   }
 
   get count(): number {

@@ -491,6 +491,7 @@ export class World implements SimWorldApi {
     }
     this.stats.steps = this.steps;
     this.stats.virtualMs = this.nowMs;
+    this.stats.joinsArmed = this.arb.history.filter((h) => h.by.startsWith('advance')).length;
     if (this.progressAfterHeal < PROGRESS_NEEDED) {
       this.fail(`(d) no progress: ${this.progressAfterHeal} of ${PROGRESS_NEEDED} client requests sent after the heal at ${this.healAtMs.toFixed(1)} ms completed within ${this.boundMs} ms; ${this.describeNodes()}`);
     }
