@@ -174,6 +174,7 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
 
   requestStateHash(): void {}
 
+  /** Record: stop at the next idle point; replay: when the replica next waits for log. */
   stop(): void {
     this.stopped = true;
     this.wake();
@@ -211,10 +212,6 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
   private slice(): void {
     this.scheduled = false;
     if (this.finished) return;
-    if (this.stopped) {
-      this.finish();
-      return;
-    }
     if (this.mode === 'record') this.recordSlice();
     else this.replaySlice();
   }
@@ -232,7 +229,7 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
         w.onTaken?.(t);
         w.resolve(t);
       }
-      if (this.finished || this.stopped) return;
+      if (this.finished) return;
     }
     const firstSeq = g.seq;
     const entries: ModelEntry[] = [];
@@ -270,6 +267,11 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
       this.lastPostedN = g.n;
       this.lastProgressMs = now;
       this.emitBatch({ t: 'batch', firstSeq, count: 0, entries: encodeBatch([]), outputs, instructionNumber: g.n });
+    }
+    if (this.stopped && g.cur === null && (this.inputs.length === 0 || this.throttled)) {
+      // vcpu-worker.ts: a recorder stops at its next idle point (a long computation delays the stop).
+      this.finish();
+      return;
     }
     if (!this.finished && (g.cur !== null || this.inputs.length > 0 || this.snapshotWaiter !== undefined || this.stopped)) {
       this.scheduled = true;
