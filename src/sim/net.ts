@@ -226,11 +226,18 @@ export class Network {
     this.host.schedule(recv.owner, d.q[d.head]!.at, () => this.read(d));
   }
 
+  /** The socket was accepted (its owner listens for data now): what arrived meanwhile is read. */
+  accepted(end: SimSocket): void {
+    this.arm(end.conn.dirs[1 - end.side]!);
+  }
+
   /** One socket read: every byte that has arrived by now, as one chunk (sometimes split in two). */
   private read(d: Dir): void {
     d.scheduled = false;
     if (d.blocked) return;
     const recv = d.conn.ends[d.to];
+    // Not accepted yet: the kernel holds what arrived (accepted() reads it).
+    if (!recv.closed && recv.listenerCount('data') === 0) return;
     const now = this.host.now();
     const chunks: Buffer[] = [];
     let closeReason: string | undefined;

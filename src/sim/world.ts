@@ -330,6 +330,7 @@ export class World implements SimWorldApi {
           return;
         }
         accept(theirs);
+        this.net.accepted(theirs);
       }, 'other'),
     );
     return mine;
