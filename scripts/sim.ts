@@ -73,6 +73,7 @@ async function main(): Promise<void> {
   let virtualMs = 0;
   let failovers = 0;
   let joins = 0;
+  const paths = { drainWaits: 0, snapshotsFailed: 0, serviceBindRetries: 0, divergedHalts: 0 };
   let completed = 0;
   let maxEpoch = 0;
   const faults: Record<string, number> = {};
@@ -87,6 +88,7 @@ async function main(): Promise<void> {
     maxEpoch = Math.max(maxEpoch, r.stats.maxEpoch);
     for (const [k, n] of Object.entries(r.stats.faults)) faults[k] = (faults[k] ?? 0) + n;
     joins += r.stats.joinsArmed;
+    for (const k of Object.keys(paths) as Array<keyof typeof paths>) paths[k] += r.stats[k];
     if (count === 1 && a.trace && r.ok) for (const l of r.trace) process.stdout.write(`  ${l}\n`);
     if (count === 1) process.stdout.write(`trace hash ${r.traceHash}\n`);
     if (!r.ok) {
@@ -110,6 +112,7 @@ async function main(): Promise<void> {
     virtualSeconds: +(virtualMs / 1000).toFixed(1),
     failovers,
     joinsArmed: joins,
+    paths,
     maxEpoch,
     completedRequests: completed,
     faults,
@@ -121,6 +124,8 @@ async function main(): Promise<void> {
       `${failed === 0 ? 'PASS' : 'FAIL'}: ${ran} seed(s), ${failed} failed, ${secs.toFixed(1)} s (${summary.seedsPerSecond} seeds/s), ${steps} steps, ${summary.virtualSeconds} s of virtual time; ` +
         `${failovers} go-lives, ${joins} pairs re-armed, max epoch ${maxEpoch}, ${completed} client requests completed\n  faults: ${Object.entries(faults)
           .sort()
+          .map(([k, n]) => `${k} ${n}`)
+          .join(', ')}\n  driver paths: ${Object.entries(paths)
           .map(([k, n]) => `${k} ${n}`)
           .join(', ')}\n`,
     );

@@ -33,6 +33,8 @@ export class Dir {
   /** Bytes written and not yet delivered (the sender's writableLength). */
   pendingBytes = 0;
   needDrain = false;
+  /** The most bytes buffered since the last 'drain'. */
+  peakBytes = 0;
   constructor(
     readonly conn: Conn,
     readonly to: 0 | 1,
@@ -101,6 +103,8 @@ export interface NetHost {
   /** Schedules fn on `owner`'s process (deferred while it is paused, dropped if dead). */
   schedule(owner: unknown, atMs: number, fn: () => void): void;
   random(): number;
+  /** 'drain' fires on a sender that had up to this many bytes buffered (statistics). */
+  onDrain?(bufferedMaxBytes: number): void;
 }
 
 export class Network {
@@ -126,6 +130,7 @@ export class Network {
     d.lastAt = at;
     d.q.push({ data: Buffer.from(data), reason: '', at });
     d.pendingBytes += data.length;
+    if (d.pendingBytes > d.peakBytes) d.peakBytes = d.pendingBytes;
     this.arm(d);
     if (d.pendingBytes > HIGH_WATER_BYTES) {
       d.needDrain = true;
@@ -257,6 +262,8 @@ export class Network {
     const sender = d.conn.ends[1 - d.to]!;
     if (d.needDrain && d.pendingBytes === 0) {
       d.needDrain = false;
+      this.host.onDrain?.(d.peakBytes);
+      d.peakBytes = 0;
       if (!sender.closed) this.host.schedule(sender.owner, now, () => !sender.closed && sender.emit('drain'));
     }
     if (chunks.length > 0 && !recv.closed) {

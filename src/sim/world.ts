@@ -114,6 +114,11 @@ export interface WorldStats {
   released: number;
   healAtMs: number;
   progressAfterHealMs: number;
+  /** Real-driver paths exercised: a snapshot stream waited for 'drain'; a snapshot failed; a go-live found its service address held; a replica diverged and halted. */
+  drainWaits: number;
+  snapshotsFailed: number;
+  serviceBindRetries: number;
+  divergedHalts: number;
 }
 
 interface Host {
@@ -220,6 +225,10 @@ export class World implements SimWorldApi {
       released: 0,
       healAtMs: 0,
       progressAfterHealMs: -1,
+      drainWaits: 0,
+      snapshotsFailed: 0,
+      serviceBindRetries: 0,
+      divergedHalts: 0,
     };
     this.net = new Network({
       now: () => this.nowMs,
@@ -227,6 +236,9 @@ export class World implements SimWorldApi {
       blocked: (a, b) => this.blockedLinks[a]![b]!,
       schedule: (owner, at, fn) => this.q.push(at, () => this.dispatch(owner as Proc | null, fn, 'other')),
       random: () => this.rng.float(),
+      onDrain: (bufferedMaxBytes) => {
+        if (bufferedMaxBytes > 4 * 1024 * 1024) this.stats.drainWaits++;
+      },
     });
   }
 
@@ -273,9 +285,14 @@ export class World implements SimWorldApi {
       newEntryId: () => this.newEntryId(),
       memoryBytes: this.t.memoryBytes,
       speed: (mode) => (mode === 'replay' ? 1000 * this.replicaSpeed() : 1000),
-      snapshotFails: () => this.rng.chance(0.03),
+      snapshotFails: () => {
+        const f = this.rng.chance(0.03);
+        if (f) this.stats.snapshotsFailed++;
+        return f;
+      },
       violation: (v, msg) => {
         if (v.corrupted) {
+          this.stats.divergedHalts++;
           this.trace(proc, () => `replica divergence (injected corruption): ${msg}`);
           return;
         }
@@ -289,6 +306,7 @@ export class World implements SimWorldApi {
     const proc = sp as Proc;
     if (proc.serviceHeldAttempts > 0) {
       proc.serviceHeldAttempts--;
+      this.stats.serviceBindRetries++;
       this.trace(proc, () => 'the service address is in use (EADDRINUSE)');
       return true;
     }
@@ -821,6 +839,18 @@ export class World implements SimWorldApi {
         this.fault('replica-slow');
         this.q.push(this.nowMs + r.range(5, 400), () => (v.speed = old));
       }
+    } else if (roll < 0.965) {
+      // Silent corruption of a replica's state: it diverges at its next entry, halts, and the primary
+      // carries on alone (replica-diverged → halt). Only with entries ahead, so it is found at once.
+      const reps = alive.filter((p) => p.replica() !== undefined && p.vcpu !== undefined && p.vcpu.heldCount > 0 && !p.vcpu.corrupted && !p.paused);
+      if (reps.length > 0) {
+        const p = r.pick(reps);
+        this.fault('replica-corrupt');
+        this.trace(p, () => 'NEMESIS corrupts the replica');
+        p.vcpu!.corrupted = true;
+        p.vcpu!.state.kv[0] = p.vcpu!.state.kv[0]! + 1;
+        p.vcpu!.state.hash ^= 0x5bd1e995;
+      }
     } else {
       // A host comes back (or a fresh standby appears) early.
       const down = this.hosts.filter((h) => h.proc === null || h.proc.dead);
@@ -870,6 +900,7 @@ export class World implements SimWorldApi {
     }
     const b = p.replica();
     if (b) {
+      if (p.vcpu?.corrupted) return false;
       const s = b.core.status();
       return (s.phase === 'following' || s.phase === 'draining' || s.phase === 'claiming') && ownsNext(s.epoch);
     }
