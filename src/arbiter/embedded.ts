@@ -36,6 +36,7 @@ import { MAX_CLOCK_SKEW_MS, NonceWindow } from '../security/nonces.js';
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
 import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from './arbiter.js';
+import { decideRecord, MemberTables, StandbyPools } from './state.js';
 import {
   Deadline,
   backoffMs,
@@ -352,22 +353,12 @@ function parseMemberBody(op: MemberOp, raw: Buffer): { op: MemberOp; vm: string;
   return { op, vm: o.vm as string, member, ttlMs: (o.ttlMs as number | undefined) ?? 0 };
 }
 
-interface MemberEntry {
-  record: MemberRecord;
-  expiresAtMs: number;
-}
-
-interface StandbyEntry {
-  record: StandbyRecord;
-  expiresAtMs: number;
-}
-
 export class EmbeddedArbiterServer {
   private readonly slots = new Map<string, Slot>();
   /** Standby pools per VM: leases on this process's monotonic clock, not durable (standbys renew). */
-  private readonly pools = new Map<string, Map<string, StandbyEntry>>();
+  private readonly pools = new StandbyPools();
   /** Announced nodes per VM (for operators), leased like standbys; not durable. */
-  private readonly members = new Map<string, Map<string, MemberEntry>>();
+  private readonly members = new MemberTables(MEMBERS_MAX);
   private readonly chains = new Map<string, Promise<unknown>>();
   private readonly nonces = new NonceWindow();
   private closed = false;
@@ -533,84 +524,38 @@ export class EmbeddedArbiterServer {
   }
 
   private async execute(p: ParsedRequest): Promise<Record<string, unknown>> {
-    const cur = this.current(p.vm);
-    switch (p.op) {
+    const d = decideRecord(this.current(p.vm), p.op === 'read' ? { op: 'read' } : { op: p.op, epoch: p.epoch, owner: p.owner });
+    if (d.write) await this.store(p.vm, d.write);
+    switch (d.op) {
       case 'read':
-        return { record: cur };
-      case 'init': {
-        if (cur) return { record: cur };
-        const record = { epoch: p.epoch, owner: p.owner };
-        await this.store(p.vm, record);
-        return { record };
-      }
-      case 'claim': {
-        if (!cur) throw new HttpRefusal(404, 'FTVM_ERR_ARBITER_BAD_REQUEST', `VM ${p.vm} has no record (init it first)`);
-        const won = { epoch: p.epoch + 1, owner: p.owner };
-        if (sameRecord(cur, won)) return { won: true, record: cur }; // a retry of a claim that already won
-        if (cur.epoch !== p.epoch) return { won: false, record: cur };
-        await this.store(p.vm, won);
-        return { won: true, record: won };
-      }
-      case 'advance': {
-        if (!cur || !sameRecord(cur, { epoch: p.epoch, owner: p.owner })) return { advanced: false, record: cur };
-        const record = { epoch: p.epoch + 1, owner: p.owner };
-        await this.store(p.vm, record);
-        return { advanced: true, record };
-      }
+      case 'init':
+        return { record: d.record };
+      case 'claim':
+        if ('noRecord' in d) throw new HttpRefusal(404, 'FTVM_ERR_ARBITER_BAD_REQUEST', `VM ${p.vm} has no record (init it first)`);
+        return { won: d.won, record: d.record };
+      case 'advance':
+        return { advanced: d.advanced, record: d.record };
     }
-  }
-
-  /** The VM's pool with expired leases dropped. */
-  private pool(vm: string): Map<string, StandbyEntry> {
-    let pool = this.pools.get(vm);
-    if (!pool) {
-      pool = new Map();
-      this.pools.set(vm, pool);
-    }
-    const now = performance.now();
-    for (const [id, e] of pool) if (e.expiresAtMs <= now) pool.delete(id);
-    return pool;
   }
 
   private executeMember(p: ReturnType<typeof parseMemberBody>): Record<string, unknown> {
-    let m = this.members.get(p.vm);
-    if (!m) {
-      m = new Map();
-      this.members.set(p.vm, m);
-    }
     const now = performance.now();
-    for (const [id, e] of m) if (e.expiresAtMs <= now) m.delete(id);
-    if (p.op === 'members') return { members: [...m.values()].map((e) => e.record) };
-    m.set(p.member!.nodeId, { record: p.member!, expiresAtMs: now + p.ttlMs });
-    while (m.size > MEMBERS_MAX) {
-      const oldest = [...m].sort((a, b) => a[1].expiresAtMs - b[1].expiresAtMs)[0];
-      if (!oldest) break;
-      m.delete(oldest[0]);
-    }
+    if (p.op === 'members') return { members: this.members.list(p.vm, now) };
+    this.members.publish(p.vm, p.member!, p.ttlMs, now);
     return { member: p.member };
   }
 
   private executeStandby(p: ParsedStandbyRequest): Record<string, unknown> {
-    const pool = this.pool(p.vm);
-    const cur = pool.get(p.hostId);
+    const now = performance.now();
     switch (p.op) {
-      case 'standby': {
-        const record: StandbyRecord = !p.free && cur && cur.record.channel === p.channel ? cur.record : { hostId: p.hostId, channel: p.channel, state: 'free' };
-        pool.set(p.hostId, { record, expiresAtMs: performance.now() + p.ttlMs });
-        return { standby: record };
-      }
+      case 'standby':
+        return { standby: this.pools.register(p.vm, { hostId: p.hostId, channel: p.channel, free: p.free }, p.ttlMs, now) };
       case 'standbys':
-        return { standbys: [...pool.values()].map((e) => e.record) };
-      case 'recruit': {
-        if (!cur) return { standby: null };
-        const r = cur.record;
-        if (r.state === 'recruited') return { standby: r.owner === p.owner && r.epoch === p.epoch ? r : null };
-        cur.record = { hostId: r.hostId, channel: r.channel, state: 'recruited', owner: p.owner, epoch: p.epoch };
-        return { standby: cur.record };
-      }
+        return { standbys: this.pools.list(p.vm, now) };
+      case 'recruit':
+        return { standby: this.pools.recruit(p.vm, p.hostId, { owner: p.owner, epoch: p.epoch }, now) };
       case 'unstandby':
-        pool.delete(p.hostId);
-        return { removed: cur !== undefined };
+        return { removed: this.pools.remove(p.vm, p.hostId) };
     }
   }
 
