@@ -842,7 +842,9 @@ export class World implements SimWorldApi {
     } else if (roll < 0.965) {
       // Silent corruption of a replica's state: it diverges at its next entry, halts, and the primary
       // carries on alone (replica-diverged → halt). Only with entries ahead, so it is found at once.
-      const reps = alive.filter((p) => p.replica() !== undefined && p.vcpu !== undefined && p.vcpu.heldCount > 0 && !p.vcpu.corrupted && !p.paused);
+      // It ends that replica like a crash does: only where a crash is allowed (another can carry the VM
+      // on; no arbiter call of the victim's in flight), and only while it follows (not claiming).
+      const reps = alive.filter((p) => p.replica()?.core.status().phase === 'following' && p.vcpu !== undefined && p.vcpu.heldCount > 0 && !p.vcpu.corrupted && !p.paused && this.crashAllowed(p));
       if (reps.length > 0) {
         const p = r.pick(reps);
         this.fault('replica-corrupt');
