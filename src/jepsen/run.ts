@@ -13,7 +13,7 @@ import { countLostWrites, type FinalRead, type LostWritesResult } from '../check
 import { controlRequest } from '../service/control.js';
 import { Prng } from '../testing/prng.js';
 import { connectAny, History, keyName, recordedCall, startWorkload } from './client.js';
-import { Cluster, type ArbiterKind } from './cluster.js';
+import { Cluster, type ArbiterKind, type ProtectedPair } from './cluster.js';
 import { ETCD_MEMBER_WEIGHTS, FAULT_WEIGHTS, OVERLAP_WEIGHTS, injectFault, type FaultKind, type FaultRecord } from './nemesis.js';
 
 export interface JepsenOptions {
@@ -153,43 +153,9 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
 
     // Final reads, after every fault was healed: each key once, on whichever replica serves.
     if (error === undefined) {
-      const finalClient = o.clients;
-      for (let k = 0; k < keys; k++) {
-        const key = keyName(k);
-        for (let attempt = 0; attempt < 50; attempt++) {
-          const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
-          if (!conn) {
-            await sleep(100);
-            continue;
-          }
-          const before = history.ops.length;
-          const fine = await recordedCall(history, finalClient, conn, { f: 'get', key });
-          conn.close();
-          const op = history.ops[before]!;
-          if (fine && op.status === 'ok' && (typeof op.output === 'string' || op.output === null)) {
-            finals.push({ key, value: op.output, call: op.call });
-            break;
-          }
-          await sleep(100);
-        }
-      }
+      finals.push(...(await finalReads(cluster, history, keys, o.clients)));
       if (finals.length < keys) error = `final reads: only ${finals.length} of ${keys} keys could be read`;
-      // The replicas of the final pair hold the same state.
-      try {
-        const h = (await controlRequest(cluster.control(pair.primary), cluster.auth, 'POST', '/state-hash', 5000)) as { n: number; hash: string };
-        const until = performance.now() + 15_000;
-        for (;;) {
-          const b = (await controlRequest(cluster.control(pair.backup), cluster.auth, 'GET', '/state-hash', 2000)) as { n: number; hash: string } | null;
-          if (b && b.n === h.n) {
-            replicasAgree = b.hash === h.hash;
-            break;
-          }
-          if (performance.now() > until) break;
-          await sleep(20);
-        }
-      } catch (err) {
-        log(`state hash comparison failed: ${(err as Error).message}`);
-      }
+      replicasAgree = await replicasAgreeOn(cluster, pair, log);
     }
   } finally {
     await cluster.stop();
@@ -252,4 +218,46 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   if (check.verdict !== 'ok') log(formatCheckResult(check));
   if (lost.lost > 0) log(`lost acknowledged writes: ${JSON.stringify(lost.writes.slice(0, 10))}`);
   return { result, check, lost, faults, history: allOps, finals };
+}
+
+/** Each key read once more after the faults, on whichever replica serves (recorded in the history). */
+export async function finalReads(cluster: Cluster, history: History, keys: number, clientId: number): Promise<FinalRead[]> {
+  const finals: FinalRead[] = [];
+  for (let k = 0; k < keys; k++) {
+    const key = keyName(k);
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
+      if (!conn) {
+        await sleep(100);
+        continue;
+      }
+      const before = history.ops.length;
+      const fine = await recordedCall(history, clientId, conn, { f: 'get', key });
+      conn.close();
+      const op = history.ops[before]!;
+      if (fine && op.status === 'ok' && (typeof op.output === 'string' || op.output === null)) {
+        finals.push({ key, value: op.output, call: op.call });
+        break;
+      }
+      await sleep(100);
+    }
+  }
+  return finals;
+}
+
+/** The replicas of a protected pair hold the same state (state hashes at the same instruction number); null: could not tell. */
+export async function replicasAgreeOn(cluster: Cluster, pair: ProtectedPair, log: (line: string) => void): Promise<boolean | null> {
+  try {
+    const h = (await controlRequest(cluster.control(pair.primary), cluster.auth, 'POST', '/state-hash', 5000)) as { n: number; hash: string };
+    const until = performance.now() + 15_000;
+    for (;;) {
+      const b = (await controlRequest(cluster.control(pair.backup), cluster.auth, 'GET', '/state-hash', 2000)) as { n: number; hash: string } | null;
+      if (b && b.n === h.n) return b.hash === h.hash;
+      if (performance.now() > until) return null;
+      await sleep(20);
+    }
+  } catch (err) {
+    log(`state hash comparison failed: ${(err as Error).message}`);
+    return null;
+  }
 }
