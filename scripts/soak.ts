@@ -1,5 +1,5 @@
 /**
- * `npm run soak -- [--duration-s 600] [--kill-every-s 30] [--warmup-s 20] [--seed S] [--clients C] [--quiet]`
+ * `npm run soak -- [--duration-s 600] [--kill-every-s 30] [--warmup-s 20] [--seed S] [--clients C] [--fail-timeout-ms N] [--quiet]`
  *
  * Load on real processes with a kill -9 of the live primary every `--kill-every-s` and automatic
  * re-replication to standbys (src/jepsen/soak.ts); the RSS of every node sampled. Ends with ONE line of
@@ -11,7 +11,7 @@ import { randomSeed } from '../src/testing/prng.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run soak -- [--duration-s N] [--kill-every-s N] [--warmup-s N] [--seed S] [--clients C] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run soak -- [--duration-s N] [--kill-every-s N] [--warmup-s N] [--seed S] [--clients C] [--fail-timeout-ms N] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -28,6 +28,7 @@ let warmupS = 20;
 let seed = randomSeed();
 let clients = 4;
 let quiet = false;
+let failTimeoutMs: number | undefined;
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   const v = args[i + 1];
@@ -52,6 +53,10 @@ for (let i = 0; i < args.length; i++) {
       clients = intArg(a, v, 1);
       i++;
       break;
+    case '--fail-timeout-ms':
+      failTimeoutMs = intArg(a, v, 10);
+      i++;
+      break;
     case '--quiet':
       quiet = true;
       break;
@@ -65,7 +70,7 @@ const log = quiet ? undefined : (line: string): void => void process.stderr.writ
 process.stderr.write(`soak: seed ${seed}, ${durationS} s, kill -9 of the primary every ${killEveryS} s\n`);
 let code = 1;
 try {
-  const r = await runSoak({ durationS, killEveryS, warmupS, seed, clients, ...(log ? { log } : {}) });
+  const r = await runSoak({ durationS, killEveryS, warmupS, seed, clients, ...(failTimeoutMs !== undefined ? { failTimeoutMs } : {}), ...(log ? { log } : {}) });
   code = r.passed ? 0 : 1;
   console.log(JSON.stringify(r));
 } catch (err) {

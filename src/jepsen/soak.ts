@@ -27,6 +27,8 @@ export interface SoakOptions {
   keys?: number;
   /** RSS sampling period (default 2 s). */
   sampleEveryMs?: number;
+  /** The nodes' --fail-timeout-ms (default: the CLI's). */
+  failTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -47,6 +49,8 @@ export interface SoakResult {
   rss_processes_measured: number;
   rss_worst: { slot: number; pid: number; warmup_rss_mib: number; max_rss_mib: number; replica_s: number } | null;
   replicas_restarted: number;
+  /** Epoch changes over the run (each kill: +1 claim, +1 re-armed pair; more: failovers the load caused). */
+  epoch_changes: number;
   run_time_s: number;
   passed: boolean;
   error?: string;
@@ -81,10 +85,11 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const history = new History();
   const procs = new Map<number, ProcSamples>();
   let failovers = 0;
+  let epochs = { first: 0, last: 0 };
   let error: string | undefined;
   let hashesEqual: boolean | null = null;
   let finals: Awaited<ReturnType<typeof finalReads>> = [];
-  const cluster = await Cluster.start({ arbiter: 'embedded', log });
+  const cluster = await Cluster.start({ arbiter: 'embedded', log, ...(o.failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(o.failTimeoutMs)] } : {}) });
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
@@ -110,29 +115,33 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   })();
   try {
     let pair = await cluster.settle();
+    const firstEpoch = pair.epoch;
+    let lastEpoch = pair.epoch;
     log(`protected pair: primary slot ${pair.primary.index}, backup slot ${pair.backup.index}, epoch ${pair.epoch}`);
     const workload = startWorkload(history, () => cluster.servicePorts(), rng.fork(), { clients, keys, thinkMs: 2, connectTimeoutMs: 300, callTimeoutMs: 1500, maxOps: 50_000_000 });
     try {
-      const end = started + o.durationS * 1000;
+      const end = performance.now() + o.durationS * 1000; // the load's duration, after the cluster is up
       let nextKill = performance.now() + o.killEveryS * 1000;
       while (performance.now() < end) {
         const wait = Math.min(nextKill, end) - performance.now();
         if (wait > 0) await sleep(wait);
         if (performance.now() >= end) break;
         nextKill += o.killEveryS * 1000;
-        const live = await cluster.servingSlot();
-        if (!live) {
-          log('no live primary to kill at this tick; settling');
-          pair = await cluster.settle();
-          continue;
-        }
+        // The kill hits a protected pair: a replica that died meanwhile (a failover the load caused
+        // by itself) is restarted as a standby and re-recruited first.
+        pair = await cluster.settle(120_000);
+        if (pair.epoch > lastEpoch + 2) log(`epoch ${lastEpoch} → ${pair.epoch} since the last kill: failovers the load caused by itself`);
+        const live = pair.primary;
+        log(`kill -9 of the live primary, slot ${live.index} (pid ${live.proc?.pid ?? '?'})`);
         cluster.kill(live);
         failovers++;
         const t0 = performance.now();
         pair = await cluster.settle(120_000);
+        lastEpoch = pair.epoch;
         log(`kill -9 of the primary (slot ${live.index}) #${failovers}: protected again (primary slot ${pair.primary.index}, epoch ${pair.epoch}) in ${Math.round(performance.now() - t0)} ms; ${history.ops.length} ops so far`);
       }
       pair = await cluster.settle(120_000);
+      epochs = { first: firstEpoch, last: pair.epoch };
     } catch (err) {
       error = (err as Error).message;
       log(`the soak stopped early: ${error}`);
@@ -183,6 +192,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     rss_processes_measured: measured,
     rss_worst: worst,
     replicas_restarted: cluster.restarts,
+    epoch_changes: epochs.last - epochs.first,
     run_time_s: Math.round((performance.now() - started) / 100) / 10,
     passed: false,
   };
