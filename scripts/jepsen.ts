@@ -18,7 +18,7 @@ import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -38,6 +38,7 @@ let historyOut: string | undefined;
 let quiet = false;
 let overlap = false;
 let etcdMembers = 1;
+let failTimeoutMs: number | undefined;
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   const v = args[i + 1];
@@ -74,6 +75,10 @@ for (let i = 0; i < args.length; i++) {
     case '--overlap':
       overlap = true;
       break;
+    case '--fail-timeout-ms':
+      failTimeoutMs = intArg(a, v, 10);
+      i++;
+      break;
     case '--etcd-members':
       etcdMembers = intArg(a, v, 1);
       i++;
@@ -84,7 +89,7 @@ for (let i = 0; i < args.length; i++) {
 }
 
 if (etcdMembers !== 1 && arbiter !== 'etcd') usage('--etcd-members needs --arbiter etcd');
-const extra = `${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
+const extra = `${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
 console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys}${extra})`);
 const t0 = Date.now();
 const bar = quiet ? undefined : progress('faults', faults);
@@ -95,7 +100,7 @@ const log = bar === undefined ? undefined : (line: string): void => {
 };
 let code = 1;
 try {
-  const { result } = await runJepsen({ faults, seed, arbiter, clients, keys, overlap, etcdMembers, ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
+  const { result } = await runJepsen({ faults, seed, arbiter, clients, keys, overlap, etcdMembers, ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
   code = result.passed ? 0 : result.checks_passed && result.vms_lost > 0 ? 3 : 1;
   bar?.stop();
   console.log(JSON.stringify(result));

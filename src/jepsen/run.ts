@@ -37,6 +37,8 @@ export interface JepsenOptions {
   overlap?: boolean;
   /** etcd members (default 1); with 3+, members are killed during the run. */
   etcdMembers?: number;
+  /** Extra flags for every node (e.g. a longer --fail-timeout-ms on a loaded machine). */
+  nodeArgs?: string[];
 }
 
 export interface JepsenResult {
@@ -111,7 +113,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   let replicasAgree: boolean | null = null;
   let restarts = 0;
 
-  const cluster = await Cluster.start({ arbiter: o.arbiter, log, ...(o.etcdMembers !== undefined ? { etcdMembers: o.etcdMembers } : {}) });
+  const cluster = await Cluster.start({ arbiter: o.arbiter, log, ...(o.etcdMembers !== undefined ? { etcdMembers: o.etcdMembers } : {}), ...(o.nodeArgs ? { nodeArgs: o.nodeArgs } : {}) });
   try {
     let pair = await cluster.settle();
     log(`protected pair: primary slot ${pair.primary.index}, backup slot ${pair.backup.index}, epoch ${pair.epoch}`);
