@@ -35,6 +35,7 @@ import { PrimaryCore, type PrimaryInput } from '../src/replication/primary.js';
 import { ClientService } from '../src/service/clients.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../src/testing/processes.js';
 import { silentLogger } from '../src/util/log.js';
+import { realNodeEnv } from '../src/env/real.js';
 import type { WireOutput } from '../src/machine/vcpu-protocol.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -267,6 +268,7 @@ async function probe(conns: number[]): Promise<void> {
         peer = { host: HOST, port: chan };
       }
       const node = new PrimaryNode({ nodeId: 'probe-primary',
+        env: realNodeEnv('tls-psk'),
         guest,
         config: DEFAULT_VM_CONFIG,
         epoch: 1,
@@ -334,7 +336,7 @@ async function probeBackup(conns: number[]): Promise<void> {
   writeFileSync(secretFile, secret, { mode: 0o600 });
   const chan = await freePort();
   const svc = await freePort();
-  const node = new BackupNode({ nodeId: 'probe-backup', guest, config: DEFAULT_VM_CONFIG, epoch: 1, secret: new Keyring(secret), timings: DEFAULT_TIMINGS, log: silentLogger, listen: { host: HOST, port: chan } });
+  const node = new BackupNode({ nodeId: 'probe-backup', env: realNodeEnv('tls-psk'), guest, config: DEFAULT_VM_CONFIG, epoch: 1, secret: new Keyring(secret), timings: DEFAULT_TIMINGS, log: silentLogger, listen: { host: HOST, port: chan } });
   let frames: Array<[number, number]> = [];
   let delays: number[] = [];
   let ackStaleness: number[] = [];

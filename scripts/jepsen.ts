@@ -1,6 +1,11 @@
 /**
- * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--clients C] [--keys K]
- * [--history FILE] [--quiet]`
+ * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd]
+ * [--etcd-members M] [--overlap] [--clients C] [--keys K] [--history FILE] [--quiet]`
+ *
+ * `--overlap`: a second fault before the pair is protected again (src/jepsen/nemesis.ts), including
+ * killing a primary that runs alone: that VM is lost by design; the run says so (`vms_lost`,
+ * `acked_writes_lost_with_vm`), starts a fresh VM, and is not `passed` (exit code 3 if every check
+ * held otherwise). `--etcd-members 3`: an etcd cluster of three, members killed during the run.
  *
  * Real ftvm processes on loopback under a nemesis (kill -9, SIGSTOP/SIGCONT, channel and arbiter cuts),
  * clients recording every call; then a linearizability check per key and a count of lost acknowledged
@@ -13,7 +18,7 @@ import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -32,6 +37,9 @@ let keys = 8;
 let historyOut: string | undefined;
 let quiet = false;
 let guest: JepsenGuest = 'kv';
+let overlap = false;
+let etcdMembers = 1;
+let failTimeoutMs: number | undefined;
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   const v = args[i + 1];
@@ -70,12 +78,25 @@ for (let i = 0; i < args.length; i++) {
     case '--quiet':
       quiet = true;
       break;
+    case '--overlap':
+      overlap = true;
+      break;
+    case '--fail-timeout-ms':
+      failTimeoutMs = intArg(a, v, 10);
+      i++;
+      break;
+    case '--etcd-members':
+      etcdMembers = intArg(a, v, 1);
+      i++;
+      break;
     default:
       usage(`unknown argument ${a}`);
   }
 }
 
-console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --guest ${guest} --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys})`);
+if (etcdMembers !== 1 && arbiter !== 'etcd') usage('--etcd-members needs --arbiter etcd');
+const extra = `${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
+console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --guest ${guest} --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys}${extra})`);
 const t0 = Date.now();
 const bar = quiet ? undefined : progress('faults', faults);
 const log = bar === undefined ? undefined : (line: string): void => {
@@ -85,8 +106,8 @@ const log = bar === undefined ? undefined : (line: string): void => {
 };
 let code = 1;
 try {
-  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
-  code = result.passed ? 0 : 1;
+  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
+  code = result.passed ? 0 : result.checks_passed && result.vms_lost > 0 ? 3 : 1;
   bar?.stop();
   console.log(JSON.stringify(result));
 } catch (err) {

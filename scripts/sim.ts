@@ -1,7 +1,7 @@
 /**
  * The simulator's command line (src/sim/index.ts):
  *
- *   npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--trace] [--keep-going]
+ *   npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace] [--keep-going]
  *
  * Runs seeds S, S+1, … S+N-1 (S random unless given; one seed with --seed alone). Prints the seed first;
  * a failing seed prints its step, virtual time, message, the tail of its trace and the command that
@@ -20,7 +20,7 @@ interface Args {
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--trace] [--keep-going] [--json]\n`);
+  process.stderr.write(`${msg}\nusage: npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace] [--keep-going] [--json]\n`);
   process.exit(2);
 }
 
@@ -39,7 +39,7 @@ function parse(argv: string[]): Args {
     else if (k === '--seed') a.seed = int(v());
     else if (k === '--break') {
       const b = v();
-      if (b !== 'release-before-ack' && b !== 'skip-drain') usage(`--break: release-before-ack or skip-drain, not ${b}`);
+      if (b !== 'release-before-ack' && b !== 'skip-drain' && b !== 'release-unheld' && b !== 'stale-drained') usage(`--break: release-before-ack, skip-drain, release-unheld or stale-drained, not ${b}`);
       a.breakMode = b;
     } else if (k === '--trace') a.trace = true;
     else if (k === '--keep-going') a.keepGoing = true;
@@ -49,11 +49,11 @@ function parse(argv: string[]): Args {
   return a;
 }
 
-function report(r: SimResult, opts: SimOptions, traceAll: boolean): void {
+async function report(r: SimResult, opts: SimOptions, traceAll: boolean): Promise<void> {
   const out = process.stdout;
   out.write(`\nFAIL seed ${r.seed} at step ${r.step} (virtual time ${r.timeMs.toFixed(3)} ms):\n  ${r.message}\n`);
   // Re-run the seed with tracing on: it replays exactly, so the trace is this failure's.
-  const traced = runSeed(r.seed, { ...opts, trace: true });
+  const traced = await runSeed(r.seed, { ...opts, trace: true });
   if (traced.step !== r.step || traced.message !== r.message) out.write('  (!) the traced re-run did not reproduce the same failure\n');
   const lines = traceAll ? traced.trace : traced.trace.slice(-40);
   out.write(`  trace${traceAll ? '' : ` (last ${lines.length} lines; --trace for all)`}:\n`);
@@ -61,7 +61,7 @@ function report(r: SimResult, opts: SimOptions, traceAll: boolean): void {
   out.write(`  reproduce: ${reproduceCommand(r.seed, opts)}\n`);
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const a = parse(process.argv.slice(2));
   const opts: SimOptions = { ...(a.breakMode ? { breakMode: a.breakMode } : {}) };
   const count = a.seeds ?? (a.seed !== undefined ? 1 : 1);
@@ -73,13 +73,14 @@ function main(): void {
   let virtualMs = 0;
   let failovers = 0;
   let joins = 0;
+  const paths = { drainWaits: 0, snapshotsFailed: 0, serviceBindRetries: 0, divergedHalts: 0 };
   let completed = 0;
   let maxEpoch = 0;
   const faults: Record<string, number> = {};
   let firstFailure: SimResult | undefined;
   for (let i = 0; i < count; i++) {
     const seed = (base + i) >>> 0;
-    const r = runSeed(seed, { ...opts, trace: a.trace && count === 1 });
+    const r = await runSeed(seed, { ...opts, trace: a.trace && count === 1 });
     steps += r.stats.steps;
     virtualMs += r.stats.virtualMs;
     failovers += r.stats.failovers;
@@ -87,11 +88,13 @@ function main(): void {
     maxEpoch = Math.max(maxEpoch, r.stats.maxEpoch);
     for (const [k, n] of Object.entries(r.stats.faults)) faults[k] = (faults[k] ?? 0) + n;
     joins += r.stats.joinsArmed;
+    for (const k of Object.keys(paths) as Array<keyof typeof paths>) paths[k] += r.stats[k];
     if (count === 1 && a.trace && r.ok) for (const l of r.trace) process.stdout.write(`  ${l}\n`);
+    if (count === 1) process.stdout.write(`trace hash ${r.traceHash}\n`);
     if (!r.ok) {
       failed++;
       firstFailure ??= r;
-      report(r, opts, a.trace);
+      await report(r, opts, a.trace);
       if (!a.keepGoing) break;
     }
     if (count >= 100 && (i + 1) % Math.max(100, Math.floor(count / 20)) === 0 && process.stdout.isTTY) {
@@ -109,6 +112,7 @@ function main(): void {
     virtualSeconds: +(virtualMs / 1000).toFixed(1),
     failovers,
     joinsArmed: joins,
+    paths,
     maxEpoch,
     completedRequests: completed,
     faults,
@@ -121,10 +125,12 @@ function main(): void {
         `${failovers} go-lives, ${joins} pairs re-armed, max epoch ${maxEpoch}, ${completed} client requests completed\n  faults: ${Object.entries(faults)
           .sort()
           .map(([k, n]) => `${k} ${n}`)
+          .join(', ')}\n  driver paths: ${Object.entries(paths)
+          .map(([k, n]) => `${k} ${n}`)
           .join(', ')}\n`,
     );
   }
   process.exitCode = failed === 0 ? 0 : 1;
 }
 
-main();
+await main();

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import { ChannelConnection } from '../src/channel/connection.js';
 import { ChannelDialer, ChannelListener } from '../src/channel/endpoints.js';
 import { Keyring } from '../src/security/secrets.js';
+import { tcpChannelTransport } from '../src/channel/transport.js';
 import { FrameType, decodeFrameBody, encodeFrameBody, type Frame } from '../src/channel/frames.js';
 import { pino, type Logger } from 'pino';
 
@@ -144,11 +145,11 @@ test('rotation: each side sends HELLO under its current secret and accepts the o
 test('TLS-PSK endpoints: a dialer with an accepted secret connects; one with an unknown secret fails the handshake and the listener logs it', async () => {
   const [s1, s2, wrongS] = [randomBytes(32), randomBytes(32), randomBytes(32)];
   const ll = capture();
-  const listener = new ChannelListener('127.0.0.1', 0, { secret: new Keyring(s1, [s2]), identity: id('backup'), log: ll.log, security: 'tls-psk' });
+  const listener = new ChannelListener('127.0.0.1', 0, { secret: new Keyring(s1, [s2]), identity: id('backup'), log: ll.log, transport: tcpChannelTransport('tls-psk') });
   await listener.start();
   const port = listener.address!.port;
   for (const s of [s1, s2]) {
-    const dialer = new ChannelDialer('127.0.0.1', port, { secret: s, identity: id('primary'), log: capture().log, security: 'tls-psk' });
+    const dialer = new ChannelDialer('127.0.0.1', port, { secret: s, identity: id('primary'), log: capture().log, transport: tcpChannelTransport('tls-psk') });
     const opened = new Promise<ChannelConnection>((r) => dialer.once('connection', r));
     const accepted = new Promise<ChannelConnection>((r) => listener.once('connection', r));
     dialer.start();
@@ -159,7 +160,7 @@ test('TLS-PSK endpoints: a dialer with an accepted secret connects; one with an 
     dialer.close();
   }
   const before = ll.lines.length;
-  const bad = new ChannelDialer('127.0.0.1', port, { secret: wrongS, identity: id('primary'), log: capture().log, security: 'tls-psk', retryMinMs: 5000 });
+  const bad = new ChannelDialer('127.0.0.1', port, { secret: wrongS, identity: id('primary'), log: capture().log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 5000 });
   bad.start();
   const until = Date.now() + 5000;
   while (!ll.lines.slice(before).some((l) => /TLS handshake failed/.test(l.msg)) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));

@@ -10,14 +10,16 @@
  * replayed or reordered frames fail verification and the connection is dropped, with a log line. The
  * replica keeps running; the primary redials.
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Socket } from 'node:net';
 import { ByteWriter } from '../log/codec.js';
 import { Keyring } from '../security/secrets.js';
 import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
+import { realClock } from '../env/real-clock.js';
+import type { NodeClock } from '../replication/env.js';
+import type { ChannelSocket } from './transport.js';
+import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
 
 const MAC_BYTES = 16;
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
@@ -47,6 +49,8 @@ export interface ConnectionOptions {
   sendBufferMaxBytes?: number;
   /** Extra checks of the peer's HELLO; return a refusal reason, or undefined to accept. */
   checkHello?: (hello: HelloFrame) => { code: string; reason: string } | undefined;
+  /** Timers and nonces (default: the real clock; the simulator's is virtual). */
+  clock?: NodeClock;
 }
 
 function helloKeyOf(secret: Uint8Array): Buffer {
@@ -72,7 +76,8 @@ export class ChannelConnection extends EventEmitter {
   private readonly keys: Keyring;
   private readonly helloKey: Buffer;
   private sessionKey: Buffer | undefined;
-  private readonly nonce = randomBytes(16);
+  private readonly nonce: Uint8Array;
+  private readonly clock: NodeClock;
   private sendCounter = 0n;
   private recvCounter = 0n;
   private buf: Buffer = Buffer.alloc(0);
@@ -86,15 +91,16 @@ export class ChannelConnection extends EventEmitter {
   }
 
   constructor(
-    private readonly socket: Socket,
+    private readonly socket: ChannelSocket,
     private readonly opts: ConnectionOptions,
   ) {
     super();
+    this.clock = opts.clock ?? realClock;
+    this.nonce = this.clock.randomBytes(16);
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
     this.keys = Keyring.of(opts.secret);
     this.helloKey = helloKeyOf(this.keys.current);
-    socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.close(`socket error: ${err.message}`));
     socket.on('close', () => this.close('peer closed the connection'));
@@ -146,7 +152,7 @@ export class ChannelConnection extends EventEmitter {
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      setImmediate(this.uncork);
+      void this.clock.yieldIo().then(this.uncork);
     }
     this.socket.write(out);
   }
@@ -299,7 +305,7 @@ export class ChannelConnection extends EventEmitter {
     this.uncork(); // frames written in this turn go out first, as they would have without corking
     if (flush) {
       this.socket.end();
-      setTimeout(() => this.socket.destroy(), 1000).unref();
+      this.clock.after(1000, () => this.socket.destroy(), true);
     } else {
       this.socket.destroy();
     }

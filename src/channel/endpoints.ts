@@ -3,21 +3,22 @@
  * authenticated ChannelConnection at a time, over TLS-PSK or plain TCP (transport.ts).
  */
 import { EventEmitter } from 'node:events';
-import net from 'node:net';
 import type { Logger } from '../util/log.js';
+import { realClock } from '../env/real-clock.js';
+import type { Timer } from '../replication/env.js';
 import { Keyring } from '../security/secrets.js';
 import { ChannelConnection, type ConnectionOptions } from './connection.js';
 import type { HelloFrame } from './frames.js';
-import { DEFAULT_CHANNEL_SECURITY, connectChannel, createChannelServer, type ChannelSecurity } from './transport.js';
+import { DEFAULT_CHANNEL_SECURITY, tcpChannelTransport, type ChannelServer, type ChannelSocket, type ChannelTransport } from './transport.js';
 
 export interface EndpointOptions extends ConnectionOptions {
-  /** Default: TLS-PSK. */
-  security?: ChannelSecurity;
+  /** How to listen and dial (default: TLS-PSK over TCP). The simulator's is virtual. */
+  transport?: ChannelTransport;
 }
 
 /** Events: 'connection' (ChannelConnection, after its handshake opened). */
 export class ChannelListener extends EventEmitter {
-  private server: net.Server | undefined;
+  private server: ChannelServer | undefined;
   private current: ChannelConnection | undefined;
 
   constructor(
@@ -29,24 +30,16 @@ export class ChannelListener extends EventEmitter {
     super();
   }
 
-  get address(): net.AddressInfo | undefined {
-    const a = this.server?.address();
-    return a && typeof a === 'object' ? a : undefined;
+  get address(): { address: string; port: number } | undefined {
+    return this.server?.address;
   }
 
   async start(): Promise<void> {
-    const server = createChannelServer(this.opts.security ?? DEFAULT_CHANNEL_SECURITY, Keyring.of(this.opts.secret), this.opts.log, (s, keys) => this.accept(s, keys));
-    this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.port, this.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    const transport = this.opts.transport ?? tcpChannelTransport(DEFAULT_CHANNEL_SECURITY);
+    this.server = await transport.listen(this.host, this.port, Keyring.of(this.opts.secret), this.opts.log, (s, keys) => this.accept(s, keys));
   }
 
-  private accept(s: net.Socket, keys: Keyring): void {
+  private accept(s: ChannelSocket, keys: Keyring): void {
     const c = new ChannelConnection(s, { ...this.opts, secret: keys });
     c.once('open', (hello: HelloFrame) => {
       // One primary at a time: an authenticated newcomer (a restarted primary) replaces the old link
@@ -62,8 +55,7 @@ export class ChannelListener extends EventEmitter {
 
   async close(): Promise<void> {
     this.current?.close('shutting down');
-    const server = this.server;
-    if (server) await new Promise<void>((r) => server.close(() => r()));
+    await this.server?.close();
   }
 }
 
@@ -71,7 +63,7 @@ export class ChannelListener extends EventEmitter {
 export class ChannelDialer extends EventEmitter {
   private current: ChannelConnection | undefined;
   private stopped = false;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   private backoffMs: number;
 
   constructor(
@@ -89,7 +81,8 @@ export class ChannelDialer extends EventEmitter {
 
   private dial(): void {
     if (this.stopped) return;
-    const { socket, keys } = connectChannel(this.opts.security ?? DEFAULT_CHANNEL_SECURITY, Keyring.of(this.opts.secret), this.host, this.port);
+    const transport = this.opts.transport ?? tcpChannelTransport(DEFAULT_CHANNEL_SECURITY);
+    const { socket, keys } = transport.connect(Keyring.of(this.opts.secret), this.host, this.port);
     const c = new ChannelConnection(socket, { ...this.opts, secret: keys });
     let opened = false;
     c.once('open', (hello: HelloFrame) => {
@@ -107,10 +100,10 @@ export class ChannelDialer extends EventEmitter {
 
   private schedule(): void {
     if (this.stopped || this.timer) return;
-    this.timer = setTimeout(() => {
+    this.timer = (this.opts.clock ?? realClock).after(this.backoffMs, () => {
       this.timer = undefined;
       this.dial();
-    }, this.backoffMs);
+    });
     this.backoffMs = Math.min(this.backoffMs * 2, this.opts.retryMaxMs ?? 1000);
   }
 
@@ -130,13 +123,13 @@ export class ChannelDialer extends EventEmitter {
   /** Stops redialing; the current connection (if any) stays open and is the caller's now. */
   detach(): void {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.timer?.cancel();
     this.current = undefined;
   }
 
   close(): void {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.timer?.cancel();
     this.current?.close('shutting down');
   }
 }

@@ -16,6 +16,68 @@ import type { Logger } from '../util/log.js';
 
 export type ChannelSecurity = 'tls-psk' | 'plain';
 
+/**
+ * The byte stream under a channel connection (a net.Socket or tls.TLSSocket here; a simulated stream in
+ * src/sim/net.ts). Events: 'data' (Buffer), 'error' (Error), 'close', 'drain'.
+ */
+export interface ChannelSocket {
+  write(data: Uint8Array): boolean;
+  /** Bytes written and not yet sent. */
+  readonly writableLength: number;
+  readonly remoteAddress?: string | undefined;
+  readonly remotePort?: number | undefined;
+  on(event: 'data', fn: (chunk: Buffer) => void): this;
+  on(event: 'error', fn: (err: Error) => void): this;
+  on(event: 'close' | 'drain', fn: () => void): this;
+  /** Half-closes after what was written (FIN). */
+  end(): void;
+  destroy(): void;
+  /** Buffers writes until `uncork` (one TLS record and system call for a turn's frames). */
+  cork(): void;
+  uncork(): void;
+}
+
+/** A listening channel endpoint. */
+export interface ChannelServer {
+  readonly address: { address: string; port: number } | undefined;
+  close(): Promise<void>;
+}
+
+/** How the channel endpoints (endpoints.ts) listen and dial. */
+export interface ChannelTransport {
+  /** Starts listening; `onSocket` gets each usable connection with the keys its peer proved. */
+  listen(host: string, port: number, keyring: Keyring, log: Logger, onSocket: (s: ChannelSocket, keys: Keyring) => void): Promise<ChannelServer>;
+  /** Dials with the keyring's current secret; the socket connects in the background ('close' if it cannot). */
+  connect(keyring: Keyring, host: string, port: number): { socket: ChannelSocket; keys: Keyring };
+}
+
+/** TCP (plain) or TLS 1.3-PSK over TCP: the transport of a real process. */
+export function tcpChannelTransport(security: ChannelSecurity): ChannelTransport {
+  return {
+    async listen(host, port, keyring, log, onSocket) {
+      const server = createChannelServer(security, keyring, log, (s, keys) => {
+        s.setNoDelay(true);
+        onSocket(s, keys);
+      });
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      return {
+        get address() {
+          const a = server.address();
+          return a && typeof a === 'object' ? { address: a.address, port: a.port } : undefined;
+        },
+        close: () => new Promise<void>((r) => server.close(() => r())),
+      };
+    },
+    connect: (keyring, host, port) => connectChannel(security, keyring, host, port),
+  };
+}
+
 export const DEFAULT_CHANNEL_SECURITY: ChannelSecurity = 'tls-psk';
 
 /** What `ftvm status` shows for a channel security mode. */

@@ -16,6 +16,7 @@ import { FtvmError } from '../util/errors.js';
 import { bindLogContext, logger, type Logger } from '../util/log.js';
 import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
+import { realNodeEnv } from '../env/real.js';
 
 export function parseAddr(flag: string, v: string): Addr {
   try {
@@ -275,7 +276,9 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
     process.exit(intentional ? 0 : 4);
   };
   const service = o.service ? parseAddr('--service', o.service) : undefined;
+  const channelSecurity = insecure ? ('plain' as const) : ('tls-psk' as const);
   const common = {
+    env: realNodeEnv(channelSecurity),
     guest,
     config,
     epoch,
@@ -285,7 +288,7 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
     hostId: o.hostId,
     onHalt,
     secret,
-    channelSecurity: insecure ? ('plain' as const) : ('tls-psk' as const),
+    channelSecurity,
     ...(controlTls ? { controlTls } : {}),
     ...(arbiter ? { arbiter } : {}),
     ...(arbiter && o.recruit ? { recruit: { hostId: o.hostId, intervalMs: RECRUIT_INTERVAL_MS } } : {}),

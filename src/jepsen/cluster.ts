@@ -25,6 +25,21 @@ import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../testing
 
 export type ArbiterKind = 'embedded' | 'etcd';
 
+/** The arbiter's fault point: one FaultProxy in front of each arbiter process (each etcd member). */
+export class ProxyGroup {
+  constructor(readonly proxies: FaultProxy[]) {}
+  /** Every member unreachable (reset and refused). */
+  cut(): void {
+    for (const p of this.proxies) p.cut();
+  }
+  async heal(): Promise<void> {
+    for (const p of this.proxies) await p.heal();
+  }
+  async close(): Promise<void> {
+    for (const p of this.proxies) await p.close();
+  }
+}
+
 export interface Slot {
   readonly index: number;
   readonly servicePort: number;
@@ -52,6 +67,8 @@ export interface ClusterOptions {
   startTimeoutMs?: number;
   /** How long `settle()` waits for a protected pair plus a spare by default (default 60 s). */
   settleTimeoutMs?: number;
+  /** etcd members (default 1); with 3, the nemesis may kill one during the run. */
+  etcdMembers?: number;
   log?: (line: string) => void;
 }
 
@@ -73,15 +90,20 @@ export class Cluster {
   private primaryHint = 0;
   /** The secret control requests are signed with. */
   readonly auth: Uint8Array;
+  /** The VM's name (a new one after a VM was lost to a double failure and started afresh). */
+  vm: string;
+  /** VMs started (1 + those started after a loss). */
+  vmGeneration = 1;
 
   private constructor(
     readonly opts: ClusterOptions,
-    readonly vm: string,
+    vm: string,
     readonly secretFile: string,
-    readonly arbiterProxy: FaultProxy,
+    readonly arbiterProxy: ProxyGroup,
     private readonly arbiterProc: ArbiterProcess | undefined,
-    private readonly etcd: EtcdTestCluster | undefined,
+    readonly etcd: EtcdTestCluster | undefined,
   ) {
+    this.vm = vm;
     this.auth = readSecretFileSync(secretFile);
   }
 
@@ -90,15 +112,15 @@ export class Cluster {
     const secretFile = makeSecretFile();
     let arbiterProc: ArbiterProcess | undefined;
     let etcd: EtcdTestCluster | undefined;
-    let arbiterPort: number;
+    const arbiterPorts: number[] = [];
     if (o.arbiter === 'etcd') {
-      etcd = await EtcdTestCluster.start({ size: 1 });
-      arbiterPort = Number(new URL(etcd.endpoint(0)).port);
+      etcd = await EtcdTestCluster.start({ size: o.etcdMembers ?? 1 });
+      for (let i = 0; i < etcd.size; i++) arbiterPorts.push(Number(new URL(etcd.endpoint(i)).port));
     } else {
       arbiterProc = await startArbiter(secretFile);
-      arbiterPort = arbiterProc.port;
+      arbiterPorts.push(arbiterProc.port);
     }
-    const arbiterProxy = await FaultProxy.start({ targetPort: arbiterPort });
+    const arbiterProxy = new ProxyGroup(await Promise.all(arbiterPorts.map((targetPort) => FaultProxy.start({ targetPort }))));
     const vm = `jepsen-${Math.random().toString(36).slice(2, 10)}`;
     const c = new Cluster(o, vm, secretFile, arbiterProxy, arbiterProc, etcd);
     try {
@@ -127,7 +149,7 @@ export class Cluster {
 
   /** What the nodes are given: the arbiter through its fault proxy. */
   get arbiterUrl(): string {
-    return `${this.opts.arbiter === 'etcd' ? 'etcd' : 'ftvm'}://127.0.0.1:${this.arbiterProxy.port}`;
+    return `${this.opts.arbiter === 'etcd' ? 'etcd' : 'ftvm'}://${this.arbiterProxy.proxies.map((p) => `127.0.0.1:${p.port}`).join(',')}`;
   }
 
   hostId(s: Slot): string {
@@ -270,6 +292,37 @@ export class Cluster {
     const statuses = await Promise.all(this.slots.map((s) => this.status(s)));
     const i = statuses.findIndex((x) => x?.role === 'primary' && x.halted !== true);
     return i === -1 ? undefined : this.slots[i];
+  }
+
+  /**
+   * Can the VM still be carried on? Some slot is a primary that has not halted, or a backup following
+   * an armed pair (it can go live). After a double failure (the primary killed while it ran alone, its
+   * joiner not armed yet) neither exists: the VM is lost, by design.
+   */
+  async vmAlive(): Promise<boolean> {
+    const statuses = await Promise.all(this.slots.map((s) => (s.paused ? Promise.resolve({ role: 'paused' } as Status) : this.status(s))));
+    return statuses.some((x) => (x?.role === 'primary' && (x.halted === null || x.halted === undefined)) || x?.role === 'paused' || (x?.role === 'backup' && x.phase !== 'joining' && x.phase !== 'halted' && x.phase !== 'abandoned'));
+  }
+
+  /**
+   * A VM lost to a double failure: every slot is stopped and a fresh VM (a new name at the arbiter)
+   * starts on the same slots, as an operator would recreate it. The caller reports the loss separately.
+   */
+  async restartVm(): Promise<void> {
+    for (const s of this.slots) this.resume(s);
+    await Promise.all(this.slots.map(async (s) => {
+      if (s.proc?.running) {
+        s.proc.kill('SIGKILL');
+        await s.proc.exited;
+      }
+    }));
+    await this.healNetwork();
+    this.vmGeneration++;
+    this.vm = `${this.vm.replace(/-v\d+$/, '')}-v${this.vmGeneration}`;
+    for (const s of this.slots) s.gen++;
+    this.opts.log?.(`VM lost: starting a fresh VM ${this.vm}`);
+    await this.startPrimary(this.slots[0]!);
+    await Promise.all(this.slots.slice(1).map((s) => this.startStandby(s)));
   }
 
   async stop(): Promise<void> {

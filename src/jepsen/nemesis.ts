@@ -12,6 +12,16 @@
  * | `arbiter-cut` | the arbiter unreachable for 100–2000 ms (the pair runs on: nothing to decide) |
  * | `arbiter-and-channel-cut` | both at once: neither replica may go on until the arbiter returns |
  * | `rejoin-disrupted` | kill -9 a replica of the pair; while the survivor (running alone) clones the VM to the standby it recruited, kill that standby or cut its channel for 200–800 ms |
+ * | `etcd-member-kill` | (etcd with 3+ members) kill -9 one member — the leader half the time — for 200–3000 ms, then restart it |
+ *
+ * Overlapping faults (`--overlap`): a second fault before the pair is protected again.
+ *
+ * | fault | what |
+ * |---|---|
+ * | `overlap-kill-backup-then-primary` | kill -9 the backup; 0–2500 ms later kill -9 the primary, protected again or still alone: alone, the VM is lost (reported separately, and a fresh VM is started) |
+ * | `overlap-kill-primary-arbiter-cut` | kill -9 the primary; 0–200 ms later the arbiter is cut for 300–2000 ms (the backup cannot claim meanwhile) |
+ * | `overlap-kill-primary-pause-survivor` | kill -9 the primary; once the backup went live (≤ 5 s), SIGSTOP it for 100–1500 ms while it re-replicates |
+ * | `overlap-pause-primary-cut-channel` | SIGSTOP the primary for 200–1500 ms and cut the channel meanwhile |
  */
 import { performance } from 'node:perf_hooks';
 import type { Prng } from '../testing/prng.js';
@@ -26,7 +36,12 @@ export type FaultKind =
   | 'channel-blackhole'
   | 'arbiter-cut'
   | 'arbiter-and-channel-cut'
-  | 'rejoin-disrupted';
+  | 'rejoin-disrupted'
+  | 'etcd-member-kill'
+  | 'overlap-kill-backup-then-primary'
+  | 'overlap-kill-primary-arbiter-cut'
+  | 'overlap-kill-primary-pause-survivor'
+  | 'overlap-pause-primary-cut-channel';
 
 export const FAULT_WEIGHTS: readonly (readonly [FaultKind, number])[] = [
   ['kill-primary', 3],
@@ -39,6 +54,17 @@ export const FAULT_WEIGHTS: readonly (readonly [FaultKind, number])[] = [
   ['arbiter-and-channel-cut', 1],
   ['rejoin-disrupted', 1],
 ];
+
+/** Added with `--overlap`. */
+export const OVERLAP_WEIGHTS: readonly (readonly [FaultKind, number])[] = [
+  ['overlap-kill-backup-then-primary', 2],
+  ['overlap-kill-primary-arbiter-cut', 2],
+  ['overlap-kill-primary-pause-survivor', 2],
+  ['overlap-pause-primary-cut-channel', 1],
+];
+
+/** Added with an etcd arbiter of 3 or more members. */
+export const ETCD_MEMBER_WEIGHTS: readonly (readonly [FaultKind, number])[] = [['etcd-member-kill', 3]];
 
 export interface FaultRecord {
   n: number;
@@ -57,6 +83,10 @@ export interface FaultRecord {
   epochAfter: number;
   /** Time to settle afterwards (protected pair and a spare again), ms. */
   settleMs: number;
+  /** The fault killed a primary running alone: the VM was lost (by design) and a fresh one started. */
+  vmLost?: boolean;
+  /** `etcd-member-kill`: the member killed, and whether it was the leader. */
+  etcdMember?: { index: number; leader: boolean };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -65,13 +95,88 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * Injects one fault on `pair`, heals it, and waits until the cluster settled. `now` is the history
  * clock.
  */
-export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: FaultKind, rng: Prng, n: number, now: () => number): Promise<FaultRecord> {
+export async function injectFault(
+  cluster: Cluster,
+  pair: ProtectedPair,
+  kind: FaultKind,
+  rng: Prng,
+  n: number,
+  now: () => number,
+  onVmLost?: () => Promise<void>,
+): Promise<FaultRecord> {
   const at = now();
   const t0 = performance.now();
   let slot = pair.primary;
   let long: boolean | undefined;
   let rejoin: FaultRecord['rejoin'];
+  let vmLost: boolean | undefined;
+  let etcdMember: FaultRecord['etcdMember'];
   switch (kind) {
+    case 'etcd-member-kill': {
+      const etcd = cluster.etcd;
+      if (!etcd || etcd.size < 3) throw new Error('etcd-member-kill needs an etcd arbiter of 3+ members');
+      const leader = await etcd.leaderIndex();
+      const i = leader !== undefined && rng.chance(0.5) ? leader : rng.int(etcd.size);
+      etcdMember = { index: i, leader: i === leader };
+      await etcd.kill(i);
+      await sleep(rng.range(200, 3000));
+      await etcd.restart(i);
+      break;
+    }
+    case 'overlap-kill-backup-then-primary': {
+      slot = pair.primary;
+      cluster.kill(pair.backup);
+      await sleep(rng.range(0, 2500));
+      // The second fault, before or after the pair is protected again (the spare armed as the backup).
+      const st = await cluster.status(pair.primary);
+      const protectedAgain = st?.role === 'primary' && st.alone === false && st.backup === 'connected';
+      cluster.kill(pair.primary);
+      if (!protectedAgain) {
+        // A primary running alone is gone: nothing can carry the VM on. Confirm, then say so.
+        await sleep(500);
+        if (!(await cluster.vmAlive())) {
+          vmLost = true;
+          await onVmLost?.();
+        }
+      }
+      break;
+    }
+    case 'overlap-kill-primary-arbiter-cut': {
+      slot = pair.primary;
+      cluster.kill(pair.primary);
+      await sleep(rng.range(0, 200));
+      cluster.arbiterProxy.cut();
+      await sleep(rng.range(300, 2000));
+      await cluster.arbiterProxy.heal();
+      break;
+    }
+    case 'overlap-kill-primary-pause-survivor': {
+      slot = pair.primary;
+      cluster.kill(pair.primary);
+      const until = performance.now() + 5000;
+      while (performance.now() < until) {
+        const st = await cluster.status(pair.backup);
+        if (st?.role === 'primary') break;
+        await sleep(10);
+      }
+      await sleep(rng.range(0, 300));
+      cluster.pause(pair.backup);
+      await sleep(rng.range(100, 1500));
+      cluster.resume(pair.backup);
+      break;
+    }
+    case 'overlap-pause-primary-cut-channel': {
+      slot = pair.primary;
+      long = rng.chance(0.5);
+      cluster.pause(pair.primary);
+      await sleep(rng.range(0, 100));
+      pair.backup.channelProxy.cut();
+      await sleep(long ? rng.range(200, 1500) : rng.range(10, 100));
+      cluster.resume(pair.primary);
+      await sleep(rng.range(0, 300));
+      await pair.backup.channelProxy.heal();
+      break;
+    }
     case 'kill-primary':
     case 'kill-backup': {
       slot = kind === 'kill-primary' ? pair.primary : pair.backup;
@@ -158,5 +263,7 @@ export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: F
   const rec: FaultRecord = { n, kind, slot: slot.index, durationMs: Math.round(durationMs), at: Math.round(at), epochBefore: pair.epoch, epochAfter: after.epoch, settleMs: Math.round(performance.now() - t1) };
   if (long !== undefined) rec.long = long;
   if (rejoin !== undefined) rec.rejoin = rejoin;
+  if (vmLost !== undefined) rec.vmLost = vmLost;
+  if (etcdMember !== undefined) rec.etcdMember = etcdMember;
   return rec;
 }

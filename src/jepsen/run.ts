@@ -12,9 +12,9 @@ import { formatCheckResult, type CheckResult } from '../check/linearizability.js
 import { countLostWrites, type FinalRead, type LostWritesResult } from '../check/lost-writes.js';
 import { controlRequest } from '../service/control.js';
 import { Prng } from '../testing/prng.js';
-import { connectAny, History, keyName, protocolFor, recordedCall, startWorkload } from './client.js';
-import { Cluster, type ArbiterKind } from './cluster.js';
-import { FAULT_WEIGHTS, injectFault, type FaultKind, type FaultRecord } from './nemesis.js';
+import { connectAny, History, keyName, protocolFor, recordedCall, startWorkload, type KvProtocol } from './client.js';
+import { Cluster, type ArbiterKind, type ProtectedPair } from './cluster.js';
+import { ETCD_MEMBER_WEIGHTS, FAULT_WEIGHTS, OVERLAP_WEIGHTS, injectFault, type FaultKind, type FaultRecord } from './nemesis.js';
 
 /** The guests a Jepsen run can drive, by name: the module and what each replica needs. */
 export const JEPSEN_GUESTS = {
@@ -44,6 +44,12 @@ export interface JepsenOptions {
   quietMs?: readonly [number, number];
   /** Client think time bound, ms (default 4). */
   thinkMs?: number;
+  /** Overlapping faults: a second fault before the pair is protected again (may lose the VM). */
+  overlap?: boolean;
+  /** etcd members (default 1); with 3+, members are killed during the run. */
+  etcdMembers?: number;
+  /** Extra flags for every node (e.g. a longer --fail-timeout-ms on a loaded machine). */
+  nodeArgs?: string[];
 }
 
 export interface JepsenResult {
@@ -75,6 +81,18 @@ export interface JepsenResult {
   /** Why the run could not complete (liveness), if it did not. */
   error?: string;
   history_file?: string;
+  overlap: boolean;
+  etcd_members: number;
+  /**
+   * VMs lost to a double failure (a primary killed while it ran alone): by design, not a violation of
+   * the output rule, but data acknowledged by that VM is gone. Reported separately; a run that lost a
+   * VM is not `passed` (its `checks_passed` says whether everything else held).
+   */
+  vms_lost: number;
+  /** Writes acknowledged by VMs that were then lost (not counted in lost_acked_writes). */
+  acked_writes_lost_with_vm: number;
+  /** Linearizable, nothing acknowledged lost on the surviving VM, replicas agree, every fault run. */
+  checks_passed: boolean;
 }
 
 export interface JepsenReport {
@@ -97,8 +115,11 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const nemesisRng = rng.fork();
   const clientRng = rng.fork();
   const [quietMin, quietMax] = o.quietMs ?? [100, 600];
-  const history = new History();
+  let history = new History();
+  /** Histories of VMs lost to a double failure (each checked for linearizability on its own). */
+  const lostEras: History[] = [];
   const faults: FaultRecord[] = [];
+  const weights = [...FAULT_WEIGHTS, ...(o.overlap ? OVERLAP_WEIGHTS : []), ...(o.arbiter === 'etcd' && (o.etcdMembers ?? 1) >= 3 ? ETCD_MEMBER_WEIGHTS : [])];
   const finals: FinalRead[] = [];
   let error: string | undefined;
   let replicasAgree: boolean | null = null;
@@ -113,39 +134,56 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     arbiter: o.arbiter,
     log,
     guest: guest.module,
+    ...(o.etcdMembers !== undefined ? { etcdMembers: o.etcdMembers } : {}),
     // The WASI guests are larger to load and instrument than the kv guest: more time to start.
     ...(guestName !== 'kv' ? { startTimeoutMs: 90_000, settleTimeoutMs: 180_000 } : {}),
     ...(diskDir !== undefined
-      ? { nodeArgs: ['--disk-size', String(32 << 20)], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
-      : {}),
+      ? { nodeArgs: ['--disk-size', String(32 << 20), ...(o.nodeArgs ?? [])], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
+      : o.nodeArgs
+        ? { nodeArgs: o.nodeArgs }
+        : {}),
   });
   try {
     let pair = await cluster.settle();
     log(`protected pair: primary slot ${pair.primary.index}, backup slot ${pair.backup.index}, epoch ${pair.epoch}`);
     const callOpts = { connectTimeoutMs: 300, callTimeoutMs: 1500 };
-    for (const cmd of protocol.setup) {
-      // Idempotent set-up (e.g. CREATE TABLE IF NOT EXISTS), retried until a replica acknowledges it.
-      let done = false;
-      for (let attempt = 0; attempt < 100 && !done; attempt++) {
-        const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
-        try {
-          const reply = await conn?.call(...cmd);
-          done = reply !== undefined && protocol.output(reply) === null;
-        } catch {
-          // try again
-        } finally {
-          conn?.close();
+    /** Idempotent set-up (e.g. CREATE TABLE IF NOT EXISTS), retried until a replica acknowledges it. */
+    const setUp = async (): Promise<void> => {
+      for (const cmd of protocol.setup) {
+        let done = false;
+        for (let attempt = 0; attempt < 100 && !done; attempt++) {
+          const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
+          try {
+            const reply = await conn?.call(...cmd);
+            done = reply !== undefined && protocol.output(reply) === null;
+          } catch {
+            // try again
+          } finally {
+            conn?.close();
+          }
+          if (!done) await sleep(100);
         }
-        if (!done) await sleep(100);
+        if (!done) throw new Error(`set-up command ${cmd[0]} was not acknowledged`);
       }
-      if (!done) throw new Error(`set-up command ${cmd[0]} was not acknowledged`);
-    }
-    const workload = startWorkload(history, () => cluster.servicePorts(), clientRng, { clients: o.clients, keys, thinkMs: o.thinkMs ?? 4, protocol, ...callOpts });
+    };
+    await setUp();
+    const workloadOpts = { clients: o.clients, keys, thinkMs: o.thinkMs ?? 4, protocol, ...callOpts };
+    let workload = startWorkload(history, () => cluster.servicePorts(), clientRng, workloadOpts);
+    // A VM lost to a double failure: its history is closed (checked on its own), a fresh VM starts.
+    const onVmLost = async (): Promise<void> => {
+      log(`the VM ${cluster.vm} is lost (its primary was killed while running alone): reported separately; starting a fresh VM`);
+      await workload.stop();
+      lostEras.push(history);
+      history = new History();
+      await cluster.restartVm();
+      await setUp();
+      workload = startWorkload(history, () => cluster.servicePorts(), clientRng, workloadOpts);
+    };
     try {
       await sleep(500);
       for (let n = 0; n < o.faults; n++) {
-        const kind: FaultKind = nemesisRng.weighted(FAULT_WEIGHTS);
-        const rec = await injectFault(cluster, pair, kind, nemesisRng, n, () => history.now());
+        const kind: FaultKind = nemesisRng.weighted(weights);
+        const rec = await injectFault(cluster, pair, kind, nemesisRng, n, () => history.now(), onVmLost);
         faults.push(rec);
         log(
           `fault ${n + 1}/${o.faults}: ${kind}${rec.long === undefined ? '' : rec.long ? ' (long)' : ' (short)'} on slot ${rec.slot} for ${rec.durationMs} ms; epoch ${rec.epochBefore} → ${rec.epochAfter}; settled in ${rec.settleMs} ms; ${history.ops.length} ops so far`,
@@ -167,59 +205,33 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
 
     // Final reads, after every fault was healed: each key once, on whichever replica serves.
     if (error === undefined) {
-      const finalClient = o.clients;
-      for (let k = 0; k < keys; k++) {
-        const key = keyName(k);
-        for (let attempt = 0; attempt < 50; attempt++) {
-          const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
-          if (!conn) {
-            await sleep(100);
-            continue;
-          }
-          const before = history.ops.length;
-          const fine = await recordedCall(history, finalClient, conn, { f: 'get', key }, protocol);
-          conn.close();
-          const op = history.ops[before]!;
-          if (fine && op.status === 'ok' && (typeof op.output === 'string' || op.output === null)) {
-            finals.push({ key, value: op.output, call: op.call });
-            break;
-          }
-          await sleep(100);
-        }
-      }
+      finals.push(...(await finalReads(cluster, history, keys, o.clients, protocol)));
       if (finals.length < keys) error = `final reads: only ${finals.length} of ${keys} keys could be read`;
-      // The replicas of the final pair hold the same state.
-      try {
-        const h = (await controlRequest(cluster.control(pair.primary), cluster.auth, 'POST', '/state-hash', 5000)) as { n: number; hash: string };
-        const until = performance.now() + 15_000;
-        for (;;) {
-          const b = (await controlRequest(cluster.control(pair.backup), cluster.auth, 'GET', '/state-hash', 2000)) as { n: number; hash: string } | null;
-          if (b && b.n === h.n) {
-            replicasAgree = b.hash === h.hash;
-            break;
-          }
-          if (performance.now() > until) break;
-          await sleep(20);
-        }
-      } catch (err) {
-        log(`state hash comparison failed: ${(err as Error).message}`);
-      }
+      replicasAgree = await replicasAgreeOn(cluster, pair, log);
     }
   } finally {
     await cluster.stop();
   }
 
-  log(`checking ${history.ops.length} operations...`);
-  const check = checkKv(history.ops, { timeoutMs: o.checkTimeoutMs ?? 120_000 });
+  log(`checking ${history.ops.length} operations${lostEras.length > 0 ? ` (and ${lostEras.reduce((a, h) => a + h.ops.length, 0)} of ${lostEras.length} lost VM(s))` : ''}...`);
+  let check = checkKv(history.ops, { timeoutMs: o.checkTimeoutMs ?? 120_000 });
+  for (const era of lostEras) {
+    const c = checkKv(era.ops, { timeoutMs: o.checkTimeoutMs ?? 120_000 });
+    if (c.verdict !== 'ok' && check.verdict === 'ok') check = c;
+    else if (c.verdict !== 'ok') check = { ...check, violations: [...check.violations, ...c.violations] };
+  }
   const lost = countLostWrites(history.ops, finals);
+  const ackedLostWithVm = lostEras.reduce((a, h) => a + h.ops.filter((x) => x.status === 'ok' && x.input.f !== 'get').length, 0);
   const mix: Record<string, number> = {};
   for (const f of faults) {
-    const name = f.long !== undefined ? `${f.kind}-${f.long ? 'long' : 'short'}` : f.rejoin !== undefined ? `${f.kind}-${f.rejoin}` : f.kind;
+    const name = f.vmLost ? `${f.kind}-vm-lost` : f.etcdMember ? `${f.kind}${f.etcdMember.leader ? '-leader' : ''}` : f.long !== undefined ? `${f.kind}-${f.long ? 'long' : 'short'}` : f.rejoin !== undefined ? `${f.kind}-${f.rejoin}` : f.kind;
     mix[name] = (mix[name] ?? 0) + 1;
   }
-  const count = (s: string): number => history.ops.filter((x) => x.status === s).length;
+  const allOps = [...lostEras.flatMap((h) => h.ops), ...history.ops];
+  const count = (s: string): number => allOps.filter((x) => x.status === s).length;
   const runTime = (performance.now() - started) / 1000;
-  const passed = error === undefined && check.verdict === 'ok' && lost.lost === 0 && replicasAgree !== false && faults.length === o.faults;
+  const checksPassed = error === undefined && check.verdict === 'ok' && lost.lost === 0 && replicasAgree !== false && faults.length === o.faults;
+  const passed = checksPassed && lostEras.length === 0;
   const result: JepsenResult = {
     guest: guestName,
     seed: o.seed,
@@ -230,7 +242,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     fault_mix: mix,
     epoch_changes: faults.filter((f) => f.epochAfter !== f.epochBefore).length,
     replicas_restarted: restarts,
-    operations: history.ops.length,
+    operations: allOps.length,
     ok_operations: count('ok'),
     indeterminate_operations: count('indeterminate'),
     failed_operations: count('failed'),
@@ -242,16 +254,63 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     replicas_agree: replicasAgree,
     checker_ms: Math.round(check.ms),
     run_time_s: Math.round(runTime * 10) / 10,
-    ops_per_s: Math.round(history.ops.length / Math.max(0.001, history.now() / 1000)),
+    ops_per_s: Math.round(allOps.length / Math.max(0.001, runTime)),
+    overlap: o.overlap === true,
+    etcd_members: o.arbiter === 'etcd' ? (o.etcdMembers ?? 1) : 0,
+    vms_lost: lostEras.length,
+    acked_writes_lost_with_vm: ackedLostWithVm,
+    checks_passed: checksPassed,
     passed,
   };
   if (error !== undefined) result.error = error;
   if (!passed || o.historyOut !== undefined) {
     const file = o.historyOut ?? join(tmpdir(), `ftvm-jepsen-${o.seed}.json`);
-    writeFileSync(file, JSON.stringify({ result, faults, finals, history: history.ops }, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v === Infinity ? 'Infinity' : v)));
+    writeFileSync(file, JSON.stringify({ result, faults, finals, history: history.ops, lostVms: lostEras.map((h) => h.ops) }, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v === Infinity ? 'Infinity' : v)));
     result.history_file = file;
   }
   if (check.verdict !== 'ok') log(formatCheckResult(check));
   if (lost.lost > 0) log(`lost acknowledged writes: ${JSON.stringify(lost.writes.slice(0, 10))}`);
-  return { result, check, lost, faults, history: history.ops, finals };
+  return { result, check, lost, faults, history: allOps, finals };
+}
+
+/** Each key read once more after the faults, on whichever replica serves (recorded in the history). */
+export async function finalReads(cluster: Cluster, history: History, keys: number, clientId: number, protocol?: KvProtocol): Promise<FinalRead[]> {
+  const finals: FinalRead[] = [];
+  for (let k = 0; k < keys; k++) {
+    const key = keyName(k);
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
+      if (!conn) {
+        await sleep(100);
+        continue;
+      }
+      const before = history.ops.length;
+      const fine = await recordedCall(history, clientId, conn, { f: 'get', key }, protocol);
+      conn.close();
+      const op = history.ops[before]!;
+      if (fine && op.status === 'ok' && (typeof op.output === 'string' || op.output === null)) {
+        finals.push({ key, value: op.output, call: op.call });
+        break;
+      }
+      await sleep(100);
+    }
+  }
+  return finals;
+}
+
+/** The replicas of a protected pair hold the same state (state hashes at the same instruction number); null: could not tell. */
+export async function replicasAgreeOn(cluster: Cluster, pair: ProtectedPair, log: (line: string) => void): Promise<boolean | null> {
+  try {
+    const h = (await controlRequest(cluster.control(pair.primary), cluster.auth, 'POST', '/state-hash', 5000)) as { n: number; hash: string };
+    const until = performance.now() + 15_000;
+    for (;;) {
+      const b = (await controlRequest(cluster.control(pair.backup), cluster.auth, 'GET', '/state-hash', 2000)) as { n: number; hash: string } | null;
+      if (b && b.n === h.n) return b.hash === h.hash;
+      if (performance.now() > until) return null;
+      await sleep(20);
+    }
+  } catch (err) {
+    log(`state hash comparison failed: ${(err as Error).message}`);
+    return null;
+  }
 }

@@ -11,6 +11,7 @@ import type { ControlTls } from '../service/control.js';
 import type { Logger } from '../util/log.js';
 import type { NodeMetrics } from '../service/metrics.js';
 import type { PrimaryConfig } from './primary.js';
+import type { NodeEnv } from './env.js';
 
 export interface Timings {
   /** Silence on the channel for this long → the replica asks the arbiter (failure detection). */
@@ -48,6 +49,8 @@ export interface RecruitOptions {
 }
 
 export interface NodeOptions {
+  /** Timers, channel transport, vCPU and client service (src/env/real.ts; the simulator's src/sim/env.ts). */
+  env: NodeEnv;
   guest: LoadedGuest;
   config: VmConfig;
   epoch: number;
@@ -80,6 +83,14 @@ export interface NodeOptions {
   metrics?: NodeMetrics;
   /** This replica's own copy of the VM's virtual disk (`--disk`). */
   diskImagePath?: string;
+  /**
+   * TEST ONLY: a deliberately broken driver, to show the simulator catches one. 'release-unheld': the
+   * primary hands outputs to clients as they leave the vCPU, before the backup's ACK; 'stale-drained':
+   * the backup reports 'drained' on the vCPU's flag alone, which can be stale.
+   */
+  testOnlyDriverBreak?: 'release-unheld' | 'stale-drained';
+  /** TEST ONLY: the cores' own test-only breaks (primary.ts, backup.ts `testOnlyBreak`), for the simulator. */
+  testOnlyCoreBreak?: 'release-before-ack' | 'skip-drain';
 }
 
 /** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */

@@ -13,14 +13,13 @@ import type { ChannelConnection, LocalIdentity } from '../channel/connection.js'
 import { FrameType, type Frame } from '../channel/frames.js';
 import { moduleHash } from '../log/recording.js';
 import type { Snapshot } from '../machine/machine.js';
-import { Vcpu } from '../machine/vcpu.js';
+import type { NodeClock, Timer, VcpuPort } from './env.js';
 import { ControlServer } from '../service/control.js';
 import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { DeterminismViolation } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupCore, type BackupAction } from './backup.js';
 import { claimAt, controlOptions, securityStatus, type Addr, type NodeOptions } from './node-common.js';
-import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 import { PrimaryNode } from './primary-node.js';
 import { ContinuousRecorder } from './recorder.js';
 
@@ -46,11 +45,12 @@ export interface BackupOptions extends NodeOptions {
 
 export class BackupNode {
   readonly core: BackupCore;
-  private readonly vcpu: Vcpu;
+  private readonly vcpu: VcpuPort;
+  private readonly clock: NodeClock;
   private listener: ChannelListener | undefined;
   private conn: ChannelConnection | undefined;
   private control: ControlServer | undefined;
-  private ticker: NodeJS.Timeout | undefined;
+  private ticker: Timer | undefined;
   private readonly log: Logger;
   private readonly identity: LocalIdentity;
   private fedEntries = 0;
@@ -61,12 +61,14 @@ export class BackupNode {
   private readonly recorder: ContinuousRecorder | undefined;
   readonly metrics: NodeMetrics;
   /** When the primary was last heard (any frame), for the failure-detection time. */
-  private lastHeardMs = performance.now();
+  private lastHeardMs: number;
   private claimStartMs: number | null = null;
   private peerConnections = 0;
 
   constructor(private readonly opts: BackupOptions) {
     this.log = opts.log;
+    this.clock = opts.env.clock;
+    this.lastHeardMs = this.clock.now();
     const j = opts.joined;
     this.core = new BackupCore({
       epoch: opts.epoch,
@@ -74,9 +76,10 @@ export class BackupNode {
       failTimeoutMs: opts.timings.failTimeoutMs,
       claimRetryMs: opts.timings.arbiterDeadlineMs,
       ...(j ? { firstSeq: j.snapshot.seq, armed: false } : {}),
+      ...(opts.testOnlyCoreBreak === 'skip-drain' ? { testOnlyBreak: 'skip-drain' as const } : {}),
     });
     this.fedEntries = j?.snapshot.seq ?? 0;
-    this.vcpu = new Vcpu({
+    this.vcpu = opts.env.newVcpu({
       mode: 'replay',
       guest: opts.guest,
       config: opts.config,
@@ -131,9 +134,19 @@ export class BackupNode {
     });
     if (j) {
       // Frames that follow the snapshot on this connection must reach the core: adopt it now.
-      this.ticker = setInterval(() => this.tick(), opts.timings.tickMs);
+      this.ticker = this.clock.every(opts.timings.tickMs, () => this.tick());
       this.acceptPeer(j.conn);
     }
+  }
+
+  /** The PrimaryNode this backup became when it went live (for inspection: status, the simulator). */
+  get livePrimary(): PrimaryNode | undefined {
+    return this.live;
+  }
+
+  /** This backup stopped following (halted, abandoned, stopped) without going live. */
+  get isFinished(): boolean {
+    return this.finished;
   }
 
   get address(): Addr | undefined {
@@ -144,14 +157,14 @@ export class BackupNode {
   async start(): Promise<void> {
     const o = this.opts;
     if (o.joined) return; // started in the constructor, on the standby's listener
-    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, security: o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: o.log.child({ part: 'channel' }), identity: this.identity });
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, transport: o.env.transport, clock: this.clock, log: o.log.child({ part: 'channel' }), identity: this.identity });
     this.listener.on('connection', (c: ChannelConnection) => this.acceptPeer(c));
     await this.listener.start();
     if (o.control) {
       this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { ...controlOptions(o), identity: { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) } });
       await this.control.start();
     }
-    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
+    this.ticker = this.clock.every(o.timings.tickMs, () => this.tick());
     this.log.info({ channel: this.address, epoch: o.epoch }, 'backup is waiting for the primary');
   }
 
@@ -164,10 +177,10 @@ export class BackupNode {
     if (this.conn && this.conn !== c) this.conn.close('replaced by a new connection from the primary');
     this.conn = c;
     this.log.info({ primary: c.remote }, 'primary connected');
-    this.lastHeardMs = performance.now();
+    this.lastHeardMs = this.clock.now();
     if (this.peerConnections++ > 0) this.metrics.reconnects.inc();
     c.on('frame', (f: Frame) => {
-      this.lastHeardMs = performance.now();
+      this.lastHeardMs = this.clock.now();
       if (f.type === FrameType.HEARTBEAT) this.metrics.heartbeats.inc({ direction: 'in' });
       // Report the replica's freshest position with the ACK this frame triggers.
       this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
@@ -180,18 +193,19 @@ export class BackupNode {
         this.exec(this.core.step({ t: 'peer-closed' }));
       }
     });
-    this.exec(this.core.step({ t: 'peer-open', nowMs: performance.now() }));
+    this.exec(this.core.step({ t: 'peer-open', nowMs: this.clock.now() }));
   }
 
   private tick(): void {
     if (this.live || this.finished) return;
     this.exec(this.core.step({ t: 'replica-progress', instructionNumber: this.vcpu.count }));
-    const now = performance.now();
+    const now = this.clock.now();
     this.exec(this.core.step({ t: 'tick', nowMs: now }));
     this.metrics.sampleVcpu(now, !this.vcpu.idle);
-    if (this.draining && this.vcpu.drained && this.vcpu.entries >= this.fedEntries) {
+    // `drained` can be stale (a batch just fed is not yet seen by the worker): the entry count guards it.
+    if (this.draining && this.vcpu.drained && (this.vcpu.entries >= this.fedEntries || this.opts.testOnlyDriverBreak === 'stale-drained')) {
       this.draining = false;
-      const drainMs = performance.now() - this.drainStartMs;
+      const drainMs = this.clock.now() - this.drainStartMs;
       this.metrics.phase('drain', drainMs);
       this.metrics.event({ kind: 'drained', side: 'backup', epoch: this.core.status().epoch, phaseMs: drainMs, detail: `replayed every held entry (${this.fedEntries})` });
       this.exec(this.core.step({ t: 'drained' }));
@@ -241,15 +255,15 @@ export class BackupNode {
         case 'drain':
           this.log.warn({ reason: a.reason }, 'primary silent: consuming every held entry before claiming');
           this.draining = true;
-          this.drainStartMs = performance.now();
+          this.drainStartMs = this.clock.now();
           this.metrics.phase('detect', this.drainStartMs - this.lastHeardMs);
           this.metrics.event({ kind: 'silence-detected', side: 'backup', epoch: this.core.status().epoch, phaseMs: this.drainStartMs - this.lastHeardMs, detail: a.reason });
           break;
         case 'claim':
-          this.claimStartMs ??= performance.now();
+          this.claimStartMs ??= this.clock.now();
           void claimAt(this.opts, a.epoch, this.log).then((r) => {
             if (r.t === 'claim-result' && this.claimStartMs !== null) {
-              const ms = performance.now() - this.claimStartMs;
+              const ms = this.clock.now() - this.claimStartMs;
               if (r.won) {
                 this.metrics.phase('claim', ms);
                 this.metrics.event({ kind: 'claim-won', side: 'backup', epoch: r.epoch, phaseMs: ms });
@@ -262,6 +276,7 @@ export class BackupNode {
           });
           break;
         case 'go-live':
+          if (a.testOnlyAbandonHeld) this.vcpu.testOnlyAbandonHeld?.(); // TEST ONLY (the core's skip-drain)
           this.goLive(a.epoch);
           break;
         case 'armed':
@@ -289,17 +304,17 @@ export class BackupNode {
     void this.listener?.close().catch(() => undefined);
     void this.recorder?.close(); // the recording ends where this replica stops following a primary
     this.conn?.close('this backup went live');
-    const t0 = performance.now();
+    const t0 = this.clock.now();
     const service = o.service;
     this.vcpu.once('live', (ev: { count: number; seq: number; maxConn: number }) => {
       // The PrimaryNode takes the vCPU over here, in the 'live' handler: no batch after it is missed.
       const { control: _control, ...rest } = o;
       const live = new PrimaryNode({ ...rest, metrics: this.metrics, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1 } });
       this.live = live;
-      if (this.ticker) clearInterval(this.ticker);
+      this.ticker?.cancel();
       live.start().then(
         () => {
-          const goLiveMs = performance.now() - t0;
+          const goLiveMs = this.clock.now() - t0;
           this.metrics.phase('go_live', goLiveMs);
           this.metrics.failovers.inc({ side: 'backup', outcome: 'went-live' });
           this.metrics.event({ kind: 'live', side: 'backup', epoch, phaseMs: goLiveMs, detail: `serving clients at ${o.service?.host}:${o.service?.port}` });
@@ -341,7 +356,7 @@ export class BackupNode {
 
   async stop(): Promise<void> {
     this.finished = true;
-    if (this.ticker) clearInterval(this.ticker);
+    this.ticker?.cancel();
     await this.recorder?.close();
     await this.live?.stop();
     await this.listener?.close();
@@ -349,7 +364,7 @@ export class BackupNode {
     if (!this.live) {
       this.vcpu.stop();
       this.vcpu.endOfLog();
-      await Promise.race([this.vcpu.done.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+      await Promise.race([this.vcpu.done.catch(() => undefined), this.clock.sleep(2000)]);
       await this.vcpu.terminate();
     }
   }

@@ -16,15 +16,14 @@ import { ControlKind, FrameType, SnapshotPart, type Frame, type HelloFrame, type
 import type { StandbyRecord } from '../arbiter/arbiter.js';
 import { moduleHash } from '../log/recording.js';
 import { snapshotEncoder } from '../machine/snapshot-codec.js';
-import { Vcpu, type BatchEvent } from '../machine/vcpu.js';
-import { ClientService } from '../service/clients.js';
+import type { BatchEvent } from '../machine/vcpu.js';
+import type { NodeClock, ServicePort, Timer, VcpuPort } from './env.js';
 import { ControlServer, splitHostPort } from '../service/control.js';
 import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
 import { claimAt, controlOptions, primaryCoreConfig, securityStatus, type Addr, type NodeOptions } from './node-common.js';
-import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
 
 
 /** Waits for the first of `events` on `emitter` and removes every listener it added (no leak per wait). */
@@ -46,7 +45,7 @@ export interface PrimaryOptions extends NodeOptions {
   unackedMaxBytes?: number;
   heldMaxOutputs?: number;
   /** A backup gone live hands over its vCPU (already recording) instead of starting a new guest. */
-  adopt?: { vcpu: Vcpu; firstSeq: number; firstConn: number };
+  adopt?: { vcpu: VcpuPort; firstSeq: number; firstConn: number };
 }
 
 /** Bytes per second over a sliding second, for status. */
@@ -92,12 +91,13 @@ interface JoinProgress {
 
 export class PrimaryNode {
   readonly core: PrimaryCore;
-  private vcpu: Vcpu | undefined;
-  readonly service: ClientService;
+  private vcpu: VcpuPort | undefined;
+  readonly service: ServicePort;
+  private readonly clock: NodeClock;
   private dialer: ChannelDialer | undefined;
   private conn: ChannelConnection | undefined;
   private control: ControlServer | undefined;
-  private ticker: NodeJS.Timeout | undefined;
+  private ticker: Timer | undefined;
   private readonly rate = new Rate();
   private lastVerified: { n: number; hash: string; ok: boolean } | null = null;
   private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
@@ -107,10 +107,10 @@ export class PrimaryNode {
   private join: JoinProgress | null = null;
   /** The last finished re-replication, for status and the benchmark. */
   private lastJoin: (JoinProgress & { totalMs: number }) | null = null;
-  private recruitTimer: NodeJS.Timeout | undefined;
+  private recruitTimer: Timer | undefined;
   private recruiting = false;
   private recruitNote = '';
-  private joinConnectTimer: NodeJS.Timeout | undefined;
+  private joinConnectTimer: Timer | undefined;
   /** Standbys that refused us (other module, version…): not asked again for a while. */
   private readonly refusedUntil = new Map<string, number>();
   private stopped = false;
@@ -118,22 +118,25 @@ export class PrimaryNode {
   private serving = false;
   readonly metrics: NodeMetrics;
   /** When the backup was last heard (any frame), for the failure-detection time. */
-  private lastHeardMs = performance.now();
+  private lastHeardMs: number;
   /** The claim of a failover in progress: when it was first asked (retries keep the first). */
   private claimStartMs: number | null = null;
   private peerConnections = 0;
-  private poolTimer: NodeJS.Timeout | undefined;
+  private poolTimer: Timer | undefined;
   /** When the current join's snapshot finished streaming (the catch-up starts). */
   private streamedAtMs: number | undefined;
 
   constructor(private readonly opts: PrimaryOptions) {
     this.log = opts.log;
+    this.clock = opts.env.clock;
+    this.lastHeardMs = this.clock.now();
     const firstSeq = opts.adopt?.firstSeq;
     this.core = new PrimaryCore({
       ...primaryCoreConfig(opts.timings, opts.epoch, opts.peer === undefined),
       unackedMaxBytes: opts.unackedMaxBytes ?? 32 * 1024 * 1024,
       heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
       ...(firstSeq !== undefined ? { firstSeq } : {}),
+      ...(opts.testOnlyCoreBreak === 'release-before-ack' ? { testOnlyBreak: 'release-before-ack' as const } : {}),
     });
     const core = this.core;
     this.identity = {
@@ -162,7 +165,7 @@ export class PrimaryNode {
       };
     });
     bindLogContext(this.log, () => ({ vm: opts.config.name, role: core.status().halted !== null ? 'halted' : 'primary', epoch: core.status().epoch }));
-    this.service = new ClientService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
+    this.service = opts.env.newService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
     // A backup gone live: take over its vCPU now, so no batch after the go-live point is missed.
     if (opts.adopt) this.attachVcpu(opts.adopt.vcpu);
   }
@@ -191,11 +194,10 @@ export class PrimaryNode {
       await first;
     }
     // Heartbeats start now: the backup must not take the guest's start-up time for a failure.
-    this.ticker = setInterval(() => this.tick(), o.timings.tickMs);
+    this.ticker = this.clock.every(o.timings.tickMs, () => this.tick());
     if (o.arbiter) {
       // The standby pool's size, for /metrics (recruiting also refreshes it).
-      this.poolTimer = setInterval(() => void this.refreshPool(), POOL_REFRESH_MS);
-      this.poolTimer.unref();
+      this.poolTimer = this.clock.every(POOL_REFRESH_MS, () => void this.refreshPool(), true);
     }
     if (!o.adopt) this.startVcpu();
     else this.service.firstConnectionId = o.adopt.firstConn;
@@ -217,7 +219,7 @@ export class PrimaryNode {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= SERVICE_BIND_ATTEMPTS || this.stopped) throw err;
         if (attempt === 1) this.log.warn({ service: `${o.service.host}:${o.service.port}` }, 'the service address is in use; retrying');
-        await new Promise((r) => setTimeout(r, 250));
+        await this.clock.sleep(250);
       }
     }
     this.serving = true;
@@ -240,7 +242,7 @@ export class PrimaryNode {
   }
 
   private newDialer(peer: Addr): ChannelDialer {
-    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, security: this.opts.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
+    const d = new ChannelDialer(peer.host, peer.port, { secret: this.opts.secret, transport: this.opts.env.transport, clock: this.clock, log: this.opts.log.child({ part: 'channel' }), identity: this.identity });
     d.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     return d;
   }
@@ -248,7 +250,7 @@ export class PrimaryNode {
   private startVcpu(): void {
     const o = this.opts;
     this.attachVcpu(
-      new Vcpu({
+      o.env.newVcpu({
         mode: 'record',
         guest: o.guest,
         config: o.config,
@@ -260,13 +262,14 @@ export class PrimaryNode {
     );
   }
 
-  private attachVcpu(vcpu: Vcpu): void {
+  private attachVcpu(vcpu: VcpuPort): void {
     this.vcpu = vcpu;
     vcpu.on('batch', (b: BatchEvent) => {
       if (b.consumed !== undefined) this.service.consumed(b.consumed);
-      this.exec(this.core.step({ t: 'tick', nowMs: performance.now() })); // lag samples carry the real time
+      this.exec(this.core.step({ t: 'tick', nowMs: this.clock.now() })); // lag samples carry the real time
       this.metrics.logged('out', b.entries.length, b.count);
-      this.metrics.outputsEntered(b.outputs.length, performance.now());
+      this.metrics.outputsEntered(b.outputs.length, this.clock.now());
+      if (this.opts.testOnlyDriverBreak === 'release-unheld' && b.outputs.length > 0) this.service.deliver(b.outputs); // TEST ONLY
       this.exec(this.core.step({ t: 'log', firstSeq: b.firstSeq, count: b.count, bytes: b.entries, instructionNumber: b.instructionNumber, outputs: b.outputs }));
     });
     vcpu.on('hash', (h: { n: number; hash: Uint8Array }) => {
@@ -296,12 +299,12 @@ export class PrimaryNode {
     this.conn?.close('replaced');
     this.conn = c;
     c.on('frame', (f: Frame) => {
-      this.lastHeardMs = performance.now();
+      this.lastHeardMs = this.clock.now();
       if (f.type === FrameType.HEARTBEAT) this.metrics.heartbeats.inc({ direction: 'in' });
       this.exec(this.core.step({ t: 'frame', frame: f }));
     });
     c.once('refused', (f: RefuseFrame) => {
-      if (this.join) this.refusedUntil.set(this.join.standby, performance.now() + 30_000);
+      if (this.join) this.refusedUntil.set(this.join.standby, this.clock.now() + 30_000);
       this.log.error({ code: f.code, reason: f.reason }, 'the backup refused this primary');
     });
     c.once('close', (reason: string) => {
@@ -315,7 +318,7 @@ export class PrimaryNode {
 
   private onPeer(c: ChannelConnection, hello: HelloFrame): void {
     this.wire(c);
-    this.lastHeardMs = performance.now();
+    this.lastHeardMs = this.clock.now();
     if (this.peerConnections++ > 0) this.metrics.reconnects.inc();
     this.log.info({ backup: c.remote, nextSeq: hello.nextSeq }, 'backup connected');
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: hello.nextSeq }));
@@ -325,10 +328,10 @@ export class PrimaryNode {
 
   private scheduleRecruit(delayMs: number): void {
     if (!this.recruits || this.stopped || this.recruitTimer) return;
-    this.recruitTimer = setTimeout(() => {
+    this.recruitTimer = this.clock.after(delayMs, () => {
       this.recruitTimer = undefined;
       void this.recruit();
-    }, delayMs);
+    });
   }
 
   /** Picks a free standby from the pool (never one on this host) and dials it. */
@@ -341,7 +344,7 @@ export class PrimaryNode {
     try {
       const pool = await o.arbiter.listStandbys(o.config.name, deadline);
       this.notePool(pool);
-      const now = performance.now();
+      const now = this.clock.now();
       const free = pool.filter((p) => p.state === 'free');
       const sameHost = free.filter((p) => p.hostId === o.recruit!.hostId).length;
       const candidates = free.filter((p) => p.hostId !== o.recruit!.hostId && (this.refusedUntil.get(p.hostId) ?? 0) < now);
@@ -369,21 +372,21 @@ export class PrimaryNode {
 
   private connectStandby(s: StandbyRecord): void {
     const [host, port] = splitHostPort(s.channel);
-    this.join = { standby: s.hostId, channel: s.channel, phase: 'connecting', startedMs: performance.now(), pauseMs: 0, sentBytes: 0, totalBytes: 0, snapshotSeq: -1 };
+    this.join = { standby: s.hostId, channel: s.channel, phase: 'connecting', startedMs: this.clock.now(), pauseMs: 0, sentBytes: 0, totalBytes: 0, snapshotSeq: -1 };
     this.log.warn({ standby: s.hostId, channel: s.channel }, 'running alone: recruited a standby; cloning this VM to it');
     this.metrics.event({ kind: 'standby-recruited', side: 'primary', epoch: this.core.status().epoch, detail: `${s.hostId} at ${s.channel}` });
     this.dialer?.close();
     this.dialer = this.newDialer({ host, port: Number(port) });
     this.dialer.start();
-    this.joinConnectTimer = setTimeout(() => {
+    this.joinConnectTimer = this.clock.after(Math.max(3000, this.opts.timings.arbiterDeadlineMs), () => {
       if (this.join?.phase === 'connecting') this.endJoin(`the standby ${s.hostId} did not answer at ${s.channel}`);
-    }, Math.max(3000, this.opts.timings.arbiterDeadlineMs));
+    });
   }
 
   /** The standby answered: snapshot at the next idle point, stream it, then the log from there. */
   private async startJoin(c: ChannelConnection): Promise<void> {
     const j = this.join!;
-    clearTimeout(this.joinConnectTimer);
+    this.joinConnectTimer?.cancel();
     this.dialer?.detach(); // this connection carries the join
     this.dialer = undefined;
     this.wire(c);
@@ -398,7 +401,7 @@ export class PrimaryNode {
     j.pauseMs = taken.pauseMs;
     j.snapshotSeq = taken.snapshot.seq;
     this.metrics.rereplicationPause.observe(taken.pauseMs / 1000);
-    const transferStartMs = performance.now();
+    const transferStartMs = this.clock.now();
     if (!c.isOpen || this.join !== j) {
       this.exec(this.core.step({ t: 'join-abort', reason: 'the standby disconnected before the snapshot was sent' }));
       return;
@@ -426,10 +429,10 @@ export class PrimaryNode {
         this.log.info({ standby: j.standby, sentBytes: j.sentBytes, totalBytes: j.totalBytes, percent: Math.round((100 * j.sentBytes) / j.totalBytes) }, 'snapshot transfer');
         nextReport += 0.25;
       }
-      await new Promise((r) => setImmediate(r)); // let client I/O and heartbeats through
+      await this.clock.yieldIo(); // let client I/O and heartbeats through
     }
     j.phase = 'catching-up';
-    this.streamedAtMs = performance.now();
+    this.streamedAtMs = this.clock.now();
     this.metrics.event({ kind: 'snapshot-streamed', side: 'primary', epoch, phaseMs: this.streamedAtMs - transferStartMs, detail: `${Math.round(j.totalBytes / 1024)} KiB; guest paused ${j.pauseMs.toFixed(1)} ms` });
     this.exec(this.core.step({ t: 'peer-open', backupNextSeq: j.snapshotSeq }));
   }
@@ -437,7 +440,7 @@ export class PrimaryNode {
   /** Ends a join attempt: close its connection and try again later (another standby, or the same). */
   private endJoin(reason: string): void {
     if (this.join === null) return;
-    clearTimeout(this.joinConnectTimer);
+    this.joinConnectTimer?.cancel();
     this.log.warn({ standby: this.join.standby, reason }, 'the join failed; serving alone, will recruit again');
     this.metrics.rereplications.inc({ outcome: 'failed' });
     this.metrics.event({ kind: 'join-failed', side: 'primary', epoch: this.core.status().epoch, detail: `${this.join.standby}: ${reason}` });
@@ -452,7 +455,7 @@ export class PrimaryNode {
 
   private tick(): void {
     if (this.switchingOver) return;
-    const now = performance.now();
+    const now = this.clock.now();
     this.rate.add(now, this.core.status().logBytesSent);
     this.exec(this.core.step({ t: 'tick', nowMs: now }));
     if (this.isProtected()) this.metrics.lag.observe(this.core.status().lagMs / 1000);
@@ -467,7 +470,8 @@ export class PrimaryNode {
           if (this.conn?.isOpen && !this.conn.send(a.frame)) this.conn.close('channel send buffer full');
           break;
         case 'release':
-          this.metrics.outputsReleased(a.outputs.length, performance.now());
+          if (this.opts.testOnlyDriverBreak === 'release-unheld') break; // TEST ONLY: released already
+          this.metrics.outputsReleased(a.outputs.length, this.clock.now());
           this.service.deliver(a.outputs);
           break;
         case 'throttle':
@@ -488,14 +492,14 @@ export class PrimaryNode {
         case 'claim': {
           if (this.claimStartMs === null) {
             // A failover starts: the backup has been silent since lastHeardMs.
-            const now = performance.now();
+            const now = this.clock.now();
             this.claimStartMs = now;
             this.metrics.phase('detect', now - this.lastHeardMs);
             this.metrics.event({ kind: 'silence-detected', side: 'primary', epoch: a.epoch, phaseMs: now - this.lastHeardMs, detail: 'the backup is silent' });
           }
           void claimAt(this.opts, a.epoch, this.log).then((r) => {
             if (r.t === 'claim-result' && this.claimStartMs !== null) {
-              const ms = performance.now() - this.claimStartMs;
+              const ms = this.clock.now() - this.claimStartMs;
               if (r.won) {
                 this.metrics.phase('claim', ms);
                 this.metrics.event({ kind: 'claim-won', side: 'primary', epoch: r.epoch, phaseMs: ms });
@@ -532,13 +536,13 @@ export class PrimaryNode {
         case 'armed': {
           const j = this.join;
           if (j) {
-            const totalMs = performance.now() - j.startedMs;
+            const totalMs = this.clock.now() - j.startedMs;
             this.lastJoin = { ...j, totalMs };
             this.log.warn({ standby: j.standby, epoch: a.epoch, pauseMs: +j.pauseMs.toFixed(2), totalMs: Math.round(totalMs), memoryBytes: j.totalBytes }, 'redundancy restored: the new backup is armed');
             this.metrics.rereplications.inc({ outcome: 'armed' });
             this.metrics.rereplicationSeconds.observe(totalMs / 1000);
             // The phase this ends: the joiner catching up with the log, then the arbiter's advance.
-            this.metrics.event({ kind: 'armed', side: 'primary', epoch: a.epoch, phaseMs: performance.now() - (this.streamedAtMs ?? j.startedMs), detail: `${j.standby} is the backup (${Math.round(totalMs)} ms from recruiting)` });
+            this.metrics.event({ kind: 'armed', side: 'primary', epoch: a.epoch, phaseMs: this.clock.now() - (this.streamedAtMs ?? j.startedMs), detail: `${j.standby} is the backup (${Math.round(totalMs)} ms from recruiting)` });
             // From here on the new backup is dialed like any backup: a cut connection is redialed and
             // resumes from the backup's position (instead of ending in a failover).
             if (this.conn) {
@@ -594,14 +598,14 @@ export class PrimaryNode {
     this.switchingOver = true;
     this.vcpu.stop();
     const done = await this.vcpu.done;
-    const until = Date.now() + 10_000;
+    const until = this.clock.now() + 10_000;
     while (this.core.status().ackedSeq < this.core.status().nextSeq) {
-      if (Date.now() > until) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the backup did not acknowledge the whole log within 10 s; switchover abandoned (this primary is stopped)');
-      await new Promise((r) => setTimeout(r, 5));
+      if (this.clock.now() > until) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the backup did not acknowledge the whole log within 10 s; switchover abandoned (this primary is stopped)');
+      await this.clock.sleep(5);
     }
     conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.SWITCHOVER, reason: 'ftvm switchover' });
     this.log.warn({ instructionNumber: done.count, entries: this.core.status().nextSeq }, 'switchover: the backup takes over from here');
-    setTimeout(() => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm switchover')), 100);
+    this.clock.after(100, () => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm switchover')));
     return { switchedOver: true, instructionNumber: done.count, entries: this.core.status().nextSeq };
   }
 
@@ -657,9 +661,9 @@ export class PrimaryNode {
   /** Logs a state hash at the guest's next idle point; resolves with it. */
   stateHash(timeoutMs = 10_000): Promise<{ n: number; hash: string }> {
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'no idle point within the timeout')), timeoutMs);
+      const t = this.clock.after(timeoutMs, () => reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'no idle point within the timeout')));
       this.hashWaiters.push((h) => {
-        clearTimeout(t);
+        t.cancel();
         resolve(h);
       });
       this.vcpu!.requestStateHash();
@@ -676,7 +680,7 @@ export class PrimaryNode {
     if (method === 'POST' && path === '/stop') {
       // An intentional stop: tell the backup not to go live, then stop.
       if (this.conn?.isOpen) this.conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind: ControlKind.STOP, reason: 'ftvm stop' });
-      setTimeout(() => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm stop')), 50);
+      this.clock.after(50, () => void this.stop().finally(() => this.opts.onHalt?.('stopped by ftvm stop')));
       return { stopping: true };
     }
     return undefined;
@@ -684,17 +688,17 @@ export class PrimaryNode {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.ticker) clearInterval(this.ticker);
-    if (this.recruitTimer) clearTimeout(this.recruitTimer);
-    if (this.poolTimer) clearInterval(this.poolTimer);
-    clearTimeout(this.joinConnectTimer);
+    this.ticker?.cancel();
+    this.recruitTimer?.cancel();
+    this.poolTimer?.cancel();
+    this.joinConnectTimer?.cancel();
     this.dialer?.close();
     this.conn?.close('shutting down');
     await this.service.close();
     await this.control?.close();
     if (this.vcpu) {
       this.vcpu.stop();
-      await Promise.race([this.vcpu.done.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+      await Promise.race([this.vcpu.done.catch(() => undefined), this.clock.sleep(2000)]);
       await this.vcpu.terminate();
     }
   }

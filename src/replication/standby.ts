@@ -18,7 +18,7 @@ import { FtvmError } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupNode, type BackupOptions } from './node.js';
 import { controlOptions, securityStatus, type Addr } from './node-common.js';
-import { DEFAULT_CHANNEL_SECURITY } from '../channel/transport.js';
+import type { NodeClock, Timer } from './env.js';
 
 export interface StandbyOptions extends Omit<BackupOptions, 'joined' | 'onAbandon' | 'onArmed'> {
   /** This standby's host id in the pool (primaries never recruit one on their own host). */
@@ -50,7 +50,8 @@ export class StandbyNode {
   private receiving: Receiving | null = null;
   private backup: BackupNode | null = null;
   private pooled: StandbyRecord | null = null;
-  private renewTimer: NodeJS.Timeout | undefined;
+  private renewTimer: Timer | undefined;
+  private readonly clock: NodeClock;
   private renewing = false;
   private leavePool = false;
   private recruitedSinceMs = 0;
@@ -61,6 +62,7 @@ export class StandbyNode {
 
   constructor(private readonly opts: StandbyOptions) {
     this.log = opts.log;
+    this.clock = opts.env.clock;
     this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
     this.observeAsStandby();
     if (!opts.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter (its pool lives there)');
@@ -78,6 +80,11 @@ export class StandbyNode {
     return `${a.host}:${a.port}`;
   }
 
+  /** The backup this standby runs once cloned (for inspection: status, the simulator). */
+  get joinedBackup(): BackupNode | null {
+    return this.backup;
+  }
+
   get address(): Addr | undefined {
     const a = this.listener?.address;
     return a ? { host: a.address, port: a.port } : undefined;
@@ -86,7 +93,7 @@ export class StandbyNode {
   async start(): Promise<void> {
     const o = this.opts;
     // The listener must not let a newcomer replace a connection carrying a clone: onConnection decides.
-    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, security: o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY, log: o.log.child({ part: 'channel' }), identity: this.identity }, false);
+    this.listener = new ChannelListener(o.listen.host, o.listen.port, { secret: o.secret, transport: o.env.transport, clock: this.clock, log: o.log.child({ part: 'channel' }), identity: this.identity }, false);
     this.listener.on('connection', (c: ChannelConnection, hello: HelloFrame) => this.onConnection(c, hello));
     await this.listener.start();
     if (o.control) {
@@ -107,13 +114,13 @@ export class StandbyNode {
     try {
       const rec = await o.arbiter!.registerStandby(o.config.name, { hostId: o.hostId, channel: this.channel, free }, o.leaseTtlMs, { deadlineMs: o.timings.arbiterDeadlineMs });
       if (rec.state === 'recruited' && this.pooled?.state !== 'recruited') {
-        this.recruitedSinceMs = performance.now();
+        this.recruitedSinceMs = this.clock.now();
         this.log.info({ by: rec.owner, epoch: rec.epoch }, 'recruited by a primary; waiting for it to connect');
       }
       this.pooled = rec;
       this.lastNote = rec.state === 'free' ? 'in the pool, free' : `recruited by ${rec.owner} at epoch ${rec.epoch}`;
       // Recruited, but the primary never came (it died, or gave up): back to the pool.
-      if (rec.state === 'recruited' && this.receiving === null && this.backup === null && performance.now() - this.recruitedSinceMs > (o.recruitedWaitMs ?? 5000)) {
+      if (rec.state === 'recruited' && this.receiving === null && this.backup === null && this.clock.now() - this.recruitedSinceMs > (o.recruitedWaitMs ?? 5000)) {
         this.log.warn({ by: rec.owner }, 'recruited, but no primary connected in time: returning to the pool');
         this.renewing = false;
         return this.register(true);
@@ -129,8 +136,8 @@ export class StandbyNode {
 
   private scheduleRenew(): void {
     if (this.stopped || this.leavePool) return;
-    if (this.renewTimer) clearTimeout(this.renewTimer);
-    this.renewTimer = setTimeout(() => void this.register(false), Math.max(100, Math.floor(this.opts.leaseTtlMs / 3)));
+    this.renewTimer?.cancel();
+    this.renewTimer = this.clock.after(Math.max(100, Math.floor(this.opts.leaseTtlMs / 3)), () => void this.register(false));
   }
 
   private returnToPool(reason: string): void {
@@ -157,7 +164,7 @@ export class StandbyNode {
       c.close('this standby is already receiving a clone');
       return;
     }
-    const r: Receiving = { conn: c, hello, assembler: this.assembler, config: undefined, startedMs: performance.now(), receivedBytes: 0, totalBytes: 0 };
+    const r: Receiving = { conn: c, hello, assembler: this.assembler, config: undefined, startedMs: this.clock.now(), receivedBytes: 0, totalBytes: 0 };
     this.receiving = r;
     this.joins++;
     this.log.info({ primary: c.remote, epoch: hello.epoch }, 'a primary is cloning its VM to this standby');
@@ -220,7 +227,7 @@ export class StandbyNode {
   private restore(r: Receiving): void {
     const o = this.opts;
     const snapshot = r.assembler.finish();
-    this.log.info({ memoryBytes: snapshot.memory.length, diskBytes: snapshot.disk?.length ?? 0, seq: snapshot.seq, instructionNumber: snapshot.count, ms: Math.round(performance.now() - r.startedMs) }, 'snapshot received; restoring and following the log');
+    this.log.info({ memoryBytes: snapshot.memory.length, diskBytes: snapshot.disk?.length ?? 0, seq: snapshot.seq, instructionNumber: snapshot.count, ms: Math.round(this.clock.now() - r.startedMs) }, 'snapshot received; restoring and following the log');
     this.receiving = null;
     this.backup = new BackupNode({
       ...o,
@@ -236,7 +243,7 @@ export class StandbyNode {
   /** Armed: this node is the VM's backup now, no longer in the pool. */
   private async leave(): Promise<void> {
     this.leavePool = true;
-    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer?.cancel();
     this.pooled = null;
     try {
       await this.opts.arbiter!.removeStandby(this.opts.config.name, this.opts.hostId, { deadlineMs: this.opts.timings.arbiterDeadlineMs });
@@ -271,7 +278,7 @@ export class StandbyNode {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer?.cancel();
     this.receiving?.conn.close('shutting down');
     await this.backup?.stop();
     await this.listener?.close();

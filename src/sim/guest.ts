@@ -16,8 +16,7 @@
  * - go-live takes over only where the log ends (vcpu-worker.ts `takeOver`): every held entry consumed,
  *   nothing more runnable, mid-operation or idle.
  *
- * Entries and batches are plain objects; a batch's bytes are an opaque buffer of a plausible size
- * (the cores only measure them) mapped back to its entries through a WeakMap.
+ * Entries travel as bytes (JSON) in LOG frames, encoded, MAC'd and decoded by the real channel code.
  */
 import { mix } from './prng.js';
 
@@ -157,20 +156,48 @@ export class GuestState {
   }
 }
 
-/** Opaque batch buffers → their entries (the LOG frame carries the same buffer object). */
-export const batchEntries = new WeakMap<Uint8Array, ModelEntry[]>();
+const enc = new TextEncoder();
+const dec = new TextDecoder();
 
+/** A batch of entries as bytes (what a LOG frame carries over the simulated wire). */
 export function encodeBatch(entries: ModelEntry[]): Uint8Array {
-  let size = 4;
-  for (const e of entries) size += e.kind === 'in' ? 14 : 10;
-  const b = new Uint8Array(size);
-  batchEntries.set(b, entries);
-  return b;
+  return enc.encode(JSON.stringify(entries));
 }
 
-/** A client's reply, as the output carries it (side table keyed by the output object). */
+export function decodeBatch(b: Uint8Array): ModelEntry[] {
+  return JSON.parse(dec.decode(b)) as ModelEntry[];
+}
+
+/** A client's reply, as the output's bytes carry it. */
 export interface Reply {
   req: number;
   value: number;
   entryId: number;
+}
+
+export function encodeJson(v: unknown): Uint8Array {
+  return enc.encode(JSON.stringify(v));
+}
+
+export function decodeJson<T>(b: Uint8Array): T {
+  return JSON.parse(dec.decode(b)) as T;
+}
+
+/** The guest's state as plain data (what a snapshot's memory carries). */
+export function stateToJson(g: GuestState): unknown {
+  return { n: g.n, seq: g.seq, kv: g.kv, queue: g.queue.slice(g.qHead), cur: g.cur, hash: g.hash, ids: g.ids };
+}
+
+export function stateFromJson(v: unknown): GuestState {
+  const o = v as { n: number; seq: number; kv: number[]; queue: GuestState['queue']; cur: GuestState['cur']; hash: number; ids: number[] };
+  const g = new GuestState();
+  g.n = o.n;
+  g.seq = o.seq;
+  g.kv = o.kv;
+  g.queue = o.queue;
+  g.qHead = 0;
+  g.cur = o.cur;
+  g.hash = o.hash;
+  g.ids = o.ids;
+  return g;
 }

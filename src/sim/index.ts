@@ -4,17 +4,19 @@
  * on one thread, with every choice drawn from one PRNG (prng.ts). A seed replays exactly: same events,
  * same steps, same failure.
  *
- * What runs is the real protocol logic: the pure cores src/replication/primary.ts (PrimaryCore) and
- * backup.ts (BackupCore), fed by drivers (nodes.ts) that mirror PrimaryNode, BackupNode, StandbyNode
- * and the channel endpoints action by action. Modelled around them:
+ * What runs is the code that ships: the drivers src/replication/primary-node.ts (PrimaryNode), node.ts
+ * (BackupNode), standby.ts (StandbyNode), the channel endpoints and ChannelConnection (frames encoded,
+ * MAC'd and decoded), and the pure cores they feed, each process in its own simulated environment
+ * (env.ts: virtual timers, the transport, the vCPU model, the client service, an arbiter client).
+ * Modelled around them:
  * - the guest (guest.ts, vcpu.ts): a kv server on a deterministic machine — an instruction counter,
  *   client requests as async entries at the instruction the primary reached, replies as sync entries
  *   carrying the outputs, replay that honours grants and checks every entry, go-live where the log ends;
- * - the channel (net.ts): TCP connections as ordered streams that a partition holds and a cut breaks
- *   (each side gets a prefix, then sees the close); HELLO checks of roles and epochs; redial with
- *   backoff; duplicates and reordering only across reconnections, as TCP allows;
+ * - the network (net.ts): TCP connections as ordered byte streams with bandwidth, that a partition
+ *   holds and a cut breaks (each side gets a prefix, then sees the close); duplicates and reordering
+ *   only across reconnections, as TCP allows;
  * - the arbiter (arbiter.ts): the record {epoch, owner} with claim/advance/read and the standby pool,
- *   exactly as src/arbiter/arbiter.ts documents them, behind calls with latency and a deadline whose
+ *   the embedded arbiter's own state changes (src/arbiter/state.ts), behind calls with latency and a deadline whose
  *   requests can be lost, answered, lost after committing ("timed out but committed"), or held in the
  *   network and committed after the caller gave up;
  * - the world (world.ts): three hosts; timeouts drawn per seed from their allowed ranges; clients with
@@ -39,14 +41,17 @@
  * (d) liveness: after the fault phase everything heals (crashed hosts restart as standbys) and client
  *     requests sent after the heal must complete within a bound of virtual time.
  *
- * Use: `npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain] [--trace]`
- * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags, to show the checkers
- * catch a broken core.
+ * Determinism: the world drains the microtask queue after every event, and nothing real (timer,
+ * socket, worker) exists, so a seed replays bit for bit (the trace hash); a driver's unhandled
+ * rejection or exception fails the seed.
+ *
+ * Use: `npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace]`
+ * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags or the drivers'
+ * `testOnlyDriverBreak`, to show the checkers catch a broken core or driver.
  */
-import type { BreakMode } from './nodes.js';
-import { SimFailure, World, type WorldStats } from './world.js';
+import { SimFailure, World, type BreakMode, type WorldStats } from './world.js';
 
-export type { BreakMode } from './nodes.js';
+export type { BreakMode } from './world.js';
 export type { WorldStats } from './world.js';
 
 export interface SimResult {
@@ -58,6 +63,8 @@ export interface SimResult {
   message: string;
   stats: WorldStats;
   trace: string[];
+  /** The run's fingerprint (events, times, releases): a seed replays bit for bit. */
+  traceHash: string;
 }
 
 export interface SimOptions {
@@ -65,22 +72,40 @@ export interface SimOptions {
   trace?: boolean;
 }
 
-export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
+/** The world running now: a driver's unhandled rejection is its failure. */
+let current: World | undefined;
+let hooked = false;
+function onRejection(err: unknown): void {
+  if (current) current.driverFailed(err);
+  else throw err;
+}
+
+export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimResult> {
+  if (current) throw new Error('one simulated world at a time');
   const w = new World({
     seed,
     ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
     ...(opts.trace ? { trace: true } : {}),
   });
+  if (!hooked) {
+    process.on('unhandledRejection', onRejection);
+    hooked = true;
+  }
+  current = w;
   try {
-    w.run();
-    return { seed, ok: true, step: w.stats.steps, timeMs: w.stats.virtualMs, message: '', stats: w.stats, trace: w.traceLines };
+    await w.run();
+    return { seed, ok: true, step: w.stats.steps, timeMs: w.stats.virtualMs, message: '', stats: w.stats, trace: w.traceLines, traceHash: w.traceHash() };
   } catch (err) {
     const e = err as Error;
     const message = err instanceof SimFailure ? e.message : `${e.name}: ${e.message}`;
     const at = w.position();
     w.stats.steps = at.step;
     w.stats.virtualMs = at.timeMs;
-    return { seed, ok: false, step: at.step, timeMs: at.timeMs, message, stats: w.stats, trace: w.traceLines };
+    return { seed, ok: false, step: at.step, timeMs: at.timeMs, message, stats: w.stats, trace: w.traceLines, traceHash: w.traceHash() };
+  } finally {
+    // Promises of the dead world that are still pending never settle; let any late rejection land here.
+    await new Promise<void>((r) => setImmediate(r));
+    current = undefined;
   }
 }
 

@@ -1,49 +1,24 @@
 /**
- * The simulated logging channel: TCP connections as two ordered byte streams that can be held
- * (partition: nothing is delivered until it heals, then everything arrives, in order, as TCP
- * retransmission would) or broken (a cut: each side receives a prefix of what was in flight, then sees
- * the connection closed). Nothing is duplicated or reordered within a connection; duplicates and
- * "reordering" only happen across connections, when the primary redials and resends from the backup's
- * position — exactly what TCP allows.
- *
- * An end "opens" when it has the peer's HELLO and accepts it (connection.ts checkHello: roles, epochs).
+ * The simulated network under the logging channel: TCP connections as two ordered byte streams
+ * (src/channel/transport.ts ChannelSocket), carrying the bytes the real ChannelConnection writes —
+ * length-prefixed, HMAC'd frames — so the frame codec, the HELLO handshake and its checks, the MACs and
+ * the LOG batch bytes all run under simulation. A direction can be held (partition: nothing is
+ * delivered until it heals, then everything arrives, in order, as TCP retransmission would) or broken
+ * (a cut: each side receives a prefix of what was in flight, then sees the connection closed). Each
+ * direction has a bandwidth: what is written and not yet delivered is the sender's `writableLength`, and
+ * 'drain' fires when it empties after passing the high-water mark (the primary's snapshot stream waits
+ * for it beyond 4 MiB). Nothing is duplicated or reordered within a connection.
  */
-import type { Frame } from '../channel/frames.js';
-import type { GuestState } from './guest.js';
+import { EventEmitter } from 'node:events';
+import type { ChannelSocket } from '../channel/transport.js';
 
-export type HelloRole = 'primary' | 'backup' | 'standby';
-
-/** A node's channel identity, read at handshake time (connection.ts LocalIdentity). */
-export interface Identity {
-  role: HelloRole;
-  epoch: number;
-  nextSeq: number;
-}
-
-export type Hello = { k: 'hello'; role: HelloRole; epoch: number; nextSeq: number; from: string };
-
-export type Msg =
-  | Hello
-  | { k: 'frame'; frame: Frame }
-  /** The running VM's snapshot (SNAPSHOT frames BEGIN + chunks, as one message of `bytes`). */
-  | { k: 'snapshot'; state: GuestState; epoch: number; bytes: number }
-  /** REFUSE: sent just before closing a refused connection. */
-  | { k: 'refuse'; reason: string }
-  /** FIN/RST: the peer closed the connection (or the network broke it). */
-  | { k: 'close'; reason: string };
-
-/** connection.ts checkHello (the parts the simulation models: roles and epochs). */
-export function checkHello(id: Identity, h: Hello): string | undefined {
-  if (h.role === id.role) return `both ends are ${h.role}s`;
-  if ((id.role === 'primary') === (h.role === 'primary')) return `a ${id.role} does not pair with a ${h.role}`;
-  if (id.role === 'standby' || h.role === 'standby') return undefined;
-  if (h.epoch < id.epoch) return `FTVM_ERR_STALE_EPOCH: the peer is at epoch ${h.epoch}, older than ours (${id.epoch})`;
-  if (h.epoch > id.epoch) return `FTVM_ERR_STALE_EPOCH: the peer is at epoch ${h.epoch}, newer than ours (${id.epoch}): this node is fenced`;
-  return undefined;
-}
+/** net.Socket's default high-water mark: a write beyond it returns false and 'drain' follows. */
+const HIGH_WATER_BYTES = 16 * 1024;
 
 interface Item {
-  msg: Msg;
+  /** Bytes, or null: the close marker (FIN/RST). */
+  data: Buffer | null;
+  reason: string;
   at: number;
 }
 
@@ -51,10 +26,15 @@ export class Dir {
   q: Item[] = [];
   head = 0;
   lastAt = 0;
-  /** A close marker was queued (or the receiver is gone): later sends vanish. */
+  /** A close marker was queued (or the receiver is gone): later writes vanish. */
   dead = false;
   blocked = false;
   scheduled = false;
+  /** Bytes written and not yet delivered (the sender's writableLength). */
+  pendingBytes = 0;
+  needDrain = false;
+  /** The most bytes buffered since the last 'drain'. */
+  peakBytes = 0;
   constructor(
     readonly conn: Conn,
     readonly to: 0 | 1,
@@ -62,83 +42,72 @@ export class Dir {
   get pending(): number {
     return this.q.length - this.head;
   }
+  truncate(keep: number): void {
+    for (let i = this.head + keep; i < this.q.length; i++) this.pendingBytes -= this.q[i]!.data?.length ?? 0;
+    this.q.length = this.head + keep;
+  }
 }
 
-/** One side of a connection: a ChannelConnection (events: open, frame, refused, close). */
-export class End {
-  opened = false;
+/** One side of a connection, as the ChannelConnection above it sees its socket. */
+export class SimSocket extends EventEmitter implements ChannelSocket {
   closed = false;
-  identity: (() => Identity) | undefined;
-  onOpen: ((hello: Hello) => void) | undefined;
-  private msgFns: Array<(m: Msg) => void> = [];
-  private closeFns: Array<(reason: string) => void> = [];
-  private refusedFns: Array<(reason: string) => void> = [];
   constructor(
     readonly conn: Conn,
     readonly side: 0 | 1,
     readonly owner: unknown,
     readonly hostIndex: number,
-  ) {}
-  get isOpen(): boolean {
-    return this.opened && !this.closed;
+    private readonly net: Network,
+    readonly remoteAddress: string,
+    readonly remotePort: number,
+  ) {
+    super();
   }
-  get peer(): End {
+  get peer(): SimSocket {
     return this.conn.ends[1 - this.side]!;
   }
-  on(fn: (m: Msg) => void): void {
-    this.msgFns.push(fn);
+  get writableLength(): number {
+    return this.conn.dirs[this.side].pendingBytes;
   }
-  off(fn: (m: Msg) => void): void {
-    this.msgFns = this.msgFns.filter((f) => f !== fn);
+  write(data: Uint8Array): boolean {
+    return this.net.write(this, data);
   }
-  onceClose(fn: (reason: string) => void): void {
-    this.closeFns.push(fn);
+  end(): void {
+    this.net.closeLocal(this, 'peer closed the connection');
   }
-  onceRefused(fn: (reason: string) => void): void {
-    this.refusedFns.push(fn);
-  }
-  emitMsg(m: Msg): void {
-    for (const f of this.msgFns.slice()) {
-      if (this.closed) return;
-      f(m);
-    }
-  }
-  emitClose(reason: string): void {
-    const fns = this.closeFns;
-    this.closeFns = [];
-    this.msgFns = [];
-    for (const f of fns) f(reason);
-  }
-  emitRefused(reason: string): void {
-    const fns = this.refusedFns;
-    this.refusedFns = [];
-    for (const f of fns) f(reason);
+  /** The simulated network has no system calls to save: writes go out as they are made. */
+  cork(): void {}
+  uncork(): void {}
+  destroy(): void {
+    this.net.closeLocal(this, 'peer closed the connection');
   }
 }
 
 export class Conn {
-  readonly ends: [End, End];
+  readonly ends: [SimSocket, SimSocket];
   readonly dirs: [Dir, Dir];
   constructor(
     readonly id: number,
-    dialer: { owner: unknown; host: number },
-    acceptor: { owner: unknown; host: number },
+    net: Network,
+    dialer: { owner: unknown; host: number; name: string; port: number },
+    acceptor: { owner: unknown; host: number; name: string; port: number },
   ) {
-    this.ends = [new End(this, 0, dialer.owner, dialer.host), new End(this, 1, acceptor.owner, acceptor.host)];
-    // dirs[i] carries messages from ends[i] to ends[1 - i]
+    this.ends = [new SimSocket(this, 0, dialer.owner, dialer.host, net, acceptor.name, acceptor.port), new SimSocket(this, 1, acceptor.owner, acceptor.host, net, dialer.name, dialer.port)];
+    // dirs[i] carries bytes from ends[i] to ends[1 - i]
     this.dirs = [new Dir(this, 1), new Dir(this, 0)];
   }
 }
 
 export interface NetHost {
   now(): number;
-  /** A one-way delay on the link between two hosts, drawn now. */
+  /** A one-way delay on the link between two hosts, drawn now (latency plus bytes at the link's bandwidth). */
   delay(fromHost: number, toHost: number, bytes: number): number;
   /** Whether the link from → to is held by a partition right now. */
   blocked(fromHost: number, toHost: number): boolean;
-  /** Schedules a read on the receiving end's process (deferred while it is paused, dropped if dead). */
+  /** Schedules fn on `owner`'s process (deferred while it is paused, dropped if dead). */
   schedule(owner: unknown, atMs: number, fn: () => void): void;
   random(): number;
+  /** 'drain' fires on a sender that had up to this many bytes buffered (statistics). */
+  onDrain?(bufferedMaxBytes: number): void;
 }
 
 export class Network {
@@ -147,41 +116,43 @@ export class Network {
 
   constructor(private readonly host: NetHost) {}
 
-  connect(dialer: { owner: unknown; host: number }, acceptor: { owner: unknown; host: number }): Conn {
-    const c = new Conn(this.nextId++, dialer, acceptor);
+  connect(dialer: { owner: unknown; host: number; name: string; port: number }, acceptor: { owner: unknown; host: number; name: string; port: number }): Conn {
+    const c = new Conn(this.nextId++, this, dialer, acceptor);
     this.conns.add(c);
     c.dirs[0].blocked = this.host.blocked(dialer.host, acceptor.host);
     c.dirs[1].blocked = this.host.blocked(acceptor.host, dialer.host);
     return c;
   }
 
-  send(from: End, msg: Msg, bytes = 32): void {
-    if (from.closed) return;
+  write(from: SimSocket, data: Uint8Array): boolean {
+    if (from.closed) return false;
     const d = from.conn.dirs[from.side];
-    if (d.dead) return;
+    if (d.dead) return true; // written into a socket whose peer is gone: lost
     const to = from.peer;
-    const at = Math.max(d.lastAt, this.host.now() + this.host.delay(from.hostIndex, to.hostIndex, bytes));
+    const at = Math.max(d.lastAt, this.host.now() + this.host.delay(from.hostIndex, to.hostIndex, data.length));
     d.lastAt = at;
-    d.q.push({ msg, at });
+    d.q.push({ data: Buffer.from(data), reason: '', at });
+    d.pendingBytes += data.length;
+    if (d.pendingBytes > d.peakBytes) d.peakBytes = d.pendingBytes;
     this.arm(d);
+    if (d.pendingBytes > HIGH_WATER_BYTES) {
+      d.needDrain = true;
+      return false;
+    }
+    return true;
   }
 
-  /** This end closes its socket: what it sent still arrives, then a close; what comes to it is lost. */
-  closeLocal(end: End, reason: string): void {
+  /** This end closes its socket: what it wrote still arrives, then a close; what comes to it is lost. */
+  closeLocal(end: SimSocket, reason: string): void {
     if (end.closed) return;
     end.closed = true;
     this.pushClose(end.conn.dirs[end.side], reason);
     const inbound = end.conn.dirs[1 - end.side]!;
     inbound.dead = true;
-    inbound.q.length = inbound.head;
+    inbound.truncate(0);
     this.maybeForget(end.conn);
-    end.emitClose(reason);
-  }
-
-  /** connection.ts refuse(): a REFUSE frame, then close. */
-  refuse(end: End, reason: string): void {
-    this.send(end, { k: 'refuse', reason });
-    this.closeLocal(end, `refused: ${reason}`);
+    // net.Socket emits 'close' asynchronously.
+    this.host.schedule(end.owner, this.host.now(), () => end.emit('close'));
   }
 
   /** Queues a close (FIN/RST) behind whatever this direction still carries; nothing follows it. */
@@ -190,7 +161,7 @@ export class Network {
     const from = d.conn.ends[1 - d.to]!;
     const at = Math.max(d.lastAt, this.host.now() + this.host.delay(from.hostIndex, d.conn.ends[d.to].hostIndex, 0));
     d.lastAt = at;
-    d.q.push({ msg: { k: 'close', reason }, at });
+    d.q.push({ data: null, reason, at });
     d.dead = true;
     this.arm(d);
   }
@@ -203,15 +174,14 @@ export class Network {
     for (const side of [0, 1] as const) {
       const d = c.dirs[side];
       if (d.dead) continue;
-      const pending = d.pending;
-      const keep = dropAll ? 0 : Math.floor(this.host.random() * (pending + 1));
-      d.q.length = d.head + keep;
+      const keep = dropAll ? 0 : Math.floor(this.host.random() * (d.pending + 1));
+      d.truncate(keep);
       this.pushClose(d, reason);
     }
   }
 
   /** The process behind `end` vanished (kill -9 or power loss). */
-  vanish(end: End, kernelCloses: boolean): void {
+  vanish(end: SimSocket, kernelCloses: boolean): void {
     if (end.closed) return;
     end.closed = true;
     const out = end.conn.dirs[end.side];
@@ -221,22 +191,21 @@ export class Network {
         this.pushClose(out, 'peer closed the connection');
       } else {
         // Power loss: a prefix of what was in flight gets out; the peer hears nothing more.
-        const keep = Math.floor(this.host.random() * (out.pending + 1));
-        out.q.length = out.head + keep;
+        out.truncate(Math.floor(this.host.random() * (out.pending + 1)));
         out.dead = true;
       }
     }
     const inbound = end.conn.dirs[1 - end.side]!;
     inbound.dead = true;
-    inbound.q.length = inbound.head;
+    inbound.truncate(0);
   }
 
   /** A restarted host answers the survivor's next segment with RST: the half-open connection closes. */
-  resetHalfOpen(end: End): void {
+  resetHalfOpen(end: SimSocket): void {
     if (end.peer.closed) return;
     const d = end.conn.dirs[end.side]; // towards the survivor
     d.dead = false;
-    d.q.length = d.head;
+    d.truncate(0);
     this.pushClose(d, 'connection reset by peer');
   }
 
@@ -265,55 +234,63 @@ export class Network {
     this.host.schedule(recv.owner, d.q[d.head]!.at, () => this.read(d));
   }
 
-  /** One socket read: every message that has arrived by now. */
+  /** The socket was accepted (its owner listens for data now): what arrived meanwhile is read. */
+  accepted(end: SimSocket): void {
+    this.arm(end.conn.dirs[1 - end.side]!);
+  }
+
+  /** One socket read: every byte that has arrived by now, as one chunk (sometimes split in two). */
   private read(d: Dir): void {
     d.scheduled = false;
     if (d.blocked) return;
     const recv = d.conn.ends[d.to];
+    // Not accepted yet: the kernel holds what arrived (accepted() reads it).
+    if (!recv.closed && recv.listenerCount('data') === 0) return;
     const now = this.host.now();
+    const chunks: Buffer[] = [];
+    let closeReason: string | undefined;
     while (d.head < d.q.length && d.q[d.head]!.at <= now && !recv.closed) {
       const it = d.q[d.head++]!;
-      if (it.msg.k === 'close') {
-        recv.closed = true;
-        // Our own unsent data is discarded with the socket.
-        const out = d.conn.dirs[recv.side];
-        out.dead = true;
-        out.q.length = out.head;
-        this.maybeForget(d.conn);
-        recv.emitClose(it.msg.reason);
+      if (it.data === null) {
+        closeReason = it.reason;
         break;
       }
-      if (it.msg.k === 'hello') {
-        if (recv.opened) {
-          this.closeLocal(recv, 'unexpected HELLO');
-          break;
-        }
-        const problem = recv.identity ? checkHello(recv.identity(), it.msg) : 'nobody listens';
-        if (problem !== undefined) {
-          this.refuse(recv, problem);
-          break;
-        }
-        recv.opened = true;
-        recv.onOpen?.(it.msg);
-        continue;
-      }
-      if (!recv.opened) {
-        this.closeLocal(recv, 'no HELLO');
-        break;
-      }
-      if (it.msg.k === 'refuse') {
-        recv.emitRefused(it.msg.reason);
-        this.closeLocal(recv, `peer refused: ${it.msg.reason}`);
-        break;
-      }
-      recv.emitMsg(it.msg);
+      d.pendingBytes -= it.data.length;
+      chunks.push(it.data);
     }
     if (d.head > 64 && d.head * 2 > d.q.length) {
       d.q.splice(0, d.head);
       d.head = 0;
     }
+    const sender = d.conn.ends[1 - d.to]!;
+    if (d.needDrain && d.pendingBytes === 0) {
+      d.needDrain = false;
+      this.host.onDrain?.(d.peakBytes);
+      d.peakBytes = 0;
+      if (!sender.closed) this.host.schedule(sender.owner, now, () => !sender.closed && sender.emit('drain'));
+    }
+    if (chunks.length > 0 && !recv.closed) {
+      const all = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+      if (all.length > 1 && this.host.random() < 0.1) {
+        // TCP may hand a frame over in pieces: the connection reassembles it.
+        const cut = 1 + Math.floor(this.host.random() * (all.length - 1));
+        recv.emit('data', all.subarray(0, cut));
+        if (!recv.closed) recv.emit('data', all.subarray(cut));
+      } else {
+        recv.emit('data', all);
+      }
+    }
+    if (closeReason !== undefined && !recv.closed) {
+      recv.closed = true;
+      // Our own unsent data is discarded with the socket.
+      const out = d.conn.dirs[recv.side];
+      out.dead = true;
+      out.truncate(0);
+      this.maybeForget(d.conn);
+      recv.emit('close');
+    }
     if (recv.closed) {
-      d.q.length = d.head;
+      d.truncate(0);
       this.maybeForget(d.conn);
     } else {
       this.arm(d);

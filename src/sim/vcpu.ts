@@ -1,66 +1,160 @@
 /**
- * Model vCPUs around the model guest (guest.ts), in virtual time: a recording vCPU (the primary's, or a
- * replica's after go-live) and a replaying one (the backup's). They mirror src/machine/vcpu.ts and the
- * worker's record/replay environments: inputs are taken at checkpoints unless throttled, entries leave
- * in batches with the instruction number reached (progress notes with no entries while computing), the
- * replica is fed batches and grants and reports `drained` while it waits with nothing held, and
- * `goLive()` takes over exactly where the log ends.
+ * The model vCPU around the model guest (guest.ts), in virtual time: the simulator's VcpuPort
+ * (src/replication/env.ts), standing in for src/machine/vcpu.ts Vcpu and its worker. One object, as the
+ * real one: a recording vCPU (the primary's), or a replaying one (a backup's) that turns into a
+ * recording one at go-live. What the drivers rely on, and test/sim-vcpu-contract.test.ts checks against
+ * the real Vcpu with the same scripted scenario:
+ * - record: inputs are taken at checkpoints unless throttled; entries leave in 'batch' events with the
+ *   instruction number reached (progress notes with no entries while computing); `takeSnapshot` takes
+ *   the guest at its next idle point, and `onTaken` runs after every batch logged before it and before
+ *   any batch logged after it;
+ * - replay: batches (bytes, as LOG frames carry them) and grants are fed; every entry is checked;
+ *   `drained` is true while the replica waits with everything it was given consumed, and it is STALE
+ *   right after a feed (the worker has not seen the batch yet: the driver guards with `entries`);
+ *   `goLive()` takes over only once every held entry is consumed ('live' after the held log).
  */
+import { EventEmitter } from 'node:events';
+import type { Snapshot } from '../machine/machine.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
-import { encodeBatch, GuestState, type InEntry, type ModelEntry, type Op, type OutEntry, type Reply } from './guest.js';
+import type { BatchEvent, DoneEvent, TakenSnapshot, VcpuPort } from '../replication/env.js';
+import { DeterminismViolation, FtvmError } from '../util/errors.js';
+import { decodeBatch, decodeJson, encodeBatch, encodeJson, GuestState, stateFromJson, stateToJson, type InEntry, type ModelEntry, type Op, type OutEntry } from './guest.js';
 
 /** One simulated vCPU time slice. */
 export const SLICE_MS = 1;
 /** Progress notes (no entries) at most this often while computing (vcpu.ts progressIntervalMs). */
 const PROGRESS_INTERVAL_MS = 2;
-const EMPTY = new Uint8Array(0);
-
-/** Replies carried by outputs (the output object is the key). */
-export const outputReplies = new WeakMap<WireOutput, Reply>();
 
 export interface VcpuHost {
   now(): number;
   /** Schedules fn after delayMs on this vCPU's process (deferred while the process is paused). */
   later(delayMs: number, fn: () => void): void;
   newEntryId(): number;
+  /** The guest's memory size: what a snapshot carries. */
+  memoryBytes: number;
+  /** Instructions per virtual millisecond, recording or replaying. */
+  speed(mode: 'record' | 'replay'): number;
+  /** A snapshot attempt fails (the real worker refuses one, e.g. memory could not be copied). */
+  snapshotFails(): boolean;
+  /** A replica found an entry that does not match: the simulation decides whether that is a failure. */
+  violation(vcpu: SimVcpu, msg: string): void;
+  /** The replica took over as a recorder (after its held log). */
+  wentLive(vcpu: SimVcpu): void;
 }
 
-export interface BatchEvent {
-  firstSeq: number;
-  count: number;
-  entries: Uint8Array;
-  outputs: WireOutput[];
-  instructionNumber: number;
+/** A snapshot's memory: the guest state as JSON at the start, zeros to the guest's memory size. */
+function snapshotOf(g: GuestState, memoryBytes: number, maxConn: number): Snapshot {
+  const json = encodeJson({ state: stateToJson(g), maxConn });
+  const memory = new Uint8Array(Math.max(memoryBytes, json.length + 4));
+  new DataView(memory.buffer).setUint32(0, json.length, true);
+  memory.set(json, 4);
+  return { count: g.n, memory, globals: [], devices: { ring: null, timers: [], conns: [], armSeq: 0, maxConn }, stepAgain: false, deliveredInStep: false, booted: true, seq: g.seq };
 }
 
-export class RecordVcpu {
-  private readonly inputs: Array<{ conn: number; req: number; op: Op }> = [];
-  private throttled = false;
-  private scheduled = false;
+function restoreOf(s: Snapshot): { state: GuestState; maxConn: number } {
+  const len = new DataView(s.memory.buffer, s.memory.byteOffset, s.memory.byteLength).getUint32(0, true);
+  const v = decodeJson<{ state: unknown; maxConn: number }>(s.memory.subarray(4, 4 + len));
+  return { state: stateFromJson(v.state), maxConn: v.maxConn };
+}
+
+export class SimVcpu extends EventEmitter implements VcpuPort {
+  mode: 'record' | 'replay';
+  readonly state: GuestState;
+  readonly done: Promise<DoneEvent>;
+  private resolveDone!: (d: DoneEvent) => void;
+  private finished = false;
   private stopped = false;
-  private snapshotWaiter: ((s: GuestState) => void) | undefined;
+  private scheduled = false;
+  private throttled = false;
+  // record
+  private readonly inputs: Array<{ conn: number; req: number; op: Op }> = [];
+  private snapshotWaiter: { onTaken: ((t: TakenSnapshot) => void) | undefined; resolve: (t: TakenSnapshot) => void; reject: (e: Error) => void } | undefined;
   private lastProgressMs = -Infinity;
   private lastPostedN: number;
-  /** Instructions executed per virtual millisecond. */
+  private maxConn = 0;
+  // replay
+  /** Batches fed and not yet seen by the worker (the shared queue). */
+  private inbox: Uint8Array[] = [];
+  private held: ModelEntry[] = [];
+  private hHead = 0;
+  private grantN = 0;
+  private goLiveWanted = false;
+  /** The worker's CTRL_DRAINED flag: set when it waits with nothing held, cleared when it next runs. */
+  private drainedFlag = false;
+  /** Instructions per virtual millisecond (the nemesis slows replicas down). */
   speed: number;
+  /** The nemesis corrupted this replica's state (its divergence is expected). */
+  corrupted = false;
 
   constructor(
-    readonly state: GuestState,
-    speed: number,
     private readonly host: VcpuHost,
-    private readonly onBatch: (b: BatchEvent) => void,
+    mode: 'record' | 'replay',
+    snapshot?: Snapshot,
   ) {
-    this.speed = speed;
-    this.lastPostedN = state.n;
-    this.wake();
+    super();
+    this.mode = mode;
+    this.speed = host.speed(mode);
+    if (snapshot) {
+      const r = restoreOf(snapshot);
+      this.state = r.state;
+      this.maxConn = r.maxConn;
+    } else {
+      this.state = new GuestState();
+    }
+    this.lastPostedN = this.state.n;
+    this.grantN = this.state.n;
+    this.done = new Promise<DoneEvent>((r) => (this.resolveDone = r));
+    this.wake(); // a replica starts by waiting for log (drained), a recorder by running
   }
 
   get count(): number {
     return this.state.n;
   }
+  get entries(): number {
+    return this.state.seq;
+  }
+  get idle(): boolean {
+    return this.state.cur === null && this.inputs.length === 0;
+  }
+  get backlog_bytes(): number {
+    return 0;
+  }
+  get memoryBytes(): number {
+    return this.host.memoryBytes;
+  }
+  get diskBytes(): number {
+    return 0;
+  }
+  get drained(): boolean {
+    return this.mode === 'replay' && this.drainedFlag;
+  }
+  get heldCount(): number {
+    return this.held.length - this.hHead;
+  }
 
-  input(conn: number, req: number, op: Op): void {
-    this.inputs.push({ conn, req, op });
+  // ------------------------------------------------------------------ the port
+
+  input(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): void {
+    if (this.mode !== 'record' || kind !== 'data' || data === undefined) return;
+    const m = decodeJson<{ req: number; op: Op }>(data);
+    this.inputs.push({ conn, req: m.req, op: m.op });
+    this.wake();
+  }
+
+  feedLog(batch: Uint8Array): void {
+    this.inbox.push(batch);
+    this.wake();
+  }
+
+  grant(n: number): void {
+    if (n > this.grantN) this.grantN = n;
+    this.wake();
+  }
+
+  endOfLog(): void {}
+
+  goLive(): void {
+    this.goLiveWanted = true;
     this.wake();
   }
 
@@ -69,40 +163,73 @@ export class RecordVcpu {
     if (!on) this.wake();
   }
 
-  /**
-   * Vcpu.takeSnapshot: a copy of the guest at its next idle point; `onTaken` runs where the snapshot is
-   * taken, after every batch logged before it and before any batch logged after it.
-   */
-  takeSnapshot(onTaken: (s: GuestState) => void): void {
-    if (this.snapshotWaiter) throw new Error('a snapshot is already being taken');
-    this.snapshotWaiter = onTaken;
+  takeSnapshot(onTaken?: (t: TakenSnapshot) => void): Promise<TakenSnapshot> {
+    if (this.snapshotWaiter) return Promise.reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a snapshot is already being taken'));
+    if (this.finished) return Promise.reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the guest stopped before the snapshot'));
+    return new Promise<TakenSnapshot>((resolve, reject) => {
+      this.snapshotWaiter = { onTaken, resolve, reject };
+      this.wake();
+    });
+  }
+
+  requestStateHash(): void {}
+
+  /** Record: stop at the next idle point; replay: when the replica next waits for log. */
+  stop(): void {
+    this.stopped = true;
     this.wake();
   }
 
-  stop(): void {
-    this.stopped = true;
+  terminate(): Promise<void> {
+    this.finish();
+    return Promise.resolve();
+  }
+
+  /** Test-only break support (the core's skip-drain): forget every held entry the replica has not consumed. */
+  testOnlyAbandonHeld(): void {
+    this.inbox = [];
+    this.held = [];
+    this.hHead = 0;
+  }
+
+  // ------------------------------------------------------------------ the worker
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    const w = this.snapshotWaiter;
+    this.snapshotWaiter = undefined;
+    w?.reject(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the guest stopped before the snapshot'));
+    this.resolveDone({ t: 'done', state: 'stopped', count: this.state.n, halt: null, finalHash: null, midStep: this.state.cur !== null });
   }
 
   private wake(): void {
-    if (this.scheduled || this.stopped) return;
+    if (this.scheduled || this.finished) return;
     this.scheduled = true;
     this.host.later(0.01, () => this.slice());
   }
 
-  private busy(): boolean {
-    return this.state.cur !== null || this.inputs.length > 0 || this.snapshotWaiter !== undefined;
-  }
-
   private slice(): void {
     this.scheduled = false;
-    if (this.stopped) return;
+    if (this.finished) return;
+    if (this.mode === 'record') this.recordSlice();
+    else this.replaySlice();
+  }
+
+  private recordSlice(): void {
     const g = this.state;
     // Checkpoint at the slice start: everything logged so far has been posted.
     if (this.snapshotWaiter && g.cur === null) {
       const w = this.snapshotWaiter;
       this.snapshotWaiter = undefined;
-      w(g.clone());
-      if (this.stopped) return;
+      if (this.host.snapshotFails()) {
+        w.reject(new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot could not be taken'));
+      } else {
+        const t: TakenSnapshot = { snapshot: snapshotOf(g, this.host.memoryBytes, this.maxConn), pauseMs: 0 };
+        w.onTaken?.(t);
+        w.resolve(t);
+      }
+      if (this.finished) return;
     }
     const firstSeq = g.seq;
     const entries: ModelEntry[] = [];
@@ -111,6 +238,7 @@ export class RecordVcpu {
       for (const i of this.inputs.splice(0)) {
         const id = this.host.newEntryId();
         const seq = g.seq;
+        if (i.conn > this.maxConn) this.maxConn = i.conn;
         g.deliver(i.conn, i.req, i.op, id);
         const e: InEntry = { kind: 'in', id, seq, n: g.n, conn: i.conn, req: i.req, op: i.op, hashAfter: g.stateHash() };
         entries.push(e);
@@ -127,155 +255,92 @@ export class RecordVcpu {
           const done = g.complete(value, id);
           const e: OutEntry = { kind: 'out', id, seq, n: g.n, conn: done.conn, req: done.req, value, hashAfter: g.stateHash() };
           entries.push(e);
-          const o: WireOutput = { seq, n: g.n, kind: 'net', conn: done.conn, fd: 0, data: EMPTY };
-          outputs.push(o);
-          outputReplies.set(o, { req: done.req, value, entryId: id });
+          outputs.push({ seq, n: g.n, kind: 'net', conn: done.conn, fd: 0, data: encodeJson({ req: done.req, value, entryId: id }) });
         }
       }
     }
     const now = this.host.now();
     if (entries.length > 0) {
       this.lastPostedN = g.n;
-      this.onBatch({ firstSeq, count: entries.length, entries: encodeBatch(entries), outputs, instructionNumber: g.n });
+      this.emitBatch({ t: 'batch', firstSeq, count: entries.length, entries: encodeBatch(entries), outputs, instructionNumber: g.n });
     } else if (g.n !== this.lastPostedN && now - this.lastProgressMs >= PROGRESS_INTERVAL_MS) {
       this.lastPostedN = g.n;
       this.lastProgressMs = now;
-      this.onBatch({ firstSeq, count: 0, entries: encodeBatch([]), outputs, instructionNumber: g.n });
+      this.emitBatch({ t: 'batch', firstSeq, count: 0, entries: encodeBatch([]), outputs, instructionNumber: g.n });
     }
-    if (!this.stopped && this.busy()) {
+    if (this.stopped && g.cur === null && (this.inputs.length === 0 || this.throttled)) {
+      // vcpu-worker.ts: a recorder stops at its next idle point (a long computation delays the stop).
+      this.finish();
+      return;
+    }
+    if (!this.finished && (g.cur !== null || this.inputs.length > 0 || this.snapshotWaiter !== undefined || this.stopped)) {
       this.scheduled = true;
       this.host.later(SLICE_MS, () => this.slice());
     }
   }
-}
 
-export class ReplayVcpu {
-  private held: ModelEntry[] = [];
-  private hHead = 0;
-  private grant = 0;
-  private scheduled = false;
-  private stopped = false;
-  private goLiveWanted = false;
-  private blocked = true;
-  speed: number;
-
-  constructor(
-    readonly state: GuestState,
-    speed: number,
-    private readonly host: VcpuHost,
-    private readonly onLive: (ev: { count: number; seq: number }) => void,
-    private readonly onViolation: (msg: string) => void,
-  ) {
-    this.speed = speed;
-    this.grant = state.n;
+  private emitBatch(b: BatchEvent): void {
+    this.emit('batch', b);
   }
 
-  get count(): number {
-    return this.state.n;
+  private fail(msg: string, e: ModelEntry | undefined): void {
+    this.finished = true;
+    this.host.violation(this, msg);
+    const err = new DeterminismViolation(msg, e?.n ?? -1, this.state.n, e?.seq ?? this.state.seq);
+    this.emit('vcpu-error', err);
+    this.resolveDone({ t: 'done', state: 'stopped', count: this.state.n, halt: null, finalHash: null, midStep: false });
   }
 
-  /** Entries consumed (absolute seq of the next entry). */
-  get entries(): number {
-    return this.state.seq;
-  }
-
-  get heldCount(): number {
-    return this.held.length - this.hHead;
-  }
-
-  /** True while the replica waits for log with every entry it was given consumed. */
-  get drained(): boolean {
-    return this.blocked && this.heldCount === 0;
-  }
-
-  feedLog(entries: ModelEntry[]): void {
-    for (const e of entries) this.held.push(e);
-    this.wake();
-  }
-
-  grantTo(n: number): void {
-    if (n > this.grant) this.grant = n;
-    this.wake();
-  }
-
-  goLive(): void {
-    this.goLiveWanted = true;
-    this.wake();
-  }
-
-  stop(): void {
-    this.stopped = true;
-  }
-
-  /** Test-only break support: forget every held entry the replica has not consumed. */
-  abandonHeld(): void {
-    this.held = this.held.slice(this.hHead, this.hHead);
-    this.hHead = 0;
-  }
-
-  private wake(): void {
-    this.blocked = false;
-    if (this.scheduled || this.stopped) return;
-    this.scheduled = true;
-    this.host.later(0.01, () => this.slice());
-  }
-
-  private fail(msg: string): void {
-    this.stopped = true;
-    this.onViolation(msg);
-  }
-
-  private slice(): void {
-    this.scheduled = false;
-    if (this.stopped) return;
+  private replaySlice(): void {
     const g = this.state;
+    this.drainedFlag = false;
+    for (const b of this.inbox.splice(0)) for (const e of decodeBatch(b)) this.held.push(e);
     let budget = Math.round(this.speed * SLICE_MS);
-    this.blocked = false;
+    let blocked = false;
     for (;;) {
       const e = this.held[this.hHead];
       const cur = g.cur;
       if (cur !== null && cur.endN === g.n) {
         // The current operation completes here: its reply is a sync entry the log must hold next.
         if (e === undefined) {
-          this.blocked = true;
+          blocked = true;
           break;
         }
-        if (e.kind !== 'out' || e.n !== g.n) {
-          return this.fail(`replica diverged at instruction ${g.n}: its reply to request ${cur.req} is due, the log says ${describe(e)}`);
-        }
+        if (e.kind !== 'out' || e.n !== g.n) return this.fail(`replica diverged at instruction ${g.n}: its reply to request ${cur.req} is due, the log says ${describe(e)}`, e);
         const value = g.replyValue();
-        if (value !== e.value || e.req !== cur.req) return this.fail(`replica diverged at instruction ${g.n}: reply ${value} to request ${cur.req}, the log says ${describe(e)}`);
+        if (value !== e.value || e.req !== cur.req) return this.fail(`replica diverged at instruction ${g.n}: reply ${value} to request ${cur.req}, the log says ${describe(e)}`, e);
         g.complete(value, e.id);
         this.hHead++;
-        if (g.stateHash() !== e.hashAfter) return this.fail(`replica diverged: state hash after entry ${e.seq} (instruction ${e.n}) differs from the primary's`);
+        if (g.stateHash() !== e.hashAfter) return this.fail(`replica diverged: state hash after entry ${e.seq} (instruction ${e.n}) differs from the primary's`, e);
         continue;
       }
       let limit: number;
       if (e !== undefined && e.kind === 'in') {
-        if (e.seq !== g.seq) return this.fail(`replica fed entry ${e.seq} where it expects entry ${g.seq}`);
-        if (e.n < g.n) return this.fail(`replica ran past a delivery: it is at instruction ${g.n}, the log delivers request ${e.req} (entry ${e.seq}) at ${e.n}`);
+        if (e.seq !== g.seq) return this.fail(`replica fed entry ${e.seq} where it expects entry ${g.seq}`, e);
+        if (e.n < g.n) return this.fail(`replica ran past a delivery: it is at instruction ${g.n}, the log delivers request ${e.req} (entry ${e.seq}) at ${e.n}`, e);
         if (e.n === g.n) {
+          if (e.conn > this.maxConn) this.maxConn = e.conn;
           g.deliver(e.conn, e.req, e.op, e.id);
           this.hHead++;
-          if (g.stateHash() !== e.hashAfter) return this.fail(`replica diverged: state hash after entry ${e.seq} (instruction ${e.n}) differs from the primary's`);
+          if (g.stateHash() !== e.hashAfter) return this.fail(`replica diverged: state hash after entry ${e.seq} (instruction ${e.n}) differs from the primary's`, e);
           continue;
         }
         limit = e.n; // an async entry: stop exactly there
       } else if (e !== undefined) {
-        if (e.seq !== g.seq) return this.fail(`replica fed entry ${e.seq} where it expects entry ${g.seq}`);
-        if (cur === null) return this.fail(`replica diverged: idle at instruction ${g.n}, the log says ${describe(e)}`);
-        limit = Math.max(this.grant, e.n);
+        if (e.seq !== g.seq) return this.fail(`replica fed entry ${e.seq} where it expects entry ${g.seq}`, e);
+        if (cur === null) return this.fail(`replica diverged: idle at instruction ${g.n}, the log says ${describe(e)}`, e);
+        limit = Math.max(this.grantN, e.n);
       } else {
-        limit = this.grant;
+        limit = this.grantN;
       }
       if (cur === null) {
-        if (e !== undefined) return this.fail(`replica diverged: the guest is idle at instruction ${g.n}, the log says ${describe(e)}`);
-        this.blocked = true;
+        if (e !== undefined) return this.fail(`replica diverged: the guest is idle at instruction ${g.n}, the log says ${describe(e)}`, e);
+        blocked = true;
         break;
       }
       const target = Math.min(cur.endN, limit);
       if (target <= g.n) {
-        this.blocked = true;
+        blocked = true;
         break;
       }
       if (budget <= 0) break;
@@ -287,13 +352,25 @@ export class ReplayVcpu {
       this.held = this.held.slice(this.hHead);
       this.hHead = 0;
     }
-    if (this.blocked && this.heldCount === 0 && this.goLiveWanted) {
-      // vcpu-worker.ts takeOver: nothing held, nothing more runnable: record from exactly here.
-      this.stopped = true;
-      this.onLive({ count: g.n, seq: g.seq });
+    if (blocked && this.heldCount === 0 && this.inbox.length === 0) {
+      if (this.goLiveWanted) {
+        // vcpu-worker.ts takeOver: nothing held, nothing more runnable: record from exactly here.
+        this.mode = 'record';
+        this.speed = this.host.speed('record');
+        this.lastPostedN = g.n;
+        this.host.wentLive(this);
+        this.emit('live', { t: 'live', count: g.n, seq: g.seq, maxConn: this.maxConn });
+        this.wake();
+        return;
+      }
+      if (this.stopped) {
+        this.finish();
+        return;
+      }
+      this.drainedFlag = true;
       return;
     }
-    if (!this.blocked) {
+    if (!blocked || this.inbox.length > 0) {
       this.scheduled = true;
       this.host.later(SLICE_MS, () => this.slice());
     }

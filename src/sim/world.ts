@@ -3,14 +3,90 @@
  * channel between them, the arbiter, clients, and a nemesis — all in virtual time, single threaded,
  * every choice drawn from one PRNG. After every event the invariants are checked; see index.ts.
  */
+import { createHash } from 'node:crypto';
+import { pino } from 'pino';
+import type { ChannelServer, ChannelSocket } from '../channel/transport.js';
+import type { LoadedGuest } from '../machine/guest.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
+import { DEFAULT_VM_CONFIG, type VmConfig } from '../log/recording.js';
+import type { Timer } from '../replication/env.js';
+import { BackupNode, PrimaryNode, type NodeOptions, type Timings } from '../replication/node.js';
+import { StandbyNode } from '../replication/standby.js';
+import { Keyring } from '../security/secrets.js';
+import { silentLogger, type Logger } from '../util/log.js';
 import { ArbiterModel, type ArbiterOp, type ArbiterReply } from './arbiter.js';
-import { KEYS, type GuestState, type Op } from './guest.js';
-import { Network, type Conn, type End, type Identity } from './net.js';
-import { BackupDriver, PrimaryDriver, Proc, StandbyDriver, type BreakMode, type SimTimings, type Timer, type WorldApi } from './nodes.js';
+import { SimArbiter, simNodeEnv, type SimProc, type SimService, type SimWorldApi } from './env.js';
+import { decodeJson, KEYS, type GuestState, type Op, type Reply } from './guest.js';
+import { Network, type Conn, type SimSocket } from './net.js';
 import { Prng } from './prng.js';
 import { EventQueue } from './queue.js';
-import { outputReplies } from './vcpu.js';
+import type { SimVcpu, VcpuHost } from './vcpu.js';
+
+/**
+ * Test-only breaks: the cores' ('release-before-ack', 'skip-drain') and the drivers' ('release-unheld',
+ * 'stale-drained'), to show the checkers catch a broken core or driver.
+ */
+export type BreakMode = 'release-before-ack' | 'skip-drain' | 'release-unheld' | 'stale-drained';
+
+/** The nodes' timings and what else the drivers take. */
+export interface SimTimings extends Omit<Timings, 'stateHashIntervalMs'> {
+  unackedMaxBytes: number;
+  heldMaxOutputs: number;
+  leaseTtlMs: number;
+  /** The guest's memory: the size of a snapshot. */
+  memoryBytes: number;
+}
+
+/** run-cmds.ts RECRUIT_INTERVAL_MS. */
+const RECRUIT_INTERVAL_MS = 250;
+const CHANNEL_PORT = 7000;
+const SERVICE_PORT = 8000;
+const SECRET = new Uint8Array(32).fill(7);
+const GUEST = { original: new TextEncoder().encode('ftvm simulated kv guest') } as unknown as LoadedGuest;
+const CONFIG: VmConfig = { ...DEFAULT_VM_CONFIG, name: 'sim' };
+
+type Driver = PrimaryNode | BackupNode | StandbyNode;
+
+/** One process incarnation on a host (`ftvm run --role primary|backup` or `ftvm standby`). */
+export class Proc implements SimProc {
+  dead = false;
+  paused = false;
+  deferred: Array<{ fn: () => void; kind: 'tick' | 'other' }> = [];
+  root: Driver | null = null;
+  vcpu: SimVcpu | undefined;
+  service: SimService | undefined;
+  /** Listening channel ports: port → accept. */
+  readonly listeners = new Map<number, (s: ChannelSocket) => void>();
+  /** Arbiter calls whose outcome this process has not learnt yet. */
+  arbiterInFlight = 0;
+  /** Arbiter requests on their way (they may still commit, even after the call gave up). */
+  arbiterRequests = 0;
+  /** Client connections served here: conn id → client index. */
+  readonly clientConns = new Map<number, number>();
+  /** Service start attempts that will still find the address held. */
+  serviceHeldAttempts = 0;
+
+  constructor(
+    readonly id: string,
+    readonly host: number,
+    readonly hostId: string,
+  ) {}
+
+  /** The recording driver of this process, if it records (primary, or a replica gone live). */
+  recorder(): PrimaryNode | undefined {
+    const r = this.root;
+    if (r instanceof PrimaryNode) return r;
+    if (r instanceof BackupNode) return r.livePrimary;
+    return r?.joinedBackup?.livePrimary;
+  }
+
+  /** The replaying driver, if this process is a backup (or a joiner) that has not gone live. */
+  replica(): BackupNode | undefined {
+    const r = this.root;
+    const b = r instanceof BackupNode ? r : r instanceof StandbyNode ? (r.joinedBackup ?? undefined) : undefined;
+    return b && !b.livePrimary && !b.isFinished ? b : undefined;
+  }
+}
 
 export class SimFailure extends Error {
   constructor(message: string) {
@@ -38,6 +114,11 @@ export interface WorldStats {
   released: number;
   healAtMs: number;
   progressAfterHealMs: number;
+  /** Real-driver paths exercised: a snapshot stream waited for 'drain'; a snapshot failed; a go-live found its service address held; a replica diverged and halted. */
+  drainWaits: number;
+  snapshotsFailed: number;
+  serviceBindRetries: number;
+  divergedHalts: number;
 }
 
 interface Host {
@@ -61,7 +142,7 @@ interface Client {
 
 const PROGRESS_NEEDED = 5;
 
-export class World implements WorldApi {
+export class World implements SimWorldApi {
   readonly rng: Prng;
   readonly t: SimTimings;
   readonly net: Network;
@@ -69,7 +150,10 @@ export class World implements WorldApi {
   private readonly q = new EventQueue();
   private nowMs = 0;
   private steps = 0;
-  private micro: Array<() => void> = [];
+  /** A rejection or exception inside a driver (it fails the seed). */
+  private driverError: Error | undefined;
+  private readonly digest = createHash('sha256');
+  private readonly bandwidthBytesPerMs: number;
   private readonly hosts: Host[] = [];
   readonly arb = new ArbiterModel();
   private arbDown = false;
@@ -119,9 +203,10 @@ export class World implements WorldApi {
       unackedMaxBytes: r.chance(0.2) ? r.int(200, 20_000) : 32 * 1024 * 1024,
       heldMaxOutputs: r.chance(0.2) ? r.int(1, 20) : 100_000,
       leaseTtlMs: r.int(1000, 4000),
-      memoryBytes: r.pick([64 * 1024, 1 << 20, 8 << 20, 32 << 20]),
+      memoryBytes: r.pick([64 * 1024, 1 << 20, 6 << 20]),
     };
     this.baseDelayMs = r.range(0.02, 1.5);
+    this.bandwidthBytesPerMs = r.pick([2_000, 20_000, 120_000]);
     this.arbLatencyMs = r.range(0.3, 15);
     this.replicaSpeedMean = r.range(0.7, 1.6);
     this.clientTimeoutMs = r.int(100, 1000);
@@ -140,6 +225,10 @@ export class World implements WorldApi {
       released: 0,
       healAtMs: 0,
       progressAfterHealMs: -1,
+      drainWaits: 0,
+      snapshotsFailed: 0,
+      serviceBindRetries: 0,
+      divergedHalts: 0,
     };
     this.net = new Network({
       now: () => this.nowMs,
@@ -147,25 +236,24 @@ export class World implements WorldApi {
       blocked: (a, b) => this.blockedLinks[a]![b]!,
       schedule: (owner, at, fn) => this.q.push(at, () => this.dispatch(owner as Proc | null, fn, 'other')),
       random: () => this.rng.float(),
+      onDrain: (bufferedMaxBytes) => {
+        if (bufferedMaxBytes > 4 * 1024 * 1024) this.stats.drainWaits++;
+      },
     });
   }
 
-  // ------------------------------------------------------------------------------ WorldApi
+  // ------------------------------------------------------------------------------ SimWorldApi
 
   now(): number {
     return this.nowMs;
   }
 
-  later(proc: Proc, delayMs: number, fn: () => void, kind: 'tick' | 'other' = 'other'): Timer {
+  later(proc: Proc | SimProc, delayMs: number, fn: () => void, kind: 'tick' | 'other' = 'other'): Timer {
     const token = { cancelled: false };
     this.q.push(this.nowMs + Math.max(0, delayMs), () => {
-      if (!token.cancelled) this.dispatch(proc, fn, kind);
+      if (!token.cancelled) this.dispatch(proc as Proc, fn, kind);
     });
     return { cancel: () => (token.cancelled = true) };
-  }
-
-  microtask(fn: () => void): void {
-    this.micro.push(fn);
   }
 
   newEntryId(): number {
@@ -181,21 +269,70 @@ export class World implements WorldApi {
     this.traceLines.push(`${this.nowMs.toFixed(3).padStart(10)} #${this.steps} ${proc ? proc.id : '-'}: ${msg()}`);
   }
 
-  count(what: 'armed'): void {
-    if (what === 'armed') this.stats.joinsArmed++;
-  }
+  private failure: SimFailure | undefined;
 
   fail(msg: string): never {
-    throw new SimFailure(msg);
+    // Thrown inside a driver's promise chain it could be swallowed: the run loop rethrows it.
+    this.failure ??= new SimFailure(msg);
+    throw this.failure;
   }
 
-  dial(proc: Proc, hostIndex: number, identity: () => Identity): End {
+  vcpuHost(sp: SimProc): VcpuHost {
+    const proc = sp as Proc;
+    return {
+      now: () => this.nowMs,
+      later: (d, fn) => void this.later(proc, d, fn),
+      newEntryId: () => this.newEntryId(),
+      memoryBytes: this.t.memoryBytes,
+      speed: (mode) => (mode === 'replay' ? 1000 * this.replicaSpeed() : 1000),
+      snapshotFails: () => {
+        const f = this.rng.chance(0.03);
+        if (f) this.stats.snapshotsFailed++;
+        return f;
+      },
+      violation: (v, msg) => {
+        if (v.corrupted) {
+          this.stats.divergedHalts++;
+          this.trace(proc, () => `replica divergence (injected corruption): ${msg}`);
+          return;
+        }
+        this.fail(`(c) ${msg}`);
+      },
+      wentLive: (v) => this.wentLive(proc, v),
+    };
+  }
+
+  serviceAddressHeld(sp: SimProc): boolean {
+    const proc = sp as Proc;
+    if (proc.serviceHeldAttempts > 0) {
+      proc.serviceHeldAttempts--;
+      this.stats.serviceBindRetries++;
+      this.trace(proc, () => 'the service address is in use (EADDRINUSE)');
+      return true;
+    }
+    return false;
+  }
+
+  listen(sp: SimProc, port: number, onSocket: (s: ChannelSocket) => void): ChannelServer {
+    const proc = sp as Proc;
+    proc.listeners.set(port, onSocket);
+    return {
+      address: { address: proc.hostId, port },
+      close: () => {
+        if (proc.listeners.get(port) === onSocket) proc.listeners.delete(port);
+        return Promise.resolve();
+      },
+    };
+  }
+
+  connect(sp: SimProc, hostName: string, port: number): ChannelSocket {
+    const proc = sp as Proc;
+    const hostIndex = this.hosts.findIndex((h) => h.hostId === hostName);
+    if (hostIndex < 0) throw new Error(`no simulated host ${hostName}`);
     const target = this.hosts[hostIndex]!;
     const tp = target.proc;
-    const c = this.net.connect({ owner: proc, host: proc.host }, { owner: tp, host: hostIndex });
+    const c = this.net.connect({ owner: proc, host: proc.host, name: proc.hostId, port: 40000 + this.nextConn }, { owner: tp, host: hostIndex, name: hostName, port });
     const [mine, theirs] = c.ends;
-    mine.identity = identity;
-    this.net.send(mine, { k: 'hello', role: identity().role, epoch: identity().epoch, nextSeq: identity().nextSeq, from: proc.id });
     if (tp === null || tp.dead) {
       // Nobody there: RST from a live host, or a connect that hangs until it times out (power off).
       const wait = target.down ? this.rng.range(500, 2000) : this.delay(hostIndex, proc.host, 0) * 2;
@@ -203,22 +340,24 @@ export class World implements WorldApi {
       return mine;
     }
     // The target accepts when it runs (a paused process accepts after it resumes).
-    this.later(tp, 0, () => {
-      const l = tp.listener;
-      if (l === undefined || !l.open) {
-        this.net.closeLocal(theirs, 'connection refused');
-        return;
-      }
-      l.accept(theirs);
-      const id = l.identity();
-      this.net.send(theirs, { k: 'hello', role: id.role, epoch: id.epoch, nextSeq: id.nextSeq, from: tp.id });
-    });
+    this.q.push(this.nowMs + this.delay(proc.host, hostIndex, 0), () =>
+      this.dispatch(tp, () => {
+        const accept = tp.listeners.get(port);
+        if (accept === undefined) {
+          this.net.closeLocal(theirs, 'connection refused');
+          return;
+        }
+        accept(theirs);
+        this.net.accepted(theirs);
+      }, 'other'),
+    );
     return mine;
   }
 
-  arbiter(proc: Proc, op: ArbiterOp, cb: (r: ArbiterReply | null) => void): void {
+  arbiter(sp: SimProc, op: ArbiterOp, deadlineMs: number, cb: (r: ArbiterReply | null) => void): void {
+    const proc = sp as Proc;
     proc.arbiterInFlight++;
-    const deadlineAt = this.nowMs + this.t.arbiterDeadlineMs;
+    const deadlineAt = this.nowMs + deadlineMs;
     let settled = false;
     let uncertain = false;
     const settle = (r: ArbiterReply | null): void => {
@@ -227,7 +366,7 @@ export class World implements WorldApi {
       proc.arbiterInFlight--;
       cb(r);
     };
-    this.later(proc, this.t.arbiterDeadlineMs, () => settle(null));
+    this.later(proc, deadlineMs, () => settle(null));
     const attempt = (): void => {
       if (settled || this.nowMs >= deadlineAt || proc.dead) return;
       const h = proc.host;
@@ -237,7 +376,7 @@ export class World implements WorldApi {
       }
       let lat = this.arbLatencyMs * this.rng.range(0.5, 2);
       // A request held in the network can commit after the caller gave up (etcd3 retries, TCP).
-      if (this.rng.chance(0.03)) lat += this.rng.range(0.5, 1.5) * this.t.arbiterDeadlineMs;
+      if (this.rng.chance(0.03)) lat += this.rng.range(0.5, 1.5) * deadlineMs;
       proc.arbiterRequests++;
       this.q.push(this.nowMs + lat / 2, () => {
         proc.arbiterRequests--;
@@ -245,8 +384,7 @@ export class World implements WorldApi {
           if (!proc.dead) this.later(proc, this.rng.range(10, 60), attempt);
           return;
         }
-        const wasUncertain = uncertain;
-        const reply = this.arb.apply(op, this.nowMs, wasUncertain);
+        const reply = this.arb.apply(op, this.nowMs, uncertain);
         this.noteArbiter();
         if (this.rng.chance(0.05) || !this.arbReachable(h)) {
           // Committed, but the answer is lost: the client retries the same call (it may have committed).
@@ -260,15 +398,20 @@ export class World implements WorldApi {
     attempt();
   }
 
-  released(proc: Proc, outputs: WireOutput[]): void {
+  /** Whether `owner` won `epoch` alone (a claim): then it may release without a backup's coverage. */
+  private wonAlone(epoch: number, owner: string): boolean {
+    return this.arb.history.some((h) => h.record.epoch === epoch && h.record.owner === owner && h.by.startsWith('claim'));
+  }
+
+  released(sp: SimProc, outputs: readonly WireOutput[]): void {
+    const proc = sp as Proc;
     const rec = proc.recorder();
     if (rec === undefined) this.fail(`${proc.id} released outputs without a recording driver`);
     const st = rec.core.status();
-    const alone = rec.soleEpoch === st.epoch;
+    const alone = this.wonAlone(st.epoch, proc.id);
     const covered = this.received.get(st.epoch) ?? 0;
     for (const o of outputs) {
-      const reply = outputReplies.get(o);
-      if (reply === undefined) this.fail('an output without its reply');
+      const reply = decodeJson<Reply>(o.data);
       if (!alone && o.seq >= covered) {
         this.fail(
           `(b) output rule: ${proc.id} released the reply to request ${reply.req} (entry ${o.seq}) at epoch ${st.epoch}, ` +
@@ -277,6 +420,7 @@ export class World implements WorldApi {
       }
       this.releasedLog.push({ seq: o.seq, id: reply.entryId, by: proc.id, atMs: this.nowMs });
       this.stats.released++;
+      this.note(`release ${proc.id} ${o.seq} ${reply.entryId}`);
       const ci = proc.clientConns.get(o.conn);
       if (ci !== undefined) {
         const client = this.clients[ci]!;
@@ -286,16 +430,15 @@ export class World implements WorldApi {
     }
   }
 
-  wentLive(proc: Proc, epoch: number): void {
+  private wentLive(proc: Proc, v: SimVcpu): void {
     this.stats.failovers++;
-    this.trace(proc, () => `LIVE at epoch ${epoch}`);
-    const rec = proc.recorder();
-    const state = rec?.vcpu?.state ?? proc.replica()?.vcpu.state;
-    if (state === undefined) this.fail(`${proc.id} went live without a guest`);
-    this.checkHasReleased(proc, state, `went live at epoch ${epoch}`);
+    this.trace(proc, () => `LIVE: the replica takes over at instruction ${v.state.n} after ${v.state.seq} entries`);
+    this.note(`live ${proc.id} ${v.state.seq}`);
+    if (!v.corrupted) this.checkHasReleased(proc, v.state, 'went live');
   }
 
-  exit(proc: Proc, reason: string): void {
+  private exit(proc: Proc, reason: string): void {
+    if (proc.dead) return;
     this.trace(proc, () => `process exits: ${reason}`);
     this.kill(proc, true);
   }
@@ -305,9 +448,23 @@ export class World implements WorldApi {
     return { step: this.steps, timeMs: this.nowMs };
   }
 
+  /** The run's fingerprint: every event's time and what the checkers saw (same seed, same hash). */
+  traceHash(): string {
+    return this.digest.copy().digest('hex').slice(0, 16);
+  }
+
+  private note(s: string): void {
+    this.digest.update(`${this.nowMs} ${this.steps} ${s}\n`);
+  }
+
+  /** A driver's promise rejected, or its event handler threw: the seed fails. */
+  driverFailed(err: unknown): void {
+    this.driverError ??= err instanceof Error ? err : new Error(String(err));
+  }
+
   // ------------------------------------------------------------------------------ the run
 
-  run(): void {
+  async run(): Promise<void> {
     const r = this.rng;
     for (let i = 0; i < 3; i++) {
       this.hosts.push({ index: i, hostId: `h${i}`, proc: null, incarnation: 0, down: false, restartPending: false });
@@ -343,16 +500,17 @@ export class World implements WorldApi {
       this.nowMs = ev.at;
       this.steps++;
       ev.fn();
-      while (this.micro.length > 0) {
-        const m = this.micro;
-        this.micro = [];
-        for (const f of m) f();
-      }
+      // Every promise continuation the event set off runs now, before the next event (a macrotask
+      // boundary: the microtask queue drains completely; nothing else is scheduled in real time).
+      await new Promise<void>((res) => setImmediate(res));
+      if (this.failure) throw this.failure;
+      if (this.driverError) this.fail(`a driver failed: ${this.driverError.name}: ${this.driverError.message}`);
       this.checkInvariants();
       if (this.healed && this.progressAfterHeal >= PROGRESS_NEEDED && this.nowMs >= this.healAtMs + 300) break;
     }
     this.stats.steps = this.steps;
     this.stats.virtualMs = this.nowMs;
+    this.stats.joinsArmed = this.arb.history.filter((h) => h.by.startsWith('advance')).length;
     if (this.progressAfterHeal < PROGRESS_NEEDED) {
       this.fail(`(d) no progress: ${this.progressAfterHeal} of ${PROGRESS_NEEDED} client requests sent after the heal at ${this.healAtMs.toFixed(1)} ms completed within ${this.boundMs} ms; ${this.describeNodes()}`);
     }
@@ -362,7 +520,8 @@ export class World implements WorldApi {
     for (const h of this.hosts) {
       const rec = h.proc?.recorder();
       const s = rec?.core.status();
-      if (h.proc && !h.proc.dead && rec?.vcpu && s && s.halted === null && s.epoch === this.arb.record?.epoch) this.checkHasReleased(h.proc, rec.vcpu.state, 'is live at the end');
+      const v = h.proc?.vcpu;
+      if (h.proc && !h.proc.dead && v && !v.corrupted && s && s.halted === null && s.epoch === this.arb.record?.epoch) this.checkHasReleased(h.proc, v.state, 'is live at the end');
     }
   }
 
@@ -388,6 +547,12 @@ export class World implements WorldApi {
 
   // ------------------------------------------------------------------------------ processes
 
+  private logFor(proc: Proc): Logger {
+    if (!this.traceOn) return silentLogger;
+    return pino({ level: 'debug', base: null, timestamp: false }, { write: (line: string) => this.trace(proc, () => line.trimEnd()) });
+  }
+
+  /** Starts an ftvm process on a host: the real driver, in this process's simulated environment. */
   private spawn(hostIndex: number, role: 'primary' | 'backup' | 'standby'): Proc {
     const h = this.hosts[hostIndex]!;
     h.incarnation++;
@@ -395,20 +560,37 @@ export class World implements WorldApi {
     h.restartPending = false;
     const proc = new Proc(`${h.hostId}.${h.incarnation}`, hostIndex, h.hostId);
     h.proc = proc;
+    // A live primary's service address may be held for a while (TIME_WAIT, another process's port).
+    if (this.rng.chance(0.15)) proc.serviceHeldAttempts = this.rng.int(1, 6);
     this.trace(proc, () => `process starts as ${role}`);
-    if (role === 'primary') {
-      const d = new PrimaryDriver(this, proc, { epoch: 1, peerHost: 1 });
-      proc.root = d;
-      d.start();
-    } else if (role === 'backup') {
-      const d = new BackupDriver(this, proc, { epoch: 1 });
-      proc.root = d;
-      d.start();
-    } else {
-      const d = new StandbyDriver(this, proc);
-      proc.root = d;
-      d.start();
-    }
+    this.note(`spawn ${proc.id} ${role}`);
+    const t = this.t;
+    const timings: Timings = { ...t, stateHashIntervalMs: 0 };
+    const common: NodeOptions = {
+      env: simNodeEnv(this, proc),
+      guest: GUEST,
+      config: CONFIG,
+      epoch: 1,
+      secret: new Keyring(SECRET),
+      channelSecurity: 'plain',
+      timings,
+      log: this.logFor(proc),
+      nodeId: proc.id,
+      hostId: h.hostId,
+      arbiter: new SimArbiter(this, proc),
+      recruit: { hostId: h.hostId, intervalMs: RECRUIT_INTERVAL_MS },
+      onHalt: (reason) => this.exit(proc, reason),
+      ...(this.breakMode === 'release-before-ack' || this.breakMode === 'skip-drain' ? { testOnlyCoreBreak: this.breakMode } : {}),
+      ...(this.breakMode === 'release-unheld' || this.breakMode === 'stale-drained' ? { testOnlyDriverBreak: this.breakMode } : {}),
+    };
+    const service = { host: h.hostId, port: SERVICE_PORT };
+    const listen = { host: h.hostId, port: CHANNEL_PORT };
+    let d: Driver;
+    if (role === 'primary') d = new PrimaryNode({ ...common, service, peer: { host: 'h1', port: CHANNEL_PORT }, unackedMaxBytes: t.unackedMaxBytes, heldMaxOutputs: t.heldMaxOutputs });
+    else if (role === 'backup') d = new BackupNode({ ...common, listen, service });
+    else d = new StandbyNode({ ...common, listen, service, hostId: h.hostId, leaseTtlMs: t.leaseTtlMs });
+    proc.root = d;
+    d.start().catch((err: unknown) => this.driverFailed(err));
     return proc;
   }
 
@@ -493,7 +675,7 @@ export class World implements WorldApi {
       c.connecting = false;
       const p = this.hosts[host]!.proc;
       const rec = p?.recorder();
-      if (!p || p.dead || rec === undefined || !rec.serviceOpen) {
+      if (!p || p.dead || rec === undefined || p.service?.open !== true) {
         c.preferred = this.rng.int(0, 2);
         this.q.push(this.nowMs + this.rng.range(2, 20), () => this.clientConnect(c));
         return;
@@ -527,7 +709,7 @@ export class World implements WorldApi {
     this.q.push(this.nowMs + this.clientDelay(), () =>
       this.dispatch(p, () => {
         if (p.clientConns.get(conn) !== c.idx) return;
-        p.recorder()?.clientInput(conn, req, op);
+        p.service?.clientInput(conn, req, op);
       }, 'other'),
     );
     const token = { cancelled: false };
@@ -649,13 +831,27 @@ export class World implements WorldApi {
         this.slowLinks[b]![a] = 1;
       });
     } else if (roll < 0.95) {
-      const reps = alive.map((p) => p.replica()).filter((x): x is BackupDriver => x !== undefined);
+      const reps = alive.filter((p) => p.replica() !== undefined && p.vcpu !== undefined).map((p) => p.vcpu!);
       if (reps.length > 0) {
-        const rep = r.pick(reps);
-        const old = rep.vcpu.speed;
-        rep.vcpu.speed = old * r.range(0.05, 0.5);
+        const v = r.pick(reps);
+        const old = v.speed;
+        v.speed = old * r.range(0.05, 0.5);
         this.fault('replica-slow');
-        this.q.push(this.nowMs + r.range(5, 400), () => (rep.vcpu.speed = old));
+        this.q.push(this.nowMs + r.range(5, 400), () => (v.speed = old));
+      }
+    } else if (roll < 0.965) {
+      // Silent corruption of a replica's state: it diverges at its next entry, halts, and the primary
+      // carries on alone (replica-diverged → halt). Only with entries ahead, so it is found at once.
+      // It ends that replica like a crash does: only where a crash is allowed (another can carry the VM
+      // on; no arbiter call of the victim's in flight), and only while it follows (not claiming).
+      const reps = alive.filter((p) => p.replica()?.core.status().phase === 'following' && p.vcpu !== undefined && p.vcpu.heldCount > 0 && !p.vcpu.corrupted && !p.paused && this.crashAllowed(p));
+      if (reps.length > 0) {
+        const p = r.pick(reps);
+        this.fault('replica-corrupt');
+        this.trace(p, () => 'NEMESIS corrupts the replica');
+        p.vcpu!.corrupted = true;
+        p.vcpu!.state.kv[0] = p.vcpu!.state.kv[0]! + 1;
+        p.vcpu!.state.hash ^= 0x5bd1e995;
       }
     } else {
       // A host comes back (or a fresh standby appears) early.
@@ -706,6 +902,7 @@ export class World implements WorldApi {
     }
     const b = p.replica();
     if (b) {
+      if (p.vcpu?.corrupted) return false;
       const s = b.core.status();
       return (s.phase === 'following' || s.phase === 'draining' || s.phase === 'claiming') && ownsNext(s.epoch);
     }
@@ -728,8 +925,7 @@ export class World implements WorldApi {
     for (const h of this.hosts) {
       const p = h.proc;
       if (p && !p.dead) this.resume(p);
-      const rep = p?.replica();
-      if (rep) rep.vcpu.speed = 1000 * this.replicaSpeedMean;
+      if (p?.replica() && p.vcpu) p.vcpu.speed = 1000 * this.replicaSpeedMean;
     }
     for (const h of this.hosts) {
       if (h.proc === null || h.proc.dead) {
@@ -770,14 +966,14 @@ export class World implements WorldApi {
       if (pr) {
         const s = pr.core.status();
         if (s.halted === null) liveEpoch = s.epoch;
-        if (pr.vcpu) states.push({ id: p.id, s: pr.vcpu.state });
+        if (p.vcpu && !p.vcpu.corrupted) states.push({ id: p.id, s: p.vcpu.state });
       } else {
         const b = p.replica();
         if (b) {
           const s = b.core.status();
           if (s.phase === 'live') liveEpoch = s.epoch;
           if (s.nextSeq > (this.received.get(s.epoch) ?? 0)) this.received.set(s.epoch, s.nextSeq);
-          states.push({ id: p.id, s: b.vcpu.state });
+          if (p.vcpu && !p.vcpu.corrupted) states.push({ id: p.id, s: p.vcpu.state });
         }
       }
       if (liveEpoch >= 0) {
