@@ -40,6 +40,7 @@ export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
       str(w, f.arch);
       w.bytes(f.nonce);
       w.varint(f.nextSeq);
+      str(w, f.liveness);
       break;
     case FrameType.LOG:
       w.varint(f.epoch);
@@ -101,7 +102,9 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
         const arch = readStr(r, 64);
         const nonce = r.bytes(16);
         const nextSeq = r.varint();
-        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq };
+        // A peer of an older version ends here; its version is refused at the handshake.
+        const liveness = r.remaining > 0 ? readStr(r, 128) : '';
+        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq, liveness };
         break;
       }
       case FrameType.LOG: {
