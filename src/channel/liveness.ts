@@ -8,11 +8,14 @@
  *
  * | probe result  | what it means                                  | what the backup does                     |
  * |---------------|------------------------------------------------|------------------------------------------|
- * | `refused`     | the host answered, nothing listens: the process | drain and claim now (`peer-gone`)        |
- * |               | is gone (its kernel closed the port)            |                                          |
- * | `answered`    | the process is alive (or stopped, SIGSTOP: the  | nothing: the full fail timeout applies   |
- * |               | kernel still completes the handshake)           |                                          |
- * | `no-answer`   | a silent host, a partition, a probe that hangs  | nothing: the full fail timeout applies   |
+ * | `refused`     | the host answered, nothing listens (refused, or | drain and claim now (`peer-gone`)        |
+ * |               | reset from the backlog of a closing listener):  |                                          |
+ * |               | the process is gone (its kernel closed the port)|                                          |
+ * | `answered`    | the process accepted and closed the probe: it   | nothing: the full fail timeout applies   |
+ * |               | is alive                                        |                                          |
+ * | `no-answer`   | a silent host, a partition, a stopped process   | nothing: the full fail timeout applies   |
+ * |               | (SIGSTOP: its kernel completes the handshake,   |                                          |
+ * |               | nobody closes), a probe that hangs              |                                          |
  *
  * The primary needs no probe of its own: it dials the backup's channel address, and a refusal there
  * after the channel closed is the same evidence. Evidence only shortens detection; the arbiter still
@@ -29,8 +32,11 @@ export type ProbeResult = 'refused' | 'answered' | 'no-answer';
 /** How long a probe may take before it counts as no answer (no evidence). */
 export const PROBE_TIMEOUT_MS = 100;
 
-/** Socket error codes that mean "the host answered: nothing listens there". */
-const REFUSED_CODES = new Set(['ECONNREFUSED']);
+/**
+ * Socket error codes that mean "the host answered: nothing listens there (any more)": refused at
+ * connect, or reset while waiting in the backlog of a listener that closed.
+ */
+const REFUSED_CODES = new Set(['ECONNREFUSED', 'ECONNRESET']);
 
 /** True when a connect error is a refusal by the peer's host (evidence that the process is gone). */
 export function isRefusal(err: unknown): boolean {
@@ -85,8 +91,16 @@ export function probeLiveness(addr: { host: string; port: number }, timeoutMs = 
       resolve(r);
     };
     const timer = setTimeout(() => finish('no-answer'), timeoutMs);
-    s.once('connect', () => finish('answered'));
+    // The kernel completes a handshake from the listen backlog even while the process is being torn
+    // down (or stopped), so a connection alone proves nothing: the process itself must close it. A
+    // close from the process (FIN) is an answer; a reset (the listener went away with this connection
+    // still in its backlog) is a refusal; nothing before the timeout is no answer.
+    s.once('end', () => finish('answered'));
+    s.once('close', (hadError) => {
+      if (!hadError) finish('answered');
+    });
     s.once('error', (err) => finish(isRefusal(err) ? 'refused' : 'no-answer'));
+    s.resume();
   });
 }
 
