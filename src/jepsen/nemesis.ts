@@ -5,8 +5,8 @@
  *
  * | fault | what |
  * |---|---|
- * | `kill-primary`, `kill-backup` | kill -9 |
- * | `pause-primary`, `pause-backup` | SIGSTOP, then SIGCONT after 10–100 ms (shorter than the 150 ms failure timeout) or 200–1500 ms (longer) |
+ * | `kill-primary`, `kill-backup` | kill -9 (the process is gone and its ports stay closed: the peer's liveness probe is refused, evidence; the failover time of `kill-primary` is reported) |
+ * | `pause-primary`, `pause-backup` | SIGSTOP (silent: the probe is not answered, the fail timeout decides), then SIGCONT after 10–100 ms (shorter than the 150 ms failure timeout) or 200–1500 ms (longer; the failover time of `pause-primary` is reported) |
  * | `channel-cut` | the pair's logging channel reset and refused (FaultProxy cut) for 150–1500 ms |
  * | `channel-blackhole` | the channel silently drops everything, TCP up, for 150–1500 ms |
  * | `arbiter-cut` | the arbiter unreachable for 100–2000 ms (the pair runs on: nothing to decide) |
@@ -57,6 +57,20 @@ export interface FaultRecord {
   epochAfter: number;
   /** Time to settle afterwards (protected pair and a spare again), ms. */
   settleMs: number;
+  /**
+   * kill-primary (a crash: evidence) and pause-primary (silence): ms from the fault until the backup
+   * reported itself primary (polled every 5 ms), when it did within 5 s.
+   */
+  failoverMs?: number;
+}
+
+/** Polls `slot` until it reports itself primary: ms since `t0`, or undefined after `maxMs`. */
+async function untilPrimary(cluster: Cluster, slot: ProtectedPair['backup'], t0: number, maxMs: number): Promise<number | undefined> {
+  while (performance.now() - t0 < maxMs) {
+    if ((await cluster.status(slot))?.role === 'primary') return performance.now() - t0;
+    await sleep(5);
+  }
+  return undefined;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -71,11 +85,13 @@ export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: F
   let slot = pair.primary;
   let long: boolean | undefined;
   let rejoin: FaultRecord['rejoin'];
+  let failover: Promise<number | undefined> | undefined;
   switch (kind) {
     case 'kill-primary':
     case 'kill-backup': {
       slot = kind === 'kill-primary' ? pair.primary : pair.backup;
       cluster.kill(slot);
+      if (kind === 'kill-primary') failover = untilPrimary(cluster, pair.backup, t0, 5000);
       await sleep(rng.range(0, 400));
       break;
     }
@@ -84,7 +100,9 @@ export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: F
       slot = kind === 'pause-primary' ? pair.primary : pair.backup;
       long = rng.chance(0.5);
       cluster.pause(slot);
-      await sleep(long ? rng.range(200, 1500) : rng.range(10, 100));
+      const pauseMs = long ? rng.range(200, 1500) : rng.range(10, 100);
+      if (kind === 'pause-primary') failover = untilPrimary(cluster, pair.backup, t0, pauseMs);
+      await sleep(pauseMs);
       cluster.resume(slot);
       break;
     }
@@ -152,11 +170,13 @@ export async function injectFault(cluster: Cluster, pair: ProtectedPair, kind: F
       break;
     }
   }
+  const failoverMs = await failover;
   const durationMs = performance.now() - t0;
   const t1 = performance.now();
   const after = await cluster.settle();
   const rec: FaultRecord = { n, kind, slot: slot.index, durationMs: Math.round(durationMs), at: Math.round(at), epochBefore: pair.epoch, epochAfter: after.epoch, settleMs: Math.round(performance.now() - t1) };
   if (long !== undefined) rec.long = long;
   if (rejoin !== undefined) rec.rejoin = rejoin;
+  if (failoverMs !== undefined) rec.failoverMs = Math.round(failoverMs * 10) / 10;
   return rec;
 }
