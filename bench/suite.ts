@@ -649,7 +649,7 @@ async function main(): Promise<number> {
     console.log(targetLines.join('\n'));
     if (failover && !('error' in failover && Object.keys(failover).length === 1)) {
       const f = failover as Record<string, unknown>;
-      console.log(`failover: p50 ${String(f.failover_p50_ms)} ms, p99 ${String(f.failover_p99_ms)} ms over ${String(f.runs)} runs; false failovers ${String(f.false_failovers)}; lost acknowledged writes ${String(f.lost_acked_writes)}`);
+      console.log(`failover: process crash p50 ${String(f.failover_crash_p50_ms)} ms, p99 ${String(f.failover_crash_p99_ms)} ms; silent failure p50 ${String(f.failover_silent_p50_ms)} ms, p99 ${String(f.failover_silent_p99_ms)} ms; ${String(f.runs)} runs; false failovers ${String(f.false_failovers)}; lost acknowledged writes ${String(f.lost_acked_writes)}`);
     }
     summary.wall_s = round((performance.now() - t0) / 1000, 1);
 
@@ -658,12 +658,12 @@ async function main(): Promise<number> {
     writeFileSync(join(o.out, 'throughput.svg'), await throughputChart(throughput, sub));
     writeFileSync(join(o.out, 'latency.svg'), await latencyChart(latencyPoints, sub));
     const f = failover as Record<string, unknown> | undefined;
-    if (f && typeof f.detect_ms_p50 === 'number') {
+    if (f && typeof f.crash_detect_ms_p50 === 'number') {
       const segs: Array<[string, number]> = [
-        ['detection', f.detect_ms_p50],
-        ['drain + claim', Number(f.drain_claim_ms_p50)],
-        ['go-live', Number(f.go_live_ms_p50)],
-        ['first client reply', Number(f.client_ms_p50)],
+        ['detection', f.crash_detect_ms_p50],
+        ['drain + claim', Number(f.crash_drain_claim_ms_p50)],
+        ['go-live', Number(f.crash_go_live_ms_p50)],
+        ['first client reply', Number(f.crash_client_ms_p50)],
       ];
       let at = 0;
       const timeline = segs.map(([segment, ms]) => {
@@ -671,7 +671,7 @@ async function main(): Promise<number> {
         at = s.endMs;
         return s;
       });
-      writeFileSync(join(o.out, 'failover.svg'), await failoverChart(timeline, `${sub}; p50 ${String(f.failover_p50_ms)} ms, p99 ${String(f.failover_p99_ms)} ms`));
+      writeFileSync(join(o.out, 'failover.svg'), await failoverChart(timeline, `${sub}; kill -9 of the primary: p50 ${String(f.failover_crash_p50_ms)} ms, p99 ${String(f.failover_crash_p99_ms)} ms`));
     }
     writeFileSync(join(o.out, 'latest.json'), `${JSON.stringify(summary, null, 2)}\n`);
     log(`wrote ${join(o.out, 'latest.json')} and the SVG charts; ${summary.wall_s} s in all`);

@@ -243,3 +243,31 @@ test('joiner backup: starts at the snapshot entry, never goes live before ARMED,
   const c = mk();
   assert.deepEqual(c.step({ t: 'frame', frame: { type: FrameType.CONTROL, epoch: 3, kind: ControlKind.ARMED, reason: 'old' } }), []);
 });
+
+test('evidence of death (peer-gone): acts at once when the peer is disconnected; stale or early evidence changes nothing', () => {
+  // Backup: evidence while the primary is still connected (a new connection since) is ignored.
+  const b = new BackupCore({ epoch: 3, heartbeatIntervalMs: 20, failTimeoutMs: 10_000, claimRetryMs: 50 });
+  b.step({ t: 'tick', nowMs: 0 });
+  assert.deepEqual(b.step({ t: 'peer-gone', evidence: 'refused' }), [], 'no primary ever connected: nothing to take over');
+  b.step({ t: 'peer-open', nowMs: 1 });
+  assert.deepEqual(b.step({ t: 'peer-gone', evidence: 'refused' }).filter((a) => a.t === 'drain'), [], 'the primary is connected');
+  b.step({ t: 'peer-closed' });
+  const drain = b.step({ t: 'peer-gone', evidence: 'its liveness port refused a connection' });
+  assert.deepEqual(drain, [{ t: 'drain', reason: "the primary's process is gone (its liveness port refused a connection)", evidence: true }]);
+  assert.equal(b.status().phase, 'draining', 'long before the 10 s fail timeout');
+  assert.deepEqual(b.step({ t: 'drained' }), [{ t: 'claim', epoch: 3 }]);
+  assert.deepEqual(b.step({ t: 'peer-gone', evidence: 'again' }), [], 'already claiming');
+
+  // Primary: evidence before any backup connected (it is starting up) is ignored; after, it claims.
+  const p = new PrimaryCore(cfg({ failTimeoutMs: 10_000 }));
+  p.step({ t: 'tick', nowMs: 0 });
+  assert.deepEqual(p.step({ t: 'peer-gone', evidence: 'refused' }).filter((a) => a.t === 'claim'), []);
+  p.step({ t: 'peer-open', backupNextSeq: 0 });
+  assert.deepEqual(p.step({ t: 'peer-gone', evidence: 'refused' }).filter((a) => a.t === 'claim'), [], 'the backup is connected');
+  p.step({ t: 'peer-closed' });
+  assert.deepEqual(p.step({ t: 'peer-gone', evidence: 'refused' }).filter((a) => a.t === 'claim'), [{ t: 'claim', epoch: 3 }]);
+  assert.equal(p.status().claimCause, "the backup's process is gone (refused)");
+  const won = p.step({ t: 'claim-result', won: true, epoch: 4, owner: 'p' });
+  const alone = won.find((a) => a.t === 'went-alone');
+  assert.ok(alone && alone.t === 'went-alone' && alone.reason.startsWith("the backup's process is gone"), JSON.stringify(won));
+});

@@ -34,6 +34,8 @@ export interface LocalIdentity {
   protocolVersion?: number;
   /** Primary: first seq it will send. Backup: next seq it expects. Read at handshake time. */
   nextSeq: () => number;
+  /** `host:port` of this process's liveness port, sent in HELLO (src/channel/liveness.ts). */
+  liveness?: () => string;
 }
 
 export interface ConnectionOptions {
@@ -86,6 +88,10 @@ export class ChannelConnection extends EventEmitter {
   private readonly sendBufferMaxBytes: number;
   peerHello: HelloFrame | undefined;
   private closed = false;
+  /** The peer's IP address as this side sees it. */
+  get remoteHost(): string | undefined {
+    return this.socket.remoteAddress;
+  }
   get remote(): string {
     return `${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
   }
@@ -129,6 +135,7 @@ export class ChannelConnection extends EventEmitter {
       arch: process.arch,
       nonce: this.nonce,
       nextSeq: id.nextSeq(),
+      liveness: id.liveness?.() ?? '',
     };
     const { head, tail } = encodeFrameParts(hello, this.writer);
     this.writeRaw(head, tail, this.helloKey, 0n);

@@ -55,6 +55,7 @@ export function encodeFrameParts(f: Frame, w: ByteWriter): { head: Uint8Array; t
       str(w, f.arch);
       w.bytes(f.nonce);
       w.varint(f.nextSeq);
+      str(w, f.liveness);
       break;
     case FrameType.LOG:
       w.varint(f.epoch);
@@ -116,7 +117,9 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
         const arch = readStr(r, 64);
         const nonce = r.bytes(16);
         const nextSeq = r.varint();
-        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq };
+        // A peer of an older version ends here; its version is refused at the handshake.
+        const liveness = r.remaining > 0 ? readStr(r, 128) : '';
+        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq, liveness };
         break;
       }
       case FrameType.LOG: {

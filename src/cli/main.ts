@@ -371,6 +371,7 @@ function nodeOptions(cmd: Command): Command {
     .option('--no-recruit', 'a primary running alone does not recruit standbys from the pool')
     .option('--arbiter <url>', 'who decides which replica is live after a failure: ftvm://host:port (an `ftvm arbiter` server) or etcd://host:port,host:port')
     .option('--fail-timeout-ms <ms>', 'silence on the logging channel for this long means the peer failed', intArg('--fail-timeout-ms', 10, 600_000), TIMING_DEFAULTS.failTimeoutMs)
+    .option('--no-fast-failover', 'wait out --fail-timeout-ms even when the peer\'s process is known to be gone (a refused connection to its liveness port or channel address); by default that evidence fails over at once')
     .option('--arbiter-deadline-ms <ms>', 'deadline of each arbiter call (and retry interval when it is unreachable)', intArg('--arbiter-deadline-ms', 10, 600_000), TIMING_DEFAULTS.arbiterDeadlineMs)
     .option('--epoch <n>', 'epoch of this pair (frames from older epochs are refused)', intArg('--epoch', 0), 1)
     .option('--heartbeat-interval-ms <ms>', 'heartbeat/ACK interval on the channel', intArg('--heartbeat-interval-ms', 1, 60_000), TIMING_DEFAULTS.heartbeatIntervalMs)

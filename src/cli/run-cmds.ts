@@ -13,6 +13,7 @@ import { controlRequest, isLoopbackHost, splitHostPort, type ControlAuth, type C
 import { FileKeyring, Keyring, readSecretFileSync } from '../security/secrets.js';
 import { openArbiter } from '../arbiter/index.js';
 import { FtvmError } from '../util/errors.js';
+import { LivenessPort } from '../channel/liveness.js';
 import { bindLogContext, logger, type Logger } from '../util/log.js';
 import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
@@ -85,6 +86,8 @@ export interface RunOptions {
   recruit: boolean;
   arbiter?: string;
   failTimeoutMs: number;
+  /** commander's --no-fast-failover. */
+  fastFailover: boolean;
   arbiterDeadlineMs: number;
   service?: string;
   channel?: string;
@@ -217,6 +220,25 @@ async function runUntilSignal(node: { start(): Promise<void>; stop(): Promise<vo
   return new Promise<never>(() => undefined);
 }
 
+/**
+ * This process's liveness port (src/channel/liveness.ts): on the host it listens on for its peer (the
+ * channel) or its clients (the service), advertised as `--advertise`'s host when given. It stays open
+ * until the process exits. Without one, peers detect this process's death by silence only.
+ */
+async function openLivenessPort(o: RunOptions, log: Logger): Promise<string | undefined> {
+  const listen = o.channel ?? o.service;
+  const host = listen !== undefined ? parseAddr(o.channel !== undefined ? '--channel' : '--service', listen).host : '127.0.0.1';
+  try {
+    const port = await LivenessPort.open(host);
+    const adv = (o as { advertise?: string }).advertise; // a standby's address as primaries reach it
+    const advertised = adv !== undefined ? parseAddr('--advertise', adv).host : undefined;
+    return advertised !== undefined ? `${advertised}:${port.address.slice(port.address.lastIndexOf(':') + 1)}` : port.address;
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'no liveness port: peers detect this process\'s death by silence only');
+    return undefined;
+  }
+}
+
 /** What every replica process sets up: guest, config, timings, logger, arbiter, epoch. */
 async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: NodeOptions; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
@@ -276,6 +298,7 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
     process.exit(intentional ? 0 : 4);
   };
   const service = o.service ? parseAddr('--service', o.service) : undefined;
+  const liveness = o.fastFailover !== false ? await openLivenessPort(o, log) : undefined;
   const channelSecurity = insecure ? ('plain' as const) : ('tls-psk' as const);
   const common = {
     env: realNodeEnv(channelSecurity),
@@ -287,6 +310,8 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
     nodeId,
     hostId: o.hostId,
     onHalt,
+    fastFailover: o.fastFailover !== false,
+    ...(liveness !== undefined ? { liveness } : {}),
     secret,
     channelSecurity,
     ...(controlTls ? { controlTls } : {}),

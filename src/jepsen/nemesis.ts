@@ -5,8 +5,8 @@
  *
  * | fault | what |
  * |---|---|
- * | `kill-primary`, `kill-backup` | kill -9 |
- * | `pause-primary`, `pause-backup` | SIGSTOP, then SIGCONT after 10–100 ms (shorter than the 150 ms failure timeout) or 200–1500 ms (longer) |
+ * | `kill-primary`, `kill-backup` | kill -9 (the process is gone and its ports stay closed: the peer's liveness probe is refused, evidence; the failover time of `kill-primary` is reported) |
+ * | `pause-primary`, `pause-backup` | SIGSTOP (silent: the probe is not answered, the fail timeout decides), then SIGCONT after 10–100 ms (shorter than the 150 ms failure timeout) or 200–1500 ms (longer; the failover time of `pause-primary` is reported) |
  * | `channel-cut` | the pair's logging channel reset and refused (FaultProxy cut) for 150–1500 ms |
  * | `channel-blackhole` | the channel silently drops everything, TCP up, for 150–1500 ms |
  * | `arbiter-cut` | the arbiter unreachable for 100–2000 ms (the pair runs on: nothing to decide) |
@@ -87,6 +87,20 @@ export interface FaultRecord {
   vmLost?: boolean;
   /** `etcd-member-kill`: the member killed, and whether it was the leader. */
   etcdMember?: { index: number; leader: boolean };
+  /**
+   * kill-primary (a crash: evidence) and pause-primary (silence): ms from the fault until the backup
+   * reported itself primary (polled every 5 ms), when it did within 5 s.
+   */
+  failoverMs?: number;
+}
+
+/** Polls `slot` until it reports itself primary: ms since `t0`, or undefined after `maxMs`. */
+async function untilPrimary(cluster: Cluster, slot: ProtectedPair['backup'], t0: number, maxMs: number): Promise<number | undefined> {
+  while (performance.now() - t0 < maxMs) {
+    if ((await cluster.status(slot))?.role === 'primary') return performance.now() - t0;
+    await sleep(5);
+  }
+  return undefined;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -111,6 +125,7 @@ export async function injectFault(
   let rejoin: FaultRecord['rejoin'];
   let vmLost: boolean | undefined;
   let etcdMember: FaultRecord['etcdMember'];
+  let failover: Promise<number | undefined> | undefined;
   switch (kind) {
     case 'etcd-member-kill': {
       const etcd = cluster.etcd;
@@ -181,6 +196,7 @@ export async function injectFault(
     case 'kill-backup': {
       slot = kind === 'kill-primary' ? pair.primary : pair.backup;
       cluster.kill(slot);
+      if (kind === 'kill-primary') failover = untilPrimary(cluster, pair.backup, t0, 5000);
       await sleep(rng.range(0, 400));
       break;
     }
@@ -189,7 +205,9 @@ export async function injectFault(
       slot = kind === 'pause-primary' ? pair.primary : pair.backup;
       long = rng.chance(0.5);
       cluster.pause(slot);
-      await sleep(long ? rng.range(200, 1500) : rng.range(10, 100));
+      const pauseMs = long ? rng.range(200, 1500) : rng.range(10, 100);
+      if (kind === 'pause-primary') failover = untilPrimary(cluster, pair.backup, t0, pauseMs);
+      await sleep(pauseMs);
       cluster.resume(slot);
       break;
     }
@@ -257,6 +275,7 @@ export async function injectFault(
       break;
     }
   }
+  const failoverMs = await failover;
   const durationMs = performance.now() - t0;
   const t1 = performance.now();
   const after = await cluster.settle();
@@ -265,5 +284,6 @@ export async function injectFault(
   if (rejoin !== undefined) rec.rejoin = rejoin;
   if (vmLost !== undefined) rec.vmLost = vmLost;
   if (etcdMember !== undefined) rec.etcdMember = etcdMember;
+  if (failoverMs !== undefined) rec.failoverMs = Math.round(failoverMs * 10) / 10;
   return rec;
 }

@@ -76,6 +76,9 @@ export interface JepsenResult {
   replicas_agree: boolean | null;
   checker_ms: number;
   run_time_s: number;
+  /** Failover times (ms, fault → the backup reports itself primary) of kill -9 (evidence) and of long SIGSTOPs (silence). */
+  failover_crash_ms: { n: number; p50: number | null; p99: number | null };
+  failover_silent_ms: { n: number; p50: number | null; p99: number | null };
   ops_per_s: number;
   passed: boolean;
   /** Why the run could not complete (liveness), if it did not. */
@@ -186,7 +189,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
         const rec = await injectFault(cluster, pair, kind, nemesisRng, n, () => history.now(), onVmLost);
         faults.push(rec);
         log(
-          `fault ${n + 1}/${o.faults}: ${kind}${rec.long === undefined ? '' : rec.long ? ' (long)' : ' (short)'} on slot ${rec.slot} for ${rec.durationMs} ms; epoch ${rec.epochBefore} → ${rec.epochAfter}; settled in ${rec.settleMs} ms; ${history.ops.length} ops so far`,
+          `fault ${n + 1}/${o.faults}: ${kind}${rec.long === undefined ? '' : rec.long ? ' (long)' : ' (short)'} on slot ${rec.slot} for ${rec.durationMs} ms; epoch ${rec.epochBefore} → ${rec.epochAfter}; settled in ${rec.settleMs} ms;${rec.failoverMs !== undefined ? ` failover ${rec.failoverMs} ms;` : ''} ${history.ops.length} ops so far`,
         );
         const settled = await cluster.protectedPair();
         if (settled.pair) pair = settled.pair;
@@ -260,6 +263,8 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     vms_lost: lostEras.length,
     acked_writes_lost_with_vm: ackedLostWithVm,
     checks_passed: checksPassed,
+    failover_crash_ms: percentiles(faults.filter((f) => f.kind === 'kill-primary').map((f) => f.failoverMs)),
+    failover_silent_ms: percentiles(faults.filter((f) => f.kind === 'pause-primary' && f.long === true).map((f) => f.failoverMs)),
     passed,
   };
   if (error !== undefined) result.error = error;
@@ -313,4 +318,11 @@ export async function replicasAgreeOn(cluster: Cluster, pair: ProtectedPair, log
     log(`state hash comparison failed: ${(err as Error).message}`);
     return null;
   }
+}
+
+/** Nearest-rank p50 and p99 of the measured values (undefined: not measured). */
+function percentiles(xs: (number | undefined)[]): { n: number; p50: number | null; p99: number | null } {
+  const s = xs.filter((x): x is number => x !== undefined).sort((a, b) => a - b);
+  const q = (p: number): number | null => (s.length === 0 ? null : s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!);
+  return { n: s.length, p50: q(0.5), p99: q(0.99) };
 }

@@ -35,6 +35,12 @@ export type BackupInput =
    */
   | { t: 'peer-open'; nowMs?: number }
   | { t: 'peer-closed' }
+  /**
+   * Evidence that the primary's process is gone (the liveness address it advertised refused a
+   * connection after the channel closed): drain and claim now instead of waiting out the fail timeout.
+   * A wrong guess costs availability, never safety: the arbiter still decides.
+   */
+  | { t: 'peer-gone'; evidence: string }
   | { t: 'frame'; frame: Frame }
   | { t: 'replica-progress'; instructionNumber: number }
   | { t: 'replica-verified'; n: number; hash: Uint8Array }
@@ -52,7 +58,7 @@ export type BackupAction =
   | { t: 'drop-peer'; reason: string }
   | { t: 'halt'; reason: string }
   /** The primary is silent: let the replica consume everything it holds, then report 'drained'. */
-  | { t: 'drain'; reason: string }
+  | { t: 'drain'; reason: string; /** Drained on evidence of the primary's death, not silence. */ evidence?: true }
   | { t: 'claim'; epoch: number }
   /** Won: the replica goes live (records from where its log ended) and starts serving at `epoch`. */
   | { t: 'go-live'; epoch: number; /** TEST ONLY (testOnlyBreak): go live without consuming the held log. */ testOnlyAbandonHeld?: true }
@@ -174,6 +180,13 @@ export class BackupCore {
         this.sawPrimary = true;
         this.lastHeardMs = this.nowMs;
         this.ack(out);
+        break;
+      case 'peer-gone':
+        // Stale evidence (a primary connected again since) changes nothing; a joiner abandons on close.
+        if (this.phase === 'following' && this.started && this.sawPrimary && !this.peer) {
+          this.phase = 'draining';
+          out.push({ t: 'drain', reason: `the primary's process is gone (${input.evidence})`, evidence: true });
+        }
         break;
       case 'peer-closed':
         this.peer = false;

@@ -9,8 +9,11 @@ import type { GuestOutput } from '../machine/machine.js';
 /** An output of the guest as the vCPU reports it (bytes for a connection or the console). */
 export type WireOutput = GuestOutput;
 
-/** 2: re-replication (SNAPSHOT frames, the standby role, CONTROL ARMED). */
-export const PROTOCOL_VERSION = 2;
+/**
+ * 2: re-replication (SNAPSHOT frames, the standby role, CONTROL ARMED). 3: HELLO carries the liveness
+ * address (fast failover on evidence of a dead process).
+ */
+export const PROTOCOL_VERSION = 3;
 
 export const FrameType = {
   HELLO: 1,
@@ -39,6 +42,12 @@ export interface HelloFrame {
   nonce: Uint8Array;
   /** Primary: the sequence number of the first entry it will send. Backup: the next entry it expects. */
   nextSeq: number;
+  /**
+   * `host:port` of the sender's liveness port ('' = none): a port that lives exactly as long as the
+   * sender's process. A refused connection there is evidence that the process is gone
+   * (src/channel/liveness.ts).
+   */
+  liveness: string;
 }
 
 /** A batch of log entries [firstSeq, firstSeq + count); the primary had reached `instructionNumber`. */

@@ -72,6 +72,17 @@ export interface NodeOptions {
   hostId?: string;
   /** Recruit standbys when running alone (needs `arbiter`). */
   recruit?: RecruitOptions;
+  /**
+   * Fail over at once on evidence that the peer's process is gone (a refused connection to its
+   * liveness port or channel address), without waiting out `failTimeoutMs` (default true;
+   * `--no-fast-failover` turns it off). Silence still needs the full timeout.
+   */
+  fastFailover?: boolean;
+  /**
+   * `host:port` of this process's liveness port (opened once per process by the CLI, src/channel/
+   * liveness.ts), advertised in HELLO so the peer can tell a dead process from a silent one.
+   */
+  liveness?: string;
   /** Called once when the node halts (lost a claim, fenced, diverged beyond repair). */
   onHalt?: (reason: string) => void;
   /** A backup (or a standby once cloned) keeps a continuous, rotated recording of the VM's log here. */

@@ -9,6 +9,7 @@
  * clones itself to it, then runs a BackupNode.
  */
 import { ChannelListener } from '../channel/endpoints.js';
+import { probePeer } from '../channel/liveness.js';
 import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
 import { FrameType, type Frame } from '../channel/frames.js';
 import { moduleHash } from '../log/recording.js';
@@ -114,6 +115,7 @@ export class BackupNode {
     Object.defineProperty(this.identity, 'epoch', { get: () => core.status().epoch, configurable: true, enumerable: true });
     this.identity.nextSeq = () => core.expectedSeq;
     this.identity.role = 'backup';
+    this.identity.liveness = () => opts.liveness ?? '';
     if (opts.record) {
       const vcpu = this.vcpu;
       this.recorder = new ContinuousRecorder({
@@ -191,9 +193,25 @@ export class BackupNode {
         this.conn = undefined;
         this.log.warn({ reason }, 'primary disconnected');
         this.exec(this.core.step({ t: 'peer-closed' }));
+        this.probePrimary(c);
       }
     });
     this.exec(this.core.step({ t: 'peer-open', nowMs: this.clock.now() }));
+  }
+
+  /**
+   * The channel closed: is the primary's process gone? A refused probe of the liveness port it
+   * advertised is evidence (src/channel/liveness.ts); anything else leaves the fail timeout to decide.
+   */
+  private probePrimary(c: ChannelConnection): void {
+    if (this.opts.fastFailover === false) return;
+    probePeer(
+      c,
+      'primary',
+      this.log,
+      () => !this.live && !this.finished && this.conn === undefined, // not reconnected, not decided
+      (evidence) => this.exec(this.core.step({ t: 'peer-gone', evidence })),
+    );
   }
 
   private tick(): void {
@@ -253,7 +271,7 @@ export class BackupNode {
           void this.stop().finally(() => this.opts.onHalt?.(a.reason));
           break;
         case 'drain':
-          this.log.warn({ reason: a.reason }, 'primary silent: consuming every held entry before claiming');
+          this.log.warn({ reason: a.reason }, a.evidence ? 'primary gone: consuming every held entry before claiming' : 'primary silent: consuming every held entry before claiming');
           this.draining = true;
           this.drainStartMs = this.clock.now();
           this.metrics.phase('detect', this.drainStartMs - this.lastHeardMs);

@@ -11,6 +11,7 @@
  */
 import { once, type EventEmitter } from 'node:events';
 import { ChannelDialer } from '../channel/endpoints.js';
+import { probePeer } from '../channel/liveness.js';
 import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
 import { ControlKind, FrameType, SnapshotPart, type Frame, type HelloFrame, type RefuseFrame } from '../channel/frames.js';
 import type { StandbyRecord } from '../arbiter/arbiter.js';
@@ -147,6 +148,7 @@ export class PrimaryNode {
         return core.status().epoch;
       },
       nextSeq: () => core.status().ackedSeq,
+      liveness: () => opts.liveness ?? '',
     };
     this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
     this.metrics.resetHeld();
@@ -312,6 +314,10 @@ export class PrimaryNode {
         this.conn = undefined;
         this.log.warn({ reason }, 'backup disconnected');
         this.exec(this.core.step({ t: 'peer-closed' }));
+        // Is the backup's process gone? Then claim now rather than after the fail timeout.
+        if (this.opts.fastFailover !== false) {
+          probePeer(c, 'backup', this.log, () => !this.stopped && this.conn === undefined, (evidence) => this.exec(this.core.step({ t: 'peer-gone', evidence })));
+        }
       }
     });
   }
@@ -495,7 +501,8 @@ export class PrimaryNode {
             const now = this.clock.now();
             this.claimStartMs = now;
             this.metrics.phase('detect', now - this.lastHeardMs);
-            this.metrics.event({ kind: 'silence-detected', side: 'primary', epoch: a.epoch, phaseMs: now - this.lastHeardMs, detail: 'the backup is silent' });
+            const gone = this.core.status().claimCause;
+            this.metrics.event({ kind: 'silence-detected', side: 'primary', epoch: a.epoch, phaseMs: now - this.lastHeardMs, detail: gone ?? 'the backup is silent' });
           }
           void claimAt(this.opts, a.epoch, this.log).then((r) => {
             if (r.t === 'claim-result' && this.claimStartMs !== null) {

@@ -62,6 +62,11 @@ export type PrimaryInput =
   | { t: 'log'; firstSeq: number; count: number; bytes: Uint8Array; instructionNumber: number; outputs: WireOutput[] }
   | { t: 'peer-open'; backupNextSeq: number }
   | { t: 'peer-closed' }
+  /**
+   * Evidence that the backup's process is gone (its channel address refused a connection after the
+   * channel closed): claim now instead of waiting out the fail timeout. The arbiter still decides.
+   */
+  | { t: 'peer-gone'; evidence: string }
   | { t: 'frame'; frame: Frame }
   /** The arbiter answered our claim; `epoch` is the record's epoch afterwards. */
   | { t: 'claim-result'; won: boolean; epoch: number; owner: string }
@@ -129,6 +134,8 @@ export interface PrimaryStatus {
   throttled: boolean;
   /** Re-replication in progress: 'transferring' (snapshot streaming), 'catching-up', 'arming'. */
   joining: 'transferring' | 'catching-up' | 'arming' | null;
+  /** Why the claim in progress was made, when on evidence of the backup's death (else silence). */
+  claimCause: string | null;
 }
 
 export class PrimaryCore {
@@ -153,6 +160,10 @@ export class PrimaryCore {
   private alone: boolean;
   private lastHeardMs = 0;
   private claiming = false;
+  /** Why the pending claim was made, when not silence past the timeout (for the went-alone reason). */
+  private claimCause: string | undefined;
+  /** A backup was connected to this primary at some point (evidence of its death means something). */
+  private sawBackup = false;
   private claimRetryAtMs = 0;
   private halted: string | null = null;
   private join: Join | null = null;
@@ -180,6 +191,7 @@ export class PrimaryCore {
       logBytesSent: this.logBytesSent,
       throttled: this.throttled,
       joining: this.join === null ? null : !this.join.streaming ? 'transferring' : this.join.arming ? 'arming' : 'catching-up',
+      claimCause: this.claimCause ?? null,
     };
   }
 
@@ -210,7 +222,8 @@ export class PrimaryCore {
           this.epoch = input.epoch;
           this.alone = true;
           this.peer = false;
-          out.push({ t: 'went-alone', epoch: input.epoch, reason: `the backup was silent for ${this.cfg.failTimeoutMs} ms; this primary won epoch ${input.epoch}` });
+          out.push({ t: 'went-alone', epoch: input.epoch, reason: `${this.claimCause ?? `the backup was silent for ${this.cfg.failTimeoutMs} ms`}; this primary won epoch ${input.epoch}` });
+          this.claimCause = undefined;
           // Nothing waits for a backup any more: everything logged counts as acknowledged.
           this.ackedSeq = this.nextSeq;
           this.unacked.length = 0;
@@ -266,6 +279,14 @@ export class PrimaryCore {
         this.peer = false;
         if (this.join !== null) this.abandonJoin('the joiner disconnected', out);
         break;
+      case 'peer-gone':
+        // Stale evidence (the backup is back, or there is no backup to lose: e.g. it is not up yet at
+        // start) changes nothing.
+        if (!this.sawBackup || this.peer || this.alone || this.join !== null || this.claiming || this.nowMs < this.claimRetryAtMs) break;
+        this.claiming = true;
+        this.claimCause = `the backup's process is gone (${input.evidence})`;
+        out.push({ t: 'claim', epoch: this.epoch });
+        break;
       case 'frame':
         this.onFrame(input.frame, out);
         break;
@@ -319,6 +340,7 @@ export class PrimaryCore {
       return;
     }
     this.peer = true;
+    this.sawBackup = true;
     // The backup holds everything before backupNextSeq: that is an acknowledgement.
     this.onAck(backupNextSeq, this.backupN, out);
     this.sentSeq = backupNextSeq;

@@ -66,7 +66,7 @@ export class StandbyNode {
     this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
     this.observeAsStandby();
     if (!opts.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter (its pool lives there)');
-    this.identity = { role: 'standby', vmName: opts.config.name, moduleHash: moduleHash(opts.guest.original), epoch: 0, nextSeq: () => 0 };
+    this.identity = { role: 'standby', vmName: opts.config.name, moduleHash: moduleHash(opts.guest.original), epoch: 0, nextSeq: () => 0, liveness: () => opts.liveness ?? '' };
   }
 
   /** Metrics and log lines describe this node as a standby (again). */

@@ -37,6 +37,7 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_CONTROL_AUTH'
   | 'FTVM_ERR_CONTROL_FORBIDDEN'
   | 'FTVM_ERR_CONTROL_INSECURE'
+  | 'FTVM_ERR_LIVENESS_BIND'
   | 'FTVM_ERR_TLS_CONFIG';
 
 export class FtvmError extends Error {
