@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   let virtualMs = 0;
   let failovers = 0;
   let joins = 0;
-  const paths = { drainWaits: 0, snapshotsFailed: 0, serviceBindRetries: 0, divergedHalts: 0 };
+  const paths = { drainWaits: 0, snapshotsFailed: 0, serviceBindRetries: 0, divergedHalts: 0, probesRefused: 0, probesAnswered: 0, probesUnanswered: 0 };
   let completed = 0;
   let maxEpoch = 0;
   const faults: Record<string, number> = {};

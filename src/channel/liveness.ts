@@ -119,6 +119,7 @@ export interface ClosedPeer {
 export function probePeer(
   peer: ClosedPeer,
   who: string,
+  env: { probeLiveness(addr: { host: string; port: number }): Promise<ProbeResult>; clock: { now(): number } },
   log: { info(obj: object, msg: string): void },
   stillRelevant: () => boolean,
   onGone: (evidence: string) => void,
@@ -127,11 +128,11 @@ export function probePeer(
   if (addr === undefined) return;
   // A wildcard address means "the host you reached me on".
   if (addr.host === '0.0.0.0' || addr.host === '::') addr.host = peer.remoteHost ?? '127.0.0.1';
-  const t0 = performance.now();
-  void probeLiveness(addr).then((r) => {
+  const t0 = env.clock.now();
+  void env.probeLiveness(addr).then((r) => {
     if (!stillRelevant()) return;
     const at = `${addr.host}:${addr.port}`;
-    log.info({ liveness: at, result: r, probeMs: Number((performance.now() - t0).toFixed(1)) }, `liveness probe of the ${who}: ${r}`);
+    log.info({ liveness: at, result: r, probeMs: Number((env.clock.now() - t0).toFixed(1)) }, `liveness probe of the ${who}: ${r}`);
     if (r === 'refused') onGone(`its liveness port ${at} refused a connection`);
   });
 }

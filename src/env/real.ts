@@ -2,6 +2,7 @@
  * The real environment of a process driver (src/replication/env.ts): node timers, TCP/TLS for the
  * channel, the worker-thread Vcpu, the TCP client service. Wired by the CLI (src/cli/run-cmds.ts).
  */
+import { probeLiveness } from '../channel/liveness.js';
 import { tcpChannelTransport, type ChannelSecurity } from '../channel/transport.js';
 import { Vcpu } from '../machine/vcpu.js';
 import type { NodeEnv } from '../replication/env.js';
@@ -14,6 +15,7 @@ export function realNodeEnv(security: ChannelSecurity): NodeEnv {
   return {
     clock: realClock,
     transport: tcpChannelTransport(security),
+    probeLiveness: (addr) => probeLiveness(addr),
     newVcpu: (spec) => new Vcpu(spec),
     newService: (o) => new ClientService(o),
   };

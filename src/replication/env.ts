@@ -7,6 +7,7 @@
  * test/driver-env.test.ts holds the driver files to it.
  */
 import type { EventEmitter } from 'node:events';
+import type { ProbeResult } from '../channel/liveness.js';
 import type { ChannelTransport } from '../channel/transport.js';
 import type { VmConfig } from '../log/recording.js';
 import type { LoadedGuest } from '../machine/guest.js';
@@ -94,6 +95,11 @@ export interface ServicePort {
 export interface NodeEnv {
   clock: NodeClock;
   transport: ChannelTransport;
+  /**
+   * One probe of a peer's liveness port (src/channel/liveness.ts): refused (the process is gone),
+   * answered (it is alive), or no answer within the probe timeout (silent: stopped, host down, cut).
+   */
+  probeLiveness(addr: { host: string; port: number }): Promise<ProbeResult>;
   newVcpu(spec: VcpuSpec): VcpuPort;
   newService(opts: { host: string; port: number; log: Logger }): ServicePort;
 }

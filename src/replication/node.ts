@@ -208,6 +208,7 @@ export class BackupNode {
     probePeer(
       c,
       'primary',
+      this.opts.env,
       this.log,
       () => !this.live && !this.finished && this.conn === undefined, // not reconnected, not decided
       (evidence) => this.exec(this.core.step({ t: 'peer-gone', evidence })),

@@ -316,7 +316,7 @@ export class PrimaryNode {
         this.exec(this.core.step({ t: 'peer-closed' }));
         // Is the backup's process gone? Then claim now rather than after the fail timeout.
         if (this.opts.fastFailover !== false) {
-          probePeer(c, 'backup', this.log, () => !this.stopped && this.conn === undefined, (evidence) => this.exec(this.core.step({ t: 'peer-gone', evidence })));
+          probePeer(c, 'backup', this.opts.env, this.log, () => !this.stopped && this.conn === undefined, (evidence) => this.exec(this.core.step({ t: 'peer-gone', evidence })));
         }
       }
     });

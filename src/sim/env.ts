@@ -6,6 +6,7 @@
  * model of latency, lost replies and late commits to the pure arbiter state (src/arbiter/state.ts).
  */
 import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from '../arbiter/arbiter.js';
+import type { ProbeResult } from '../channel/liveness.js';
 import type { ChannelServer, ChannelSocket, ChannelTransport } from '../channel/transport.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
 import type { NodeClock, NodeEnv, ServicePort, Timer, VcpuSpec } from '../replication/env.js';
@@ -32,6 +33,8 @@ export interface SimWorldApi {
   released(proc: SimProc, outputs: readonly WireOutput[]): void;
   /** A service start attempt finds its address held (EADDRINUSE). */
   serviceAddressHeld(proc: SimProc): boolean;
+  /** One liveness probe by proc (src/channel/liveness.ts): refused, answered or no answer, as a real host would. */
+  probeLiveness(proc: SimProc, host: string, port: number, cb: (r: ProbeResult) => void): void;
 }
 
 /** What the environment records about its process. */
@@ -217,6 +220,7 @@ export function simNodeEnv(w: SimWorldApi, proc: SimProc): NodeEnv {
   return {
     clock: new SimClock(w, proc),
     transport: new SimTransport(w, proc),
+    probeLiveness: (addr) => new Promise<ProbeResult>((resolve) => w.probeLiveness(proc, addr.host, addr.port, resolve)),
     newVcpu(spec: VcpuSpec) {
       const v = new SimVcpu(w.vcpuHost(proc), spec.mode, spec.snapshot);
       proc.vcpu = v;

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { pino } from 'pino';
 import type { ChannelServer, ChannelSocket } from '../channel/transport.js';
+import { PROBE_TIMEOUT_MS, type ProbeResult } from '../channel/liveness.js';
 import type { LoadedGuest } from '../machine/guest.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
 import { DEFAULT_VM_CONFIG, type VmConfig } from '../log/recording.js';
@@ -41,6 +42,8 @@ export interface SimTimings extends Omit<Timings, 'stateHashIntervalMs'> {
 const RECRUIT_INTERVAL_MS = 250;
 const CHANNEL_PORT = 7000;
 const SERVICE_PORT = 8000;
+/** A process's liveness port: an ephemeral port, a new one for each incarnation on a host. */
+const LIVENESS_PORT_BASE = 9000;
 const SECRET = new Uint8Array(32).fill(7);
 const GUEST = { original: new TextEncoder().encode('ftvm simulated kv guest') } as unknown as LoadedGuest;
 const CONFIG: VmConfig = { ...DEFAULT_VM_CONFIG, name: 'sim' };
@@ -119,6 +122,10 @@ export interface WorldStats {
   snapshotsFailed: number;
   serviceBindRetries: number;
   divergedHalts: number;
+  /** Liveness probes (src/channel/liveness.ts) by their result: evidence of death vs none. */
+  probesRefused: number;
+  probesAnswered: number;
+  probesUnanswered: number;
 }
 
 interface Host {
@@ -229,6 +236,9 @@ export class World implements SimWorldApi {
       snapshotsFailed: 0,
       serviceBindRetries: 0,
       divergedHalts: 0,
+      probesRefused: 0,
+      probesAnswered: 0,
+      probesUnanswered: 0,
     };
     this.net = new Network({
       now: () => this.nowMs,
@@ -311,6 +321,37 @@ export class World implements SimWorldApi {
       return true;
     }
     return false;
+  }
+
+  /**
+   * A liveness probe, modelled on TCP: the process that owns the port answers (it accepts and closes)
+   * after a round trip; a stopped one lets the kernel complete the handshake but never closes (no
+   * answer); a dead process's host refuses (RST) after a round trip, unless the host is down (power
+   * loss: no answer); a partitioned link never answers. "No answer" comes at the probe's timeout.
+   */
+  probeLiveness(sp: SimProc, hostName: string, port: number, cb: (r: ProbeResult) => void): void {
+    const proc = sp as Proc;
+    const hostIndex = this.hosts.findIndex((h) => h.hostId === hostName);
+    const target = this.hosts[hostIndex];
+    let result: ProbeResult = 'no-answer';
+    let atMs = PROBE_TIMEOUT_MS;
+    if (target !== undefined && !this.blockedLinks[proc.host]![hostIndex]! && !this.blockedLinks[hostIndex]![proc.host]!) {
+      const rtt = this.delay(proc.host, hostIndex, 0) + this.delay(hostIndex, proc.host, 0);
+      const tp = target.proc;
+      const owner = tp !== null && port === LIVENESS_PORT_BASE + target.incarnation ? tp : null;
+      if (owner !== null && !owner.dead) {
+        if (!owner.paused && rtt < PROBE_TIMEOUT_MS) [result, atMs] = ['answered', rtt];
+      } else if (!target.down && rtt < PROBE_TIMEOUT_MS) {
+        [result, atMs] = ['refused', rtt];
+      }
+    }
+    this.later(proc, atMs, () => {
+      if (result === 'refused') this.stats.probesRefused++;
+      else if (result === 'answered') this.stats.probesAnswered++;
+      else this.stats.probesUnanswered++;
+      this.trace(proc, () => `liveness probe of ${hostName}:${port}: ${result}`);
+      cb(result);
+    });
   }
 
   listen(sp: SimProc, port: number, onSocket: (s: ChannelSocket) => void): ChannelServer {
@@ -577,6 +618,7 @@ export class World implements SimWorldApi {
       log: this.logFor(proc),
       nodeId: proc.id,
       hostId: h.hostId,
+      liveness: `${h.hostId}:${LIVENESS_PORT_BASE + h.incarnation}`,
       arbiter: new SimArbiter(this, proc),
       recruit: { hostId: h.hostId, intervalMs: RECRUIT_INTERVAL_MS },
       onHalt: (reason) => this.exit(proc, reason),
