@@ -252,6 +252,10 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
       console.log('   (it stops with the demo; `npm run demo -- --keep` leaves everything running to explore it)');
     }
     return same;
+  } catch (err) {
+    // What the nodes said last, so that a failed demo explains itself.
+    for (const l of lines.slice(-20)) console.log(`   ${l}`);
+    throw err;
   } finally {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
     await Promise.all(procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r)))));
