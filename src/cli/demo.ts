@@ -133,12 +133,13 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     let seen = show(0);
     console.log(`   watch it live: ${dashboardUrl}`);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
-    const warm = await RespClient.connect({ port: svc, callTimeoutMs: 30_000 });
     if (g.sql) {
-      const created = await warm.call('SQL', 'CREATE TABLE users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)');
-      if (!Array.isArray(created)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `demo: CREATE TABLE failed: ${String(created)}`);
-      console.log('   SQL> CREATE TABLE users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)  -- a file on /data, each replica its own disk image');
+      // Idempotent, so it may go to whichever replica serves (a loaded machine can fail over early).
+      const create = 'CREATE TABLE IF NOT EXISTS users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)';
+      await callOnAnyReplica([svc, svc2], ['SQL', create], { deadlineMs: 120_000, expect: (v) => Array.isArray(v) });
+      console.log(`   SQL> ${create}  -- a file on /data, each replica its own disk image`);
     }
+    const warm = await RespClient.connect({ port: svc, callTimeoutMs: 30_000 });
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
     warm.close();
     const [h, bb] = await stateHashes(auth, `127.0.0.1:${pc}`, `127.0.0.1:${bc}`);
@@ -252,6 +253,10 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
       console.log('   (it stops with the demo; `npm run demo -- --keep` leaves everything running to explore it)');
     }
     return same;
+  } catch (err) {
+    // What the nodes said last, so that a failed demo explains itself.
+    for (const l of lines.slice(-20)) console.log(`   ${l}`);
+    throw err;
   } finally {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
     await Promise.all(procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r)))));
