@@ -188,7 +188,9 @@ describe('secret files', () => {
     const r = cli(['run', guestFile('kv'), '--role', 'backup', '--channel', '127.0.0.1:1', '--secret-file', open]);
     assert.equal(r.code, 2, r.err);
     assert.match(r.err, new RegExp(`FTVM_ERR_SECRET_PERMISSIONS.*mode 644.*chmod 600 ${open.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+    // Binary, with a space first and a newline last: taken byte for byte (8 bytes), never trimmed.
     const short = makeSecretFile(8);
+    writeFileSync(short, Buffer.from([0x20, 1, 2, 3, 4, 5, 6, 0x0a]), { mode: 0o600 });
     const s = cli(['arbiter', '--data', mkdtempSync(join(tmpdir(), 'ftvm-arb-')), '--listen', '127.0.0.1:1', '--secret-file', short]);
     assert.equal(s.code, 2, s.err);
     assert.match(s.err, /FTVM_ERR_SECRET_TOO_SHORT.*8 bytes/);
@@ -198,6 +200,14 @@ describe('secret files', () => {
     const made = spawnSync('sh', ['-c', '(umask 077; head -c 32 /dev/urandom > ftvm.secret; chmod 600 ftvm.secret)'], { cwd: dir });
     assert.equal(made.status, 0, made.stderr.toString());
     assert.equal(readSecretFileSync(join(dir, 'ftvm.secret')).length, 32);
+    // A binary secret whose ends happen to be whitespace bytes keeps them; a text secret loses them.
+    const binary = join(dir, 'binary.secret');
+    const bytes = Buffer.concat([Buffer.from([0x0a]), Buffer.alloc(14, 0xfe), Buffer.from([0x20])]);
+    writeFileSync(binary, bytes, { mode: 0o600 });
+    assert.deepEqual(readSecretFileSync(binary), bytes);
+    const text = join(dir, 'text.secret');
+    writeFileSync(text, '  0123456789abcdef0123\n', { mode: 0o600 });
+    assert.equal(readSecretFileSync(text).toString('latin1'), '0123456789abcdef0123');
   });
 });
 

@@ -16,7 +16,8 @@ export const MIN_SECRET_BYTES = 16;
 /**
  * Reads and checks one secret file: refused if group or others may read or write it (as ssh refuses a
  * private key), if it is not a regular file, or if it holds fewer than MIN_SECRET_BYTES bytes. Leading and
- * trailing ASCII whitespace of a text secret is ignored (a binary secret is taken as is).
+ * trailing ASCII whitespace of a text secret (printable ASCII only) is ignored; a binary secret is taken
+ * byte for byte.
  */
 export function readSecretFileSync(path: string): Buffer {
   let mode: number;
@@ -40,9 +41,12 @@ export function readSecretFileSync(path: string): Buffer {
   } catch (err) {
     throw new FtvmError('FTVM_ERR_SECRET_UNREADABLE', `cannot read secret file ${path}: ${(err as Error).message}`, { cause: err });
   }
+  // A text secret (printable ASCII, e.g. from `openssl rand -hex 32 > f`) loses the whitespace around it
+  // (an editor's final newline); a binary one (`head -c 32 /dev/urandom`) is taken byte for byte, even
+  // when its first or last byte happens to be a space or a newline.
   const text = raw.toString('latin1');
-  const trimmed = text.trim();
-  const secret = trimmed.length === raw.length ? raw : Buffer.from(trimmed, 'latin1');
+  const isText = /^[\x20-\x7e\t\r\n]*$/.test(text);
+  const secret = isText ? Buffer.from(text.trim(), 'latin1') : raw;
   if (secret.length < MIN_SECRET_BYTES) {
     throw new FtvmError('FTVM_ERR_SECRET_TOO_SHORT', `secret file ${path} holds ${secret.length} bytes; use at least ${MIN_SECRET_BYTES} (e.g. \`(umask 077; head -c 32 /dev/urandom > ${path}; chmod 600 ${path})\`)`);
   }
