@@ -6,64 +6,35 @@
  * JSON (`failovers`, `lost_acked_writes`, `hashes_equal`, `rss_growth_ratio`, …); exit code 0 only if
  * nothing acknowledged was lost, the hashes are equal and RSS stayed within 20% after warm-up.
  */
+import { Command, InvalidArgumentError } from 'commander';
 import { runSoak } from '../src/jepsen/soak.js';
 import { randomSeed } from '../src/testing/prng.js';
 import { stopAll } from '../src/testing/processes.js';
 
-function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run soak -- [--duration-s N] [--kill-every-s N] [--warmup-s N] [--seed S] [--clients C] [--fail-timeout-ms N] [--quiet]\n`);
-  process.exit(2);
+/** An integer option of at least `min` (commander parser); a bad value is a usage error (exit 2). */
+function intAtLeast(name: string, min: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} needs an integer >= ${min}, not ${v}`);
+    return n;
+  };
 }
 
-function intArg(name: string, v: string | undefined, min: number): number {
-  const n = Number(v);
-  if (v === undefined || !Number.isSafeInteger(n) || n < min) usage(`${name} needs an integer >= ${min}, not ${String(v)}`);
-  return n;
-}
-
-const args = process.argv.slice(2);
-let durationS = 600;
-let killEveryS = 30;
-let warmupS = 20;
-let seed = randomSeed();
-let clients = 4;
-let quiet = false;
-let failTimeoutMs: number | undefined;
-for (let i = 0; i < args.length; i++) {
-  const a = args[i]!;
-  const v = args[i + 1];
-  switch (a) {
-    case '--duration-s':
-      durationS = intArg(a, v, 1);
-      i++;
-      break;
-    case '--kill-every-s':
-      killEveryS = intArg(a, v, 1);
-      i++;
-      break;
-    case '--warmup-s':
-      warmupS = intArg(a, v, 0);
-      i++;
-      break;
-    case '--seed':
-      seed = intArg(a, v, 0);
-      i++;
-      break;
-    case '--clients':
-      clients = intArg(a, v, 1);
-      i++;
-      break;
-    case '--fail-timeout-ms':
-      failTimeoutMs = intArg(a, v, 10);
-      i++;
-      break;
-    case '--quiet':
-      quiet = true;
-      break;
-    default:
-      usage(`unknown argument ${a}`);
-  }
-}
+const cmd = new Command('npm run soak --')
+  .description('load with a kill -9 of the live primary every --kill-every-s, automatic re-replication, RSS of every node sampled; one JSON line at the end')
+  .option('--duration-s <n>', 'how long the load runs', intAtLeast('--duration-s', 1), 600)
+  .option('--kill-every-s <n>', 'a kill -9 of the live primary this often', intAtLeast('--kill-every-s', 1), 30)
+  .option('--warmup-s <n>', 'RSS at this point is the baseline of rss_growth_ratio', intAtLeast('--warmup-s', 0), 20)
+  .option('--seed <n>', 'seed of the clients and the schedule', intAtLeast('--seed', 0))
+  .option('--clients <n>', 'closed-loop clients', intAtLeast('--clients', 1), 4)
+  .option('--fail-timeout-ms <n>', "passed to every node's --fail-timeout-ms", intAtLeast('--fail-timeout-ms', 10))
+  .option('--quiet', 'no progress lines')
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
+  .parse(process.argv.slice(2), { from: 'user' });
+const o = cmd.opts<{ durationS: number; killEveryS: number; warmupS: number; seed?: number; clients: number; failTimeoutMs?: number; quiet?: boolean }>();
+const { durationS, killEveryS, warmupS, clients, failTimeoutMs } = o;
+const seed = o.seed ?? randomSeed();
+const quiet = o.quiet === true;
 
 const t0 = Date.now();
 const log = quiet ? undefined : (line: string): void => void process.stderr.write(`[soak +${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}\n`);
