@@ -534,6 +534,17 @@ async function checkFiles(files: string[]): Promise<void> {
   if (failed > 0) throw new BuildError(`${failed} of ${files.length} module(s) failed the ABI check`);
 }
 
+/** After a fresh build: refresh the checked-in prebuilt module (--update-prebuilt), or say it differs. */
+function syncPrebuilt(out: string, prebuilt: string, update: boolean): void {
+  if (update) {
+    mkdirSync(path.dirname(prebuilt), { recursive: true });
+    copyFileSync(out, prebuilt);
+    console.log(`  updated ${rel(prebuilt)}`);
+  } else if (existsSync(prebuilt) && !readFileSync(prebuilt).equals(readFileSync(out))) {
+    console.log(`  note: ${rel(prebuilt)} differs from the fresh build (refresh it with --update-prebuilt)`);
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === "--check") return checkFiles(argv.slice(1));
   const force = argv.includes("--force");
@@ -573,13 +584,7 @@ async function main(argv: string[]): Promise<void> {
         stamp = `${rustc} | rustc ${g.flags.join(" ")} ${g.source}`;
         build = () => {
           buildRust(g, out);
-          if (updatePrebuilt) {
-            mkdirSync(path.dirname(prebuilt), { recursive: true });
-            copyFileSync(out, prebuilt);
-            console.log(`  updated ${rel(prebuilt)}`);
-          } else if (existsSync(prebuilt) && !readFileSync(prebuilt).equals(readFileSync(out))) {
-            console.log(`  note: ${rel(prebuilt)} differs from the fresh build (refresh it with --update-prebuilt)`);
-          }
+          syncPrebuilt(out, prebuilt, updatePrebuilt);
         };
       } else {
         if (!rustNoticeShown) {
@@ -607,13 +612,7 @@ async function main(argv: string[]): Promise<void> {
             }
           }
           await buildC(g, out);
-          if (updatePrebuilt) {
-            mkdirSync(path.dirname(prebuilt), { recursive: true });
-            copyFileSync(out, prebuilt);
-            console.log(`  updated ${rel(prebuilt)}`);
-          } else if (existsSync(prebuilt) && !readFileSync(prebuilt).equals(readFileSync(out))) {
-            console.log(`  note: ${rel(prebuilt)} differs from the fresh build (refresh it with --update-prebuilt)`);
-          }
+          syncPrebuilt(out, prebuilt, updatePrebuilt);
         };
       } else {
         if (!clangNoticeShown) {
