@@ -183,3 +183,14 @@ test('an out-of-bounds frame length drops the connection before anything is buff
   a.destroy();
   server.close();
 });
+
+test('a HELLO liveness address that is malformed is never probed; an over-long one is a bad frame', async () => {
+  const { parseLivenessAddress } = await import('../src/channel/liveness.js');
+  assert.deepEqual(parseLivenessAddress('127.0.0.1:9000'), { host: '127.0.0.1', port: 9000 });
+  assert.deepEqual(parseLivenessAddress('[::1]:9000'), { host: '::1', port: 9000 });
+  for (const bad of ['', '127.0.0.1', '127.0.0.1:0', '127.0.0.1:70000', 'a:b', ':9000', '127.0.0.1:9000:1']) {
+    assert.equal(parseLivenessAddress(bad), undefined, JSON.stringify(bad));
+  }
+  const hello: Frame = { type: FrameType.HELLO, version: PROTOCOL_VERSION, role: 'primary', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, arch: 'x64', nonce: new Uint8Array(16), nextSeq: 0, liveness: `h:${'9'.repeat(200)}` };
+  assert.throws(() => decodeFrameBody(encodeFrameBody(hello)), /FTVM_ERR_BAD_FRAME|exceeds/);
+});
