@@ -11,11 +11,12 @@ import { EntryType, isAsync, type LogEntry } from '../src/log/entry.js';
 import { DEFAULT_VM_CONFIG, RecordingWriter, parseRecording } from '../src/log/recording.js';
 import { ArraySource, ScriptedEnv } from '../src/machine/env.js';
 import { loadGuest } from '../src/machine/guest.js';
+import { loadGuestIsolated } from '../src/machine/guest-isolated.js';
 import { Machine } from '../src/machine/machine.js';
 import { recordRun, replayRun } from '../src/machine/runner.js';
 import { kvWorkload, resp, spinWorkload } from '../src/machine/workloads.js';
 import { DeterminismViolation, FtvmError } from '../src/util/errors.js';
-import { binaryen, guest, hex, wat } from './helpers.js';
+import { binaryen, guest, guestPath, hex, wat } from './helpers.js';
 
 const cfg = DEFAULT_VM_CONFIG;
 
@@ -159,6 +160,23 @@ test('the call-depth limit traps deterministically, below any native stack limit
   const rep = replayRun(noDiv, cfg, rec.entries);
   assert.equal(rep.finalCount, rec.finalCount);
   assert.equal(hex(rep.finalHash), hex(rec.finalHash));
+});
+
+test('a guest instrumented in a child process (ftvm run: binaryen never in the long-lived process) loads the same and is refused the same', async () => {
+  const kv = new Uint8Array(readFileSync(guestPath('kv')));
+  const here = loadGuest(kv);
+  const there = await loadGuestIsolated(kv);
+  assert.equal(hex(there.instrumented.binary), hex(here.instrumented.binary));
+  assert.deepEqual({ ...there.instrumented, binary: null }, { ...here.instrumented, binary: null });
+  const cases: Array<[Uint8Array, string, RegExp]> = [
+    [Buffer.from('#!/bin/sh\necho not wasm\n'), 'FTVM_ERR_NOT_WASM', /not a WebAssembly module/],
+    [Buffer.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0xff, 0xff]), 'FTVM_ERR_INVALID_MODULE', /invalid WebAssembly module/],
+    [wat(`(module (import "env" "launch_missiles" (func (param i32))) (memory (export "memory") 1) (func (export "ftvm_step") (result i32) (i32.const 0)))`), 'FTVM_ERR_ABI_IMPORT', /env\.launch_missiles/],
+    [wat(`(module (memory (export "memory") 1 1 shared) (func (export "ftvm_step") (result i32) (i32.const 0)))`, binaryen.Features.Atomics | binaryen.Features.MutableGlobals), 'FTVM_ERR_UNSUPPORTED_FEATURE', /shared memory/],
+  ];
+  for (const [bytes, code, msg] of cases) {
+    await assert.rejects(loadGuestIsolated(bytes), (err: unknown) => err instanceof FtvmError && err.code === code && msg.test(err.message));
+  }
 });
 
 test('bad guests are refused with a clear, coded error', () => {

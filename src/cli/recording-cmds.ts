@@ -9,13 +9,15 @@ import type { ScheduledInput } from '../machine/env.js';
 import type { LoadedGuest } from '../machine/guest.js';
 
 /**
- * The instrumenter (binaryen) is loaded only by the commands that load a guest: `ftvm status`, `stop`,
- * `arbiter` and `dashboard` start in a fraction of the time and CPU (a burst of CPU next to a live pair
- * on a small machine is what starves its heartbeats).
+ * The instrumenter (binaryen) is loaded only by the commands that load a guest, and only on a
+ * short-lived worker thread (machine/guest-isolated.ts): `ftvm status`, `stop`, `arbiter` and
+ * `dashboard` start in a fraction of the time and CPU (a burst of CPU next to a live pair on a small
+ * machine is what starves its heartbeats), and a running replica does not keep binaryen's ~100 MB heap
+ * (a smaller process dies faster after kill -9: its peer sees the crash sooner).
  */
 async function loadGuest(module: Uint8Array, maxCallDepth?: number): Promise<LoadedGuest> {
-  const g = await import('../machine/guest.js');
-  return g.loadGuest(module, maxCallDepth);
+  const g = await import('../machine/guest-isolated.js');
+  return g.loadGuestIsolated(module, maxCallDepth);
 }
 import type { HaltInfo } from '../machine/machine.js';
 import { travel } from '../machine/travel.js';
