@@ -41,7 +41,7 @@ test('kill -9 of the primary: the backup probes its liveness port, is refused, a
     assert.ok(ms < 10_000, `the backup went live ${ms.toFixed(0)} ms after the kill, with a 20 s fail timeout`);
     const lines = pair.backup.stderr.lines.join('\n');
     assert.match(lines, /liveness probe of the primary: refused/);
-    assert.match(lines, /primary gone: consuming every held entry before claiming/);
+    assert.match(lines, /primary gone: claiming the VM while the replica consumes every held entry/);
     assert.doesNotMatch(lines, /primary silent/);
     const c = await RespClient.connect({ port: pair.backupServicePort });
     try {
@@ -89,7 +89,7 @@ test('SIGSTOP of the primary is silence, not evidence: the backup waits out the 
     await waitFor('the backup to go live', async () => (await statusOr(pair.auth, pair.backupControl))?.role === 'primary', 15_000);
     const ms = performance.now() - t0;
     assert.ok(ms >= 1400, `the backup went live after ${ms.toFixed(0)} ms: before the 1500 ms timeout, on no evidence`);
-    assert.match(pair.backup.stderr.lines.join('\n'), /primary silent: consuming every held entry before claiming/);
+    assert.match(pair.backup.stderr.lines.join('\n'), /primary silent: claiming the VM while the replica consumes every held entry/);
     pair.primary.kill('SIGCONT');
   } finally {
     await pair.stop();

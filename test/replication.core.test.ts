@@ -253,9 +253,13 @@ test('evidence of death (peer-gone): acts at once when the peer is disconnected;
   assert.deepEqual(b.step({ t: 'peer-gone', evidence: 'refused' }).filter((a) => a.t === 'drain'), [], 'the primary is connected');
   b.step({ t: 'peer-closed' });
   const drain = b.step({ t: 'peer-gone', evidence: 'its liveness port refused a connection' });
-  assert.deepEqual(drain, [{ t: 'drain', reason: "the primary's process is gone (its liveness port refused a connection)", evidence: true }]);
+  assert.deepEqual(drain, [
+    { t: 'drain', reason: "the primary's process is gone (its liveness port refused a connection)", evidence: true },
+    { t: 'claim', epoch: 3 },
+  ], 'the claim goes out with the drain, not after it');
   assert.equal(b.status().phase, 'draining', 'long before the 10 s fail timeout');
-  assert.deepEqual(b.step({ t: 'drained' }), [{ t: 'claim', epoch: 3 }]);
+  assert.deepEqual(b.step({ t: 'drained' }), [], 'the claim is already out');
+  assert.equal(b.status().phase, 'claiming');
   assert.deepEqual(b.step({ t: 'peer-gone', evidence: 'again' }), [], 'already claiming');
 
   // Primary: evidence before any backup connected (it is starting up) is ignored; after, it claims.

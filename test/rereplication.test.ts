@@ -182,7 +182,9 @@ test('standbys with another guest module or the wrong secret are refused with a 
 
 test('a 64 MiB guest joined mid-load: the transfer cut half-way leaves the primary serving and the standby back in the pool; the retry succeeds and the pair survives a kill of the primary', async () => {
   const proxies = new Map<number, FaultProxy>();
-  const pool = await Pool.start({ slots: 1, advertise: (s) => (proxies.has(s.index) ? `127.0.0.1:${proxies.get(s.index)!.port}` : undefined) });
+  // A cut healed at once is what is tested, not the fail timeout: a longer one keeps a loaded machine's
+  // stalls from passing for a failure (the liveness probe is answered, so the cut itself never fails over).
+  const pool = await Pool.start({ slots: 1, nodeArgs: ['--fail-timeout-ms', '1500'], advertise: (s) => (proxies.has(s.index) ? `127.0.0.1:${proxies.get(s.index)!.port}` : undefined) });
   try {
     const p = pool.slots[0]!;
     // Touch 64 MiB: 128 values of 512 KiB (the kv guest buffers at most 1 MiB of one command).
@@ -238,7 +240,9 @@ test('a 64 MiB guest joined mid-load: the transfer cut half-way leaves the prima
 
 test('a re-replicated pair whose channel is cut and healed at once reconnects and resumes (no failover)', async () => {
   const proxies = new Map<number, FaultProxy>();
-  const pool = await Pool.start({ slots: 1, advertise: (s) => (proxies.has(s.index) ? `127.0.0.1:${proxies.get(s.index)!.port}` : undefined) });
+  // A cut healed at once is what is tested, not the fail timeout: a longer one keeps a loaded machine's
+  // stalls from passing for a failure (the liveness probe is answered, so the cut itself never fails over).
+  const pool = await Pool.start({ slots: 1, nodeArgs: ['--fail-timeout-ms', '1500'], advertise: (s) => (proxies.has(s.index) ? `127.0.0.1:${proxies.get(s.index)!.port}` : undefined) });
   try {
     const slot: Slot = { index: 1, servicePort: await freePort(), channelPort: await freePort(), controlPort: await freePort(), gen: 0, proc: undefined };
     const proxy = await FaultProxy.start({ targetPort: slot.channelPort });

@@ -71,13 +71,13 @@ for (const { breakMode, expected, seeds } of BREAKS) {
   });
 }
 
-test('simulation: a broken core (skip-drain) is caught by seed 31 (found by `npm run sim -- --seeds 1000 --seed 1 --break skip-drain`), reproducibly', async () => {
+test('simulation: a broken core (skip-drain) is caught by seed 66 (found by `npm run sim -- --seeds 1000 --seed 1 --break skip-drain`), reproducibly', async () => {
   const opts: SimOptions = { ...BASE, breakMode: 'skip-drain' };
-  const a = await runSeed(31, opts);
-  assert.equal(a.ok, false, 'seed 31 no longer catches skip-drain: search again with npm run sim -- --seeds 1000 --seed 1 --break skip-drain');
+  const a = await runSeed(66, opts);
+  assert.equal(a.ok, false, 'seed 66 no longer catches skip-drain: search again with npm run sim -- --seeds 1000 --seed 1 --break skip-drain');
   // A replica that goes live without its held log loses outputs the primary released.
   assert.match(a.message, /^\(lost\) /);
-  const b = await runSeed(31, opts);
+  const b = await runSeed(66, opts);
   assert.equal(b.step, a.step);
   assert.equal(b.message, a.message);
   assert.equal(b.traceHash, a.traceHash);

@@ -10,7 +10,7 @@ import { joinTimeoutOf } from './primary.js';
 export interface BackupConfig {
   epoch: number;
   heartbeatIntervalMs: number;
-  /** Silence from the primary for this long → drain the held log, then claim the VM. */
+  /** Silence from the primary for this long → claim the VM while the replica drains the held log. */
   failTimeoutMs: number;
   claimRetryMs: number;
   /** The first entry this backup will receive (a joiner cloned from a snapshot taken at this entry). */
@@ -57,7 +57,10 @@ export type BackupAction =
   | { t: 'grant'; instructionNumber: number }
   | { t: 'drop-peer'; reason: string }
   | { t: 'halt'; reason: string }
-  /** The primary is silent: let the replica consume everything it holds, then report 'drained'. */
+  /**
+   * The primary is silent or gone: let the replica consume everything it holds and report 'drained'.
+   * Always followed by a 'claim' in the same step: the claim need not wait for the drain (see enterDrain).
+   */
   | { t: 'drain'; reason: string; /** Drained on evidence of the primary's death, not silence. */ evidence?: true }
   | { t: 'claim'; epoch: number }
   /** Won: the replica goes live (records from where its log ended) and starts serving at `epoch`. */
@@ -127,10 +130,8 @@ export class BackupCore {
     if (this.halted !== null || this.phase === 'live' || this.phase === 'abandoned') return out;
     switch (input.t) {
       case 'drained':
-        if (this.phase === 'draining') {
-          this.phase = 'claiming';
-          out.push({ t: 'claim', epoch: this.epoch });
-        }
+        // The claim went out with the drain; only the phase's name changes.
+        if (this.phase === 'draining') this.phase = 'claiming';
         return out;
       case 'claim-result':
         if (input.won) {
@@ -159,15 +160,9 @@ export class BackupCore {
           return out;
         }
         if (this.phase === 'following' && this.started && this.sawPrimary && this.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs) {
-          this.phase = 'draining';
-          out.push({ t: 'drain', reason: `no word from the primary for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms` });
+          this.enterDrain(out, `no word from the primary for ${(this.nowMs - this.lastHeardMs).toFixed(0)} ms`);
         }
-        if (this.phase === 'draining' && this.cfg.testOnlyBreak === 'skip-drain') {
-          // TEST ONLY (testOnlyBreak): claim at once, without letting the replica consume the held log.
-          this.phase = 'claiming';
-          out.push({ t: 'claim', epoch: this.epoch });
-        }
-        if (this.phase === 'claiming' && this.claimRetryAtMs > 0 && this.nowMs >= this.claimRetryAtMs) {
+        if ((this.phase === 'draining' || this.phase === 'claiming') && this.claimRetryAtMs > 0 && this.nowMs >= this.claimRetryAtMs) {
           this.claimRetryAtMs = 0;
           out.push({ t: 'claim', epoch: this.epoch });
         }
@@ -184,8 +179,7 @@ export class BackupCore {
       case 'peer-gone':
         // Stale evidence (a primary connected again since) changes nothing; a joiner abandons on close.
         if (this.phase === 'following' && this.started && this.sawPrimary && !this.peer) {
-          this.phase = 'draining';
-          out.push({ t: 'drain', reason: `the primary's process is gone (${input.evidence})`, evidence: true });
+          this.enterDrain(out, `the primary's process is gone (${input.evidence})`, true);
         }
         break;
       case 'peer-closed':
@@ -214,6 +208,20 @@ export class BackupCore {
         break;
     }
     return out;
+  }
+
+  /**
+   * The primary is taken for gone: the replica drains the held log and, in the same step, the VM is
+   * claimed — the claim does not wait for the drain. Safe: every output the primary released was
+   * acknowledged by this backup, so its entries are held here, and going live consumes every held entry
+   * first (the vCPU's 'live' comes only after the held log); the claim only decides who goes live, and
+   * overlapping it with the drain takes the arbiter's round trip off the failover time. Frames that still
+   * arrive before the claim is won are fed and acknowledged as before; after it, none is.
+   */
+  private enterDrain(out: BackupAction[], reason: string, evidence?: true): void {
+    this.phase = 'draining';
+    out.push({ t: 'drain', reason, ...(evidence ? { evidence } : {}) });
+    out.push({ t: 'claim', epoch: this.epoch });
   }
 
   private ack(out: BackupAction[]): void {
@@ -262,8 +270,7 @@ export class BackupCore {
         }
         if (f.kind === ControlKind.SWITCHOVER && this.phase === 'following') {
           // A planned handover: the primary stopped at an idle point with every entry acknowledged.
-          this.phase = 'draining';
-          out.push({ t: 'drain', reason: `planned switchover: ${f.reason}` });
+          this.enterDrain(out, `planned switchover: ${f.reason}`);
           return;
         }
         if (f.kind === ControlKind.STOP) {

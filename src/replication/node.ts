@@ -272,7 +272,7 @@ export class BackupNode {
           void this.stop().finally(() => this.opts.onHalt?.(a.reason));
           break;
         case 'drain':
-          this.log.warn({ reason: a.reason }, a.evidence ? 'primary gone: consuming every held entry before claiming' : 'primary silent: consuming every held entry before claiming');
+          this.log.warn({ reason: a.reason }, a.evidence ? 'primary gone: claiming the VM while the replica consumes every held entry' : 'primary silent: claiming the VM while the replica consumes every held entry');
           this.draining = true;
           this.drainStartMs = this.clock.now();
           this.metrics.phase('detect', this.drainStartMs - this.lastHeardMs);
