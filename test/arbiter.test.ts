@@ -22,6 +22,7 @@ import { needs } from '../src/testing/system-deps.js';
 import { openArbiter, parseArbiterUrl } from '../src/arbiter/index.js';
 import { FaultProxy } from '../src/testing/fault-proxy.js';
 import { FtvmError } from '../src/util/errors.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 // ---------------------------------------------------------------------------------------------------
 // helpers
@@ -315,6 +316,30 @@ describe('embedded arbiter', () => {
   });
 
   sharedBehaviour('embedded', () => backend);
+
+  it('an idle client keeps its connection warm (a failover claim needs no TCP/TLS handshake); without it the server closes the idle connection', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ftvm-arbiter-warm-'));
+    const short = await EmbeddedArbiterServer.start({ dataDir: dir, host: '127.0.0.1', port: 0, secret, log: quiet(), keepAliveTimeoutMs: 2000 });
+    const warm = new EmbeddedArbiterClient({ host: '127.0.0.1', port: short.address.port, secret, log: quiet(), keepWarmMs: 300 });
+    const cold = new EmbeddedArbiterClient({ host: '127.0.0.1', port: short.address.port, secret, log: quiet(), keepWarmMs: 0 });
+    try {
+      const vm = freshVm('warm');
+      await warm.init(vm, { epoch: 1, owner: 'p' }, { deadlineMs: 2000 });
+      await cold.read(vm, { deadlineMs: 2000 });
+      assert.equal(short.connectionsAccepted, 2);
+      // Past the server's idle timeout (2 s, which Node's server enforces about 1 s late).
+      await sleep(3500);
+      assert.deepEqual(await warm.claim(vm, 1, 'b', { deadlineMs: 2000 }), { won: true, record: { epoch: 2, owner: 'b' } });
+      assert.equal(short.connectionsAccepted, 2, 'the warm client claimed on the connection it kept');
+      await cold.read(vm, { deadlineMs: 2000 });
+      assert.equal(short.connectionsAccepted, 3, 'the other client had to dial again');
+    } finally {
+      await warm.close();
+      await cold.close();
+      await short.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   it('a claim is on disk (fsynced, renamed) before its reply', async () => {
     const vm = freshVm('disk');

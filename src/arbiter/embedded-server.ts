@@ -30,6 +30,8 @@ export interface EmbeddedArbiterServerOptions {
   /** Plain HTTP instead of TLS-PSK (benchmarks only: `--insecure-channel`). */
   insecure?: boolean;
   log?: Logger;
+  /** An idle client connection is closed after this long. Default 5000 (clients keep warm below it). */
+  keepAliveTimeoutMs?: number;
 }
 
 
@@ -43,6 +45,7 @@ export class EmbeddedArbiterServer {
   private readonly nonces = new NonceWindow();
   private closed = false;
   private closing: Promise<void> | undefined;
+  private accepted = 0;
 
   private constructor(
     private readonly server: http.Server,
@@ -50,6 +53,11 @@ export class EmbeddedArbiterServer {
     private readonly keyring: Keyring,
     private readonly log: Logger,
   ) {}
+
+  /** TCP connections accepted since start (a client that keeps warm reuses one). */
+  get connectionsAccepted(): number {
+    return this.accepted;
+  }
 
   /**
    * Loads and checks every record in dataDir (creating it if needed), takes the directory's lock and
@@ -63,7 +71,7 @@ export class EmbeddedArbiterServer {
     const dataDir = resolve(opts.dataDir);
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     await lockDataDir(dataDir);
-    const httpOpts = { requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: 5_000 };
+    const httpOpts = { requestTimeout: 10_000, headersTimeout: 5_000, keepAliveTimeout: opts.keepAliveTimeoutMs ?? 5_000 };
     const server: http.Server = opts.insecure
       ? http.createServer(httpOpts)
       : https.createServer({
@@ -85,6 +93,7 @@ export class EmbeddedArbiterServer {
     try {
       await self.load();
       server.on('request', (req, res) => void self.handle(req, res));
+      server.on('connection', () => self.accepted++);
       server.on('clientError', (err, socket) => {
         log.warn({ err: describeError(err) }, 'arbiter: refused a malformed HTTP request');
         if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
