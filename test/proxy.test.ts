@@ -19,7 +19,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 let h: ProxiedPool;
 before(async () => {
-  h = await startProxiedPool({ slots: 3, nodeArgs: ['--proxy-reattach-timeout-ms', '20000'] });
+  h = await startProxiedPool({ slots: 4, parallelStart: true, startTimeoutMs: 60_000, nodeArgs: ['--proxy-reattach-timeout-ms', '20000'] });
   await h.pool.waitProtected();
 });
 after(async () => {
@@ -27,14 +27,21 @@ after(async () => {
   await stopAll();
 });
 
-/** kill -9 of the serving primary; its slot comes back as a fresh standby; waits for a protected pair again. */
+const restarts: Array<Promise<void>> = [];
+
+/**
+ * kill -9 of the serving primary; waits for a protected pair again (the new primary recruits a waiting
+ * standby) while the killed slot comes back as a fresh standby in the background.
+ */
 async function failover(): Promise<void> {
   const { primary } = await h.pool.waitProtected(30_000);
-  await h.pool.killAndReplace(primary);
+  restarts.push(h.pool.killAndReplace(primary));
+  await sleep(50);
   await h.pool.waitProtected(30_000);
 }
 
-test('counting clients (INCR) through the proxy across 2 kill -9 failovers: no error, none lost or duplicated, serial values', async () => {
+test('counting clients (INCR) through the proxy across 2 kill -9 failovers: no error, none lost or duplicated, serial values', async (t) => {
+  const t0 = Date.now();
   const CONNS = 8;
   const KEYS = 16;
   const clients = await Promise.all(Array.from({ length: CONNS }, () => StrictResp.connect(h.proxyPort)));
@@ -59,11 +66,15 @@ test('counting clients (INCR) through the proxy across 2 kill -9 failovers: no e
   });
   for (let f = 0; f < 2; f++) {
     await sleep(800);
+    const before = ops;
+    const tf = Date.now();
     await failover();
+    t.diagnostic(`failover ${f + 1}: protected again after ${Date.now() - tf} ms; ${ops - before} replies meanwhile`);
   }
   await sleep(500);
   stopping = true;
   await Promise.all(loops);
+  await Promise.all(restarts.splice(0));
   for (const [i, c] of clients.entries()) assert.equal(c.failure, undefined, `client ${i} saw a failure`);
   const check = await StrictResp.connect(h.proxyPort);
   for (const [k, a] of values) {
@@ -73,6 +84,7 @@ test('counting clients (INCR) through the proxy across 2 kill -9 failovers: no e
     sorted.forEach((v, idx) => assert.equal(v, idx + 1, `${k}: reply values are 1..${a.length}, each once`));
   }
   assert.ok(ops > 1000, `enough operations ran (${ops})`);
+  t.diagnostic(`${ops} INCR replies on ${values.size} counters, ${CONNS} connections, ${Date.now() - t0} ms`);
   assert.equal(check.failure, undefined);
   for (const c of clients) c.close();
   check.close();
