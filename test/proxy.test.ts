@@ -3,109 +3,150 @@
  * failovers of the primary, with standbys re-recruited. Clients are strict: any reset, error or close
  * of their connection fails the test. Counting clients (INCR): every counter equals the replies its
  * clients received and the reply values are those of a serial execution; a failover in the middle of a
- * 1,000-command pipeline: all 1,000 replies, in order, exactly once.
+ * 1,000-command pipeline: all 1,000 replies, in order, exactly once; redis-benchmark across a failover
+ * (short; `npm run proxy-check` runs the long versions); bad input on the proxy port refused with coded
+ * errors while the VM serves on; a proxy restart.
+ * One pool of four slots serves every test (starting real processes is the slow part).
  */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, test } from 'node:test';
-import { StrictResp, startProxiedPool, type ProxiedPool, type RespReply } from '../src/testing/proxy-harness.js';
+import { Keyring } from '../src/security/secrets.js';
+import { PFrame, ProxyWire, type ProxyFrame } from '../src/proxy/wire.js';
+import { readSecretFileSync } from '../src/security/secrets.js';
+import { needs } from '../src/testing/system-deps.js';
+import { StrictResp, countingLoad, failovers, pipelineAcross, redisBenchmark, startProxiedPool, within, type ProxiedPool } from '../src/testing/proxy-harness.js';
 import { stopAll } from '../src/testing/processes.js';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(t));
-}
 
 let h: ProxiedPool;
 before(async () => {
-  h = await startProxiedPool({ slots: 4, parallelStart: true, startTimeoutMs: 60_000, nodeArgs: ['--proxy-reattach-timeout-ms', '20000'] });
-  await h.pool.waitProtected();
+  h = await startProxiedPool({ slots: 4, parallelStart: true, startTimeoutMs: 90_000, nodeArgs: ['--proxy-reattach-timeout-ms', '20000', '--fail-timeout-ms', '600'] });
+  await h.pool.waitProtected(60_000);
 });
 after(async () => {
   await h?.stop();
   await stopAll();
 });
 
-const restarts: Array<Promise<void>> = [];
-
-/**
- * kill -9 of the serving primary; waits for a protected pair again (the new primary recruits a waiting
- * standby) while the killed slot comes back as a fresh standby in the background.
- */
-async function failover(): Promise<void> {
-  const { primary } = await h.pool.waitProtected(30_000);
-  restarts.push(h.pool.killAndReplace(primary));
-  await sleep(50);
-  await h.pool.waitProtected(30_000);
-}
-
 test('counting clients (INCR) through the proxy across 2 kill -9 failovers: no error, none lost or duplicated, serial values', async (t) => {
-  const t0 = Date.now();
-  const CONNS = 8;
-  const KEYS = 16;
-  const clients = await Promise.all(Array.from({ length: CONNS }, () => StrictResp.connect(h.proxyPort)));
-  const values = new Map<string, number[]>();
-  let stopping = false;
-  const deadline = Date.now() + 40_000;
-  let ops = 0;
-  const loops = clients.map(async (c, i) => {
-    let n = 0;
-    while (!stopping && n < 20_000 && Date.now() < deadline) {
-      const keys = [0, 1, 2, 3].map(() => `ctr:${(i * 7 + n++ * 5) % KEYS}`);
-      const rs = await within(Promise.all(c.send(keys.map((k) => ['INCR', k]))), 15_000, `client ${i}`);
-      rs.forEach((r, j) => {
-        assert.equal(typeof r, 'number', `INCR reply ${JSON.stringify(r)}`);
-        const k = keys[j]!;
-        let a = values.get(k);
-        if (a === undefined) values.set(k, (a = []));
-        a.push(r as number);
-        ops++;
-      });
-    }
-  });
-  for (let f = 0; f < 2; f++) {
-    await sleep(800);
-    const before = ops;
-    const tf = Date.now();
-    await failover();
-    t.diagnostic(`failover ${f + 1}: protected again after ${Date.now() - tf} ms; ${ops - before} replies meanwhile`);
-  }
-  await sleep(500);
-  stopping = true;
-  await Promise.all(loops);
-  await Promise.all(restarts.splice(0));
-  for (const [i, c] of clients.entries()) assert.equal(c.failure, undefined, `client ${i} saw a failure`);
-  const check = await StrictResp.connect(h.proxyPort);
-  for (const [k, a] of values) {
-    const got = await within(check.call('GET', k), 10_000, 'GET');
-    assert.equal(Number(got), a.length, `${k}: the counter equals the INCR replies received`);
-    const sorted = [...a].sort((x, y) => x - y);
-    sorted.forEach((v, idx) => assert.equal(v, idx + 1, `${k}: reply values are 1..${a.length}, each once`));
-  }
-  assert.ok(ops > 1000, `enough operations ran (${ops})`);
-  t.diagnostic(`${ops} INCR replies on ${values.size} counters, ${CONNS} connections, ${Date.now() - t0} ms`);
-  assert.equal(check.failure, undefined);
-  for (const c of clients) c.close();
-  check.close();
+  const load = await countingLoad(h.proxyPort, 8, 16, 'ctr', 1_000_000, 120_000);
+  const times = await failovers(h, 2, 700, (i, ms) => t.diagnostic(`failover ${i + 1}: protected again after ${ms} ms`));
+  const r = await load.stop();
+  t.diagnostic(`${r.ops} INCR replies on ${r.counters} counters, 8 connections, failovers ${times.join(', ')} ms`);
+  assert.deepEqual(r.failures, []);
+  assert.deepEqual(r.mismatches, []);
+  assert.ok(r.ops > 500, `enough operations ran (${r.ops})`);
 });
 
 test('a kill -9 failover in the middle of a pipeline of 1,000 commands: all replies, in order, exactly once', async () => {
-  const c = await StrictResp.connect(h.proxyPort);
-  const key = `pipe:${Date.now()}`;
-  const replies: Array<Promise<RespReply>> = [];
-  const { primary } = await h.pool.waitProtected(30_000);
-  for (let chunk = 0; chunk < 10; chunk++) {
-    replies.push(...c.send(Array.from({ length: 100 }, () => ['INCR', key])));
-    if (chunk === 4) primary.proc!.kill('SIGKILL');
-  }
-  const got = await within(Promise.all(replies), 30_000, 'the pipeline');
-  assert.deepEqual(got, Array.from({ length: 1000 }, (_, i) => i + 1));
-  assert.equal(Number(await within(c.call('GET', key), 10_000, 'GET')), 1000);
-  assert.equal(c.failure, undefined);
-  c.close();
+  const { primary } = await h.pool.waitProtected(60_000);
+  const r = await pipelineAcross(h.proxyPort, 1000, () => primary.proc!.kill('SIGKILL'));
+  assert.ok(r.ok, r.detail);
   await primary.proc!.exited;
   primary.gen++;
   await h.pool.startStandby(primary);
-  await h.pool.waitProtected(30_000);
+});
+
+test('redis-benchmark (-c 50, SET/GET/INCR) through the proxy across a kill -9 failover: no error', needs('redis-tools'), async (t) => {
+  const rounds = redisBenchmark(h.proxyPort, 50, 6000, 120_000);
+  await failovers(h, 1, 300);
+  const r = await rounds;
+  t.diagnostic(r.results.join('; '));
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.code, 0);
+  assert.equal(r.results.length, 3);
+});
+
+/** A proxy session opened by hand on the primary's proxy port. */
+async function session(keys: Keyring, port: number): Promise<{ wire: ProxyWire; frames: ProxyFrame[]; closed: Promise<{ code: string; reason: string }>; opened: Promise<boolean> }> {
+  const sock = net.connect({ host: '127.0.0.1', port });
+  await new Promise((r) => sock.once('connect', r));
+  const wire = new ProxyWire(sock, { keys, side: 'proxy', vmName: h.pool.opts.vm, proxyId: Buffer.from(Array.from({ length: 16 }, () => Math.floor(Math.random() * 256))) });
+  const frames: ProxyFrame[] = [];
+  wire.on('frame', (f: ProxyFrame) => frames.push(f));
+  const closed = new Promise<{ code: string; reason: string }>((r) => wire.once('close', r));
+  const opened = Promise.race([new Promise<boolean>((r) => wire.once('open', () => r(true))), closed.then(() => false)]);
+  return { wire, frames, closed, opened };
+}
+
+async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('bad input on the proxy port: a wrong secret, forged and replayed frames, offsets that do not match the VM — refused with codes, the VM serves on', async () => {
+  const { primary } = await h.pool.waitProtected(60_000);
+  const port = h.proxyPorts[primary.index]!;
+  const good = new Keyring(readSecretFileSync(h.pool.secretFile));
+  const bystander = await StrictResp.connect(h.proxyPort);
+  assert.equal(await within(bystander.call('SET', 'bystander', 'x'), 10_000, 'SET'), 'OK');
+
+  // A proxy without the secret: its HELLO does not verify; no WELCOME, the connection is closed.
+  const bad = await session(new Keyring(Buffer.alloc(32, 7)), port);
+  assert.equal(await bad.opened, false);
+  await primary.proc!.waitForLine(/FTVM_ERR_AUTH/, 10_000, { stream: 'stderr' });
+
+  // A forged frame (right length, wrong MAC) in an open session: the session is dropped.
+  const forged = await session(good, port);
+  assert.equal(await forged.opened, true);
+  const body = Buffer.from([PFrame.OPEN, 1]);
+  const frame = Buffer.alloc(4 + body.length + 16);
+  frame.writeUInt32LE(body.length + 16, 0);
+  body.copy(frame, 4);
+  forged.wire.socket.write(frame);
+  assert.equal((await forged.closed).code, 'FTVM_ERR_CHANNEL_CLOSED');
+  await primary.proc!.waitForLine(/does not verify \(forged, altered, replayed or reordered\)/, 10_000, { stream: 'stderr' });
+
+  // A replayed frame: the same bytes sent twice fail the second time (the per-direction counter).
+  const replay = await session(good, port);
+  assert.equal(await replay.opened, true);
+  const written: Buffer[] = [];
+  const orig = replay.wire.socket.write.bind(replay.wire.socket);
+  replay.wire.socket.write = ((b: Buffer) => {
+    written.push(Buffer.from(b));
+    return orig(b);
+  }) as typeof replay.wire.socket.write;
+  replay.wire.send({ t: PFrame.OPEN, pconn: 1 });
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  orig(written.at(-1)!);
+  assert.equal((await replay.closed).code, 'FTVM_ERR_CHANNEL_CLOSED');
+
+  // Offsets that do not match the VM: input at the wrong offset, a re-attach claiming output the VM never sent.
+  const s = await session(good, port);
+  assert.equal(await s.opened, true);
+  s.wire.send({ t: PFrame.OPEN, pconn: 1 });
+  s.wire.send({ t: PFrame.DATA, pconn: 1, offset: 0, data: Buffer.from(StrictResp.encode(['PING'])) });
+  await until('PONG', () => s.frames.some((f) => f.t === PFrame.OUT && f.pconn === 1));
+  s.wire.send({ t: PFrame.DATA, pconn: 1, offset: 5, data: Buffer.from(StrictResp.encode(['PING'])) });
+  await until('REFUSED', () => s.frames.some((f) => f.t === PFrame.REFUSED && f.pconn === 1));
+  assert.equal((s.frames.find((f) => f.t === PFrame.REFUSED && f.pconn === 1) as { code: string }).code, 'FTVM_ERR_PROXY_OFFSET');
+  s.wire.send({ t: PFrame.OPEN, pconn: 2 });
+  s.wire.send({ t: PFrame.ATTACH, pconn: 2, inSent: 0, inAcked: 0, outDelivered: 1_000_000, eofSent: false });
+  await until('REFUSED 2', () => s.frames.some((f) => f.t === PFrame.REFUSED && f.pconn === 2));
+  assert.equal((s.frames.find((f) => f.t === PFrame.REFUSED && f.pconn === 2) as { code: string }).code, 'FTVM_ERR_PROXY_OFFSET');
+  s.wire.send({ t: PFrame.ATTACH, pconn: 3, inSent: 10, inAcked: 10, outDelivered: 0, eofSent: false });
+  await until('REFUSED 3', () => s.frames.some((f) => f.t === PFrame.REFUSED && f.pconn === 3));
+  assert.equal((s.frames.find((f) => f.t === PFrame.REFUSED && f.pconn === 3) as { code: string }).code, 'FTVM_ERR_PROXY_OFFSET');
+  s.wire.close('FTVM_ERR_CHANNEL_CLOSED', 'done');
+
+  // Everyone else was served throughout, and still is.
+  assert.equal(await within(bystander.call('GET', 'bystander'), 10_000, 'GET'), 'x');
+  assert.equal(bystander.failure, undefined);
+  assert.equal((await h.pool.status(primary))?.role, 'primary');
+  bystander.close();
+});
+
+test('a proxy restart loses only its own client connections; new clients are served at once', async () => {
+  const old = await StrictResp.connect(h.proxyPort);
+  assert.equal(await within(old.call('INCR', 'restart'), 10_000, 'INCR'), 1);
+  await h.restartProxy();
+  await until('the old client sees its connection closed', () => old.failure !== undefined);
+  const fresh = await StrictResp.connect(h.proxyPort);
+  assert.equal(await within(fresh.call('INCR', 'restart'), 10_000, 'INCR'), 2);
+  assert.equal(fresh.failure, undefined);
+  fresh.close();
 });
