@@ -20,12 +20,17 @@ export interface ProxiedPool {
 }
 
 export async function startProxy(pool: Pool, proxyPort: number, proxyPorts: number[], extra: string[] = []): Promise<ProcessHandle> {
+  return startProxyProcess(pool.secretFile, pool.opts.vm, proxyPort, proxyPorts, extra);
+}
+
+/** An `ftvm proxy` process on `listenPort` in front of the replicas' proxy ports; waits for its first session. */
+export async function startProxyProcess(secretFile: string, vm: string, listenPort: number, replicaPorts: number[], extra: string[] = []): Promise<ProcessHandle> {
   const p = spawnNode(
-    [CLI, 'proxy', '--listen', `127.0.0.1:${proxyPort}`, '--replicas', proxyPorts.map((q) => `127.0.0.1:${q}`).join(','), '--secret-file', pool.secretFile, '--vm-name', pool.opts.vm, ...extra],
+    [CLI, 'proxy', '--listen', `127.0.0.1:${listenPort}`, '--replicas', replicaPorts.map((q) => `127.0.0.1:${q}`).join(','), '--secret-file', secretFile, '--vm-name', vm, ...extra],
     { name: 'proxy' },
   );
-  await p.waitForLine(/proxy session open/, 20_000, { stream: 'stderr' });
-  await waitForPort(proxyPort);
+  await p.waitForLine(/proxy session open/, 30_000, { stream: 'stderr' });
+  await waitForPort(listenPort);
   return p;
 }
 
