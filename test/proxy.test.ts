@@ -9,6 +9,7 @@
  * One pool of four slots serves every test (starting real processes is the slow part).
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { Keyring } from '../src/security/secrets.js';
@@ -138,6 +139,45 @@ test('bad input on the proxy port: a wrong secret, forged and replayed frames, o
   assert.equal(bystander.failure, undefined);
   assert.equal((await h.pool.status(primary))?.role, 'primary');
   bystander.close();
+});
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? NaN);
+}
+
+test('a client that never reads its replies: bounded in the proxy, dropped by the VM past its bound, everyone else served', async () => {
+  const { primary } = await h.pool.waitProtected(60_000);
+  const setup = await StrictResp.connect(h.proxyPort);
+  const value = 'v'.repeat(16 * 1024);
+  assert.equal(await within(setup.call('SET', 'big', value), 10_000, 'SET'), 'OK');
+  const rss0 = rssKiB(h.proxy.pid);
+  // 6,000 GETs of 16 KiB: 96 MiB of replies the client never reads (the replica's bound is 64 MiB).
+  const hog = net.connect({ host: '127.0.0.1', port: h.proxyPort });
+  await new Promise((r) => hog.once('connect', r));
+  hog.pause();
+  hog.on('error', () => undefined);
+  const get = StrictResp.encode(['GET', 'big']);
+  for (let i = 0; i < 60; i++) hog.write(get.repeat(100));
+  const bystander = await StrictResp.connect(h.proxyPort);
+  let maxRss = rss0;
+  let dropped = false;
+  const overflow = primary.proc!.waitForLine(/FTVM_ERR_PROXY_OVERFLOW/, 60_000, { stream: 'stderr' }).then(() => (dropped = true));
+  overflow.catch(() => undefined);
+  const until = Date.now() + 60_000;
+  while (Date.now() < until && !dropped) {
+    assert.equal(typeof (await within(bystander.call('INCR', 'bystander-ctr'), 10_000, 'INCR while the hog waits')), 'number');
+    maxRss = Math.max(maxRss, rssKiB(h.proxy.pid));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await overflow; // the VM dropped the client that does not read (its reads are paused: it cannot tell yet)
+  await h.proxy.waitForLine(/dropping a client connection/, 10_000, { stream: 'stderr' });
+  maxRss = Math.max(maxRss, rssKiB(h.proxy.pid));
+  hog.destroy();
+  assert.ok(maxRss - rss0 < 48 * 1024, `the proxy's memory stayed bounded: RSS grew ${(maxRss - rss0) / 1024} MiB`);
+  assert.equal(bystander.failure, undefined);
+  bystander.close();
+  setup.close();
 });
 
 test('a proxy restart loses only its own client connections; new clients are served at once', async () => {
