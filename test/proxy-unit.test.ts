@@ -26,6 +26,7 @@ test('every proxy frame round-trips; unknown types and trailing bytes are FTVM_E
     { t: PFrame.CLOSE, pconn: 3, offset: 1000 },
     { t: PFrame.INACK, pconn: 3, offset: 15 },
     { t: PFrame.ERROR, code: 'FTVM_ERR_AUTH', message: 'x' },
+    { t: PFrame.HEARTBEAT },
   ];
   for (const f of frames) {
     const w = new ByteWriter();

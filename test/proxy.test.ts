@@ -48,6 +48,34 @@ test('a kill -9 failover in the middle of a pipeline of 1,000 commands: all repl
   await h.pool.startStandby(primary);
 });
 
+test('a SIGSTOP of the primary past the fail timeout: the proxy leaves the silent replica for the new primary; clients see a pause, no error', async (t) => {
+  const { primary, backup } = await h.pool.waitProtected(60_000);
+  const load = await countingLoad(h.proxyPort, 4, 8, 'stop', 1_000_000, 60_000);
+  await new Promise((r) => setTimeout(r, 300));
+  const t0 = Date.now();
+  primary.proc!.kill('SIGSTOP');
+  try {
+    await h.pool.waitLive(backup, 30_000);
+    t.diagnostic(`the backup went live ${Date.now() - t0} ms after the SIGSTOP`);
+    const atLive = load.ops;
+    const end = Date.now() + 15_000;
+    while (load.ops < atLive + 200 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(load.ops >= atLive + 200, `clients progress while the old primary is still stopped (${load.ops - atLive} replies)`);
+    t.diagnostic(`clients served again ${Date.now() - t0} ms after the SIGSTOP, the old primary still stopped`);
+  } finally {
+    primary.proc!.kill('SIGCONT');
+  }
+  const r = await load.stop();
+  t.diagnostic(`${r.ops} INCR replies`);
+  assert.deepEqual(r.failures, []);
+  assert.deepEqual(r.mismatches, []);
+  // The old primary finds itself fenced and halts; its slot comes back as a standby.
+  await primary.proc!.exited;
+  primary.gen++;
+  await h.pool.startStandby(primary);
+  await h.pool.waitProtected(60_000);
+});
+
 test('redis-benchmark (-c 50, SET/GET/INCR) through the proxy across a kill -9 failover: no error', needs('redis-tools'), async (t) => {
   const rounds = redisBenchmark(h.proxyPort, 50, 6000, 120_000);
   await failovers(h, 1, 300);

@@ -208,12 +208,13 @@ export function buildProgram(): Command {
     .option('--accept-secret-file <path>', 'also accept this secret (a rotation)')
     .option('--vm-name <name>', 'VM name', 'vm')
     .option('--input-max-bytes <n>', "per connection: input not yet acknowledged by the VM's backup past which the client's socket is paused", intArg('--input-max-bytes', 64 * 1024), 4 * 1024 * 1024)
-    .action(async (o: { listen: string; replicas: string; secretFile: string; acceptSecretFile?: string; vmName: string; inputMaxBytes: number }) => {
+    .option('--session-timeout-ms <ms>', 'a replica silent this long (it sends a heartbeat every 200 ms) is taken for stopped or cut off: the proxy looks for the serving primary', intArg('--session-timeout-ms', 400, 600_000), 1500)
+    .action(async (o: { listen: string; replicas: string; secretFile: string; acceptSecretFile?: string; vmName: string; inputMaxBytes: number; sessionTimeoutMs: number }) => {
       const keys = loadKeyring(o.secretFile, o.acceptSecretFile, 'ftvm proxy');
       const replicas = o.replicas.split(',').filter((r) => r.length > 0).map((r) => parseAddr('--replicas', r.trim()));
       if (replicas.length === 0) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--replicas needs at least one address');
       const log = logger('proxy');
-      const proxy = new FtvmProxy({ listen: parseAddr('--listen', o.listen), vmName: o.vmName, keys, replicas, log, inputMaxBytes: o.inputMaxBytes });
+      const proxy = new FtvmProxy({ listen: parseAddr('--listen', o.listen), vmName: o.vmName, keys, replicas, log, inputMaxBytes: o.inputMaxBytes, sessionTimeoutMs: o.sessionTimeoutMs });
       await proxy.start();
       reloadSecretsOnSighup(keys, log);
       await new Promise<void>((resolve) => {

@@ -35,6 +35,8 @@ export interface ProxyOptions {
   maxConnections?: number;
   /** A replica that does not complete the handshake within this long is skipped. */
   connectTimeoutMs?: number;
+  /** A session silent this long (no frame, not even HEARTBEAT) is dropped: the replica stopped or was cut off. */
+  sessionTimeoutMs?: number;
 }
 
 interface ClientConn {
@@ -247,10 +249,21 @@ export class FtvmProxy {
   private onSession(w: ProxyWire, addr: ProxyAddr): void {
     this.wire = w;
     this.sessions++;
+    let heardMs = Date.now();
+    const timeoutMs = this.opts.sessionTimeoutMs ?? 1500;
+    const watchdog = setInterval(() => {
+      if (Date.now() - heardMs > timeoutMs) w.close('FTVM_ERR_TIMEOUT', `the replica was silent for ${Date.now() - heardMs} ms`);
+    }, Math.max(50, Math.floor(timeoutMs / 4)));
+    watchdog.unref();
+    w.on('frame', () => (heardMs = Date.now()));
     this.opts.log.info({ replica: `${addr.host}:${addr.port}`, connections: this.conns.size, session: this.sessions }, 'proxy session open: re-attaching connections');
     w.on('frame', (f: ProxyFrame) => this.onFrame(w, f));
     w.on('close', (c: { code: string; reason: string }) => {
+      clearInterval(watchdog);
       if (this.wire === w) this.wire = undefined;
+      // Try the other replicas first: this one is gone, stopped or cut off (if it still serves, the
+      // round comes back to it).
+      this.replicaIndex = (this.replicaIndex + 1) % this.opts.replicas.length;
       for (const conn of this.conns.values()) conn.attached = false;
       if (!this.stopped) {
         this.opts.log.warn({ replica: `${addr.host}:${addr.port}`, code: c.code, reason: c.reason }, 'proxy session lost: finding the serving primary');

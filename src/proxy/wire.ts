@@ -21,6 +21,8 @@ const MAC_BYTES = 16;
 export const MAX_FRAME_BYTES = 1024 * 1024;
 export const MAX_CHUNK_BYTES = 256 * 1024;
 export const PROXY_ID_BYTES = 16;
+/** A replica sends HEARTBEAT this often on every proxy session. */
+export const HEARTBEAT_MS = 200;
 
 export const PFrame = {
   HELLO: 1,
@@ -47,6 +49,8 @@ export const PFrame = {
   INACK: 24,
   /** replica → proxy: the session is refused (then closed). code, message */
   ERROR: 25,
+  /** replica → proxy: the replica is alive and serving (every HEARTBEAT_MS; the proxy drops a silent session). */
+  HEARTBEAT: 26,
 } as const;
 
 export type ProxyFrame =
@@ -60,7 +64,8 @@ export type ProxyFrame =
   | { t: typeof PFrame.OUT; pconn: number; offset: number; data: Uint8Array }
   | { t: typeof PFrame.CLOSE; pconn: number; offset: number }
   | { t: typeof PFrame.INACK; pconn: number; offset: number }
-  | { t: typeof PFrame.ERROR; code: string; message: string };
+  | { t: typeof PFrame.ERROR; code: string; message: string }
+  | { t: typeof PFrame.HEARTBEAT };
 
 function str(w: ByteWriter, s: string): void {
   const b = Buffer.from(s, 'utf8');
@@ -118,6 +123,8 @@ export function encodeProxyFrame(f: ProxyFrame, w: ByteWriter): void {
       str(w, f.code);
       str(w, f.message);
       return;
+    case PFrame.HEARTBEAT:
+      return;
   }
 }
 
@@ -157,6 +164,9 @@ export function decodeProxyFrame(body: Uint8Array): ProxyFrame {
       break;
     case PFrame.ERROR:
       f = { t, code: rstr(r), message: rstr(r) };
+      break;
+    case PFrame.HEARTBEAT:
+      f = { t };
       break;
     default:
       throw new FtvmError('FTVM_ERR_BAD_FRAME', `unknown proxy frame type ${t}`);

@@ -16,7 +16,7 @@ import net from 'node:net';
 import type { ProxiedAtGoLive, WireOutput } from '../machine/vcpu-protocol.js';
 import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
-import { MAX_CHUNK_BYTES, PFrame, PROXY_ID_BYTES, ProxyWire, type ProxyFrame } from '../proxy/wire.js';
+import { HEARTBEAT_MS, MAX_CHUNK_BYTES, PFrame, PROXY_ID_BYTES, ProxyWire, type ProxyFrame } from '../proxy/wire.js';
 import type { InputSink } from './clients.js';
 
 /** Output sent to a proxy beyond what it confirmed (per connection). */
@@ -133,8 +133,15 @@ export class ProxyService {
     if (list.length > 0) this.opts.log.info({ proxied: list.length }, 'proxied connections wait for their proxies to re-attach');
   }
 
+  private heartbeat: NodeJS.Timeout | undefined;
+
   async start(sink: InputSink): Promise<void> {
     this.sink = sink;
+    // Proxies take a silent session for a stopped or cut-off replica and look for the serving primary.
+    this.heartbeat = setInterval(() => {
+      for (const s of this.sessions) s.wire.send({ t: PFrame.HEARTBEAT });
+    }, HEARTBEAT_MS);
+    this.heartbeat.unref();
     const server = net.createServer({ noDelay: true }, (s) => this.accept(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -412,6 +419,7 @@ export class ProxyService {
   }
 
   async close(): Promise<void> {
+    if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
     for (const s of this.sessions) s.wire.close('FTVM_ERR_CHANNEL_CLOSED', 'the replica is stopping');
     for (const s of this.byConn.values()) if (s.detachTimer) clearTimeout(s.detachTimer);
     for (const s of this.byTag.values()) if (s.detachTimer) clearTimeout(s.detachTimer);

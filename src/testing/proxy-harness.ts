@@ -236,7 +236,7 @@ export interface CountingResult {
  * `keys` counters until `stop()`; then each counter is read back. Every counter must equal the INCR
  * replies received for it, and those replies must be 1..n each once (a serial execution's values).
  */
-export async function countingLoad(port: number, conns: number, keys: number, prefix: string, maxOps: number, maxMs: number): Promise<{ stop: () => Promise<CountingResult> }> {
+export async function countingLoad(port: number, conns: number, keys: number, prefix: string, maxOps: number, maxMs: number): Promise<{ stop: () => Promise<CountingResult>; readonly ops: number }> {
   const clients = await Promise.all(Array.from({ length: conns }, () => StrictResp.connect(port)));
   const values = new Map<string, number[]>();
   const failures: string[] = [];
@@ -267,6 +267,9 @@ export async function countingLoad(port: number, conns: number, keys: number, pr
     }
   });
   return {
+    get ops() {
+      return ops;
+    },
     async stop() {
       stopping = true;
       await Promise.all(loops);
