@@ -11,6 +11,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { duplexPair } from '../client/duplex-pair.js';
 import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
 import { MAX_CHUNK_BYTES, PFrame, ProxyWire, type ProxyFrame } from './wire.js';
@@ -25,7 +27,8 @@ export interface ProxyAddr {
 }
 
 export interface ProxyOptions {
-  listen: ProxyAddr;
+  /** Where clients connect; absent: no listener (an embedded proxy: `connectStream`, src/client/ftvm-client.ts). */
+  listen?: ProxyAddr;
   vmName: string;
   keys: Keyring;
   /** The replicas' proxy ports (`--proxy-listen` of each replica and standby slot). */
@@ -41,7 +44,7 @@ export interface ProxyOptions {
 
 interface ClientConn {
   pconn: number;
-  sock: net.Socket;
+  sock: Duplex;
   /** Input from the client not yet acknowledged: offsets [inBase, inSent). */
   inChunks: Buffer[];
   inBase: number;
@@ -89,13 +92,33 @@ export class FtvmProxy {
     return this.proxyId.toString('hex');
   }
 
+  private sessionWaiters: Array<() => void> = [];
+
+  /** Resolves once a session with the serving primary is open. */
+  whenSession(): Promise<void> {
+    if (this.wire?.isOpen === true) return Promise.resolve();
+    return new Promise((r) => this.sessionWaiters.push(r));
+  }
+
+  /** A new virtual connection of the VM as an in-memory stream (no TCP hop): the application's end. */
+  connectStream(): Duplex {
+    const [mine, theirs] = duplexPair();
+    this.accept(mine);
+    return theirs;
+  }
+
   async start(): Promise<void> {
+    if (this.opts.listen === undefined) {
+      void this.connect();
+      return;
+    }
+    const listen = this.opts.listen;
     const server = net.createServer({ noDelay: true }, (s) => this.accept(s));
     server.maxConnections = this.opts.maxConnections ?? 10_000;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.opts.listen.port, this.opts.listen.host, () => {
+      server.listen(listen.port, listen.host, () => {
         server.off('error', reject);
         resolve();
       });
@@ -104,7 +127,7 @@ export class FtvmProxy {
     void this.connect();
   }
 
-  private accept(sock: net.Socket): void {
+  private accept(sock: Duplex): void {
     const c: ClientConn = {
       pconn: this.nextPconn++,
       sock,
@@ -257,6 +280,7 @@ export class FtvmProxy {
     watchdog.unref();
     w.on('frame', () => (heardMs = Date.now()));
     this.opts.log.info({ replica: `${addr.host}:${addr.port}`, connections: this.conns.size, session: this.sessions }, 'proxy session open: re-attaching connections');
+    for (const wake of this.sessionWaiters.splice(0)) wake();
     w.on('frame', (f: ProxyFrame) => this.onFrame(w, f));
     w.on('close', (c: { code: string; reason: string }) => {
       clearInterval(watchdog);
