@@ -1,5 +1,5 @@
 /**
- * `npm run proxy-check -- [--benchmark-failovers 5] [--count-failovers 10] [--conns 16] [--counters 64] [--quiet]`
+ * `npm run proxy-check -- [--guest kv|c_server|rust_server] [--benchmark-failovers 5] [--count-failovers 10] [--conns 16] [--counters 64] [--quiet]`
  *
  * Issue #14's acceptance runs for `ftvm proxy` on real processes (docs/PROXY.md): a VM on a pool of four
  * slots (primary + standbys, each slot re-started as a fresh standby after its kill -9), one proxy in
@@ -29,17 +29,22 @@ const o = new Command('npm run proxy-check --')
   .option('--conns <n>', 'counting connections', intAtLeast('--conns', 1), 16)
   .option('--counters <n>', 'counters', intAtLeast('--counters', 1), 64)
   .option('--gap-ms <n>', 'load between failovers', intAtLeast('--gap-ms', 0), 1500)
+  .option('--guest <module>', 'the guest: kv (AssemblyScript), c_server or rust_server (unmodified WASI programs)', 'kv')
   .option('--quiet', 'no progress lines')
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
   .parse(process.argv.slice(2), { from: 'user' })
-  .opts<{ benchmarkFailovers: number; countFailovers: number; conns: number; counters: number; gapMs: number; quiet?: boolean }>();
+  .opts<{ guest: string; benchmarkFailovers: number; countFailovers: number; conns: number; counters: number; gapMs: number; quiet?: boolean }>();
 
 const t0 = Date.now();
 const log = o.quiet === true ? (): void => undefined : (line: string): void => void process.stderr.write(`[proxy-check +${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}\n`);
 
 // A fail timeout above the default (150 ms): this check shares its machine, and a false suspicion halts a
 // backup (safe, but it costs a standby); a kill -9 is still detected at once (fast failover).
-const h = await startProxiedPool({ slots: 4, parallelStart: true, startTimeoutMs: 120_000, nodeArgs: ['--fail-timeout-ms', '600'] });
+if (!['kv', 'c_server', 'rust_server'].includes(o.guest)) {
+  console.error(`--guest is kv, c_server or rust_server, not ${o.guest}`);
+  process.exit(2);
+}
+const h = await startProxiedPool({ guest: o.guest, slots: 4, parallelStart: true, startTimeoutMs: 180_000, nodeArgs: ['--fail-timeout-ms', '600'] });
 let exitCode = 1;
 try {
   await h.pool.waitProtected(60_000);
@@ -74,6 +79,7 @@ try {
   console.log(
     JSON.stringify({
       passed,
+      guest: o.guest,
       benchmark: { failovers: benchTimes.length, rounds: rounds.length, errors: benchErrors.length, error_lines: benchErrors.slice(0, 10), last_results: rounds.at(-1)?.results ?? [], protected_again_ms: benchTimes },
       counting: { failovers: countTimes.length, connections: o.conns, counters: counting.counters, incr_replies: counting.ops, failures: counting.failures.slice(0, 10), mismatches: counting.mismatches.slice(0, 10), protected_again_ms: countTimes },
       pipeline: pipe,

@@ -169,7 +169,7 @@ export class ByteReader {
 export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
   if (e.n < prevN) throw new Error(`log entries out of order: ${e.n} after ${prevN}`);
   const idle = 'idle' in e && e.idle ? IDLE_FLAG : 0;
-  const tagged = e.type === EntryType.NIC_OPEN && e.tag !== undefined ? TAG_FLAG : 0;
+  const tagged = (e.type === EntryType.NIC_OPEN || e.type === EntryType.SOCK_ACCEPT) && e.tag !== undefined ? TAG_FLAG : 0;
   w.u8(e.type | idle | tagged);
   w.varint(e.n - prevN);
   switch (e.type) {
@@ -188,6 +188,11 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
     case EntryType.SOCK_ACCEPT:
       w.varint(e.errno);
       w.varint(e.conn);
+      if (e.tag !== undefined) {
+        if (e.tag.length > MAX_TAG_BYTES) throw new Error(`connection tag of ${e.tag.length} bytes exceeds ${MAX_TAG_BYTES}`);
+        w.varint(e.tag.length);
+        w.bytes(e.tag);
+      }
       return;
     case EntryType.SOCK_RECV:
       w.varint(e.errno);
@@ -255,7 +260,7 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
   const tagged = (tag & TAG_FLAG) !== 0;
   const type = tag & ~IDLE_FLAG & ~TAG_FLAG;
   const idle = (tag & IDLE_FLAG) !== 0;
-  if (tagged && type !== EntryType.NIC_OPEN) corrupt(`tag flag on entry type ${type}`);
+  if (tagged && type !== EntryType.NIC_OPEN && type !== EntryType.SOCK_ACCEPT) corrupt(`tag flag on entry type ${type}`);
   const n = prevN + r.varint();
   if (!Number.isSafeInteger(n)) corrupt('instruction number overflow');
   const asyncType = type >= EntryType.NIC_OPEN && type <= EntryType.TIMER;
@@ -271,7 +276,11 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
       return { type, n, deltaPages: r.varint(), result: r.zigzag() };
     case EntryType.SOCK_ACCEPT: {
       const errno = r.varint();
-      return { type, n, errno, conn: r.varint() };
+      const conn = r.varint();
+      if (!tagged) return { type, n, errno, conn };
+      const len = r.varint();
+      if (len > MAX_TAG_BYTES) corrupt(`connection tag of ${len} bytes`);
+      return { type, n, errno, conn, tag: r.bytes(len) };
     }
     case EntryType.SOCK_RECV: {
       const errno = r.varint();

@@ -36,7 +36,8 @@ export const ENTRY_TYPE_NAMES: Record<number, string> = Object.fromEntries(Objec
 export type ClockEntry = { type: typeof EntryType.CLOCK; n: number; clock: number; valueNs: bigint };
 export type RandomEntry = { type: typeof EntryType.RANDOM; n: number; bytes: Uint8Array };
 export type MemGrowEntry = { type: typeof EntryType.MEMGROW; n: number; deltaPages: number; result: number };
-export type SockAcceptEntry = { type: typeof EntryType.SOCK_ACCEPT; n: number; errno: number; conn: number };
+/** `tag`: a proxied connection's owner (docs/PROXY.md), as on NIC_OPEN. */
+export type SockAcceptEntry = { type: typeof EntryType.SOCK_ACCEPT; n: number; errno: number; conn: number; tag?: Uint8Array };
 export type SockRecvEntry = { type: typeof EntryType.SOCK_RECV; n: number; errno: number; data: Uint8Array };
 export interface PollEvent {
   /** Index of the subscription that fired. */

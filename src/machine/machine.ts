@@ -186,6 +186,8 @@ export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
  */
 export class SocketInbox {
   readonly acceptQueue: number[] = [];
+  /** Proxied connections' tags (docs/PROXY.md), from their open until the guest accepts them. */
+  readonly tags = new Map<number, Uint8Array>();
   readonly rx = new Map<number, { chunks: Uint8Array[]; bytes: number; eof: boolean }>();
   totalBytes = 0;
   /** Per connection, bytes of input the guest consumed (or that were discarded) since `takeConsumed`. */
@@ -250,6 +252,7 @@ export class SocketInbox {
   }
 
   drop(conn: number): void {
+    this.tags.delete(conn);
     const r = this.rx.get(conn);
     if (r !== undefined) {
       this.totalBytes -= r.bytes;
@@ -554,11 +557,17 @@ export class Machine {
   pumpSocketInputs(): void {
     const env = this.env!;
     const take = (i: NicInput): void => {
-      const r = this.inbox.rx.get(i.conn);
+      let r = this.inbox.rx.get(i.conn);
+      if (r === undefined && i.kind === 'data' && this.devices.proxied.has(i.conn) && this.devices.conns.has(i.conn)) {
+        // A proxied connection this replica replayed and now serves (go-live): its input resumes here.
+        r = { chunks: [], bytes: 0, eof: false };
+        this.inbox.rx.set(i.conn, r);
+      }
       if (i.kind === 'open') {
         if (r !== undefined || this.devices.conns.has(i.conn)) return; // a duplicate open: the driver's bug
         this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: false });
         this.inbox.acceptQueue.push(i.conn);
+        if (i.data !== undefined && i.data.length > 0) this.inbox.tags.set(i.conn, new Uint8Array(i.data));
       } else if (i.kind === 'data') {
         if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) {
           this.inbox.handedOff(i.conn, i.data?.length ?? 0); // closed by the guest
@@ -720,8 +729,6 @@ export class Machine {
         if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`net_send: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
         const data = self.guestBytes(ptr, len, 'net_send');
         if (!self.devices.conns.has(conn)) return -1; // the peer's CLOSE is a half-close: replies still go out
-        const px = self.devices.proxied.get(conn);
-        if (px !== undefined) px.outBytes += data.length;
         self.output('net', conn, 0, data);
         return len;
       },
@@ -847,6 +854,10 @@ export class Machine {
     const data = new Uint8Array(bytes); // copy: guest memory changes
     let entry: OutputEntry;
     const hash = crc32(data) >>> 0;
+    if (kind === 'net') {
+      const px = this.devices.proxied.get(conn);
+      if (px !== undefined) px.outBytes += data.length;
+    }
     if (kind === 'net') entry = { type: EntryType.OUT_NET, n, conn, len: data.length, hash };
     else if (kind === 'close') entry = { type: EntryType.OUT_CLOSE, n, conn };
     else entry = { type: EntryType.OUT_CONSOLE, n, fd, len: data.length, hash };
@@ -1330,6 +1341,13 @@ export class Machine {
       // A proxied connection outlives its primary: its proxy re-attaches it (docs/PROXY.md), or the
       // new primary's proxy service closes it when nobody does.
       if (state === ConnState.OPEN && !this.devices.proxied.has(conn)) this.pending.push({ kind: 'close', conn });
+    }
+    // WASI: a proxied connection keeps an (empty) inbox here, so that a guest waiting on it waits on
+    // rather than reading an end of input; the proxy's re-sent input fills it.
+    if (this.devices.fds.size > 0) {
+      for (const [conn, px] of this.devices.proxied) {
+        if (this.devices.conns.has(conn) && !this.inbox.rx.has(conn)) this.inbox.rx.set(conn, { chunks: [], bytes: 0, eof: px.inEof });
+      }
     }
     if (this.inStep) this.setBudgetEnd(this.count); // the caller re-enters the record checkpoint path
   }
