@@ -75,3 +75,50 @@ test('replay output tails are bounded per connection and in closed connections',
   for (const c of [1, 2, 3, 4]) t.output('close', c, new Uint8Array(0), undefined);
   assert.deepEqual([...t.closedTails()].map(([c]) => c), [3, 4]);
 });
+
+// ------------------------------------------------------------ the machine: proxied state from the log
+
+import { DEFAULT_VM_CONFIG, type VmConfig } from '../src/log/recording.js';
+import { ScriptedEnv, type ScheduledInput } from '../src/machine/env.js';
+import { recordRun, replayRun } from '../src/machine/runner.js';
+import { resp } from '../src/machine/workloads.js';
+import { guest, hex } from './helpers.js';
+
+const TAG = Uint8Array.from({ length: 20 }, (_, i) => i + 1);
+
+/** Two connections, one proxied (tagged open), each sending INCRs; the untagged one closes its input. */
+function inputs(): ScheduledInput[] {
+  const out: ScheduledInput[] = [
+    { atCount: 0, kind: 'open', conn: 1, data: TAG },
+    { atCount: 0, kind: 'open', conn: 2 },
+  ];
+  for (let i = 0; i < 5; i++) {
+    out.push({ atCount: 1000 * (i + 1), kind: 'data', conn: 1, data: resp('INCR', 'a') });
+    out.push({ atCount: 1000 * (i + 1) + 500, kind: 'data', conn: 2, data: resp('INCR', 'b') });
+  }
+  out.push({ atCount: 9000, kind: 'close', conn: 2 });
+  return out;
+}
+
+const machines: Array<[string, VmConfig]> = [
+  ['kv', DEFAULT_VM_CONFIG],
+  ['c_server', { ...DEFAULT_VM_CONFIG, args: ['poll'] }],
+];
+for (const [name, config] of machines) {
+  test(`${name}: a proxied connection's owner and offsets are a function of the log (record = replay), and go in the state hash`, () => {
+    const g = guest(name);
+    const rec = recordRun(g, config, new ScriptedEnv(inputs(), { seed: 1 }));
+    const px = rec.machine.devices.proxied.get(1);
+    assert.ok(px !== undefined, 'the tagged connection is proxied');
+    assert.equal(px.tag, Buffer.from(TAG).toString('hex'));
+    const sent = rec.outputs.filter((o) => o.kind === 'net' && o.conn === 1).reduce((a, o) => a + o.data.length, 0);
+    assert.equal(px.outBytes, sent, 'output bytes counted');
+    assert.equal(px.inBytes, resp('INCR', 'a').length * 5, 'input bytes the guest took');
+    assert.equal(rec.machine.devices.proxied.has(2), false, 'an untagged connection is not proxied');
+    const tagged = rec.entries.find((e) => (e.type === EntryType.NIC_OPEN || e.type === EntryType.SOCK_ACCEPT) && 'tag' in e && e.tag !== undefined);
+    assert.ok(tagged, 'the log holds the tag');
+    const rep = replayRun(g, config, rec.entries);
+    assert.deepEqual([...rep.machine.devices.proxied], [...rec.machine.devices.proxied], 'the replica knows the same proxied state');
+    assert.equal(hex(rep.finalHash), hex(rec.finalHash));
+  });
+}
