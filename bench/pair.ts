@@ -40,8 +40,9 @@
  * BENCH_PAIR_CONNS (default "1,8,50"), BENCH_PAIR_RATE (offered ops/s instead of a closed loop), BENCH_PAIR_REDIS=1 (also run redis-benchmark against both
  * setups, when installed; informational only), BENCH_PAIR_CPU_PROF=<dir> (run every server with
  * `node --cpu-prof` writing its profiles, vCPU workers included, into <dir>; summarise them with
- * `node dist/scripts/cpuprofile-summary.js <dir>`), BENCH_PAIR_SETUPS (default "off,on,plain": which
- * setups get load).
+ * `node dist/scripts/cpuprofile-summary.js <dir>`), BENCH_PAIR_SETUPS (default "off,on,plain,proxy": which
+ * setups get load; "proxy" is the FT-on pair reached through `ftvm proxy`, docs/PROXY.md, reported as
+ * proxy ÷ direct beside the FT-on rows).
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -123,7 +124,9 @@ const PLAIN_FLAGS = BASELINE_ROOT === '' ? ['--insecure-channel'] : [];
  * per operation compares builds without the noise of a shared machine's throughput.
  */
 const RATE = envInt('BENCH_PAIR_RATE', 0, 0, 1_000_000);
-const SETUPS = (process.env.BENCH_PAIR_SETUPS ?? 'off,on,plain').split(',').map((s) => s.trim());
+const SETUPS = (process.env.BENCH_PAIR_SETUPS ?? 'off,on,plain,proxy').split(',').map((s) => s.trim());
+/** 'proxy': the FT-on pair's clients go through `ftvm proxy` (docs/PROXY.md) in front of its --proxy-listen. */
+const withProxy = SETUPS.includes('proxy');
 
 const KEYSPACE = 10_000;
 const VALUE_BYTES = 16;
@@ -191,14 +194,14 @@ interface PhaseResult {
   totalOps: number;
   errors: string[];
   /** CPU time (ms) over the whole phase: the measured setup's processes, and this bench process (the clients). */
-  cpuMs: { primary: number; backup: number; bench: number };
+  cpuMs: { primary: number; backup: number; bench: number; proxy?: number };
 }
 
 /**
  * One phase against `port`: `conns` closed-loop connections; a warm-up of WARMUP_MS, then a measured
  * window of MEASURE_MS, bounded by MAX_OPS operations in all.
  */
-type Setup = 'off' | 'on' | 'plain';
+type Setup = 'off' | 'on' | 'plain' | 'proxy';
 
 async function runPhase(setup: Setup, port: number, conns: number, rep: number): Promise<PhaseResult> {
   const clients = await Promise.all(
@@ -308,6 +311,8 @@ interface Servers {
   backup: ProcessHandle;
   plainPrimary: ProcessHandle | undefined;
   plainBackup: ProcessHandle | undefined;
+  proxy: ProcessHandle | undefined;
+  proxyPort: number;
   offPort: number;
   onPort: number;
   plainPort: number;
@@ -322,12 +327,12 @@ const started: ProcessHandle[] = [];
 async function startServers(secretFile: string): Promise<Servers> {
   const ports: number[] = [];
   // One at a time, and distinct: a port freed a moment ago may be handed out again.
-  for (let i = 0; ports.length < 9 && i < 100; i++) {
+  for (let i = 0; ports.length < 11 && i < 100; i++) {
     const p = await freePort();
     if (!ports.includes(p)) ports.push(p);
   }
-  if (ports.length < 9) throw new BenchFailure('could not find 9 free ports on 127.0.0.1');
-  const [offPort, offCtlPort, onPort, onCtlPort, chanPort, backupCtlPort, plainPort, plainCtlPort, plainChanPort] = ports as [number, number, number, number, number, number, number, number, number];
+  if (ports.length < 11) throw new BenchFailure('could not find 11 free ports on 127.0.0.1');
+  const [offPort, offCtlPort, onPort, onCtlPort, chanPort, backupCtlPort, plainPort, plainCtlPort, plainChanPort, proxyPort, proxyListenPort] = ports as [number, number, number, number, number, number, number, number, number, number, number];
   const plainCtl = `${HOST}:${plainCtlPort}`;
   const offCtl = `${HOST}:${offCtlPort}`;
   const onCtl = `${HOST}:${onCtlPort}`;
@@ -342,7 +347,7 @@ async function startServers(secretFile: string): Promise<Servers> {
   await plainBackup?.waitForLine(/backup is waiting for the primary/, startTimeoutMs, { stream: 'stderr' });
 
   const onPrimary = spawnNode(
-    [...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile, ...guestArgs('primary')],
+    [...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${onPort}`, '--peer', `${HOST}:${chanPort}`, '--control', onCtl, '--secret-file', secretFile, ...(withProxy ? ['--proxy-listen', `${HOST}:${proxyListenPort}`] : []), ...guestArgs('primary')],
     { name: 'primary-ft-on', env },
   );
   started.push(onPrimary);
@@ -360,7 +365,14 @@ async function startServers(secretFile: string): Promise<Servers> {
     offPrimary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' }),
   ]);
   await Promise.all([waitForPort(onPort, 10_000), withPlain ? waitForPort(plainPort, 10_000) : undefined, waitForPort(offPort, 10_000)]);
-  return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl };
+  let proxy: ProcessHandle | undefined;
+  if (withProxy) {
+    proxy = spawnNode([...NODE_FLAGS, CLI, 'proxy', '--listen', `${HOST}:${proxyPort}`, '--replicas', `${HOST}:${proxyListenPort}`, '--secret-file', secretFile], { name: 'proxy', env });
+    started.push(proxy);
+    await proxy.waitForLine(/proxy session open/, startTimeoutMs, { stream: 'stderr' });
+    await waitForPort(proxyPort, 10_000);
+  }
+  return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, proxy, proxyPort, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl };
 }
 
 async function stopStarted(): Promise<void> {
@@ -509,7 +521,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     log(`up in ${((performance.now() - t0) / 1000).toFixed(1)} s: FT off on :${servers.offPort}, FT on on :${servers.onPort}`);
     // One call on each before any phase: a WASI guest may still be starting its service (SQLite opens
     // its database and creates its table on the first commands), which is not what the phases measure.
-    for (const port of [servers.offPort, servers.onPort, ...(withPlain ? [servers.plainPort] : [])]) {
+    for (const port of [servers.offPort, servers.onPort, ...(withPlain ? [servers.plainPort] : []), ...(withProxy ? [servers.proxyPort] : [])]) {
       const c = await RespClient.connect({ host: HOST, port, callTimeoutMs: 120_000 });
       try {
         await c.call('SET', KEYS[0]!, VALUES[0]!);
@@ -528,11 +540,11 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
 
     for (let rep = 0; rep < REPS; rep++) {
       for (const conns of CONNS) {
-        const order: Setup[] = (rep % 2 === 0 ? (['off', 'on', 'plain'] as const) : (['plain', 'on', 'off'] as const)).filter((x) => withPlain || x !== 'plain');
+        const order: Setup[] = (rep % 2 === 0 ? (['off', 'on', 'proxy', 'plain'] as const) : (['plain', 'proxy', 'on', 'off'] as const)).filter((x) => (withPlain || x !== 'plain') && (withProxy || x !== 'proxy'));
         for (const setup of order) {
           if (!SETUPS.includes(setup)) continue;
           let r: PhaseResult;
-          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : [servers.onPrimary.pid, servers.backup.pid];
+          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : setup === 'proxy' ? [servers.onPrimary.pid, servers.backup.pid, servers.proxy!.pid] : [servers.onPrimary.pid, servers.backup.pid];
           const cpu0 = pids.map(processCpuMs);
           const self0 = selfCpuMs();
           if (setup === 'off') {
@@ -540,6 +552,14 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
             const sampler = startLagSampler(servers.offCtl);
             try {
               r = await runPhase('off', servers.offPort, conns, rep);
+            } finally {
+              await sampler.stop();
+            }
+          } else if (setup === 'proxy') {
+            await quiesce(servers.onCtl);
+            const sampler = startLagSampler(servers.onCtl);
+            try {
+              r = await runPhase('proxy', servers.proxyPort, conns, rep);
             } finally {
               await sampler.stop();
             }
@@ -576,7 +596,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
             if (after.backupDiverged) throw new BenchFailure(`the backup diverged: ${after.backupDiverged}`);
           }
           const cpu1 = pids.map(processCpuMs);
-          r.cpuMs = { primary: cpu1[0]! - cpu0[0]!, backup: pids.length > 1 ? cpu1[1]! - cpu0[1]! : 0, bench: selfCpuMs() - self0 };
+          r.cpuMs = { primary: cpu1[0]! - cpu0[0]!, backup: pids.length > 1 ? cpu1[1]! - cpu0[1]! : 0, bench: selfCpuMs() - self0, ...(pids.length > 2 ? { proxy: cpu1[2]! - cpu0[2]! } : {}) };
           results.push(r);
           const s = r.latency.sorted();
           log(
@@ -608,6 +628,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     const rows: string[][] = [];
     const perConns: Record<string, unknown> = {};
     const tlsRows: string[][] = [];
+    const proxyRows: string[][] = [];
     for (const conns of CONNS) {
       const agg = (setup: Setup) => {
         const rs = results.filter((r) => r.setup === setup && r.conns === conns);
@@ -642,6 +663,18 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
       summary[`plain_latency_p50_ms_c${conns}`] = round(plain.p50);
       summary[`plain_latency_p99_ms_c${conns}`] = round(plain.p99);
       tlsRows.push([`c${conns}`, plain.opsPerSec.toFixed(0), on.opsPerSec.toFixed(0), median(tlsPerRep).toFixed(3), (on.opsPerSec / plain.opsPerSec).toFixed(3), plain.p50.toFixed(3), on.p50.toFixed(3), plain.p99.toFixed(3), on.p99.toFixed(3)]);
+      }
+      if (withProxy) {
+        const px = agg('proxy');
+        const pxPerRep = on.perRep.map((d, i) => round((px.perRep[i] ?? NaN) / d, 3));
+        const pxRs = results.filter((r) => r.setup === 'proxy' && r.conns === conns);
+        const proxyCpu = round((pxRs.reduce((a, r) => a + (r.cpuMs.proxy ?? 0), 0) * 1000) / pxRs.reduce((a, r) => a + r.totalOps, 0), 1);
+        summary[`proxy_ratio_c${conns}`] = round(median(pxPerRep), 3);
+        summary[`proxy_ops_per_sec_c${conns}`] = round(px.opsPerSec, 0);
+        summary[`proxy_latency_p50_ms_c${conns}`] = round(px.p50);
+        summary[`proxy_latency_p99_ms_c${conns}`] = round(px.p99);
+        summary[`proxy_cpu_us_per_op_c${conns}`] = proxyCpu;
+        proxyRows.push([`c${conns}`, on.opsPerSec.toFixed(0), px.opsPerSec.toFixed(0), median(pxPerRep).toFixed(3), on.p50.toFixed(3), px.p50.toFixed(3), on.p99.toFixed(3), px.p99.toFixed(3), proxyCpu.toFixed(1)]);
       }
       const lagS = sortedCopy(lagByConns.get(conns) ?? []);
       const lb = logBytesByConns.get(conns);
@@ -758,6 +791,14 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     const tw = th.map((h, i) => Math.max(h.length, ...tlsRows.map((r) => r[i]!.length)));
     if (withPlain) console.log(th.map((c, i) => c.padStart(tw[i]!)).join('  '));
     for (const r of tlsRows) console.log(r.map((c, i) => c.padStart(tw[i]!)).join('  '));
+    if (withProxy) {
+      console.log('');
+      console.log("the proxy's cost: FT on through `ftvm proxy` ÷ FT on direct (same pair, interleaved phases; proxy CPU in µs per operation)");
+      const ph = ['conns', 'direct ops/s', 'proxy ops/s', 'proxy÷direct (median)', 'direct p50', 'proxy p50', 'direct p99', 'proxy p99', 'proxy cpu'];
+      const pw2 = ph.map((h, i) => Math.max(h.length, ...proxyRows.map((r) => r[i]!.length)));
+      console.log(ph.map((c, i) => c.padStart(pw2[i]!)).join('  '));
+      for (const r of proxyRows) console.log(r.map((c, i) => c.padStart(pw2[i]!)).join('  '));
+    }
     summary.guest = guest;
     return summary;
   }

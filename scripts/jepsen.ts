@@ -1,11 +1,13 @@
 /**
  * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd]
- * [--etcd-members M] [--overlap] [--clients C] [--keys K] [--history FILE] [--quiet]`
+ * [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--clients C] [--keys K] [--history FILE] [--quiet]`
  *
  * `--overlap`: a second fault before the pair is protected again (src/jepsen/nemesis.ts), including
  * killing a primary that runs alone: that VM is lost by design; the run says so (`vms_lost`,
  * `acked_writes_lost_with_vm`), starts a fresh VM, and is not `passed` (exit code 3 if every check
  * held otherwise). `--etcd-members 3`: an etcd cluster of three, members killed during the run.
+ * `--via proxy`: clients go through one `ftvm proxy` (docs/PROXY.md) and keep their connections across
+ * failovers. `--fault-kinds kill-primary,kill-backup`: only those faults.
  *
  * Real ftvm processes on loopback under a nemesis (kill -9, SIGSTOP/SIGCONT, channel and arbiter cuts),
  * clients recording every call; then a linearizability check per key and a count of lost acknowledged
@@ -14,11 +16,12 @@
  */
 import { randomSeed } from '../src/testing/prng.js';
 import { JEPSEN_GUESTS, runJepsen, type JepsenGuest } from '../src/jepsen/run.js';
+import { ETCD_MEMBER_WEIGHTS, FAULT_WEIGHTS, OVERLAP_WEIGHTS, type FaultKind } from '../src/jepsen/nemesis.js';
 import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -40,6 +43,8 @@ let guest: JepsenGuest = 'kv';
 let overlap = false;
 let etcdMembers = 1;
 let failTimeoutMs: number | undefined;
+let via: 'direct' | 'proxy' = 'direct';
+let faultKinds: FaultKind[] | undefined;
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   const v = args[i + 1];
@@ -89,13 +94,27 @@ for (let i = 0; i < args.length; i++) {
       etcdMembers = intArg(a, v, 1);
       i++;
       break;
+    case '--via':
+      if (v !== 'direct' && v !== 'proxy') usage(`--via is direct or proxy, not ${String(v)}`);
+      via = v;
+      i++;
+      break;
+    case '--fault-kinds': {
+      const kinds = (v ?? '').split(',').filter((k) => k !== '');
+      const known = new Set<string>([...FAULT_WEIGHTS, ...OVERLAP_WEIGHTS, ...ETCD_MEMBER_WEIGHTS].map(([k]) => k));
+      const bad = kinds.filter((k) => !known.has(k));
+      if (kinds.length === 0 || bad.length > 0) usage(`--fault-kinds takes a comma-separated list of ${[...known].join(', ')}${bad.length > 0 ? `; unknown: ${bad.join(', ')}` : ''}`);
+      faultKinds = kinds as FaultKind[];
+      i++;
+      break;
+    }
     default:
       usage(`unknown argument ${a}`);
   }
 }
 
 if (etcdMembers !== 1 && arbiter !== 'etcd') usage('--etcd-members needs --arbiter etcd');
-const extra = `${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
+const extra = `${via !== 'direct' ? ` --via ${via}` : ''}${faultKinds !== undefined ? ` --fault-kinds ${faultKinds.join(',')}` : ''}${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
 console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --guest ${guest} --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys}${extra})`);
 const t0 = Date.now();
 const bar = quiet ? undefined : progress('faults', faults);
@@ -106,7 +125,7 @@ const log = bar === undefined ? undefined : (line: string): void => {
 };
 let code = 1;
 try {
-  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
+  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, via, ...(faultKinds !== undefined ? { faultKinds } : {}), ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
   code = result.passed ? 0 : result.checks_passed && result.vms_lost > 0 ? 3 : 1;
   bar?.stop();
   console.log(JSON.stringify(result));

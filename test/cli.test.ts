@@ -99,6 +99,7 @@ test('the demo runs arbiter + pair + standby, kills the primary mid-load, loses 
   assert.match(r.stdout, /went live/);
   assert.match(r.stdout, /(\d+) of \1 present/);
   assert.match(r.stdout, /NOTHING LOST/);
+  assert.match(r.stdout, /through the proxy: 0 client errors, 0 reconnects/);
   const off = spawnSync(process.execPath, [CLI, 'demo', '--offline', '--ops', '50', '--guest', guestPath('kv')], { encoding: 'utf8', timeout: 120_000, cwd: ROOT });
   assert.equal(off.status, 0, off.stderr);
   const oh = [...off.stdout.matchAll(/state hash\s+([0-9a-f]{64})/g)].map((m) => m[1]);

@@ -13,6 +13,7 @@ const entryBody = fc.oneof(
   fc.record({ type: fc.constant(EntryType.RANDOM), bytes }),
   fc.record({ type: fc.constant(EntryType.MEMGROW), deltaPages: fc.nat(65536), result: fc.integer({ min: -1, max: 65536 }) }),
   fc.record({ type: fc.constant(EntryType.NIC_OPEN), idle: fc.boolean(), conn: u32 }),
+  fc.record({ type: fc.constant(EntryType.NIC_OPEN), idle: fc.boolean(), conn: u32, tag: fc.uint8Array({ minLength: 1, maxLength: 64 }).map((b) => new Uint8Array(b)) }),
   fc.record({ type: fc.constant(EntryType.NIC_DATA), idle: fc.boolean(), conn: u32, data: bytes }),
   fc.record({ type: fc.constant(EntryType.NIC_CLOSE), idle: fc.boolean(), conn: u32 }),
   fc.record({ type: fc.constant(EntryType.TIMER), idle: fc.boolean(), timer: fc.nat(1023) }),

@@ -101,6 +101,11 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
   await writeFile(secret, auth, { mode: 0o600 });
   const [svc, svc2, chan, pc, bc, arb] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
   const [svc3, chan3, sc, dash] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  // A kv-protocol ring guest: the clients go through `ftvm proxy` (docs/PROXY.md), one connection each
+  // for the whole run, kill -9 included. (WASI guests do not keep proxied connections across a failover yet.)
+  const viaProxy = !g.sql && (o.guest === 'kv' || o.guest.endsWith('/kv.wasm'));
+  const [px1, px2, px3, pxl] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const proxyArgs = (port: number): string[] => (viaProxy ? ['--proxy-listen', `127.0.0.1:${port}`] : []);
   const lines: string[] = [];
   const procs: ChildProcess[] = [];
   const show = (from: number): number => {
@@ -123,16 +128,21 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     // guest) competes for the CPU with a pair that has just begun heartbeating. The standby keeps a
     // continuous recording once it is a backup: the demo replays it at the end.
     const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
-    procs.push(child(['standby', g.path, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common, ...disk('standby')], 'standby', lines));
+    procs.push(child(['standby', g.path, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common, ...disk('standby'), ...proxyArgs(px3)], 'standby', lines));
     await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), startMs);
-    procs.push(child(['run', g.path, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common, ...disk('backup')], 'backup ', lines));
+    procs.push(child(['run', g.path, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common, ...disk('backup'), ...proxyArgs(px2)], 'backup ', lines));
     await until('the backup', () => lines.some((l) => l.includes('backup is waiting')), startMs);
-    const primary = child(['run', g.path, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common, ...disk('primary')], 'primary', lines);
+    const primary = child(['run', g.path, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common, ...disk('primary'), ...proxyArgs(px1)], 'primary', lines);
     procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), startMs);
+    if (viaProxy) {
+      procs.push(child(['proxy', '--listen', `127.0.0.1:${pxl}`, '--replicas', [px1, px2, px3].map((p) => `127.0.0.1:${p}`).join(','), '--secret-file', secret, '--vm-name', vm], 'proxy  ', lines));
+      await until('the proxy', () => lines.some((l) => l.includes('proxy session open')), 30_000);
+    }
     let seen = show(0);
     console.log(`   watch it live: ${dashboardUrl}`);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
+    if (viaProxy) console.log(`   ftvm proxy on 127.0.0.1:${pxl} is the VM's stable address: each client connection there is a virtual connection of the VM that survives failover`);
     if (g.sql) {
       // Idempotent, so it may go to whichever replica serves (a loaded machine can fail over early).
       const create = 'CREATE TABLE IF NOT EXISTS users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)';
@@ -149,19 +159,31 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     console.log(
       g.sql
         ? `2. ${o.clients} clients run ${ops} transactions each (BEGIN; INSERT ... ON CONFLICT DO UPDATE; COMMIT); every reply waits for the backup's ACK (the output rule)`
-        : `2. ${o.clients} clients write ${ops} keys each; every reply waits for the backup's ACK (the output rule)`,
+        : viaProxy
+          ? `2. ${o.clients} clients write ${ops} keys each through the proxy, each on ONE connection for the whole run; every reply waits for the backup's ACK (the output rule)`
+          : `2. ${o.clients} clients write ${ops} keys each; every reply waits for the backup's ACK (the output rule)`,
     );
+    const clientErrors: string[] = [];
     const acked = new Map<string, string>();
     let killed = false;
     const t0 = performance.now();
     await Promise.all(
       Array.from({ length: o.clients }, async (_, i) => {
+        // Through the proxy: one connection, never re-opened; any error counts (there must be none).
+        const conn = viaProxy ? await RespClient.connect({ port: pxl, callTimeoutMs: 30_000 }) : undefined;
         for (let j = 0; j < ops; j++) {
           const key = `user:${i}:${j}`;
           const value = `value-${i}-${j}`;
           if (g.sql) {
             const tx = `BEGIN; INSERT INTO users(k, v, client) VALUES(${sqlQuote(key)}, ${sqlQuote(value)}, ${i}) ON CONFLICT(k) DO UPDATE SET v = excluded.v; COMMIT`;
             await callOnAnyReplica([svc, svc2], ['SQL', tx], { deadlineMs: 60_000, expect: (v) => Array.isArray(v) && v.length === 0 });
+          } else if (conn !== undefined) {
+            try {
+              await conn.call('SET', key, value);
+            } catch (err) {
+              clientErrors.push(`client ${i}: ${(err as Error).message}`);
+              break;
+            }
           } else {
             await callOnAnyReplica([svc, svc2], ['SET', key, value], { deadlineMs: 30_000 });
           }
@@ -172,10 +194,15 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
             console.log(`3. kill -9 the primary (pid ${primary.pid}) after ${acked.size} acknowledged writes, mid-load`);
           }
         }
+        conn?.close();
       }),
     );
     seen = show(seen);
     console.log(`4. the clients carried on against the new primary: ${acked.size} writes acknowledged in ${(performance.now() - t0).toFixed(0)} ms`);
+    if (viaProxy) {
+      console.log(`   through the proxy: ${clientErrors.length} client errors, 0 reconnects — the clients saw a pause, not the crash`);
+      for (const e of clientErrors.slice(0, 5)) console.log(`   CLIENT ERROR: ${e}`);
+    }
     const st = (await controlRequest(`127.0.0.1:${bc}`, auth, 'GET', '/status')) as Record<string, unknown>;
     console.log(`   the former backup is now ${String(st.role)} at epoch ${String(st.epoch)}, instruction ${String(st.instructionNumber)}`);
     const c = await RespClient.connect({ port: svc2, callTimeoutMs: 30_000 });
@@ -193,7 +220,7 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     c.close();
     console.log(`5. read back every acknowledged ${g.sql ? 'transaction' : 'write'} from the new primary: ${acked.size - missing} of ${acked.size} present`);
     if (g.sql) console.log(`   SQL> PRAGMA integrity_check  -- ${integrity}`);
-    const ok = missing === 0 && st.role === 'primary' && integrity === 'ok';
+    const ok = missing === 0 && st.role === 'primary' && integrity === 'ok' && clientErrors.length === 0;
     console.log(ok ? '   NOTHING LOST: every write a client was told had happened survived the crash.' : '   LOST WRITES: the failover broke the output rule!');
     if (!ok) {
       show(seen);

@@ -18,6 +18,7 @@ import { logger } from '../util/log.js';
 import { demoGuest, pairDemo } from './demo.js';
 import { runDashboard, type DashboardCliOptions } from './dashboard-cmd.js';
 import { controlRequest, metricsScrapeToken } from '../service/control.js';
+import { FtvmProxy } from '../proxy/proxy.js';
 
 const intArg =
   (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -199,6 +200,33 @@ export function buildProgram(): Command {
   });
 
   program
+    .command('proxy')
+    .description("A VM's stable client address: each client TCP connection is a virtual connection of the VM that survives failover (docs/PROXY.md)")
+    .requiredOption('--listen <host:port>', 'where clients connect')
+    .requiredOption('--replicas <list>', "the replicas' --proxy-listen addresses, comma-separated (every replica and standby slot of the VM)")
+    .requiredOption('--secret-file <path>', "the VM's secret: the proxy session is authenticated with it")
+    .option('--accept-secret-file <path>', 'also accept this secret (a rotation)')
+    .option('--vm-name <name>', 'VM name', 'vm')
+    .option('--input-max-bytes <n>', "per connection: input not yet acknowledged by the VM's backup past which the client's socket is paused", intArg('--input-max-bytes', 64 * 1024), 4 * 1024 * 1024)
+    .option('--session-timeout-ms <ms>', 'a replica silent this long (it sends a heartbeat every 200 ms) is taken for stopped or cut off: the proxy looks for the serving primary', intArg('--session-timeout-ms', 400, 600_000), 1500)
+    .action(async (o: { listen: string; replicas: string; secretFile: string; acceptSecretFile?: string; vmName: string; inputMaxBytes: number; sessionTimeoutMs: number }) => {
+      const keys = loadKeyring(o.secretFile, o.acceptSecretFile, 'ftvm proxy');
+      const replicas = o.replicas.split(',').filter((r) => r.length > 0).map((r) => parseAddr('--replicas', r.trim()));
+      if (replicas.length === 0) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--replicas needs at least one address');
+      const log = logger('proxy');
+      const proxy = new FtvmProxy({ listen: parseAddr('--listen', o.listen), vmName: o.vmName, keys, replicas, log, inputMaxBytes: o.inputMaxBytes, sessionTimeoutMs: o.sessionTimeoutMs });
+      await proxy.start();
+      reloadSecretsOnSighup(keys, log);
+      await new Promise<void>((resolve) => {
+        const stop = (): void => resolve();
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      });
+      await proxy.close();
+      process.exit(0);
+    });
+
+  program
     .command('metrics-token')
     .description("Print the read-only bearer token that opens a node's GET /metrics (for Prometheus or curl), derived from the VM's secret")
     .requiredOption('--secret-file <path>', "the VM's secret")
@@ -359,6 +387,8 @@ process.exitCode = code;
 function nodeOptions(cmd: Command): Command {
   return cmd
     .option('--service <host:port>', 'where clients connect (each TCP connection is a virtual connection of the guest); a backup or standby serves there once it goes live')
+    .option('--proxy-listen <host:port>', 'serve `ftvm proxy` here while this node is the serving primary (proxied connections survive failover: docs/PROXY.md); a backup or standby serves there once it goes live')
+    .option('--proxy-reattach-timeout-ms <ms>', 'a proxied connection whose proxy does not re-attach within this long is closed', intArg('--proxy-reattach-timeout-ms', 100, 3_600_000), 30_000)
     .option('--control <host:port>', 'HTTP/JSON control endpoint for `ftvm status|stop|switchover` (signed requests; loopback unless --tls-cert/--tls-key)')
     .option('--secret-file <path>', 'shared secret keying the channel (TLS-PSK), its frames, the arbiter and the control endpoint (same file on every replica, >= 16 bytes, mode 600)')
     .option('--accept-secret-file <path>', 'also accept this secret from peers and clients (a rotation; both files re-read on SIGHUP; a missing file is no extra secret)')

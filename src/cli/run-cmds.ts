@@ -90,6 +90,8 @@ export interface RunOptions {
   fastFailover: boolean;
   arbiterDeadlineMs: number;
   service?: string;
+  proxyListen?: string;
+  proxyReattachTimeoutMs?: number;
   channel?: string;
   peer?: string;
   control?: string;
@@ -321,6 +323,8 @@ async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: No
     ...(o.slice !== undefined ? { sliceUnits: o.slice } : {}),
     ...(o.record !== undefined ? { record: { dir: o.record, maxBytes: o.recordMaxBytes } } : {}),
     ...(o.disk !== undefined ? { diskImagePath: o.disk } : {}),
+    ...(o.proxyListen !== undefined ? { proxyListen: parseAddr('--proxy-listen', o.proxyListen) } : {}),
+    ...(o.proxyReattachTimeoutMs !== undefined ? { proxyReattachTimeoutMs: o.proxyReattachTimeoutMs } : {}),
   };
   return { common, service, log };
 }

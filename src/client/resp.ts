@@ -22,6 +22,7 @@
  * used. Connect a new client after a failure.
  */
 import { Buffer } from 'node:buffer';
+import type { Duplex } from 'node:stream';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 
@@ -537,7 +538,7 @@ export class RespClient {
    */
   readonly closed: Promise<RespClientError>;
 
-  private readonly socket: net.Socket;
+  private readonly socket: Duplex;
   private readonly parser: RespParser;
   private readonly callTimeoutMs: number;
   private readonly maxInFlight: number;
@@ -551,7 +552,15 @@ export class RespClient {
   private readonly socketClosed: Promise<void>;
   private resolveClosed!: (reason: RespClientError) => void;
 
-  private constructor(socket: net.Socket, address: string, options: RespClientOptions) {
+  /**
+   * A client over any byte stream instead of a TCP connection it opens itself: e.g. a virtual
+   * connection of `FtvmClient` (src/client/ftvm-client.ts), which survives failovers.
+   */
+  static over(stream: Duplex, address: string, options: Omit<RespClientOptions, 'host' | 'port' | 'connectTimeoutMs'> = {}): RespClient {
+    return new RespClient(stream, address, { ...options, port: 0 });
+  }
+
+  private constructor(socket: Duplex, address: string, options: RespClientOptions) {
     this.socket = socket;
     this.address = address;
     this.callTimeoutMs = options.callTimeoutMs ?? 5000;
@@ -559,7 +568,7 @@ export class RespClient {
     this.parser = new RespParser(options.parser ?? {});
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.socketClosed = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.setNoDelay(options.noDelay ?? true);
+    if (socket instanceof net.Socket) socket.setNoDelay(options.noDelay ?? true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => {
       const code = (err as NodeJS.ErrnoException).code;

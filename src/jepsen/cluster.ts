@@ -22,6 +22,7 @@ import { controlRequest } from '../service/control.js';
 import { FaultProxy } from '../testing/fault-proxy.js';
 import { CLI, guestFile, makeSecretFile, startArbiter, type ArbiterProcess } from '../testing/pair.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../testing/processes.js';
+import { startProxyProcess } from '../testing/proxy-harness.js';
 
 export type ArbiterKind = 'embedded' | 'etcd';
 
@@ -48,6 +49,8 @@ export interface Slot {
   /** Restarts so far (the host id is `slot<index>-g<gen>`). */
   gen: number;
   proc: ProcessHandle | undefined;
+  /** The slot's --proxy-listen port (with `viaProxy`; 0 otherwise). */
+  readonly proxyPort: number;
   /** In front of the slot's channel port; its address is what the slot registers in the pool. */
   readonly channelProxy: FaultProxy;
   /** SIGSTOPped by the nemesis and not yet resumed. */
@@ -70,6 +73,8 @@ export interface ClusterOptions {
   /** etcd members (default 1); with 3, the nemesis may kill one during the run. */
   etcdMembers?: number;
   log?: (line: string) => void;
+  /** Clients go through one `ftvm proxy` (docs/PROXY.md) in front of every slot's --proxy-listen. */
+  viaProxy?: boolean;
 }
 
 export interface ProtectedPair {
@@ -131,6 +136,7 @@ export class Cluster {
           servicePort: await freePort(),
           channelPort,
           controlPort: await freePort(),
+          proxyPort: o.viaProxy === true ? await freePort() : 0,
           gen: 0,
           proc: undefined,
           channelProxy: await FaultProxy.start({ targetPort: channelPort }),
@@ -140,6 +146,7 @@ export class Cluster {
       log(`arbiter ${o.arbiter} at ${c.arbiterUrl} (through a fault proxy); ${c.slots.length} slots`);
       await c.startPrimary(c.slots[0]!);
       await Promise.all(c.slots.slice(1).map((s) => c.startStandby(s)));
+      if (o.viaProxy === true) await c.startProxy();
     } catch (err) {
       await c.stop();
       throw err;
@@ -160,6 +167,20 @@ export class Cluster {
     return `127.0.0.1:${s.controlPort}`;
   }
 
+  /** `ftvm proxy` in front of the VM (with `viaProxy`). */
+  proxy: ProcessHandle | undefined;
+  private proxyListenPort = 0;
+
+  private async startProxy(): Promise<void> {
+    this.proxyListenPort ||= await freePort();
+    this.proxy = await startProxyProcess(this.secretFile, this.vm, this.proxyListenPort, this.slots.map((s) => s.proxyPort));
+  }
+
+  /** Where clients connect: the proxy's port (with `viaProxy`), or every slot's service port. */
+  clientPorts(): number[] {
+    return this.opts.viaProxy === true ? [this.proxyListenPort] : this.servicePorts();
+  }
+
   /** Every slot's service port, the one last seen serving first. */
   servicePorts(): number[] {
     const hint = this.slots[this.primaryHint];
@@ -177,6 +198,7 @@ export class Cluster {
       '--host-id', this.hostId(s),
       '--node-id', `node-${this.hostId(s)}`,
       ...etcdArgs,
+      ...(this.opts.viaProxy === true ? ['--proxy-listen', `127.0.0.1:${s.proxyPort}`] : []),
       ...(this.opts.nodeArgs ?? []),
       ...(this.opts.slotArgs?.(s) ?? []),
     ];
@@ -323,9 +345,14 @@ export class Cluster {
     this.opts.log?.(`VM lost: starting a fresh VM ${this.vm}`);
     await this.startPrimary(this.slots[0]!);
     await Promise.all(this.slots.slice(1).map((s) => this.startStandby(s)));
+    if (this.opts.viaProxy === true) {
+      await this.proxy?.stop();
+      await this.startProxy();
+    }
   }
 
   async stop(): Promise<void> {
+    await this.proxy?.stop();
     for (const s of this.slots) this.resume(s);
     await Promise.all(this.slots.map((s) => s.proc?.stop(3000)));
     await Promise.all(this.slots.map((s) => s.channelProxy.close()));

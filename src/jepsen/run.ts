@@ -50,10 +50,19 @@ export interface JepsenOptions {
   etcdMembers?: number;
   /** Extra flags for every node (e.g. a longer --fail-timeout-ms on a loaded machine). */
   nodeArgs?: string[];
+  /**
+   * 'proxy': clients connect to one `ftvm proxy` (docs/PROXY.md) and keep their connection across
+   * failovers; a call waits out a failover (call timeout 15 s) instead of turning indeterminate.
+   */
+  via?: 'direct' | 'proxy';
+  /** Only these fault kinds (default: the whole mix). */
+  faultKinds?: readonly FaultKind[];
 }
 
 export interface JepsenResult {
   guest: JepsenGuest;
+  /** How clients reach the VM: each replica's service port, or one `ftvm proxy`. */
+  via: 'direct' | 'proxy';
   seed: number;
   arbiter: ArbiterKind;
   clients: number;
@@ -122,7 +131,9 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   /** Histories of VMs lost to a double failure (each checked for linearizability on its own). */
   const lostEras: History[] = [];
   const faults: FaultRecord[] = [];
-  const weights = [...FAULT_WEIGHTS, ...(o.overlap ? OVERLAP_WEIGHTS : []), ...(o.arbiter === 'etcd' && (o.etcdMembers ?? 1) >= 3 ? ETCD_MEMBER_WEIGHTS : [])];
+  const allWeights = [...FAULT_WEIGHTS, ...(o.overlap ? OVERLAP_WEIGHTS : []), ...(o.arbiter === 'etcd' && (o.etcdMembers ?? 1) >= 3 ? ETCD_MEMBER_WEIGHTS : [])];
+  const weights = o.faultKinds !== undefined ? allWeights.filter(([k]) => o.faultKinds!.includes(k)) : allWeights;
+  if (weights.length === 0) throw new Error(`no fault kind left of ${o.faultKinds?.join(', ')}`);
   const finals: FinalRead[] = [];
   let error: string | undefined;
   let replicasAgree: boolean | null = null;
@@ -135,6 +146,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const diskDir = guest.disk ? mkdtempSync(join(tmpdir(), 'ftvm-jepsen-disk-')) : undefined;
   const cluster = await Cluster.start({
     arbiter: o.arbiter,
+    ...(o.via === 'proxy' ? { viaProxy: true } : {}),
     log,
     guest: guest.module,
     ...(o.etcdMembers !== undefined ? { etcdMembers: o.etcdMembers } : {}),
@@ -149,13 +161,13 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   try {
     let pair = await cluster.settle();
     log(`protected pair: primary slot ${pair.primary.index}, backup slot ${pair.backup.index}, epoch ${pair.epoch}`);
-    const callOpts = { connectTimeoutMs: 300, callTimeoutMs: 1500 };
+    const callOpts = { connectTimeoutMs: 300, callTimeoutMs: o.via === 'proxy' ? 15_000 : 1500 };
     /** Idempotent set-up (e.g. CREATE TABLE IF NOT EXISTS), retried until a replica acknowledges it. */
     const setUp = async (): Promise<void> => {
       for (const cmd of protocol.setup) {
         let done = false;
         for (let attempt = 0; attempt < 100 && !done; attempt++) {
-          const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
+          const conn = await connectAny(cluster.clientPorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
           try {
             const reply = await conn?.call(...cmd);
             done = reply !== undefined && protocol.output(reply) === null;
@@ -171,7 +183,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     };
     await setUp();
     const workloadOpts = { clients: o.clients, keys, thinkMs: o.thinkMs ?? 4, protocol, ...callOpts };
-    let workload = startWorkload(history, () => cluster.servicePorts(), clientRng, workloadOpts);
+    let workload = startWorkload(history, () => cluster.clientPorts(), clientRng, workloadOpts);
     // A VM lost to a double failure: its history is closed (checked on its own), a fresh VM starts.
     const onVmLost = async (): Promise<void> => {
       log(`the VM ${cluster.vm} is lost (its primary was killed while running alone): reported separately; starting a fresh VM`);
@@ -180,7 +192,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
       history = new History();
       await cluster.restartVm();
       await setUp();
-      workload = startWorkload(history, () => cluster.servicePorts(), clientRng, workloadOpts);
+      workload = startWorkload(history, () => cluster.clientPorts(), clientRng, workloadOpts);
     };
     try {
       await sleep(500);
@@ -237,6 +249,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const passed = checksPassed && lostEras.length === 0;
   const result: JepsenResult = {
     guest: guestName,
+    via: o.via ?? 'direct',
     seed: o.seed,
     arbiter: o.arbiter,
     clients: o.clients,
@@ -284,7 +297,7 @@ export async function finalReads(cluster: Cluster, history: History, keys: numbe
   for (let k = 0; k < keys; k++) {
     const key = keyName(k);
     for (let attempt = 0; attempt < 50; attempt++) {
-      const conn = await connectAny(cluster.servicePorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
+      const conn = await connectAny(cluster.clientPorts(), { connectTimeoutMs: 500, callTimeoutMs: 5000 });
       if (!conn) {
         await sleep(100);
         continue;

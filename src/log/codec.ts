@@ -11,6 +11,9 @@ import { FtvmError } from '../util/errors.js';
 import { EntryType, type LogEntry } from './entry.js';
 
 const IDLE_FLAG = 0x80;
+/** On NIC_OPEN only: a tag (length-prefixed bytes) follows the connection id (a proxied connection). */
+const TAG_FLAG = 0x40;
+const MAX_TAG_BYTES = 64;
 const MAX_ENTRY_BYTES = 16 * 1024 * 1024;
 
 function corrupt(msg: string): never {
@@ -166,7 +169,8 @@ export class ByteReader {
 export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
   if (e.n < prevN) throw new Error(`log entries out of order: ${e.n} after ${prevN}`);
   const idle = 'idle' in e && e.idle ? IDLE_FLAG : 0;
-  w.u8(e.type | idle);
+  const tagged = (e.type === EntryType.NIC_OPEN || e.type === EntryType.SOCK_ACCEPT) && e.tag !== undefined ? TAG_FLAG : 0;
+  w.u8(e.type | idle | tagged);
   w.varint(e.n - prevN);
   switch (e.type) {
     case EntryType.CLOCK:
@@ -184,6 +188,11 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
     case EntryType.SOCK_ACCEPT:
       w.varint(e.errno);
       w.varint(e.conn);
+      if (e.tag !== undefined) {
+        if (e.tag.length > MAX_TAG_BYTES) throw new Error(`connection tag of ${e.tag.length} bytes exceeds ${MAX_TAG_BYTES}`);
+        w.varint(e.tag.length);
+        w.bytes(e.tag);
+      }
       return;
     case EntryType.SOCK_RECV:
       w.varint(e.errno);
@@ -200,6 +209,13 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
       }
       return;
     case EntryType.NIC_OPEN:
+      w.varint(e.conn);
+      if (e.tag !== undefined) {
+        if (e.tag.length > MAX_TAG_BYTES) throw new Error(`connection tag of ${e.tag.length} bytes exceeds ${MAX_TAG_BYTES}`);
+        w.varint(e.tag.length);
+        w.bytes(e.tag);
+      }
+      return;
     case EntryType.NIC_CLOSE:
       w.varint(e.conn);
       return;
@@ -241,8 +257,10 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
 
 export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
   const tag = r.u8();
-  const type = tag & ~IDLE_FLAG;
+  const tagged = (tag & TAG_FLAG) !== 0;
+  const type = tag & ~IDLE_FLAG & ~TAG_FLAG;
   const idle = (tag & IDLE_FLAG) !== 0;
+  if (tagged && type !== EntryType.NIC_OPEN && type !== EntryType.SOCK_ACCEPT) corrupt(`tag flag on entry type ${type}`);
   const n = prevN + r.varint();
   if (!Number.isSafeInteger(n)) corrupt('instruction number overflow');
   const asyncType = type >= EntryType.NIC_OPEN && type <= EntryType.TIMER;
@@ -258,7 +276,11 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
       return { type, n, deltaPages: r.varint(), result: r.zigzag() };
     case EntryType.SOCK_ACCEPT: {
       const errno = r.varint();
-      return { type, n, errno, conn: r.varint() };
+      const conn = r.varint();
+      if (!tagged) return { type, n, errno, conn };
+      const len = r.varint();
+      if (len > MAX_TAG_BYTES) corrupt(`connection tag of ${len} bytes`);
+      return { type, n, errno, conn, tag: r.bytes(len) };
     }
     case EntryType.SOCK_RECV: {
       const errno = r.varint();
@@ -276,7 +298,13 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
       }
       return { type, n, events };
     }
-    case EntryType.NIC_OPEN:
+    case EntryType.NIC_OPEN: {
+      const conn = r.varint();
+      if (!tagged) return { type, n, idle, conn };
+      const len = r.varint();
+      if (len > MAX_TAG_BYTES) corrupt(`connection tag of ${len} bytes`);
+      return { type, n, idle, conn, tag: r.bytes(len) };
+    }
     case EntryType.NIC_CLOSE:
       return { type, n, idle, conn: r.varint() };
     case EntryType.NIC_DATA: {

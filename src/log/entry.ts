@@ -36,7 +36,8 @@ export const ENTRY_TYPE_NAMES: Record<number, string> = Object.fromEntries(Objec
 export type ClockEntry = { type: typeof EntryType.CLOCK; n: number; clock: number; valueNs: bigint };
 export type RandomEntry = { type: typeof EntryType.RANDOM; n: number; bytes: Uint8Array };
 export type MemGrowEntry = { type: typeof EntryType.MEMGROW; n: number; deltaPages: number; result: number };
-export type SockAcceptEntry = { type: typeof EntryType.SOCK_ACCEPT; n: number; errno: number; conn: number };
+/** `tag`: a proxied connection's owner (docs/PROXY.md), as on NIC_OPEN. */
+export type SockAcceptEntry = { type: typeof EntryType.SOCK_ACCEPT; n: number; errno: number; conn: number; tag?: Uint8Array };
 export type SockRecvEntry = { type: typeof EntryType.SOCK_RECV; n: number; errno: number; data: Uint8Array };
 export interface PollEvent {
   /** Index of the subscription that fired. */
@@ -47,7 +48,11 @@ export interface PollEvent {
   flags: number;
 }
 export type PollEntry = { type: typeof EntryType.POLL; n: number; events: PollEvent[] };
-export type NicOpenEntry = { type: typeof EntryType.NIC_OPEN; n: number; idle: boolean; conn: number };
+/**
+ * `tag`: the connection's owner outside the VM when it is a proxied connection (docs/PROXY.md: proxy id
+ * and the proxy's connection number), so a replica that goes live knows whom the connection belongs to.
+ */
+export type NicOpenEntry = { type: typeof EntryType.NIC_OPEN; n: number; idle: boolean; conn: number; tag?: Uint8Array };
 export type NicDataEntry = { type: typeof EntryType.NIC_DATA; n: number; idle: boolean; conn: number; data: Uint8Array };
 export type NicCloseEntry = { type: typeof EntryType.NIC_CLOSE; n: number; idle: boolean; conn: number };
 export type TimerEntry = { type: typeof EntryType.TIMER; n: number; idle: boolean; timer: number };
@@ -88,6 +93,7 @@ export function describeEntry(e: LogEntry): string {
     case EntryType.POLL:
       return `${name} ${e.events.map((v) => `#${v.index}${v.errno ? ` errno=${v.errno}` : ''} nbytes=${v.nbytes}${v.flags ? ' hangup' : ''}`).join(', ') || 'none'}`;
     case EntryType.NIC_OPEN:
+      return `${name} conn=${e.conn}${e.tag !== undefined ? ` tag=${Buffer.from(e.tag).toString('hex')}` : ''}${e.idle ? ' @idle' : ' @checkpoint'}`;
     case EntryType.NIC_CLOSE:
       return `${name} conn=${e.conn}${e.idle ? ' @idle' : ' @checkpoint'}`;
     case EntryType.NIC_DATA:

@@ -113,6 +113,22 @@ export interface TimerState {
   armSeq: number;
 }
 
+/**
+ * A proxied virtual connection (docs/PROXY.md): its owner outside the VM (the tag: proxy id and the
+ * proxy's connection number) and its byte offsets — input delivered to the guest, output the guest sent —
+ * a function of the log, so a replica that goes live (or a standby cloned from a snapshot) knows them.
+ */
+export interface ProxiedConn {
+  /** The owner, hex. */
+  tag: string;
+  /** Bytes of input delivered into the guest (logged). */
+  inBytes: number;
+  /** The client's end of input was delivered. */
+  inEof: boolean;
+  /** Bytes the guest sent on the connection. */
+  outBytes: number;
+}
+
 /** Serializable device state (snapshots). */
 export interface DeviceState {
   ring: { ptr: number; capacity: number } | null;
@@ -124,6 +140,8 @@ export interface DeviceState {
   fds?: Array<[number, FdState]>;
   /** The last realtime clock value the guest read (ns, decimal): file timestamps. */
   clockNs?: string;
+  /** Proxied connections (absent when there are none). */
+  proxied?: Array<[number, ProxiedConn]>;
 }
 
 export class Devices {
@@ -138,6 +156,8 @@ export class Devices {
   readonly fds = new Map<number, FdState>();
   /** The last realtime clock value the guest read (a logged value, so deterministic): file timestamps. */
   clockNs = 0n;
+  /** Open proxied connections: conn → owner and offsets (removed when the guest closes the connection). */
+  readonly proxied = new Map<number, ProxiedConn>();
 
   /** The lowest free descriptor at or above `from`, or -1 when all up to MAX_FD are taken. */
   allocFd(from: number): number {
@@ -178,6 +198,7 @@ export class Devices {
       maxConn: this.maxConn,
       fds: [...this.fds].map(([fd, f]) => [fd, { ...f }]),
       clockNs: this.clockNs.toString(),
+      ...(this.proxied.size > 0 ? { proxied: [...this.proxied].map(([c, p]): [number, ProxiedConn] => [c, { ...p }]) } : {}),
     };
   }
 
@@ -192,6 +213,8 @@ export class Devices {
     this.fds.clear();
     for (const [fd, f] of s.fds ?? []) this.fds.set(fd, { ...f });
     this.clockNs = BigInt(s.clockNs ?? '0');
+    this.proxied.clear();
+    for (const [c, p] of s.proxied ?? []) this.proxied.set(c, { ...p });
   }
 
   /** The deterministic part, for the state hash (deadlines are real time: excluded). */
@@ -209,6 +232,14 @@ export class Devices {
       parts.push(fds.length);
       for (const [fd, f] of fds) parts.push(fd, f.kind, f.conn, f.nonblock ? 1 : 0, f.shut, f.ino ?? 0, f.offset ?? 0, f.append ? 1 : 0, f.rights ?? 0);
       parts.push(Number(this.clockNs % 1_000_000_000_000n), Number(this.clockNs / 1_000_000_000_000n));
+    }
+    if (this.proxied.size > 0) {
+      const ps = [...this.proxied].sort((a, b) => a[0] - b[0]);
+      parts.push(ps.length);
+      for (const [c, p] of ps) {
+        parts.push(c, p.inBytes, p.inEof ? 1 : 0, p.outBytes, p.tag.length);
+        for (let i = 0; i < p.tag.length; i++) parts.push(p.tag.charCodeAt(i));
+      }
     }
     const out = new Float64Array(parts);
     return new Uint8Array(out.buffer);

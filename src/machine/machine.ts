@@ -186,6 +186,8 @@ export const SOCKET_INBOX_MAX_BYTES = 64 * 1024 * 1024;
  */
 export class SocketInbox {
   readonly acceptQueue: number[] = [];
+  /** Proxied connections' tags (docs/PROXY.md), from their open until the guest accepts them. */
+  readonly tags = new Map<number, Uint8Array>();
   readonly rx = new Map<number, { chunks: Uint8Array[]; bytes: number; eof: boolean }>();
   totalBytes = 0;
   /** Per connection, bytes of input the guest consumed (or that were discarded) since `takeConsumed`. */
@@ -250,6 +252,7 @@ export class SocketInbox {
   }
 
   drop(conn: number): void {
+    this.tags.delete(conn);
     const r = this.rx.get(conn);
     if (r !== undefined) {
       this.totalBytes -= r.bytes;
@@ -554,11 +557,17 @@ export class Machine {
   pumpSocketInputs(): void {
     const env = this.env!;
     const take = (i: NicInput): void => {
-      const r = this.inbox.rx.get(i.conn);
+      let r = this.inbox.rx.get(i.conn);
+      if (r === undefined && i.kind === 'data' && this.devices.proxied.has(i.conn) && this.devices.conns.has(i.conn)) {
+        // A proxied connection this replica replayed and now serves (go-live): its input resumes here.
+        r = { chunks: [], bytes: 0, eof: false };
+        this.inbox.rx.set(i.conn, r);
+      }
       if (i.kind === 'open') {
         if (r !== undefined || this.devices.conns.has(i.conn)) return; // a duplicate open: the driver's bug
         this.inbox.rx.set(i.conn, { chunks: [], bytes: 0, eof: false });
         this.inbox.acceptQueue.push(i.conn);
+        if (i.data !== undefined && i.data.length > 0) this.inbox.tags.set(i.conn, new Uint8Array(i.data));
       } else if (i.kind === 'data') {
         if (r === undefined || r.eof || i.data === undefined || i.data.length === 0) {
           this.inbox.handedOff(i.conn, i.data?.length ?? 0); // closed by the guest
@@ -726,6 +735,7 @@ export class Machine {
       net_close(conn: number): number {
         if (!self.devices.conns.has(conn)) return -1;
         self.devices.conns.delete(conn);
+        self.devices.proxied.delete(conn);
         self.output('close', conn, 0, new Uint8Array(0));
         return 0;
       },
@@ -844,6 +854,10 @@ export class Machine {
     const data = new Uint8Array(bytes); // copy: guest memory changes
     let entry: OutputEntry;
     const hash = crc32(data) >>> 0;
+    if (kind === 'net') {
+      const px = this.devices.proxied.get(conn);
+      if (px !== undefined) px.outBytes += data.length;
+    }
     if (kind === 'net') entry = { type: EntryType.OUT_NET, n, conn, len: data.length, hash };
     else if (kind === 'close') entry = { type: EntryType.OUT_CLOSE, n, conn };
     else entry = { type: EntryType.OUT_CONSOLE, n, fd, len: data.length, hash };
@@ -959,7 +973,9 @@ export class Machine {
         }
         if (!ring.write(mem, bytes, RecordType.OPEN, input.conn)) break;
         this.devices.openConn(input.conn);
-        this.emit({ type: EntryType.NIC_OPEN, n: this.count, idle, conn: input.conn });
+        const tag = input.data !== undefined && input.data.length > 0 ? new Uint8Array(input.data) : undefined;
+        if (tag !== undefined) this.devices.proxied.set(input.conn, { tag: Buffer.from(tag).toString('hex'), inBytes: 0, inEof: false, outBytes: 0 });
+        this.emit({ type: EntryType.NIC_OPEN, n: this.count, idle, conn: input.conn, ...(tag !== undefined ? { tag } : {}) });
       } else if (input.kind === 'data') {
         const data = input.data ?? new Uint8Array(0);
         if (state !== ConnState.OPEN || data.length === 0) {
@@ -975,6 +991,8 @@ export class Machine {
         const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
         assert(ok, 'ring had room for the chunk');
         this.emit({ type: EntryType.NIC_DATA, n: this.count, idle, conn: input.conn, data: new Uint8Array(chunk) });
+        const px = this.devices.proxied.get(input.conn);
+        if (px !== undefined) px.inBytes += take;
         this.inbox.handedOff(input.conn, take); // in guest memory now: the client service's per-connection bound counts it consumed
         if (take < data.length) {
           input.data = data.subarray(take);
@@ -988,6 +1006,8 @@ export class Machine {
         }
         if (!ring.write(mem, bytes, RecordType.CLOSE, input.conn)) break;
         this.devices.conns.set(input.conn, ConnState.PEER_CLOSED);
+        const pxc = this.devices.proxied.get(input.conn);
+        if (pxc !== undefined) pxc.inEof = true;
         this.emit({ type: EntryType.NIC_CLOSE, n: this.count, idle, conn: input.conn });
       }
       this.pending.shift();
@@ -1013,16 +1033,23 @@ export class Machine {
         if (this.devices.conns.has(e.conn)) this.violation(`connection ${e.conn} opened twice`, e);
         ok = ring.write(mem, bytes, RecordType.OPEN, e.conn);
         if (ok) this.devices.openConn(e.conn);
+        if (ok && e.tag !== undefined) this.devices.proxied.set(e.conn, { tag: Buffer.from(e.tag).toString('hex'), inBytes: 0, inEof: false, outBytes: 0 });
         break;
-      case EntryType.NIC_DATA:
+      case EntryType.NIC_DATA: {
         if (this.devices.conns.get(e.conn) !== ConnState.OPEN) this.violation(`data for connection ${e.conn}, which is not open`, e);
         ok = ring.write(mem, bytes, RecordType.DATA, e.conn, e.data);
+        const px = this.devices.proxied.get(e.conn);
+        if (ok && px !== undefined) px.inBytes += e.data.length;
         break;
-      case EntryType.NIC_CLOSE:
+      }
+      case EntryType.NIC_CLOSE: {
         if (this.devices.conns.get(e.conn) !== ConnState.OPEN) this.violation(`close of connection ${e.conn}, which is not open`, e);
         ok = ring.write(mem, bytes, RecordType.CLOSE, e.conn);
         if (ok) this.devices.conns.set(e.conn, ConnState.PEER_CLOSED);
+        const pxc = this.devices.proxied.get(e.conn);
+        if (ok && pxc !== undefined) pxc.inEof = true;
         break;
+      }
     }
     if (!ok) this.violation('the receive ring has no room for a delivery', e);
     this.source!.shift();
@@ -1301,7 +1328,7 @@ export class Machine {
   /**
    * Switches a replaying machine to recording (go-live), at an idle point or mid-step once the log is
    * exhausted. The old primary's client connections are gone: each open one is closed for the guest
-   * (delivered and logged like any CLOSE); pending timers are re-armed on this host's clock.
+   * (delivered and logged like any CLOSE) except proxied ones; pending timers are re-armed on this host's clock.
    */
   goLive(env: RecordEnv): void {
     assert(this.mode === 'replay', 'only a replica goes live');
@@ -1311,7 +1338,16 @@ export class Machine {
     const now = env.nowMs();
     for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
     for (const [conn, state] of [...this.devices.conns].sort((a, b) => a[0] - b[0])) {
-      if (state === ConnState.OPEN) this.pending.push({ kind: 'close', conn });
+      // A proxied connection outlives its primary: its proxy re-attaches it (docs/PROXY.md), or the
+      // new primary's proxy service closes it when nobody does.
+      if (state === ConnState.OPEN && !this.devices.proxied.has(conn)) this.pending.push({ kind: 'close', conn });
+    }
+    // WASI: a proxied connection keeps an (empty) inbox here, so that a guest waiting on it waits on
+    // rather than reading an end of input; the proxy's re-sent input fills it.
+    if (this.devices.fds.size > 0) {
+      for (const [conn, px] of this.devices.proxied) {
+        if (this.devices.conns.has(conn) && !this.inbox.rx.has(conn)) this.inbox.rx.set(conn, { chunks: [], bytes: 0, eof: px.inEof });
+      }
     }
     if (this.inStep) this.setBudgetEnd(this.count); // the caller re-enters the record checkpoint path
   }

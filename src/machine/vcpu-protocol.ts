@@ -94,7 +94,7 @@ export type WorkerEvent =
    */
   | { t: 'batch'; firstSeq: number; count: number; bytes: Uint8Array; entriesBytes: number; instructionNumber: number; consumed?: number[] }
   /** The replica went live at instruction `count` after consuming `seq` entries. */
-  | { t: 'live'; count: number; seq: number; maxConn: number }
+  | { t: 'live'; count: number; seq: number; maxConn: number; proxied: ProxiedAtGoLive[] }
   /**
    * Record: a snapshot taken at an idle point (its memory is in `buffer`, the SharedArrayBuffer the I/O
    * thread posted, or a fresh ArrayBuffer if the memory outgrew it). `pauseMs`: time the guest stood still.
@@ -106,6 +106,21 @@ export type WorkerEvent =
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }
   | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number };
+
+/**
+ * A proxied connection as a replica that goes live knows it (docs/PROXY.md): owner, logged input, output
+ * sent, and the tail of that output (offsets [outBytes - tail.length, outBytes)). `closed`: the guest
+ * closed it (its last output may still be owed to the proxy).
+ */
+export interface ProxiedAtGoLive {
+  conn: number;
+  tag: string;
+  inBytes: number;
+  inEof: boolean;
+  outBytes: number;
+  tail: Uint8Array;
+  closed: boolean;
+}
 
 const OUTPUT_KINDS = ['net', 'close', 'console'] as const;
 

@@ -8,8 +8,9 @@ import type { LogEntry } from '../log/entry.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
+import { ProxyTails } from './proxy-tails.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, encodeOutputs, type WireOutput, type WorkerEvent, type WorkerInit } from './vcpu-protocol.js';
+import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, encodeOutputs, type WireOutput, type WorkerEvent, type WorkerInit, type ProxiedAtGoLive } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
@@ -98,6 +99,19 @@ function takeSnapshot(): void {
   post({ t: 'snapshot', state, memoryBytes: memory.length, buffer, pauseMs }, transfer);
 }
 
+/** Replay: the recent output of proxied connections, handed to the node at go-live (docs/PROXY.md). */
+const replayTails = new ProxyTails();
+
+function proxiedAtGoLive(): ProxiedAtGoLive[] {
+  const out: ProxiedAtGoLive[] = [];
+  for (const [conn, p] of machine!.devices.proxied) {
+    const t = replayTails.get(conn);
+    out.push({ conn, tag: p.tag, inBytes: p.inBytes, inEof: p.inEof, outBytes: p.outBytes, tail: t?.bytes() ?? new Uint8Array(0), closed: false });
+  }
+  for (const [conn, t] of replayTails.closedTails()) out.push({ conn, tag: t.tag, inBytes: t.inBytes, inEof: true, outBytes: t.outBytes, tail: t.bytes(), closed: true });
+  return out;
+}
+
 function drainQueue(): void {
   for (;;) {
     const msg = queue.pop();
@@ -106,7 +120,7 @@ function drainQueue(): void {
     const dv = new DataView(msg.buffer, msg.byteOffset, msg.byteLength);
     switch (tag) {
       case Tag.OPEN:
-        inputs.push({ kind: 'open', conn: dv.getUint32(1, true) });
+        inputs.push(msg.length > 5 ? { kind: 'open', conn: dv.getUint32(1, true), data: msg.slice(5) } : { kind: 'open', conn: dv.getUint32(1, true) });
         break;
       case Tag.DATA:
         inputs.push({ kind: 'data', conn: dv.getUint32(1, true), data: msg.subarray(5) });
@@ -245,7 +259,7 @@ class LiveSource implements ReplaySource {
   takeOver(): RecordEnv | undefined {
     if (!goLiveRequested || stopRequested || log.length - logHead > 0) return undefined;
     const env = new LiveEnv();
-    post({ t: 'live', count: machine!.count, seq: machine!.entriesSeen, maxConn: machine!.devices.maxConn });
+    post({ t: 'live', count: machine!.count, seq: machine!.entriesSeen, maxConn: machine!.devices.maxConn, proxied: proxiedAtGoLive() });
     firstSeq = machine!.entriesSeen;
     return env;
   }
@@ -261,6 +275,7 @@ function main(): void {
     },
     output(o: GuestOutput): void {
       if (machine?.mode === 'record') pendingOutputs.push(o);
+      else replayTails.output(o.kind, o.conn, o.data, machine?.devices.proxied.get(o.conn));
     },
     stateHash(n: number, hash: Uint8Array): void {
       if (machine?.mode === 'record') flush();

@@ -125,6 +125,11 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
       off += k;
     }
     if (e.data.length === 0) m.devices.conns.set(conn, ConnState.PEER_CLOSED);
+    const px = m.devices.proxied.get(conn);
+    if (px !== undefined && !peek) {
+      px.inBytes += e.data.length;
+      if (e.data.length === 0) px.inEof = true;
+    }
     return [ERRNO_SUCCESS, e.data.length];
   };
   /** Sends gathered `bufs` on connection fd `f` (sock_send and fd_write). Returns [errno, bytes]. */
@@ -191,11 +196,15 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
           if (nonblock) return { errno: ERRNO_AGAIN, conn: 0 };
           m.blockFor(() => m.inbox.acceptQueue.length > 0, undefined);
         }
-        return { errno: ERRNO_SUCCESS, conn: m.inbox.acceptQueue.shift()! };
+        const conn = m.inbox.acceptQueue.shift()!;
+        const tag = m.inbox.tags.get(conn);
+        m.inbox.tags.delete(conn);
+        return { errno: ERRNO_SUCCESS, conn, ...(tag !== undefined ? { tag } : {}) };
       });
       if (e.errno !== ERRNO_SUCCESS) return e.errno;
       if (e.conn <= 0 || m.devices.conns.has(e.conn)) m.divergence(`an accept on fd ${fd}`, e);
       m.devices.openConn(e.conn);
+      if (e.tag !== undefined) m.devices.proxied.set(e.conn, { tag: Buffer.from(e.tag).toString('hex'), inBytes: 0, inEof: false, outBytes: 0 });
       m.devices.fds.set(newFd, { kind: FdKind.SOCKET, conn: e.conn, nonblock: (flags & FDFLAGS_NONBLOCK) !== 0, shut: 0 });
       m.guestView().setUint32(fdOut, newFd, true);
       return ERRNO_SUCCESS;
@@ -374,6 +383,7 @@ export function makeWasiImports(m: Machine): Record<string, (...args: never[]) =
       if (f.kind === FdKind.SOCKET) {
         if ((f.shut & SHUT_WR) === 0) m.output('close', f.conn, 0, new Uint8Array(0));
         m.devices.conns.delete(f.conn);
+        m.devices.proxied.delete(f.conn);
         if (m.mode === 'record') m.inbox.drop(f.conn);
       }
       m.devices.fds.delete(fd);

@@ -13,8 +13,8 @@ import type { VmConfig } from '../log/recording.js';
 import type { LoadedGuest } from '../machine/guest.js';
 import type { Snapshot } from '../machine/machine.js';
 import type { BatchEvent, DoneEvent, TakenSnapshot } from '../machine/vcpu.js';
-import type { EnvSpec, WireOutput } from '../machine/vcpu-protocol.js';
-import type { InputSink } from '../service/clients.js';
+import type { EnvSpec, ProxiedAtGoLive, WireOutput } from '../machine/vcpu-protocol.js';
+import type { InputSink, ProxyPortOptions } from '../service/clients.js';
 import type { Logger } from '../util/log.js';
 
 export type { BatchEvent, DoneEvent, TakenSnapshot };
@@ -89,6 +89,10 @@ export interface ServicePort {
   start(sink: InputSink): Promise<void>;
   deliver(outputs: readonly WireOutput[]): void;
   close(): Promise<void>;
+  /** Proxied connections (docs/PROXY.md): a replica gone live adopts those its log knows. */
+  adoptProxied?(list: readonly ProxiedAtGoLive[]): void;
+  /** Client input logged and acknowledged by the backup: (conn, bytes) pairs. */
+  inputLogged?(pairs: readonly number[]): void;
 }
 
 /** Everything a driver takes from outside. */
@@ -101,5 +105,5 @@ export interface NodeEnv {
    */
   probeLiveness(addr: { host: string; port: number }): Promise<ProbeResult>;
   newVcpu(spec: VcpuSpec): VcpuPort;
-  newService(opts: { host: string; port: number; log: Logger }): ServicePort;
+  newService(opts: { host: string; port: number; log: Logger; proxy?: ProxyPortOptions }): ServicePort;
 }

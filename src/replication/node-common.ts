@@ -92,6 +92,10 @@ export interface NodeOptions {
    * that changes role hands its own on, so counters survive the change.
    */
   metrics?: NodeMetrics;
+  /** Serve proxies (`ftvm proxy`, docs/PROXY.md) here while this node is the serving primary. */
+  proxyListen?: Addr;
+  /** How long a proxied connection waits for its proxy to re-attach before it is closed. */
+  proxyReattachTimeoutMs?: number;
   /** This replica's own copy of the VM's virtual disk (`--disk`). */
   diskImagePath?: string;
   /**

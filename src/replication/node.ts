@@ -8,6 +8,7 @@
  * PrimaryNode that adopts its vCPU. StandbyNode (standby.ts): waits in the VM's pool until a primary
  * clones itself to it, then runs a BackupNode.
  */
+import type { ProxiedAtGoLive } from '../machine/vcpu-protocol.js';
 import { ChannelListener } from '../channel/endpoints.js';
 import { probePeer } from '../channel/liveness.js';
 import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
@@ -325,10 +326,10 @@ export class BackupNode {
     this.conn?.close('this backup went live');
     const t0 = this.clock.now();
     const service = o.service;
-    this.vcpu.once('live', (ev: { count: number; seq: number; maxConn: number }) => {
+    this.vcpu.once('live', (ev: { count: number; seq: number; maxConn: number; proxied?: ProxiedAtGoLive[] }) => {
       // The PrimaryNode takes the vCPU over here, in the 'live' handler: no batch after it is missed.
       const { control: _control, ...rest } = o;
-      const live = new PrimaryNode({ ...rest, metrics: this.metrics, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1 } });
+      const live = new PrimaryNode({ ...rest, metrics: this.metrics, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1, ...(ev.proxied !== undefined ? { proxied: ev.proxied } : {}) } });
       this.live = live;
       this.ticker?.cancel();
       live.start().then(

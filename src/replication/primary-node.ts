@@ -19,6 +19,7 @@ import { moduleHash } from '../log/recording.js';
 import { snapshotEncoder } from '../machine/snapshot-codec.js';
 import type { BatchEvent } from '../machine/vcpu.js';
 import type { NodeClock, ServicePort, Timer, VcpuPort } from './env.js';
+import type { ProxiedAtGoLive } from '../machine/vcpu-protocol.js';
 import { ControlServer, splitHostPort } from '../service/control.js';
 import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
@@ -46,7 +47,7 @@ export interface PrimaryOptions extends NodeOptions {
   unackedMaxBytes?: number;
   heldMaxOutputs?: number;
   /** A backup gone live hands over its vCPU (already recording) instead of starting a new guest. */
-  adopt?: { vcpu: VcpuPort; firstSeq: number; firstConn: number };
+  adopt?: { vcpu: VcpuPort; firstSeq: number; firstConn: number; proxied?: readonly ProxiedAtGoLive[] };
 }
 
 /** Bytes per second over a sliding second, for status. */
@@ -167,7 +168,14 @@ export class PrimaryNode {
       };
     });
     bindLogContext(this.log, () => ({ vm: opts.config.name, role: core.status().halted !== null ? 'halted' : 'primary', epoch: core.status().epoch }));
-    this.service = opts.env.newService({ host: opts.service.host, port: opts.service.port, log: opts.log.child({ part: 'service' }) });
+    this.service = opts.env.newService({
+      host: opts.service.host,
+      port: opts.service.port,
+      log: opts.log.child({ part: 'service' }),
+      ...(opts.proxyListen !== undefined
+        ? { proxy: { host: opts.proxyListen.host, port: opts.proxyListen.port, keys: opts.secret, vmName: opts.config.name, ...(opts.proxyReattachTimeoutMs !== undefined ? { reattachTimeoutMs: opts.proxyReattachTimeoutMs } : {}) } }
+        : {}),
+    });
     // A backup gone live: take over its vCPU now, so no batch after the go-live point is missed.
     if (opts.adopt) this.attachVcpu(opts.adopt.vcpu);
   }
@@ -202,7 +210,10 @@ export class PrimaryNode {
       this.poolTimer = this.clock.every(POOL_REFRESH_MS, () => void this.refreshPool(), true);
     }
     if (!o.adopt) this.startVcpu();
-    else this.service.firstConnectionId = o.adopt.firstConn;
+    else {
+      this.service.firstConnectionId = o.adopt.firstConn;
+      if (o.adopt.proxied !== undefined) this.service.adoptProxied?.(o.adopt.proxied);
+    }
     const vcpu = this.vcpu!;
     // Redundancy does not wait for the client service.
     if (this.core.status().alone) this.scheduleRecruit(0);
@@ -267,7 +278,11 @@ export class PrimaryNode {
   private attachVcpu(vcpu: VcpuPort): void {
     this.vcpu = vcpu;
     vcpu.on('batch', (b: BatchEvent) => {
-      if (b.consumed !== undefined) this.service.consumed(b.consumed);
+      if (b.consumed !== undefined) {
+        this.service.consumed(b.consumed);
+        // Proxied connections learn which input is safe (INACK) once the backup holds its entries.
+        if (this.service.inputLogged !== undefined) this.inputPending.push({ endSeq: b.firstSeq + b.count, pairs: b.consumed });
+      }
       this.exec(this.core.step({ t: 'tick', nowMs: this.clock.now() })); // lag samples carry the real time
       this.metrics.logged('out', b.entries.length, b.count);
       this.metrics.outputsEntered(b.outputs.length, this.clock.now());
@@ -468,7 +483,17 @@ export class PrimaryNode {
     if (this.vcpu) this.metrics.sampleVcpu(now, !this.vcpu.idle);
   }
 
+  /** Client input handed to the guest, per batch, until the backup's ACK covers the batch. */
+  private readonly inputPending: Array<{ endSeq: number; pairs: readonly number[] }> = [];
+
+  private ackInput(): void {
+    if (this.inputPending.length === 0) return;
+    const covered = this.core.coveredSeq;
+    while (this.inputPending.length > 0 && this.inputPending[0]!.endSeq <= covered) this.service.inputLogged?.(this.inputPending.shift()!.pairs);
+  }
+
   private exec(actions: PrimaryAction[]): void {
+    this.ackInput();
     for (const a of actions) {
       switch (a.t) {
         case 'send':

@@ -174,6 +174,11 @@ export class PrimaryCore {
     this.nextSeq = this.ackedSeq = this.sentSeq = cfg.firstSeq ?? 0;
   }
 
+  /** Entries below this seq are covered by the output rule (the backup holds them, or this primary runs alone). */
+  get coveredSeq(): number {
+    return this.alone ? this.nextSeq : this.ackedSeq;
+  }
+
   status(): PrimaryStatus {
     return {
       epoch: this.epoch,

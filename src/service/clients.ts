@@ -4,8 +4,19 @@
  * the vCPU (logged on delivery); the guest's sends and closes come back as released outputs.
  */
 import net from 'node:net';
-import type { WireOutput } from '../machine/vcpu-protocol.js';
+import type { ProxiedAtGoLive, WireOutput } from '../machine/vcpu-protocol.js';
+import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
+import { ProxyService } from './proxy-service.js';
+
+/** The proxy port of a serving primary (docs/PROXY.md). */
+export interface ProxyPortOptions {
+  host: string;
+  port: number;
+  keys: Keyring;
+  vmName: string;
+  reattachTimeoutMs?: number;
+}
 
 export interface InputSink {
   input(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): void;
@@ -29,6 +40,8 @@ export interface ClientServiceOptions {
   maxConnections?: number;
   /** Drop a client whose unsent replies exceed this (it stopped reading). */
   clientSendMaxBytes?: number;
+  /** Also serve proxies (`ftvm proxy`) on this address: their connections share the id space. */
+  proxy?: ProxyPortOptions;
 }
 
 /** Default per-connection bound of unconsumed input. */
@@ -60,7 +73,10 @@ export class ClientService {
   bytesIn = 0;
   bytesOut = 0;
 
+  private readonly proxy: ProxyService | undefined;
+
   constructor(private readonly opts: ClientServiceOptions) {
+    if (opts.proxy !== undefined) this.proxy = new ProxyService({ ...opts.proxy, log: opts.log.child({ part: 'proxy-port' }) }, () => this.nextConn++);
     this.backlogPauseBytes = opts.backlogPauseBytes ?? 8 * 1024 * 1024;
     this.maxConnections = opts.maxConnections ?? 10_000;
     this.clientSendMaxBytes = opts.clientSendMaxBytes ?? 64 * 1024 * 1024;
@@ -102,7 +118,22 @@ export class ClientService {
   }
 
   get openConnections(): number {
-    return this.sockets.size;
+    return this.sockets.size + (this.proxy?.connections ?? 0);
+  }
+
+  /** The proxy port's address, when it serves one. */
+  get proxyAddress(): net.AddressInfo | undefined {
+    return this.proxy?.address;
+  }
+
+  /** A replica that went live: its proxied connections wait for their proxies (docs/PROXY.md). */
+  adoptProxied(list: readonly ProxiedAtGoLive[]): void {
+    this.proxy?.adopt(list);
+  }
+
+  /** Client input the backup acknowledged: (conn, bytes) pairs (proxied connections' INACK). */
+  inputLogged(pairs: readonly number[]): void {
+    this.proxy?.inputLogged(pairs);
   }
 
   async start(sink: InputSink): Promise<void> {
@@ -117,6 +148,14 @@ export class ClientService {
         resolve();
       });
     });
+    if (this.proxy !== undefined) {
+      try {
+        await this.proxy.start(sink);
+      } catch (err) {
+        await new Promise<void>((r) => server.close(() => r()));
+        throw err;
+      }
+    }
   }
 
   private accept(s: net.Socket): void {
@@ -181,6 +220,10 @@ export class ClientService {
         this.opts.log.info({ fd: o.fd, text: Buffer.from(o.data).toString('utf8') }, 'guest console');
         continue;
       }
+      if (this.proxy?.owns(o.conn) === true) {
+        this.proxy.deliver(o);
+        continue;
+      }
       const s = this.sockets.get(o.conn);
       if (s === undefined) continue; // the client is gone: discard, as a NIC would
       if (o.kind === 'net') {
@@ -209,6 +252,7 @@ export class ClientService {
     for (const s of this.sockets.values()) s.destroy();
     this.sockets.clear();
     this.inputs.clear();
+    await this.proxy?.close();
     const server = this.server;
     if (server) await new Promise<void>((r) => server.close(() => r()));
   }

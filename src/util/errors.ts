@@ -38,7 +38,13 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_CONTROL_FORBIDDEN'
   | 'FTVM_ERR_CONTROL_INSECURE'
   | 'FTVM_ERR_LIVENESS_BIND'
-  | 'FTVM_ERR_TLS_CONFIG';
+  | 'FTVM_ERR_TLS_CONFIG'
+  /** A proxy's offsets of a connection do not match the VM's state (docs/PROXY.md). */
+  | 'FTVM_ERR_PROXY_OFFSET'
+  /** A proxy named a connection the VM does not know, or broke the proxy protocol's rules. */
+  | 'FTVM_ERR_PROXY_PROTOCOL'
+  /** A proxied client stopped reading: its unread output passed the bound. */
+  | 'FTVM_ERR_PROXY_OVERFLOW';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;
