@@ -168,10 +168,8 @@ test('a guest instrumented in a child process (ftvm run: binaryen never in the l
   const there = await loadGuestIsolated(kv);
   assert.equal(hex(there.instrumented.binary), hex(here.instrumented.binary));
   assert.deepEqual({ ...there.instrumented, binary: null }, { ...here.instrumented, binary: null });
+  // A refusal by the instrumenter: its code crosses the process boundary (the ABI check runs here).
   const cases: Array<[Uint8Array, string, RegExp]> = [
-    [Buffer.from('#!/bin/sh\necho not wasm\n'), 'FTVM_ERR_NOT_WASM', /not a WebAssembly module/],
-    [Buffer.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0xff, 0xff]), 'FTVM_ERR_INVALID_MODULE', /invalid WebAssembly module/],
-    [wat(`(module (import "env" "launch_missiles" (func (param i32))) (memory (export "memory") 1) (func (export "ftvm_step") (result i32) (i32.const 0)))`), 'FTVM_ERR_ABI_IMPORT', /env\.launch_missiles/],
     [wat(`(module (memory (export "memory") 1 1 shared) (func (export "ftvm_step") (result i32) (i32.const 0)))`, binaryen.Features.Atomics | binaryen.Features.MutableGlobals), 'FTVM_ERR_UNSUPPORTED_FEATURE', /shared memory/],
   ];
   for (const [bytes, code, msg] of cases) {
