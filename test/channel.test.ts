@@ -194,3 +194,18 @@ test('a HELLO liveness address that is malformed is never probed; an over-long o
   const hello: Frame = { type: FrameType.HELLO, version: PROTOCOL_VERSION, role: 'primary', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, arch: 'x64', nonce: new Uint8Array(16), nextSeq: 0, liveness: `h:${'9'.repeat(200)}` };
   assert.throws(() => decodeFrameBody(encodeFrameBody(hello)), /FTVM_ERR_BAD_FRAME|exceeds/);
 });
+
+test('a listener whose address is still held (a restarted node, its predecessor tearing down) retries and listens once it is free', async () => {
+  const holder = net.createServer();
+  await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+  const port = (holder.address() as net.AddressInfo).port;
+  const ll = capture();
+  const listener = new ChannelListener('127.0.0.1', port, { secret: randomBytes(32), identity: id('backup'), log: ll.log, transport: tcpChannelTransport('tls-psk') });
+  const started = listener.start();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(ll.lines.some((l) => l.msg === 'the channel address is in use; retrying'), 'it says why it waits');
+  await new Promise<void>((r) => holder.close(() => r()));
+  await started;
+  assert.equal(listener.address?.port, port);
+  await listener.close();
+});

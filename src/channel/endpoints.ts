@@ -7,6 +7,7 @@ import type { Logger } from '../util/log.js';
 import { realClock } from '../env/real-clock.js';
 import type { Timer } from '../replication/env.js';
 import { Keyring } from '../security/secrets.js';
+import { FtvmError } from '../util/errors.js';
 import { ChannelConnection, type ConnectionOptions } from './connection.js';
 import type { HelloFrame } from './frames.js';
 import { DEFAULT_CHANNEL_SECURITY, tcpChannelTransport, type ChannelServer, type ChannelSocket, type ChannelTransport } from './transport.js';
@@ -15,6 +16,10 @@ export interface EndpointOptions extends ConnectionOptions {
   /** How to listen and dial (default: TLS-PSK over TCP). The simulator's is virtual. */
   transport?: ChannelTransport;
 }
+
+/** How long a listener retries an address still held (EADDRINUSE), and how often. */
+const LISTEN_RETRY_MS = 5_000;
+const LISTEN_RETRY_STEP_MS = 100;
 
 /** Events: 'connection' (ChannelConnection, after its handshake opened). */
 export class ChannelListener extends EventEmitter {
@@ -34,9 +39,28 @@ export class ChannelListener extends EventEmitter {
     return this.server?.address;
   }
 
+  /**
+   * Listens. A restarted node often finds its fixed port still held for a moment (its predecessor's
+   * process is being torn down after kill -9): EADDRINUSE is retried for LISTEN_RETRY_MS, then refused
+   * with FTVM_ERR_ADDRESS_IN_USE naming the address.
+   */
   async start(): Promise<void> {
     const transport = this.opts.transport ?? tcpChannelTransport(DEFAULT_CHANNEL_SECURITY);
-    this.server = await transport.listen(this.host, this.port, Keyring.of(this.opts.secret), this.opts.log, (s, keys) => this.accept(s, keys));
+    const clock = this.opts.clock ?? realClock;
+    const giveUpAt = clock.now() + LISTEN_RETRY_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.server = await transport.listen(this.host, this.port, Keyring.of(this.opts.secret), this.opts.log, (s, keys) => this.accept(s, keys));
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+        if (clock.now() >= giveUpAt) {
+          throw new FtvmError('FTVM_ERR_ADDRESS_IN_USE', `the channel address ${this.host}:${this.port} is in use (still held after ${LISTEN_RETRY_MS} ms): is another node listening there?`, { cause: err });
+        }
+        if (attempt === 1) this.opts.log.warn({ channel: `${this.host}:${this.port}` }, 'the channel address is in use; retrying');
+        await clock.sleep(LISTEN_RETRY_STEP_MS);
+      }
+    }
   }
 
   private accept(s: ChannelSocket, keys: Keyring): void {

@@ -38,6 +38,7 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_CONTROL_FORBIDDEN'
   | 'FTVM_ERR_CONTROL_INSECURE'
   | 'FTVM_ERR_LIVENESS_BIND'
+  | 'FTVM_ERR_ADDRESS_IN_USE'
   | 'FTVM_ERR_TLS_CONFIG'
   /** A proxy's offsets of a connection do not match the VM's state (docs/PROXY.md). */
   | 'FTVM_ERR_PROXY_OFFSET'
