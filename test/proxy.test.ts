@@ -30,9 +30,9 @@ after(async () => {
   await stopAll();
 });
 
-test('counting clients (INCR) through the proxy across 2 kill -9 failovers: no error, none lost or duplicated, serial values', async (t) => {
+test('counting clients (INCR) through the proxy across a kill -9 failover (the tests after it fail over the same pool again): no error, none lost or duplicated, serial values', async (t) => {
   const load = await countingLoad(h.proxyPort, 8, 16, 'ctr', 1_000_000, 120_000);
-  const times = await failovers(h, 2, 700, (i, ms) => t.diagnostic(`failover ${i + 1}: protected again after ${ms} ms`));
+  const times = await failovers(h, 1, 700, (i, ms) => t.diagnostic(`failover ${i + 1}: protected again after ${ms} ms`));
   const r = await load.stop();
   t.diagnostic(`${r.ops} INCR replies on ${r.counters} counters, 8 connections, failovers ${times.join(', ')} ms`);
   assert.deepEqual(r.failures, []);
