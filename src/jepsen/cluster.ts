@@ -87,6 +87,22 @@ type Status = Record<string, unknown>;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** How long {@link Cluster.settle} must see a lost VM (see {@link vmLostBy}) before it says so. */
+export const VM_LOST_CONFIRM_MS = 3000;
+
+/** Can this replica carry the VM on: a primary that has not halted, a paused process, or a backup of an armed pair (it can go live)? */
+export function carriesVm(x: Status | null): boolean {
+  return (x?.role === 'primary' && (x.halted === null || x.halted === undefined)) || x?.role === 'paused' || (x?.role === 'backup' && x.phase !== 'joining' && x.phase !== 'halted' && x.phase !== 'abandoned');
+}
+
+/**
+ * Is the VM lost, as far as these statuses show? Only when every slot's process answered (a running
+ * process that did not answer, or a paused one, might still carry the VM) and none carries it.
+ */
+export function vmLostBy(statuses: readonly (Status | null)[], slots: readonly Slot[]): boolean {
+  return statuses.every((x, i) => x !== null || !slots[i]!.proc?.running) && !statuses.some(carriesVm) && !slots.some((s) => s.paused);
+}
+
 export class Cluster {
   readonly slots: Slot[] = [];
   /** Replicas restarted as standbys after they died. */
@@ -285,12 +301,19 @@ export class Cluster {
   /**
    * Heals every fault, replaces dead replicas and waits until there is a protected pair and every other
    * slot is a standby in the pool: the state every fault starts from.
+   *
+   * A VM that nothing can carry on any more (no primary that has not halted, no backup of an armed
+   * pair, every slot answering: e.g. a backup that won a claim against a slow primary and was then
+   * killed before it had a backup of its own, a double failure) never settles by itself: once that has
+   * held for {@link VM_LOST_CONFIRM_MS}, {@link onVmLost} is called (it reports the loss and starts a
+   * fresh VM) and settling goes on; without the hook, settle fails at once saying so.
    */
   async settle(timeoutMs = this.opts.settleTimeoutMs ?? 60_000): Promise<ProtectedPair> {
     for (const s of this.slots) this.resume(s);
     await this.healNetwork();
-    const until = performance.now() + timeoutMs;
+    let until = performance.now() + timeoutMs;
     let last = '';
+    let lostSinceMs: number | undefined;
     for (;;) {
       await this.reviveDead();
       const { pair, statuses } = await this.protectedPair();
@@ -299,10 +322,28 @@ export class Cluster {
         if (spares.length === this.slots.length - 2) return pair;
       }
       last = JSON.stringify(statuses.map((x, i) => [i, x?.role ?? (this.slots[i]!.proc?.running ? 'no answer' : 'exited'), x?.backup ?? x?.phase ?? x?.pool, x?.epoch]));
+      if (vmLostBy(statuses, this.slots)) {
+        lostSinceMs ??= performance.now();
+        if (performance.now() - lostSinceMs >= VM_LOST_CONFIRM_MS) {
+          if (!this.onVmLost) throw new Error(`the VM ${this.vm} is lost: no replica can carry it on (a double failure): ${last}`);
+          await this.onVmLost();
+          lostSinceMs = undefined;
+          until = performance.now() + timeoutMs; // the fresh VM's pair is formed from scratch
+          continue;
+        }
+      } else {
+        lostSinceMs = undefined;
+      }
       if (performance.now() > until) throw new Error(`the cluster did not settle into a protected pair within ${timeoutMs} ms: ${last}`);
       await sleep(50);
     }
   }
+
+  /**
+   * Called by {@link settle} when the VM is lost (see there): reports it and starts a fresh VM
+   * ({@link restartVm}). Set by the run that owns the history.
+   */
+  onVmLost: (() => Promise<void>) | undefined;
 
   async healNetwork(): Promise<void> {
     await this.arbiterProxy.heal();
@@ -323,7 +364,7 @@ export class Cluster {
    */
   async vmAlive(): Promise<boolean> {
     const statuses = await Promise.all(this.slots.map((s) => (s.paused ? Promise.resolve({ role: 'paused' } as Status) : this.status(s))));
-    return statuses.some((x) => (x?.role === 'primary' && (x.halted === null || x.halted === undefined)) || x?.role === 'paused' || (x?.role === 'backup' && x.phase !== 'joining' && x.phase !== 'halted' && x.phase !== 'abandoned'));
+    return statuses.some(carriesVm);
   }
 
   /**

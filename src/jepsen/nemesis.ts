@@ -83,7 +83,10 @@ export interface FaultRecord {
   epochAfter: number;
   /** Time to settle afterwards (protected pair and a spare again), ms. */
   settleMs: number;
-  /** The fault killed a primary running alone: the VM was lost (by design) and a fresh one started. */
+  /**
+   * The VM was lost (by design) and a fresh one started: the fault killed a primary running alone, or
+   * a replica that had meanwhile become one (the backup won a claim against a slow primary).
+   */
   vmLost?: boolean;
   /** `etcd-member-kill`: the member killed, and whether it was the leader. */
   etcdMember?: { index: number; leader: boolean };
@@ -120,6 +123,7 @@ export async function injectFault(
 ): Promise<FaultRecord> {
   const at = now();
   const t0 = performance.now();
+  const vmGeneration = cluster.vmGeneration;
   let slot = pair.primary;
   let long: boolean | undefined;
   let rejoin: FaultRecord['rejoin'];
@@ -282,7 +286,8 @@ export async function injectFault(
   const rec: FaultRecord = { n, kind, slot: slot.index, durationMs: Math.round(durationMs), at: Math.round(at), epochBefore: pair.epoch, epochAfter: after.epoch, settleMs: Math.round(performance.now() - t1) };
   if (long !== undefined) rec.long = long;
   if (rejoin !== undefined) rec.rejoin = rejoin;
-  if (vmLost !== undefined) rec.vmLost = vmLost;
+  // Lost here or while settling (a false failover under load, then this fault: see Cluster.settle).
+  if (vmLost !== undefined || cluster.vmGeneration !== vmGeneration) rec.vmLost = true;
   if (etcdMember !== undefined) rec.etcdMember = etcdMember;
   if (failoverMs !== undefined) rec.failoverMs = Math.round(failoverMs * 10) / 10;
   return rec;

@@ -119,6 +119,12 @@ export interface JepsenReport {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** The protected pair as the nodes report it now; settles first when there is none. */
+export async function currentPair(cluster: Cluster): Promise<ProtectedPair> {
+  const now = await cluster.protectedPair();
+  return now.pair ?? (await cluster.settle());
+}
+
 export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const started = performance.now();
   const log = o.log ?? (() => {});
@@ -186,7 +192,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     let workload = startWorkload(history, () => cluster.clientPorts(), clientRng, workloadOpts);
     // A VM lost to a double failure: its history is closed (checked on its own), a fresh VM starts.
     const onVmLost = async (): Promise<void> => {
-      log(`the VM ${cluster.vm} is lost (its primary was killed while running alone): reported separately; starting a fresh VM`);
+      log(`the VM ${cluster.vm} is lost (a double failure: no replica can carry it on): reported separately; starting a fresh VM`);
       await workload.stop();
       lostEras.push(history);
       history = new History();
@@ -194,18 +200,19 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
       await setUp();
       workload = startWorkload(history, () => cluster.clientPorts(), clientRng, workloadOpts);
     };
+    cluster.onVmLost = onVmLost;
     try {
       await sleep(500);
       for (let n = 0; n < o.faults; n++) {
         const kind: FaultKind = nemesisRng.weighted(weights);
+        // The pair as it is now, not as it was before the quiet time: a failover the load caused by
+        // itself meanwhile would turn "kill the backup" into killing a primary that runs alone.
+        pair = await currentPair(cluster);
         const rec = await injectFault(cluster, pair, kind, nemesisRng, n, () => history.now(), onVmLost);
         faults.push(rec);
         log(
           `fault ${n + 1}/${o.faults}: ${kind}${rec.long === undefined ? '' : rec.long ? ' (long)' : ' (short)'} on slot ${rec.slot} for ${rec.durationMs} ms; epoch ${rec.epochBefore} → ${rec.epochAfter}; settled in ${rec.settleMs} ms;${rec.failoverMs !== undefined ? ` failover ${rec.failoverMs} ms;` : ''} ${history.ops.length} ops so far`,
         );
-        const settled = await cluster.protectedPair();
-        if (settled.pair) pair = settled.pair;
-        else pair = await cluster.settle();
         await sleep(nemesisRng.range(quietMin, quietMax));
       }
       pair = await cluster.settle();
