@@ -15,7 +15,7 @@ after(() => stopAll());
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test('vmLostBy: lost only when every running slot answered and none can carry the VM', () => {
-  const slot = (running: boolean, paused = false): Slot => ({ index: 0, servicePort: 0, channelPort: 0, controlPort: 0, gen: 0, proc: { running } as Slot['proc'], channelProxy: undefined as unknown as Slot['channelProxy'], paused });
+  const slot = (running: boolean, paused = false): Slot => ({ index: 0, servicePort: 0, channelPort: 0, controlPort: 0, proxyPort: 0, gen: 0, proc: { running } as Slot['proc'], channelProxy: undefined as unknown as Slot['channelProxy'], paused });
   const standby = { role: 'standby' };
   assert.equal(vmLostBy([standby, standby], [slot(true), slot(true)]), true);
   assert.equal(vmLostBy([{ role: 'halted' }, standby], [slot(true), slot(true)]), true);
