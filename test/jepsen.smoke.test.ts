@@ -1,6 +1,6 @@
 /**
  * Smoke run of the Jepsen-style test: real processes (embedded arbiter, primary, backup, spare
- * standby), 5 faults, clients recording every call; the history must be linearizable with nothing
+ * standby), 3 faults, clients recording every call; the history must be linearizable with nothing
  * lost — and a stale read planted in the same history must be caught.
  */
 import assert from 'node:assert/strict';
@@ -31,16 +31,16 @@ function plantStaleRead(h: readonly KvOperation[]): KvOperation[] | undefined {
   return undefined;
 }
 
-test('jepsen smoke: 5 faults, 0 violations, 0 lost acknowledged writes', { timeout: 180_000 }, async () => {
+test('jepsen smoke: 3 faults, 0 violations, 0 lost acknowledged writes', { timeout: 180_000 }, async () => {
   const seed = Number(process.env['FTVM_JEPSEN_SEED'] ?? randomSeed());
   console.log(`# jepsen smoke seed ${seed}`);
   const t0 = Date.now();
-  const report = await runJepsen({ faults: 5, seed, arbiter: 'embedded', clients: 4, log: (l) => console.log(`# ${l}`) });
+  const report = await runJepsen({ faults: 3, seed, arbiter: 'embedded', clients: 4, log: (l) => console.log(`# ${l}`) });
   const r = report.result;
   console.log(`# ${JSON.stringify(r)}`);
   assert.equal(r.error, undefined, r.error);
-  assert.equal(r.faults, 5);
-  assert.equal(Object.values(r.fault_mix).reduce((a, b) => a + b, 0), 5);
+  assert.equal(r.faults, 3);
+  assert.equal(Object.values(r.fault_mix).reduce((a, b) => a + b, 0), 3);
   assert.ok(r.operations > 100, `only ${r.operations} operations`);
   assert.ok(r.ok_operations > 100);
   assert.equal(r.violations, 0, formatCheckResult(report.check));

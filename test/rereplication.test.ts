@@ -102,9 +102,9 @@ async function killCycles(pool: Pool, cycles: number): Promise<void> {
   }
 }
 
-// Four cycles in `npm test`; FTVM_KILL_CYCLES=10 (or more) for a longer run. `npm run soak` kills the
+// Three cycles in `npm test`; FTVM_KILL_CYCLES=10 (or more) for a longer run. `npm run soak` kills the
 // live primary every 30 s for ten minutes.
-const KILL_CYCLES = Number(process.env.FTVM_KILL_CYCLES ?? 4);
+const KILL_CYCLES = Number(process.env.FTVM_KILL_CYCLES ?? 3);
 
 test(`${KILL_CYCLES} cycles of kill -9 of the primary under load → the backup goes live → a standby is recruited and synchronised → hashes equal; nothing acknowledged is lost`, async () => {
   assert.ok(Number.isInteger(KILL_CYCLES) && KILL_CYCLES > 0, `FTVM_KILL_CYCLES must be a positive integer, not ${process.env.FTVM_KILL_CYCLES}`);

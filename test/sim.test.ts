@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import { reproduceCommand, runSeed, type BreakMode, type SimOptions, type SimResult } from '../src/sim/index.js';
 
 const BASE: SimOptions = {};
-const SEEDS = 30;
+const SEEDS = 20;
 
 test(`simulation: ${SEEDS} seeds pass every checker, running the real drivers`, async (t) => {
   const t0 = performance.now();
