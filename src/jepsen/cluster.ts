@@ -5,10 +5,12 @@
  * slots there is a primary, a backup and a spare standby.
  *
  * Fault points:
- * - every slot's logging channel is reached through its own {@link FaultProxy} (the standby registers
- *   the proxy's address with `--advertise`), so the channel of the current pair is cut at the backup's
- *   proxy;
- * - the arbiter (an `ftvm arbiter` process, or one etcd member) is reached through a FaultProxy;
+ * - every slot's logging channel is reached through its own fault proxy (src/testing/fault-proxy.ts; the
+ *   standby registers the proxy's address with `--advertise`), so the channel of the current pair is cut
+ *   at the backup's proxy;
+ * - the arbiter (an `ftvm arbiter` process, or one etcd member) is reached through a fault proxy;
+ * - the fault proxies run in a process of their own ({@link FaultProxyHost}): the harness's clients and
+ *   checker share no event loop with the pair's channel, so a stall of the harness cannot fail the pair over;
  * - processes are killed (-9), paused (SIGSTOP) and resumed (SIGCONT) by PID.
  *
  * A replica that died (killed, or halted after losing a claim) is replaced in one place,
@@ -19,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { EtcdTestCluster } from '../arbiter/etcd-test-cluster.js';
 import { readSecretFileSync } from '../security/secrets.js';
 import { controlRequest } from '../service/control.js';
-import { FaultProxy } from '../testing/fault-proxy.js';
+import { FaultProxyHost, type RemoteFaultProxy } from '../testing/fault-proxy-host.js';
 import { CLI, guestFile, makeSecretFile, startArbiter, type ArbiterProcess } from '../testing/pair.js';
 import { freePort, spawnNode, waitForPort, type ProcessHandle } from '../testing/processes.js';
 import { startProxyProcess } from '../testing/proxy-harness.js';
@@ -28,10 +30,10 @@ export type ArbiterKind = 'embedded' | 'etcd';
 
 /** The arbiter's fault point: one FaultProxy in front of each arbiter process (each etcd member). */
 export class ProxyGroup {
-  constructor(readonly proxies: FaultProxy[]) {}
+  constructor(readonly proxies: RemoteFaultProxy[]) {}
   /** Every member unreachable (reset and refused). */
-  cut(): void {
-    for (const p of this.proxies) p.cut();
+  async cut(): Promise<void> {
+    await Promise.all(this.proxies.map((p) => p.cut()));
   }
   async heal(): Promise<void> {
     for (const p of this.proxies) await p.heal();
@@ -52,7 +54,7 @@ export interface Slot {
   /** The slot's --proxy-listen port (with `viaProxy`; 0 otherwise). */
   readonly proxyPort: number;
   /** In front of the slot's channel port; its address is what the slot registers in the pool. */
-  readonly channelProxy: FaultProxy;
+  readonly channelProxy: RemoteFaultProxy;
   /** SIGSTOPped by the nemesis and not yet resumed. */
   paused: boolean;
 }
@@ -121,6 +123,8 @@ export class Cluster {
     vm: string,
     readonly secretFile: string,
     readonly arbiterProxy: ProxyGroup,
+    /** The fault proxies' own process (the harness's event loop never stalls the pair's channel). */
+    readonly faultHost: FaultProxyHost,
     private readonly arbiterProc: ArbiterProcess | undefined,
     readonly etcd: EtcdTestCluster | undefined,
   ) {
@@ -141,9 +145,10 @@ export class Cluster {
       arbiterProc = await startArbiter(secretFile);
       arbiterPorts.push(arbiterProc.port);
     }
-    const arbiterProxy = new ProxyGroup(await Promise.all(arbiterPorts.map((targetPort) => FaultProxy.start({ targetPort }))));
+    const faultHost = await FaultProxyHost.start();
+    const arbiterProxy = new ProxyGroup(await Promise.all(arbiterPorts.map((targetPort) => faultHost.proxy({ targetPort }))));
     const vm = `jepsen-${Math.random().toString(36).slice(2, 10)}`;
-    const c = new Cluster(o, vm, secretFile, arbiterProxy, arbiterProc, etcd);
+    const c = new Cluster(o, vm, secretFile, arbiterProxy, faultHost, arbiterProc, etcd);
     try {
       for (let i = 0; i < (o.slots ?? 3); i++) {
         const channelPort = await freePort();
@@ -155,7 +160,7 @@ export class Cluster {
           proxyPort: o.viaProxy === true ? await freePort() : 0,
           gen: 0,
           proc: undefined,
-          channelProxy: await FaultProxy.start({ targetPort: channelPort }),
+          channelProxy: await faultHost.proxy({ targetPort: channelPort }),
           paused: false,
         });
       }
@@ -398,6 +403,7 @@ export class Cluster {
     await Promise.all(this.slots.map((s) => s.proc?.stop(3000)));
     await Promise.all(this.slots.map((s) => s.channelProxy.close()));
     await this.arbiterProxy.close();
+    await this.faultHost.close();
     await this.arbiterProc?.proc.stop();
     await this.etcd?.stop();
   }

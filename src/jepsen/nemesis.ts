@@ -164,7 +164,7 @@ export async function injectFault(
       slot = pair.primary;
       cluster.kill(pair.primary);
       await sleep(rng.range(0, 200));
-      cluster.arbiterProxy.cut();
+      await cluster.arbiterProxy.cut();
       await sleep(rng.range(300, 2000));
       await cluster.arbiterProxy.heal();
       break;
@@ -189,7 +189,7 @@ export async function injectFault(
       long = rng.chance(0.5);
       cluster.pause(pair.primary);
       await sleep(rng.range(0, 100));
-      pair.backup.channelProxy.cut();
+      await pair.backup.channelProxy.cut();
       await sleep(long ? rng.range(200, 1500) : rng.range(10, 100));
       cluster.resume(pair.primary);
       await sleep(rng.range(0, 300));
@@ -219,23 +219,23 @@ export async function injectFault(
     case 'channel-blackhole': {
       // The primary dials the backup's slot through that slot's proxy.
       slot = pair.backup;
-      if (kind === 'channel-cut') slot.channelProxy.cut();
-      else slot.channelProxy.blackhole('both');
+      if (kind === 'channel-cut') await slot.channelProxy.cut();
+      else await slot.channelProxy.blackhole('both');
       await sleep(rng.range(150, 1500));
       await slot.channelProxy.heal();
       break;
     }
     case 'arbiter-cut': {
-      cluster.arbiterProxy.cut();
+      await cluster.arbiterProxy.cut();
       await sleep(rng.range(100, 2000));
       await cluster.arbiterProxy.heal();
       break;
     }
     case 'arbiter-and-channel-cut': {
       slot = pair.backup;
-      cluster.arbiterProxy.cut();
+      await cluster.arbiterProxy.cut();
       await sleep(rng.range(0, 50));
-      slot.channelProxy.cut();
+      await slot.channelProxy.cut();
       await sleep(rng.range(300, 1500));
       if (rng.chance(0.5)) {
         await cluster.arbiterProxy.heal();
@@ -265,7 +265,7 @@ export async function injectFault(
             cluster.kill(target);
             rejoin = 'killed';
           } else {
-            target.channelProxy.cut();
+            await target.channelProxy.cut();
             await sleep(rng.range(200, 800));
             await target.channelProxy.heal();
             rejoin = 'channel-cut';

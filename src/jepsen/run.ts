@@ -6,7 +6,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { checkKv, type KvOperation } from '../check/kv-model.js';
 import { formatCheckResult, type CheckResult } from '../check/linearizability.js';
 import { countLostWrites, type FinalRead, type LostWritesResult } from '../check/lost-writes.js';
@@ -105,6 +105,10 @@ export interface JepsenResult {
   acked_writes_lost_with_vm: number;
   /** Linearizable, nothing acknowledged lost on the surviving VM, replicas agree, every fault run. */
   checks_passed: boolean;
+  /** The harness process's event-loop delay (clients, history): p99 and max, ms. */
+  harness_loop_delay_ms: { p99: number; max: number };
+  /** The fault proxies' process's event-loop delay (how late the channel's proxy could forward), ms. */
+  fault_proxy_loop_delay_ms: { p99: number; max: number };
 }
 
 export interface JepsenReport {
@@ -118,6 +122,7 @@ export interface JepsenReport {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const round1 = (x: number): number => Math.round(x * 10) / 10;
 
 /** The protected pair as the nodes report it now; settles first when there is none. */
 export async function currentPair(cluster: Cluster): Promise<ProtectedPair> {
@@ -127,6 +132,11 @@ export async function currentPair(cluster: Cluster): Promise<ProtectedPair> {
 
 export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const started = performance.now();
+  // The harness's own event-loop delay: a stall here delays clients (and so widens the history's
+  // windows), never the pair's channel (the fault proxies run in a process of their own).
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
+  let proxyLoop = { p99Ms: NaN, maxMs: NaN };
   const log = o.log ?? (() => {});
   const keys = o.keys ?? 8;
   const rng = new Prng(o.seed);
@@ -232,8 +242,10 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
       replicasAgree = await replicasAgreeOn(cluster, pair, log);
     }
   } finally {
+    proxyLoop = await cluster.faultHost.loopDelay().catch(() => proxyLoop);
     await cluster.stop();
   }
+  loopDelay.disable();
 
   log(`checking ${history.ops.length} operations${lostEras.length > 0 ? ` (and ${lostEras.reduce((a, h) => a + h.ops.length, 0)} of ${lostEras.length} lost VM(s))` : ''}...`);
   let check = checkKv(history.ops, { timeoutMs: o.checkTimeoutMs ?? 120_000 });
@@ -283,6 +295,8 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     vms_lost: lostEras.length,
     acked_writes_lost_with_vm: ackedLostWithVm,
     checks_passed: checksPassed,
+    harness_loop_delay_ms: { p99: round1(loopDelay.percentile(99) / 1e6), max: round1(loopDelay.max / 1e6) },
+    fault_proxy_loop_delay_ms: { p99: round1(proxyLoop.p99Ms), max: round1(proxyLoop.maxMs) },
     failover_crash_ms: percentiles(faults.filter((f) => f.kind === 'kill-primary').map((f) => f.failoverMs)),
     failover_silent_ms: percentiles(faults.filter((f) => f.kind === 'pause-primary' && f.long === true).map((f) => f.failoverMs)),
     passed,

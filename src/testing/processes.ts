@@ -140,6 +140,8 @@ export interface SpawnOptions {
   echo?: boolean;
   /** Lines kept per stream. Default 10,000. */
   maxLines?: number;
+  /** Open a Node IPC channel to the child (`send`, `onMessage`); the child must be a Node process. */
+  ipc?: boolean;
 }
 
 const live = new Set<ProcessHandle>();
@@ -173,12 +175,14 @@ export class ProcessHandle {
    */
   readonly exited: Promise<ExitStatus>;
   private status: ExitStatus | null = null;
+  private readonly child: ChildProcess;
 
   /** @internal use {@link spawnProcess} */
   constructor(child: ChildProcess, name: string, options: SpawnOptions) {
     if (child.pid === undefined) throw new ProcessError('FTVM_ERR_PROCESS_SPAWN', `could not start ${name}`);
     this.pid = child.pid;
     this.name = name;
+    this.child = child;
     this.stdout = new LineBuffer(options.maxLines);
     this.stderr = new LineBuffer(options.maxLines);
     const echo = options.echo ?? process.env['FTVM_TEST_ECHO'] === '1';
@@ -214,6 +218,19 @@ export class ProcessHandle {
         finish();
       });
     });
+  }
+
+  /** Sends a message over the IPC channel (spawned with `ipc: true`); false if the channel is closed. */
+  send(message: unknown): boolean {
+    if (!this.child.send) throw new ProcessError('FTVM_ERR_BAD_ARGUMENT', `${this.name} was started without an IPC channel`);
+    if (!this.child.connected) return false;
+    return this.child.send(message as object);
+  }
+
+  /** Calls `listener` with each IPC message from the child; returns the unsubscribe function. */
+  onMessage(listener: (message: unknown) => void): () => void {
+    this.child.on('message', listener);
+    return () => this.child.off('message', listener);
   }
 
   /** The exit status, once known (after `exited` resolved). */
@@ -339,7 +356,7 @@ export function spawnProcess(command: string, args: readonly string[], options: 
   const child = spawn(command, args, {
     env,
     ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: options.ipc === true ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
   });
   let spawnError: Error | undefined;
   child.on('error', (err) => (spawnError = err));
