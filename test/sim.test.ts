@@ -43,6 +43,14 @@ test('simulation: a seed replays bit for bit (same trace, same trace hash)', asy
   assert.equal(c.traceHash, a.traceHash);
 });
 
+test('simulation: seed 500666 passes (overlapping replica slowdowns once left a replica that went live slow forever: "no progress" after the heal)', async () => {
+  // Found by `npm run sim -- --seeds 10000 --seed 500000`: a nemesis slowdown restored the speed it
+  // saw, which a second overlapping slowdown had already lowered, after the replica had gone live; the
+  // heal reset only replicas. A simulator fault, not an ftvm one; this seed guards the fix.
+  const r = await runSeed(500666, BASE);
+  assert.ok(r.ok, `seed 500666 failed at step ${r.step}: ${r.message}`);
+});
+
 /** Each break, the failure its checker reports, and the seeds searched (kept small: the first failing seed is low). */
 const BREAKS: Array<{ breakMode: BreakMode; expected: RegExp; seeds: number }> = [
   // A broken core: the output rule's checker, at the release itself.

@@ -168,6 +168,9 @@ export class World implements SimWorldApi {
   /** blocked[a][b]: the link a → b is held by a partition. */
   private readonly blockedLinks: boolean[][] = [];
   private readonly slowLinks: number[][] = [];
+  /** vCPUs slowed by the nemesis: the speed before the first of overlapping slowdowns, and the latest one. */
+  private readonly slowed = new Map<SimVcpu, { base: number; token: number }>();
+  private slowTokens = 0;
   private readonly baseDelayMs: number;
   private readonly arbLatencyMs: number;
   private readonly replicaSpeedMean: number;
@@ -876,10 +879,19 @@ export class World implements SimWorldApi {
       const reps = alive.filter((p) => p.replica() !== undefined && p.vcpu !== undefined).map((p) => p.vcpu!);
       if (reps.length > 0) {
         const v = r.pick(reps);
-        const old = v.speed;
-        v.speed = old * r.range(0.05, 0.5);
+        // Slowdowns may overlap: each restores the speed from before the first, and only if it is the
+        // latest; a replica that went live meanwhile keeps the recorder's speed goLive() gave it.
+        const base = this.slowed.get(v)?.base ?? v.speed;
+        const token = ++this.slowTokens;
+        v.speed = base * r.range(0.05, 0.5);
+        this.slowed.set(v, { base, token });
         this.fault('replica-slow');
-        this.q.push(this.nowMs + r.range(5, 400), () => (v.speed = old));
+        this.q.push(this.nowMs + r.range(5, 400), () => {
+          const s = this.slowed.get(v);
+          if (s?.token !== token) return;
+          this.slowed.delete(v);
+          if (v.mode === 'replay') v.speed = s.base;
+        });
       }
     } else if (roll < 0.965) {
       // Silent corruption of a replica's state: it diverges at its next entry, halts, and the primary
@@ -969,6 +981,7 @@ export class World implements SimWorldApi {
       if (p && !p.dead) this.resume(p);
       if (p?.replica() && p.vcpu) p.vcpu.speed = 1000 * this.replicaSpeedMean;
     }
+    this.slowed.clear();
     for (const h of this.hosts) {
       if (h.proc === null || h.proc.dead) {
         const i = h.index;
