@@ -28,6 +28,20 @@ import { startProxyProcess } from '../testing/proxy-harness.js';
 
 export type ArbiterKind = 'embedded' | 'etcd';
 
+/** The messages of the last few warning/error lines of a node's JSON log (pino: level ≥ 40). */
+function lastWarnings(lines: readonly string[], n = 4): string[] {
+  const out: string[] = [];
+  for (let i = lines.length - 1; i >= 0 && out.length < n; i--) {
+    try {
+      const j = JSON.parse(lines[i]!) as { level?: number; msg?: string; reason?: string; err?: string };
+      if ((j.level ?? 0) >= 40) out.unshift(`${j.msg ?? ''}${j.reason !== undefined ? ` (${j.reason})` : j.err !== undefined ? ` (${j.err})` : ''}`);
+    } catch {
+      if (lines[i]!.trim() !== '') out.unshift(lines[i]!.slice(0, 200));
+    }
+  }
+  return out;
+}
+
 /** The arbiter's fault point: one FaultProxy in front of each arbiter process (each etcd member). */
 export class ProxyGroup {
   constructor(readonly proxies: RemoteFaultProxy[]) {}
@@ -246,6 +260,10 @@ export class Cluster {
    * recruits it and clones the running VM to it.
    */
   async replaceDeadReplica(s: Slot): Promise<void> {
+    if (s.proc && !s.proc.running && s.proc.exitStatus?.signal !== 'SIGKILL') {
+      // It ended by itself (halted, refused, failed): say why, from its last warnings and errors.
+      this.opts.log?.(`slot ${s.index}: ${this.hostId(s)} exited (${s.proc.exitStatus?.signal ?? `code ${String(s.proc.exitStatus?.code)}`}): ${lastWarnings(s.proc.stderr.tail(200)).join(' | ')}`);
+    }
     if (s.proc?.running) {
       s.proc.kill('SIGKILL');
       await s.proc.exited;
