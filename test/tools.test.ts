@@ -6,6 +6,7 @@
  * Needs `redis-server` on PATH (Debian package redis-server).
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -23,6 +24,7 @@ import {
   type RespValue,
 } from '../src/client/resp.js';
 import { FaultProxy, FaultProxyError } from '../src/testing/fault-proxy.js';
+import { FaultProxyHost } from '../src/testing/fault-proxy-host.js';
 import { needs, requireComponents } from '../src/testing/system-deps.js';
 import {
   ProcessError,
@@ -664,4 +666,45 @@ test('processes: spawnNode, waitForLine, stop escalates to SIGKILL, stopAll, fre
   const server = net.createServer();
   await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port }, () => resolve()));
   await new Promise<void>((resolve) => server.close(() => resolve()));
+});
+
+test('freePort: concurrent processes each hold a slice of their own (no port handed to two of them)', async () => {
+  const portsModule = new URL('../src/util/ports.js', import.meta.url).href;
+  const script = `import(${JSON.stringify(portsModule)}).then(async (m) => { const ps = []; for (let i = 0; i < 20; i++) ps.push(await m.freePort()); console.log(JSON.stringify(ps)); setTimeout(() => {}, 300); })`;
+  const procs = [0, 1, 2, 3].map(() => spawnNode(['-e', script]));
+  const lists = await Promise.all(procs.map(async (p) => JSON.parse((await p.waitForLine(/^\[.*\]$/, 20_000, { stream: 'stdout' }))[0]) as number[]));
+  await Promise.all(procs.map((p) => p.exited));
+  const all = lists.flat();
+  assert.equal(new Set(all).size, all.length, `a port was handed to two processes: ${JSON.stringify(lists)}`);
+  for (const p of all) assert.ok(p >= 20_000 && p < 32_768, `port ${p} is not below the ephemeral range`);
+});
+
+test('fault proxies in a process of their own: cut refuses, heal accepts again, bytes flow through', async () => {
+  const echo = net.createServer((s) => s.pipe(s));
+  await new Promise<void>((resolve) => echo.listen({ host: '127.0.0.1', port: 0 }, () => resolve()));
+  const host = await FaultProxyHost.start();
+  try {
+    const p = await host.proxy({ targetPort: (echo.address() as net.AddressInfo).port });
+    const roundTrip = async (): Promise<string> => {
+      const c = net.connect({ host: '127.0.0.1', port: p.port });
+      c.setEncoding('utf8');
+      c.write('ping');
+      const [reply] = (await once(c, 'data')) as [string];
+      c.destroy();
+      return reply;
+    };
+    assert.equal(await roundTrip(), 'ping');
+    await p.cut();
+    const refused = net.connect({ host: '127.0.0.1', port: p.port });
+    const [err] = (await once(refused, 'error')) as [NodeJS.ErrnoException];
+    assert.equal(err.code, 'ECONNREFUSED');
+    await p.heal();
+    assert.equal(await roundTrip(), 'ping');
+    const delay = await host.loopDelay();
+    assert.ok(Number.isFinite(delay.maxMs) && delay.maxMs >= 0);
+    await assert.rejects(host.request({ op: 'cut', proxy: 999 }), (e: unknown) => e instanceof FaultProxyError && /no fault proxy 999/.test(e.message));
+  } finally {
+    await host.close();
+    echo.close();
+  }
 });
