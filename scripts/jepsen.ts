@@ -1,6 +1,6 @@
 /**
  * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd]
- * [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--clients C] [--keys K] [--history FILE] [--quiet]`
+ * [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]`
  *
  * `--overlap`: a second fault before the pair is protected again (src/jepsen/nemesis.ts), including
  * killing a primary that runs alone: that VM is lost by design; the run says so (`vms_lost`,
@@ -21,7 +21,7 @@ import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -38,6 +38,7 @@ let arbiter: 'embedded' | 'etcd' = 'embedded';
 let clients = 4;
 let keys = 8;
 let historyOut: string | undefined;
+let nodeLogDir: string | undefined;
 let quiet = false;
 let guest: JepsenGuest = 'kv';
 let overlap = false;
@@ -68,6 +69,11 @@ for (let i = 0; i < args.length; i++) {
       break;
     case '--keys':
       keys = intArg(a, v, 1);
+      i++;
+      break;
+    case '--node-logs':
+      if (v === undefined) usage('--node-logs needs a directory');
+      nodeLogDir = v;
       i++;
       break;
     case '--history':
@@ -125,7 +131,7 @@ const log = bar === undefined ? undefined : (line: string): void => {
 };
 let code = 1;
 try {
-  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, via, ...(faultKinds !== undefined ? { faultKinds } : {}), ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}) });
+  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, via, ...(faultKinds !== undefined ? { faultKinds } : {}), ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}), ...(nodeLogDir !== undefined ? { nodeLogDir } : {}) });
   code = result.passed ? 0 : result.checks_passed && result.vms_lost > 0 ? 3 : 1;
   bar?.stop();
   console.log(JSON.stringify(result));

@@ -17,6 +17,8 @@
  * {@link Cluster.replaceDeadReplica}: it is restarted as a fresh standby on the same ports with a new
  * host id, as a repaired machine would rejoin the pool, and the primary running alone recruits it.
  */
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { EtcdTestCluster } from '../arbiter/etcd-test-cluster.js';
 import { readSecretFileSync } from '../security/secrets.js';
@@ -89,6 +91,8 @@ export interface ClusterOptions {
   /** etcd members (default 1); with 3, the nemesis may kill one during the run. */
   etcdMembers?: number;
   log?: (line: string) => void;
+  /** Keep every node's output: `<dir>/<host id>.log` when its process is replaced or the cluster stops. */
+  nodeLogDir?: string;
   /** Clients go through one `ftvm proxy` (docs/PROXY.md) in front of every slot's --proxy-listen. */
   viaProxy?: boolean;
 }
@@ -268,6 +272,7 @@ export class Cluster {
       s.proc.kill('SIGKILL');
       await s.proc.exited;
     }
+    this.saveNodeLog(s);
     s.gen++;
     this.restarts++;
     this.opts.log?.(`slot ${s.index}: restarting as standby ${this.hostId(s)}`);
@@ -415,10 +420,20 @@ export class Cluster {
     }
   }
 
+  /** Writes the slot's current process output to the node log directory (if one was given). */
+  private saveNodeLog(s: Slot): void {
+    const dir = this.opts.nodeLogDir;
+    if (dir === undefined || s.proc === undefined) return;
+    mkdirSync(dir, { recursive: true });
+    const text = [...s.proc.stdout.lines, ...s.proc.stderr.lines].join('\n');
+    appendFileSync(join(dir, `${this.vm}-${this.hostId(s)}.log`), `${text}\n`);
+  }
+
   async stop(): Promise<void> {
     await this.proxy?.stop();
     for (const s of this.slots) this.resume(s);
     await Promise.all(this.slots.map((s) => s.proc?.stop(3000)));
+    for (const s of this.slots) this.saveNodeLog(s);
     await Promise.all(this.slots.map((s) => s.channelProxy.close()));
     await this.arbiterProxy.close();
     await this.faultHost.close();

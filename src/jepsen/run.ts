@@ -57,6 +57,8 @@ export interface JepsenOptions {
   via?: 'direct' | 'proxy';
   /** Only these fault kinds (default: the whole mix). */
   faultKinds?: readonly FaultKind[];
+  /** Keep every node's output in this directory (one file per node process). */
+  nodeLogDir?: string;
 }
 
 export interface JepsenResult {
@@ -164,6 +166,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     arbiter: o.arbiter,
     ...(o.via === 'proxy' ? { viaProxy: true } : {}),
     log,
+    ...(o.nodeLogDir !== undefined ? { nodeLogDir: o.nodeLogDir } : {}),
     guest: guest.module,
     ...(o.etcdMembers !== undefined ? { etcdMembers: o.etcdMembers } : {}),
     // The WASI guests are larger to load and instrument than the kv guest: more time to start.
