@@ -15,6 +15,7 @@ import type { Duplex } from 'node:stream';
 import { duplexPair } from '../client/duplex-pair.js';
 import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
+import { fixedReplicas, type ReplicaSource } from './discovery.js';
 import { MAX_CHUNK_BYTES, PFrame, ProxyWire, type ProxyFrame } from './wire.js';
 
 export const PROXY_INPUT_MAX_BYTES = 4 * 1024 * 1024;
@@ -31,8 +32,12 @@ export interface ProxyOptions {
   listen?: ProxyAddr;
   vmName: string;
   keys: Keyring;
-  /** The replicas' proxy ports (`--proxy-listen` of each replica and standby slot). */
-  replicas: ProxyAddr[];
+  /**
+   * Where to look for the serving primary: the replicas' proxy ports (`--proxy-listen` of each replica
+   * and standby slot), or a source asked again at every round of looking (`arbiterReplicas`: the VM's
+   * arbiter record and member entries, src/proxy/discovery.ts).
+   */
+  replicas: ProxyAddr[] | ReplicaSource;
   log: Logger;
   inputMaxBytes?: number;
   maxConnections?: number;
@@ -63,13 +68,17 @@ interface ClientConn {
   paused: boolean;
 }
 
+const addrText = (a: ProxyAddr): string => `${a.host}:${a.port}`;
+
 export class FtvmProxy {
   private server: net.Server | undefined;
   private readonly conns = new Map<number, ClientConn>();
   private nextPconn = 1;
   private wire: ProxyWire | undefined;
   private readonly proxyId = randomBytes(16);
-  private replicaIndex = 0;
+  private readonly findReplicas: ReplicaSource;
+  /** The replica whose session was lost last: tried after the others in the next round. */
+  private lastLost: string | undefined;
   private stopped = false;
   private connecting = false;
   private readonly inputMaxBytes: number;
@@ -81,6 +90,7 @@ export class FtvmProxy {
 
   constructor(private readonly opts: ProxyOptions) {
     this.inputMaxBytes = opts.inputMaxBytes ?? PROXY_INPUT_MAX_BYTES;
+    this.findReplicas = typeof opts.replicas === 'function' ? opts.replicas : fixedReplicas(opts.replicas);
   }
 
   get address(): net.AddressInfo | undefined {
@@ -123,7 +133,7 @@ export class FtvmProxy {
         resolve();
       });
     });
-    this.opts.log.info({ listen: this.address, replicas: this.opts.replicas.map((r) => `${r.host}:${r.port}`), proxyId: this.id }, 'proxy listening');
+    this.opts.log.info({ listen: this.address, replicas: Array.isArray(this.opts.replicas) ? this.opts.replicas.map(addrText) : 'from the arbiter', proxyId: this.id }, 'proxy listening');
     void this.connect();
   }
 
@@ -232,13 +242,16 @@ export class FtvmProxy {
     try {
       let round = 0;
       while (!this.stopped) {
-        const n = this.opts.replicas.length;
-        for (let k = 0; k < n && !this.stopped; k++) {
-          const i = (this.replicaIndex + k) % n;
-          const w = await this.tryReplica(this.opts.replicas[i]!);
+        const found = await this.findReplicas();
+        // The replica just lost goes last (it is gone, stopped or cut off; if it still serves, the
+        // round comes back to it).
+        const list = [...found.filter((a) => addrText(a) !== this.lastLost), ...found.filter((a) => addrText(a) === this.lastLost)];
+        for (const addr of list) {
+          if (this.stopped) break;
+          const w = await this.tryReplica(addr);
           if (w !== undefined) {
-            this.replicaIndex = i;
-            this.onSession(w, this.opts.replicas[i]!);
+            this.lastLost = undefined;
+            this.onSession(w, addr);
             return;
           }
         }
@@ -285,9 +298,7 @@ export class FtvmProxy {
     w.on('close', (c: { code: string; reason: string }) => {
       clearInterval(watchdog);
       if (this.wire === w) this.wire = undefined;
-      // Try the other replicas first: this one is gone, stopped or cut off (if it still serves, the
-      // round comes back to it).
-      this.replicaIndex = (this.replicaIndex + 1) % this.opts.replicas.length;
+      this.lastLost = addrText(addr);
       for (const conn of this.conns.values()) conn.attached = false;
       if (!this.stopped) {
         this.opts.log.warn({ replica: `${addr.host}:${addr.port}`, code: c.code, reason: c.reason }, 'proxy session lost: finding the serving primary');
