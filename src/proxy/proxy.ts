@@ -16,6 +16,7 @@ import { duplexPair } from '../client/duplex-pair.js';
 import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
 import { fixedReplicas, type ReplicaSource } from './discovery.js';
+import { OffsetQueue } from './offsets.js';
 import { MAX_CHUNK_BYTES, PFrame, ProxyWire, type ProxyFrame } from './wire.js';
 
 export const PROXY_INPUT_MAX_BYTES = 4 * 1024 * 1024;
@@ -50,10 +51,8 @@ export interface ProxyOptions {
 interface ClientConn {
   pconn: number;
   sock: Duplex;
-  /** Input from the client not yet acknowledged: offsets [inBase, inSent). */
-  inChunks: Buffer[];
-  inBase: number;
-  inSent: number;
+  /** Input from the client not yet acknowledged: offsets [input.base (acknowledged), input.end (sent by the client)). */
+  input: OffsetQueue;
   /** Input sent on the current session (offset). */
   inRepl: number;
   eofFromClient: boolean;
@@ -141,9 +140,7 @@ export class FtvmProxy {
     const c: ClientConn = {
       pconn: this.nextPconn++,
       sock,
-      inChunks: [],
-      inBase: 0,
-      inSent: 0,
+      input: new OffsetQueue(),
       inRepl: 0,
       eofFromClient: false,
       eofRepl: false,
@@ -156,9 +153,8 @@ export class FtvmProxy {
     };
     this.conns.set(c.pconn, c);
     sock.on('data', (chunk: Buffer) => {
-      c.inChunks.push(chunk);
-      c.inSent += chunk.length;
-      if (!c.paused && c.inSent - c.inBase > this.inputMaxBytes) {
+      c.input.push(chunk);
+      if (!c.paused && c.input.heldBytes > this.inputMaxBytes) {
         c.paused = true;
         sock.pause();
       }
@@ -192,29 +188,16 @@ export class FtvmProxy {
   private flushInput(c: ClientConn): void {
     const w = this.wire;
     if (w === undefined || !w.isOpen || !c.attached) return;
-    while (c.inRepl < c.inSent) {
-      let at = c.inBase;
-      const parts: Buffer[] = [];
-      let got = 0;
-      for (const ch of c.inChunks) {
-        const end = at + ch.length;
-        if (end > c.inRepl && got < MAX_CHUNK_BYTES) {
-          const from = Math.max(0, c.inRepl + got - at);
-          const piece = ch.subarray(from, Math.min(ch.length, from + (MAX_CHUNK_BYTES - got)));
-          parts.push(piece);
-          got += piece.length;
-        }
-        at = end;
-        if (got >= MAX_CHUNK_BYTES) break;
-      }
-      if (got === 0) break;
-      if (!w.send({ t: PFrame.DATA, pconn: c.pconn, offset: c.inRepl, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts) })) return;
-      c.inRepl += got;
+    while (c.inRepl < c.input.end) {
+      const data = c.input.read(c.inRepl, MAX_CHUNK_BYTES);
+      if (data.length === 0) break;
+      if (!w.send({ t: PFrame.DATA, pconn: c.pconn, offset: c.inRepl, data })) return;
+      c.inRepl += data.length;
     }
-    if (c.inRepl !== c.inSent) return;
+    if (c.inRepl !== c.input.end) return;
     if ((c.eofFromClient && !c.eofRepl) || c.gone) {
       c.eofRepl = true;
-      w.send({ t: PFrame.EOF, pconn: c.pconn, offset: c.inSent, gone: c.gone });
+      w.send({ t: PFrame.EOF, pconn: c.pconn, offset: c.input.end, gone: c.gone });
       if (c.gone) this.conns.delete(c.pconn);
     }
   }
@@ -313,7 +296,7 @@ export class FtvmProxy {
         w.send({ t: PFrame.OPEN, pconn: c.pconn });
         this.flushInput(c);
       } else {
-        w.send({ t: PFrame.ATTACH, pconn: c.pconn, inSent: c.inSent, inAcked: c.inBase, outDelivered: c.outDelivered, eofSent: c.eofFromClient });
+        w.send({ t: PFrame.ATTACH, pconn: c.pconn, inSent: c.input.end, inAcked: c.input.base, outDelivered: c.outDelivered, eofSent: c.eofFromClient });
       }
     }
   }
@@ -335,8 +318,8 @@ export class FtvmProxy {
     if (c === undefined) return; // a connection this proxy already forgot
     switch (f.t) {
       case PFrame.ATTACHED: {
-        if (f.inLogged < c.inBase || f.inLogged > c.inSent) {
-          this.drop(c, `the VM holds input to ${f.inLogged}; this proxy has [${c.inBase}, ${c.inSent}]`);
+        if (f.inLogged < c.input.base || f.inLogged > c.input.end) {
+          this.drop(c, `the VM holds input to ${f.inLogged}; this proxy has [${c.input.base}, ${c.input.end}]`);
           return;
         }
         c.attached = true;
@@ -352,20 +335,9 @@ export class FtvmProxy {
         this.drop(c, f.code);
         return;
       case PFrame.INACK: {
-        if (f.offset > c.inBase) {
-          let drop = Math.min(f.offset, c.inSent) - c.inBase;
-          c.inBase += drop;
-          while (drop > 0 && c.inChunks.length > 0) {
-            const h = c.inChunks[0]!;
-            if (h.length <= drop) {
-              c.inChunks.shift();
-              drop -= h.length;
-            } else {
-              c.inChunks[0] = h.subarray(drop);
-              drop = 0;
-            }
-          }
-          if (c.paused && c.inSent - c.inBase <= this.inputMaxBytes / 2) {
+        if (f.offset > c.input.base) {
+          c.input.trimTo(f.offset);
+          if (c.paused && c.input.heldBytes <= this.inputMaxBytes / 2) {
             c.paused = false;
             c.sock.resume();
           }
