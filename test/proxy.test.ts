@@ -17,7 +17,7 @@ import { Keyring } from '../src/security/secrets.js';
 import { PFrame, ProxyWire, type ProxyFrame } from '../src/proxy/wire.js';
 import { readSecretFileSync } from '../src/security/secrets.js';
 import { needs } from '../src/testing/system-deps.js';
-import { StrictResp, countingLoad, failovers, pipelineAcross, reconnectingCountingLoad, redisBenchmark, startProxiedPool, startProxyProcess, within, type ProxiedPool } from '../src/testing/proxy-harness.js';
+import { StrictResp, countingLoad, failovers, pipelineAcross, redisBenchmark, startProxiedPool, startProxyProcess, within, type ProxiedPool } from '../src/testing/proxy-harness.js';
 import { freePort, stopAll } from '../src/testing/processes.js';
 
 /** How long a replica keeps a proxied connection nobody re-attaches (the proxy restart test waits it out). */
@@ -80,8 +80,8 @@ test('a SIGSTOP of the primary past the fail timeout: the proxy leaves the silen
   await h.pool.waitProtected(60_000);
 });
 
-test('the TypeScript client speaks the proxy protocol itself (no proxy hop): its calls survive a kill -9 failover, none lost or run twice', async (t) => {
-  const vm = await FtvmClient.open({ replicas: h.proxyPorts.map((p) => `127.0.0.1:${p}`), secret: readSecretFileSync(h.pool.secretFile), vmName: h.pool.opts.vm });
+test('the TypeScript client speaks the proxy protocol itself (no proxy hop), finding the primary at the arbiter: its calls survive a kill -9 failover, none lost or run twice', async (t) => {
+  const vm = await FtvmClient.open({ arbiter: h.pool.arbiterUrl, secret: readSecretFileSync(h.pool.secretFile), vmName: h.pool.opts.vm });
   try {
     const clients = Array.from({ length: 4 }, () => vm.resp());
     const replies = new Map<string, number[]>();
@@ -275,16 +275,16 @@ test('a proxy kill -9 mid-load: its clients reconnect to the restarted proxy, ev
   const { primary } = await h.pool.waitProtected(60_000);
   const old = await StrictResp.connect(h.proxyPort);
   assert.equal(await within(old.call('INCR', 'restart'), 10_000, 'INCR'), 1);
-  const load = await reconnectingCountingLoad(h.proxyPort, 6, 12, 'rst', 1_000_000, 60_000);
-  await until('load runs', () => load.acked > 200, 10_000);
+  const load = await countingLoad(h.proxyPort, 6, 12, 'rst', 1_000_000, 60_000, { reconnectMs: 15_000 });
+  await until('load runs', () => load.ops > 200, 10_000);
   const deadId = (await h.proxy.waitForLine(/"proxyId":"([0-9a-f]{32})"/, 1000, { stream: 'stderr' }))[1]!;
   const mark = primary.proc!.mark();
   const killedAt = Date.now();
   await h.restartProxy();
   await until('the old client sees its connection closed', () => old.failure !== undefined);
-  await until('the clients reconnected and go on', () => load.reconnects >= 6 && load.acked > 400, 10_000);
+  await until('the clients reconnected and go on', () => load.reconnects >= 6 && load.ops > 400, 10_000);
   const r = await load.stop();
-  t.diagnostic(`${r.acked} INCR replies, ${r.unacked} without a reply (cut by the kill), ${r.reconnects} reconnections, ${r.counters} counters`);
+  t.diagnostic(`${r.ops} INCR replies, ${r.unacked} without a reply (cut by the kill), ${r.reconnects} reconnections, ${r.counters} counters`);
   assert.deepEqual(r.failures, []);
   assert.deepEqual(r.mismatches, []);
   // The dead proxy's 7 virtual connections (their tags start with its id): closed by the VM once nobody re-attached them.
