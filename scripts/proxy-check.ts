@@ -7,12 +7,16 @@
  * across `--benchmark-failovers` kill -9 failovers: it must report no error. (2) Counting clients
  * (`--conns` connections, INCR on `--counters` counters) across `--count-failovers` failovers: every
  * counter equals the replies received, reply values are a serial execution's. (3) A kill -9 in the
- * middle of a 1,000-command pipeline: all replies, in order, exactly once. Ends with ONE line of JSON;
- * exit code 0 only if all three held.
+ * middle of a 1,000-command pipeline: all replies, in order, exactly once. (4) Two proxies front the VM
+ * (the second finds the primary with `--arbiter`): counting clients spread over both across
+ * `--two-proxy-failovers` failovers, exact. (5) `--proxy-restarts` kill -9s of the proxy under counting
+ * clients that reconnect: every acknowledged INCR counted exactly once (the counter lies between the
+ * replies received and those plus the requests whose reply was cut off). Ends with ONE line of JSON;
+ * exit code 0 only if all held.
  */
 import { Command, InvalidArgumentError } from 'commander';
-import { countingLoad, failovers, pipelineAcross, redisBenchmark, startProxiedPool, type BenchmarkRound } from '../src/testing/proxy-harness.js';
-import { stopAll } from '../src/testing/processes.js';
+import { countingLoad, failovers, pipelineAcross, redisBenchmark, startProxiedPool, startProxyProcess, type BenchmarkRound } from '../src/testing/proxy-harness.js';
+import { freePort, stopAll } from '../src/testing/processes.js';
 
 function intAtLeast(name: string, min: number): (v: string) => number {
   return (v) => {
@@ -28,12 +32,14 @@ const o = new Command('npm run proxy-check --')
   .option('--count-failovers <n>', 'kill -9 failovers while the counting clients run', intAtLeast('--count-failovers', 0), 10)
   .option('--conns <n>', 'counting connections', intAtLeast('--conns', 1), 16)
   .option('--counters <n>', 'counters', intAtLeast('--counters', 1), 64)
+  .option('--two-proxy-failovers <n>', 'kill -9 failovers while counting clients use two proxies', intAtLeast('--two-proxy-failovers', 0), 3)
+  .option('--proxy-restarts <n>', 'kill -9s (and restarts) of the proxy under reconnecting counting clients', intAtLeast('--proxy-restarts', 0), 3)
   .option('--gap-ms <n>', 'load between failovers', intAtLeast('--gap-ms', 0), 1500)
   .option('--guest <module>', 'the guest: kv (AssemblyScript), c_server or rust_server (unmodified WASI programs)', 'kv')
   .option('--quiet', 'no progress lines')
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
   .parse(process.argv.slice(2), { from: 'user' })
-  .opts<{ guest: string; benchmarkFailovers: number; countFailovers: number; conns: number; counters: number; gapMs: number; quiet?: boolean }>();
+  .opts<{ guest: string; benchmarkFailovers: number; countFailovers: number; conns: number; counters: number; gapMs: number; twoProxyFailovers: number; proxyRestarts: number; quiet?: boolean }>();
 
 const t0 = Date.now();
 const log = o.quiet === true ? (): void => undefined : (line: string): void => void process.stderr.write(`[proxy-check +${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}\n`);
@@ -74,8 +80,41 @@ try {
   const pipe = await pipelineAcross(h.proxyPort, 1000, () => primary.proc!.kill('SIGKILL'));
   await primary.proc!.exited;
   log(`pipeline: ${pipe.replies} replies, ${pipe.detail}`);
+  primary.gen++;
+  await h.pool.startStandby(primary);
 
-  const passed = benchErrors.length === 0 && counting.failures.length === 0 && counting.mismatches.length === 0 && counting.ops > 0 && pipe.ok;
+  // (4) two proxies, the second finding the primary at the arbiter.
+  const port2 = await freePort();
+  const second = await startProxyProcess(h.pool.secretFile, h.pool.opts.vm, port2, h.pool.arbiterUrl);
+  const two = await countingLoad([h.proxyPort, port2], o.conns, o.counters, 'two', 50_000_000, 30 * 60_000);
+  const twoTimes = await failovers(h, o.twoProxyFailovers, o.gapMs, (i, ms) => log(`two proxies: failover ${i + 1} protected again in ${ms} ms`));
+  const twoProxies = await two.stop();
+  await second.stop();
+  log(`two proxies: ${twoProxies.ops} INCR replies, ${twoProxies.failures.length} failures, ${twoProxies.mismatches.length} mismatches`);
+
+  // (5) proxy restarts under reconnecting clients.
+  const rl = await countingLoad(h.proxyPort, o.conns, o.counters, 'rst', 50_000_000, 30 * 60_000, { reconnectMs: 30_000 });
+  for (let i = 0; i < o.proxyRestarts; i++) {
+    await new Promise((r) => setTimeout(r, o.gapMs));
+    await h.restartProxy();
+    log(`proxy restart ${i + 1}: ${rl.ops} INCR replies so far, ${rl.reconnects} reconnections`);
+  }
+  await new Promise((r) => setTimeout(r, o.gapMs));
+  const restarts = await rl.stop();
+  log(`proxy restarts: ${restarts.ops} INCR replies, ${restarts.unacked} cut off, ${restarts.failures.length} failures, ${restarts.mismatches.length} mismatches`);
+
+  const passed =
+    benchErrors.length === 0 &&
+    counting.failures.length === 0 &&
+    counting.mismatches.length === 0 &&
+    counting.ops > 0 &&
+    pipe.ok &&
+    twoProxies.failures.length === 0 &&
+    twoProxies.mismatches.length === 0 &&
+    twoProxies.ops > 0 &&
+    restarts.failures.length === 0 &&
+    restarts.mismatches.length === 0 &&
+    restarts.ops > 0;
   console.log(
     JSON.stringify({
       passed,
@@ -83,6 +122,8 @@ try {
       benchmark: { failovers: benchTimes.length, rounds: rounds.length, errors: benchErrors.length, error_lines: benchErrors.slice(0, 10), last_results: rounds.at(-1)?.results ?? [], protected_again_ms: benchTimes },
       counting: { failovers: countTimes.length, connections: o.conns, counters: counting.counters, incr_replies: counting.ops, failures: counting.failures.slice(0, 10), mismatches: counting.mismatches.slice(0, 10), protected_again_ms: countTimes },
       pipeline: pipe,
+      two_proxies: { failovers: twoTimes.length, incr_replies: twoProxies.ops, failures: twoProxies.failures.slice(0, 10), mismatches: twoProxies.mismatches.slice(0, 10), protected_again_ms: twoTimes },
+      proxy_restarts: { restarts: o.proxyRestarts, incr_replies: restarts.ops, cut_off: restarts.unacked, reconnections: restarts.reconnects, failures: restarts.failures.slice(0, 10), mismatches: restarts.mismatches.slice(0, 10) },
       seconds: Math.round((Date.now() - t0) / 1000),
     }),
   );

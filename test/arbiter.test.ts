@@ -222,6 +222,10 @@ function sharedBehaviour(label: string, get: () => Backend): void {
       await new Promise((r) => setTimeout(r, 200));
     }
     assert.deepEqual(await byId(), { 'host-2-backup-2': '127.0.0.1:7101 primary' });
+    // A node with --proxy-listen announces it too (`ftvm proxy --arbiter` reads it); entries without it read as before.
+    await c(1).publishMember(vm, { nodeId: 'host-2-backup-2', control: '127.0.0.1:7101', role: 'primary', proxy: '127.0.0.1:7401' }, 30_000, O());
+    assert.deepEqual(await c(2).listMembers(vm, O()), [{ nodeId: 'host-2-backup-2', control: '127.0.0.1:7101', role: 'primary', proxy: '127.0.0.1:7401' }]);
+    await assert.rejects(c(0).publishMember(vm, { nodeId: 'n', control: '127.0.0.1:1', role: 'primary', proxy: 'nope' }, 3000, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
     // Other VMs are not listed; bad input is the caller's bug.
     assert.deepEqual(await c(0).listMembers(freshVm('members-other'), O()), []);
     await assert.rejects(c(0).publishMember(vm, { nodeId: 'n', control: 'nope', role: 'primary' }, 3000, O()), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');

@@ -5,7 +5,17 @@
  * proxied connections open while it closes direct ones.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { EmbeddedArbiterClient, EmbeddedArbiterServer } from '../src/arbiter/embedded.js';
+import { arbiterReplicas, replicaSourceFrom } from '../src/proxy/discovery.js';
+import { Keyring } from '../src/security/secrets.js';
+import { CLI, makeSecretFile } from '../src/testing/pair.js';
+import { silentLogger } from '../src/util/log.js';
 import { decodeBatch, encodeBatch } from '../src/log/codec.js';
 import { EntryType } from '../src/log/entry.js';
 import { ProxyTails } from '../src/machine/proxy-tails.js';
@@ -122,3 +132,53 @@ for (const [name, config] of machines) {
     assert.equal(hex(rep.finalHash), hex(rec.finalHash));
   });
 }
+
+test('--arbiter discovery: a real embedded arbiter lists the record owner\'s proxy port first, skips nodes without one (older entries read as before)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ftvm-proxy-discovery-'));
+  const secret = randomBytes(32);
+  const server = await EmbeddedArbiterServer.start({ dataDir: dir, host: '127.0.0.1', port: 0, secret, log: silentLogger });
+  const arbiter = new EmbeddedArbiterClient({ host: '127.0.0.1', port: server.address.port, secret, log: silentLogger });
+  try {
+    const O = { deadlineMs: 5000 };
+    const errors: string[] = [];
+    const source = arbiterReplicas(arbiter, 'vmx', 2000, (e) => errors.push((e as FtvmError).code));
+    assert.deepEqual(await source(), []);
+    assert.deepEqual(errors, ['FTVM_ERR_PROXY_NO_REPLICA']);
+    await arbiter.init('vmx', { epoch: 1, owner: 'node-b' }, O);
+    await arbiter.publishMember('vmx', { nodeId: 'node-a', control: '127.0.0.1:7100', role: 'backup', proxy: '127.0.0.1:7401' }, 30_000, O);
+    await arbiter.publishMember('vmx', { nodeId: 'node-b', control: '127.0.0.1:7101', role: 'primary', proxy: '127.0.0.1:7402' }, 30_000, O);
+    await arbiter.publishMember('vmx', { nodeId: 'node-old', control: '127.0.0.1:7102', role: 'standby' }, 30_000, O);
+    assert.deepEqual(await source(), [{ host: '127.0.0.1', port: 7402 }, { host: '127.0.0.1', port: 7401 }]);
+    assert.deepEqual((await arbiter.listMembers('vmx', O)).find((m) => m.nodeId === 'node-old'), { nodeId: 'node-old', control: '127.0.0.1:7102', role: 'standby' });
+    // A failover: the record names the other node; it comes first.
+    await arbiter.claim('vmx', 1, 'node-a', O);
+    assert.deepEqual(await source(), [{ host: '127.0.0.1', port: 7401 }, { host: '127.0.0.1', port: 7402 }]);
+    await assert.rejects(arbiter.publishMember('vmx', { nodeId: 'n', control: '127.0.0.1:1', role: 'primary', proxy: 'nope' }, 3000, O), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT');
+    // The arbiter down: the last list is kept (the proxy goes on trying the replicas it knew).
+    await server.close();
+    assert.deepEqual(await source(), [{ host: '127.0.0.1', port: 7401 }, { host: '127.0.0.1', port: 7402 }]);
+    assert.equal(errors.at(-1), 'FTVM_ERR_ARBITER_UNAVAILABLE');
+  } finally {
+    await arbiter.close();
+    await server.close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('ftvm proxy refuses bad options with coded errors: neither or both of --replicas and --arbiter, a bad arbiter URL, an empty --replicas', () => {
+  const keys = new Keyring(randomBytes(32));
+  const vmName = 'vm';
+  for (const [o, want] of [
+    [{}, /exactly one of --replicas/],
+    [{ replicas: ['127.0.0.1:7401'], arbiter: 'ftvm://127.0.0.1:7300' }, /exactly one of --replicas/],
+    [{ arbiter: 'http://127.0.0.1:2379' }, /bad arbiter URL/],
+    [{ replicas: [] }, /--replicas needs at least one address/],
+    [{ replicas: ['127.0.0.1:x'] }, /--replicas: address "127.0.0.1:x" has a bad port/],
+  ] as const) {
+    assert.throws(() => replicaSourceFrom({ vmName, ...o }, keys, silentLogger), (e: FtvmError) => e.code === 'FTVM_ERR_BAD_ARGUMENT' && want.test(e.message), JSON.stringify(o));
+  }
+  // The command reports it with the code and a non-zero exit status.
+  const r = spawnSync(process.execPath, [CLI, 'proxy', '--listen', '127.0.0.1:1', '--secret-file', makeSecretFile(), '--replicas', '127.0.0.1:7401', '--arbiter', 'ftvm://127.0.0.1:7300'], { encoding: 'utf8', timeout: 20_000 });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /ftvm: error \[FTVM_ERR_BAD_ARGUMENT\]: give exactly one of --replicas/);
+});

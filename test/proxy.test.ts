@@ -17,12 +17,15 @@ import { Keyring } from '../src/security/secrets.js';
 import { PFrame, ProxyWire, type ProxyFrame } from '../src/proxy/wire.js';
 import { readSecretFileSync } from '../src/security/secrets.js';
 import { needs } from '../src/testing/system-deps.js';
-import { StrictResp, countingLoad, failovers, pipelineAcross, redisBenchmark, startProxiedPool, within, type ProxiedPool } from '../src/testing/proxy-harness.js';
-import { stopAll } from '../src/testing/processes.js';
+import { StrictResp, countingLoad, failovers, pipelineAcross, redisBenchmark, startProxiedPool, startProxyProcess, within, type ProxiedPool } from '../src/testing/proxy-harness.js';
+import { freePort, stopAll } from '../src/testing/processes.js';
+
+/** How long a replica keeps a proxied connection nobody re-attaches (the proxy restart test waits it out). */
+const REATTACH_TIMEOUT_MS = 5000;
 
 let h: ProxiedPool;
 before(async () => {
-  h = await startProxiedPool({ slots: 4, parallelStart: true, startTimeoutMs: 90_000, nodeArgs: ['--proxy-reattach-timeout-ms', '20000', '--fail-timeout-ms', '600'] });
+  h = await startProxiedPool({ slots: 4, parallelStart: true, startTimeoutMs: 90_000, nodeArgs: ['--proxy-reattach-timeout-ms', String(REATTACH_TIMEOUT_MS), '--fail-timeout-ms', '600'] });
   await h.pool.waitProtected(60_000);
 });
 after(async () => {
@@ -77,8 +80,8 @@ test('a SIGSTOP of the primary past the fail timeout: the proxy leaves the silen
   await h.pool.waitProtected(60_000);
 });
 
-test('the TypeScript client speaks the proxy protocol itself (no proxy hop): its calls survive a kill -9 failover, none lost or run twice', async (t) => {
-  const vm = await FtvmClient.open({ replicas: h.proxyPorts.map((p) => `127.0.0.1:${p}`), secret: readSecretFileSync(h.pool.secretFile), vmName: h.pool.opts.vm });
+test('the TypeScript client speaks the proxy protocol itself (no proxy hop), finding the primary at the arbiter: its calls survive a kill -9 failover, none lost or run twice', async (t) => {
+  const vm = await FtvmClient.open({ arbiter: h.pool.arbiterUrl, secret: readSecretFileSync(h.pool.secretFile), vmName: h.pool.opts.vm });
   try {
     const clients = Array.from({ length: 4 }, () => vm.resp());
     const replies = new Map<string, number[]>();
@@ -250,13 +253,55 @@ test('a client that never reads its replies: bounded in the proxy, dropped by th
   setup.close();
 });
 
-test('a proxy restart loses only its own client connections; new clients are served at once', async () => {
+test('two proxies front one VM, the second finding the primary at the arbiter (--arbiter): clients on both doing INCR across a kill -9 failover, none lost or duplicated', async (t) => {
+  const port2 = await freePort();
+  const second = await startProxyProcess(h.pool.secretFile, h.pool.opts.vm, port2, h.pool.arbiterUrl);
+  try {
+    const load = await countingLoad([h.proxyPort, port2], 8, 16, 'two', 1_000_000, 60_000);
+    const times = await failovers(h, 1, 700, (i, ms) => t.diagnostic(`failover ${i + 1}: protected again after ${ms} ms`));
+    await new Promise((r) => setTimeout(r, 300));
+    const r = await load.stop();
+    t.diagnostic(`${r.ops} INCR replies on ${r.counters} shared counters, 4 connections on each proxy, failover ${times.join(', ')} ms`);
+    assert.deepEqual(r.failures, []);
+    assert.deepEqual(r.mismatches, []);
+    assert.ok(r.ops > 200, `enough operations ran (${r.ops})`);
+    await second.waitForLine(/"session":2,"msg":"proxy session open/, 10_000, { stream: 'stderr' });
+  } finally {
+    await second.stop();
+  }
+});
+
+test('a proxy kill -9 mid-load: its clients reconnect to the restarted proxy, every acknowledged INCR counted exactly once; the VM closes the dead proxy\'s connections after the re-attach timeout and serves on', async (t) => {
+  const { primary } = await h.pool.waitProtected(60_000);
   const old = await StrictResp.connect(h.proxyPort);
   assert.equal(await within(old.call('INCR', 'restart'), 10_000, 'INCR'), 1);
+  const load = await countingLoad(h.proxyPort, 6, 12, 'rst', 1_000_000, 60_000, { reconnectMs: 15_000 });
+  await until('load runs', () => load.ops > 200, 10_000);
+  const deadId = (await h.proxy.waitForLine(/"proxyId":"([0-9a-f]{32})"/, 1000, { stream: 'stderr' }))[1]!;
+  const mark = primary.proc!.mark();
+  const killedAt = Date.now();
   await h.restartProxy();
   await until('the old client sees its connection closed', () => old.failure !== undefined);
+  await until('the clients reconnected and go on', () => load.reconnects >= 6 && load.ops > 400, 10_000);
+  const r = await load.stop();
+  t.diagnostic(`${r.ops} INCR replies, ${r.unacked} without a reply (cut by the kill), ${r.reconnects} reconnections, ${r.counters} counters`);
+  assert.deepEqual(r.failures, []);
+  assert.deepEqual(r.mismatches, []);
+  // The dead proxy's 7 virtual connections (their tags start with its id): closed by the VM once nobody re-attached them.
+  const closed = (): number => {
+    const b = primary.proc!.stderr;
+    let n = 0;
+    for (let i = Math.max(mark.stderr, b.total - b.lines.length); i < b.total; i++) {
+      const l = b.line(i) ?? '';
+      if (l.includes('no proxy re-attached the connection') && l.includes(`"tag":"${deadId}`)) n++;
+    }
+    return n;
+  };
+  await until('the VM closed the dead proxy\'s 7 connections', () => closed() >= 7, REATTACH_TIMEOUT_MS + 8000);
+  t.diagnostic(`the VM closed the dead proxy's connections ${Date.now() - killedAt} ms after the kill (re-attach timeout ${REATTACH_TIMEOUT_MS} ms)`);
   const fresh = await StrictResp.connect(h.proxyPort);
   assert.equal(await within(fresh.call('INCR', 'restart'), 10_000, 'INCR'), 2);
   assert.equal(fresh.failure, undefined);
+  assert.equal((await h.pool.status(primary))?.role, 'primary');
   fresh.close();
 });

@@ -59,6 +59,12 @@ export interface MemberRecord {
   control: string;
   /** primary | backup | standby | halted (free text of [a-z-], 1–32 characters). */
   role: string;
+  /**
+   * The node's `--proxy-listen` address (`host:port`), if it serves one: `ftvm proxy --arbiter` finds the
+   * live primary's proxy port as the member whose `nodeId` is the record's owner. Absent in entries of
+   * nodes that serve no proxy port (and in those of older nodes).
+   */
+  proxy?: string;
 }
 
 export interface Arbiter {

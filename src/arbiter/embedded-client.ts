@@ -106,7 +106,7 @@ export class EmbeddedArbiterClient implements Arbiter {
 
   async publishMember(vm: string, member: MemberRecord, ttlMs: number, opts: CallOptions): Promise<void> {
     checkMemberArgs({ vm, member, ttlMs, opts });
-    await this.call('member', { vm, nodeId: member.nodeId, control: member.control, role: member.role, ttlMs }, opts);
+    await this.call('member', { vm, nodeId: member.nodeId, control: member.control, role: member.role, ...(member.proxy !== undefined ? { proxy: member.proxy } : {}), ttlMs }, opts);
   }
 
   async listMembers(vm: string, opts: CallOptions): Promise<MemberRecord[]> {

@@ -58,8 +58,8 @@ const STANDBY_FIELDS: Record<StandbyOp, string[]> = {
   unstandby: ['vm', 'hostId'],
 };
 
-/** A request body: a JSON object with exactly `fields`. */
-function jsonBody(op: Op, raw: Buffer, fields: readonly string[]): Record<string, unknown> {
+/** A request body: a JSON object with exactly `fields`, and any of `optional`. */
+function jsonBody(op: Op, raw: Buffer, fields: readonly string[], optional: readonly string[] = []): Record<string, unknown> {
   let v: unknown;
   try {
     v = JSON.parse(raw.toString('utf8'));
@@ -68,7 +68,7 @@ function jsonBody(op: Op, raw: Buffer, fields: readonly string[]): Record<string
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('body is not a JSON object');
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!fields.includes(k)) throw bad(`unexpected field ${JSON.stringify(k)} (${op} takes ${fields.join(', ')})`);
+  for (const k of Object.keys(o)) if (!fields.includes(k) && !optional.includes(k)) throw bad(`unexpected field ${JSON.stringify(k)} (${op} takes ${[...fields, ...optional].join(', ')})`);
   for (const k of fields) if (!(k in o)) throw bad(`missing field ${JSON.stringify(k)}`);
   return o;
 }
@@ -116,8 +116,8 @@ export function parseBody(op: RecordOp, raw: Buffer): ParsedRequest {
 
 /** Validates a members request body strictly. */
 export function parseMemberBody(op: MemberOp, raw: Buffer): { op: MemberOp; vm: string; member: MemberRecord | null; ttlMs: number } {
-  const o = jsonBody(op, raw, op === 'member' ? ['vm', 'nodeId', 'control', 'role', 'ttlMs'] : ['vm']);
-  const member = op === 'member' ? { nodeId: o.nodeId as string, control: o.control as string, role: o.role as string } : null;
+  const o = op === 'member' ? jsonBody(op, raw, ['vm', 'nodeId', 'control', 'role', 'ttlMs'], ['proxy']) : jsonBody(op, raw, ['vm']);
+  const member = op === 'member' ? { nodeId: o.nodeId as string, control: o.control as string, role: o.role as string, ...('proxy' in o ? { proxy: o.proxy as string } : {}) } : null;
   try {
     checkMemberArgs({ vm: o.vm as string, opts: { deadlineMs: 1 }, ...(member ? { member, ttlMs: o.ttlMs as number } : {}) });
   } catch (err) {

@@ -154,21 +154,24 @@ export function checkMemberArgs(args: { vm: string; member?: MemberRecord; ttlMs
     if (!m || !isValidOwner(m.nodeId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member node id ${JSON.stringify(m?.nodeId)} is not 1–${MAX_OWNER_LENGTH} characters without control characters`);
     if (typeof m.control !== 'string' || !CHANNEL_PATTERN.test(m.control)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member control address ${JSON.stringify(m.control)} is not host:port`);
     if (typeof m.role !== 'string' || !ROLE_PATTERN.test(m.role)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member role ${JSON.stringify(m.role)} is not 1–32 characters of [a-z-]`);
+    if ('proxy' in m && (typeof m.proxy !== 'string' || !CHANNEL_PATTERN.test(m.proxy))) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member proxy address ${JSON.stringify(m.proxy)} is not host:port`);
   }
   if ('ttlMs' in args && (typeof args.ttlMs !== 'number' || !Number.isInteger(args.ttlMs) || args.ttlMs < MIN_STANDBY_TTL_MS || args.ttlMs > MAX_STANDBY_TTL_MS)) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `arbiter: member ttlMs ${String(args.ttlMs)} is not an integer in ${MIN_STANDBY_TTL_MS}..${MAX_STANDBY_TTL_MS}`);
   }
 }
 
-/** Parses a member entry from an untrusted value; undefined if it is not one. */
+/** Parses a member entry from an untrusted value; undefined if it is not one. Entries without `proxy` (older nodes) read as before. */
 export function parseMemberValue(v: unknown): MemberRecord | undefined {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
   const o = v as Record<string, unknown>;
-  if (Object.keys(o).length !== 3 || !isValidOwner(o.nodeId) || typeof o.control !== 'string' || !CHANNEL_PATTERN.test(o.control) || typeof o.role !== 'string' || !ROLE_PATTERN.test(o.role)) return undefined;
-  return { nodeId: o.nodeId, control: o.control, role: o.role };
+  const hasProxy = 'proxy' in o;
+  if (Object.keys(o).length !== (hasProxy ? 4 : 3) || !isValidOwner(o.nodeId) || typeof o.control !== 'string' || !CHANNEL_PATTERN.test(o.control) || typeof o.role !== 'string' || !ROLE_PATTERN.test(o.role)) return undefined;
+  if (hasProxy && (typeof o.proxy !== 'string' || !CHANNEL_PATTERN.test(o.proxy))) return undefined;
+  return { nodeId: o.nodeId, control: o.control, role: o.role, ...(hasProxy ? { proxy: o.proxy as string } : {}) };
 }
 
-/** The canonical JSON of a member entry (fixed key order). */
+/** The canonical JSON of a member entry (fixed key order; `proxy` only when present). */
 export function memberJson(m: MemberRecord): string {
-  return JSON.stringify({ nodeId: m.nodeId, control: m.control, role: m.role });
+  return JSON.stringify({ nodeId: m.nodeId, control: m.control, role: m.role, ...(m.proxy !== undefined ? { proxy: m.proxy } : {}) });
 }

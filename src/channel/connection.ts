@@ -10,7 +10,6 @@
  * replayed or reordered frames fail verification and the connection is dropped, with a log line. The
  * replica keeps running; the primary redials.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ByteWriter } from '../log/codec.js';
 import { Keyring } from '../security/secrets.js';
@@ -19,9 +18,9 @@ import type { Logger } from '../util/log.js';
 import { realClock } from '../env/real-clock.js';
 import type { NodeClock } from '../replication/env.js';
 import type { ChannelSocket } from './transport.js';
+import { FrameSplitter, MAC_BYTES, deriveKey, sealFrame, verifyFrameMac } from './framing.js';
 import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
 
-const MAC_BYTES = 16;
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
 export interface LocalIdentity {
@@ -56,18 +55,7 @@ export interface ConnectionOptions {
 }
 
 function helloKeyOf(secret: Uint8Array): Buffer {
-  return createHmac('sha256', secret).update('ftvm-hello-v1').digest();
-}
-
-function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array, body2?: Uint8Array): Buffer {
-  const h = createHmac('sha256', key);
-  const hdr = Buffer.allocUnsafe(9);
-  hdr[0] = dir;
-  hdr.writeBigUInt64LE(counter, 1);
-  h.update(hdr);
-  h.update(body);
-  if (body2 !== undefined && body2.length > 0) h.update(body2);
-  return h.digest().subarray(0, MAC_BYTES);
+  return deriveKey(secret, 'ftvm-hello-v1');
 }
 
 /**
@@ -82,7 +70,7 @@ export class ChannelConnection extends EventEmitter {
   private readonly clock: NodeClock;
   private sendCounter = 0n;
   private recvCounter = 0n;
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly frames: FrameSplitter;
   private readonly writer = new ByteWriter(1024);
   private readonly maxFrameBytes: number;
   private readonly sendBufferMaxBytes: number;
@@ -104,6 +92,7 @@ export class ChannelConnection extends EventEmitter {
     this.clock = opts.clock ?? realClock;
     this.nonce = this.clock.randomBytes(16);
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.frames = new FrameSplitter(this.maxFrameBytes);
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
     this.keys = Keyring.of(opts.secret);
     this.helloKey = helloKeyOf(this.keys.current);
@@ -149,13 +138,7 @@ export class ChannelConnection extends EventEmitter {
    */
   private writeRaw(head: Uint8Array, tail: Uint8Array | undefined, key: Buffer, counter: bigint): void {
     const dir = this.opts.identity.role === 'primary' ? 1 : 2; // a standby speaks as a backup
-    const bodyLen = head.length + (tail?.length ?? 0);
-    const len = bodyLen + MAC_BYTES;
-    const out = Buffer.allocUnsafe(4 + len);
-    out.writeUInt32LE(len, 0);
-    out.set(head, 4);
-    if (tail !== undefined) out.set(tail, 4 + head.length);
-    out.set(mac(key, dir, counter, out.subarray(4, 4 + bodyLen)), 4 + bodyLen);
+    const out = sealFrame(head, tail, key, dir, counter);
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -202,19 +185,17 @@ export class ChannelConnection extends EventEmitter {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
-    while (!this.closed && this.buf.length >= 4) {
-      const len = this.buf.readUInt32LE(0);
-      if (len > this.maxFrameBytes || len < MAC_BYTES + 1) {
+    this.frames.push(chunk);
+    while (!this.closed) {
+      const f = this.frames.next();
+      if (f === undefined) return;
+      if ('badLength' in f) {
+        const len = f.badLength;
         this.opts.log.warn({ peer: this.remote, len, max: this.maxFrameBytes }, 'channel: frame size out of bounds; dropping the connection');
         this.close(`frame of ${len} bytes is out of bounds (max ${this.maxFrameBytes})`);
         return;
       }
-      if (this.buf.length < 4 + len) return;
-      const body = this.buf.subarray(4, 4 + len - MAC_BYTES);
-      const tag = this.buf.subarray(4 + len - MAC_BYTES, 4 + len);
-      this.buf = this.buf.subarray(4 + len);
-      this.onFrameBytes(body, tag);
+      this.onFrameBytes(f.body, f.tag);
     }
   }
 
@@ -222,7 +203,7 @@ export class ChannelConnection extends EventEmitter {
     const peerDir = this.opts.identity.role === 'primary' ? 2 : 1;
     if (this.sessionKey === undefined) {
       // The first frame must be the peer's HELLO under the hello key of a secret we accept.
-      const peerSecret = this.keys.accepted.find((s) => timingSafeEqual(mac(helloKeyOf(s), peerDir, 0n, body), tag));
+      const peerSecret = this.keys.accepted.find((s) => verifyFrameMac(helloKeyOf(s), peerDir, 0n, body, tag));
       if (peerSecret === undefined) {
         this.opts.log.warn({ peer: this.remote }, 'channel: refused peer: HELLO authentication failed (wrong secret?)');
         this.close('authentication failed');
@@ -246,7 +227,7 @@ export class ChannelConnection extends EventEmitter {
       // rotation: each signs with its current secret, and accepts the other's).
       const primary = this.opts.identity.role === 'primary';
       const [p, b] = primary ? [this.nonce, hello.nonce] : [hello.nonce, this.nonce];
-      this.sessionKey = createHmac('sha256', primary ? this.keys.current : peerSecret).update('ftvm-session-v1').update(p).update(b).digest();
+      this.sessionKey = deriveKey(primary ? this.keys.current : peerSecret, 'ftvm-session-v1', p, b);
       const problem = this.checkHello(hello);
       if (problem) {
         this.refuse(problem.code, problem.reason);
@@ -257,7 +238,7 @@ export class ChannelConnection extends EventEmitter {
       return;
     }
     this.recvCounter++;
-    if (!timingSafeEqual(mac(this.sessionKey, peerDir, this.recvCounter, body), tag)) {
+    if (!verifyFrameMac(this.sessionKey, peerDir, this.recvCounter, body, tag)) {
       this.opts.log.warn({ peer: this.remote, frame: Number(this.recvCounter) }, 'channel: frame failed authentication (forged, corrupted or replayed); dropping the connection');
       this.close('frame authentication failed');
       return;

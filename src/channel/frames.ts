@@ -4,6 +4,7 @@
  */
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import { FtvmError } from '../util/errors.js';
+import { readLenString, writeLenString } from './framing.js';
 
 export * from '../replication/messages.js';
 import { ControlKind, FRAME_TYPE_NAMES, FrameType, SnapshotPart, type Frame, type Role } from '../replication/messages.js';
@@ -15,17 +16,8 @@ function bad(msg: string): never {
   throw new FtvmError('FTVM_ERR_BAD_FRAME', msg);
 }
 
-function str(w: ByteWriter, s: string): void {
-  const b = Buffer.from(s, 'utf8');
-  w.varint(b.length);
-  w.bytes(b);
-}
-
-function readStr(r: ByteReader, max = 4096): string {
-  const n = r.varint();
-  if (n > max) bad(`string of ${n} bytes exceeds ${max}`);
-  return Buffer.from(r.bytes(n)).toString('utf8');
-}
+const str = writeLenString;
+const readStr = (r: ByteReader, max = 4096): string => readLenString(r, max);
 
 export function encodeFrameBody(f: Frame, w = new ByteWriter(256)): Uint8Array {
   const { head, tail } = encodeFrameParts(f, w);

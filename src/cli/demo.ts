@@ -136,13 +136,14 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), startMs);
     if (viaProxy) {
-      procs.push(child(['proxy', '--listen', `127.0.0.1:${pxl}`, '--replicas', [px1, px2, px3].map((p) => `127.0.0.1:${p}`).join(','), '--secret-file', secret, '--vm-name', vm], 'proxy  ', lines));
+      // The proxy finds the serving primary at the arbiter: each node announces its --proxy-listen there.
+      procs.push(child(['proxy', '--listen', `127.0.0.1:${pxl}`, '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', vm], 'proxy  ', lines));
       await until('the proxy', () => lines.some((l) => l.includes('proxy session open')), 30_000);
     }
     let seen = show(0);
     console.log(`   watch it live: ${dashboardUrl}`);
     console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
-    if (viaProxy) console.log(`   ftvm proxy on 127.0.0.1:${pxl} is the VM's stable address: each client connection there is a virtual connection of the VM that survives failover`);
+    if (viaProxy) console.log(`   ftvm proxy on 127.0.0.1:${pxl} is the VM's stable address (it finds the serving primary at the arbiter): each client connection there is a virtual connection of the VM that survives failover`);
     if (g.sql) {
       // Idempotent, so it may go to whichever replica serves (a loaded machine can fail over early).
       const create = 'CREATE TABLE IF NOT EXISTS users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)';

@@ -19,6 +19,7 @@ import { demoGuest, pairDemo } from './demo.js';
 import { runDashboard, type DashboardCliOptions } from './dashboard-cmd.js';
 import { controlRequest, metricsScrapeToken } from '../service/control.js';
 import { FtvmProxy } from '../proxy/proxy.js';
+import { replicaSourceFrom } from '../proxy/discovery.js';
 
 const intArg =
   (name: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -203,18 +204,23 @@ export function buildProgram(): Command {
     .command('proxy')
     .description("A VM's stable client address: each client TCP connection is a virtual connection of the VM that survives failover (docs/PROXY.md)")
     .requiredOption('--listen <host:port>', 'where clients connect')
-    .requiredOption('--replicas <list>', "the replicas' --proxy-listen addresses, comma-separated (every replica and standby slot of the VM)")
-    .requiredOption('--secret-file <path>', "the VM's secret: the proxy session is authenticated with it")
+    .option('--replicas <list>', "the replicas' --proxy-listen addresses, comma-separated (every replica and standby slot of the VM); or --arbiter")
+    .option('--arbiter <url>', "find the serving primary at the VM's arbiter instead of --replicas: ftvm://host:port or etcd://host:port,host:port (the nodes announce their --proxy-listen there when run with --arbiter and --control)")
+    .option('--insecure-channel', 'the embedded arbiter runs with --insecure-channel (plain HTTP)')
+    .requiredOption('--secret-file <path>', "the VM's secret: the proxy session (and an ftvm:// arbiter's requests) are authenticated with it")
     .option('--accept-secret-file <path>', 'also accept this secret (a rotation)')
     .option('--vm-name <name>', 'VM name', 'vm')
     .option('--input-max-bytes <n>', "per connection: input not yet acknowledged by the VM's backup past which the client's socket is paused", intArg('--input-max-bytes', 64 * 1024), 4 * 1024 * 1024)
     .option('--session-timeout-ms <ms>', 'a replica silent this long (it sends a heartbeat every 200 ms) is taken for stopped or cut off: the proxy looks for the serving primary', intArg('--session-timeout-ms', 400, 600_000), 1500)
-    .action(async (o: { listen: string; replicas: string; secretFile: string; acceptSecretFile?: string; vmName: string; inputMaxBytes: number; sessionTimeoutMs: number }) => {
+    .action(async (o: { listen: string; replicas?: string; arbiter?: string; insecureChannel?: boolean; secretFile: string; acceptSecretFile?: string; vmName: string; inputMaxBytes: number; sessionTimeoutMs: number }) => {
       const keys = loadKeyring(o.secretFile, o.acceptSecretFile, 'ftvm proxy');
-      const replicas = o.replicas.split(',').filter((r) => r.length > 0).map((r) => parseAddr('--replicas', r.trim()));
-      if (replicas.length === 0) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--replicas needs at least one address');
       const log = logger('proxy');
-      const proxy = new FtvmProxy({ listen: parseAddr('--listen', o.listen), vmName: o.vmName, keys, replicas, log, inputMaxBytes: o.inputMaxBytes, sessionTimeoutMs: o.sessionTimeoutMs });
+      const found = replicaSourceFrom(
+        { vmName: o.vmName, replicas: o.replicas?.split(',').map((r) => r.trim()).filter((r) => r.length > 0), arbiter: o.arbiter, insecureArbiter: o.insecureChannel },
+        keys,
+        log,
+      );
+      const proxy = new FtvmProxy({ listen: parseAddr('--listen', o.listen), vmName: o.vmName, keys, replicas: found.source, log, inputMaxBytes: o.inputMaxBytes, sessionTimeoutMs: o.sessionTimeoutMs });
       await proxy.start();
       reloadSecretsOnSighup(keys, log);
       await new Promise<void>((resolve) => {
@@ -223,6 +229,7 @@ export function buildProgram(): Command {
         process.once('SIGINT', stop);
       });
       await proxy.close();
+      await found.close();
       process.exit(0);
     });
 

@@ -145,22 +145,35 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
 const MEMBER_TTL_MS = 3000;
 
 /**
- * Announces this node's control address and current role at the arbiter, so `ftvm dashboard` finds the
- * VM's nodes without being told. For operators only; an arbiter without members support is left alone.
+ * Announces this node's control address, current role and `--proxy-listen` address at the arbiter, so
+ * `ftvm dashboard` finds the VM's nodes without being told and `ftvm proxy --arbiter` finds the live
+ * primary's proxy port (the member whose node id is the record's owner). An arbiter without members
+ * support is left alone; one that refuses the proxy field (it predates it) gets the entry without it.
  */
 function announce(node: { status(): Record<string, unknown> }, common: Omit<NodeOptions, 'secret'>, log: Logger): void {
   const arbiter = common.arbiter;
   const control = common.control;
-  if (!arbiter || !control) return;
+  if (!arbiter || !control) {
+    if (arbiter && common.proxyListen) log.warn('--proxy-listen without --control: this node is not announced at the arbiter, so `ftvm proxy --arbiter` cannot find its proxy port (use --replicas, or give --control)');
+    return;
+  }
   let timer: NodeJS.Timeout | undefined;
   let failing = false;
+  let proxy = common.proxyListen !== undefined ? `${common.proxyListen.host}:${common.proxyListen.port}` : undefined;
   const once = async (): Promise<void> => {
     const r = node.status().role;
     const role = typeof r === 'string' && /^[a-z-]{1,32}$/.test(r) ? r : 'unknown';
     try {
-      await arbiter.publishMember(common.config.name, { nodeId: common.nodeId, control: `${control.host}:${control.port}`, role }, MEMBER_TTL_MS, { deadlineMs: common.timings.arbiterDeadlineMs });
+      const member = { nodeId: common.nodeId, control: `${control.host}:${control.port}`, role, ...(proxy !== undefined ? { proxy } : {}) };
+      await arbiter.publishMember(common.config.name, member, MEMBER_TTL_MS, { deadlineMs: common.timings.arbiterDeadlineMs });
       failing = false;
     } catch (err) {
+      if ((err as FtvmError).code === 'FTVM_ERR_ARBITER_BAD_REQUEST' && proxy !== undefined) {
+        log.warn({ err: (err as Error).message }, 'the arbiter refuses the proxy address in member entries (an older arbiter?): announcing without it; `ftvm proxy --arbiter` cannot find this node');
+        proxy = undefined;
+        void once();
+        return;
+      }
       if ((err as FtvmError).code === 'FTVM_ERR_ARBITER_BAD_REQUEST') {
         log.info({ err: (err as Error).message }, 'the arbiter does not list members (an older arbiter?): not announcing this node for the dashboard');
         return;

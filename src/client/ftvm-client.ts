@@ -11,15 +11,19 @@
  *   await c.call('INCR', 'hits');
  *   vm.close();
  */
+import { replicaSourceFrom } from '../proxy/discovery.js';
 import { FtvmProxy, type ProxyAddr } from '../proxy/proxy.js';
+import { FtvmError } from '../util/errors.js';
 import { Keyring } from '../security/secrets.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { RespClient, type RespClientOptions } from './resp.js';
 
 export interface FtvmClientOptions {
-  /** Every replica's (and standby slot's) `--proxy-listen` address, `host:port` or {host, port}. */
-  replicas: ReadonlyArray<string | ProxyAddr>;
-  /** The VM's secret (or a keyring during a rotation). */
+  /** Every replica's (and standby slot's) `--proxy-listen` address, `host:port` or {host, port}; or `arbiter`. */
+  replicas?: ReadonlyArray<string | ProxyAddr>;
+  /** The VM's arbiter URL (ftvm://host:port or etcd://…): the client finds the primary's proxy port there, as `ftvm proxy --arbiter` does. */
+  arbiter?: string;
+  /** The secret (or a keyring during a rotation). */
   secret: Uint8Array | Keyring;
   vmName?: string;
   log?: Logger;
@@ -31,23 +35,21 @@ export interface FtvmClientOptions {
   openTimeoutMs?: number;
 }
 
-function addr(a: string | ProxyAddr): ProxyAddr {
-  if (typeof a !== 'string') return a;
-  const i = a.lastIndexOf(':');
-  const port = Number(a.slice(i + 1));
-  if (i <= 0 || !Number.isInteger(port) || port <= 0 || port > 65535) throw new Error(`bad replica address ${a}`);
-  return { host: a.slice(0, i), port };
-}
-
 export class FtvmClient {
-  private constructor(private readonly proxy: FtvmProxy) {}
+  private constructor(
+    private readonly proxy: FtvmProxy,
+    private readonly release: () => Promise<void>,
+  ) {}
 
   static async open(o: FtvmClientOptions): Promise<FtvmClient> {
+    const keys = Keyring.of(o.secret);
+    const log = o.log ?? silentLogger;
+    const found = replicaSourceFrom({ vmName: o.vmName ?? 'vm', replicas: o.replicas, arbiter: o.arbiter }, keys, log);
     const proxy = new FtvmProxy({
       vmName: o.vmName ?? 'vm',
-      keys: Keyring.of(o.secret),
-      replicas: o.replicas.map(addr),
-      log: o.log ?? silentLogger,
+      keys,
+      replicas: found.source,
+      log,
       ...(o.sessionTimeoutMs !== undefined ? { sessionTimeoutMs: o.sessionTimeoutMs } : {}),
       ...(o.inputMaxBytes !== undefined ? { inputMaxBytes: o.inputMaxBytes } : {}),
     });
@@ -57,15 +59,16 @@ export class FtvmClient {
     try {
       await Promise.race([
         proxy.whenSession(),
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no serving primary among ${o.replicas.length} replicas within ${timeoutMs} ms`)), timeoutMs))),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new FtvmError('FTVM_ERR_TIMEOUT', `no serving primary found through ${found.describe} within ${timeoutMs} ms`)), timeoutMs))),
       ]);
     } catch (err) {
       await proxy.close();
+      await found.close();
       throw err;
     } finally {
       clearTimeout(timer);
     }
-    return new FtvmClient(proxy);
+    return new FtvmClient(proxy, found.close);
   }
 
   /** A new virtual connection of the VM, as a byte stream. */
@@ -85,5 +88,6 @@ export class FtvmClient {
 
   async close(): Promise<void> {
     await this.proxy.close();
+    await this.release();
   }
 }

@@ -15,6 +15,8 @@ import type { Duplex } from 'node:stream';
 import { duplexPair } from '../client/duplex-pair.js';
 import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
+import { fixedReplicas, type ReplicaSource } from './discovery.js';
+import { OffsetQueue } from './offsets.js';
 import { MAX_CHUNK_BYTES, PFrame, ProxyWire, type ProxyFrame } from './wire.js';
 
 export const PROXY_INPUT_MAX_BYTES = 4 * 1024 * 1024;
@@ -31,8 +33,12 @@ export interface ProxyOptions {
   listen?: ProxyAddr;
   vmName: string;
   keys: Keyring;
-  /** The replicas' proxy ports (`--proxy-listen` of each replica and standby slot). */
-  replicas: ProxyAddr[];
+  /**
+   * Where to look for the serving primary: the replicas' proxy ports (`--proxy-listen` of each replica
+   * and standby slot), or a source asked again at every round of looking (`arbiterReplicas`: the VM's
+   * arbiter record and member entries, src/proxy/discovery.ts).
+   */
+  replicas: ProxyAddr[] | ReplicaSource;
   log: Logger;
   inputMaxBytes?: number;
   maxConnections?: number;
@@ -45,10 +51,8 @@ export interface ProxyOptions {
 interface ClientConn {
   pconn: number;
   sock: Duplex;
-  /** Input from the client not yet acknowledged: offsets [inBase, inSent). */
-  inChunks: Buffer[];
-  inBase: number;
-  inSent: number;
+  /** Input from the client not yet acknowledged: offsets [input.base (acknowledged), input.end (sent by the client)). */
+  input: OffsetQueue;
   /** Input sent on the current session (offset). */
   inRepl: number;
   eofFromClient: boolean;
@@ -63,13 +67,17 @@ interface ClientConn {
   paused: boolean;
 }
 
+const addrText = (a: ProxyAddr): string => `${a.host}:${a.port}`;
+
 export class FtvmProxy {
   private server: net.Server | undefined;
   private readonly conns = new Map<number, ClientConn>();
   private nextPconn = 1;
   private wire: ProxyWire | undefined;
   private readonly proxyId = randomBytes(16);
-  private replicaIndex = 0;
+  private readonly findReplicas: ReplicaSource;
+  /** The replica whose session was lost last: tried after the others in the next round. */
+  private lastLost: string | undefined;
   private stopped = false;
   private connecting = false;
   private readonly inputMaxBytes: number;
@@ -81,6 +89,7 @@ export class FtvmProxy {
 
   constructor(private readonly opts: ProxyOptions) {
     this.inputMaxBytes = opts.inputMaxBytes ?? PROXY_INPUT_MAX_BYTES;
+    this.findReplicas = typeof opts.replicas === 'function' ? opts.replicas : fixedReplicas(opts.replicas);
   }
 
   get address(): net.AddressInfo | undefined {
@@ -123,7 +132,7 @@ export class FtvmProxy {
         resolve();
       });
     });
-    this.opts.log.info({ listen: this.address, replicas: this.opts.replicas.map((r) => `${r.host}:${r.port}`), proxyId: this.id }, 'proxy listening');
+    this.opts.log.info({ listen: this.address, replicas: Array.isArray(this.opts.replicas) ? this.opts.replicas.map(addrText) : 'from the arbiter', proxyId: this.id }, 'proxy listening');
     void this.connect();
   }
 
@@ -131,9 +140,7 @@ export class FtvmProxy {
     const c: ClientConn = {
       pconn: this.nextPconn++,
       sock,
-      inChunks: [],
-      inBase: 0,
-      inSent: 0,
+      input: new OffsetQueue(),
       inRepl: 0,
       eofFromClient: false,
       eofRepl: false,
@@ -146,9 +153,8 @@ export class FtvmProxy {
     };
     this.conns.set(c.pconn, c);
     sock.on('data', (chunk: Buffer) => {
-      c.inChunks.push(chunk);
-      c.inSent += chunk.length;
-      if (!c.paused && c.inSent - c.inBase > this.inputMaxBytes) {
+      c.input.push(chunk);
+      if (!c.paused && c.input.heldBytes > this.inputMaxBytes) {
         c.paused = true;
         sock.pause();
       }
@@ -182,29 +188,16 @@ export class FtvmProxy {
   private flushInput(c: ClientConn): void {
     const w = this.wire;
     if (w === undefined || !w.isOpen || !c.attached) return;
-    while (c.inRepl < c.inSent) {
-      let at = c.inBase;
-      const parts: Buffer[] = [];
-      let got = 0;
-      for (const ch of c.inChunks) {
-        const end = at + ch.length;
-        if (end > c.inRepl && got < MAX_CHUNK_BYTES) {
-          const from = Math.max(0, c.inRepl + got - at);
-          const piece = ch.subarray(from, Math.min(ch.length, from + (MAX_CHUNK_BYTES - got)));
-          parts.push(piece);
-          got += piece.length;
-        }
-        at = end;
-        if (got >= MAX_CHUNK_BYTES) break;
-      }
-      if (got === 0) break;
-      if (!w.send({ t: PFrame.DATA, pconn: c.pconn, offset: c.inRepl, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts) })) return;
-      c.inRepl += got;
+    while (c.inRepl < c.input.end) {
+      const data = c.input.read(c.inRepl, MAX_CHUNK_BYTES);
+      if (data.length === 0) break;
+      if (!w.send({ t: PFrame.DATA, pconn: c.pconn, offset: c.inRepl, data })) return;
+      c.inRepl += data.length;
     }
-    if (c.inRepl !== c.inSent) return;
+    if (c.inRepl !== c.input.end) return;
     if ((c.eofFromClient && !c.eofRepl) || c.gone) {
       c.eofRepl = true;
-      w.send({ t: PFrame.EOF, pconn: c.pconn, offset: c.inSent, gone: c.gone });
+      w.send({ t: PFrame.EOF, pconn: c.pconn, offset: c.input.end, gone: c.gone });
       if (c.gone) this.conns.delete(c.pconn);
     }
   }
@@ -232,13 +225,16 @@ export class FtvmProxy {
     try {
       let round = 0;
       while (!this.stopped) {
-        const n = this.opts.replicas.length;
-        for (let k = 0; k < n && !this.stopped; k++) {
-          const i = (this.replicaIndex + k) % n;
-          const w = await this.tryReplica(this.opts.replicas[i]!);
+        const found = await this.findReplicas();
+        // The replica just lost goes last (it is gone, stopped or cut off; if it still serves, the
+        // round comes back to it).
+        const list = [...found.filter((a) => addrText(a) !== this.lastLost), ...found.filter((a) => addrText(a) === this.lastLost)];
+        for (const addr of list) {
+          if (this.stopped) break;
+          const w = await this.tryReplica(addr);
           if (w !== undefined) {
-            this.replicaIndex = i;
-            this.onSession(w, this.opts.replicas[i]!);
+            this.lastLost = undefined;
+            this.onSession(w, addr);
             return;
           }
         }
@@ -285,9 +281,7 @@ export class FtvmProxy {
     w.on('close', (c: { code: string; reason: string }) => {
       clearInterval(watchdog);
       if (this.wire === w) this.wire = undefined;
-      // Try the other replicas first: this one is gone, stopped or cut off (if it still serves, the
-      // round comes back to it).
-      this.replicaIndex = (this.replicaIndex + 1) % this.opts.replicas.length;
+      this.lastLost = addrText(addr);
       for (const conn of this.conns.values()) conn.attached = false;
       if (!this.stopped) {
         this.opts.log.warn({ replica: `${addr.host}:${addr.port}`, code: c.code, reason: c.reason }, 'proxy session lost: finding the serving primary');
@@ -302,7 +296,7 @@ export class FtvmProxy {
         w.send({ t: PFrame.OPEN, pconn: c.pconn });
         this.flushInput(c);
       } else {
-        w.send({ t: PFrame.ATTACH, pconn: c.pconn, inSent: c.inSent, inAcked: c.inBase, outDelivered: c.outDelivered, eofSent: c.eofFromClient });
+        w.send({ t: PFrame.ATTACH, pconn: c.pconn, inSent: c.input.end, inAcked: c.input.base, outDelivered: c.outDelivered, eofSent: c.eofFromClient });
       }
     }
   }
@@ -324,8 +318,8 @@ export class FtvmProxy {
     if (c === undefined) return; // a connection this proxy already forgot
     switch (f.t) {
       case PFrame.ATTACHED: {
-        if (f.inLogged < c.inBase || f.inLogged > c.inSent) {
-          this.drop(c, `the VM holds input to ${f.inLogged}; this proxy has [${c.inBase}, ${c.inSent}]`);
+        if (f.inLogged < c.input.base || f.inLogged > c.input.end) {
+          this.drop(c, `the VM holds input to ${f.inLogged}; this proxy has [${c.input.base}, ${c.input.end}]`);
           return;
         }
         c.attached = true;
@@ -341,20 +335,9 @@ export class FtvmProxy {
         this.drop(c, f.code);
         return;
       case PFrame.INACK: {
-        if (f.offset > c.inBase) {
-          let drop = Math.min(f.offset, c.inSent) - c.inBase;
-          c.inBase += drop;
-          while (drop > 0 && c.inChunks.length > 0) {
-            const h = c.inChunks[0]!;
-            if (h.length <= drop) {
-              c.inChunks.shift();
-              drop -= h.length;
-            } else {
-              c.inChunks[0] = h.subarray(drop);
-              drop = 0;
-            }
-          }
-          if (c.paused && c.inSent - c.inBase <= this.inputMaxBytes / 2) {
+        if (f.offset > c.input.base) {
+          c.input.trimTo(f.offset);
+          if (c.paused && c.input.heldBytes <= this.inputMaxBytes / 2) {
             c.paused = false;
             c.sock.resume();
           }

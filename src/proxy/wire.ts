@@ -8,15 +8,15 @@
  *
  * Wire: u32 length | u8 type | body | 16-byte MAC (length = 1 + body + 16 ≤ MAX_FRAME_BYTES).
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
+import { FrameSplitter, deriveKey, readLenString, sealFrame, verifyFrameMac, writeLenString } from '../channel/framing.js';
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import type { Keyring } from '../security/secrets.js';
 import { FtvmError } from '../util/errors.js';
 
 export const PROXY_PROTOCOL_VERSION = 1;
-const MAC_BYTES = 16;
 /** A frame's largest size; DATA and OUT frames carry at most MAX_CHUNK_BYTES. */
 export const MAX_FRAME_BYTES = 1024 * 1024;
 export const MAX_CHUNK_BYTES = 256 * 1024;
@@ -67,16 +67,8 @@ export type ProxyFrame =
   | { t: typeof PFrame.ERROR; code: string; message: string }
   | { t: typeof PFrame.HEARTBEAT };
 
-function str(w: ByteWriter, s: string): void {
-  const b = Buffer.from(s, 'utf8');
-  w.varint(b.length);
-  w.bytes(b);
-}
-function rstr(r: ByteReader, max = 1024): string {
-  const n = r.varint();
-  if (n > max) throw new FtvmError('FTVM_ERR_BAD_FRAME', `string of ${n} bytes`);
-  return Buffer.from(r.bytesView(n)).toString('utf8');
-}
+const str = writeLenString;
+const rstr = (r: ByteReader, max = 1024): string => readLenString(r, max);
 
 export function encodeProxyFrame(f: ProxyFrame, w: ByteWriter): void {
   w.u8(f.t);
@@ -176,17 +168,7 @@ export function decodeProxyFrame(body: Uint8Array): ProxyFrame {
 }
 
 function helloKeyOf(secret: Uint8Array): Buffer {
-  return createHmac('sha256', secret).update('ftvm-proxy-hello-v1').digest();
-}
-
-function mac(key: Uint8Array, dir: number, counter: bigint, body: Uint8Array): Buffer {
-  const h = createHmac('sha256', key);
-  const hdr = Buffer.allocUnsafe(9);
-  hdr[0] = dir;
-  hdr.writeBigUInt64LE(counter, 1);
-  h.update(hdr);
-  h.update(body);
-  return h.digest().subarray(0, MAC_BYTES);
+  return deriveKey(secret, 'ftvm-proxy-hello-v1');
 }
 
 export interface ProxyHello {
@@ -215,7 +197,7 @@ export class ProxyWire extends EventEmitter {
   private readonly nonce = randomBytes(16);
   private sendCounter = 0n;
   private recvCounter = 0n;
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly frames = new FrameSplitter(MAX_FRAME_BYTES);
   private readonly writer = new ByteWriter(1024, MAX_FRAME_BYTES);
   private closed = false;
   private peerSecret: Uint8Array | undefined;
@@ -260,11 +242,7 @@ export class ProxyWire extends EventEmitter {
   }
 
   private writeRaw(body: Uint8Array, key: Uint8Array, counter: bigint): void {
-    const len = body.length + MAC_BYTES;
-    const out = Buffer.allocUnsafe(4 + len);
-    out.writeUInt32LE(len, 0);
-    out.set(body, 4);
-    out.set(mac(key, this.dir(true), counter, body), 4 + body.length);
+    const out = sealFrame(body, undefined, key, this.dir(true), counter);
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -306,19 +284,16 @@ export class ProxyWire extends EventEmitter {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
-    while (!this.closed && this.buf.length >= 4) {
-      const len = this.buf.readUInt32LE(0);
-      if (len < MAC_BYTES + 1 || len > MAX_FRAME_BYTES) {
-        this.close('FTVM_ERR_BAD_FRAME', `a frame of ${len} bytes`);
+    this.frames.push(chunk);
+    while (!this.closed) {
+      const f = this.frames.next();
+      if (f === undefined) return;
+      if ('badLength' in f) {
+        this.close('FTVM_ERR_BAD_FRAME', `a frame of ${f.badLength} bytes`);
         return;
       }
-      if (this.buf.length < 4 + len) return;
-      const body = this.buf.subarray(4, 4 + len - MAC_BYTES);
-      const tag = this.buf.subarray(4 + len - MAC_BYTES, 4 + len);
-      this.buf = this.buf.subarray(4 + len);
       try {
-        this.onFrame(body, tag);
+        this.onFrame(f.body, f.tag);
       } catch (err) {
         const e = err as FtvmError;
         this.close(e.code ?? 'FTVM_ERR_BAD_FRAME', e.message);
@@ -330,7 +305,7 @@ export class ProxyWire extends EventEmitter {
     const peerDir = this.dir(false);
     if (this.sessionKey === undefined) {
       if (this.opts.side === 'replica') {
-        const secret = this.opts.keys.accepted.find((s) => timingSafeEqual(mac(helloKeyOf(s), peerDir, 0n, body), tag));
+        const secret = this.opts.keys.accepted.find((s) => verifyFrameMac(helloKeyOf(s), peerDir, 0n, body, tag));
         if (secret === undefined) throw new FtvmError('FTVM_ERR_AUTH', 'a proxy HELLO that does not verify under the VM secret');
         const r = new ByteReader(body);
         if (r.u8() !== PFrame.HELLO) throw new FtvmError('FTVM_ERR_BAD_FRAME', 'expected HELLO');
@@ -345,23 +320,23 @@ export class ProxyWire extends EventEmitter {
         w.u8(PFrame.WELCOME);
         w.bytes(this.nonce);
         this.writeRaw(w.finish(), helloKeyOf(secret), 0n);
-        this.sessionKey = createHmac('sha256', secret).update('ftvm-proxy-session-v1').update(peerNonce).update(this.nonce).digest();
+        this.sessionKey = deriveKey(secret, 'ftvm-proxy-session-v1', peerNonce, this.nonce);
         this.hello = { version, vmName, proxyId };
         this.emit('open', this.hello);
       } else {
-        const secret = this.opts.keys.accepted.find((s) => timingSafeEqual(mac(helloKeyOf(s), peerDir, 0n, body), tag));
+        const secret = this.opts.keys.accepted.find((s) => verifyFrameMac(helloKeyOf(s), peerDir, 0n, body, tag));
         if (secret === undefined) throw new FtvmError('FTVM_ERR_AUTH', 'a WELCOME that does not verify under the VM secret');
         const r = new ByteReader(body);
         if (r.u8() !== PFrame.WELCOME) throw new FtvmError('FTVM_ERR_BAD_FRAME', 'expected WELCOME');
         const peerNonce = r.bytes(16);
-        this.sessionKey = createHmac('sha256', this.opts.keys.current).update('ftvm-proxy-session-v1').update(this.nonce).update(peerNonce).digest();
+        this.sessionKey = deriveKey(this.opts.keys.current, 'ftvm-proxy-session-v1', this.nonce, peerNonce);
         this.hello = { version: PROXY_PROTOCOL_VERSION, vmName: this.opts.vmName, proxyId: this.opts.proxyId! };
         this.emit('open', this.hello);
       }
       return;
     }
     this.recvCounter++;
-    if (!timingSafeEqual(mac(this.sessionKey, peerDir, this.recvCounter, body), tag)) {
+    if (!verifyFrameMac(this.sessionKey, peerDir, this.recvCounter, body, tag)) {
       throw new FtvmError('FTVM_ERR_AUTH', `proxy frame ${this.recvCounter} does not verify (forged, altered, replayed or reordered)`);
     }
     const f = decodeProxyFrame(body);

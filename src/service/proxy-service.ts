@@ -16,6 +16,7 @@ import net from 'node:net';
 import type { ProxiedAtGoLive, WireOutput } from '../machine/vcpu-protocol.js';
 import type { Keyring } from '../security/secrets.js';
 import type { Logger } from '../util/log.js';
+import { attachVerdict, OffsetQueue } from '../proxy/offsets.js';
 import { HEARTBEAT_MS, MAX_CHUNK_BYTES, PFrame, PROXY_ID_BYTES, ProxyWire, type ProxyFrame } from '../proxy/wire.js';
 import type { InputSink } from './clients.js';
 
@@ -52,10 +53,8 @@ interface ProxiedConnState {
   inNext: number;
   inEof: boolean;
   inAcked: number;
-  /** Offset of outChunks[0]'s first byte. */
-  outBase: number;
-  outChunks: Uint8Array[];
-  outEnd: number;
+  /** The output from the proxy's last confirmation on (out.end: all output the guest sent). */
+  out: OffsetQueue;
   outSent: number;
   outAcked: number;
   guestClosed: boolean;
@@ -116,9 +115,7 @@ export class ProxyService {
         inNext: p.inBytes,
         inEof: p.inEof,
         inAcked: p.inBytes,
-        outBase: start,
-        outChunks: p.tail.length > 0 ? [p.tail] : [],
-        outEnd: p.outBytes,
+        out: new OffsetQueue(start, p.tail),
         outSent: start,
         outAcked: start,
         guestClosed: p.closed,
@@ -212,7 +209,7 @@ export class ProxyService {
     s.session?.conns.delete(s.pconn);
     s.session = undefined;
     s.gone = true;
-    s.outChunks = [];
+    s.out.clear();
     this.byTag.delete(s.tag);
     if (s.guestClosed) this.byConn.delete(s.conn);
   }
@@ -229,7 +226,7 @@ export class ProxyService {
     const s: ProxiedConnState = {
       conn, tag, pconn, session, attached: true,
       inNext: 0, inEof: false, inAcked: 0,
-      outBase: 0, outChunks: [], outEnd: 0, outSent: 0, outAcked: 0,
+      out: new OffsetQueue(), outSent: 0, outAcked: 0,
       guestClosed: false, closeSent: false, gone: false, detachTimer: undefined,
     };
     this.byConn.set(conn, s);
@@ -251,24 +248,15 @@ export class ProxyService {
         this.newConn(session, f.pconn, tag);
         return;
       }
-      if (known === undefined) {
-        if (f.inAcked === 0 && f.outDelivered === 0) {
-          // Its OPEN never reached the log this replica holds: open it now, from the start.
-          this.newConn(session, f.pconn, tag);
-          session.wire.send({ t: PFrame.ATTACHED, pconn: f.pconn, inLogged: 0, eofLogged: false });
-          return;
-        }
-        this.refuseConn(session, f.pconn, undefined, 'FTVM_ERR_PROXY_OFFSET', `connection ${f.pconn} is unknown to this VM, but the proxy has acknowledged input or output of it`);
+      const v = attachVerdict(known === undefined ? undefined : { inLogged: known.inNext, outAcked: known.outAcked, outEnd: known.out.end }, f);
+      if (v.verdict === 'open') {
+        // Its OPEN never reached the log this replica holds: open it now, from the start.
+        this.newConn(session, f.pconn, tag);
+        session.wire.send({ t: PFrame.ATTACHED, pconn: f.pconn, inLogged: 0, eofLogged: false });
         return;
       }
-      if (!(f.inAcked <= known.inNext && known.inNext <= f.inSent) || f.outDelivered < known.outAcked || f.outDelivered > known.outEnd) {
-        this.refuseConn(
-          session,
-          f.pconn,
-          known,
-          'FTVM_ERR_PROXY_OFFSET',
-          `offsets do not match the VM: input acked ${f.inAcked} sent ${f.inSent} vs logged ${known.inNext}; output delivered ${f.outDelivered} vs held [${known.outAcked}, ${known.outEnd}]`,
-        );
+      if (v.verdict === 'refuse' || known === undefined) {
+        this.refuseConn(session, f.pconn, known, 'FTVM_ERR_PROXY_OFFSET', `connection ${f.pconn}: ${v.verdict === 'refuse' ? v.message : 'unknown'}`);
         return;
       }
       if (known.session !== undefined && known.session !== session) known.session.conns.delete(known.pconn);
@@ -316,8 +304,8 @@ export class ProxyService {
         }
         if (f.gone) {
           s.gone = true;
-          s.outChunks = [];
-          s.outBase = s.outSent = s.outAcked = s.outEnd;
+          s.out.clear();
+          s.outSent = s.outAcked = s.out.end;
           session.conns.delete(s.pconn);
           this.byTag.delete(s.tag);
           s.session = undefined;
@@ -330,7 +318,7 @@ export class ProxyService {
           return;
         }
         this.trim(s, f.offset);
-        if (s.guestClosed && s.closeSent && s.outAcked === s.outEnd) {
+        if (s.guestClosed && s.closeSent && s.outAcked === s.out.end) {
           session.conns.delete(s.pconn);
           this.byTag.delete(s.tag);
           this.byConn.delete(s.conn);
@@ -345,43 +333,22 @@ export class ProxyService {
   /** Drops output below `offset` (the proxy holds it). */
   private trim(s: ProxiedConnState, offset: number): void {
     s.outAcked = Math.max(s.outAcked, offset);
-    while (s.outChunks.length > 0 && s.outBase + s.outChunks[0]!.length <= s.outAcked) {
-      s.outBase += s.outChunks.shift()!.length;
-    }
-    if (s.outChunks.length > 0 && s.outBase < s.outAcked) {
-      s.outChunks[0] = s.outChunks[0]!.subarray(s.outAcked - s.outBase);
-      s.outBase = s.outAcked;
-    }
+    s.out.trimTo(s.outAcked);
   }
 
   /** Sends output within the window, then CLOSE once the guest closed and everything went. */
   private pump(s: ProxiedConnState): void {
     const session = s.session;
     if (session === undefined || !s.attached || s.gone) return;
-    while (s.outSent < s.outEnd && s.outSent - s.outAcked < OUT_WINDOW_BYTES) {
-      const max = Math.min(MAX_CHUNK_BYTES, s.outEnd - s.outSent, OUT_WINDOW_BYTES - (s.outSent - s.outAcked));
-      const parts: Uint8Array[] = [];
-      let got = 0;
-      let at = s.outBase;
-      for (const c of s.outChunks) {
-        if (got >= max) break;
-        const end = at + c.length;
-        if (end > s.outSent) {
-          const from = Math.max(0, s.outSent + got - at);
-          const piece = c.subarray(from, Math.min(c.length, from + (max - got)));
-          parts.push(piece);
-          got += piece.length;
-        }
-        at = end;
-      }
-      if (got === 0) break;
-      const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    while (s.outSent < s.out.end && s.outSent - s.outAcked < OUT_WINDOW_BYTES) {
+      const data = s.out.read(s.outSent, Math.min(MAX_CHUNK_BYTES, OUT_WINDOW_BYTES - (s.outSent - s.outAcked)));
+      if (data.length === 0) break;
       if (!session.wire.send({ t: PFrame.OUT, pconn: s.pconn, offset: s.outSent, data })) return;
-      s.outSent += got;
+      s.outSent += data.length;
     }
-    if (s.guestClosed && !s.closeSent && s.outSent === s.outEnd) {
+    if (s.guestClosed && !s.closeSent && s.outSent === s.out.end) {
       s.closeSent = true;
-      session.wire.send({ t: PFrame.CLOSE, pconn: s.pconn, offset: s.outEnd });
+      session.wire.send({ t: PFrame.CLOSE, pconn: s.pconn, offset: s.out.end });
     }
   }
 
@@ -396,11 +363,10 @@ export class ProxyService {
       return;
     }
     if (o.kind !== 'net' || s.gone) return;
-    s.outChunks.push(o.data);
-    s.outEnd += o.data.length;
-    if (s.outEnd - s.outAcked > PROXY_OUT_MAX_BYTES) {
+    s.out.push(o.data);
+    if (s.out.end - s.outAcked > PROXY_OUT_MAX_BYTES) {
       const session = s.session;
-      this.opts.log.warn({ conn: s.conn, unread: s.outEnd - s.outAcked }, 'proxied client stopped reading; dropping it');
+      this.opts.log.warn({ conn: s.conn, unread: s.out.end - s.outAcked }, 'proxied client stopped reading; dropping it');
       if (session !== undefined) this.refuseConn(session, s.pconn, s, 'FTVM_ERR_PROXY_OVERFLOW', `more than ${PROXY_OUT_MAX_BYTES} bytes of output unread`);
       else this.forget(s, true);
       return;

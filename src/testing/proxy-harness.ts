@@ -23,12 +23,14 @@ export async function startProxy(pool: Pool, proxyPort: number, proxyPorts: numb
   return startProxyProcess(pool.secretFile, pool.opts.vm, proxyPort, proxyPorts, extra);
 }
 
-/** An `ftvm proxy` process on `listenPort` in front of the replicas' proxy ports; waits for its first session. */
-export async function startProxyProcess(secretFile: string, vm: string, listenPort: number, replicaPorts: number[], extra: string[] = []): Promise<ProcessHandle> {
-  const p = spawnNode(
-    [CLI, 'proxy', '--listen', `127.0.0.1:${listenPort}`, '--replicas', replicaPorts.map((q) => `127.0.0.1:${q}`).join(','), '--secret-file', secretFile, '--vm-name', vm, ...extra],
-    { name: 'proxy' },
-  );
+/**
+ * An `ftvm proxy` process on `listenPort` in front of the replicas' proxy ports (a list of ports:
+ * `--replicas`; an arbiter URL: `--arbiter`, the nodes announce their proxy ports there); waits for its
+ * first session.
+ */
+export async function startProxyProcess(secretFile: string, vm: string, listenPort: number, replicas: number[] | string, extra: string[] = []): Promise<ProcessHandle> {
+  const find = typeof replicas === 'string' ? ['--arbiter', replicas] : ['--replicas', replicas.map((q) => `127.0.0.1:${q}`).join(',')];
+  const p = spawnNode([CLI, 'proxy', '--listen', `127.0.0.1:${listenPort}`, ...find, '--secret-file', secretFile, '--vm-name', vm, ...extra], { name: 'proxy' });
   await p.waitForLine(/proxy session open/, 30_000, { stream: 'stderr' });
   await waitForPort(listenPort);
   return p;
@@ -75,14 +77,19 @@ export class StrictResp {
   private readonly waiting: Array<(r: RespReply) => void> = [];
   failure: string | undefined;
   private closing = false;
+  /** Resolves when the socket has closed (for whatever reason). */
+  readonly closed: Promise<void>;
 
   private constructor(readonly sock: net.Socket) {
     sock.setNoDelay(true);
     sock.on('data', (d: Buffer) => this.onData(d));
     sock.on('error', (e) => (this.failure ??= `socket error: ${e.message}`));
-    sock.on('close', () => {
-      if (!this.closing) this.failure ??= 'the connection closed';
-    });
+    this.closed = new Promise((resolve) =>
+      sock.on('close', () => {
+        if (!this.closing) this.failure ??= 'the connection closed';
+        resolve();
+      }),
+    );
   }
 
   static connect(port: number, timeoutMs = 5000): Promise<StrictResp> {
@@ -224,43 +231,96 @@ export async function failovers(h: ProxiedPool, count: number, gapMs: number, on
 }
 
 export interface CountingResult {
+  /** INCR replies received (acknowledged operations). */
   ops: number;
+  /** INCRs sent whose reply never came (their connection died): each may or may not have run. */
+  unacked: number;
+  reconnects: number;
   counters: number;
   failures: string[];
-  /** Counters whose value differs from the replies received, or whose reply values are not 1..n. */
+  /**
+   * Counters outside [acknowledged, acknowledged + unacknowledged] or with a reply value outside
+   * 1..value or seen twice. With nothing unacknowledged: counters that differ from their replies, or
+   * whose replies are not 1..n each once (a serial execution's values).
+   */
   mismatches: string[];
 }
 
 /**
- * Counting clients: `conns` strict connections through the proxy doing INCR (4 pipelined at a time) on
- * `keys` counters until `stop()`; then each counter is read back. Every counter must equal the INCR
- * replies received for it, and those replies must be 1..n each once (a serial execution's values).
+ * Counting clients: `conns` connections through the proxy doing INCR (4 pipelined at a time) on `keys`
+ * counters until `stop()`; then each counter is read back. Several ports (several proxies fronting one
+ * VM): the connections are spread over them, round robin, on the same counters.
+ *
+ * Strict (no `reconnectMs`): any reset, error or close of a connection is a failure (behind the proxy
+ * there must be none), so every counter must equal the replies received, and those be 1..n each once.
+ * With `reconnectMs` (a proxy restart closes connections): a connection that closes is opened again
+ * within that long, and the INCRs it had in flight count as unacknowledged; each counter must count
+ * every acknowledged INCR exactly once — at least the replies received, at most those plus the
+ * unacknowledged ones (a request whose reply was lost may or may not have run; a second run of an
+ * acknowledged one would push the counter past the bound) — and no reply value may come twice.
  */
-export async function countingLoad(port: number, conns: number, keys: number, prefix: string, maxOps: number, maxMs: number): Promise<{ stop: () => Promise<CountingResult>; readonly ops: number }> {
-  const clients = await Promise.all(Array.from({ length: conns }, () => StrictResp.connect(port)));
+export async function countingLoad(
+  port: number | number[],
+  conns: number,
+  keys: number,
+  prefix: string,
+  maxOps: number,
+  maxMs: number,
+  o: { reconnectMs?: number } = {},
+): Promise<{ stop: () => Promise<CountingResult>; readonly ops: number; readonly reconnects: number }> {
+  const ports = Array.isArray(port) ? port : [port];
   const values = new Map<string, number[]>();
+  const unackedBy = new Map<string, number>();
   const failures: string[] = [];
   let stopping = false;
   let ops = 0;
+  let unacked = 0;
+  let reconnects = 0;
   const deadline = Date.now() + maxMs;
-  const loops = clients.map(async (c, i) => {
+  const connect = async (p: number): Promise<StrictResp> => {
+    if (o.reconnectMs === undefined) return StrictResp.connect(p);
+    const end = Date.now() + o.reconnectMs;
+    for (;;) {
+      try {
+        return await StrictResp.connect(p, 2000);
+      } catch (err) {
+        if (Date.now() > end) throw new Error(`cannot reconnect within ${o.reconnectMs} ms: ${(err as Error).message}`);
+        await sleep(50);
+      }
+    }
+  };
+  const first = await Promise.all(Array.from({ length: conns }, (_, i) => connect(ports[i % ports.length]!)));
+  const live = new Set<StrictResp>(first);
+  const loops = first.map(async (c0, i) => {
+    let c = c0;
     let n = 0;
     try {
       while (!stopping && ops < maxOps && Date.now() < deadline) {
         const ks = [0, 1, 2, 3].map(() => `${prefix}:${(i * 7 + n++ * 5) % keys}`);
-        const rs = await within(Promise.all(c.send(ks.map((k) => ['INCR', k]))), 20_000, `client ${i}`);
-        rs.forEach((r, j) => {
-          if (typeof r !== 'number') {
+        const got: Array<RespReply | undefined> = [undefined, undefined, undefined, undefined];
+        const ps = c.send(ks.map((k) => ['INCR', k])).map((p, j) => p.then((r) => (got[j] = r)));
+        await within(Promise.race([Promise.all(ps), c.closed]), 20_000, `client ${i}`);
+        ks.forEach((k, j) => {
+          const r = got[j];
+          if (r === undefined) {
+            unacked++;
+            unackedBy.set(k, (unackedBy.get(k) ?? 0) + 1);
+          } else if (typeof r !== 'number') {
             failures.push(`client ${i}: INCR replied ${JSON.stringify(r)}`);
-            return;
+          } else {
+            let a = values.get(k);
+            if (a === undefined) values.set(k, (a = []));
+            a.push(r);
+            ops++;
           }
-          const k = ks[j]!;
-          let a = values.get(k);
-          if (a === undefined) values.set(k, (a = []));
-          a.push(r);
-          ops++;
         });
-        if (c.failure !== undefined) break;
+        if (c.failure === undefined) continue;
+        if (o.reconnectMs === undefined) break; // strict: reported at stop()
+        live.delete(c);
+        c.close();
+        c = await connect(ports[i % ports.length]!);
+        live.add(c);
+        reconnects++;
       }
     } catch (err) {
       failures.push(`client ${i}: ${(err as Error).message}`);
@@ -270,22 +330,26 @@ export async function countingLoad(port: number, conns: number, keys: number, pr
     get ops() {
       return ops;
     },
+    get reconnects() {
+      return reconnects;
+    },
     async stop() {
       stopping = true;
       await Promise.all(loops);
-      for (const [i, c] of clients.entries()) if (c.failure !== undefined) failures.push(`client ${i}: ${c.failure}`);
+      for (const [i, c] of [...live].entries()) if (c.failure !== undefined) failures.push(`client ${i}: ${c.failure}`);
       const mismatches: string[] = [];
-      const check = await StrictResp.connect(port);
+      const check = await connect(ports[0]!);
       for (const [k, a] of values) {
         const got = Number(await within(check.call('GET', k), 20_000, 'GET'));
-        if (got !== a.length) mismatches.push(`${k}: value ${got}, ${a.length} INCR replies`);
-        const sorted = [...a].sort((x, y) => x - y);
-        if (sorted.some((v, idx) => v !== idx + 1)) mismatches.push(`${k}: reply values are not 1..${a.length} each once`);
+        const maybe = unackedBy.get(k) ?? 0;
+        if (got < a.length || got > a.length + maybe) mismatches.push(`${k}: value ${got}, ${a.length} INCR replies${maybe > 0 ? ` and ${maybe} without a reply` : ''}`);
+        // Distinct values in 1..got: with nothing unacknowledged (got = n), exactly 1..n each once.
+        if (new Set(a).size !== a.length || a.some((v) => v < 1 || v > got)) mismatches.push(`${k}: reply values are not distinct values in 1..${got}`);
       }
       if (check.failure !== undefined) failures.push(`checker: ${check.failure}`);
-      for (const c of clients) c.close();
+      for (const c of live) c.close();
       check.close();
-      return { ops, counters: values.size, failures, mismatches };
+      return { ops, unacked, reconnects, counters: values.size, failures, mismatches };
     },
   };
 }

@@ -45,7 +45,9 @@ export type FtvmErrorCode =
   /** A proxy named a connection the VM does not know, or broke the proxy protocol's rules. */
   | 'FTVM_ERR_PROXY_PROTOCOL'
   /** A proxied client stopped reading: its unread output passed the bound. */
-  | 'FTVM_ERR_PROXY_OVERFLOW';
+  | 'FTVM_ERR_PROXY_OVERFLOW'
+  /** `ftvm proxy --arbiter`: no node of the VM announces a proxy port at the arbiter. */
+  | 'FTVM_ERR_PROXY_NO_REPLICA';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;
