@@ -9,6 +9,14 @@
  * (derived from the secret and both nonces) over a per-direction frame counter: forged, corrupted,
  * replayed or reordered frames fail verification and the connection is dropped, with a log line. The
  * replica keeps running; the primary redials.
+ *
+ * Protocol 4 over TLS: frames after the HELLOs carry no MAC (the length counts the body only). TLS 1.3
+ * already authenticates every record with keys from the same secret (the PSK) and a fresh ECDHE
+ * exchange, per direction, and its record sequence numbers reject replayed, reordered or dropped
+ * records; the HMAC on top of it authenticated the same bytes a second time. The HELLOs keep their MAC
+ * (they bind the session to the roles and the secret, once per connection), and over plain TCP
+ * (`--insecure-channel`) every frame keeps its HMAC. A peer of another version gets a REFUSE MAC'd as
+ * it expects, so that it reports the version refusal clearly.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -22,6 +30,8 @@ import type { ChannelSocket } from './transport.js';
 import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
 
 const MAC_BYTES = 16;
+/** From this protocol version on, frames over TLS carry no MAC of their own (see the top). */
+const MAC_FREE_TLS_VERSION = 4;
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
 export interface LocalIdentity {
@@ -88,6 +98,13 @@ export class ChannelConnection extends EventEmitter {
   private readonly sendBufferMaxBytes: number;
   peerHello: HelloFrame | undefined;
   private closed = false;
+  /**
+   * Whether session frames carry a MAC: unless the transport is TLS and the peer speaks protocol ≥ 4
+   * (decided when its HELLO arrives; HELLOs always carry one).
+   */
+  private macFrames = true;
+  /** The transport authenticates every byte itself (TLS). */
+  private readonly transportAuthenticated: boolean;
   /** The peer's IP address as this side sees it. */
   get remoteHost(): string | undefined {
     return this.socket.remoteAddress;
@@ -107,11 +124,17 @@ export class ChannelConnection extends EventEmitter {
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
     this.keys = Keyring.of(opts.secret);
     this.helloKey = helloKeyOf(this.keys.current);
+    this.transportAuthenticated = socket.encrypted === true;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.close(`socket error: ${err.message}`));
     socket.on('close', () => this.close('peer closed the connection'));
     socket.on('drain', () => this.emit('drain'));
     this.sendHello();
+  }
+
+  /** Whether this connection's frames carry their own MAC (false: TLS authenticates them). */
+  get framesMacd(): boolean {
+    return this.macFrames;
   }
 
   get isOpen(): boolean {
@@ -147,15 +170,15 @@ export class ChannelConnection extends EventEmitter {
    * at the end of the turn (setImmediate), so a burst of LOG frames or ACKs becomes one TLS record and
    * one system call.
    */
-  private writeRaw(head: Uint8Array, tail: Uint8Array | undefined, key: Buffer, counter: bigint): void {
+  private writeRaw(head: Uint8Array, tail: Uint8Array | undefined, key: Buffer | undefined, counter: bigint): void {
     const dir = this.opts.identity.role === 'primary' ? 1 : 2; // a standby speaks as a backup
     const bodyLen = head.length + (tail?.length ?? 0);
-    const len = bodyLen + MAC_BYTES;
+    const len = bodyLen + (key !== undefined ? MAC_BYTES : 0);
     const out = Buffer.allocUnsafe(4 + len);
     out.writeUInt32LE(len, 0);
     out.set(head, 4);
     if (tail !== undefined) out.set(tail, 4 + head.length);
-    out.set(mac(key, dir, counter, out.subarray(4, 4 + bodyLen)), 4 + bodyLen);
+    if (key !== undefined) out.set(mac(key, dir, counter, out.subarray(4, 4 + bodyLen)), 4 + bodyLen);
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -182,7 +205,7 @@ export class ChannelConnection extends EventEmitter {
     const bodyLen = head.length + (tail?.length ?? 0);
     if (bodyLen + MAC_BYTES > this.maxFrameBytes) throw new FtvmError('FTVM_ERR_FRAME_TOO_LARGE', `frame of ${bodyLen} bytes exceeds ${this.maxFrameBytes}`);
     this.sendCounter++;
-    this.writeRaw(head, tail, this.sessionKey!, this.sendCounter);
+    this.writeRaw(head, tail, this.macFrames ? this.sessionKey! : undefined, this.sendCounter);
     return true;
   }
 
@@ -192,7 +215,7 @@ export class ChannelConnection extends EventEmitter {
       try {
         this.sendCounter++;
         const { head, tail } = encodeFrameParts({ type: FrameType.REFUSE, code, reason }, this.writer);
-        this.writeRaw(head, tail, this.sessionKey, this.sendCounter);
+        this.writeRaw(head, tail, this.macFrames ? this.sessionKey : undefined, this.sendCounter);
       } catch {
         // closing anyway
       }
@@ -205,14 +228,15 @@ export class ChannelConnection extends EventEmitter {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     while (!this.closed && this.buf.length >= 4) {
       const len = this.buf.readUInt32LE(0);
-      if (len > this.maxFrameBytes || len < MAC_BYTES + 1) {
+      const macBytes = this.sessionKey === undefined || this.macFrames ? MAC_BYTES : 0;
+      if (len > this.maxFrameBytes || len < macBytes + 1) {
         this.opts.log.warn({ peer: this.remote, len, max: this.maxFrameBytes }, 'channel: frame size out of bounds; dropping the connection');
         this.close(`frame of ${len} bytes is out of bounds (max ${this.maxFrameBytes})`);
         return;
       }
       if (this.buf.length < 4 + len) return;
-      const body = this.buf.subarray(4, 4 + len - MAC_BYTES);
-      const tag = this.buf.subarray(4 + len - MAC_BYTES, 4 + len);
+      const body = this.buf.subarray(4, 4 + len - macBytes);
+      const tag = this.buf.subarray(4 + len - macBytes, 4 + len);
       this.buf = this.buf.subarray(4 + len);
       this.onFrameBytes(body, tag);
     }
@@ -247,6 +271,8 @@ export class ChannelConnection extends EventEmitter {
       const primary = this.opts.identity.role === 'primary';
       const [p, b] = primary ? [this.nonce, hello.nonce] : [hello.nonce, this.nonce];
       this.sessionKey = createHmac('sha256', primary ? this.keys.current : peerSecret).update('ftvm-session-v1').update(p).update(b).digest();
+      // Both ends decide alike: the transport is the same socket, and only equal versions go on.
+      this.macFrames = !(this.transportAuthenticated && hello.version >= MAC_FREE_TLS_VERSION && (this.opts.identity.protocolVersion ?? PROTOCOL_VERSION) >= MAC_FREE_TLS_VERSION);
       const problem = this.checkHello(hello);
       if (problem) {
         this.refuse(problem.code, problem.reason);
@@ -257,7 +283,7 @@ export class ChannelConnection extends EventEmitter {
       return;
     }
     this.recvCounter++;
-    if (!timingSafeEqual(mac(this.sessionKey, peerDir, this.recvCounter, body), tag)) {
+    if (this.macFrames && !timingSafeEqual(mac(this.sessionKey, peerDir, this.recvCounter, body), tag)) {
       this.opts.log.warn({ peer: this.remote, frame: Number(this.recvCounter) }, 'channel: frame failed authentication (forged, corrupted or replayed); dropping the connection');
       this.close('frame authentication failed');
       return;
