@@ -33,6 +33,14 @@ const log = fc.array(fc.tuple(fc.oneof(fc.constant(0), fc.nat(1 << 30)), entryBo
   });
 });
 const log1 = log.map((es) => es.filter((e) => e.type !== EntryType.OUT_DIGEST));
+// Runs of deliveries at one instruction number (format 2 writes them as one run).
+const runs = fc.array(fc.tuple(fc.oneof(fc.constant(0), fc.nat(1000)), fc.boolean(), fc.array(fc.tuple(u32, bytes), { minLength: 1, maxLength: 6 })), { maxLength: 12 }).map((groups) => {
+  let n = 0;
+  return groups.flatMap(([gap, idle, items]) => {
+    n += gap;
+    return items.map(([conn, data]) => ({ type: EntryType.NIC_DATA, n, idle, conn, data }) as LogEntry);
+  });
+});
 
 test('every entry type round-trips through a batch, in both log formats', () => {
   fc.assert(
@@ -48,18 +56,36 @@ test('every entry type round-trips through a batch, in both log formats', () => 
     }),
     { numRuns: 300 },
   );
+  fc.assert(
+    fc.property(runs, fc.nat(1 << 20), fc.nat(1 << 20), (entries, n, conn) => {
+      const st = { n: 0, conn };
+      const enc = { n: Math.min(n, entries[0]?.n ?? n), conn };
+      st.n = enc.n;
+      const b = encodeBatch(entries, undefined, LOG_FORMAT_DIGEST, enc);
+      assert.deepEqual(decodeBatch(b, undefined, LOG_FORMAT_DIGEST, st), entries);
+      assert.deepEqual(st, enc, 'the decoder ends in the state the encoder ended in');
+    }),
+    { numRuns: 300 },
+  );
   // A digest cannot be written (or read) in format 1.
   assert.throws(() => encodeBatch([{ type: EntryType.OUT_DIGEST, n: 0, idle: true, count: 1, crc: 0 }], undefined, LOG_FORMAT_OUTPUTS));
 });
 
-test('format 2 is compact: a run of deliveries at one instruction costs type, connection delta and length', () => {
+test('format 2 is compact: deliveries at one instruction cost a connection delta and a length each', () => {
   const data = new Uint8Array(45);
-  const entries: LogEntry[] = [200, 201, 199].map((conn) => ({ type: EntryType.NIC_DATA, n: 1_000_000_000, idle: true, conn, data }));
-  const b2 = encodeBatch(entries, undefined, LOG_FORMAT_DIGEST);
-  const b1 = encodeBatch(entries, undefined, LOG_FORMAT_OUTPUTS);
-  // The first entry: type, delta (5 bytes), connection (2), length; the others: type, connection, length.
-  assert.equal(b2.length, 3 * 45 + (1 + 5 + 2 + 1) + 2 * 3);
-  assert.equal(b1.length, 1 + 3 * 45 + (1 + 5 + 2 + 1) + 2 * (1 + 1 + 2 + 1));
+  const at = (conns: number[], n = 1_000_000_000): LogEntry[] => conns.map((conn) => ({ type: EntryType.NIC_DATA, n, idle: true, conn, data }));
+  // Two: type, delta (5 bytes), connection (2), length; then type, connection delta, length.
+  assert.equal(encodeBatch(at([200, 201]), undefined, LOG_FORMAT_DIGEST).length, 2 * 45 + (1 + 5 + 2 + 1) + 3);
+  // Three or more: one run (type, delta, count), then connection delta and length per entry.
+  const run = at([200, 201, 199, 250]);
+  const b2 = encodeBatch(run, undefined, LOG_FORMAT_DIGEST);
+  assert.equal(b2.length, 4 * 45 + (1 + 5 + 1) + (2 + 1) + 3 * 2);
+  assert.deepEqual(decodeBatch(b2, undefined, LOG_FORMAT_DIGEST), run);
+  const b1 = encodeBatch(run, undefined, LOG_FORMAT_OUTPUTS);
+  assert.equal(b1.length, 1 + 4 * 45 + (1 + 5 + 2 + 1) + 3 * (1 + 1 + 2 + 1));
+  // A batch coded against the log before it: the same instruction number and connection cost nothing.
+  const st = { n: 1_000_000_000, conn: 200 };
+  assert.equal(encodeBatch(at([200]), undefined, LOG_FORMAT_DIGEST, st).length, 1 + 1 + 1 + 45);
 });
 
 test('format 1: truncated, extended or garbled batches are refused with FTVM_ERR_CORRUPT_RECORDING, never a crash', () => {

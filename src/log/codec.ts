@@ -15,8 +15,10 @@
  *   previous NIC entry's connection. "Previous" runs across batches: a batch's first entry is coded
  *   against the last entry of the log before it (BatchCodingState: 0 and 0 at the start of a log; after
  *   a snapshot, the state the snapshot carries, `DeviceState.logCoding`), so a decoder keeps the state
- *   from batch to batch of one log. Outputs are not entries: one OUT_DIGEST per batch that has outputs
- *   covers them (its idle flag is 0x80, like a delivery's).
+ *   from batch to batch of one log. Three or more NIC_DATA entries in a row at one instruction number
+ *   and idle flag are written as one run (wire type 14: the type byte, the delta, varint k, then k ×
+ *   (connection delta, length, bytes)); a run decodes into its k entries. Outputs are not entries: one
+ *   OUT_DIGEST per batch that has outputs covers them (its idle flag is 0x80, like a delivery's).
  */
 import { FtvmError } from '../util/errors.js';
 import { EntryType, type LogEntry } from './entry.js';
@@ -27,6 +29,9 @@ const TAG_FLAG = 0x40;
 /** Format 2: the entry's instruction number is the previous entry's (no delta follows). */
 const SAME_N_FLAG = 0x20;
 const TYPE_MASK = 0x1f;
+/** Format 2 wire type of a run of NIC_DATA entries (not an entry type: it decodes into NIC_DATA entries). */
+const NIC_DATA_RUN = 14;
+const MIN_RUN = 3;
 
 /** Format 1: outputs logged one by one, batches prefixed by their count. */
 export const LOG_FORMAT_OUTPUTS = 1;
@@ -421,7 +426,57 @@ export function encodeBatch(entries: readonly LogEntry[], w = new ByteWriter(), 
 export function encodeBatchInto(entries: readonly LogEntry[], w: ByteWriter, format: LogFormat = LOG_FORMAT, state?: BatchCodingState): void {
   if (format === LOG_FORMAT_OUTPUTS) w.varint(entries.length);
   const st: BatchCodingState = format === LOG_FORMAT_DIGEST && state !== undefined ? state : initialCoding();
-  for (const e of entries) encodeEntry(w, e, st, format);
+  if (format === LOG_FORMAT_OUTPUTS) {
+    for (const e of entries) encodeEntry(w, e, st, format);
+    return;
+  }
+  for (let i = 0; i < entries.length; ) {
+    const e = entries[i]!;
+    let k = 1;
+    if (e.type === EntryType.NIC_DATA) {
+      for (let j = i + 1; j < entries.length; j++) {
+        const x = entries[j]!;
+        if (x.type !== EntryType.NIC_DATA || x.n !== e.n || x.idle !== (e as { idle: boolean }).idle) break;
+        k++;
+      }
+    }
+    if (k < MIN_RUN) {
+      encodeEntry(w, e, st, format);
+      i++;
+      continue;
+    }
+    if (e.n < st.n) throw new Error(`log entries out of order: ${e.n} after ${st.n}`);
+    const same = e.n === st.n;
+    w.u8(NIC_DATA_RUN | ((e as { idle: boolean }).idle ? IDLE_FLAG : 0) | (same ? SAME_N_FLAG : 0));
+    if (!same) w.varint(e.n - st.n);
+    st.n = e.n;
+    w.varint(k);
+    for (let j = i; j < i + k; j++) {
+      const x = entries[j] as Extract<LogEntry, { type: typeof EntryType.NIC_DATA }>;
+      w.zigzag(x.conn - st.conn);
+      st.conn = x.conn;
+      w.varint(x.data.length);
+      w.bytes(x.data);
+    }
+    i += k;
+  }
+}
+
+/** Format 2: a run of NIC_DATA entries (the type byte already read). */
+function decodeRun(r: ByteReader, tag: number, st: BatchCodingState, out: LogEntry[], maxEntries: number): void {
+  if ((tag & TAG_FLAG) !== 0) corrupt('tag flag on a NIC_DATA run');
+  const idle = (tag & IDLE_FLAG) !== 0;
+  const n = (tag & SAME_N_FLAG) !== 0 ? st.n : st.n + r.varint();
+  if (!Number.isSafeInteger(n)) corrupt('instruction number overflow');
+  st.n = n;
+  const k = r.varint();
+  if (k < MIN_RUN || k > r.remaining || out.length + k > maxEntries) corrupt(`a NIC_DATA run of ${k} entries`);
+  for (let i = 0; i < k; i++) {
+    const conn = st.conn + r.zigzag();
+    if (!Number.isSafeInteger(conn) || conn < 0) corrupt(`connection ${conn}`);
+    st.conn = conn;
+    out.push({ type: EntryType.NIC_DATA, n, idle, conn, data: r.bytes(r.varint()) });
+  }
 }
 
 /** Decodes one batch; the whole buffer must be consumed. `state` as for encodeBatch. */
@@ -438,7 +493,8 @@ export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000, format: Log
   }
   while (r.remaining > 0) {
     if (out.length >= maxEntries) corrupt(`batch holds more than ${maxEntries} entries`);
-    out.push(decodeEntry(r, st, format));
+    if ((buf[r.pos]! & TYPE_MASK) === NIC_DATA_RUN) decodeRun(r, r.u8(), st, out, maxEntries);
+    else out.push(decodeEntry(r, st, format));
   }
   return out;
 }

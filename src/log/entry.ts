@@ -23,6 +23,7 @@ export const EntryType = {
   NIC_DATA: 11,
   NIC_CLOSE: 12,
   TIMER: 13,
+  // 14: reserved by the codec (log format 2) for a run of NIC_DATA entries on the wire.
   OUT_NET: 20,
   OUT_CLOSE: 21,
   OUT_CONSOLE: 22,
