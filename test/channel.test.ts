@@ -157,7 +157,23 @@ test('TLS-PSK endpoints: a dialer with an accepted secret connects; one with an 
     const got = new Promise<Frame>((r) => srv.once('frame', r));
     c.send({ type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 1, nextSeq: 0 });
     assert.equal((await got).type, FrameType.HEARTBEAT);
+    // Protocol 4 over TLS: TLS authenticates the frames; they carry no MAC of their own.
+    assert.equal(c.framesMacd, false);
+    assert.equal(srv.framesMacd, false);
     dialer.close();
+  }
+  {
+    // A peer of the previous version over TLS is refused with a REFUSE it can verify (MAC'd, as it
+    // expects), so both ends name the version.
+    const pl = capture();
+    const old = new ChannelDialer('127.0.0.1', port, { secret: s1, identity: { ...id('primary'), protocolVersion: 3 }, log: pl.log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 5000 });
+    const before = ll.lines.length;
+    old.start();
+    const until = Date.now() + 5000;
+    while (!pl.lines.some((l) => /the peer refused us: protocol version 3/.test(l.msg)) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(pl.lines.some((l) => /the peer refused us: protocol version 3 \(this node speaks 4\)/.test(l.msg)), JSON.stringify(pl.lines.map((l) => l.msg)));
+    assert.ok(ll.lines.slice(before).some((l) => /refused peer: protocol version 3/.test(l.msg)));
+    old.close();
   }
   const before = ll.lines.length;
   const bad = new ChannelDialer('127.0.0.1', port, { secret: wrongS, identity: id('primary'), log: capture().log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 5000 });

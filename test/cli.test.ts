@@ -27,7 +27,7 @@ test('record, replay --verify and inspect a kv session', () => {
   assert.match(v.out, /verify OK/);
   const i = run('inspect', rec, '-n', '3');
   assert.equal(i.code, 0, i.err);
-  assert.match(i.out, /format\s+version 1/);
+  assert.match(i.out, /format\s+version 3/);
   assert.match(i.out, /guest module\s+sha256 [0-9a-f]{64}/);
   assert.match(i.out, /NIC_OPEN conn=/);
 });

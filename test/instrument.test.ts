@@ -6,6 +6,7 @@
  * multi-value results (also returned from inside a loop), exports with and without params, the depth
  * limit, budget stops everywhere, and the count the VMM reads after a trap.
  */
+import { crc32 } from 'node:zlib';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { encodeBatch } from '../src/log/codec.js';
@@ -108,21 +109,26 @@ const IDLE_INPUTS: ScheduledInput[] = [1, 2, 3].map((conn) => ({ atCount: 1e15, 
 
 const entryKey = (e: LogEntry): string => `${e.n} ${describeEntry(e)}`;
 
-/** Entries of the earlier instrumenter for IDLE_INPUTS (the clock values follow the count). */
+/**
+ * Entries of the earlier instrumenter for IDLE_INPUTS (the clock values follow the count). Log format 2:
+ * the outputs are covered by a digest at the idle point that follows each (they are pinned below).
+ */
 const GOLDEN_ENTRIES = [
   '3 NIC_OPEN conn=1 @idle',
   '4084 CLOCK clock=1 value=1000000000004081ns',
   '5627 CLOCK clock=1 value=1000000000005624ns',
-  '5640 OUT_CONSOLE fd=1 8 bytes crc=9e2c9843',
+  '5640 OUT_DIGEST 1 output(s) crc=1d24d6af @idle',
   '5640 NIC_OPEN conn=2 @idle',
   '12213 CLOCK clock=1 value=2000000000006570ns',
   '13756 CLOCK clock=1 value=2000000000008113ns',
-  '13769 OUT_CONSOLE fd=1 8 bytes crc=0dcda18c',
+  '13769 OUT_DIGEST 1 output(s) crc=36d3f6b3 @idle',
   '13769 NIC_OPEN conn=3 @idle',
   '24374 CLOCK clock=1 value=3000000000004962ns',
   '25917 CLOCK clock=1 value=3000000000006505ns',
-  '25930 OUT_CONSOLE fd=1 8 bytes crc=11dfe741',
+  '25930 OUT_DIGEST 1 output(s) crc=aa161d86 @idle',
 ];
+/** The outputs (what format 1 logged as OUT_CONSOLE entries): instruction number, fd, length, CRC-32. */
+const GOLDEN_OUTPUTS = ['5640 fd=1 8 bytes crc=9e2c9843', '13769 fd=1 8 bytes crc=0dcda18c', '25930 fd=1 8 bytes crc=11dfe741'];
 const GOLDEN_FINAL_COUNT = 25930;
 
 test('instrumented counts are pinned: a record/replay round trip logs the same entries at the same counts for every slice', () => {
@@ -133,6 +139,8 @@ test('instrumented counts are pinned: a record/replay round trip logs the same e
     assert.equal(rec.result.state, 'stopped');
     const keys = rec.entries.filter((e) => e.type !== EntryType.STATE_HASH).map(entryKey);
     assert.deepEqual(keys, GOLDEN_ENTRIES, `entries with slice ${slice}`);
+    const outs = rec.outputs.map((o) => `${o.n} fd=${o.fd} ${o.data.length} bytes crc=${(crc32(o.data) >>> 0).toString(16).padStart(8, '0')}`);
+    assert.deepEqual(outs, GOLDEN_OUTPUTS, `outputs with slice ${slice}`);
     assert.equal(rec.finalCount, GOLDEN_FINAL_COUNT);
     const rep = replayRun(g, DEFAULT_VM_CONFIG, rec.entries);
     assert.equal(rep.consumed, rec.entries.length);

@@ -49,8 +49,9 @@ test('replay --to N: the state at the end equals the recorded final hash; mid-ru
   assert.match(end.stdout, new RegExp(`state hash\\s+${finalHash}`));
   assert.match(end.stdout, /equal to the state hash the primary logged/);
 
-  // A point in the middle: an output entry's instruction number (a host call: the count is exact there).
-  const out = parsed.entries.find((e, i) => i > 40 && e.type === EntryType.OUT_NET)!;
+  // A point in the middle: an output digest's instruction number (an idle point or a checkpoint: the
+  // count is exact there).
+  const out = parsed.entries.find((e, i) => i > 40 && e.type === EntryType.OUT_DIGEST)!;
   const mid = await ftvm(['replay', rec, '--to', String(out.n), '--step', '--steps', '3', '--dump', '1024:32', '--around', '2']);
   assert.equal(mid.code, 0, mid.stderr);
   assert.match(mid.stdout, new RegExp(`stopped at instruction ${out.n}`));

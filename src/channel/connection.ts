@@ -9,6 +9,14 @@
  * (derived from the secret and both nonces) over a per-direction frame counter: forged, corrupted,
  * replayed or reordered frames fail verification and the connection is dropped, with a log line. The
  * replica keeps running; the primary redials.
+ *
+ * Protocol 4 over TLS: frames after the HELLOs carry no MAC (the length counts the body only). TLS 1.3
+ * already authenticates every record with keys from the same secret (the PSK) and a fresh ECDHE
+ * exchange, per direction, and its record sequence numbers reject replayed, reordered or dropped
+ * records; the HMAC on top of it authenticated the same bytes a second time. The HELLOs keep their MAC
+ * (they bind the session to the roles and the secret, once per connection), and over plain TCP
+ * (`--insecure-channel`) every frame keeps its HMAC. A peer of another version gets a REFUSE MAC'd as
+ * it expects, so that it reports the version refusal clearly.
  */
 import { EventEmitter } from 'node:events';
 import { ByteWriter } from '../log/codec.js';
@@ -21,6 +29,8 @@ import type { ChannelSocket } from './transport.js';
 import { FrameSplitter, MAC_BYTES, deriveKey, sealFrame, verifyFrameMac } from './framing.js';
 import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
 
+/** From this protocol version on, frames over TLS carry no MAC of their own (see the top). */
+const MAC_FREE_TLS_VERSION = 4;
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
 export interface LocalIdentity {
@@ -76,6 +86,13 @@ export class ChannelConnection extends EventEmitter {
   private readonly sendBufferMaxBytes: number;
   peerHello: HelloFrame | undefined;
   private closed = false;
+  /**
+   * Whether session frames carry a MAC: unless the transport is TLS and the peer speaks protocol ≥ 4
+   * (decided when its HELLO arrives; HELLOs always carry one).
+   */
+  private macFrames = true;
+  /** The transport authenticates every byte itself (TLS). */
+  private readonly transportAuthenticated: boolean;
   /** The peer's IP address as this side sees it. */
   get remoteHost(): string | undefined {
     return this.socket.remoteAddress;
@@ -96,11 +113,17 @@ export class ChannelConnection extends EventEmitter {
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? 64 * 1024 * 1024;
     this.keys = Keyring.of(opts.secret);
     this.helloKey = helloKeyOf(this.keys.current);
+    this.transportAuthenticated = socket.encrypted === true;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.close(`socket error: ${err.message}`));
     socket.on('close', () => this.close('peer closed the connection'));
     socket.on('drain', () => this.emit('drain'));
     this.sendHello();
+  }
+
+  /** Whether this connection's frames carry their own MAC (false: TLS authenticates them). */
+  get framesMacd(): boolean {
+    return this.macFrames;
   }
 
   get isOpen(): boolean {
@@ -136,7 +159,7 @@ export class ChannelConnection extends EventEmitter {
    * at the end of the turn (setImmediate), so a burst of LOG frames or ACKs becomes one TLS record and
    * one system call.
    */
-  private writeRaw(head: Uint8Array, tail: Uint8Array | undefined, key: Buffer, counter: bigint): void {
+  private writeRaw(head: Uint8Array, tail: Uint8Array | undefined, key: Buffer | undefined, counter: bigint): void {
     const dir = this.opts.identity.role === 'primary' ? 1 : 2; // a standby speaks as a backup
     const out = sealFrame(head, tail, key, dir, counter);
     if (!this.corked) {
@@ -165,7 +188,7 @@ export class ChannelConnection extends EventEmitter {
     const bodyLen = head.length + (tail?.length ?? 0);
     if (bodyLen + MAC_BYTES > this.maxFrameBytes) throw new FtvmError('FTVM_ERR_FRAME_TOO_LARGE', `frame of ${bodyLen} bytes exceeds ${this.maxFrameBytes}`);
     this.sendCounter++;
-    this.writeRaw(head, tail, this.sessionKey!, this.sendCounter);
+    this.writeRaw(head, tail, this.macFrames ? this.sessionKey! : undefined, this.sendCounter);
     return true;
   }
 
@@ -175,7 +198,7 @@ export class ChannelConnection extends EventEmitter {
       try {
         this.sendCounter++;
         const { head, tail } = encodeFrameParts({ type: FrameType.REFUSE, code, reason }, this.writer);
-        this.writeRaw(head, tail, this.sessionKey, this.sendCounter);
+        this.writeRaw(head, tail, this.macFrames ? this.sessionKey : undefined, this.sendCounter);
       } catch {
         // closing anyway
       }
@@ -187,7 +210,7 @@ export class ChannelConnection extends EventEmitter {
     if (this.closed) return;
     this.frames.push(chunk);
     while (!this.closed) {
-      const f = this.frames.next();
+      const f = this.frames.next(this.sessionKey === undefined || this.macFrames ? MAC_BYTES : 0);
       if (f === undefined) return;
       if ('badLength' in f) {
         const len = f.badLength;
@@ -228,6 +251,8 @@ export class ChannelConnection extends EventEmitter {
       const primary = this.opts.identity.role === 'primary';
       const [p, b] = primary ? [this.nonce, hello.nonce] : [hello.nonce, this.nonce];
       this.sessionKey = deriveKey(primary ? this.keys.current : peerSecret, 'ftvm-session-v1', p, b);
+      // Both ends decide alike: the transport is the same socket, and only equal versions go on.
+      this.macFrames = !(this.transportAuthenticated && hello.version >= MAC_FREE_TLS_VERSION && (this.opts.identity.protocolVersion ?? PROTOCOL_VERSION) >= MAC_FREE_TLS_VERSION);
       const problem = this.checkHello(hello);
       if (problem) {
         this.refuse(problem.code, problem.reason);
@@ -238,7 +263,7 @@ export class ChannelConnection extends EventEmitter {
       return;
     }
     this.recvCounter++;
-    if (!verifyFrameMac(this.sessionKey, peerDir, this.recvCounter, body, tag)) {
+    if (this.macFrames && !verifyFrameMac(this.sessionKey, peerDir, this.recvCounter, body, tag)) {
       this.opts.log.warn({ peer: this.remote, frame: Number(this.recvCounter) }, 'channel: frame failed authentication (forged, corrupted or replayed); dropping the connection');
       this.close('frame authentication failed');
       return;

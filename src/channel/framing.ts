@@ -41,14 +41,15 @@ export function verifyFrameMac(key: Uint8Array, dir: number, counter: bigint, bo
 }
 
 /** One frame on the wire: u32 length | head | tail | MAC, in a single buffer (the body is copied once). */
-export function sealFrame(head: Uint8Array, tail: Uint8Array | undefined, key: Uint8Array, dir: number, counter: bigint): Buffer {
+export function sealFrame(head: Uint8Array, tail: Uint8Array | undefined, key: Uint8Array | undefined, dir: number, counter: bigint): Buffer {
+  // No key: a frame without a MAC of its own (the logging channel's frames over TLS, protocol 4+).
   const bodyLen = head.length + (tail?.length ?? 0);
-  const len = bodyLen + MAC_BYTES;
+  const len = bodyLen + (key !== undefined ? MAC_BYTES : 0);
   const out = Buffer.allocUnsafe(4 + len);
   out.writeUInt32LE(len, 0);
   out.set(head, 4);
   if (tail !== undefined) out.set(tail, 4 + head.length);
-  out.set(frameMac(key, dir, counter, out.subarray(4, 4 + bodyLen)), 4 + bodyLen);
+  if (key !== undefined) out.set(frameMac(key, dir, counter, out.subarray(4, 4 + bodyLen)), 4 + bodyLen);
   return out;
 }
 
@@ -66,13 +67,14 @@ export class FrameSplitter {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
   }
 
-  next(): { body: Buffer; tag: Buffer } | { badLength: number } | undefined {
+  /** `macBytes`: the MAC each frame ends with (MAC_BYTES, or 0 for frames without one). */
+  next(macBytes: number = MAC_BYTES): { body: Buffer; tag: Buffer } | { badLength: number } | undefined {
     if (this.buf.length < 4) return undefined;
     const len = this.buf.readUInt32LE(0);
-    if (len < MAC_BYTES + 1 || len > this.maxFrameBytes) return { badLength: len };
+    if (len < macBytes + 1 || len > this.maxFrameBytes) return { badLength: len };
     if (this.buf.length < 4 + len) return undefined;
-    const body = this.buf.subarray(4, 4 + len - MAC_BYTES);
-    const tag = this.buf.subarray(4 + len - MAC_BYTES, 4 + len);
+    const body = this.buf.subarray(4, 4 + len - macBytes);
+    const tag = this.buf.subarray(4 + len - macBytes, 4 + len);
     this.buf = this.buf.subarray(4 + len);
     return { body, tag };
   }

@@ -32,6 +32,11 @@ export interface ChannelSocket {
   /** Half-closes after what was written (FIN). */
   end(): void;
   destroy(): void;
+  /**
+   * True on a TLS socket (tls.TLSSocket sets it): the transport authenticates and orders every byte,
+   * and protocol 4 frames carry no MAC of their own (connection.ts).
+   */
+  readonly encrypted?: boolean;
   /** Buffers writes until `uncork` (one TLS record and system call for a turn's frames). */
   cork(): void;
   uncork(): void;

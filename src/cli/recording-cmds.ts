@@ -2,9 +2,9 @@
  * `ftvm record`, `ftvm replay`, `ftvm inspect`: recordings on disk, the guest on a vCPU worker.
  */
 import { readFile } from 'node:fs/promises';
-import { encodeBatch } from '../log/codec.js';
+import { LOG_FORMAT, encodeBatch } from '../log/codec.js';
 import { ENTRY_TYPE_NAMES, EntryType, describeEntry, type LogEntry } from '../log/entry.js';
-import { RecordingWriter, readRecording, type VmConfig } from '../log/recording.js';
+import { RecordingWriter, codingAt, readRecording, type VmConfig } from '../log/recording.js';
 import type { ScheduledInput } from '../machine/env.js';
 import type { LoadedGuest } from '../machine/guest.js';
 
@@ -107,11 +107,12 @@ export async function replayFile(path: string): Promise<ReplaySummary> {
   const rec = await readRecording(path);
   const guest = await loadGuest(rec.module, rec.config.maxCallDepth);
   const t0 = performance.now();
-  const vcpu = new Vcpu({ mode: 'replay', guest, config: rec.config, ...(rec.snapshot ? { snapshot: rec.snapshot } : {}) });
+  const vcpu = new Vcpu({ mode: 'replay', guest, config: rec.config, logFormat: rec.logFormat, ...(rec.snapshot ? { snapshot: rec.snapshot } : {}) });
   try {
     const chunk = 2048;
+    const coding = codingAt(rec.snapshot); // where the worker's decoder starts (the snapshot's state)
     for (let i = 0; i < rec.entries.length; i += chunk) {
-      vcpu.feedLog(encodeBatch(rec.entries.slice(i, i + chunk)));
+      vcpu.feedLog(encodeBatch(rec.entries.slice(i, i + chunk), undefined, LOG_FORMAT, coding));
       while (vcpu.backlog_bytes > 8 * 1024 * 1024) await new Promise((r) => setTimeout(r, 2));
     }
     vcpu.endOfLog();
@@ -307,7 +308,7 @@ export async function travelFile(path: string, o: TravelOptions): Promise<{ line
     if (stepsLeft === o.steps) lines.push(`walking ${o.steps} entr${o.steps === 1 ? 'y' : 'ies'} on:`);
     stepsLeft--;
     return 'next';
-  }, rec.snapshot);
+  }, rec.snapshot, rec.logFormat);
   if (result.result.state === 'halted') {
     const h = result.result.halt;
     lines.push(`the guest halted at instruction ${h.n}: ${h.kind} code ${h.code}${h.message ? ` (${h.message})` : ''}`);

@@ -1,11 +1,24 @@
 /**
  * The one binary codec for log entries. Recording files and the logging channel both carry batches
- * encoded here.
- *
- * A batch: varint count, then per entry: u8 (type | 0x80 when delivered at an idle point), varint delta
- * of the instruction number from the previous entry of the batch (the first entry's delta is from 0),
- * then the type's payload. Integers are unsigned LEB128 varints unless stated; signed values are zigzag.
+ * encoded here. Integers are unsigned LEB128 varints unless stated; signed values are zigzag.
  * Instruction numbers never decrease within a log, so deltas are unsigned.
+ *
+ * Two formats (a recording's header and the channel's protocol version say which):
+ *
+ * - Format 1 (recording format versions 1–2, channel protocol ≤ 3): varint count, then per entry: u8
+ *   (type | 0x80 when delivered at an idle point | 0x40 on a tagged NIC_OPEN/SOCK_ACCEPT), varint delta
+ *   of the instruction number from the previous entry of the batch (the first entry's delta is from 0),
+ *   then the type's payload. Every output is an entry (OUT_NET, OUT_CLOSE, OUT_CONSOLE).
+ * - Format 2 (recording format version 3, protocol 4): no count (the entries fill the batch); the type
+ *   byte also has 0x20 when the entry's instruction number equals the previous entry's (the delta is
+ *   then left out); NIC_OPEN, NIC_DATA and NIC_CLOSE carry their connection as a zigzag delta from the
+ *   previous NIC entry's connection. "Previous" runs across batches: a batch's first entry is coded
+ *   against the last entry of the log before it (BatchCodingState: 0 and 0 at the start of a log; after
+ *   a snapshot, the state the snapshot carries, `DeviceState.logCoding`), so a decoder keeps the state
+ *   from batch to batch of one log. Three or more NIC_DATA entries in a row at one instruction number
+ *   and idle flag are written as one run (wire type 14: the type byte, the delta, varint k, then k ×
+ *   (connection delta, length, bytes)); a run decodes into its k entries. Outputs are not entries: one
+ *   OUT_DIGEST per batch that has outputs covers them (its idle flag is 0x80, like a delivery's).
  */
 import { FtvmError } from '../util/errors.js';
 import { EntryType, type LogEntry } from './entry.js';
@@ -13,6 +26,26 @@ import { EntryType, type LogEntry } from './entry.js';
 const IDLE_FLAG = 0x80;
 /** On NIC_OPEN only: a tag (length-prefixed bytes) follows the connection id (a proxied connection). */
 const TAG_FLAG = 0x40;
+/** Format 2: the entry's instruction number is the previous entry's (no delta follows). */
+const SAME_N_FLAG = 0x20;
+const TYPE_MASK = 0x1f;
+/** Format 2 wire type of a run of NIC_DATA entries (not an entry type: it decodes into NIC_DATA entries). */
+const NIC_DATA_RUN = 14;
+const MIN_RUN = 3;
+
+/** Format 1: outputs logged one by one, batches prefixed by their count. */
+export const LOG_FORMAT_OUTPUTS = 1;
+/** Format 2: output digests, compact headers (see the comment at the top). */
+export const LOG_FORMAT_DIGEST = 2;
+export type LogFormat = typeof LOG_FORMAT_OUTPUTS | typeof LOG_FORMAT_DIGEST;
+/** What this build writes. */
+export const LOG_FORMAT: LogFormat = LOG_FORMAT_DIGEST;
+
+/** Coding state: the previous entry's instruction number and the previous NIC entry's connection. */
+export interface BatchCodingState {
+  n: number;
+  conn: number;
+}
 const MAX_TAG_BYTES = 64;
 const MAX_ENTRY_BYTES = 16 * 1024 * 1024;
 
@@ -166,12 +199,26 @@ export class ByteReader {
   }
 }
 
-export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
-  if (e.n < prevN) throw new Error(`log entries out of order: ${e.n} after ${prevN}`);
+/** Appends one entry. Format 1 with a number as the state: the previous entry's instruction number. */
+export function encodeEntry(w: ByteWriter, e: LogEntry, prev: number | BatchCodingState, format: LogFormat = LOG_FORMAT_OUTPUTS): void {
+  const st: BatchCodingState = typeof prev === 'number' ? { n: prev, conn: 0 } : prev;
+  if (e.n < st.n) throw new Error(`log entries out of order: ${e.n} after ${st.n}`);
   const idle = 'idle' in e && e.idle ? IDLE_FLAG : 0;
   const tagged = (e.type === EntryType.NIC_OPEN || e.type === EntryType.SOCK_ACCEPT) && e.tag !== undefined ? TAG_FLAG : 0;
-  w.u8(e.type | idle | tagged);
-  w.varint(e.n - prevN);
+  const v2 = format === LOG_FORMAT_DIGEST;
+  if (!v2 && e.type === EntryType.OUT_DIGEST) throw new Error('OUT_DIGEST entries exist in log format 2 only');
+  const same = v2 && e.n === st.n ? SAME_N_FLAG : 0;
+  w.u8(e.type | idle | tagged | same);
+  if (same === 0) w.varint(e.n - st.n);
+  st.n = e.n;
+  const conn = (c: number): void => {
+    if (v2) {
+      w.zigzag(c - st.conn);
+      st.conn = c;
+    } else {
+      w.varint(c);
+    }
+  };
   switch (e.type) {
     case EntryType.CLOCK:
       w.u8(e.clock);
@@ -209,7 +256,7 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
       }
       return;
     case EntryType.NIC_OPEN:
-      w.varint(e.conn);
+      conn(e.conn);
       if (e.tag !== undefined) {
         if (e.tag.length > MAX_TAG_BYTES) throw new Error(`connection tag of ${e.tag.length} bytes exceeds ${MAX_TAG_BYTES}`);
         w.varint(e.tag.length);
@@ -217,10 +264,10 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
       }
       return;
     case EntryType.NIC_CLOSE:
-      w.varint(e.conn);
+      conn(e.conn);
       return;
     case EntryType.NIC_DATA:
-      w.varint(e.conn);
+      conn(e.conn);
       w.varint(e.data.length);
       w.bytes(e.data);
       return;
@@ -240,6 +287,10 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
       w.varint(e.len);
       w.u32(e.hash);
       return;
+    case EntryType.OUT_DIGEST:
+      w.varint(e.count);
+      w.u32(e.crc);
+      return;
     case EntryType.STATE_HASH:
       if (e.hash.length !== 32) throw new Error('state hash must be 32 bytes');
       w.bytes(e.hash);
@@ -255,16 +306,28 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prevN: number): void {
   }
 }
 
-export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
+/** Reads one entry. Format 1 with a number as the state: the previous entry's instruction number. */
+export function decodeEntry(r: ByteReader, prev: number | BatchCodingState, format: LogFormat = LOG_FORMAT_OUTPUTS): LogEntry {
+  const st: BatchCodingState = typeof prev === 'number' ? { n: prev, conn: 0 } : prev;
+  const v2 = format === LOG_FORMAT_DIGEST;
   const tag = r.u8();
   const tagged = (tag & TAG_FLAG) !== 0;
-  const type = tag & ~IDLE_FLAG & ~TAG_FLAG;
+  const same = v2 && (tag & SAME_N_FLAG) !== 0;
+  const type = v2 ? tag & TYPE_MASK : tag & ~IDLE_FLAG & ~TAG_FLAG;
   const idle = (tag & IDLE_FLAG) !== 0;
   if (tagged && type !== EntryType.NIC_OPEN && type !== EntryType.SOCK_ACCEPT) corrupt(`tag flag on entry type ${type}`);
-  const n = prevN + r.varint();
+  const n = same ? st.n : st.n + r.varint();
   if (!Number.isSafeInteger(n)) corrupt('instruction number overflow');
-  const asyncType = type >= EntryType.NIC_OPEN && type <= EntryType.TIMER;
+  st.n = n;
+  const asyncType = (type >= EntryType.NIC_OPEN && type <= EntryType.TIMER) || (v2 && type === EntryType.OUT_DIGEST);
   if (idle && !asyncType) corrupt(`idle flag on non-delivery entry type ${type}`);
+  const conn = (): number => {
+    if (!v2) return r.varint();
+    const c = st.conn + r.zigzag();
+    if (!Number.isSafeInteger(c) || c < 0) corrupt(`connection ${c}`);
+    st.conn = c;
+    return c;
+  };
   switch (type) {
     case EntryType.CLOCK: {
       const clock = r.u8();
@@ -299,17 +362,17 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
       return { type, n, events };
     }
     case EntryType.NIC_OPEN: {
-      const conn = r.varint();
-      if (!tagged) return { type, n, idle, conn };
+      const c = conn();
+      if (!tagged) return { type, n, idle, conn: c };
       const len = r.varint();
       if (len > MAX_TAG_BYTES) corrupt(`connection tag of ${len} bytes`);
-      return { type, n, idle, conn, tag: r.bytes(len) };
+      return { type, n, idle, conn: c, tag: r.bytes(len) };
     }
     case EntryType.NIC_CLOSE:
-      return { type, n, idle, conn: r.varint() };
+      return { type, n, idle, conn: conn() };
     case EntryType.NIC_DATA: {
-      const conn = r.varint();
-      return { type, n, idle, conn, data: r.bytes(r.varint()) };
+      const c = conn();
+      return { type, n, idle, conn: c, data: r.bytes(r.varint()) };
     }
     case EntryType.TIMER:
       return { type, n, idle, timer: r.varint() };
@@ -325,6 +388,11 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
       const len = r.varint();
       return { type, n, fd, len, hash: r.u32() };
     }
+    case EntryType.OUT_DIGEST: {
+      if (!v2) corrupt('OUT_DIGEST entry in a format-1 log');
+      const count = r.varint();
+      return { type, n, idle, count, crc: r.u32() };
+    }
     case EntryType.STATE_HASH:
       return { type, n, hash: r.bytes(32) };
     case EntryType.HALT: {
@@ -339,35 +407,94 @@ export function decodeEntry(r: ByteReader, prevN: number): LogEntry {
   }
 }
 
-/** Encodes entries as one batch. */
-export function encodeBatch(entries: readonly LogEntry[], w = new ByteWriter()): Uint8Array {
+/** The coding state at the start of a log. */
+export function initialCoding(): BatchCodingState {
+  return { n: 0, conn: 0 };
+}
+
+/**
+ * Encodes entries as one batch. Format 2: `state` is the log's coding state before the batch (updated
+ * to the state after it); without one, the batch is coded as the first of a log.
+ */
+export function encodeBatch(entries: readonly LogEntry[], w = new ByteWriter(), format: LogFormat = LOG_FORMAT, state?: BatchCodingState): Uint8Array {
   w.reset();
-  encodeBatchInto(entries, w);
+  encodeBatchInto(entries, w, format, state);
   return w.finish();
 }
 
 /** Appends entries as one batch to what `w` holds (no reset, no copy out). */
-export function encodeBatchInto(entries: readonly LogEntry[], w: ByteWriter): void {
-  w.varint(entries.length);
-  let prev = 0;
-  for (const e of entries) {
-    encodeEntry(w, e, prev);
-    prev = e.n;
+export function encodeBatchInto(entries: readonly LogEntry[], w: ByteWriter, format: LogFormat = LOG_FORMAT, state?: BatchCodingState): void {
+  if (format === LOG_FORMAT_OUTPUTS) w.varint(entries.length);
+  const st: BatchCodingState = format === LOG_FORMAT_DIGEST && state !== undefined ? state : initialCoding();
+  if (format === LOG_FORMAT_OUTPUTS) {
+    for (const e of entries) encodeEntry(w, e, st, format);
+    return;
+  }
+  for (let i = 0; i < entries.length; ) {
+    const e = entries[i]!;
+    let k = 1;
+    if (e.type === EntryType.NIC_DATA) {
+      for (let j = i + 1; j < entries.length; j++) {
+        const x = entries[j]!;
+        if (x.type !== EntryType.NIC_DATA || x.n !== e.n || x.idle !== (e as { idle: boolean }).idle) break;
+        k++;
+      }
+    }
+    if (k < MIN_RUN) {
+      encodeEntry(w, e, st, format);
+      i++;
+      continue;
+    }
+    if (e.n < st.n) throw new Error(`log entries out of order: ${e.n} after ${st.n}`);
+    const same = e.n === st.n;
+    w.u8(NIC_DATA_RUN | ((e as { idle: boolean }).idle ? IDLE_FLAG : 0) | (same ? SAME_N_FLAG : 0));
+    if (!same) w.varint(e.n - st.n);
+    st.n = e.n;
+    w.varint(k);
+    for (let j = i; j < i + k; j++) {
+      const x = entries[j] as Extract<LogEntry, { type: typeof EntryType.NIC_DATA }>;
+      w.zigzag(x.conn - st.conn);
+      st.conn = x.conn;
+      w.varint(x.data.length);
+      w.bytes(x.data);
+    }
+    i += k;
   }
 }
 
-/** Decodes one batch; the whole buffer must be consumed. */
-export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000): LogEntry[] {
-  const r = new ByteReader(buf);
-  const count = r.varint();
-  if (count > maxEntries) corrupt(`batch claims ${count} entries (limit ${maxEntries})`);
-  const out: LogEntry[] = [];
-  let prev = 0;
-  for (let i = 0; i < count; i++) {
-    const e = decodeEntry(r, prev);
-    out.push(e);
-    prev = e.n;
+/** Format 2: a run of NIC_DATA entries (the type byte already read). */
+function decodeRun(r: ByteReader, tag: number, st: BatchCodingState, out: LogEntry[], maxEntries: number): void {
+  if ((tag & TAG_FLAG) !== 0) corrupt('tag flag on a NIC_DATA run');
+  const idle = (tag & IDLE_FLAG) !== 0;
+  const n = (tag & SAME_N_FLAG) !== 0 ? st.n : st.n + r.varint();
+  if (!Number.isSafeInteger(n)) corrupt('instruction number overflow');
+  st.n = n;
+  const k = r.varint();
+  if (k < MIN_RUN || k > r.remaining || out.length + k > maxEntries) corrupt(`a NIC_DATA run of ${k} entries`);
+  for (let i = 0; i < k; i++) {
+    const conn = st.conn + r.zigzag();
+    if (!Number.isSafeInteger(conn) || conn < 0) corrupt(`connection ${conn}`);
+    st.conn = conn;
+    out.push({ type: EntryType.NIC_DATA, n, idle, conn, data: r.bytes(r.varint()) });
   }
-  if (r.remaining !== 0) corrupt(`${r.remaining} trailing bytes after ${count} entries`);
+}
+
+/** Decodes one batch; the whole buffer must be consumed. `state` as for encodeBatch. */
+export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000, format: LogFormat = LOG_FORMAT, state?: BatchCodingState): LogEntry[] {
+  const r = new ByteReader(buf);
+  const out: LogEntry[] = [];
+  const st: BatchCodingState = format === LOG_FORMAT_DIGEST && state !== undefined ? state : initialCoding();
+  if (format === LOG_FORMAT_OUTPUTS) {
+    const count = r.varint();
+    if (count > maxEntries) corrupt(`batch claims ${count} entries (limit ${maxEntries})`);
+    for (let i = 0; i < count; i++) out.push(decodeEntry(r, st, format));
+    if (r.remaining !== 0) corrupt(`${r.remaining} trailing bytes after ${count} entries`);
+    return out;
+  }
+  while (r.remaining > 0) {
+    if (out.length >= maxEntries) corrupt(`batch holds more than ${maxEntries} entries`);
+    if ((buf[r.pos]! & TYPE_MASK) === NIC_DATA_RUN) decodeRun(r, r.u8(), st, out, maxEntries);
+    else out.push(decodeEntry(r, st, format));
+  }
   return out;
 }

@@ -23,9 +23,16 @@ export const EntryType = {
   NIC_DATA: 11,
   NIC_CLOSE: 12,
   TIMER: 13,
+  // 14: reserved by the codec (log format 2) for a run of NIC_DATA entries on the wire.
   OUT_NET: 20,
   OUT_CLOSE: 21,
   OUT_CONSOLE: 22,
+  /**
+   * Log format 2: the outputs since the previous digest (their count and a running CRC-32 of each one's
+   * kind, connection or fd, length and CRC-32), at the idle point or checkpoint where the batch that
+   * carries them was cut. Outputs are not logged one by one in format 2 (docs/PROTOCOL.md).
+   */
+  OUT_DIGEST: 23,
   STATE_HASH: 30,
   HALT: 31,
 } as const;
@@ -59,6 +66,8 @@ export type TimerEntry = { type: typeof EntryType.TIMER; n: number; idle: boolea
 export type OutNetEntry = { type: typeof EntryType.OUT_NET; n: number; conn: number; len: number; hash: number };
 export type OutCloseEntry = { type: typeof EntryType.OUT_CLOSE; n: number; conn: number };
 export type OutConsoleEntry = { type: typeof EntryType.OUT_CONSOLE; n: number; fd: number; len: number; hash: number };
+/** `idle`: cut at an idle point (else at a budget checkpoint), like a delivery's. */
+export type OutDigestEntry = { type: typeof EntryType.OUT_DIGEST; n: number; idle: boolean; count: number; crc: number };
 export type StateHashEntry = { type: typeof EntryType.STATE_HASH; n: number; hash: Uint8Array };
 export type HaltEntry = { type: typeof EntryType.HALT; n: number; kind: HaltKind; code: number; message: string };
 
@@ -66,7 +75,7 @@ export type HaltKind = 'exit' | 'trap';
 
 export type AsyncEntry = NicOpenEntry | NicDataEntry | NicCloseEntry | TimerEntry;
 export type OutputEntry = OutNetEntry | OutCloseEntry | OutConsoleEntry;
-export type LogEntry = ClockEntry | RandomEntry | MemGrowEntry | SockAcceptEntry | SockRecvEntry | PollEntry | AsyncEntry | OutputEntry | StateHashEntry | HaltEntry;
+export type LogEntry = ClockEntry | RandomEntry | MemGrowEntry | SockAcceptEntry | SockRecvEntry | PollEntry | AsyncEntry | OutputEntry | OutDigestEntry | StateHashEntry | HaltEntry;
 
 export function isAsync(e: LogEntry): e is AsyncEntry {
   return e.type >= EntryType.NIC_OPEN && e.type <= EntryType.TIMER;
@@ -106,6 +115,8 @@ export function describeEntry(e: LogEntry): string {
       return `${name} conn=${e.conn}`;
     case EntryType.OUT_CONSOLE:
       return `${name} fd=${e.fd} ${e.len} bytes crc=${e.hash.toString(16).padStart(8, '0')}`;
+    case EntryType.OUT_DIGEST:
+      return `${name} ${e.count} output(s) crc=${e.crc.toString(16).padStart(8, '0')}${e.idle ? ' @idle' : ' @checkpoint'}`;
     case EntryType.STATE_HASH:
       return `${name} ${Buffer.from(e.hash).toString('hex')}`;
     case EntryType.HALT:

@@ -6,6 +6,10 @@
  *   | u32 configLength | config (JSON, utf8) | u32 moduleLength | module bytes
  *   | blocks: u32 payloadLength | u32 crc32(payload) | payload (a batch, see codec.ts)
  *
+ * Format versions: 1 (no snapshot) and 2 (the header may hold the snapshot the log starts from) carry
+ * log format 1 (every output an entry); 3 (the header may hold a snapshot, flag bit 0) carries log
+ * format 2 (output digests, compact headers: src/log/codec.ts). All three are read; 3 is written.
+ *
  * A last block cut short (a recorder killed mid-write) is reported as truncation, not corruption: the
  * entries before it are good. A block whose checksum does not match is corruption.
  */
@@ -13,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import { FtvmError } from '../util/errors.js';
-import { ByteWriter, decodeBatch, encodeBatch } from './codec.js';
+import { ByteWriter, LOG_FORMAT_DIGEST, LOG_FORMAT_OUTPUTS, decodeBatch, encodeBatch, type BatchCodingState, type LogFormat } from './codec.js';
 import type { LogEntry } from './entry.js';
 import type { Snapshot } from '../machine/machine.js';
 import { SnapshotAssembler, encodeSnapshot } from '../machine/snapshot-codec.js';
@@ -22,6 +26,13 @@ export const RECORDING_MAGIC = Buffer.from('FTVMLOG\0', 'latin1');
 /** Version 1: header, then blocks. Version 2: the header also holds the snapshot the log starts from. */
 export const FORMAT_VERSION = 1;
 export const FORMAT_VERSION_SNAPSHOT = 2;
+/** Version 3: as version 2 (snapshot optional), the blocks in log format 2 (output digests). Written. */
+export const FORMAT_VERSION_DIGEST = 3;
+
+/** The log format of a recording format version. */
+export function logFormatOf(formatVersion: number): LogFormat {
+  return formatVersion >= FORMAT_VERSION_DIGEST ? LOG_FORMAT_DIGEST : LOG_FORMAT_OUTPUTS;
+}
 const HEADER_FLAG_SNAPSHOT = 1;
 const MAX_SNAPSHOT_CHUNKS = 1 << 16;
 const MAX_BLOCK_BYTES = 64 * 1024 * 1024;
@@ -65,8 +76,9 @@ export function validateConfig(raw: unknown): VmConfig {
   return c as unknown as VmConfig;
 }
 
-export function encodeHeader(module: Uint8Array, config: VmConfig, snapshot?: Snapshot): Uint8Array {
-  const version = snapshot ? FORMAT_VERSION_SNAPSHOT : FORMAT_VERSION;
+/** `version`: what to write (tests write the older versions to show that they stay readable). */
+export function encodeHeader(module: Uint8Array, config: VmConfig, snapshot?: Snapshot, version = FORMAT_VERSION_DIGEST): Uint8Array {
+  if (version === FORMAT_VERSION && snapshot) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'recording format version 1 has no snapshot');
   const w = new ByteWriter(1024, 512 * 1024 * 1024);
   w.bytes(RECORDING_MAGIC);
   w.u8(version & 0xff);
@@ -95,8 +107,14 @@ export function encodeHeader(module: Uint8Array, config: VmConfig, snapshot?: Sn
   return Buffer.concat(parts);
 }
 
-export function encodeBlock(entries: readonly LogEntry[], w?: ByteWriter): Uint8Array {
-  return blockOf(encodeBatch(entries, w));
+/** The log's coding state where a log starts: at the snapshot it starts from, or at the beginning. */
+export function codingAt(snapshot: Snapshot | undefined): BatchCodingState {
+  return { n: snapshot?.devices.logCoding?.n ?? 0, conn: snapshot?.devices.logCoding?.conn ?? 0 };
+}
+
+/** `state`: format 2, the log's coding state before the block (updated). */
+export function encodeBlock(entries: readonly LogEntry[], w?: ByteWriter, format: LogFormat = LOG_FORMAT_DIGEST, state?: BatchCodingState): Uint8Array {
+  return blockOf(encodeBatch(entries, w, format, state));
 }
 
 /** Frames an already-encoded batch as a block. */
@@ -110,6 +128,8 @@ export function blockOf(payload: Uint8Array): Uint8Array {
 
 export interface Recording {
   formatVersion: number;
+  /** The log format of its blocks (1: outputs as entries; 2: output digests). */
+  logFormat: LogFormat;
   /** The state the log starts from (a backup's continuous recording); none: the guest's start. */
   snapshot?: Snapshot;
   moduleHash: Uint8Array;
@@ -128,9 +148,10 @@ export function parseRecording(buf: Uint8Array): Recording {
   }
   if (b.length < 48) throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', 'recording header is truncated');
   const version = b.readUInt16LE(8);
-  if (version !== FORMAT_VERSION && version !== FORMAT_VERSION_SNAPSHOT) {
-    throw new FtvmError('FTVM_ERR_RECORDING_VERSION', `recording format version ${version} is not supported (this ftvm reads versions ${FORMAT_VERSION} and ${FORMAT_VERSION_SNAPSHOT})`);
+  if (version !== FORMAT_VERSION && version !== FORMAT_VERSION_SNAPSHOT && version !== FORMAT_VERSION_DIGEST) {
+    throw new FtvmError('FTVM_ERR_RECORDING_VERSION', `recording format version ${version} is not supported (this ftvm reads versions ${FORMAT_VERSION} to ${FORMAT_VERSION_DIGEST})`);
   }
+  const logFormat = logFormatOf(version);
   const flags = b.readUInt8(10);
   const hash = b.subarray(12, 44);
   let pos = 44;
@@ -154,7 +175,7 @@ export function parseRecording(buf: Uint8Array): Recording {
     throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', 'the embedded guest module does not match the hash in the recording header');
   }
   let snapshot: Snapshot | undefined;
-  if (version === FORMAT_VERSION_SNAPSHOT && (flags & HEADER_FLAG_SNAPSHOT) !== 0) {
+  if (version >= FORMAT_VERSION_SNAPSHOT && (flags & HEADER_FLAG_SNAPSHOT) !== 0) {
     const need = (n: number, what: string): void => {
       if (pos + n > b.length) throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `recording header is truncated (${what})`);
     };
@@ -187,6 +208,7 @@ export function parseRecording(buf: Uint8Array): Recording {
   const entries: LogEntry[] = [];
   let truncated = false;
   let blocks = 0;
+  const coding = codingAt(snapshot);
   while (pos < b.length) {
     if (pos + 8 > b.length) {
       truncated = true;
@@ -203,7 +225,7 @@ export function parseRecording(buf: Uint8Array): Recording {
     if (crc32(payload) !== crc) {
       throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `block ${blocks} at offset ${pos} fails its checksum`);
     }
-    const batch = decodeBatch(payload);
+    const batch = decodeBatch(payload, undefined, logFormat, coding);
     const last = entries[entries.length - 1];
     const first = batch[0];
     if (last !== undefined && first !== undefined && first.n < last.n) {
@@ -213,7 +235,7 @@ export function parseRecording(buf: Uint8Array): Recording {
     pos += 8 + len;
     blocks++;
   }
-  return { formatVersion: version, moduleHash: new Uint8Array(hash), config, module, entries, truncated, blocks, ...(snapshot ? { snapshot } : {}) };
+  return { formatVersion: version, logFormat, moduleHash: new Uint8Array(hash), config, module, entries, truncated, blocks, ...(snapshot ? { snapshot } : {}) };
 }
 
 export async function readRecording(path: string): Promise<Recording> {
@@ -233,21 +255,24 @@ export class RecordingWriter {
     private readonly fh: FileHandle,
     /** Bytes of the header (with the snapshot, if any). */
     readonly headerBytes: number,
+    /** The coding state after the last block `append` wrote. */
+    private readonly coding: BatchCodingState,
   ) {}
 
   static async create(path: string, module: Uint8Array, config: VmConfig, snapshot?: Snapshot): Promise<RecordingWriter> {
     const fh = await open(path, 'w');
-    const header = encodeHeader(module, config, snapshot);
+    const header = encodeHeader(module, config, snapshot); // format version 3: batches in log format 2
     await fh.write(header);
-    return new RecordingWriter(fh, header.length);
+    return new RecordingWriter(fh, header.length, codingAt(snapshot));
   }
 
+  /** Appends entries as a block (a writer uses either this or appendEncoded, not both). */
   async append(entries: readonly LogEntry[]): Promise<void> {
     if (entries.length === 0) return;
-    await this.fh.write(encodeBlock(entries, this.writer));
+    await this.fh.write(encodeBlock(entries, this.writer, LOG_FORMAT_DIGEST, this.coding));
   }
 
-  /** Appends a batch the vCPU worker already encoded. */
+  /** Appends a batch the vCPU worker already encoded (the log's next batch, coded in its sequence). */
   async appendEncoded(batch: Uint8Array): Promise<void> {
     await this.fh.write(blockOf(batch));
   }

@@ -142,6 +142,16 @@ export interface DeviceState {
   clockNs?: string;
   /** Proxied connections (absent when there are none). */
   proxied?: Array<[number, ProxiedConn]>;
+  /**
+   * Log format 2: the outputs since the last OUT_DIGEST (count, running CRC-32) and the instruction
+   * number of that digest; absent when no output waits for a digest (not part of the state hash).
+   */
+  outDigest?: { count: number; crc: number; sinceN: number };
+  /**
+   * The log's coding state after the last entry before this point (log format 2: the next batch's first
+   * entry is coded against it): that entry's instruction number and the last NIC connection.
+   */
+  logCoding?: { n: number; conn: number };
 }
 
 export class Devices {
@@ -158,6 +168,13 @@ export class Devices {
   clockNs = 0n;
   /** Open proxied connections: conn → owner and offsets (removed when the guest closes the connection). */
   readonly proxied = new Map<number, ProxiedConn>();
+  /** Log format 2: outputs since the last OUT_DIGEST and their running CRC-32; where that digest was. */
+  outCount = 0;
+  outCrc = 0;
+  outSinceN = 0;
+  /** The instruction number of the last entry logged or consumed, and the last NIC entry's connection. */
+  logN = 0;
+  logConn = 0;
 
   /** The lowest free descriptor at or above `from`, or -1 when all up to MAX_FD are taken. */
   allocFd(from: number): number {
@@ -199,6 +216,8 @@ export class Devices {
       fds: [...this.fds].map(([fd, f]) => [fd, { ...f }]),
       clockNs: this.clockNs.toString(),
       ...(this.proxied.size > 0 ? { proxied: [...this.proxied].map(([c, p]): [number, ProxiedConn] => [c, { ...p }]) } : {}),
+      ...(this.logN > 0 || this.logConn > 0 ? { logCoding: { n: this.logN, conn: this.logConn } } : {}),
+      ...(this.outCount > 0 || this.outSinceN > 0 ? { outDigest: { count: this.outCount, crc: this.outCrc, sinceN: this.outSinceN } } : {}),
     };
   }
 
@@ -215,6 +234,11 @@ export class Devices {
     this.clockNs = BigInt(s.clockNs ?? '0');
     this.proxied.clear();
     for (const [c, p] of s.proxied ?? []) this.proxied.set(c, { ...p });
+    this.outCount = s.outDigest?.count ?? 0;
+    this.outCrc = s.outDigest?.crc ?? 0;
+    this.outSinceN = s.outDigest?.sinceN ?? 0;
+    this.logN = s.logCoding?.n ?? 0;
+    this.logConn = s.logCoding?.conn ?? 0;
   }
 
   /** The deterministic part, for the state hash (deadlines are real time: excluded). */

@@ -3,10 +3,14 @@
  * VMM that drives it.
  *
  * - record: the guest runs freely; every nondeterministic event becomes a log entry (sink.entry) and
- *   every output is reported with the sequence number of its own entry (sink.output).
+ *   every output is reported with the sequence number the output rule waits for (sink.output): in log
+ *   format 2 the number of entries logged before it (the backup must hold the next entry, which the
+ *   batch's OUT_DIGEST at the latest is: sealOutputs), in format 1 its own OUT_* entry's.
  * - replay: the guest consumes a log; it stops at exactly each delivery's instruction number, gets every
- *   host-call result from the log, never runs past what the log grants, and checks each host call and
- *   output against the entry it meets (else DeterminismViolation).
+ *   host-call result from the log, never runs past what the log grants, and checks each host call
+ *   against the entry it meets and its outputs against the log (format 2: each OUT_DIGEST, at its idle
+ *   point or checkpoint, against the outputs the replica produced since the previous one; format 1:
+ *   each output against its own entry), else DeterminismViolation.
  *
  * The machine is synchronous and single-threaded; the vCPU worker (vcpu-worker.ts) runs it off the I/O
  * thread. Blocking (waiting for input or for more log) is delegated to the RecordEnv / ReplaySource.
@@ -14,6 +18,7 @@
 import { createHash } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { crc32 } from 'node:zlib';
+import { LOG_FORMAT, LOG_FORMAT_DIGEST, type LogFormat } from '../log/codec.js';
 import { DeterminismViolation, FtvmError, GuestTrap, assert } from '../util/errors.js';
 import {
   EntryType,
@@ -22,6 +27,7 @@ import {
   type AsyncEntry,
   type HaltKind,
   type LogEntry,
+  type OutDigestEntry,
   type OutputEntry,
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
@@ -287,6 +293,8 @@ export interface MachineOptions {
   replaySliceUnits?: number;
   /** This replica's disk image file: the virtual disk is written there when the guest syncs. */
   diskImagePath?: string;
+  /** The log's format (default: LOG_FORMAT, output digests); replay of an old recording passes 1. */
+  logFormat?: LogFormat;
 }
 
 export class Machine {
@@ -333,8 +341,12 @@ export class Machine {
   readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
+  /** Log format 2: outputs are covered by OUT_DIGEST entries rather than logged one by one. */
+  readonly digests: boolean;
+  private readonly outRecord = Buffer.alloc(18);
 
   constructor(opts: MachineOptions) {
+    this.digests = (opts.logFormat ?? LOG_FORMAT) === LOG_FORMAT_DIGEST;
     this.config = opts.config;
     this.instrumented = opts.instrumented;
     this.mode = opts.mode;
@@ -434,8 +446,26 @@ export class Machine {
 
   private emit(e: LogEntry): number {
     const seq = this.seq++;
+    this.track(e);
     this.sink.entry(e, seq);
     return seq;
+  }
+
+  /** Replay: the head entry is done with. */
+  private consume(): void {
+    const e = this.source!.shift();
+    this.seq++;
+    if (e !== undefined) this.track(e);
+  }
+
+  /**
+   * The log's coding state after the last entry logged or consumed (log format 2 codes a batch's first
+   * entry against it; a snapshot carries it, so that the log after the snapshot decodes).
+   */
+  private track(e: LogEntry): void {
+    const d = this.devices;
+    d.logN = e.n;
+    if (e.type === EntryType.NIC_DATA || e.type === EntryType.NIC_OPEN || e.type === EntryType.NIC_CLOSE) d.logConn = e.conn;
   }
 
   private violation(detail: string, e: LogEntry | undefined): never {
@@ -482,8 +512,7 @@ export class Machine {
     }
     const n = this.count;
     if (e.type !== type || e.n !== n) this.violation(`the guest made ${typeof what === 'function' ? what() : what} at instruction ${n}`, e);
-    src.shift();
-    this.seq++;
+    this.consume();
     return e as Extract<LogEntry, { type: T }>;
   }
 
@@ -531,9 +560,12 @@ export class Machine {
         if (head.type === EntryType.STATE_HASH && head.n === this.count) {
           const mine = this.stateHash();
           if (!Buffer.from(mine).equals(Buffer.from(head.hash))) this.violation(`state hash ${Buffer.from(mine).toString('hex')} differs`, head);
-          src.shift();
-          this.seq++;
+          this.consume();
           this.sink.stateHash?.(head.n, mine);
+          continue;
+        }
+        if (head.type === EntryType.OUT_DIGEST && head.n === this.count && head.idle) {
+          this.checkDigest(head);
           continue;
         }
         return;
@@ -604,6 +636,7 @@ export class Machine {
           env.pause?.(5);
           continue;
         }
+        this.sealOutputs();
         if (!env.waitForWork(this.count, deadlineMs)) throw new BlockedStop(this.count);
       }
     } finally {
@@ -848,16 +881,27 @@ export class Machine {
     return e.result;
   }
 
-  /** An output of the guest: logged (record) or checked and suppressed (replay). */
+  /**
+   * An output of the guest: logged (record) or checked and suppressed (replay). Format 2: folded into the
+   * running digest that the next OUT_DIGEST carries (record) or is checked against (replay); an output
+   * made while the replica still holds log after it is one the primary may have released: suppressed.
+   */
   output(kind: GuestOutput['kind'], conn: number, fd: number, bytes: Uint8Array): void {
     const n = this.count;
     const data = new Uint8Array(bytes); // copy: guest memory changes
-    let entry: OutputEntry;
-    const hash = crc32(data) >>> 0;
+    const hash = kind === 'close' ? 0 : crc32(data) >>> 0;
     if (kind === 'net') {
       const px = this.devices.proxied.get(conn);
       if (px !== undefined) px.outBytes += data.length;
     }
+    if (this.digests) {
+      const seq = this.seq;
+      this.replaying(); // replay: waits until the log goes on past this output, or goes live here
+      this.foldOutput(kind, conn, fd, data.length, hash);
+      this.sink.output({ seq, n, kind, conn, fd, data });
+      return;
+    }
+    let entry: OutputEntry;
     if (kind === 'net') entry = { type: EntryType.OUT_NET, n, conn, len: data.length, hash };
     else if (kind === 'close') entry = { type: EntryType.OUT_CLOSE, n, conn };
     else entry = { type: EntryType.OUT_CONSOLE, n, fd, len: data.length, hash };
@@ -876,12 +920,58 @@ export class Machine {
     this.sink.output({ seq, n, kind, conn, fd, data });
   }
 
+  /** Format 2: one output into the running digest (kind, connection, fd, length, CRC-32 of the bytes). */
+  private foldOutput(kind: GuestOutput['kind'], conn: number, fd: number, len: number, hash: number): void {
+    const d = this.devices;
+    const r = this.outRecord;
+    r[0] = kind === 'net' ? 1 : kind === 'close' ? 2 : 3;
+    r.writeDoubleLE(conn, 1);
+    r[9] = fd & 0xff;
+    r.writeUInt32LE(len >>> 0, 10);
+    r.writeUInt32LE(hash >>> 0, 14);
+    d.outCrc = crc32(r, d.outCrc) >>> 0;
+    d.outCount++;
+  }
+
+  /**
+   * Record, format 2: logs an OUT_DIGEST for the outputs made since the last one, if any. The vCPU
+   * worker calls it whenever it cuts a batch, which it does only at idle points and checkpoints (where a
+   * replica can stop to check it), so that every output of a batch has an entry after it in the same
+   * batch: the output rule releases it with that batch's ACK.
+   */
+  sealOutputs(): void {
+    const d = this.devices;
+    if (!this.digests || this.mode !== 'record' || d.outCount === 0) return;
+    const n = this.count;
+    this.emit({ type: EntryType.OUT_DIGEST, n, idle: !this.inStep || this.blocked, count: d.outCount, crc: d.outCrc });
+    d.outCount = 0;
+    d.outCrc = 0;
+    d.outSinceN = n;
+  }
+
+  /** Replay, format 2: the log's OUT_DIGEST at the head against the outputs this replica made. */
+  private checkDigest(e: OutDigestEntry): void {
+    const d = this.devices;
+    if (!this.digests) this.violation('an output digest in a log of format 1', e);
+    if (e.count !== d.outCount || e.crc !== d.outCrc) {
+      this.violation(
+        `the replica's outputs between instruction ${d.outSinceN} and ${this.count} differ from the primary's (${d.outCount} output(s), digest ${d.outCrc.toString(16).padStart(8, '0')}; the primary's: ${e.count}, ${e.crc.toString(16).padStart(8, '0')})`,
+        e,
+      );
+    }
+    d.outCount = 0;
+    d.outCrc = 0;
+    d.outSinceN = this.count;
+    this.consume();
+  }
+
   // ------------------------------------------------------------------ budget checkpoints
 
   private onBudget(k: number): void {
     if (this.mode === 'record') {
       const env = this.env!;
       if (this.deliverRecorded(false) > 0) this.deliveredInStep = true;
+      this.sealOutputs();
       env.atCheckpoint?.(this.count);
       this.setBudgetEnd(this.count + Math.max(env.sliceUnits, k));
       return;
@@ -899,6 +989,10 @@ export class Machine {
       if (head !== undefined && isAsync(head) && !head.idle && head.n === n) {
         this.applyDelivery(head);
         this.deliveredInStep = true;
+        continue;
+      }
+      if (head !== undefined && head.type === EntryType.OUT_DIGEST && !head.idle && head.n === n) {
+        this.checkDigest(head);
         continue;
       }
       if (head !== undefined && head.n <= n && head.type !== EntryType.HALT) {
@@ -936,7 +1030,7 @@ export class Machine {
       const e = src.peek(i);
       if (e === undefined) return { limit };
       if (e.type === EntryType.HALT) return { limit: Number.MAX_SAFE_INTEGER }; // run to the trap, wherever it is
-      if (isAsync(e) || e.type === EntryType.STATE_HASH) return { limit: e.n, boundary: e };
+      if (isAsync(e) || e.type === EntryType.STATE_HASH || e.type === EntryType.OUT_DIGEST) return { limit: e.n, boundary: e };
       if (e.n > limit) limit = e.n;
     }
   }
@@ -1052,8 +1146,7 @@ export class Machine {
       }
     }
     if (!ok) this.violation('the receive ring has no room for a delivery', e);
-    this.source!.shift();
-    this.seq++;
+    this.consume();
   }
 
   // ------------------------------------------------------------------ running
@@ -1072,9 +1165,15 @@ export class Machine {
         this.runCommand();
       }
       for (;;) {
-        if (this.halted) return { state: 'halted', count: this.count, halt: this.halted };
+        if (this.halted) {
+          this.sealOutputs(); // after the HALT entry: the replica checks it there
+          return { state: 'halted', count: this.count, halt: this.halted };
+        }
         const r = this.mode === 'record' ? this.idleRecord() : this.idleReplay();
-        if (r !== undefined) return r;
+        if (r !== undefined) {
+          this.sealOutputs();
+          return r;
+        }
       }
     } catch (err) {
       if (err instanceof ReplayStarved) {
@@ -1088,7 +1187,7 @@ export class Machine {
       if (err instanceof BlockedStop) {
         this.broken = true;
         this.inStep = false;
-        return { state: 'stopped', count: err.count };
+        return { state: 'stopped', count: err.count }; // sealed before the wait it stopped in
       }
       throw err;
     }
@@ -1132,6 +1231,7 @@ export class Machine {
       this.step();
       return undefined;
     }
+    this.sealOutputs();
     if (!this.env!.waitForWork(this.count, this.devices.nextDeadlineMs())) return { state: 'stopped', count: this.count };
     return undefined;
   }
@@ -1152,9 +1252,12 @@ export class Machine {
       if (head !== undefined && head.n === n && head.type === EntryType.STATE_HASH) {
         const mine = this.stateHash();
         if (!Buffer.from(mine).equals(Buffer.from(head.hash))) this.violation(`state hash ${Buffer.from(mine).toString('hex')} differs`, head);
-        src.shift();
-        this.seq++;
+        this.consume();
         this.sink.stateHash?.(n, mine);
+        continue;
+      }
+      if (head !== undefined && head.n === n && head.type === EntryType.OUT_DIGEST && head.idle) {
+        this.checkDigest(head);
         continue;
       }
       const primaryMovedOn = head !== undefined || src.grantedUpTo() > n;
@@ -1214,6 +1317,10 @@ export class Machine {
     } else {
       const e = this.expectSync(EntryType.HALT, `a halt (${kind} ${code}: ${message})`);
       if (e.kind !== kind || e.code !== code || e.message !== message) this.violation(`the guest halted (${kind} ${code}: ${message})`, e);
+      // The primary seals the outputs before the halt after the HALT entry (its last batch): check them
+      // when that batch is held (a replica that halts has nothing more to wait for).
+      const d = this.source!.peek(0);
+      if (d !== undefined && d.type === EntryType.OUT_DIGEST && d.n === n) this.checkDigest(d);
     }
     this.halted = { kind, code, message, n };
   }

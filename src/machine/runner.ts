@@ -2,6 +2,7 @@
  * Whole-run helpers on one thread: record a guest under a ScriptedEnv, replay entries. The CLI and the
  * tests use these; the live pair uses the vCPU worker instead.
  */
+import type { LogFormat } from '../log/codec.js';
 import type { LogEntry } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { ArraySource, ScriptedEnv } from './env.js';
@@ -30,6 +31,8 @@ export interface RecordOptions {
   from?: Snapshot;
   /** Called with the machine right after construction (e.g. to take snapshots from a sink). */
   onMachine?: (m: Machine) => void;
+  /** The log format to record in (default: the current one; tests write format 1 as old recordings). */
+  logFormat?: LogFormat;
 }
 
 /** Records a run to its end (the env runs out of work, or the guest halts) and logs a final state hash. */
@@ -43,6 +46,7 @@ export function recordRun(guest: LoadedGuest, config: VmConfig, env: ScriptedEnv
     sink: collectingSink(entries, outputs),
     mode: 'record',
     env,
+    ...(opts.logFormat !== undefined ? { logFormat: opts.logFormat } : {}),
   });
   env.bind(() => machine.count);
   if (opts.from) machine.restore(opts.from);
@@ -62,7 +66,7 @@ export interface ReplayRecord {
 }
 
 /** Replays entries until the guest halts or the log ends. Throws DeterminismViolation on divergence. */
-export function replayRun(guest: LoadedGuest, config: VmConfig, entries: readonly LogEntry[], from?: Snapshot): ReplayRecord {
+export function replayRun(guest: LoadedGuest, config: VmConfig, entries: readonly LogEntry[], from?: Snapshot, logFormat?: LogFormat): ReplayRecord {
   const outputs: GuestOutput[] = [];
   const source = new ArraySource(entries);
   const machine = new Machine({
@@ -72,6 +76,7 @@ export function replayRun(guest: LoadedGuest, config: VmConfig, entries: readonl
     sink: collectingSink([], outputs),
     mode: 'replay',
     source,
+    ...(logFormat !== undefined ? { logFormat } : {}),
   });
   if (from) machine.restore(from);
   const result = machine.run();

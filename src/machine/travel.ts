@@ -15,6 +15,7 @@
  *   it went idle at (nothing happens until the next entry); a computing guest stops at its last
  *   budget checkpoint ≤ N (instruction numbers advance by whole regions between checkpoints).
  */
+import type { LogFormat } from '../log/codec.js';
 import { EntryType, type LogEntry } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { FtvmError } from '../util/errors.js';
@@ -95,6 +96,7 @@ export function travel(
   to: number,
   onStop: (stop: TravelStop) => TravelDecision,
   from?: Snapshot,
+  logFormat?: LogFormat,
 ): TravelResult {
   const last = entries[entries.length - 1];
   const start = from?.count ?? 0;
@@ -120,6 +122,7 @@ export function travel(
     sink: { entry: () => undefined, output: () => undefined },
     mode: 'replay',
     source,
+    ...(logFormat !== undefined ? { logFormat } : {}),
   });
   if (from) machine.restore(from);
   const result = machine.run();

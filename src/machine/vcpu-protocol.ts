@@ -77,11 +77,17 @@ export interface WorkerInit {
   snapshot?: Snapshot;
   /** This replica's disk image file. */
   diskImagePath?: string;
+  /**
+   * Replay: the format of the log it is fed (1: a recording of format version 1–2). The queue's LOG
+   * messages are always batches of the current codec format; only what the machine expects differs.
+   */
+  logFormat?: LogFormat;
 }
 
 /** Outputs cross the thread boundary as they are (structured clone). */
 export type { WireOutput } from '../replication/messages.js';
 import type { WireOutput } from '../replication/messages.js';
+import type { LogFormat } from '../log/codec.js';
 
 export type WorkerEvent =
   | { t: 'ready' }

@@ -3,7 +3,7 @@
  * the I/O thread (heartbeats, sockets, the arbiter). See vcpu-protocol.ts for the messages.
  */
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { ByteWriter, decodeBatch, encodeBatchInto } from '../log/codec.js';
+import { ByteWriter, LOG_FORMAT, decodeBatch, encodeBatchInto, type BatchCodingState } from '../log/codec.js';
 import type { LogEntry } from '../log/entry.js';
 import { DeterminismViolation, FtvmError } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
@@ -26,6 +26,11 @@ let pendingOutputs: WireOutput[] = [];
 let firstSeq = 0;
 const writer = new ByteWriter(64 * 1024);
 let machine: Machine | undefined;
+/**
+ * The log's coding state (format 2 codes each batch against the log before it): the encoder's while
+ * recording, the decoder's while replaying; from the snapshot this vCPU starts from.
+ */
+const coding: BatchCodingState = { n: init.snapshot?.devices.logCoding?.n ?? 0, conn: init.snapshot?.devices.logCoding?.conn ?? 0 };
 
 let lastPostMs = 0;
 let lastPostedCount = -1;
@@ -33,6 +38,9 @@ let lastPostedCount = -1;
 /** Posts pending entries and outputs; with `progress`, also a bare progress note when the count moved. */
 function flush(progress = false): void {
   const now = performance.now();
+  // Every output of the batch gets an entry after it (its OUT_DIGEST): the output rule releases it with
+  // this batch's ACK. Batches are cut only at idle points and checkpoints, where a replica can check it.
+  if (machine?.mode === 'record') machine.sealOutputs();
   const consumed = machine?.inbox.takeConsumed();
   if (pendingEntries.length === 0 && pendingOutputs.length === 0 && consumed === undefined) {
     if (!progress || !machine || machine.count === lastPostedCount || now - lastPostMs < init.progressIntervalMs) return;
@@ -40,7 +48,7 @@ function flush(progress = false): void {
   lastPostMs = now;
   lastPostedCount = machine?.count ?? 0;
   writer.reset();
-  encodeBatchInto(pendingEntries, writer);
+  encodeBatchInto(pendingEntries, writer, LOG_FORMAT, coding);
   const entriesBytes = writer.length;
   encodeOutputs(pendingOutputs, writer);
   const bytes = writer.finish();
@@ -129,7 +137,7 @@ function drainQueue(): void {
         inputs.push({ kind: 'close', conn: dv.getUint32(1, true) });
         break;
       case Tag.LOG:
-        for (const e of decodeBatch(msg.subarray(1))) log.push(e);
+        for (const e of decodeBatch(msg.subarray(1), undefined, LOG_FORMAT, coding)) log.push(e);
         break;
       case Tag.GRANT:
         grant = Math.max(grant, dv.getFloat64(1, true));
@@ -261,6 +269,9 @@ class LiveSource implements ReplaySource {
     const env = new LiveEnv();
     post({ t: 'live', count: machine!.count, seq: machine!.entriesSeen, maxConn: machine!.devices.maxConn, proxied: proxiedAtGoLive() });
     firstSeq = machine!.entriesSeen;
+    // Every held entry is consumed: the log this replica continues is coded on from its last one.
+    coding.n = machine!.devices.logN;
+    coding.conn = machine!.devices.logConn;
     return env;
   }
 }
@@ -302,6 +313,7 @@ function main(): void {
     mode: init.mode,
     replaySliceUnits: init.sliceUnits,
     ...(init.diskImagePath !== undefined ? { diskImagePath: init.diskImagePath } : {}),
+    ...(init.logFormat !== undefined ? { logFormat: init.logFormat } : {}),
     ...(env ? { env } : {}),
     ...(source ? { source } : {}),
   });

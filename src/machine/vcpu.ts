@@ -7,6 +7,7 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { DeterminismViolation, FtvmError, type FtvmErrorCode } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import type { VmConfig } from '../log/recording.js';
+import type { LogFormat } from '../log/codec.js';
 import type { LoadedGuest } from './guest.js';
 import { DEFAULT_SLICE_UNITS, type Snapshot } from './machine.js';
 import {
@@ -66,6 +67,8 @@ export interface VcpuOptions {
   snapshot?: Snapshot;
   /** This replica's disk image file (VMs with a disk). */
   diskImagePath?: string;
+  /** Replay of an old recording: its log format (default: the current one). */
+  logFormat?: LogFormat;
 }
 
 export type SnapshotEvent = Extract<WorkerEvent, { t: 'snapshot' }>;
@@ -115,6 +118,7 @@ export class Vcpu extends EventEmitter {
       snapshotPort: channel.port2,
       ...(opts.snapshot ? { snapshot: opts.snapshot } : {}),
       ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
+      ...(opts.logFormat !== undefined ? { logFormat: opts.logFormat } : {}),
       mode: opts.mode,
       instrumented: opts.guest.instrumented,
       config: opts.config,

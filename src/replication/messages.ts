@@ -11,9 +11,10 @@ export type WireOutput = GuestOutput;
 
 /**
  * 2: re-replication (SNAPSHOT frames, the standby role, CONTROL ARMED). 3: HELLO carries the liveness
- * address (fast failover on evidence of a dead process).
+ * address (fast failover on evidence of a dead process). 4: LOG batches in log format 2 (output
+ * digests instead of one entry per output, compact entry headers: src/log/codec.ts).
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 export const FrameType = {
   HELLO: 1,

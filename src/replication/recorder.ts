@@ -17,7 +17,8 @@
  */
 import { mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeBatch, encodeBatch } from '../log/codec.js';
+import { LOG_FORMAT, decodeBatch, encodeBatch, type BatchCodingState } from '../log/codec.js';
+import { codingAt } from '../log/recording.js';
 import { RecordingWriter, type VmConfig } from '../log/recording.js';
 import type { Snapshot } from '../machine/machine.js';
 import { FtvmError } from '../util/errors.js';
@@ -47,6 +48,8 @@ interface Batch {
   firstSeq: number;
   count: number;
   bytes: Uint8Array;
+  /** The log's coding state before this batch (format 2 codes a batch against the log before it). */
+  coding: BatchCodingState;
 }
 
 interface Segment {
@@ -101,6 +104,8 @@ export class ContinuousRecorder {
   private warnedSmall = false;
   private stopped = false;
   private readonly maxPendingBytes: number;
+  /** The coding state after the last batch fed. */
+  private coding: BatchCodingState;
   segmentsStarted = 0;
 
   constructor(private readonly o: RecorderOptions) {
@@ -114,6 +119,7 @@ export class ContinuousRecorder {
     }
     this.maxPendingBytes = o.maxPendingBytes ?? 32 * 1024 * 1024;
     this.fedSeq = o.start?.seq ?? 0;
+    this.coding = codingAt(o.start);
     const start = o.start;
     this.enqueue(() => this.openSegment(this.fedSeq, start));
   }
@@ -121,7 +127,10 @@ export class ContinuousRecorder {
   /** The log's next `count` entries, encoded as they crossed the channel. */
   feed(bytes: Uint8Array, count: number): void {
     if (this.stopped) return;
-    const b: Batch = { firstSeq: this.fedSeq, count, bytes };
+    // Decoded only for its coding state (where the next batch starts), which a new segment needs.
+    const before = { ...this.coding };
+    decodeBatch(bytes, undefined, LOG_FORMAT, this.coding);
+    const b: Batch = { firstSeq: this.fedSeq, count, bytes, coding: before };
     this.fedSeq += count;
     this.tail.push(b);
     const keepFrom = Math.min(this.o.consumed(), this.holdFrom);
@@ -169,7 +178,7 @@ export class ContinuousRecorder {
         // moves on. Entries from snap.seq up to what was fed so far are written again.
         const snapshot: Snapshot = { ...snap, memory: new Uint8Array(snap.memory) };
         const upTo = this.fedSeq;
-        const again = this.entriesFrom(snapshot.seq, upTo);
+        const again = this.entriesFrom(snapshot.seq, upTo, codingAt(snapshot));
         this.enqueue(async () => {
           await this.closeSegment();
           await this.openSegment(snapshot.seq, snapshot);
@@ -191,7 +200,7 @@ export class ContinuousRecorder {
   }
 
   /** The encoded entries [from, to) from the kept tail; undefined if the tail no longer holds them. */
-  private entriesFrom(from: number, to: number): Uint8Array | undefined {
+  private entriesFrom(from: number, to: number, atFrom: BatchCodingState): Uint8Array | undefined {
     if (from >= to) return new Uint8Array(0);
     const kept = this.tail.filter((b) => b.firstSeq + b.count > from && b.firstSeq < to);
     if (kept.length === 0 || kept[0]!.firstSeq > from) {
@@ -199,10 +208,11 @@ export class ContinuousRecorder {
       return undefined;
     }
     const entries = kept.flatMap((b) => {
-      const es = decodeBatch(b.bytes);
+      const es = decodeBatch(b.bytes, undefined, LOG_FORMAT, { ...b.coding });
       return es.slice(Math.max(0, from - b.firstSeq), Math.min(es.length, to - b.firstSeq));
     });
-    return encodeBatch(entries);
+    // Coded against the state at `from`: the snapshot's, which the segment's reader starts from.
+    return encodeBatch(entries, undefined, LOG_FORMAT, { ...atFrom });
   }
 
   private async openSegment(firstSeq: number, snapshot: Snapshot | undefined): Promise<void> {
