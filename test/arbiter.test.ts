@@ -324,7 +324,9 @@ describe('embedded arbiter', () => {
   it('an idle client keeps its connection warm (a failover claim needs no TCP/TLS handshake); without it the server closes the idle connection', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ftvm-arbiter-warm-'));
     const short = await EmbeddedArbiterServer.start({ dataDir: dir, host: '127.0.0.1', port: 0, secret, log: quiet(), keepAliveTimeoutMs: 2000 });
-    const warm = new EmbeddedArbiterClient({ host: '127.0.0.1', port: short.address.port, secret, log: quiet(), keepWarmMs: 300 });
+    // Keep-warm reads at ~1, 2, 3 s of idleness: the claim at 3.5 s falls between two of them (a claim
+    // that meets a keep-warm read in flight takes a second connection, which this test would count).
+    const warm = new EmbeddedArbiterClient({ host: '127.0.0.1', port: short.address.port, secret, log: quiet(), keepWarmMs: 1000 });
     const cold = new EmbeddedArbiterClient({ host: '127.0.0.1', port: short.address.port, secret, log: quiet(), keepWarmMs: 0 });
     try {
       const vm = freshVm('warm');
