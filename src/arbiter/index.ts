@@ -10,13 +10,13 @@
 import type { Keyring } from '../security/secrets.js';
 import { FtvmError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import type { Arbiter } from './arbiter.js';
+import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from './arbiter.js';
 import { EmbeddedArbiterClient } from './embedded.js';
-import { EtcdArbiter } from './etcd.js';
+import type { EtcdArbiter, EtcdArbiterOptions } from './etcd.js';
 
 export type { Arbiter, ArbiterRecord, CallOptions, ClaimResult } from './arbiter.js';
 export { EmbeddedArbiterClient, EmbeddedArbiterServer, type EmbeddedArbiterServerOptions } from './embedded.js';
-export { EtcdArbiter, type EtcdArbiterOptions } from './etcd.js';
+export type { EtcdArbiter, EtcdArbiterOptions } from './etcd.js';
 
 export interface HostPort {
   host: string;
@@ -102,6 +102,60 @@ export function parseArbiterUrl(url: string): ArbiterSpec {
  */
 export function openArbiter(url: string, secret: Uint8Array | Keyring, opts: { log?: Logger; insecure?: boolean } = {}): Arbiter {
   const spec = parseArbiterUrl(url);
-  if (spec.kind === 'etcd') return new EtcdArbiter({ endpoints: spec.endpoints, ...(opts.log ? { log: opts.log } : {}) });
+  if (spec.kind === 'etcd') return new LazyEtcdArbiter({ endpoints: spec.endpoints, ...(opts.log ? { log: opts.log } : {}) });
   return new EmbeddedArbiterClient({ host: spec.host, port: spec.port, secret, ...(opts.insecure ? { insecure: true } : {}), ...(opts.log ? { log: opts.log } : {}) });
+}
+
+/**
+ * The etcd arbiter, loaded on first use: `etcd3` (with gRPC and protobuf) is ~6 MB of heap and ~20 MB
+ * of resident memory, which a replica that talks to the embedded arbiter never needs. Every byte a
+ * replica's process holds is torn down by its kernel before a crashed primary's sockets close, so it
+ * delays the backup's evidence of the crash (docs/PERFORMANCE.md, failover third pass).
+ */
+export class LazyEtcdArbiter implements Arbiter {
+  private backend: Promise<EtcdArbiter> | undefined;
+  private closed = false;
+  constructor(private readonly opts: EtcdArbiterOptions) {}
+
+  /** The loaded etcd client (loads it). */
+  load(): Promise<EtcdArbiter> {
+    if (this.closed) return Promise.reject(new FtvmError('FTVM_ERR_ARBITER_UNAVAILABLE', 'the etcd arbiter client was closed'));
+    this.backend ??= import('./etcd.js').then((m) => new m.EtcdArbiter(this.opts));
+    return this.backend;
+  }
+  async init(vm: string, record: ArbiterRecord, o: CallOptions): Promise<ArbiterRecord> {
+    return (await this.load()).init(vm, record, o);
+  }
+  async claim(vm: string, epoch: number, claimant: string, o: CallOptions): Promise<ClaimResult> {
+    return (await this.load()).claim(vm, epoch, claimant, o);
+  }
+  async advance(vm: string, epoch: number, owner: string, o: CallOptions): Promise<boolean> {
+    return (await this.load()).advance(vm, epoch, owner, o);
+  }
+  async read(vm: string, o: CallOptions): Promise<ArbiterRecord | null> {
+    return (await this.load()).read(vm, o);
+  }
+  async registerStandby(vm: string, s: { hostId: string; channel: string; free: boolean }, ttlMs: number, o: CallOptions): Promise<StandbyRecord> {
+    return (await this.load()).registerStandby(vm, s, ttlMs, o);
+  }
+  async listStandbys(vm: string, o: CallOptions): Promise<StandbyRecord[]> {
+    return (await this.load()).listStandbys(vm, o);
+  }
+  async recruitStandby(vm: string, hostId: string, by: { owner: string; epoch: number }, o: CallOptions): Promise<StandbyRecord | null> {
+    return (await this.load()).recruitStandby(vm, hostId, by, o);
+  }
+  async removeStandby(vm: string, hostId: string, o: CallOptions): Promise<void> {
+    return (await this.load()).removeStandby(vm, hostId, o);
+  }
+  async publishMember(vm: string, m: MemberRecord, ttlMs: number, o: CallOptions): Promise<void> {
+    return (await this.load()).publishMember(vm, m, ttlMs, o);
+  }
+  async listMembers(vm: string, o: CallOptions): Promise<MemberRecord[]> {
+    return (await this.load()).listMembers(vm, o);
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+    const b = this.backend;
+    if (b !== undefined) await (await b).close();
+  }
 }
