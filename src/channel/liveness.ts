@@ -132,7 +132,9 @@ export function probePeer(
   void env.probeLiveness(addr).then((r) => {
     if (!stillRelevant()) return;
     const at = `${addr.host}:${addr.port}`;
-    log.info({ liveness: at, result: r, probeMs: Number((env.clock.now() - t0).toFixed(1)) }, `liveness probe of the ${who}: ${r}`);
+    const probeMs = Number((env.clock.now() - t0).toFixed(1));
+    // Evidence acts first (the claim goes out), the log line follows.
     if (r === 'refused') onGone(`its liveness port ${at} refused a connection`);
+    log.info({ liveness: at, result: r, probeMs }, `liveness probe of the ${who}: ${r}`);
   });
 }

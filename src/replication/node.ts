@@ -192,9 +192,10 @@ export class BackupNode {
     c.once('close', (reason: string) => {
       if (this.conn === c) {
         this.conn = undefined;
-        this.log.warn({ reason }, 'primary disconnected');
         this.exec(this.core.step({ t: 'peer-closed' }));
+        // The probe first: on a crash it is the failover's critical path; the log line can wait.
         this.probePrimary(c);
+        this.log.warn({ reason }, 'primary disconnected');
       }
     });
     this.exec(this.core.step({ t: 'peer-open', nowMs: this.clock.now() }));
@@ -272,13 +273,16 @@ export class BackupNode {
           this.vcpu.stop();
           void this.stop().finally(() => this.opts.onHalt?.(a.reason));
           break;
-        case 'drain':
-          this.log.warn({ reason: a.reason }, a.evidence ? 'primary gone: claiming the VM while the replica consumes every held entry' : 'primary silent: claiming the VM while the replica consumes every held entry');
+        case 'drain': {
+          // The claim (the next action of this step) goes out before the log line is written.
+          const line = a.evidence ? 'primary gone: claiming the VM while the replica consumes every held entry' : 'primary silent: claiming the VM while the replica consumes every held entry';
+          queueMicrotask(() => this.log.warn({ reason: a.reason }, line));
           this.draining = true;
           this.drainStartMs = this.clock.now();
           this.metrics.phase('detect', this.drainStartMs - this.lastHeardMs);
           this.metrics.event({ kind: 'silence-detected', side: 'backup', epoch: this.core.status().epoch, phaseMs: this.drainStartMs - this.lastHeardMs, detail: a.reason });
           break;
+        }
         case 'claim':
           this.claimStartMs ??= this.clock.now();
           void claimAt(this.opts, a.epoch, this.log).then((r) => {

@@ -327,12 +327,13 @@ export class PrimaryNode {
     c.once('close', (reason: string) => {
       if (this.conn === c) {
         this.conn = undefined;
-        this.log.warn({ reason }, 'backup disconnected');
         this.exec(this.core.step({ t: 'peer-closed' }));
-        // Is the backup's process gone? Then claim now rather than after the fail timeout.
+        // Is the backup's process gone? Then claim now rather than after the fail timeout (the probe
+        // goes out before the log line is written).
         if (this.opts.fastFailover !== false) {
           probePeer(c, 'backup', this.opts.env, this.log, () => !this.stopped && this.conn === undefined, (evidence) => this.exec(this.core.step({ t: 'peer-gone', evidence })));
         }
+        this.log.warn({ reason }, 'backup disconnected');
       }
     });
   }
