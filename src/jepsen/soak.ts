@@ -48,6 +48,8 @@ export interface SoakResult {
   rss_growth_ratio: number;
   rss_processes_measured: number;
   rss_worst: { slot: number; pid: number; warmup_rss_mib: number; max_rss_mib: number; replica_s: number } | null;
+  /** The worst process's samples: [seconds as a replica, RSS MiB, 'p' primary | 'b' backup]. */
+  rss_worst_series: Array<[number, number, 'p' | 'b']>;
   replicas_restarted: number;
   /** Epoch changes over the run (each kill: +1 claim, +1 re-armed pair; more: failovers the load caused). */
   epoch_changes: number;
@@ -72,7 +74,7 @@ interface ProcSamples {
   pid: number;
   /** When it was first seen as a replica (primary or backup). */
   replicaSinceMs: number | undefined;
-  samples: Array<{ t: number; rss: number }>;
+  samples: Array<{ t: number; rss: number; role: 'primary' | 'backup' }>;
 }
 
 export async function runSoak(o: SoakOptions): Promise<SoakResult> {
@@ -108,7 +110,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
         if (!replica) return;
         p.replicaSinceMs ??= now;
         const rss = rssBytes(pid);
-        if (rss !== undefined) p.samples.push({ t: now - p.replicaSinceMs, rss });
+        if (rss !== undefined) p.samples.push({ t: now - p.replicaSinceMs, rss, role: st.role === 'primary' ? 'primary' : 'backup' });
       });
       await sleep(o.sampleEveryMs ?? 2000);
     }
@@ -163,6 +165,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   // RSS: per process, from its warm-up on.
   let worst: SoakResult['rss_worst'] = null;
   let worstRatio = 1;
+  let worstSeries: SoakResult['rss_worst_series'] = [];
   let measured = 0;
   for (const p of procs.values()) {
     const after = p.samples.filter((x) => x.t >= warmupMs);
@@ -174,6 +177,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     if (ratio > worstRatio || worst === null) {
       worstRatio = Math.max(worstRatio, ratio);
       worst = { slot: p.slot, pid: p.pid, warmup_rss_mib: +(base / 2 ** 20).toFixed(1), max_rss_mib: +(max / 2 ** 20).toFixed(1), replica_s: Math.round(after[after.length - 1]!.t / 1000) };
+      worstSeries = p.samples.map((x) => [Math.round(x.t / 1000), +(x.rss / 2 ** 20).toFixed(1), x.role === 'primary' ? 'p' : 'b']);
     }
   }
   const result: SoakResult = {
@@ -191,6 +195,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     rss_growth_ratio: +worstRatio.toFixed(3),
     rss_processes_measured: measured,
     rss_worst: worst,
+    rss_worst_series: worstSeries,
     replicas_restarted: cluster.restarts,
     epoch_changes: epochs.last - epochs.first,
     run_time_s: Math.round((performance.now() - started) / 100) / 10,
