@@ -9,9 +9,10 @@
  */
 import { fileURLToPath } from 'node:url';
 import { spawnNode, type ProcessHandle } from './processes.js';
-import { FaultProxyError, type DirectionArg } from './fault-proxy.js';
+import { FaultProxyError, type DirectionArg, type FaultProxyErrorCode } from './fault-proxy.js';
 
 const REQUEST_TIMEOUT_MS = 15_000;
+const CODES: ReadonlySet<string> = new Set<FaultProxyErrorCode>(['FTVM_ERR_BAD_ARGUMENT', 'FTVM_ERR_PROXY_LISTEN', 'FTVM_ERR_PROXY_CLOSED']);
 const MAX_PENDING = 1024;
 
 interface Reply {
@@ -39,7 +40,7 @@ export class FaultProxyHost {
       this.pending.delete(r.id);
       clearTimeout(p.timer);
       if (r.ok) p.resolve(r.result);
-      else p.reject(new FaultProxyError(r.code === 'FTVM_ERR_BAD_ARGUMENT' || r.code === 'FTVM_ERR_PROXY_LISTEN' || r.code === 'FTVM_ERR_PROXY_CLOSED' ? r.code : 'FTVM_ERR_BAD_ARGUMENT', `fault-proxy host: ${r.message ?? 'failed'}`));
+      else p.reject(new FaultProxyError(r.code !== undefined && CODES.has(r.code) ? (r.code as FaultProxyErrorCode) : 'FTVM_ERR_BAD_ARGUMENT', `fault-proxy host: ${r.message ?? 'failed'}`));
     });
     void proc.exited.then((status) => {
       for (const [id, p] of this.pending) {

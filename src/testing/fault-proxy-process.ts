@@ -11,7 +11,7 @@
  * The process exits when its parent disconnects (the parent died or closed the host).
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { FaultProxy, type DirectionArg } from './fault-proxy.js';
+import { FaultProxy, FaultProxyError, type DirectionArg } from './fault-proxy.js';
 
 type Request =
   | { id: number; op: 'start'; targetPort: number; listenPort?: number }
@@ -28,14 +28,14 @@ loopDelay.enable();
 
 function get(id: number): FaultProxy {
   const p = proxies.get(id);
-  if (!p) throw Object.assign(new Error(`no fault proxy ${id}`), { code: 'FTVM_ERR_BAD_ARGUMENT' });
+  if (!p) throw new FaultProxyError('FTVM_ERR_BAD_ARGUMENT', `no fault proxy ${id}`);
   return p;
 }
 
 async function handle(m: Request): Promise<unknown> {
   switch (m.op) {
     case 'start': {
-      if (proxies.size >= MAX_PROXIES) throw Object.assign(new Error(`at most ${MAX_PROXIES} fault proxies per host`), { code: 'FTVM_ERR_BAD_ARGUMENT' });
+      if (proxies.size >= MAX_PROXIES) throw new FaultProxyError('FTVM_ERR_BAD_ARGUMENT', `at most ${MAX_PROXIES} fault proxies per host`);
       const p = await FaultProxy.start({ targetPort: m.targetPort, ...(m.listenPort !== undefined ? { listenPort: m.listenPort } : {}) });
       const id = nextProxy++;
       proxies.set(id, p);
