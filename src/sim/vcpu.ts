@@ -86,6 +86,11 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
   /** The nemesis corrupted this replica's state (its divergence is expected). */
   corrupted = false;
 
+  /** The vCPU has ended (stopped, or failed on a divergence). */
+  get ended(): boolean {
+    return this.finished;
+  }
+
   constructor(
     private readonly host: VcpuHost,
     mode: 'record' | 'replay',

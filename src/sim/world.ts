@@ -802,6 +802,12 @@ export class World implements SimWorldApi {
   private nemesis(): void {
     if (this.healed) return;
     const r = this.rng;
+    if (this.corruptionUndetected()) {
+      // A corrupted replica is found at its next entry; until then nothing else happens, or a partition
+      // or pause could let it claim the VM first (corruption + a failover is a double failure).
+      this.q.push(this.nowMs + r.exp(this.meanFaultGapMs), () => this.nemesis());
+      return;
+    }
     const roll = r.float();
     const alive = this.hosts.filter((h) => h.proc !== null && !h.proc.dead).map((h) => h.proc!);
     if (roll < 0.16) {
@@ -898,7 +904,12 @@ export class World implements SimWorldApi {
       // carries on alone (replica-diverged → halt). Only with entries ahead, so it is found at once.
       // It ends that replica like a crash does: only where a crash is allowed (another can carry the VM
       // on; no arbiter call of the victim's in flight), and only while it follows (not claiming).
-      const reps = alive.filter((p) => p.replica()?.core.status().phase === 'following' && p.vcpu !== undefined && p.vcpu.heldCount > 0 && !p.vcpu.corrupted && !p.paused && this.crashAllowed(p));
+      // And only while no other fault is in effect: a partition, pause or slow link could make the
+      // corrupted replica take the primary for gone and win the claim before its divergence shows (seed
+      // 700074: a partition already in effect; the corrupted backup won, then halted: the VM was lost).
+      const reps = this.faultsQuiet()
+        ? alive.filter((p) => p.replica()?.core.status().phase === 'following' && p.vcpu !== undefined && p.vcpu.heldCount > 0 && !p.vcpu.corrupted && this.crashAllowed(p))
+        : [];
       if (reps.length > 0) {
         const p = r.pick(reps);
         this.fault('replica-corrupt');
@@ -931,6 +942,18 @@ export class World implements SimWorldApi {
     const ticks = d.filter((x) => x.kind === 'tick');
     const rest = d.filter((x) => x.kind !== 'tick');
     for (const x of ticksFirst ? [...ticks, ...rest] : [...rest, ...ticks]) this.q.push(this.nowMs, () => this.dispatch(p, x.fn, x.kind));
+  }
+
+  /** No partition, slow link, pause, slowed replica or arbiter fault is in effect. */
+  private faultsQuiet(): boolean {
+    if (this.arbDown || this.arbBlocked.some((b) => b) || this.slowed.size > 0) return false;
+    if (this.blockedLinks.some((row) => row.some((b) => b)) || this.slowLinks.some((row) => row.some((f) => f !== 1))) return false;
+    return this.hosts.every((h) => h.proc === null || h.proc.dead || !h.proc.paused);
+  }
+
+  /** A replica the nemesis corrupted is still running and has not found its divergence yet. */
+  private corruptionUndetected(): boolean {
+    return this.hosts.some((h) => h.proc !== null && !h.proc.dead && h.proc.vcpu !== undefined && h.proc.vcpu.corrupted && !h.proc.vcpu.ended);
   }
 
   /** A crash must leave a replica that can carry the VM on (a double failure loses the VM by design). */
