@@ -1,10 +1,12 @@
 /**
- * `npm run soak -- [--duration-s 600] [--kill-every-s 30] [--warmup-s 20] [--seed S] [--clients C] [--fail-timeout-ms N] [--quiet]`
+ * `npm run soak -- [--duration-s 600] [--kill-every-s 30] [--warmup-s 10] [--seed S] [--clients C] [--fail-timeout-ms N] [--quiet]`
  *
  * Load on real processes with a kill -9 of the live primary every `--kill-every-s` and automatic
  * re-replication to standbys (src/jepsen/soak.ts); the RSS of every node sampled. Ends with ONE line of
  * JSON (`failovers`, `lost_acked_writes`, `hashes_equal`, `rss_growth_ratio`, …); exit code 0 only if
- * nothing acknowledged was lost, the hashes are equal and RSS stayed within 20% after warm-up.
+ * nothing acknowledged was lost, the hashes are equal and RSS stayed within 20% after warm-up: within
+ * each role a process held (`rss_growth_ratio`) and from one generation of processes to the next
+ * (`rss_generation_ratio`); see analyseRss in src/jepsen/soak.ts.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { runSoak } from '../src/jepsen/soak.js';
@@ -24,7 +26,7 @@ const cmd = new Command('npm run soak --')
   .description('load with a kill -9 of the live primary every --kill-every-s, automatic re-replication, RSS of every node sampled; one JSON line at the end')
   .option('--duration-s <n>', 'how long the load runs', intAtLeast('--duration-s', 1), 600)
   .option('--kill-every-s <n>', 'a kill -9 of the live primary this often', intAtLeast('--kill-every-s', 1), 30)
-  .option('--warmup-s <n>', 'RSS at this point is the baseline of rss_growth_ratio', intAtLeast('--warmup-s', 0), 20)
+  .option('--warmup-s <n>', 'seconds after a process takes a role (backup, primary) at which its RSS is the baseline of rss_growth_ratio', intAtLeast('--warmup-s', 0), 10)
   .option('--seed <n>', 'seed of the clients and the schedule', intAtLeast('--seed', 0))
   .option('--clients <n>', 'closed-loop clients', intAtLeast('--clients', 1), 4)
   .option('--fail-timeout-ms <n>', "passed to every node's --fail-timeout-ms", intAtLeast('--fail-timeout-ms', 10))

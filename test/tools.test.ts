@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +23,8 @@ import {
   isIndeterminate,
   type RespValue,
 } from '../src/client/resp.js';
+import { NODE_FLAGS } from '../src/cli/node-flags.js';
+import { VCPU_YOUNG_GENERATION_MB } from '../src/machine/vcpu.js';
 import { FaultProxy, FaultProxyError } from '../src/testing/fault-proxy.js';
 import { FaultProxyHost } from '../src/testing/fault-proxy-host.js';
 import { needs, requireComponents } from '../src/testing/system-deps.js';
@@ -666,6 +668,18 @@ test('processes: spawnNode, waitForLine, stop escalates to SIGKILL, stopAll, fre
   const server = net.createServer();
   await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port }, () => resolve()));
   await new Promise<void>((resolve) => server.close(() => resolve()));
+});
+
+test('node flags: spawned nodes and the ftvm bin run with NODE_FLAGS (a small young generation: flat RSS)', async () => {
+  const p = spawnNode(['-e', 'console.log(JSON.stringify(process.execArgv))']);
+  const [line] = await p.waitForLine(/^\[.*\]$/, 5000);
+  assert.deepEqual((JSON.parse(line) as string[]).slice(0, NODE_FLAGS.length), [...NODE_FLAGS]);
+  await p.exited;
+  // The bin's shebang passes the same flags when `ftvm` is run directly (npx ftvm, a global install).
+  const shebang = readFileSync(new URL('../src/cli/main.js', import.meta.url), 'utf8').split('\n')[0];
+  assert.equal(shebang, `#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+  // And the vCPU worker's isolate is bounded the same way.
+  assert.ok(VCPU_YOUNG_GENERATION_MB > 0 && VCPU_YOUNG_GENERATION_MB <= 8);
 });
 
 test('freePort: concurrent processes each hold a slice of their own (no port handed to two of them)', async () => {

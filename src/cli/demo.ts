@@ -24,6 +24,7 @@ import { listSegments } from '../replication/recorder.js';
 import { travelFile } from './recording-cmds.js';
 import { EntryType } from '../log/entry.js';
 import { readRecording } from '../log/recording.js';
+import { NODE_FLAGS } from './node-flags.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
@@ -46,7 +47,7 @@ export function demoGuest(guest: string): { path: string; name: string; sql: boo
 const sqlQuote = (v: string): string => `'${v.replace(/'/g, "''")}'`;
 
 function child(args: string[], name: string, lines: string[]): ChildProcess {
-  const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FTVM_LOG_LEVEL: 'info' } });
+  const c = spawn(process.execPath, [...NODE_FLAGS, CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FTVM_LOG_LEVEL: 'info' } });
   let buf = '';
   c.stderr!.on('data', (d: Buffer) => {
     buf += d.toString('utf8');

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 /**
  * The `ftvm` command. commander (well kept, typed, generates --help) parses the arguments.
  */

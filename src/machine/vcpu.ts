@@ -29,6 +29,15 @@ import {
   type WorkerInit,
 } from './vcpu-protocol.js';
 
+/**
+ * The vCPU worker's young generation (MiB). V8's default lets it grow to 3 × 16 MiB under load, which
+ * it reaches only after minutes at a few thousand requests/s: RSS then climbs for that long and a
+ * killed process takes longer to tear down (its sockets close after its memory is unmapped). The
+ * worker's garbage is short-lived entry and batch objects, so a small young generation costs nothing
+ * measurable (docs/PERFORMANCE.md, "Memory").
+ */
+export const VCPU_YOUNG_GENERATION_MB = 6;
+
 function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
   const out = new Uint8Array(a.length + b.length);
   out.set(a);
@@ -133,7 +142,7 @@ export class Vcpu extends EventEmitter {
     this.worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), {
       workerData: init,
       transferList: [channel.port2],
-      resourceLimits: { stackSizeMb: opts.stackSizeMb ?? 64 },
+      resourceLimits: { stackSizeMb: opts.stackSizeMb ?? 64, maxYoungGenerationSizeMb: VCPU_YOUNG_GENERATION_MB },
     });
     this.done = new Promise<DoneEvent>((resolve, reject) => {
       this.worker.on('message', (ev: WorkerEvent) => {

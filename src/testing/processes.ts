@@ -11,6 +11,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { NODE_FLAGS } from '../cli/node-flags.js';
 
 export type ProcessErrorCode =
   | 'FTVM_ERR_PROCESS_SPAWN'
@@ -374,7 +375,7 @@ export function spawnProcess(command: string, args: readonly string[], options: 
 export function spawnNode(args: readonly string[], options: SpawnOptions = {}): ProcessHandle {
   const script = args.find((a) => !a.startsWith('-'));
   const name = script !== undefined && args[0] !== '-e' && args[0] !== '--eval' ? (script.split('/').pop() ?? script) : 'node';
-  return spawnProcess(process.execPath, args, { name, ...options });
+  return spawnProcess(process.execPath, [...NODE_FLAGS, ...args], { name, ...options });
 }
 
 /** Processes started by this module and not yet exited. */
