@@ -186,6 +186,8 @@ interface RunResult {
   drainClaimMs: number;
   goLiveMs: number;
   clientMs: number;
+  /** Of clientMs: connected → the first OK (the new primary's first request; the rest is reconnecting). */
+  replyMs: number;
   /** The backup's own figure: goLive() − drain start (drain + claim). */
   backupDrainMs: number;
   /** The arbiter's claim latency, probed after the run (median of CLAIM_PROBES). */
@@ -229,14 +231,15 @@ function startLoad(port: number, run: number): { acked: Map<string, string>; sto
 }
 
 /** Connect + SET against `port` until the first OK; resolves with the hrtime of that reply. */
-async function hammer(port: number, run: number): Promise<{ at: bigint; wallMs: number; attempts: number }> {
+async function hammer(port: number, run: number): Promise<{ at: bigint; wallMs: number; attempts: number; replyMs: number }> {
   const until = performance.now() + HAMMER_DEADLINE_MS;
   for (let attempt = 1; attempt <= HAMMER_MAX_ATTEMPTS && performance.now() < until; attempt++) {
     let c: RespClient | undefined;
     try {
       c = await RespClient.connect({ host: HOST, port, connectTimeoutMs: 200, callTimeoutMs: 5000 });
+      const connected = performance.now();
       const r = await c.call('SET', `r${run}:after-failover`, 'yes');
-      if (r === 'OK') return { at: process.hrtime.bigint(), wallMs: Date.now(), attempts: attempt };
+      if (r === 'OK') return { at: process.hrtime.bigint(), wallMs: Date.now(), attempts: attempt, replyMs: performance.now() - connected };
     } catch {
       // refused (not serving yet) or no answer: retry
     } finally {
@@ -281,6 +284,7 @@ async function failoverRun(run: number, kind: FailureKind): Promise<RunResult> {
     drainClaimMs: NaN,
     goLiveMs: NaN,
     clientMs: NaN,
+    replyMs: NaN,
     backupDrainMs: NaN,
     claimProbeMs: NaN,
     newEpoch: undefined,
@@ -304,6 +308,7 @@ async function failoverRun(run: number, kind: FailureKind): Promise<RunResult> {
     const ok = await hammer(pair.backupServicePort, run);
     res.failoverMs = Number(ok.at - killAt) / 1e6;
     res.hammerAttempts = ok.attempts;
+    res.replyMs = ok.replyMs;
 
     // Writes answered after the snapshot but before the connection died were acknowledged too.
     const { indeterminate } = await load.done;
@@ -708,14 +713,14 @@ async function main(): Promise<number> {
   // ---- the readable summary
   console.log(`failover: ${RUNS} × kill -9 (crash: the backup's liveness probe is refused) and ${SILENT_RUNS} × SIGSTOP (silent: the fail timeout) of the primary (kv guest, defaults: fail timeout 150 ms, heartbeat 20 ms); times in ms`);
   console.log('segments from the backup\'s log lines (wall clock, 1 ms resolution): detect = kill → "primary gone" / "primary silent";');
-  console.log('drain+claim = → "won the arbiter claim"; go-live = → "went live" (serving); client = → first OK; claim = arbiter claim RPC, probed after the run');
+  console.log('drain+claim = → "won the arbiter claim"; go-live = → "went live" (serving); client = → first OK ((reply): connected → that OK); claim = arbiter claim RPC, probed after the run');
   console.log(
     table(
-      ['run', 'kind', 'failover', 'tcp close', 'detect', 'drain+claim', '(claim)', 'go-live', 'client', 'attempts', 'acked', 'lost', 'epoch'],
+      ['run', 'kind', 'failover', 'tcp close', 'detect', 'drain+claim', '(claim)', 'go-live', 'client', '(reply)', 'attempts', 'acked', 'lost', 'epoch'],
       runs.map((r) =>
         r.ok
-          ? [String(r.run), r.kind, fmt(r.failoverMs), fmt(r.disconnectMs, 0), fmt(r.detectMs, 0), fmt(r.drainClaimMs, 0), fmt(r.claimProbeMs), fmt(r.goLiveMs, 0), fmt(r.clientMs, 0), String(r.hammerAttempts), String(r.ackedBeforeKill), String(r.lost), String(r.newEpoch)]
-          : [String(r.run), r.kind, 'FAILED', '', '', '', '', '', '', '', '', '', ''],
+          ? [String(r.run), r.kind, fmt(r.failoverMs), fmt(r.disconnectMs, 0), fmt(r.detectMs, 0), fmt(r.drainClaimMs, 0), fmt(r.claimProbeMs), fmt(r.goLiveMs, 0), fmt(r.clientMs, 0), fmt(r.replyMs), String(r.hammerAttempts), String(r.ackedBeforeKill), String(r.lost), String(r.newEpoch)]
+          : [String(r.run), r.kind, 'FAILED', '', '', '', '', '', '', '', '', '', '', ''],
       ),
     ),
   );
@@ -723,7 +728,7 @@ async function main(): Promise<number> {
     const rs = good.filter((r) => r.kind === kind);
     if (rs.length === 0) continue;
     const seg = (f: (r: RunResult) => number): string => `${fmt(median(rs.map(f)))} / ${fmt(quantile(sorted(rs.map(f)), 0.99))}`;
-    console.log(`${kind}: median / max of segments: detect ${seg((r) => r.detectMs)}, drain+claim ${seg((r) => r.drainClaimMs)} (arbiter claim ${seg((r) => r.claimProbeMs)}), go-live ${seg((r) => r.goLiveMs)}, client ${seg((r) => r.clientMs)}`);
+    console.log(`${kind}: median / max of segments: detect ${seg((r) => r.detectMs)}, drain+claim ${seg((r) => r.drainClaimMs)} (arbiter claim ${seg((r) => r.claimProbeMs)}), go-live ${seg((r) => r.goLiveMs)}, client ${seg((r) => r.clientMs)} (of it the first reply ${seg((r) => r.replyMs)}), tcp close ${seg((r) => r.disconnectMs)}`);
   }
   const line = (what: string, xs: number[], goal: number): string =>
     `${what}: p50 ${fmt(quantile(xs, 0.5))} ms, p99 ${fmt(quantile(xs, 0.99))} ms, max ${fmt(xs[xs.length - 1] ?? NaN)} ms, min ${fmt(xs[0] ?? NaN)} ms over ${xs.length} run(s) (goal p99 ≤ ${goal} ms: ${quantile(xs, 0.99) <= goal ? 'met' : 'NOT met'})`;
@@ -772,6 +777,8 @@ async function main(): Promise<number> {
     arbiter_claim_ms_p50: round(median(good.map((r) => r.claimProbeMs))),
     crash_go_live_ms_p50: round(median(goodCrash.map((r) => r.goLiveMs))),
     crash_client_ms_p50: round(median(goodCrash.map((r) => r.clientMs))),
+    crash_first_reply_ms_p50: round(median(goodCrash.map((r) => r.replyMs))),
+    crash_tcp_close_ms_p50: round(median(goodCrash.map((r) => r.disconnectMs))),
     acked_writes_checked: good.reduce((a, r) => a + r.ackedBeforeKill, 0),
     goals: {
       failover_crash_p99_ms_max: GOAL_CRASH_P99_MS,

@@ -85,6 +85,11 @@ export interface ServicePort {
   readonly pausedConnections: number;
   /** The guest consumed input: (conn, bytes) pairs, as the vCPU reports them with its batches. */
   consumed(pairs: readonly number[]): void;
+  /**
+   * Optional: bind the address now and hold the connections that arrive until `start` (a backup that
+   * won the claim, while its vCPU finishes the takeover). A failure is left to `start`, which binds again.
+   */
+  listen?(): Promise<void>;
   /** Rejects with an error whose `code` is 'EADDRINUSE' while the address is held. */
   start(sink: InputSink): Promise<void>;
   deliver(outputs: readonly WireOutput[]): void;

@@ -15,14 +15,14 @@ import type { ChannelConnection, LocalIdentity } from '../channel/connection.js'
 import { FrameType, type Frame } from '../channel/frames.js';
 import { moduleHash } from '../log/recording.js';
 import type { Snapshot } from '../machine/machine.js';
-import type { NodeClock, Timer, VcpuPort } from './env.js';
+import type { NodeClock, ServicePort, Timer, VcpuPort } from './env.js';
 import { ControlServer } from '../service/control.js';
 import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { DeterminismViolation } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupCore, type BackupAction } from './backup.js';
 import { claimAt, controlOptions, securityStatus, type Addr, type NodeOptions } from './node-common.js';
-import { PrimaryNode } from './primary-node.js';
+import { PrimaryNode, serviceFor } from './primary-node.js';
 import { ContinuousRecorder } from './recorder.js';
 
 export { DEFAULT_TIMINGS, claimAt, primaryCoreConfig, type Addr, type NodeOptions, type RecruitOptions, type Timings } from './node-common.js';
@@ -59,6 +59,8 @@ export class BackupNode {
   private draining = false;
   private drainStartMs = 0;
   private live: PrimaryNode | undefined;
+  /** The client service bound when the claim was won; the PrimaryNode takes it over at 'live'. */
+  private earlyService: ServicePort | undefined;
   private finished = false;
   private readonly recorder: ContinuousRecorder | undefined;
   readonly metrics: NodeMetrics;
@@ -330,10 +332,15 @@ export class BackupNode {
     this.conn?.close('this backup went live');
     const t0 = this.clock.now();
     const service = o.service;
+    // The claim is won: bind the service address while the vCPU finishes the takeover (one round trip
+    // to the worker), so a client that connects now is held and served at once rather than refused.
+    const early = serviceFor({ ...o, service });
+    this.earlyService = early;
+    void early.listen?.().catch((err: Error) => this.log.warn({ err: err.message, service }, 'could not bind the service address early; binding at go-live'));
     this.vcpu.once('live', (ev: { count: number; seq: number; maxConn: number; proxied?: ProxiedAtGoLive[] }) => {
       // The PrimaryNode takes the vCPU over here, in the 'live' handler: no batch after it is missed.
       const { control: _control, ...rest } = o;
-      const live = new PrimaryNode({ ...rest, metrics: this.metrics, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1, ...(ev.proxied !== undefined ? { proxied: ev.proxied } : {}) } });
+      const live = new PrimaryNode({ ...rest, metrics: this.metrics, epoch, service, adopt: { vcpu: this.vcpu, firstSeq: ev.seq, firstConn: ev.maxConn + 1, service: early, ...(ev.proxied !== undefined ? { proxied: ev.proxied } : {}) } });
       this.live = live;
       this.ticker?.cancel();
       live.start().then(
@@ -386,6 +393,7 @@ export class BackupNode {
     await this.listener?.close();
     await this.control?.close();
     if (!this.live) {
+      await this.earlyService?.close(); // bound at the claim, never taken over
       this.vcpu.stop();
       this.vcpu.endOfLog();
       await Promise.race([this.vcpu.done.catch(() => undefined), this.clock.sleep(2000)]);

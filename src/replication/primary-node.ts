@@ -47,7 +47,14 @@ export interface PrimaryOptions extends NodeOptions {
   unackedMaxBytes?: number;
   heldMaxOutputs?: number;
   /** A backup gone live hands over its vCPU (already recording) instead of starting a new guest. */
-  adopt?: { vcpu: VcpuPort; firstSeq: number; firstConn: number; proxied?: readonly ProxiedAtGoLive[] };
+  adopt?: {
+    vcpu: VcpuPort;
+    firstSeq: number;
+    firstConn: number;
+    proxied?: readonly ProxiedAtGoLive[];
+    /** The client service, made (and bound early) by the backup when it won the claim (serviceFor). */
+    service?: ServicePort;
+  };
 }
 
 /** Bytes per second over a sliding second, for status. */
@@ -70,6 +77,18 @@ const POOL_REFRESH_MS = 2000;
 
 /** Binding the client service: attempts 250 ms apart while the address is in use. */
 const SERVICE_BIND_ATTEMPTS = 40;
+
+/** The client service of a node serving at `opts.service` (and its proxy port, if any). */
+export function serviceFor(opts: NodeOptions & { service: Addr }): ServicePort {
+  return opts.env.newService({
+    host: opts.service.host,
+    port: opts.service.port,
+    log: opts.log.child({ part: 'service' }),
+    ...(opts.proxyListen !== undefined
+      ? { proxy: { host: opts.proxyListen.host, port: opts.proxyListen.port, keys: opts.secret, vmName: opts.config.name, ...(opts.proxyReattachTimeoutMs !== undefined ? { reattachTimeoutMs: opts.proxyReattachTimeoutMs } : {}) } }
+      : {}),
+  });
+}
 
 /** Bytes the socket may hold unsent before the snapshot stream waits for 'drain'. */
 const SNAPSHOT_SEND_WINDOW_BYTES = 4 * 1024 * 1024;
@@ -168,14 +187,7 @@ export class PrimaryNode {
       };
     });
     bindLogContext(this.log, () => ({ vm: opts.config.name, role: core.status().halted !== null ? 'halted' : 'primary', epoch: core.status().epoch }));
-    this.service = opts.env.newService({
-      host: opts.service.host,
-      port: opts.service.port,
-      log: opts.log.child({ part: 'service' }),
-      ...(opts.proxyListen !== undefined
-        ? { proxy: { host: opts.proxyListen.host, port: opts.proxyListen.port, keys: opts.secret, vmName: opts.config.name, ...(opts.proxyReattachTimeoutMs !== undefined ? { reattachTimeoutMs: opts.proxyReattachTimeoutMs } : {}) } }
-        : {}),
-    });
+    this.service = opts.adopt?.service ?? serviceFor(opts);
     // A backup gone live: take over its vCPU now, so no batch after the go-live point is missed.
     if (opts.adopt) this.attachVcpu(opts.adopt.vcpu);
   }

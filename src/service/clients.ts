@@ -136,9 +136,34 @@ export class ClientService {
     this.proxy?.inputLogged(pairs);
   }
 
-  async start(sink: InputSink): Promise<void> {
-    this.sink = sink;
-    const server = net.createServer({ noDelay: true }, (s) => this.accept(s));
+  /**
+   * Binds the service address before `start` (a backup that just won the arbiter's claim, while its
+   * vCPU finishes the takeover): connections are accepted but held, paused and unread (their bytes
+   * wait in the kernel), at most `maxConnections` of them, until `start` serves them in the order they
+   * came. A client that connects in that window is answered as soon as the node serves instead of
+   * being refused and retrying. A failure here (EADDRINUSE) is left to `start`, which binds again.
+   */
+  listen(): Promise<void> {
+    this.listening ??= this.bind(true).catch((err: unknown) => {
+      this.server = undefined;
+      for (const h of this.held.splice(0)) h.destroy();
+      throw err;
+    });
+    return this.listening;
+  }
+
+  private listening: Promise<void> | undefined;
+  /** Connections accepted by an early `listen`, waiting for `start` (bounded by maxConnections). */
+  private readonly held: net.Socket[] = [];
+
+  private async bind(early: boolean): Promise<void> {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: early }, (s) => {
+      if (this.sink !== undefined) this.accept(s);
+      else if (this.held.length < this.maxConnections) {
+        s.on('error', () => undefined);
+        this.held.push(s);
+      } else s.destroy();
+    });
     this.server = server;
     server.maxConnections = this.maxConnections;
     await new Promise<void>((resolve, reject) => {
@@ -148,6 +173,33 @@ export class ClientService {
         resolve();
       });
     });
+  }
+
+  async start(sink: InputSink): Promise<void> {
+    let bound = false;
+    if (this.listening !== undefined) {
+      const early = this.listening;
+      this.listening = undefined; // a retry after a failed early bind binds afresh
+      bound = await early.then(
+        () => true,
+        () => false,
+      );
+    }
+    this.sink = sink;
+    if (bound) {
+      for (const s of this.held.splice(0)) {
+        if (s.destroyed) continue;
+        this.accept(s);
+      }
+    } else {
+      try {
+        await this.bind(false);
+      } catch (err) {
+        this.sink = undefined;
+        throw err;
+      }
+    }
+    const server = this.server!;
     if (this.proxy !== undefined) {
       try {
         await this.proxy.start(sink);
@@ -190,6 +242,7 @@ export class ClientService {
       }
     });
     if (this.paused) s.pause();
+    else s.resume(); // a connection held since an early listen was accepted paused
   }
 
   /**
@@ -249,6 +302,8 @@ export class ClientService {
 
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    await this.listening?.catch(() => undefined);
+    for (const s of this.held.splice(0)) s.destroy();
     for (const s of this.sockets.values()) s.destroy();
     this.sockets.clear();
     this.inputs.clear();

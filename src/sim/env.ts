@@ -72,11 +72,36 @@ export class SimService implements ServicePort {
   consumed(_pairs: readonly number[]): void {
     // nothing is ever paused (see pausedConnections)
   }
-  start(sink: InputSink): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
+  /** Bound by an early `listen` (a backup that won the claim): `start` then needs no bind of its own. */
+  private bound = false;
+  private listening: Promise<void> | undefined;
+  /**
+   * The early bind (ClientService.listen): it may find the address held, like `start`; the driver then
+   * binds again at `start`. The world's clients reach only open services, so a connection held between
+   * the two is not modelled: what runs here is the drivers' early path and its fallback.
+   */
+  listen(): Promise<void> {
+    this.listening ??= new Promise<void>((resolve, reject) => {
       this.w.later(this.proc, 0.05, () => {
         if (this.closed) return reject(new Error('the service was closed'));
         if (this.w.serviceAddressHeld(this.proc)) return reject(Object.assign(new Error(`listen EADDRINUSE: address already in use ${this.host}:${this.port}`), { code: 'EADDRINUSE' }));
+        this.bound = true;
+        resolve();
+      });
+    });
+    return this.listening;
+  }
+  async start(sink: InputSink): Promise<void> {
+    if (this.listening !== undefined) {
+      const early = this.listening;
+      this.listening = undefined;
+      await early.catch(() => undefined);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.w.later(this.proc, 0.05, () => {
+        if (this.closed) return reject(new Error('the service was closed'));
+        if (!this.bound && this.w.serviceAddressHeld(this.proc)) return reject(Object.assign(new Error(`listen EADDRINUSE: address already in use ${this.host}:${this.port}`), { code: 'EADDRINUSE' }));
+        this.bound = true;
         this.sink = sink;
         this.open = true;
         resolve();
@@ -94,6 +119,7 @@ export class SimService implements ServicePort {
   }
   close(): Promise<void> {
     this.open = false;
+    this.bound = false;
     this.closed = true;
     return Promise.resolve();
   }
