@@ -68,6 +68,8 @@ const LOAD_MAX_OPS = 100_000;
 const HAMMER_RETRY_MS = 2;
 const HAMMER_DEADLINE_MS = 15_000;
 const HAMMER_MAX_ATTEMPTS = 50_000;
+/** How long a pair may take to start (each process). */
+const PAIR_START_TIMEOUT_MS = 60_000;
 /** Arbiter claim probes after each run. */
 const CLAIM_PROBES = 3;
 /** Soak. */
@@ -290,7 +292,16 @@ async function failoverRun(run: number, kind: FailureKind): Promise<RunResult> {
     newEpoch: undefined,
     newRole: undefined,
   };
-  const pair = await startFtPair({ guest: 'kv' });
+  let pair: FtPair;
+  try {
+    // A loaded machine can take a while to start a pair (the guest is instrumented in a child process).
+    pair = await startFtPair({ guest: 'kv', startTimeoutMs: PAIR_START_TIMEOUT_MS });
+  } catch (err) {
+    res.error = `the pair did not start: ${err instanceof Error ? err.message : String(err)}`;
+    log(`run ${run} (${kind}) FAILED: ${res.error}`);
+    await stopAll(3000);
+    return res;
+  }
   pairs.add(pair);
   try {
     const load = startLoad(pair.servicePort, run);
@@ -468,7 +479,7 @@ interface SoakClock {
 }
 
 async function soakPair(index: number, clock: SoakClock): Promise<SoakPairResult> {
-  const pair = await startFtPair({ guest: 'spin' });
+  const pair = await startFtPair({ guest: 'spin', startTimeoutMs: PAIR_START_TIMEOUT_MS });
   pairs.add(pair);
   const r: SoakPairResult = {
     observedS: 0,
