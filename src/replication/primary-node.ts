@@ -75,6 +75,8 @@ class Rate {
 /** How often a primary with an arbiter reads the standby pool's size for /metrics. */
 const POOL_REFRESH_MS = 2000;
 
+/** A backup gone live starts recruiting its new backup this long after it serves (see start). */
+const RECRUIT_AFTER_GO_LIVE_MS = 25;
 /** Binding the client service: attempts 250 ms apart while the address is in use. */
 const SERVICE_BIND_ATTEMPTS = 40;
 
@@ -227,8 +229,10 @@ export class PrimaryNode {
       if (o.adopt.proxied !== undefined) this.service.adoptProxied?.(o.adopt.proxied);
     }
     const vcpu = this.vcpu!;
-    // Redundancy does not wait for the client service.
-    if (this.core.status().alone) this.scheduleRecruit(0);
+    // Redundancy does not wait for the client service (its bind may retry for seconds). A backup that
+    // just went live lets the clients it held be served first: the recruit's arbiter call, snapshot and
+    // TLS handshake would share this thread with their first replies (a few ms of a ~40 ms failover).
+    if (this.core.status().alone) this.scheduleRecruit(o.adopt ? RECRUIT_AFTER_GO_LIVE_MS : 0);
     const sink = {
       input: (k: 'open' | 'data' | 'close', c: number, d?: Uint8Array) => vcpu.input(k, c, d),
       get backlogBytes() {
