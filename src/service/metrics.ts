@@ -61,6 +61,21 @@ const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 export type FailoverPhase = 'detect' | 'drain' | 'claim' | 'go_live';
 
+/**
+ * Process metrics (CPU, memory, heap, event-loop lag, GC) exist once per process, whatever the number of
+ * nodes in it: one registry, made on first use. collectDefaultMetrics installs a process-wide GC
+ * observer that holds its registry for the life of the process, so a registry per node would keep
+ * every node ever made alive (the simulator makes thousands in one process).
+ */
+let processRegistry: Registry | undefined;
+function processMetrics(): Registry {
+  if (processRegistry === undefined) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry, prefix: 'ftvm_' }); // ftvm_process_cpu_seconds_total, ftvm_nodejs_heap_size_used_bytes, …
+  }
+  return processRegistry;
+}
+
 export class NodeMetrics {
   readonly registry = new Registry();
   private source: (() => NodeGaugeSource) | undefined;
@@ -92,7 +107,6 @@ export class NodeMetrics {
   constructor(readonly vm: string) {
     const registers = [this.registry];
     const r = { registers };
-    collectDefaultMetrics({ register: this.registry, prefix: 'ftvm_' }); // ftvm_process_cpu_seconds_total, ftvm_nodejs_heap_size_used_bytes, …
     const src = (): NodeGaugeSource | undefined => {
       try {
         return this.source?.();
@@ -171,7 +185,7 @@ export class NodeMetrics {
   }
 
   async text(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    return { contentType: this.registry.contentType, body: `${await processMetrics().metrics()}\n${await this.registry.metrics()}` };
   }
 
   // ---------------------------------------------------------------- observations from the drivers
