@@ -252,7 +252,7 @@ export function analyseRss(
   for (const role of ['backup', 'primary'] as const) {
     const ps = peaks[role];
     if (ps.length < 4) continue; // nothing to compare the first three with
-    const first = [...ps.slice(0, 3)].sort((a, b) => a - b)[1]!;
+    const first = ps.slice(0, 3).sort((a, b) => a - b)[1]!; // the median of the first three
     generationRatio = Math.max(generationRatio, Math.max(...ps) / first);
   }
   return {

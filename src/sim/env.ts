@@ -81,14 +81,7 @@ export class SimService implements ServicePort {
    * the two is not modelled: what runs here is the drivers' early path and its fallback.
    */
   listen(): Promise<void> {
-    this.listening ??= new Promise<void>((resolve, reject) => {
-      this.w.later(this.proc, 0.05, () => {
-        if (this.closed) return reject(new Error('the service was closed'));
-        if (this.w.serviceAddressHeld(this.proc)) return reject(Object.assign(new Error(`listen EADDRINUSE: address already in use ${this.host}:${this.port}`), { code: 'EADDRINUSE' }));
-        this.bound = true;
-        resolve();
-      });
-    });
+    this.listening ??= this.bindAfter(() => undefined);
     return this.listening;
   }
   async start(sink: InputSink): Promise<void> {
@@ -97,13 +90,19 @@ export class SimService implements ServicePort {
       this.listening = undefined;
       await early.catch(() => undefined);
     }
+    return this.bindAfter(() => {
+      this.sink = sink;
+      this.open = true;
+    });
+  }
+  /** A bind, 0.05 ms on: refused once closed, or while the address is held (unless already bound). */
+  private bindAfter(then: () => void): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.w.later(this.proc, 0.05, () => {
         if (this.closed) return reject(new Error('the service was closed'));
         if (!this.bound && this.w.serviceAddressHeld(this.proc)) return reject(Object.assign(new Error(`listen EADDRINUSE: address already in use ${this.host}:${this.port}`), { code: 'EADDRINUSE' }));
         this.bound = true;
-        this.sink = sink;
-        this.open = true;
+        then();
         resolve();
       });
     });
