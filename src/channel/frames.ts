@@ -87,6 +87,15 @@ export function encodeFrameParts(f: Frame, w: ByteWriter): { head: Uint8Array; t
       str(w, f.config);
       tail = f.data;
       break;
+    case FrameType.CHECKPOINT:
+      w.varint(f.epoch);
+      w.varint(f.checkpoint);
+      tail = f.data;
+      break;
+    case FrameType.CHECKPOINT_ACK:
+      w.varint(f.epoch);
+      w.varint(f.checkpoint);
+      break;
   }
   return { head: w.bytesView(), tail };
 }
@@ -149,6 +158,16 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
         f = { type, epoch, part, config, data: r.bytes(r.remaining) };
         break;
       }
+      case FrameType.CHECKPOINT: {
+        const epoch = r.varint();
+        const checkpoint = r.varint();
+        if (checkpoint < 1) bad('CHECKPOINT numbered 0');
+        f = { type, epoch, checkpoint, data: r.bytes(r.remaining) };
+        break;
+      }
+      case FrameType.CHECKPOINT_ACK:
+        f = { type, epoch: r.varint(), checkpoint: r.varint() };
+        break;
       default:
         bad(`unknown frame type ${type}`);
     }
@@ -178,5 +197,9 @@ export function describeFrame(f: Frame): string {
       return `REFUSE ${f.code} ${f.reason}`;
     case FrameType.SNAPSHOT:
       return `SNAPSHOT epoch=${f.epoch} ${f.part === SnapshotPart.BEGIN ? 'begin' : 'chunk'} ${f.data.length}B`;
+    case FrameType.CHECKPOINT:
+      return `CHECKPOINT epoch=${f.epoch} #${f.checkpoint} ${f.data.length}B`;
+    case FrameType.CHECKPOINT_ACK:
+      return `CHECKPOINT_ACK epoch=${f.epoch} #${f.checkpoint}`;
   }
 }

@@ -153,6 +153,22 @@ function isZero(page: Uint8Array, base: Uint8Array | undefined): boolean {
   return true;
 }
 
+/** The memory size a delta brings memory to (read from its header; the rest is checked by applyDelta). */
+export function deltaMemoryBytes(delta: Uint8Array): number {
+  if (delta.length < 5) bad('too short');
+  const r = new ByteReader(delta.subarray(0, delta.length - 4));
+  try {
+    const version = r.u8();
+    if (version !== DELTA_VERSION) bad(`version ${version}`);
+    const memBytes = r.varint();
+    if (memBytes > MAX_MEMORY_BYTES) bad(`memory of ${memBytes} bytes`);
+    return memBytes;
+  } catch (err) {
+    if (err instanceof FtvmError && err.code === 'FTVM_ERR_SNAPSHOT') throw err;
+    bad((err as Error).message);
+  }
+}
+
 /**
  * Applies a delta to `memory` (the backup's copy, as it was at the previous checkpoint), returning the
  * memory after it (a new, larger buffer when the guest's memory grew). Checks everything before

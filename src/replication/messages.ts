@@ -25,6 +25,8 @@ export const FrameType = {
   CONTROL: 6,
   REFUSE: 7,
   SNAPSHOT: 8,
+  CHECKPOINT: 9,
+  CHECKPOINT_ACK: 10,
 } as const;
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 export const FRAME_TYPE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k]));
@@ -121,4 +123,23 @@ export interface SnapshotFrame {
   data: Uint8Array;
 }
 
-export type Frame = HelloFrame | LogFrame | AckFrame | HeartbeatFrame | StateHashFrame | ControlFrame | RefuseFrame | SnapshotFrame;
+/**
+ * Checkpoint mode (src/checkpoint/): primary → backup, checkpoint `checkpoint` of `epoch`; `data` is the
+ * encoded checkpoint (src/checkpoint/wire.ts: memory delta since the previous checkpoint, globals,
+ * devices, under one CRC-32), which repeats the epoch and number under its checksum.
+ */
+export interface CheckpointFrame {
+  type: typeof FrameType.CHECKPOINT;
+  epoch: number;
+  checkpoint: number;
+  data: Uint8Array;
+}
+
+/** Checkpoint mode: backup → primary, cumulative: every checkpoint up to `checkpoint` is applied. */
+export interface CheckpointAckFrame {
+  type: typeof FrameType.CHECKPOINT_ACK;
+  epoch: number;
+  checkpoint: number;
+}
+
+export type Frame = HelloFrame | LogFrame | AckFrame | HeartbeatFrame | StateHashFrame | ControlFrame | RefuseFrame | SnapshotFrame | CheckpointFrame | CheckpointAckFrame;

@@ -47,7 +47,9 @@ export type FtvmErrorCode =
   /** A proxied client stopped reading: its unread output passed the bound. */
   | 'FTVM_ERR_PROXY_OVERFLOW'
   /** `ftvm proxy --arbiter`: no node of the VM announces a proxy port at the arbiter. */
-  | 'FTVM_ERR_PROXY_NO_REPLICA';
+  | 'FTVM_ERR_PROXY_NO_REPLICA'
+  /** Checkpoint mode: a checkpoint that is truncated, corrupt, of an older epoch or out of order (refused; the backup keeps its last complete one). */
+  | 'FTVM_ERR_CHECKPOINT';
 
 export class FtvmError extends Error {
   readonly code: FtvmErrorCode;

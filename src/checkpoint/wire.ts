@@ -1,0 +1,298 @@
+/**
+ * One checkpoint on the wire (the data of a CHECKPOINT frame, src/channel/frames.ts), and the two ends
+ * that produce and consume it: `CheckpointEncoder` on the primary (a machine snapshot → the memory delta
+ * since the previous checkpoint plus the small state) and `CheckpointReplica` on the backup (the VM state
+ * as of the last complete checkpoint, which it restores into a fresh machine to go live).
+ *
+ *   "FTVMCKPT" | u8 version | varint epoch | varint checkpoint | varint count | varint seq | u8 flags
+ *   (1 stepAgain, 2 deliveredInStep, 4 booted, 8 resume, 16 disk, 32 disk unchanged since the previous
+ *   checkpoint) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
+ *   | [flag 8: varint length + the unwound stack] | [flag 16 without 32: varint length + the disk's
+ *   serialization] | varint length + memory delta (src/checkpoint/delta.ts, with its own CRC-32)
+ *   | u32 CRC-32 of everything before it
+ *
+ * Deltas chain: checkpoint k is the change since checkpoint k−1, so the primary keeps every checkpoint
+ * until it is acknowledged and resends them in order. The backup applies strictly in order and all or
+ * nothing: a checkpoint that is truncated, corrupt, of an older epoch or out of order is refused with
+ * FTVM_ERR_CHECKPOINT and the replica keeps its last complete checkpoint, unchanged.
+ */
+import { crc32 } from 'node:zlib';
+import { ByteReader, ByteWriter } from '../log/codec.js';
+import type { DeviceState } from '../machine/devices.js';
+import type { Snapshot } from '../machine/machine.js';
+import { FtvmError, assert } from '../util/errors.js';
+import { DEFAULT_PAGE_BYTES, DirtyTracker, applyDelta, deltaMemoryBytes } from './delta.js';
+
+const MAGIC = Buffer.from('FTVMCKPT', 'latin1');
+export const CHECKPOINT_VERSION = 1;
+/** The largest checkpoint accepted (a full first checkpoint of a 4 GiB memory does not fit a frame anyway). */
+const MAX_CHECKPOINT_BYTES = 1024 * 1024 * 1024;
+const WASM_PAGE_BYTES = 65536;
+
+const F_STEP_AGAIN = 1;
+const F_DELIVERED = 2;
+const F_BOOTED = 4;
+const F_RESUME = 8;
+const F_DISK = 16;
+const F_DISK_SAME = 32;
+
+function refuse(msg: string, cause?: unknown): never {
+  throw new FtvmError('FTVM_ERR_CHECKPOINT', `checkpoint refused: ${msg}`, cause !== undefined ? { cause } : undefined);
+}
+
+export interface DecodedCheckpoint {
+  epoch: number;
+  checkpoint: number;
+  count: number;
+  seq: number;
+  stepAgain: boolean;
+  deliveredInStep: boolean;
+  booted: boolean;
+  globals: Array<number | bigint>;
+  devices: DeviceState;
+  resume?: Uint8Array;
+  /** 'same': the VM has a disk, unchanged since the previous checkpoint; undefined: no disk. */
+  disk?: Uint8Array | 'same';
+  delta: Uint8Array;
+}
+
+/** Strict decoding: checksum, shape, bounds. Says nothing yet about the order (the replica checks it). */
+export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (b.length < MAGIC.length + 1 + 4) refuse(`truncated (${b.length} bytes)`);
+  if (b.length > MAX_CHECKPOINT_BYTES) refuse(`${b.length} bytes`);
+  if (!b.subarray(0, MAGIC.length).equals(MAGIC)) refuse('not a checkpoint');
+  const body = b.subarray(0, b.length - 4);
+  if ((crc32(body) >>> 0) !== b.readUInt32LE(b.length - 4)) refuse('checksum mismatch (truncated or corrupt)');
+  const r = new ByteReader(body.subarray(MAGIC.length));
+  try {
+    const version = r.u8();
+    if (version !== CHECKPOINT_VERSION) refuse(`format version ${version} (this node reads ${CHECKPOINT_VERSION})`);
+    const epoch = r.varint();
+    const checkpoint = r.varint();
+    if (checkpoint < 1) refuse('checkpoint number 0');
+    const count = r.varint();
+    const seq = r.varint();
+    const flags = r.u8();
+    if (flags >= 64) refuse(`unknown flags ${flags}`);
+    if ((flags & F_DISK_SAME) !== 0 && (flags & F_DISK) === 0) refuse('an unchanged disk without a disk');
+    const n = r.varint();
+    if (n > 100_000) refuse(`${n} globals`);
+    const globals: Array<number | bigint> = [];
+    for (let i = 0; i < n; i++) {
+      const kind = r.u8();
+      if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
+      else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
+      else refuse(`global kind ${kind}`);
+    }
+    const devices: unknown = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8'));
+    if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) refuse('device state is not an object');
+    const resume = (flags & F_RESUME) !== 0 ? r.bytes(r.varint()) : undefined;
+    const disk = (flags & F_DISK) === 0 ? undefined : (flags & F_DISK_SAME) !== 0 ? ('same' as const) : r.bytes(r.varint());
+    const delta = r.bytes(r.varint());
+    if (r.remaining !== 0) refuse(`${r.remaining} trailing bytes`);
+    return {
+      epoch,
+      checkpoint,
+      count,
+      seq,
+      stepAgain: (flags & F_STEP_AGAIN) !== 0,
+      deliveredInStep: (flags & F_DELIVERED) !== 0,
+      booted: (flags & F_BOOTED) !== 0,
+      globals,
+      devices: devices as DeviceState,
+      ...(resume !== undefined ? { resume } : {}),
+      ...(disk !== undefined ? { disk } : {}),
+      delta,
+    };
+  } catch (err) {
+    if (err instanceof FtvmError && err.code === 'FTVM_ERR_CHECKPOINT') throw err;
+    refuse(`malformed: ${(err as Error).message}`, err);
+  }
+}
+
+/**
+ * The primary's side: turns machine snapshots, taken one per checkpoint at idle points, into encoded
+ * checkpoints. Its memory shadow is the backup's view, so the first checkpoint carries all of memory
+ * (every page that is not zero) and each later one only what changed.
+ */
+export class CheckpointEncoder {
+  private readonly tracker: DirtyTracker;
+  private lastDisk: Uint8Array | undefined;
+  private last = 0;
+  lastStats = { deltaBytes: 0, dirtyPages: 0, bytes: 0 };
+
+  constructor(pageBytes = DEFAULT_PAGE_BYTES) {
+    this.tracker = new DirtyTracker(pageBytes);
+  }
+
+  /** The number of the last checkpoint encoded (0: none). */
+  get lastCheckpoint(): number {
+    return this.last;
+  }
+
+  encode(epoch: number, checkpoint: number, s: Snapshot): Uint8Array {
+    assert(checkpoint === this.last + 1, `checkpoint ${checkpoint} encoded after ${this.last}`);
+    const delta = this.tracker.delta(s.memory);
+    const diskSame = s.disk !== undefined && this.lastDisk !== undefined && Buffer.from(s.disk).equals(this.lastDisk);
+    const w = new ByteWriter(1024 + delta.length + (s.disk !== undefined && !diskSame ? s.disk.length : 0), MAX_CHECKPOINT_BYTES);
+    w.bytes(MAGIC);
+    w.u8(CHECKPOINT_VERSION);
+    w.varint(epoch);
+    w.varint(checkpoint);
+    w.varint(s.count);
+    w.varint(s.seq);
+    w.u8(
+      (s.stepAgain ? F_STEP_AGAIN : 0) |
+        (s.deliveredInStep ? F_DELIVERED : 0) |
+        (s.booted ? F_BOOTED : 0) |
+        (s.resume !== undefined ? F_RESUME : 0) |
+        (s.disk !== undefined ? F_DISK : 0) |
+        (diskSame ? F_DISK_SAME : 0),
+    );
+    w.varint(s.globals.length);
+    const f64 = Buffer.alloc(8);
+    for (const g of s.globals) {
+      if (typeof g === 'bigint') {
+        w.u8(1);
+        w.u64(BigInt.asUintN(64, g));
+      } else {
+        w.u8(0);
+        f64.writeDoubleLE(g, 0);
+        w.bytes(f64);
+      }
+    }
+    const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
+    w.varint(dev.length);
+    w.bytes(dev);
+    if (s.resume !== undefined) {
+      w.varint(s.resume.length);
+      w.bytes(s.resume);
+    }
+    if (s.disk !== undefined && !diskSame) {
+      w.varint(s.disk.length);
+      w.bytes(s.disk);
+    }
+    w.varint(delta.length);
+    w.bytes(delta);
+    const body = w.finish();
+    const out = Buffer.allocUnsafe(body.length + 4);
+    out.set(body, 0);
+    out.writeUInt32LE(crc32(body) >>> 0, body.length);
+    this.lastDisk = s.disk !== undefined ? new Uint8Array(s.disk) : undefined;
+    this.last = checkpoint;
+    this.lastStats = { deltaBytes: delta.length, dirtyPages: this.tracker.lastStats.dirtyPages, bytes: out.length };
+    return out;
+  }
+}
+
+/** The state of the last complete checkpoint (everything of a Snapshot but memory, which is kept apart). */
+interface Held {
+  epoch: number;
+  checkpoint: number;
+  count: number;
+  seq: number;
+  stepAgain: boolean;
+  deliveredInStep: boolean;
+  booted: boolean;
+  globals: Array<number | bigint>;
+  devices: DeviceState;
+  resume?: Uint8Array;
+  disk?: Uint8Array;
+}
+
+/**
+ * The backup's copy of the VM: the last complete checkpoint. `apply` checks a checkpoint entirely before
+ * changing anything (decoding, order, epoch, the delta's own checks), then applies it; a refused
+ * checkpoint leaves the replica exactly as it was.
+ */
+export class CheckpointReplica {
+  private memory: Uint8Array = new Uint8Array(0);
+  private held: Held | undefined;
+  private epochFloor: number;
+
+  constructor(epoch: number) {
+    this.epochFloor = epoch;
+  }
+
+  /** The number of the last complete checkpoint (0: none yet). */
+  get checkpoint(): number {
+    return this.held?.checkpoint ?? 0;
+  }
+
+  get memoryBytes(): number {
+    return this.memory.length;
+  }
+
+  /**
+   * Applies the encoded checkpoint `data`, which must be checkpoint `checkpoint` + 1 of an epoch not older
+   * than the replica's. Returns the number applied; throws FTVM_ERR_CHECKPOINT (nothing changed) otherwise.
+   */
+  apply(data: Uint8Array): number {
+    const c = decodeCheckpoint(data);
+    if (c.epoch < this.epochFloor) refuse(`checkpoint ${c.checkpoint} of epoch ${c.epoch}, older than ${this.epochFloor}`);
+    const expected = this.checkpoint + 1;
+    if (c.checkpoint !== expected) refuse(`checkpoint ${c.checkpoint} out of order (expected ${expected})`);
+    const prev = this.held;
+    if (prev !== undefined && c.globals.length !== prev.globals.length) refuse(`${c.globals.length} globals, the previous checkpoint had ${prev.globals.length}`);
+    if (c.disk === 'same' && prev?.disk === undefined) refuse('an unchanged disk, but the previous checkpoint had none');
+    let memBytes: number;
+    try {
+      memBytes = deltaMemoryBytes(c.delta);
+    } catch (err) {
+      refuse(`memory delta: ${(err as Error).message}`, err);
+    }
+    if (memBytes % WASM_PAGE_BYTES !== 0) refuse(`memory of ${memBytes} bytes is not a whole number of wasm pages`);
+    let memory: Uint8Array;
+    try {
+      // Checks the whole delta before writing a byte (delta.ts), so a refusal here changes nothing.
+      memory = applyDelta(this.memory, c.delta);
+    } catch (err) {
+      refuse(`memory delta: ${(err as Error).message}`, err);
+    }
+    // Nothing below can fail: the checkpoint is complete from here on.
+    this.memory = memory;
+    const disk = c.disk === 'same' ? prev?.disk : c.disk !== undefined ? new Uint8Array(c.disk) : undefined;
+    this.held = {
+      epoch: c.epoch,
+      checkpoint: c.checkpoint,
+      count: c.count,
+      seq: c.seq,
+      stepAgain: c.stepAgain,
+      deliveredInStep: c.deliveredInStep,
+      booted: c.booted,
+      globals: c.globals,
+      devices: c.devices,
+      ...(c.resume !== undefined ? { resume: new Uint8Array(c.resume) } : {}),
+      ...(disk !== undefined ? { disk } : {}),
+    };
+    this.epochFloor = c.epoch;
+    return c.checkpoint;
+  }
+
+  /** Checkpoints of epochs older than `epoch` are refused from now on (a new pair after a failover). */
+  fence(epoch: number): void {
+    if (epoch > this.epochFloor) this.epochFloor = epoch;
+  }
+
+  /**
+   * The last complete checkpoint as a machine snapshot (to restore into a fresh machine and go live), or
+   * undefined before the first. Memory is a copy: the replica may go on applying.
+   */
+  snapshot(): Snapshot | undefined {
+    const h = this.held;
+    if (h === undefined) return undefined;
+    return {
+      count: h.count,
+      seq: h.seq,
+      stepAgain: h.stepAgain,
+      deliveredInStep: h.deliveredInStep,
+      booted: h.booted,
+      memory: new Uint8Array(this.memory),
+      globals: [...h.globals],
+      devices: structuredClone(h.devices),
+      ...(h.resume !== undefined ? { resume: new Uint8Array(h.resume) } : {}),
+      ...(h.disk !== undefined ? { disk: new Uint8Array(h.disk) } : {}),
+    };
+  }
+}

@@ -1,0 +1,193 @@
+/**
+ * Checkpoints on the wire, with a real guest: a primary running the kv guest is checkpointed at idle
+ * points (memory delta + globals + devices), each checkpoint crosses the channel's frame codec, the
+ * backup's replica applies it; a machine restored from the replica has the primary's state hash at that
+ * checkpoint, and going live from it with the rest of the workload ends where the uninterrupted run
+ * ends. A checkpoint that is truncated, corrupt, of an older epoch or out of order is refused with
+ * FTVM_ERR_CHECKPOINT and the replica keeps its last complete checkpoint.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { decodeFrameBody, encodeFrameBody, FrameType, type Frame } from '../src/channel/frames.js';
+import { CheckpointEncoder, CheckpointReplica, decodeCheckpoint } from '../src/checkpoint/wire.js';
+import { DEFAULT_VM_CONFIG } from '../src/log/recording.js';
+import { ScriptedEnv } from '../src/machine/env.js';
+import { Machine, type Snapshot } from '../src/machine/machine.js';
+import { recordRun } from '../src/machine/runner.js';
+import { kvWorkload } from '../src/machine/workloads.js';
+import { FtvmError } from '../src/util/errors.js';
+import { guest, hex } from './helpers.js';
+
+const cfg = DEFAULT_VM_CONFIG;
+const EPOCH = 3;
+
+/** The state hash of a fresh machine restored from `s` (what a backup going live from it starts with). */
+function restoredHash(s: Snapshot): string {
+  const g = guest('kv');
+  const m = new Machine({ instrumented: g.instrumented, compiled: g.compiled, config: cfg, sink: { entry() {}, output() {} }, mode: 'record', env: new ScriptedEnv([], { seed: 1 }) });
+  m.restore(s);
+  return hex(m.stateHash());
+}
+
+/** Through the channel's codec, as the backup receives it. */
+function overTheWire(epoch: number, checkpoint: number, data: Uint8Array): Uint8Array {
+  const f = decodeFrameBody(encodeFrameBody({ type: FrameType.CHECKPOINT, epoch, checkpoint, data }));
+  assert.equal(f.type, FrameType.CHECKPOINT);
+  if (f.type !== FrameType.CHECKPOINT) throw new Error('unreachable');
+  assert.equal(f.epoch, epoch);
+  assert.equal(f.checkpoint, checkpoint);
+  return f.data;
+}
+
+/**
+ * A ScriptedEnv that checkpoints the machine at every `every`-th idle wait, and at idle wait `stopAt`
+ * takes a last checkpoint and ends the run (the primary dies right after the backup acknowledged it).
+ */
+class CheckpointingEnv extends ScriptedEnv {
+  waits = 0;
+  machine: Machine | undefined;
+  readonly encoder = new CheckpointEncoder();
+  readonly checkpoints: Array<{ data: Uint8Array; hash: string; snap: Snapshot }> = [];
+  stopped = false;
+  constructor(
+    inputs: ConstructorParameters<typeof ScriptedEnv>[0],
+    opts: ConstructorParameters<typeof ScriptedEnv>[1],
+    private readonly every: number,
+    private readonly stopAt: number,
+  ) {
+    super(inputs, opts);
+  }
+  override waitForWork(count: number, deadline: number | undefined): boolean {
+    this.waits++;
+    const m = this.machine;
+    if (m !== undefined && !this.stopped && (this.waits % this.every === 0 || this.waits === this.stopAt)) {
+      const snap = m.snapshot();
+      const n = this.checkpoints.length + 1;
+      this.checkpoints.push({ data: this.encoder.encode(EPOCH, n, snap), hash: hex(m.stateHash()), snap });
+      if (this.waits === this.stopAt) {
+        this.stopped = true;
+        return false;
+      }
+    }
+    return super.waitForWork(count, deadline);
+  }
+}
+
+test('checkpoints of a running kv guest: the replica restored at each checkpoint has the primary\'s state hash; going live from the last one ends like the uninterrupted run', () => {
+  const g = guest('kv');
+  for (const seed of [1, 7, 42]) {
+    const make = (): ReturnType<typeof kvWorkload> => kvWorkload({ ops: 200, conns: 3, seed });
+    const straight = recordRun(g, cfg, new ScriptedEnv(make(), { seed, sliceUnits: 40_000 }));
+    // Count the idle waits of the uninterrupted run so the stop lands inside it.
+    const counter = new CheckpointingEnv(make(), { seed, sliceUnits: 40_000 }, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+    recordRun(g, cfg, counter);
+    assert.ok(counter.waits >= 10, `the run has idle waits (${counter.waits})`);
+    const stopAt = Math.floor(counter.waits * 0.6);
+
+    const env = new CheckpointingEnv(make(), { seed, sliceUnits: 40_000 }, 3, stopAt);
+    recordRun(g, cfg, env, { onMachine: (m) => (env.machine = m) });
+    assert.ok(env.stopped, 'the primary stopped at its last checkpoint');
+    assert.ok(env.checkpoints.length >= 3, `several checkpoints (${env.checkpoints.length})`);
+
+    const replica = new CheckpointReplica(EPOCH);
+    let deltaBytes = 0;
+    env.checkpoints.forEach((c, i) => {
+      assert.equal(replica.apply(overTheWire(EPOCH, i + 1, c.data)), i + 1);
+      assert.equal(replica.checkpoint, i + 1);
+      const s = replica.snapshot();
+      assert.ok(s !== undefined);
+      assert.equal(s.count, c.snap.count);
+      assert.equal(s.seq, c.snap.seq);
+      assert.equal(restoredHash(s), c.hash, `checkpoint ${i + 1}: the replica's state is the primary's`);
+      if (i > 0) deltaBytes += c.data.length;
+    });
+    // Later checkpoints are deltas: far smaller than memory each time.
+    const memBytes = replica.memoryBytes;
+    assert.ok(deltaBytes / (env.checkpoints.length - 1) < memBytes / 4, `deltas (${deltaBytes} B over ${env.checkpoints.length - 1}) are small next to memory (${memBytes} B)`);
+
+    // The backup goes live from its last complete checkpoint and serves the rest of the workload.
+    const live = recordRun(g, cfg, env, { from: replica.snapshot()! });
+    assert.equal(live.finalCount, straight.finalCount);
+    assert.equal(hex(live.finalHash), hex(straight.finalHash));
+  }
+});
+
+function refused(fn: () => unknown, what: string): void {
+  assert.throws(fn, (err: unknown) => err instanceof FtvmError && err.code === 'FTVM_ERR_CHECKPOINT', what);
+}
+
+test('a truncated, corrupt, stale or out-of-order checkpoint is refused with FTVM_ERR_CHECKPOINT and the replica keeps its last complete checkpoint', () => {
+  const g = guest('kv');
+  const env = new CheckpointingEnv(kvWorkload({ ops: 120, conns: 2, seed: 5 }), { seed: 5, sliceUnits: 40_000 }, 2, Number.MAX_SAFE_INTEGER);
+  recordRun(g, cfg, env, { onMachine: (m) => (env.machine = m) });
+  const cps = env.checkpoints;
+  assert.ok(cps.length >= 4, `checkpoints (${cps.length})`);
+  const c1 = cps[0]!;
+  const c2 = cps[1]!;
+  const c3 = cps[2]!;
+
+  const replica = new CheckpointReplica(EPOCH);
+  // Before any checkpoint: nothing to go live from.
+  assert.equal(replica.snapshot(), undefined);
+  refused(() => replica.apply(c2.data), 'a gap before the first');
+  assert.equal(replica.checkpoint, 0);
+  replica.apply(c1.data);
+  const kept = restoredHash(replica.snapshot()!);
+  assert.equal(kept, c1.hash);
+  const unchanged = (what: string): void => {
+    assert.equal(replica.checkpoint, 1, what);
+    assert.equal(restoredHash(replica.snapshot()!), kept, `${what}: the replica still holds checkpoint 1 exactly`);
+  };
+
+  // Truncated at many lengths (every prefix is refused, none partly applied).
+  const d = c2.data;
+  const cuts = new Set<number>([0, 1, 8, 9, 12, d.length - 5, d.length - 4, d.length - 1]);
+  for (let k = 0; k < 40; k++) cuts.add(Math.floor((d.length * k) / 40));
+  for (const cut of cuts) if (cut < d.length) refused(() => replica.apply(d.subarray(0, cut)), `truncated to ${cut} of ${d.length}`);
+  unchanged('after truncated checkpoints');
+
+  // Corrupt: one bit flipped anywhere (header, small state, delta, checksum).
+  for (let k = 0; k < 64; k++) {
+    const at = Math.floor(((d.length - 1) * k) / 63);
+    const bad = new Uint8Array(d);
+    bad[at]! ^= 1 << (k % 8);
+    refused(() => replica.apply(bad), `bit flipped at ${at}`);
+  }
+  // Bytes appended.
+  refused(() => replica.apply(Buffer.concat([d, Buffer.from([0])])), 'a trailing byte');
+  unchanged('after corrupt checkpoints');
+
+  // Out of order: a gap, a duplicate.
+  refused(() => replica.apply(c3.data), 'checkpoint 3 before 2');
+  refused(() => replica.apply(c1.data), 'checkpoint 1 again');
+  unchanged('after out-of-order checkpoints');
+
+  // An older epoch: the same checkpoint 2, as a fenced primary of epoch 2 would send it.
+  const stale = new CheckpointEncoder();
+  stale.encode(EPOCH - 1, 1, c1.snap);
+  refused(() => replica.apply(stale.encode(EPOCH - 1, 2, c2.snap)), 'an older epoch');
+  unchanged('after a stale checkpoint');
+
+  // The right next checkpoints still apply, and the state is the primary's.
+  replica.apply(c2.data);
+  replica.apply(c3.data);
+  assert.equal(replica.checkpoint, 3);
+  assert.equal(restoredHash(replica.snapshot()!), c3.hash);
+});
+
+test('CHECKPOINT and CHECKPOINT_ACK frames: round trip, strict decoding', () => {
+  const data = new Uint8Array([1, 2, 3, 4, 5]);
+  const frames: Frame[] = [
+    { type: FrameType.CHECKPOINT, epoch: 7, checkpoint: 300, data },
+    { type: FrameType.CHECKPOINT_ACK, epoch: 7, checkpoint: 299 },
+  ];
+  for (const f of frames) assert.deepEqual(decodeFrameBody(encodeFrameBody(f)), f);
+  const badFrame = (b: Uint8Array, what: string): void =>
+    assert.throws(() => decodeFrameBody(b), (err: unknown) => err instanceof FtvmError && err.code === 'FTVM_ERR_BAD_FRAME', what);
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT]), 'CHECKPOINT without its header');
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT, 7, 0]), 'CHECKPOINT number 0');
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT_ACK, 7]), 'CHECKPOINT_ACK truncated');
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT_ACK, 7, 3, 0]), 'CHECKPOINT_ACK with a trailing byte');
+  // The payload itself: garbage is refused by decodeCheckpoint.
+  assert.throws(() => decodeCheckpoint(data), (err: unknown) => err instanceof FtvmError && err.code === 'FTVM_ERR_CHECKPOINT');
+});
