@@ -95,6 +95,23 @@ test('the backup applies checkpoints in order, re-acknowledges resends, drops ga
   assert.deepEqual(b.step({ t: 'claim-result', won: true, epoch: 2 }), [{ t: 'go-live', epoch: 2, checkpoint: 2 }]);
 });
 
+test('a refused checkpoint is dropped, the last complete one stays, its resend is applied; a refusal mid-claim-window never lets the backup claim from a half-applied checkpoint', () => {
+  const b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
+  b.step({ t: 'checkpoint', checkpoint: 1, epoch: 1, nowMs: 0 });
+  b.step({ t: 'applied', checkpoint: 1 });
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 2, epoch: 1, nowMs: 10 }), [{ t: 'apply', checkpoint: 2 }]);
+  assert.deepEqual(b.step({ t: 'refused', checkpoint: 2, reason: 'checksum mismatch' }), [{ t: 'drop', checkpoint: 2, reason: 'checksum mismatch' }]);
+  assert.equal(b.status().applied, 1, 'the last complete checkpoint stays');
+  // The resend is applied (not mistaken for a duplicate of something applied).
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 2, epoch: 1, nowMs: 20 }), [{ t: 'apply', checkpoint: 2 }]);
+  assert.deepEqual(b.step({ t: 'applied', checkpoint: 2 }), [{ t: 'ack', checkpoint: 2, epoch: 1 }]);
+  // A refusal followed by silence: the backup claims from its last complete checkpoint (2).
+  b.step({ t: 'checkpoint', checkpoint: 3, epoch: 1, nowMs: 30 });
+  b.step({ t: 'refused', checkpoint: 3, reason: 'truncated' });
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 200 }), [{ t: 'claim', epoch: 1 }]);
+  assert.deepEqual(b.step({ t: 'claim-result', won: true, epoch: 2 }), [{ t: 'go-live', epoch: 2, checkpoint: 2 }]);
+});
+
 test('randomized: over a lossy, reordering channel with a crash of either side, no output is released before the backup applied its checkpoint', () => {
   fc.assert(
     fc.property(fc.array(fc.nat(1000), { minLength: 50, maxLength: 400 }), fc.integer({ min: 0, max: 2 }), (rolls, crash) => {

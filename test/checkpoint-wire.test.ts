@@ -10,24 +10,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeFrameBody, encodeFrameBody, FrameType, type Frame } from '../src/channel/frames.js';
 import { CheckpointEncoder, CheckpointReplica, decodeCheckpoint } from '../src/checkpoint/wire.js';
-import { DEFAULT_VM_CONFIG } from '../src/log/recording.js';
 import { ScriptedEnv } from '../src/machine/env.js';
-import { Machine, type Snapshot } from '../src/machine/machine.js';
 import { recordRun } from '../src/machine/runner.js';
 import { kvWorkload } from '../src/machine/workloads.js';
 import { FtvmError } from '../src/util/errors.js';
+import { CheckpointingEnv, cfg, restoredHash } from './checkpoint-helpers.js';
 import { guest, hex } from './helpers.js';
 
-const cfg = DEFAULT_VM_CONFIG;
 const EPOCH = 3;
-
-/** The state hash of a fresh machine restored from `s` (what a backup going live from it starts with). */
-function restoredHash(s: Snapshot): string {
-  const g = guest('kv');
-  const m = new Machine({ instrumented: g.instrumented, compiled: g.compiled, config: cfg, sink: { entry() {}, output() {} }, mode: 'record', env: new ScriptedEnv([], { seed: 1 }) });
-  m.restore(s);
-  return hex(m.stateHash());
-}
 
 /** Through the channel's codec, as the backup receives it. */
 function overTheWire(epoch: number, checkpoint: number, data: Uint8Array): Uint8Array {
@@ -39,52 +29,18 @@ function overTheWire(epoch: number, checkpoint: number, data: Uint8Array): Uint8
   return f.data;
 }
 
-/**
- * A ScriptedEnv that checkpoints the machine at every `every`-th idle wait, and at idle wait `stopAt`
- * takes a last checkpoint and ends the run (the primary dies right after the backup acknowledged it).
- */
-class CheckpointingEnv extends ScriptedEnv {
-  waits = 0;
-  machine: Machine | undefined;
-  readonly encoder = new CheckpointEncoder();
-  readonly checkpoints: Array<{ data: Uint8Array; hash: string; snap: Snapshot }> = [];
-  stopped = false;
-  constructor(
-    inputs: ConstructorParameters<typeof ScriptedEnv>[0],
-    opts: ConstructorParameters<typeof ScriptedEnv>[1],
-    private readonly every: number,
-    private readonly stopAt: number,
-  ) {
-    super(inputs, opts);
-  }
-  override waitForWork(count: number, deadline: number | undefined): boolean {
-    this.waits++;
-    const m = this.machine;
-    if (m !== undefined && !this.stopped && (this.waits % this.every === 0 || this.waits === this.stopAt)) {
-      const snap = m.snapshot();
-      const n = this.checkpoints.length + 1;
-      this.checkpoints.push({ data: this.encoder.encode(EPOCH, n, snap), hash: hex(m.stateHash()), snap });
-      if (this.waits === this.stopAt) {
-        this.stopped = true;
-        return false;
-      }
-    }
-    return super.waitForWork(count, deadline);
-  }
-}
-
 test('checkpoints of a running kv guest: the replica restored at each checkpoint has the primary\'s state hash; going live from the last one ends like the uninterrupted run', () => {
   const g = guest('kv');
   for (const seed of [1, 7, 42]) {
     const make = (): ReturnType<typeof kvWorkload> => kvWorkload({ ops: 200, conns: 3, seed });
     const straight = recordRun(g, cfg, new ScriptedEnv(make(), { seed, sliceUnits: 40_000 }));
     // Count the idle waits of the uninterrupted run so the stop lands inside it.
-    const counter = new CheckpointingEnv(make(), { seed, sliceUnits: 40_000 }, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+    const counter = new CheckpointingEnv(make(), { seed, sliceUnits: 40_000 }, EPOCH, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
     recordRun(g, cfg, counter);
     assert.ok(counter.waits >= 10, `the run has idle waits (${counter.waits})`);
     const stopAt = Math.floor(counter.waits * 0.6);
 
-    const env = new CheckpointingEnv(make(), { seed, sliceUnits: 40_000 }, 3, stopAt);
+    const env = new CheckpointingEnv(make(), { seed, sliceUnits: 40_000 }, EPOCH, 3, stopAt);
     recordRun(g, cfg, env, { onMachine: (m) => (env.machine = m) });
     assert.ok(env.stopped, 'the primary stopped at its last checkpoint');
     assert.ok(env.checkpoints.length >= 3, `several checkpoints (${env.checkpoints.length})`);
@@ -118,7 +74,7 @@ function refused(fn: () => unknown, what: string): void {
 
 test('a truncated, corrupt, stale or out-of-order checkpoint is refused with FTVM_ERR_CHECKPOINT and the replica keeps its last complete checkpoint', () => {
   const g = guest('kv');
-  const env = new CheckpointingEnv(kvWorkload({ ops: 120, conns: 2, seed: 5 }), { seed: 5, sliceUnits: 40_000 }, 2, Number.MAX_SAFE_INTEGER);
+  const env = new CheckpointingEnv(kvWorkload({ ops: 120, conns: 2, seed: 5 }), { seed: 5, sliceUnits: 40_000 }, EPOCH, 2, Number.MAX_SAFE_INTEGER);
   recordRun(g, cfg, env, { onMachine: (m) => (env.machine = m) });
   const cps = env.checkpoints;
   assert.ok(cps.length >= 4, `checkpoints (${cps.length})`);
@@ -168,8 +124,13 @@ test('a truncated, corrupt, stale or out-of-order checkpoint is refused with FTV
   refused(() => replica.apply(stale.encode(EPOCH - 1, 2, c2.snap)), 'an older epoch');
   unchanged('after a stale checkpoint');
 
+  // A frame whose header names another checkpoint or epoch than its data.
+  refused(() => replica.apply(c2.data, { epoch: EPOCH, checkpoint: 3 }), 'the frame names checkpoint 3');
+  refused(() => replica.apply(c2.data, { epoch: EPOCH + 1, checkpoint: 2 }), 'the frame names another epoch');
+  unchanged('after mislabelled frames');
+
   // The right next checkpoints still apply, and the state is the primary's.
-  replica.apply(c2.data);
+  replica.apply(c2.data, { epoch: EPOCH, checkpoint: 2 });
   replica.apply(c3.data);
   assert.equal(replica.checkpoint, 3);
   assert.equal(restoredHash(replica.snapshot()!), c3.hash);

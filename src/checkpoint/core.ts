@@ -247,6 +247,12 @@ export type CheckpointBackupInput =
   | { t: 'checkpoint'; checkpoint: number; epoch: number; nowMs: number }
   /** The driver applied checkpoint n to its copy of the VM. */
   | { t: 'applied'; checkpoint: number }
+  /**
+   * The driver refused checkpoint n (truncated, corrupt, inconsistent: FTVM_ERR_CHECKPOINT) and kept the
+   * last complete one; the primary resends it (the driver drops the connection, the primary resends every
+   * unacknowledged checkpoint when it reconnects).
+   */
+  | { t: 'refused'; checkpoint: number; reason: string }
   | { t: 'heard'; nowMs: number }
   | { t: 'peer-closed' }
   | { t: 'claim-result'; won: boolean; epoch: number; unavailable?: boolean };
@@ -303,6 +309,11 @@ export class CheckpointBackupCore {
         assert(i.checkpoint === this.applying && i.checkpoint === this.applied + 1, `applied ${i.checkpoint}, expected ${this.applied + 1}`);
         this.applied = i.checkpoint;
         out.push({ t: 'ack', checkpoint: this.applied, epoch: this.epoch });
+        break;
+      case 'refused':
+        assert(i.checkpoint === this.applying && i.checkpoint === this.applied + 1, `refused ${i.checkpoint}, applying ${this.applying}`);
+        this.applying = this.applied;
+        out.push({ t: 'drop', checkpoint: i.checkpoint, reason: i.reason });
         break;
       case 'heard':
         this.heard = true;

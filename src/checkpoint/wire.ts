@@ -226,10 +226,13 @@ export class CheckpointReplica {
 
   /**
    * Applies the encoded checkpoint `data`, which must be checkpoint `checkpoint` + 1 of an epoch not older
-   * than the replica's. Returns the number applied; throws FTVM_ERR_CHECKPOINT (nothing changed) otherwise.
+   * than the replica's (and, given the frame's header, the one it names). Returns the number applied; throws FTVM_ERR_CHECKPOINT (nothing changed) otherwise.
    */
-  apply(data: Uint8Array): number {
+  apply(data: Uint8Array, frame?: { epoch: number; checkpoint: number }): number {
     const c = decodeCheckpoint(data);
+    if (frame !== undefined && (frame.epoch !== c.epoch || frame.checkpoint !== c.checkpoint)) {
+      refuse(`the frame says checkpoint ${frame.checkpoint} of epoch ${frame.epoch}, its data ${c.checkpoint} of epoch ${c.epoch}`);
+    }
     if (c.epoch < this.epochFloor) refuse(`checkpoint ${c.checkpoint} of epoch ${c.epoch}, older than ${this.epochFloor}`);
     const expected = this.checkpoint + 1;
     if (c.checkpoint !== expected) refuse(`checkpoint ${c.checkpoint} out of order (expected ${expected})`);
