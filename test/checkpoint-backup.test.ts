@@ -52,7 +52,7 @@ test('checkpoint backup: applies and acknowledges over the channel, refuses corr
   const identity = (role: 'primary' | 'backup') => ({ role, vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, nextSeq: () => 0 });
   const listener = new ChannelListener('127.0.0.1', 0, { secret, identity: identity('backup'), log, transport: tcpChannelTransport('tls-psk') });
   await listener.start();
-  const backup = new CheckpointBackup({ vmName: 'vm', nodeId: 'backup-node', epoch: 1, failTimeoutMs: 150, arbiterDeadlineMs: 1000, tickMs: 5, clock: realClock, arbiter, log });
+  const backup = new CheckpointBackup({ vmName: 'vm', nodeId: 'backup-node', epoch: 1, failTimeoutMs: 2000, arbiterDeadlineMs: 3000, tickMs: 5, clock: realClock, arbiter, log });
   listener.on('connection', (c: ChannelConnection) => backup.attach(c));
   backup.start();
 
@@ -111,7 +111,7 @@ test('checkpoint backup: applies and acknowledges over the channel, refuses corr
     dialer.close();
     assert.equal(backup.stats.refused, 2);
 
-    const outcome = await Promise.race([backup.done, new Promise<never>((_, rej) => setTimeout(() => rej(new Error('the backup did not go live in 5 s')), 5000))]);
+    const outcome = await Promise.race([backup.done, new Promise<never>((_, rej) => setTimeout(() => rej(new Error('the backup did not go live in 15 s')), 15_000))]);
     assert.equal(outcome.t, 'live');
     if (outcome.t !== 'live') return;
     assert.equal(outcome.epoch, 2);

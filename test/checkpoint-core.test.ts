@@ -95,6 +95,35 @@ test('the backup applies checkpoints in order, re-acknowledges resends, drops ga
   assert.deepEqual(b.step({ t: 'claim-result', won: true, epoch: 2 }), [{ t: 'go-live', epoch: 2, checkpoint: 2 }]);
 });
 
+test('the backup heartbeats its last acknowledgement while it hears the primary, so a primary between checkpoints does not claim', () => {
+  const b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 0 }), [], 'silent before it ever heard the primary');
+  b.step({ t: 'heard', nowMs: 1 });
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 2 }), [{ t: 'ack', checkpoint: 0, epoch: 1 }]);
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 10 }), [], 'at most every failTimeoutMs / 4');
+  b.step({ t: 'checkpoint', checkpoint: 1, epoch: 1, nowMs: 20 });
+  b.step({ t: 'applied', checkpoint: 1 });
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 27 }), [{ t: 'ack', checkpoint: 1, epoch: 1 }]);
+  // The primary a heartbeat keeps alive: it hears the backup with no checkpoint in flight.
+  const p = new CheckpointPrimaryCore(cfg({ intervalMs: 1000 }));
+  p.step({ t: 'peer-open', nowMs: 0 });
+  for (let now = 5; now <= 500; now += 5) {
+    if (now % 25 === 0) p.step({ t: 'ack', checkpoint: 0, nowMs: now });
+    assert.deepEqual(of(p.step({ t: 'tick', nowMs: now }), 'claim'), [], `no claim at ${now}`);
+  }
+  assert.deepEqual(b.step({ t: 'tick', nowMs: 200 }), [{ t: 'claim', epoch: 1 }], 'silence past the timeout: no heartbeat, a claim');
+});
+
+test('a failed capture is asked for again when due, with the same checkpoint number', () => {
+  const p = new CheckpointPrimaryCore(cfg());
+  p.step({ t: 'peer-open', nowMs: 0 });
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 10 }), 'capture'), [{ t: 'capture', checkpoint: 1 }]);
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 25 }), 'capture'), [], 'one capture at a time');
+  p.step({ t: 'capture-failed', checkpoint: 1 });
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 30 }), 'capture'), [{ t: 'capture', checkpoint: 1 }]);
+  assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 1, bytes: 10 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 1, epoch: 1 }]);
+});
+
 test('a refused checkpoint is dropped, the last complete one stays, its resend is applied; a refusal mid-claim-window never lets the backup claim from a half-applied checkpoint', () => {
   const b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
   b.step({ t: 'checkpoint', checkpoint: 1, epoch: 1, nowMs: 0 });

@@ -43,6 +43,8 @@ export type CheckpointPrimaryInput =
   | { t: 'output'; id: number }
   /** The driver captured the checkpoint it was asked for; `bytes` is the size it will send. */
   | { t: 'captured'; checkpoint: number; bytes: number }
+  /** The capture it asked for failed (the guest stopped, or could not stand still): asked again when due. */
+  | { t: 'capture-failed'; checkpoint: number }
   /** The backup applied and acknowledges every checkpoint up to `checkpoint`. */
   | { t: 'ack'; checkpoint: number; nowMs: number }
   | { t: 'heard'; nowMs: number }
@@ -134,6 +136,10 @@ export class CheckpointPrimaryCore {
         } else if (this.peer) {
           out.push({ t: 'send-checkpoint', checkpoint: i.checkpoint, epoch: this.epoch });
         }
+        break;
+      case 'capture-failed':
+        assert(this.capturing && i.checkpoint === this.open, `capture of ${i.checkpoint} failed, asked for ${this.open}`);
+        this.capturing = false;
         break;
       case 'ack': {
         if (i.checkpoint > this.captured) {
@@ -271,6 +277,7 @@ export class CheckpointBackupCore {
   private applying = 0;
   private lastHeardMs = 0;
   private heard = false;
+  private lastAckMs = -Infinity;
   private phase: 'following' | 'claiming' | 'live' | 'halted' = 'following';
   private nextClaimMs = 0;
 
@@ -327,7 +334,13 @@ export class CheckpointBackupCore {
             this.nextClaimMs = i.nowMs + this.cfg.claimRetryMs;
             out.push({ t: 'claim', epoch: this.epoch });
           }
-        } else if (this.heard && this.applied > 0 && i.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs && this.applying === this.applied) {
+        } else if (this.heard && i.nowMs - this.lastHeardMs <= this.cfg.failTimeoutMs && i.nowMs - this.lastAckMs >= this.cfg.failTimeoutMs / 4) {
+          // The backup's heartbeat: its last acknowledgement again, so a primary between checkpoints (or
+          // waiting for a slow capture) keeps hearing it and does not claim.
+          this.lastAckMs = i.nowMs;
+          out.push({ t: 'ack', checkpoint: this.applied, epoch: this.epoch });
+        }
+        if (this.phase === 'following' && this.heard && this.applied > 0 && i.nowMs - this.lastHeardMs > this.cfg.failTimeoutMs && this.applying === this.applied) {
           // Silent primary, and the last checkpoint is fully applied: claim. (A backup that never held a
           // whole checkpoint has nothing to go live from and keeps waiting.)
           this.phase = 'claiming';
