@@ -114,6 +114,15 @@ test('the backup heartbeats its last acknowledgement while it hears the primary,
   assert.deepEqual(b.step({ t: 'tick', nowMs: 200 }), [{ t: 'claim', epoch: 1 }], 'silence past the timeout: no heartbeat, a claim');
 });
 
+test('a primary whose backup never connected yet holds its outputs and does not claim', () => {
+  const p = new CheckpointPrimaryCore(cfg());
+  p.step({ t: 'output', id: 1 });
+  for (let now = 0; now <= 1000; now += 10) assert.deepEqual(of(p.step({ t: 'tick', nowMs: now }), 'claim'), [], `no claim at ${now}`);
+  assert.equal(p.status().heldOutputs, 1);
+  p.step({ t: 'peer-open', nowMs: 1000 });
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 1101 }), 'claim'), [{ t: 'claim', epoch: 1 }], 'silence after it connected is a failure');
+});
+
 test('a failed capture is asked for again when due, with the same checkpoint number', () => {
   const p = new CheckpointPrimaryCore(cfg());
   p.step({ t: 'peer-open', nowMs: 0 });

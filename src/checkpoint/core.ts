@@ -87,6 +87,8 @@ export class CheckpointPrimaryCore {
   private lastHeardMs = 0;
   private lastSentMs = -Infinity;
   private peer = false;
+  /** The backup connected at least once: silence before that is a backup still starting, not a failure. */
+  private everConnected = false;
   private alone: boolean;
   private phase: 'running' | 'claiming' | 'halted' = 'running';
   private throttled = false;
@@ -159,6 +161,7 @@ export class CheckpointPrimaryCore {
         break;
       case 'peer-open':
         this.peer = true;
+        this.everConnected = true;
         this.lastHeardMs = i.nowMs;
         // Resend every checkpoint not acknowledged (the driver keeps them until acknowledged).
         for (let c = this.acked + 1; c <= this.captured; c++) out.push({ t: 'send-checkpoint', checkpoint: c, epoch: this.epoch });
@@ -198,7 +201,7 @@ export class CheckpointPrimaryCore {
       return;
     }
     if (!this.alone) {
-      if (now - this.lastHeardMs > this.cfg.failTimeoutMs) {
+      if (this.everConnected && now - this.lastHeardMs > this.cfg.failTimeoutMs) {
         this.phase = 'claiming';
         this.nextClaimMs = now + this.cfg.claimRetryMs;
         out.push({ t: 'claim', epoch: this.epoch });

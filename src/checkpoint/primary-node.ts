@@ -37,6 +37,8 @@ export interface CheckpointPrimaryOptions {
   heldMaxOutputs?: number;
   clock: NodeClock;
   arbiter: Arbiter | undefined;
+  /** Serving without a backup (a backup gone live): outputs go out at once, no checkpoints are taken. */
+  alone?: boolean;
   /** A record vCPU, started by the caller. */
   vcpu: VcpuPort;
   service: ServicePort;
@@ -76,7 +78,7 @@ export class CheckpointPrimary {
       inFlightMax,
       heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
       eagerWhenOutputsHeld: true,
-      alone: false,
+      alone: opts.alone === true,
     });
     this.done = new Promise((r) => (this.resolveDone = r));
     opts.vcpu.on('batch', (b: BatchEvent) => this.onBatch(b));

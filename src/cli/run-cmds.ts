@@ -18,6 +18,7 @@ import { bindLogContext, logger, type Logger } from '../util/log.js';
 import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 import { realNodeEnv } from '../env/real.js';
+import { CheckpointNode } from '../checkpoint/run.js';
 
 export function parseAddr(flag: string, v: string): Addr {
   try {
@@ -110,6 +111,9 @@ export interface RunOptions {
   slice?: number;
   record?: string;
   recordMaxBytes: number;
+  /** `ftvm run --mode`: replay (default: the log is replayed on the backup) or checkpoint (state transfer). */
+  mode?: string;
+  checkpointIntervalMs?: number;
 }
 
 /** Deadline of the arbiter calls a replica makes while starting (init, read). */
@@ -126,6 +130,12 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   if (o.record !== undefined && o.recordMaxBytes < RECORD_MIN_BYTES) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--record-max-bytes must be at least ${RECORD_MIN_BYTES}`);
   }
+  const mode = o.mode ?? 'replay';
+  if (mode !== 'replay' && mode !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode must be replay or checkpoint, not "${mode}"`);
+  if (mode === 'checkpoint') {
+    await runCheckpoint(guestPath, o);
+    return;
+  }
   const { common, service, log } = await nodeSetup(guestPath, o);
   let node: PrimaryNode | BackupNode;
   if (o.role === 'primary') {
@@ -138,6 +148,34 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
     node = new BackupNode({ ...common, listen: parseAddr('--channel', o.channel), ...(service ? { service } : {}) });
   }
   announce(node, common, log);
+  await runUntilSignal(node, log, common.secret);
+}
+
+/**
+ * `ftvm run --mode checkpoint` (issue #17, first step): a primary checkpointing its guest to a backup that
+ * keeps the last complete checkpoint and goes live from it. Not yet: --record, proxies, standbys and
+ * re-replication, the control endpoint's checkpoint status, the demo.
+ */
+async function runCheckpoint(guestPath: string, o: RunOptions): Promise<void> {
+  for (const [flag, given] of [
+    ['--record', o.record !== undefined],
+    ['--proxy-listen', o.proxyListen !== undefined],
+    ['--disk', o.disk !== undefined],
+    ['--control', o.control !== undefined],
+  ] as const) {
+    if (given) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag} is not supported with --mode checkpoint yet`);
+  }
+  const { common, service, log } = await nodeSetup(guestPath, { ...o, recruit: false });
+  if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint-mode node needs --service <host:port> (the backup serves there once it goes live)');
+  const intervalMs = o.checkpointIntervalMs ?? 20;
+  let node: CheckpointNode;
+  if (o.role === 'primary') {
+    const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
+    node = new CheckpointNode({ ...common, role: 'primary', intervalMs, service, ...(peer ? { peer } : {}) });
+  } else {
+    if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
+    node = new CheckpointNode({ ...common, role: 'backup', intervalMs, service, listen: parseAddr('--channel', o.channel) });
+  }
   await runUntilSignal(node, log, common.secret);
 }
 
