@@ -29,6 +29,7 @@ import { ClientService } from '../src/service/clients.js';
 import { pino } from 'pino';
 import type { Logger } from '../src/util/log.js';
 const log = pino({ level: process.env['CKPT_DEBUG'] !== undefined ? 'info' : 'silent' }) as unknown as Logger;
+import { FaultProxy } from '../src/testing/fault-proxy.js';
 import { freePort } from '../src/util/ports.js';
 import { cfg } from './checkpoint-helpers.js';
 import { guest } from './helpers.js';
@@ -51,7 +52,9 @@ test('checkpoint pair: writes answered only under a checkpoint the backup holds 
   const servicePort = await freePort();
   const service = new ClientService({ host: '127.0.0.1', port: servicePort, log });
   const primary = new CheckpointPrimary({ vmName: 'vm', nodeId: 'primary-node', epoch: 1, intervalMs: 20, failTimeoutMs: 4000, arbiterDeadlineMs: 4000, tickMs: 5, clock: realClock, arbiter, vcpu, service, log });
-  const dialer = new ChannelDialer('127.0.0.1', listener.address!.port, { secret, identity: identity('primary'), log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 20 });
+  // The channel runs through a fault proxy, so the test can hold the backup's acknowledgements.
+  const link = await FaultProxy.start({ targetPort: listener.address!.port });
+  const dialer = new ChannelDialer('127.0.0.1', link.port, { secret, identity: identity('primary'), log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 20 });
   const connected = new Promise<void>((r) => dialer.once('connection', () => r()));
   dialer.on('connection', (c: ChannelConnection) => primary.attach(c));
   dialer.start();
@@ -73,10 +76,25 @@ test('checkpoint pair: writes answered only under a checkpoint the backup holds 
       if (i % 10 === 0) await new Promise((res) => setTimeout(res, 30)); // let interval checkpoints pass too
     }
     assert.equal(answered.length, 40);
+
+    // Output commit: with the backup's acknowledgements held on the wire, a write is executed but its
+    // reply is held; released when the acknowledgement of its checkpoint arrives.
+    link.hold('down');
+    let replied = false;
+    const pending = client.call('SET', 'held', 'until-acked').then((r: unknown) => {
+      replied = true;
+      return r;
+    });
+    await new Promise((res) => setTimeout(res, 600));
+    assert.equal(replied, false, 'no reply while the backup\'s acknowledgement is held');
+    assert.ok(primary.status().heldOutputs >= 1, `the reply is held (${primary.status().heldOutputs})`);
+    link.release('down');
+    assert.equal(await pending, 'OK');
+    answered.push(['held', 'until-acked']);
     const ps = primary.status();
     assert.ok(primary.stats.captured >= 2, `checkpoints captured: ${JSON.stringify({ stats: primary.stats, status: primary.status(), backup: backup.status() })}`);
     assert.ok(ps.ackedCheckpoint >= 1 && backup.replica.checkpoint >= ps.ackedCheckpoint, `the backup holds what it acknowledged (${backup.replica.checkpoint} ≥ ${ps.ackedCheckpoint})`);
-    assert.equal(primary.stats.released, 40, 'every reply went out through the output commit');
+    assert.equal(primary.stats.released, 41, 'every reply went out through the output commit');
 
     // The primary dies: its vCPU, channel and service vanish at once (it never claims).
     primaryDown = true;
@@ -106,6 +124,7 @@ test('checkpoint pair: writes answered only under a checkpoint the backup holds 
       await vcpu.terminate();
     }
     backup.close();
+    await link.close();
     await listener.close();
     await arbiter.close();
     await server.close();
