@@ -34,7 +34,7 @@ test('an output waits for the acknowledgement of its own epoch\'s checkpoint, th
   p.step({ t: 'output', id: 1 });
   p.step({ t: 'output', id: 2 });
   const cap = p.step({ t: 'tick', nowMs: 10 });
-  assert.deepEqual(of(cap, 'capture'), [{ t: 'capture', checkpoint: 1 }]);
+  assert.deepEqual(of(cap, 'capture'), [{ t: 'capture', checkpoint: 1, base: false }]);
   p.step({ t: 'output', id: 3 }); // produced while checkpoint 1 is being captured: still epoch 1
   assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 1, bytes: 100 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 1, epoch: 1 }]);
   p.step({ t: 'output', id: 4 }); // epoch 2
@@ -126,10 +126,10 @@ test('a primary whose backup never connected yet holds its outputs and does not 
 test('a failed capture is asked for again when due, with the same checkpoint number', () => {
   const p = new CheckpointPrimaryCore(cfg());
   p.step({ t: 'peer-open', nowMs: 0 });
-  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 10 }), 'capture'), [{ t: 'capture', checkpoint: 1 }]);
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 10 }), 'capture'), [{ t: 'capture', checkpoint: 1, base: false }]);
   assert.deepEqual(of(p.step({ t: 'tick', nowMs: 25 }), 'capture'), [], 'one capture at a time');
   p.step({ t: 'capture-failed', checkpoint: 1 });
-  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 30 }), 'capture'), [{ t: 'capture', checkpoint: 1 }]);
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 30 }), 'capture'), [{ t: 'capture', checkpoint: 1, base: false }]);
   assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 1, bytes: 10 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 1, epoch: 1 }]);
 });
 
@@ -229,6 +229,147 @@ test('randomized: over a lossy, reordering channel with a crash of either side, 
           runB(b.step({ t: 'tick', nowMs: now }));
         }
       }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('a backup that reconnects without the last acknowledged checkpoint gets a base: unacknowledged deltas dropped, its old acknowledgements ignored, held outputs released by the base\'s', () => {
+  const p = new CheckpointPrimaryCore(cfg({ inFlightMax: 2 }));
+  p.step({ t: 'peer-open', nowMs: 0, applied: 0 });
+  p.step({ t: 'tick', nowMs: 10 });
+  p.step({ t: 'captured', checkpoint: 1, bytes: 1 });
+  p.step({ t: 'ack', checkpoint: 1, nowMs: 11 });
+  p.step({ t: 'output', id: 1 });
+  p.step({ t: 'tick', nowMs: 20 });
+  p.step({ t: 'captured', checkpoint: 2, bytes: 1 });
+  p.step({ t: 'output', id: 2 });
+  p.step({ t: 'tick', nowMs: 30 });
+  const thr = p.step({ t: 'captured', checkpoint: 3, bytes: 1 });
+  assert.deepEqual(of(thr, 'throttle'), [{ t: 'throttle', on: true }]);
+  p.step({ t: 'peer-closed' });
+  // Same backup, as it was: resend 2 and 3 (no base).
+  const same = p.step({ t: 'peer-open', nowMs: 31, applied: 1 });
+  assert.deepEqual(of(same, 'send-checkpoint').map((x) => (x as { checkpoint: number }).checkpoint), [2, 3]);
+  assert.deepEqual(of(same, 'drop-unacked'), []);
+  p.step({ t: 'peer-closed' });
+  // A restarted backup (it applied nothing): drop 2 and 3, capture a base (numbered 4) at once, unthrottled.
+  const r = p.step({ t: 'peer-open', nowMs: 32, applied: 0 });
+  assert.deepEqual(of(r, 'send-checkpoint'), []);
+  assert.deepEqual(of(r, 'drop-unacked'), [{ t: 'drop-unacked' }]);
+  assert.deepEqual(of(r, 'capture'), [{ t: 'capture', checkpoint: 4, base: true }]);
+  assert.deepEqual(of(r, 'throttle'), [{ t: 'throttle', on: false }]);
+  assert.equal(p.status().baseDue, true);
+  // The backup's heartbeat acknowledgement of its old state counts as heard only.
+  assert.deepEqual(p.step({ t: 'ack', checkpoint: 0, nowMs: 33 }), []);
+  p.step({ t: 'output', id: 3 }); // epoch 4: in the base
+  assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 4, bytes: 9 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 4, epoch: 1 }]);
+  assert.equal(p.status().baseDue, false);
+  assert.equal(p.status().inFlight, 1);
+  assert.deepEqual(of(p.step({ t: 'ack', checkpoint: 4, nowMs: 34 }), 'release'), [{ t: 'release', ids: [1, 2, 3] }]);
+  // From the base on, deltas again.
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 50 }), 'capture'), [{ t: 'capture', checkpoint: 5, base: false }]);
+});
+
+test('a base is numbered after what the backup applied; a delta captured while the base became due is not sent', () => {
+  const p = new CheckpointPrimaryCore(cfg());
+  p.step({ t: 'peer-open', nowMs: 0 });
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 10 }), 'capture'), [{ t: 'capture', checkpoint: 1, base: false }]);
+  // A backup of another history (it applied 7) connects while checkpoint 1 is being captured.
+  p.step({ t: 'peer-closed' });
+  const r = p.step({ t: 'peer-open', nowMs: 11, applied: 7 });
+  assert.deepEqual(of(r, 'capture'), [], 'one capture at a time');
+  assert.deepEqual(p.step({ t: 'ack', checkpoint: 7, nowMs: 12 }), [], 'no halt: an acknowledgement of its old state');
+  assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 1, bytes: 1 }), 'send-checkpoint'), []);
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 13 }), 'capture'), [{ t: 'capture', checkpoint: 8, base: true }]);
+  assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 8, bytes: 1 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 8, epoch: 1 }]);
+  p.step({ t: 'ack', checkpoint: 8, nowMs: 14 });
+  assert.equal(p.status().ackedCheckpoint, 8);
+});
+
+test('the backup core applies a base past a gap (a delta there is dropped), and acknowledges it', () => {
+  const b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 1, epoch: 1, nowMs: 0 }), [{ t: 'apply', checkpoint: 1 }]);
+  b.step({ t: 'applied', checkpoint: 1 });
+  assert.deepEqual(of(b.step({ t: 'checkpoint', checkpoint: 5, epoch: 1, nowMs: 1 }), 'drop').length, 1);
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 5, epoch: 1, nowMs: 2, base: true }), [{ t: 'apply', checkpoint: 5 }]);
+  assert.deepEqual(b.step({ t: 'applied', checkpoint: 5 }), [{ t: 'ack', checkpoint: 5, epoch: 1 }]);
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 3, epoch: 1, nowMs: 3, base: true }), [{ t: 'ack', checkpoint: 5, epoch: 1 }], 'a base not after the applied one: acknowledged again, not applied');
+  // A refused base keeps the state; the next one is applied.
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 9, epoch: 1, nowMs: 4, base: true }), [{ t: 'apply', checkpoint: 9 }]);
+  assert.equal(of(b.step({ t: 'refused', checkpoint: 9, reason: 'crc' }), 'drop').length, 1);
+  assert.equal(b.status().applied, 5);
+  assert.deepEqual(b.step({ t: 'checkpoint', checkpoint: 9, epoch: 1, nowMs: 5, base: true }), [{ t: 'apply', checkpoint: 9 }]);
+});
+
+test('randomized: a backup that restarts empty (or reconnects after lost acknowledgements) catches up through a base; no output is released before the backup holds its state, and all go out once the channel is quiet', () => {
+  fc.assert(
+    fc.property(fc.array(fc.nat(1000), { minLength: 50, maxLength: 400 }), (rolls) => {
+      const p = new CheckpointPrimaryCore(cfg({ eagerWhenOutputsHeld: true, inFlightMax: 3 }));
+      let b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 });
+      let toB: Array<{ checkpoint: number; epoch: number; base: boolean }> = [];
+      let toP: number[] = [];
+      const isBase = new Map<number, boolean>();
+      const producedIn = new Map<number, number>();
+      let released = 0;
+      let nextId = 1;
+      let now = 0;
+      const runP = (as: CheckpointPrimaryAction[]): void => {
+        for (const a of as) {
+          if (a.t === 'send-checkpoint') toB.push({ checkpoint: a.checkpoint, epoch: a.epoch, base: isBase.get(a.checkpoint)! });
+          if (a.t === 'capture') {
+            isBase.set(a.checkpoint, a.base);
+            runP(p.step({ t: 'captured', checkpoint: a.checkpoint, bytes: 1 }));
+          }
+          if (a.t === 'release') {
+            for (const id of a.ids) {
+              const c = producedIn.get(id)!;
+              assert.ok(b.status().applied >= c, `output ${id} of checkpoint ${c} released; backup applied ${b.status().applied}`);
+            }
+            released += a.ids.length;
+          }
+          assert.notEqual(a.t, 'halt');
+        }
+      };
+      const runB = (as: CheckpointBackupAction[]): void => {
+        for (const a of as) {
+          if (a.t === 'apply') runB(b.step({ t: 'applied', checkpoint: a.checkpoint }));
+          if (a.t === 'ack') toP.push(a.checkpoint);
+        }
+      };
+      const reconnect = (): void => {
+        runP(p.step({ t: 'peer-closed' }));
+        toB = [];
+        toP = [];
+        runP(p.step({ t: 'peer-open', nowMs: now, applied: b.status().applied }));
+      };
+      runP(p.step({ t: 'peer-open', nowMs: 0, applied: 0 }));
+      const step = (r: number, lossy: boolean): void => {
+        now += 1 + (r % 7);
+        if (lossy && r % 3 === 0) {
+          const id = nextId++;
+          producedIn.set(id, p.status().openCheckpoint);
+          runP(p.step({ t: 'output', id }));
+        }
+        if (lossy && r % 5 === 0 && toP.length > 0) toP.splice(r % toP.length, 1); // a lost acknowledgement
+        if (toB.length > 0 && (!lossy || r % 2 === 0)) runB(b.step({ t: 'checkpoint', ...toB.shift()!, nowMs: now }));
+        if (toP.length > 0 && (!lossy || r % 2 === 1)) runP(p.step({ t: 'ack', checkpoint: toP.shift()!, nowMs: now }));
+        if (lossy && r % 13 === 0) {
+          b = new CheckpointBackupCore({ epoch: 1, failTimeoutMs: 100, claimRetryMs: 50 }); // restarted empty
+          reconnect();
+        } else if (lossy && r % 11 === 0) {
+          reconnect();
+        }
+        b.step({ t: 'heard', nowMs: now });
+        runP(p.step({ t: 'tick', nowMs: now }));
+        p.step({ t: 'heard', nowMs: now });
+        runB(b.step({ t: 'tick', nowMs: now }));
+      };
+      for (const r of rolls) step(r, true);
+      // A quiet, lossless channel: everything held goes out.
+      for (let k = 0; k < 200 && p.status().heldOutputs > 0; k++) step(k, false);
+      assert.equal(p.status().heldOutputs, 0, `held ${p.status().heldOutputs} (${JSON.stringify(p.status())}, backup ${JSON.stringify(b.status())})`);
+      assert.equal(released, nextId - 1);
     }),
     { numRuns: 300 },
   );

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeFrameBody, encodeFrameBody, FrameType, type Frame } from '../src/channel/frames.js';
-import { CheckpointEncoder, CheckpointReplica, decodeCheckpoint } from '../src/checkpoint/wire.js';
+import { CheckpointEncoder, CheckpointReplica, decodeCheckpoint, isBaseCheckpoint } from '../src/checkpoint/wire.js';
 import { ScriptedEnv } from '../src/machine/env.js';
 import { recordRun } from '../src/machine/runner.js';
 import { kvWorkload } from '../src/machine/workloads.js';
@@ -134,6 +134,67 @@ test('a truncated, corrupt, stale or out-of-order checkpoint is refused with FTV
   replica.apply(c3.data);
   assert.equal(replica.checkpoint, 3);
   assert.equal(restoredHash(replica.snapshot()!), c3.hash);
+});
+
+test('a base checkpoint replaces the replica\'s state whatever it held (any number after its own); a truncated or corrupt base is refused with the replica unchanged', () => {
+  const g = guest('kv');
+  const env = new CheckpointingEnv(kvWorkload({ ops: 120, conns: 2, seed: 9 }), { seed: 9, sliceUnits: 40_000 }, EPOCH, 2, Number.MAX_SAFE_INTEGER);
+  recordRun(g, cfg, env, { onMachine: (m) => (env.machine = m) });
+  const cps = env.checkpoints;
+  assert.ok(cps.length >= 4, `checkpoints (${cps.length})`);
+  const c1 = cps[0]!;
+  const last = cps[cps.length - 1]!;
+  assert.notEqual(c1.hash, last.hash);
+
+  // The primary's encoder went on past checkpoint 1 (its shadow is the last state); after a reset the
+  // next checkpoint is a base, numbered freely after the last encoded.
+  const enc = new CheckpointEncoder();
+  enc.encode(EPOCH, 1, c1.snap);
+  enc.encode(EPOCH, 2, cps[1]!.snap);
+  assert.throws(() => enc.encode(EPOCH, 7, last.snap), /encoded after 2/);
+  enc.reset();
+  assert.throws(() => enc.encode(EPOCH, 2, last.snap), /encoded after 2/);
+  const base = overTheWire(EPOCH, 7, enc.encode(EPOCH, 7, last.snap));
+  assert.equal(enc.lastStats.base, true);
+  assert.equal(decodeCheckpoint(base).base, true);
+  assert.equal(isBaseCheckpoint(base), true);
+  assert.equal(isBaseCheckpoint(c1.data), false);
+  assert.equal(isBaseCheckpoint(base.subarray(0, 10)), false);
+  // A delta after the base chains on it.
+  const after = enc.encode(EPOCH, 8, cps[1]!.snap);
+  assert.equal(decodeCheckpoint(after).base, false);
+
+  const replica = new CheckpointReplica(EPOCH);
+  replica.apply(c1.data);
+  const kept = restoredHash(replica.snapshot()!);
+  const unchanged = (what: string): void => {
+    assert.equal(replica.checkpoint, 1, what);
+    assert.equal(restoredHash(replica.snapshot()!), kept, `${what}: the replica still holds checkpoint 1 exactly`);
+  };
+  const cuts = new Set<number>([0, 1, 8, 9, 12, base.length - 5, base.length - 4, base.length - 1]);
+  for (let k = 0; k < 40; k++) cuts.add(Math.floor((base.length * k) / 40));
+  for (const cut of cuts) if (cut < base.length) refused(() => replica.apply(base.subarray(0, cut)), `base truncated to ${cut} of ${base.length}`);
+  for (let k = 0; k < 64; k++) {
+    const at = Math.floor(((base.length - 1) * k) / 63);
+    const bad = new Uint8Array(base);
+    bad[at]! ^= 1 << (k % 8);
+    refused(() => replica.apply(bad), `base: bit flipped at ${at}`);
+  }
+  refused(() => replica.apply(after), 'a delta after a base the replica does not hold');
+  unchanged('after truncated and corrupt bases');
+
+  // The whole base applies over checkpoint 1 and replaces the state: the primary's at that snapshot.
+  assert.equal(replica.apply(base, { epoch: EPOCH, checkpoint: 7 }), 7);
+  assert.equal(replica.checkpoint, 7);
+  assert.equal(restoredHash(replica.snapshot()!), last.hash);
+  refused(() => replica.apply(base), 'the same base again (not after 7)');
+  replica.apply(after);
+  assert.equal(restoredHash(replica.snapshot()!), cps[1]!.hash, 'a delta chains on the base');
+
+  // A fresh replica (a restarted backup) takes a base too.
+  const fresh = new CheckpointReplica(EPOCH);
+  fresh.apply(base);
+  assert.equal(restoredHash(fresh.snapshot()!), last.hash);
 });
 
 test('CHECKPOINT and CHECKPOINT_ACK frames: round trip, strict decoding', () => {

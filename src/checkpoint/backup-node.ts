@@ -9,7 +9,9 @@
  * arbiter answers in and actions out, through injected interfaces (a NodeClock, an Arbiter, the channel
  * connection), like the replay drivers in src/replication/. A refused checkpoint (truncated, corrupt,
  * out of order: FTVM_ERR_CHECKPOINT) drops the connection; the primary resends every unacknowledged
- * checkpoint when it reconnects, and until then the replica keeps its last complete one.
+ * checkpoint when it reconnects, and until then the replica keeps its last complete one. Its HELLO says
+ * which checkpoint the replica applied (`helloApplied`, in the HELLO's nextSeq field): a primary whose
+ * last acknowledged checkpoint differs sends a base checkpoint, which the replica applies whatever it held.
  */
 import type { Arbiter } from '../arbiter/arbiter.js';
 import type { ChannelConnection } from '../channel/connection.js';
@@ -19,7 +21,7 @@ import type { NodeClock, Timer } from '../replication/env.js';
 import { FtvmError, assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { CheckpointBackupCore, type CheckpointBackupAction } from './core.js';
-import { CheckpointReplica } from './wire.js';
+import { CheckpointReplica, isBaseCheckpoint } from './wire.js';
 
 export interface CheckpointBackupOptions {
   vmName: string;
@@ -70,6 +72,11 @@ export class CheckpointBackup {
     this.timer = this.opts.clock.every(this.opts.tickMs, () => this.exec(this.core.step({ t: 'tick', nowMs: this.opts.clock.now() })));
   }
 
+  /** What this backup's HELLO says it applied (the HELLO's nextSeq in checkpoint mode): the replica's last complete checkpoint. */
+  helloApplied(): number {
+    return this.replica.checkpoint;
+  }
+
   status(): { epoch: number; applied: number; phase: string; connected: boolean } {
     return { ...this.core.status(), connected: this.conn !== undefined };
   }
@@ -107,7 +114,7 @@ export class CheckpointBackup {
     const nowMs = this.opts.clock.now();
     switch (f.type) {
       case FrameType.CHECKPOINT:
-        this.exec(this.core.step({ t: 'checkpoint', checkpoint: f.checkpoint, epoch: f.epoch, nowMs }), f);
+        this.exec(this.core.step({ t: 'checkpoint', checkpoint: f.checkpoint, epoch: f.epoch, nowMs, base: isBaseCheckpoint(f.data) }), f);
         return;
       case FrameType.CONTROL:
         if (f.kind === ControlKind.STOP && f.epoch >= this.core.status().epoch) {

@@ -18,6 +18,14 @@
  * link carries is slowed instead of growing buffers (vSphere SMP-FT does the same). Held outputs are
  * bounded by `heldMaxOutputs` (past it, `throttle` as well).
  *
+ * Catching up: the backup's HELLO says which checkpoint it applied (`peer-open` with `applied`). When
+ * that is not the last acknowledged one (a backup restarted, or one that applied a checkpoint whose
+ * acknowledgement was lost), the deltas kept for resending are of no use to it: the core asks the driver
+ * to drop them (`drop-unacked`) and to capture a **base** checkpoint next (`capture` with `base`: all of
+ * memory against zeros, numbered after whatever the backup applied), which the backup applies whatever
+ * it held. Outputs held for the dropped checkpoints are released when the base is acknowledged (its
+ * state includes them).
+ *
  * Failure: silence for `failTimeoutMs` → the survivor asks the arbiter (`claim` at the current epoch of
  * the pair, as in replay mode). Primary wins: it continues alone, releasing what it holds (nobody else
  * can go live). Backup wins: it goes live from the last checkpoint it applied (`go-live`). Loser: halts.
@@ -48,12 +56,19 @@ export type CheckpointPrimaryInput =
   /** The backup applied and acknowledges every checkpoint up to `checkpoint`. */
   | { t: 'ack'; checkpoint: number; nowMs: number }
   | { t: 'heard'; nowMs: number }
-  | { t: 'peer-open'; nowMs: number }
+  /**
+   * A (new) connection to the backup. `applied`: the checkpoint its HELLO says it applied (0: none);
+   * unknown, the backup is assumed to hold the last acknowledged one.
+   */
+  | { t: 'peer-open'; nowMs: number; applied?: number }
   | { t: 'peer-closed' }
   | { t: 'claim-result'; won: boolean; epoch: number; unavailable?: boolean };
 
 export type CheckpointPrimaryAction =
-  | { t: 'capture'; checkpoint: number }
+  /** `base`: reset the encoder first (empty shadow), so this checkpoint is a base. */
+  | { t: 'capture'; checkpoint: number; base: boolean }
+  /** Forget every unacknowledged checkpoint kept for resending (a base replaces them). */
+  | { t: 'drop-unacked' }
   | { t: 'send-checkpoint'; checkpoint: number; epoch: number }
   | { t: 'release'; ids: number[] }
   | { t: 'throttle'; on: boolean }
@@ -70,6 +85,8 @@ export interface CheckpointPrimaryStatus {
   capturedCheckpoint: number;
   heldOutputs: number;
   inFlight: number;
+  /** The next capture is a base checkpoint (the backup lacks the last acknowledged one). */
+  baseDue: boolean;
   throttled: boolean;
   alone: boolean;
   phase: 'running' | 'claiming' | 'halted';
@@ -94,6 +111,16 @@ export class CheckpointPrimaryCore {
   private throttled = false;
   private nextClaimMs = 0;
   private bytesSent = 0;
+  /** The next capture is a base: the backup connected without the last acknowledged checkpoint. */
+  private baseDue = false;
+  /** The capture in progress was asked for as a base. */
+  private capturingBase = false;
+  /** The checkpoint the backup said it applied, at the connection that made a base due. */
+  private peerApplied = 0;
+  /** Checkpoints up to this one were dropped unacknowledged (a base replaces them): not in flight. */
+  private droppedThrough = 0;
+  /** Acknowledgements below this are ignored (Infinity while a base is due: the backup's are of its old state). */
+  private ackFloor = 0;
   /** Held outputs in production order: [checkpoint, id]. */
   private held: Array<[number, number]> = [];
 
@@ -110,12 +137,17 @@ export class CheckpointPrimaryCore {
       ackedCheckpoint: this.acked,
       capturedCheckpoint: this.captured,
       heldOutputs: this.held.length,
-      inFlight: this.captured - this.acked,
+      inFlight: this.inFlight(),
+      baseDue: this.baseDue,
       throttled: this.throttled,
       alone: this.alone,
       phase: this.phase,
       bytesSent: this.bytesSent,
     };
+  }
+
+  private inFlight(): number {
+    return this.captured - Math.max(this.acked, this.droppedThrough);
   }
 
   step(i: CheckpointPrimaryInput): CheckpointPrimaryAction[] {
@@ -132,6 +164,15 @@ export class CheckpointPrimaryCore {
         this.captured = i.checkpoint;
         this.open = i.checkpoint + 1;
         this.bytesSent += i.bytes;
+        if (this.capturingBase) {
+          this.capturingBase = false;
+          this.baseDue = false;
+          this.ackFloor = i.checkpoint;
+        } else if (this.baseDue) {
+          // A delta captured while the base became due: the backup cannot apply it. Not sent, not in flight.
+          this.droppedThrough = this.captured;
+          break;
+        }
         if (this.alone) {
           // Nobody to send to; a capture while alone only happens when a backup is being joined.
           this.acked = this.captured;
@@ -142,14 +183,17 @@ export class CheckpointPrimaryCore {
       case 'capture-failed':
         assert(this.capturing && i.checkpoint === this.open, `capture of ${i.checkpoint} failed, asked for ${this.open}`);
         this.capturing = false;
+        this.capturingBase = false;
         break;
       case 'ack': {
+        this.lastHeardMs = i.nowMs;
+        // Before the base is acknowledged, the backup's acknowledgements are of its old state: heard only.
+        if (i.checkpoint < this.ackFloor) break;
         if (i.checkpoint > this.captured) {
           out.push({ t: 'halt', reason: `the backup acknowledged checkpoint ${i.checkpoint}, beyond the last captured (${this.captured})` });
           this.phase = 'halted';
           return out;
         }
-        this.lastHeardMs = i.nowMs;
         if (i.checkpoint > this.acked) {
           this.acked = i.checkpoint;
           this.releaseAcked(out);
@@ -163,8 +207,20 @@ export class CheckpointPrimaryCore {
         this.peer = true;
         this.everConnected = true;
         this.lastHeardMs = i.nowMs;
+        if (this.baseDue || (i.applied !== undefined && i.applied !== this.acked)) {
+          // The backup lacks the last acknowledged checkpoint: the kept deltas are of no use to it.
+          this.baseDue = true;
+          this.ackFloor = Infinity;
+          this.peerApplied = i.applied ?? this.peerApplied;
+          // A base being captured but numbered no later than what this backup applied would be refused: ask again.
+          if (this.capturingBase && this.open <= this.peerApplied) this.capturingBase = false;
+          this.droppedThrough = this.captured;
+          out.push({ t: 'drop-unacked' });
+          if (!this.alone && !this.capturing && this.phase === 'running') this.startCapture(i.nowMs, out);
+          break;
+        }
         // Resend every checkpoint not acknowledged (the driver keeps them until acknowledged).
-        for (let c = this.acked + 1; c <= this.captured; c++) out.push({ t: 'send-checkpoint', checkpoint: c, epoch: this.epoch });
+        for (let c = Math.max(this.acked, this.droppedThrough) + 1; c <= this.captured; c++) out.push({ t: 'send-checkpoint', checkpoint: c, epoch: this.epoch });
         break;
       case 'peer-closed':
         this.peer = false;
@@ -212,12 +268,17 @@ export class CheckpointPrimaryCore {
         out.push({ t: 'heartbeat', epoch: this.epoch });
       }
     }
-    const due = now - this.lastCaptureMs >= this.cfg.intervalMs || (this.cfg.eagerWhenOutputsHeld && this.held.some(([c]) => c === this.open));
-    if (!this.alone && !this.capturing && due && this.captured - this.acked < this.cfg.inFlightMax) {
-      this.capturing = true;
-      this.lastCaptureMs = now;
-      out.push({ t: 'capture', checkpoint: this.open });
-    }
+    const due = this.baseDue || now - this.lastCaptureMs >= this.cfg.intervalMs || (this.cfg.eagerWhenOutputsHeld && this.held.some(([c]) => c === this.open));
+    if (!this.alone && !this.capturing && due && this.inFlight() < this.cfg.inFlightMax) this.startCapture(now, out);
+  }
+
+  private startCapture(now: number, out: CheckpointPrimaryAction[]): void {
+    this.capturing = true;
+    this.lastCaptureMs = now;
+    this.capturingBase = this.baseDue;
+    // A base is numbered after whatever the backup applied (it accepts a base only after its own).
+    if (this.baseDue) this.open = Math.max(this.open, this.peerApplied + 1);
+    out.push({ t: 'capture', checkpoint: this.open, base: this.baseDue });
   }
 
   private releaseAcked(out: CheckpointPrimaryAction[]): void {
@@ -236,7 +297,7 @@ export class CheckpointPrimaryCore {
   }
 
   private updateThrottle(out: CheckpointPrimaryAction[]): void {
-    const want = !this.alone && (this.captured - this.acked >= this.cfg.inFlightMax || this.held.length >= this.cfg.heldMaxOutputs);
+    const want = !this.alone && (this.inFlight() >= this.cfg.inFlightMax || this.held.length >= this.cfg.heldMaxOutputs);
     if (want !== this.throttled) {
       this.throttled = want;
       out.push({ t: 'throttle', on: want });
@@ -252,8 +313,8 @@ export interface CheckpointBackupConfig {
 
 export type CheckpointBackupInput =
   | { t: 'tick'; nowMs: number }
-  /** A checkpoint frame arrived (not yet applied). */
-  | { t: 'checkpoint'; checkpoint: number; epoch: number; nowMs: number }
+  /** A checkpoint frame arrived (not yet applied); `base`: its header says it is a base checkpoint. */
+  | { t: 'checkpoint'; checkpoint: number; epoch: number; nowMs: number; base?: boolean }
   /** The driver applied checkpoint n to its copy of the VM. */
   | { t: 'applied'; checkpoint: number }
   /**
@@ -308,7 +369,7 @@ export class CheckpointBackupCore {
           out.push({ t: 'ack', checkpoint: this.applied, epoch: this.epoch }); // a resend: acknowledge again
           break;
         }
-        if (i.checkpoint !== Math.max(this.applied, this.applying) + 1) {
+        if (i.base !== true && i.checkpoint !== Math.max(this.applied, this.applying) + 1) {
           out.push({ t: 'drop', checkpoint: i.checkpoint, reason: `checkpoint ${i.checkpoint} after ${Math.max(this.applied, this.applying)}: a gap` });
           break;
         }
@@ -316,12 +377,12 @@ export class CheckpointBackupCore {
         out.push({ t: 'apply', checkpoint: i.checkpoint });
         break;
       case 'applied':
-        assert(i.checkpoint === this.applying && i.checkpoint === this.applied + 1, `applied ${i.checkpoint}, expected ${this.applied + 1}`);
+        assert(i.checkpoint === this.applying && i.checkpoint > this.applied, `applied ${i.checkpoint}, applying ${this.applying} after ${this.applied}`);
         this.applied = i.checkpoint;
         out.push({ t: 'ack', checkpoint: this.applied, epoch: this.epoch });
         break;
       case 'refused':
-        assert(i.checkpoint === this.applying && i.checkpoint === this.applied + 1, `refused ${i.checkpoint}, applying ${this.applying}`);
+        assert(i.checkpoint === this.applying && i.checkpoint > this.applied, `refused ${i.checkpoint}, applying ${this.applying}`);
         this.applying = this.applied;
         out.push({ t: 'drop', checkpoint: i.checkpoint, reason: i.reason });
         break;

@@ -99,7 +99,10 @@ export class CheckpointPrimary {
     return { ...this.core.status(), connected: this.conn !== undefined };
   }
 
-  /** The channel connection to the backup (the dialer's, after the handshake); the newest replaces the previous. */
+  /**
+   * The channel connection to the backup (the dialer's, after the handshake); the newest replaces the
+   * previous. The backup's HELLO carries, in its nextSeq field, the checkpoint its replica applied.
+   */
   attach(c: ChannelConnection): void {
     if (this.halted) {
       c.close('halted');
@@ -122,7 +125,8 @@ export class CheckpointPrimary {
       this.conn = undefined;
       this.exec(this.core.step({ t: 'peer-closed' }));
     });
-    this.exec(this.core.step({ t: 'peer-open', nowMs: this.opts.clock.now() }));
+    const applied = c.peerHello?.nextSeq;
+    this.exec(this.core.step({ t: 'peer-open', nowMs: this.opts.clock.now(), ...(applied !== undefined ? { applied } : {}) }));
   }
 
   /** Stops the timer, the connection and the client service; the vCPU is the caller's. */
@@ -143,12 +147,13 @@ export class CheckpointPrimary {
     }
   }
 
-  private capture(checkpoint: number): void {
+  private capture(checkpoint: number, base: boolean): void {
     this.opts.vcpu
       .takeSnapshot((t) => {
         // Synchronously where the snapshot arrives: batches before it were handled (their outputs belong to
         // this checkpoint), none after it yet. The snapshot's memory is a reused buffer: encode now.
         const epoch = this.core.status().epoch;
+        if (base) this.encoder.reset();
         const data = this.encoder.encode(epoch, checkpoint, t.snapshot);
         this.unacked.push({ checkpoint, epoch, data });
         this.stats.captured++;
@@ -167,7 +172,11 @@ export class CheckpointPrimary {
       if (this.halted) return;
       switch (a.t) {
         case 'capture':
-          this.capture(a.checkpoint);
+          this.capture(a.checkpoint, a.base);
+          break;
+        case 'drop-unacked':
+          this.opts.log.warn({ dropped: this.unacked.map((u) => u.checkpoint), acked: this.core.status().ackedCheckpoint }, 'the backup lacks the last acknowledged checkpoint: sending it a base checkpoint');
+          this.unacked = [];
           break;
         case 'send-checkpoint': {
           const u = this.unacked.find((x) => x.checkpoint === a.checkpoint);

@@ -43,8 +43,9 @@ export class CheckpointNode {
     if (opts.role === 'backup' && opts.listen === undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint backup needs --channel <host:port>');
   }
 
+  /** The HELLO's nextSeq carries, in checkpoint mode, the backup's last applied checkpoint (the primary's: 0). */
   private identity(role: 'primary' | 'backup', epoch: number): LocalIdentity {
-    return { role, vmName: this.opts.config.name, moduleHash: moduleHash(this.opts.guest.original), epoch, nextSeq: () => 0 };
+    return { role, vmName: this.opts.config.name, moduleHash: moduleHash(this.opts.guest.original), epoch, nextSeq: () => this.backup?.helloApplied() ?? 0 };
   }
 
   async start(): Promise<void> {

@@ -6,7 +6,7 @@
  *
  *   "FTVMCKPT" | u8 version | varint epoch | varint checkpoint | varint count | varint seq | u8 flags
  *   (1 stepAgain, 2 deliveredInStep, 4 booted, 8 resume, 16 disk, 32 disk unchanged since the previous
- *   checkpoint) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
+ *   checkpoint, 64 base) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
  *   | [flag 8: varint length + the unwound stack] | [flag 16 without 32: varint length + the disk's
  *   serialization] | varint length + memory delta (src/checkpoint/delta.ts, with its own CRC-32)
  *   | u32 CRC-32 of everything before it
@@ -15,6 +15,11 @@
  * until it is acknowledged and resends them in order. The backup applies strictly in order and all or
  * nothing: a checkpoint that is truncated, corrupt, of an older epoch or out of order is refused with
  * FTVM_ERR_CHECKPOINT and the replica keeps its last complete checkpoint, unchanged.
+ *
+ * A **base** checkpoint (flag 64) carries all of memory against zeros and its disk whole: it does not
+ * depend on any earlier checkpoint, so a replica accepts it whenever its number is greater than the one it
+ * applied, and it replaces the replica's state entirely (still all or nothing, CRC-checked). The primary
+ * sends one to a backup that (re)connects without the primary's last acknowledged checkpoint.
  */
 import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter } from '../log/codec.js';
@@ -35,6 +40,7 @@ const F_BOOTED = 4;
 const F_RESUME = 8;
 const F_DISK = 16;
 const F_DISK_SAME = 32;
+const F_BASE = 64;
 
 function refuse(msg: string, cause?: unknown): never {
   throw new FtvmError('FTVM_ERR_CHECKPOINT', `checkpoint refused: ${msg}`, cause !== undefined ? { cause } : undefined);
@@ -53,6 +59,8 @@ export interface DecodedCheckpoint {
   resume?: Uint8Array;
   /** 'same': the VM has a disk, unchanged since the previous checkpoint; undefined: no disk. */
   disk?: Uint8Array | 'same';
+  /** A base checkpoint: memory against zeros, independent of every earlier checkpoint. */
+  base: boolean;
   delta: Uint8Array;
 }
 
@@ -74,8 +82,9 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
     const count = r.varint();
     const seq = r.varint();
     const flags = r.u8();
-    if (flags >= 64) refuse(`unknown flags ${flags}`);
+    if (flags >= 128) refuse(`unknown flags ${flags}`);
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_DISK) === 0) refuse('an unchanged disk without a disk');
+    if ((flags & F_DISK_SAME) !== 0 && (flags & F_BASE) !== 0) refuse('a base checkpoint with an unchanged disk');
     const n = r.varint();
     if (n > 100_000) refuse(`${n} globals`);
     const globals: Array<number | bigint> = [];
@@ -103,6 +112,7 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
       devices: devices as DeviceState,
       ...(resume !== undefined ? { resume } : {}),
       ...(disk !== undefined ? { disk } : {}),
+      base: (flags & F_BASE) !== 0,
       delta,
     };
   } catch (err) {
@@ -112,18 +122,50 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
 }
 
 /**
+ * Whether `buf` says it is a base checkpoint, read from its header only (nothing is checked: the replica
+ * checks all of it when it applies it). False for anything that does not parse that far.
+ */
+export function isBaseCheckpoint(buf: Uint8Array): boolean {
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (b.length < MAGIC.length + 1 + 4 || !b.subarray(0, MAGIC.length).equals(MAGIC)) return false;
+  try {
+    const r = new ByteReader(b.subarray(MAGIC.length, b.length - 4));
+    if (r.u8() !== CHECKPOINT_VERSION) return false;
+    r.varint(); // epoch
+    r.varint(); // checkpoint
+    r.varint(); // count
+    r.varint(); // seq
+    return (r.u8() & F_BASE) !== 0;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The primary's side: turns machine snapshots, taken one per checkpoint at idle points, into encoded
  * checkpoints. Its memory shadow is the backup's view, so the first checkpoint carries all of memory
  * (every page that is not zero) and each later one only what changed.
  */
 export class CheckpointEncoder {
-  private readonly tracker: DirtyTracker;
+  private tracker: DirtyTracker;
   private lastDisk: Uint8Array | undefined;
   private last = 0;
-  lastStats = { deltaBytes: 0, dirtyPages: 0, bytes: 0 };
+  /** The next checkpoint is a base (after `reset`). */
+  private baseNext = false;
+  lastStats = { deltaBytes: 0, dirtyPages: 0, bytes: 0, base: false };
 
-  constructor(pageBytes = DEFAULT_PAGE_BYTES) {
+  constructor(private readonly pageBytes = DEFAULT_PAGE_BYTES) {
     this.tracker = new DirtyTracker(pageBytes);
+  }
+
+  /**
+   * Forgets the backup's view (the shadow becomes empty): the next checkpoint is a base — all of memory
+   * against zeros, the disk whole — and may have any number greater than the last one encoded.
+   */
+  reset(): void {
+    this.tracker = new DirtyTracker(this.pageBytes);
+    this.lastDisk = undefined;
+    this.baseNext = true;
   }
 
   /** The number of the last checkpoint encoded (0: none). */
@@ -132,9 +174,10 @@ export class CheckpointEncoder {
   }
 
   encode(epoch: number, checkpoint: number, s: Snapshot): Uint8Array {
-    assert(checkpoint === this.last + 1, `checkpoint ${checkpoint} encoded after ${this.last}`);
+    const base = this.baseNext;
+    assert(base ? checkpoint > this.last : checkpoint === this.last + 1, `checkpoint ${checkpoint} encoded after ${this.last}${base ? ' (a base)' : ''}`);
     const delta = this.tracker.delta(s.memory);
-    const diskSame = s.disk !== undefined && this.lastDisk !== undefined && Buffer.from(s.disk).equals(this.lastDisk);
+    const diskSame = !base && s.disk !== undefined && this.lastDisk !== undefined && Buffer.from(s.disk).equals(this.lastDisk);
     const w = new ByteWriter(1024 + delta.length + (s.disk !== undefined && !diskSame ? s.disk.length : 0), MAX_CHECKPOINT_BYTES);
     w.bytes(MAGIC);
     w.u8(CHECKPOINT_VERSION);
@@ -148,7 +191,8 @@ export class CheckpointEncoder {
         (s.booted ? F_BOOTED : 0) |
         (s.resume !== undefined ? F_RESUME : 0) |
         (s.disk !== undefined ? F_DISK : 0) |
-        (diskSame ? F_DISK_SAME : 0),
+        (diskSame ? F_DISK_SAME : 0) |
+        (base ? F_BASE : 0),
     );
     w.varint(s.globals.length);
     const f64 = Buffer.alloc(8);
@@ -181,7 +225,8 @@ export class CheckpointEncoder {
     out.writeUInt32LE(crc32(body) >>> 0, body.length);
     this.lastDisk = s.disk !== undefined ? new Uint8Array(s.disk) : undefined;
     this.last = checkpoint;
-    this.lastStats = { deltaBytes: delta.length, dirtyPages: this.tracker.lastStats.dirtyPages, bytes: out.length };
+    this.baseNext = false;
+    this.lastStats = { deltaBytes: delta.length, dirtyPages: this.tracker.lastStats.dirtyPages, bytes: out.length, base };
     return out;
   }
 }
@@ -225,8 +270,10 @@ export class CheckpointReplica {
   }
 
   /**
-   * Applies the encoded checkpoint `data`, which must be checkpoint `checkpoint` + 1 of an epoch not older
-   * than the replica's (and, given the frame's header, the one it names). Returns the number applied; throws FTVM_ERR_CHECKPOINT (nothing changed) otherwise.
+   * Applies the encoded checkpoint `data`, which must be checkpoint `checkpoint` + 1 (a base: any number
+   * greater than `checkpoint`) of an epoch not older than the replica's (and, given the frame's header, the
+   * one it names). A base replaces the state entirely. Returns the number applied; throws
+   * FTVM_ERR_CHECKPOINT (nothing changed) otherwise.
    */
   apply(data: Uint8Array, frame?: { epoch: number; checkpoint: number }): number {
     const c = decodeCheckpoint(data);
@@ -234,9 +281,14 @@ export class CheckpointReplica {
       refuse(`the frame says checkpoint ${frame.checkpoint} of epoch ${frame.epoch}, its data ${c.checkpoint} of epoch ${c.epoch}`);
     }
     if (c.epoch < this.epochFloor) refuse(`checkpoint ${c.checkpoint} of epoch ${c.epoch}, older than ${this.epochFloor}`);
-    const expected = this.checkpoint + 1;
-    if (c.checkpoint !== expected) refuse(`checkpoint ${c.checkpoint} out of order (expected ${expected})`);
-    const prev = this.held;
+    if (c.base) {
+      if (c.checkpoint <= this.checkpoint) refuse(`base checkpoint ${c.checkpoint}, not after the applied ${this.checkpoint}`);
+    } else {
+      const expected = this.checkpoint + 1;
+      if (c.checkpoint !== expected) refuse(`checkpoint ${c.checkpoint} out of order (expected ${expected})`);
+    }
+    // A base depends on nothing before it: it is checked and applied against an empty replica.
+    const prev = c.base ? undefined : this.held;
     if (prev !== undefined && c.globals.length !== prev.globals.length) refuse(`${c.globals.length} globals, the previous checkpoint had ${prev.globals.length}`);
     if (c.disk === 'same' && prev?.disk === undefined) refuse('an unchanged disk, but the previous checkpoint had none');
     let memBytes: number;
@@ -249,7 +301,7 @@ export class CheckpointReplica {
     let memory: Uint8Array;
     try {
       // Checks the whole delta before writing a byte (delta.ts), so a refusal here changes nothing.
-      memory = applyDelta(this.memory, c.delta);
+      memory = applyDelta(c.base ? new Uint8Array(0) : this.memory, c.delta);
     } catch (err) {
       refuse(`memory delta: ${(err as Error).message}`, err);
     }
