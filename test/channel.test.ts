@@ -225,3 +225,70 @@ test('a listener whose address is still held (a restarted node, its predecessor 
   assert.equal(listener.address?.port, port);
   await listener.close();
 });
+
+test('the replication mode is part of the handshake: a replay node and a checkpoint node are refused on both sides with FTVM_ERR_MODE_MISMATCH; two checkpoint nodes connect', async () => {
+  // HELLO codec: a replay HELLO carries no mode (its bytes are those of a HELLO before modes existed);
+  // a checkpoint HELLO ends with the mode, and round-trips.
+  const base = { type: FrameType.HELLO, version: PROTOCOL_VERSION, role: 'primary', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, arch: 'x64', nonce: new Uint8Array(16), nextSeq: 0, liveness: '127.0.0.1:9' } as const;
+  const replayBytes = encodeFrameBody(base);
+  assert.deepEqual(encodeFrameBody({ ...base, mode: 'replay' }), replayBytes);
+  assert.equal('mode' in decodeFrameBody(replayBytes), false);
+  const ckpt: Frame = { ...base, mode: 'checkpoint' };
+  const ckptBytes = encodeFrameBody(ckpt);
+  assert.deepEqual(Buffer.from(ckptBytes.subarray(0, replayBytes.length)), Buffer.from(replayBytes));
+  assert.equal(ckptBytes.length, replayBytes.length + 1 + 'checkpoint'.length);
+  assert.deepEqual(decodeFrameBody(ckptBytes), ckpt);
+  assert.throws(() => decodeFrameBody(new Uint8Array([...replayBytes, 0])), { code: 'FTVM_ERR_BAD_FRAME' });
+
+  const secret = randomBytes(32);
+  for (const [pm, bm] of [['replay', 'checkpoint'], ['checkpoint', 'replay']] as const) {
+    const [a, b, server] = await pairOfSockets();
+    const pl = capture();
+    const bl = capture();
+    const p = new ChannelConnection(a, { secret, identity: { ...id('primary'), ...(pm === 'checkpoint' ? { mode: pm } : {}) }, log: pl.log });
+    const bk = new ChannelConnection(b, { secret, identity: { ...id('backup'), ...(bm === 'checkpoint' ? { mode: bm } : {}) }, log: bl.log });
+    p.on('open', () => assert.fail('a mixed pair must not open'));
+    bk.on('open', () => assert.fail('a mixed pair must not open'));
+    const [pr, br] = await Promise.all([new Promise<string>((r) => p.once('close', r)), new Promise<string>((r) => bk.once('close', r))]);
+    assert.equal(pr, `refused: the peer runs --mode ${bm}, this node --mode ${pm}`);
+    assert.equal(br, `refused: the peer runs --mode ${pm}, this node --mode ${bm}`);
+    for (const lines of [pl.lines, bl.lines]) {
+      assert.ok(lines.some((l) => (l as Captured & { code?: string }).code === 'FTVM_ERR_MODE_MISMATCH' && /refused peer: the peer runs --mode/.test(l.msg)), JSON.stringify(lines));
+    }
+    server.close();
+  }
+  {
+    // Over TLS with the real dialer and listener: each side refuses the other's HELLO by its own check
+    // (neither waits for the peer's REFUSE), and each names both modes with the code.
+    const ll = capture();
+    const listener = new ChannelListener('127.0.0.1', 0, { secret, identity: { ...id('backup'), mode: 'checkpoint' }, log: ll.log, transport: tcpChannelTransport('tls-psk') });
+    await listener.start();
+    const port = listener.address!.port;
+    const pl = capture();
+    const replay = new ChannelDialer('127.0.0.1', port, { secret, identity: id('primary'), log: pl.log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 5000 });
+    replay.on('connection', () => assert.fail('a mixed pair must not open'));
+    try {
+      replay.start();
+      const until = Date.now() + 5000;
+      const said = (lines: Captured[], re: RegExp): boolean => lines.some((l) => (l as Captured & { code?: string }).code === 'FTVM_ERR_MODE_MISMATCH' && re.test(l.msg));
+      const done = (): boolean => said(pl.lines, /refused peer: the peer runs --mode checkpoint, this node --mode replay/) && said(ll.lines, /refused peer: the peer runs --mode replay, this node --mode checkpoint/);
+      while (!done() && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(done(), JSON.stringify([pl.lines.map((l) => l.msg), ll.lines.map((l) => l.msg)]));
+    } finally {
+      replay.close();
+    }
+    // Two checkpoint endpoints connect, and each sees the other's mode.
+    const accepted = new Promise<ChannelConnection>((r) => listener.once('connection', r));
+    const ck = new ChannelDialer('127.0.0.1', port, { secret, identity: { ...id('primary'), mode: 'checkpoint' }, log: capture().log, transport: tcpChannelTransport('tls-psk') });
+    const opened = new Promise<ChannelConnection>((r) => ck.once('connection', r));
+    ck.start();
+    try {
+      const [c, srv] = await Promise.all([opened, accepted]);
+      assert.equal(c.peerHello?.mode, 'checkpoint');
+      assert.equal(srv.peerHello?.mode, 'checkpoint');
+    } finally {
+      ck.close();
+      await listener.close();
+    }
+  }
+});

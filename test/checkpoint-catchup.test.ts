@@ -53,7 +53,7 @@ test('checkpoint catch-up: a restarted backup, and one whose acknowledgements we
   // The backup's HELLO carries the checkpoint its replica applied (as CheckpointNode's identity does).
   const listener = new ChannelListener('127.0.0.1', 0, {
     secret,
-    identity: { role: 'backup', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, nextSeq: () => backup.helloApplied() },
+    identity: { role: 'backup', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, mode: 'checkpoint', nextSeq: () => backup.helloApplied() },
     log,
     transport: tcpChannelTransport('tls-psk'),
   });
@@ -80,7 +80,7 @@ test('checkpoint catch-up: a restarted backup, and one whose acknowledgements we
   const link = await FaultProxy.start({ targetPort: listener.address!.port });
   const dialer = new ChannelDialer('127.0.0.1', link.port, {
     secret,
-    identity: { role: 'primary', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, nextSeq: () => 0 },
+    identity: { role: 'primary', vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, mode: 'checkpoint', nextSeq: () => 0 },
     log,
     transport: tcpChannelTransport('tls-psk'),
     retryMinMs: 20,

@@ -40,7 +40,7 @@ test('checkpoint pair: writes answered only under a checkpoint the backup holds 
   const server = await EmbeddedArbiterServer.start({ dataDir, host: '127.0.0.1', port: 0, secret, log });
   const arbiter = new EmbeddedArbiterClient({ host: '127.0.0.1', port: server.address.port, secret, log });
   await arbiter.init('vm', { epoch: 1, owner: 'primary-node' }, { deadlineMs: 2000 });
-  const identity = (role: 'primary' | 'backup') => ({ role, vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, nextSeq: () => 0 });
+  const identity = (role: 'primary' | 'backup') => ({ role, vmName: 'vm', moduleHash: new Uint8Array(32), epoch: 1, mode: 'checkpoint' as const, nextSeq: () => 0 });
 
   const listener = new ChannelListener('127.0.0.1', 0, { secret, identity: identity('backup'), log, transport: tcpChannelTransport('tls-psk') });
   await listener.start();

@@ -27,7 +27,7 @@ import { realClock } from '../env/real-clock.js';
 import type { NodeClock } from '../replication/env.js';
 import type { ChannelSocket } from './transport.js';
 import { FrameSplitter, MAC_BYTES, deriveKey, sealFrame, verifyFrameMac } from './framing.js';
-import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type Role } from './frames.js';
+import { FRAME_TYPE_NAMES, FrameType, PROTOCOL_VERSION, decodeFrameBody, encodeFrameBody, encodeFrameParts, type Frame, type HelloFrame, type ReplicationMode, type Role } from './frames.js';
 
 /** From this protocol version on, frames over TLS carry no MAC of their own (see the top). */
 const MAC_FREE_TLS_VERSION = 4;
@@ -45,6 +45,8 @@ export interface LocalIdentity {
   nextSeq: () => number;
   /** `host:port` of this process's liveness port, sent in HELLO (src/channel/liveness.ts). */
   liveness?: () => string;
+  /** The replication mode (default replay, which HELLO does not spell out); a peer of another mode is refused. */
+  mode?: ReplicationMode;
 }
 
 export interface ConnectionOptions {
@@ -148,6 +150,7 @@ export class ChannelConnection extends EventEmitter {
       nonce: this.nonce,
       nextSeq: id.nextSeq(),
       liveness: id.liveness?.() ?? '',
+      ...(id.mode !== undefined && id.mode !== 'replay' ? { mode: id.mode } : {}),
     };
     const { head, tail } = encodeFrameParts(hello, this.writer);
     this.writeRaw(head, tail, this.helloKey, 0n);
@@ -293,6 +296,10 @@ export class ChannelConnection extends EventEmitter {
   private checkHello(h: HelloFrame): { code: string; reason: string } | undefined {
     const id = this.opts.identity;
     if (h.version !== PROTOCOL_VERSION) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `protocol version ${h.version} (this node speaks ${PROTOCOL_VERSION})` };
+    // Before anything else about the VM: a replay node and a checkpoint node of the same VM must not pair.
+    const peerMode = h.mode ?? 'replay';
+    const ourMode = id.mode ?? 'replay';
+    if (peerMode !== ourMode) return { code: 'FTVM_ERR_MODE_MISMATCH', reason: `the peer runs --mode ${peerMode}, this node --mode ${ourMode}` };
     if (h.role === id.role) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `both ends are ${h.role}s` };
     if ((id.role === 'primary') === (h.role === 'primary')) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `a ${id.role} does not pair with a ${h.role}` };
     if (h.vmName !== id.vmName) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs VM "${h.vmName}", this node "${id.vmName}"` };

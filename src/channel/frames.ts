@@ -48,6 +48,8 @@ export function encodeFrameParts(f: Frame, w: ByteWriter): { head: Uint8Array; t
       w.bytes(f.nonce);
       w.varint(f.nextSeq);
       str(w, f.liveness);
+      // Replay is the default and is never written: a replay node's HELLO is byte-for-byte the old one.
+      if (f.mode !== undefined && f.mode !== 'replay') str(w, f.mode);
       break;
     case FrameType.LOG:
       w.varint(f.epoch);
@@ -120,7 +122,10 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
         const nextSeq = r.varint();
         // A peer of an older version ends here; its version is refused at the handshake.
         const liveness = r.remaining > 0 ? readStr(r, 128) : '';
-        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq, liveness };
+        // A replay node ends here; any other mode follows (refused at the handshake if it differs).
+        const mode = r.remaining > 0 ? readStr(r, 32) : undefined;
+        if (mode === '') bad('HELLO with an empty mode');
+        f = { type, version, role, vmName, moduleHash, epoch, arch, nonce, nextSeq, liveness, ...(mode !== undefined && mode !== 'replay' ? { mode } : {}) };
         break;
       }
       case FrameType.LOG: {
@@ -182,7 +187,7 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
 export function describeFrame(f: Frame): string {
   switch (f.type) {
     case FrameType.HELLO:
-      return `HELLO v${f.version} ${f.role} vm=${f.vmName} epoch=${f.epoch} nextSeq=${f.nextSeq}`;
+      return `HELLO v${f.version} ${f.role} vm=${f.vmName} epoch=${f.epoch} nextSeq=${f.nextSeq}${f.mode !== undefined ? ` mode=${f.mode}` : ''}`;
     case FrameType.LOG:
       return `LOG epoch=${f.epoch} seq=${f.firstSeq}+${f.count} n=${f.instructionNumber} ${f.batch.length}B`;
     case FrameType.ACK:

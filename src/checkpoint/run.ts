@@ -45,7 +45,7 @@ export class CheckpointNode {
 
   /** The HELLO's nextSeq carries, in checkpoint mode, the backup's last applied checkpoint (the primary's: 0). */
   private identity(role: 'primary' | 'backup', epoch: number): LocalIdentity {
-    return { role, vmName: this.opts.config.name, moduleHash: moduleHash(this.opts.guest.original), epoch, nextSeq: () => this.backup?.helloApplied() ?? 0 };
+    return { role, vmName: this.opts.config.name, moduleHash: moduleHash(this.opts.guest.original), epoch, mode: 'checkpoint', nextSeq: () => this.backup?.helloApplied() ?? 0 };
   }
 
   async start(): Promise<void> {

@@ -12,9 +12,13 @@ export type WireOutput = GuestOutput;
 /**
  * 2: re-replication (SNAPSHOT frames, the standby role, CONTROL ARMED). 3: HELLO carries the liveness
  * address (fast failover on evidence of a dead process). 4: LOG batches in log format 2 (output
- * digests instead of one entry per output, compact entry headers: src/log/codec.ts).
+ * digests instead of one entry per output, compact entry headers: src/log/codec.ts). Still 4: HELLO
+ * may end with the sender's replication mode (absent = replay), so replay HELLOs are unchanged.
  */
 export const PROTOCOL_VERSION = 4;
+
+/** `ftvm run --mode`: the backup replays the primary's log, or applies its checkpoints (src/checkpoint). */
+export type ReplicationMode = 'replay' | 'checkpoint';
 
 export const FrameType = {
   HELLO: 1,
@@ -51,6 +55,12 @@ export interface HelloFrame {
    * (src/channel/liveness.ts).
    */
   liveness: string;
+  /**
+   * The sender's replication mode, after liveness; absent means replay (a replay node never sends it, so
+   * its HELLO is what it was before modes existed). A string, so that a mode this node does not know is
+   * still refused by name rather than as a malformed HELLO. Both ends must run the same mode.
+   */
+  mode?: string;
 }
 
 /** A batch of log entries [firstSeq, firstSeq + count); the primary had reached `instructionNumber`. */

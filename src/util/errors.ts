@@ -24,6 +24,8 @@ export type FtvmErrorCode =
   | 'FTVM_ERR_STALE_EPOCH'
   | 'FTVM_ERR_FRAME_TOO_LARGE'
   | 'FTVM_ERR_PEER_REFUSED'
+  /** The channel's peer runs another replication mode (`--mode replay` vs `--mode checkpoint`): refused at the handshake. */
+  | 'FTVM_ERR_MODE_MISMATCH'
   | 'FTVM_ERR_CHANNEL_CLOSED'
   | 'FTVM_ERR_ARBITER_UNAVAILABLE'
   | 'FTVM_ERR_ARBITER_AUTH'
