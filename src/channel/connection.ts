@@ -306,7 +306,8 @@ export class ChannelConnection extends EventEmitter {
     if (!Buffer.from(h.moduleHash).equals(Buffer.from(id.moduleHash))) {
       return { code: 'FTVM_ERR_MODULE_MISMATCH', reason: `the peer's guest module differs (sha256 ${Buffer.from(h.moduleHash).toString('hex').slice(0, 16)}…, ours ${Buffer.from(id.moduleHash).toString('hex').slice(0, 16)}…)` };
     }
-    if (h.arch !== process.arch) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs on ${h.arch}, this node on ${process.arch}: NaN bit patterns may differ` };
+    // Replay re-executes the guest, so NaN bit patterns must match; a checkpoint copies memory as it is.
+    if (ourMode === 'replay' && h.arch !== process.arch) return { code: 'FTVM_ERR_PEER_REFUSED', reason: `the peer runs on ${h.arch}, this node on ${process.arch}: NaN bit patterns may differ` };
     // A standby has no epoch of its own: it takes the recruiting primary's (and checks it at the arbiter).
     if (id.role === 'standby' || h.role === 'standby') return this.opts.checkHello?.(h);
     if (h.epoch < id.epoch) return { code: 'FTVM_ERR_STALE_EPOCH', reason: `the peer is at epoch ${h.epoch}, older than ours (${id.epoch})` };

@@ -20,6 +20,7 @@ import type { Snapshot } from '../machine/machine.js';
 import type { NodeClock, Timer } from '../replication/env.js';
 import { FtvmError, assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import type { NodeMetrics } from '../service/metrics.js';
 import { CheckpointBackupCore, type CheckpointBackupAction } from './core.js';
 import { CheckpointReplica, isBaseCheckpoint } from './wire.js';
 
@@ -36,6 +37,9 @@ export interface CheckpointBackupOptions {
   /** Without one the backup never goes live (it cannot know it is alone): it waits and logs. */
   arbiter: Arbiter | undefined;
   log: Logger;
+  metrics?: NodeMetrics;
+  /** After each checkpoint applied (a standby leaves the pool after its first). */
+  onApplied?: (checkpoint: number) => void;
 }
 
 export type CheckpointBackupOutcome =
@@ -148,7 +152,10 @@ export class CheckpointBackup {
           if (ok) {
             this.stats.applied++;
             this.stats.bytesApplied += frame.data.length;
+            this.opts.metrics?.checkpoints.inc({ direction: 'in' });
+            this.opts.metrics?.checkpointBytes.inc({ direction: 'in' }, frame.data.length);
             this.exec(this.core.step({ t: 'applied', checkpoint: a.checkpoint }));
+            this.opts.onApplied?.(a.checkpoint);
           }
           break;
         }

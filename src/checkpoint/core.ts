@@ -53,6 +53,8 @@ export type CheckpointPrimaryInput =
   | { t: 'captured'; checkpoint: number; bytes: number }
   /** The capture it asked for failed (the guest stopped, or could not stand still): asked again when due. */
   | { t: 'capture-failed'; checkpoint: number }
+  /** Nothing changed since the last checkpoint (the guest did not run, no input): not captured, asked again when due. */
+  | { t: 'unchanged'; checkpoint: number }
   /** The backup applied and acknowledges every checkpoint up to `checkpoint`. */
   | { t: 'ack'; checkpoint: number; nowMs: number }
   | { t: 'heard'; nowMs: number }
@@ -62,6 +64,14 @@ export type CheckpointPrimaryInput =
    */
   | { t: 'peer-open'; nowMs: number; applied?: number }
   | { t: 'peer-closed' }
+  /**
+   * Serving alone, a recruited standby connected (re-replication): it becomes the backup. Outputs from
+   * here on are held; the first checkpoint is a base (all of memory), and `joined` follows its
+   * acknowledgement. From this input on a silent backup is a failure like any other (claim at the
+   * arbiter): once the base is sent, the standby may hold it and claim, so giving up without a claim
+   * could leave two live primaries.
+   */
+  | { t: 'join'; nowMs: number }
   | { t: 'claim-result'; won: boolean; epoch: number; unavailable?: boolean };
 
 export type CheckpointPrimaryAction =
@@ -75,6 +85,8 @@ export type CheckpointPrimaryAction =
   | { t: 'heartbeat'; epoch: number }
   | { t: 'claim'; epoch: number }
   | { t: 'alone'; epoch: number }
+  /** The recruited backup acknowledged its base checkpoint: the VM is protected again. */
+  | { t: 'joined'; epoch: number; checkpoint: number }
   | { t: 'halt'; reason: string };
 
 export interface CheckpointPrimaryStatus {
@@ -87,6 +99,8 @@ export interface CheckpointPrimaryStatus {
   inFlight: number;
   /** The next capture is a base checkpoint (the backup lacks the last acknowledged one). */
   baseDue: boolean;
+  /** A recruited backup is receiving its base checkpoint. */
+  joining: boolean;
   throttled: boolean;
   alone: boolean;
   phase: 'running' | 'claiming' | 'halted';
@@ -123,6 +137,8 @@ export class CheckpointPrimaryCore {
   private ackFloor = 0;
   /** Held outputs in production order: [checkpoint, id]. */
   private held: Array<[number, number]> = [];
+  /** A recruited backup is joining: `joined` is due once it acknowledges a base. */
+  private joining = false;
 
   constructor(private readonly cfg: CheckpointPrimaryConfig) {
     assert(cfg.intervalMs > 0 && cfg.failTimeoutMs > 0 && cfg.inFlightMax >= 1 && cfg.heldMaxOutputs >= 1, 'checkpoint config');
@@ -139,6 +155,7 @@ export class CheckpointPrimaryCore {
       heldOutputs: this.held.length,
       inFlight: this.inFlight(),
       baseDue: this.baseDue,
+      joining: this.joining,
       throttled: this.throttled,
       alone: this.alone,
       phase: this.phase,
@@ -181,7 +198,8 @@ export class CheckpointPrimaryCore {
         }
         break;
       case 'capture-failed':
-        assert(this.capturing && i.checkpoint === this.open, `capture of ${i.checkpoint} failed, asked for ${this.open}`);
+      case 'unchanged':
+        assert(this.capturing && i.checkpoint === this.open, `capture of ${i.checkpoint} ${i.t}, asked for ${this.open}`);
         this.capturing = false;
         this.capturingBase = false;
         break;
@@ -197,6 +215,10 @@ export class CheckpointPrimaryCore {
         if (i.checkpoint > this.acked) {
           this.acked = i.checkpoint;
           this.releaseAcked(out);
+          if (this.joining) {
+            this.joining = false;
+            out.push({ t: 'joined', epoch: this.epoch, checkpoint: i.checkpoint });
+          }
         }
         break;
       }
@@ -225,12 +247,30 @@ export class CheckpointPrimaryCore {
       case 'peer-closed':
         this.peer = false;
         break;
+      case 'join':
+        if (!this.alone || this.phase !== 'running') break; // a pair already (or deciding): the driver refuses the standby
+        this.alone = false;
+        this.joining = true;
+        this.peer = true;
+        this.everConnected = true;
+        this.lastHeardMs = i.nowMs;
+        this.lastSentMs = -Infinity;
+        // Nothing it holds counts: a base, numbered after everything captured, with nothing in flight.
+        this.baseDue = true;
+        this.ackFloor = Infinity;
+        this.peerApplied = this.captured;
+        this.droppedThrough = this.captured;
+        this.acked = this.captured;
+        out.push({ t: 'drop-unacked' });
+        if (!this.capturing) this.startCapture(i.nowMs, out);
+        break;
       case 'claim-result':
         if (this.phase !== 'claiming') break;
         if (i.unavailable) break; // retried at the next tick after claimRetryMs
         if (i.won) {
           this.epoch = i.epoch;
           this.alone = true;
+          this.joining = false;
           this.phase = 'running';
           this.acked = this.captured;
           out.push({ t: 'alone', epoch: this.epoch });

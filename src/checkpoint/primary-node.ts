@@ -15,13 +15,14 @@
  */
 import type { Arbiter } from '../arbiter/arbiter.js';
 import type { ChannelConnection } from '../channel/connection.js';
-import { FrameType, type Frame, type WireOutput } from '../channel/frames.js';
+import { FrameType, ControlKind, type Frame, type WireOutput } from '../channel/frames.js';
 import type { BatchEvent } from '../machine/vcpu.js';
 import type { NodeClock, ServicePort, Timer, VcpuPort } from '../replication/env.js';
 import { assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import type { NodeMetrics } from '../service/metrics.js';
 import { CheckpointPrimaryCore, type CheckpointPrimaryAction } from './core.js';
-import { CheckpointEncoder } from './wire.js';
+import { CheckpointEncoder, checkpointStateHash } from './wire.js';
 
 export interface CheckpointPrimaryOptions {
   vmName: string;
@@ -43,6 +44,11 @@ export interface CheckpointPrimaryOptions {
   vcpu: VcpuPort;
   service: ServicePort;
   log: Logger;
+  metrics?: NodeMetrics;
+  /** Serving alone now (the backup's failure won at the arbiter): the node recruits a new one. */
+  onAlone?: (epoch: number) => void;
+  /** A recruited backup acknowledged its base checkpoint: protected again. */
+  onJoined?: (epoch: number, checkpoint: number) => void;
 }
 
 export interface CheckpointPrimaryStats {
@@ -51,6 +57,9 @@ export interface CheckpointPrimaryStats {
   lastPauseMs: number;
   released: number;
 }
+
+/** Captures remembered for `ftvm status` (epoch length, checkpoint bytes/s). */
+const RECENT_CAPTURES = 128;
 
 export class CheckpointPrimary {
   private readonly core: CheckpointPrimaryCore;
@@ -67,6 +76,16 @@ export class CheckpointPrimary {
   /** Resolves with the reason when the primary halts (it lost the claim). */
   readonly done: Promise<string>;
   readonly stats: CheckpointPrimaryStats = { captured: 0, bytesCaptured: 0, lastPauseMs: 0, released: 0 };
+  /** [time ms, bytes, pause ms] of the last RECENT_CAPTURES captures, oldest first. */
+  private recent: Array<[number, number, number]> = [];
+  /** Client inputs handed to the vCPU since the last capture (with the count, what says the state may have changed). */
+  private inputsSinceCapture = 1;
+  private countAtCapture = -1;
+  private skipped = 0;
+  /** `POST /state-hash`: the next capture is hashed (and flagged so the backup hashes its copy). */
+  private hashWanted = false;
+  private hashed: { n: number; hash: string } | null = null;
+  private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
 
   constructor(private readonly opts: CheckpointPrimaryOptions) {
     const inFlightMax = opts.inFlightMax ?? 4;
@@ -87,7 +106,10 @@ export class CheckpointPrimary {
   async start(): Promise<void> {
     const vcpu = this.opts.vcpu;
     await this.opts.service.start({
-      input: (kind, conn, data) => vcpu.input(kind, conn, data),
+      input: (kind, conn, data) => {
+        this.inputsSinceCapture++;
+        vcpu.input(kind, conn, data);
+      },
       get backlogBytes() {
         return vcpu.backlog_bytes;
       },
@@ -99,11 +121,66 @@ export class CheckpointPrimary {
     return { ...this.core.status(), connected: this.conn !== undefined };
   }
 
+  /** What `ftvm status` shows of the checkpoints: interval, measured epoch length, bytes/s, pauses. */
+  checkpointStatus(): Record<string, unknown> {
+    const r = this.recent;
+    const now = this.opts.clock.now();
+    const window = r.filter(([t]) => now - t <= 5000);
+    const spanMs = window.length > 0 ? Math.max(1000, now - window[0]![0]) : 5000;
+    const pauses = r.map(([, , p]) => p).sort((a, b) => a - b);
+    const q = (p: number): number | null => (pauses.length === 0 ? null : +pauses[Math.min(pauses.length - 1, Math.ceil(p * pauses.length) - 1)]!.toFixed(3));
+    return {
+      intervalMs: this.opts.intervalMs,
+      epochLengthMs: r.length >= 2 ? +((r[r.length - 1]![0] - r[0]![0]) / (r.length - 1)).toFixed(2) : null,
+      bytesPerSecond: Math.round((window.reduce((a, [, b]) => a + b, 0) * 1000) / spanMs),
+      pauseP50Ms: q(0.5),
+      pauseP99Ms: q(0.99),
+      captured: this.stats.captured,
+      skippedIdle: this.skipped,
+      bytesCaptured: this.stats.bytesCaptured,
+      released: this.stats.released,
+    };
+  }
+
+  /**
+   * The state hash of the next checkpoint, once the backup acknowledged it (its copy, hashed when it
+   * applied the flagged checkpoint, must be the same: \`GET /state-hash\` there).
+   */
+  requestStateHash(): Promise<{ n: number; hash: string }> {
+    this.hashWanted = true;
+    return new Promise((resolve) => this.hashWaiters.push(resolve));
+  }
+
+  private answerHash(): void {
+    const h = this.hashed;
+    if (h === null || this.hashWaiters.length === 0) return;
+    const s = this.core.status();
+    if (!s.alone && s.ackedCheckpoint < h.n) return;
+    for (const w of this.hashWaiters.splice(0)) w(h);
+  }
+
   /**
    * The channel connection to the backup (the dialer's, after the handshake); the newest replaces the
    * previous. The backup's HELLO carries, in its nextSeq field, the checkpoint its replica applied.
    */
   attach(c: ChannelConnection): void {
+    this.connect(c, false);
+  }
+
+  /**
+   * Serving alone, a recruited standby answered on `c`: it becomes the backup, receiving a base
+   * checkpoint first (re-replication). False, and `c` closed, when this primary is not alone.
+   */
+  join(c: ChannelConnection): boolean {
+    if (this.halted || !this.core.status().alone || this.core.status().phase !== 'running') {
+      c.close(this.halted ? 'halted' : 'this primary has a backup');
+      return false;
+    }
+    this.connect(c, true);
+    return true;
+  }
+
+  private connect(c: ChannelConnection, join: boolean): void {
     if (this.halted) {
       c.close('halted');
       return;
@@ -116,6 +193,7 @@ export class CheckpointPrimary {
       if (f.type === FrameType.CHECKPOINT_ACK && f.epoch === this.core.status().epoch) {
         this.exec(this.core.step({ t: 'ack', checkpoint: f.checkpoint, nowMs }));
         this.unacked = this.unacked.filter((u) => u.checkpoint > f.checkpoint);
+        this.answerHash();
       } else {
         this.exec(this.core.step({ t: 'heard', nowMs }));
       }
@@ -125,8 +203,17 @@ export class CheckpointPrimary {
       this.conn = undefined;
       this.exec(this.core.step({ t: 'peer-closed' }));
     });
+    if (join) {
+      this.exec(this.core.step({ t: 'join', nowMs: this.opts.clock.now() }));
+      return;
+    }
     const applied = c.peerHello?.nextSeq;
     this.exec(this.core.step({ t: 'peer-open', nowMs: this.opts.clock.now(), ...(applied !== undefined ? { applied } : {}) }));
+  }
+
+  /** A CONTROL frame to the backup, if connected (`ftvm stop`: the backup must not go live). */
+  sendControl(kind: (typeof ControlKind)[keyof typeof ControlKind], reason: string): void {
+    this.conn?.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind, reason });
   }
 
   /** Stops the timer, the connection and the client service; the vCPU is the caller's. */
@@ -148,20 +235,41 @@ export class CheckpointPrimary {
   }
 
   private capture(checkpoint: number, base: boolean): void {
-    this.opts.vcpu
+    const vcpu = this.opts.vcpu;
+    if (!base && !this.hashWanted && this.held.size === 0 && this.inputsSinceCapture === 0 && vcpu.count === this.countAtCapture) {
+      // No output waits, no input arrived and the guest did not run since the last checkpoint: nothing to
+      // capture. (Safe even if the published count lagged: with no output held, no client saw a state the
+      // backup lacks.)
+      this.skipped++;
+      this.exec(this.core.step({ t: 'unchanged', checkpoint }));
+      return;
+    }
+    this.inputsSinceCapture = 0;
+    const hash = this.hashWanted;
+    this.hashWanted = false;
+    vcpu
       .takeSnapshot((t) => {
         // Synchronously where the snapshot arrives: batches before it were handled (their outputs belong to
         // this checkpoint), none after it yet. The snapshot's memory is a reused buffer: encode now.
         const epoch = this.core.status().epoch;
         if (base) this.encoder.reset();
-        const data = this.encoder.encode(epoch, checkpoint, t.snapshot);
+        const data = this.encoder.encode(epoch, checkpoint, t.snapshot, hash);
+        if (hash) this.hashed = { n: checkpoint, hash: checkpointStateHash(t.snapshot) };
+        this.countAtCapture = t.snapshot.count;
         this.unacked.push({ checkpoint, epoch, data });
         this.stats.captured++;
         this.stats.bytesCaptured += data.length;
         this.stats.lastPauseMs = t.pauseMs;
+        if (this.recent.length >= RECENT_CAPTURES) this.recent.shift();
+        this.recent.push([this.opts.clock.now(), data.length, t.pauseMs]);
+        this.opts.metrics?.checkpoints.inc({ direction: 'out' });
+        this.opts.metrics?.checkpointBytes.inc({ direction: 'out' }, data.length);
+        this.opts.metrics?.checkpointPause.observe(t.pauseMs / 1000);
         this.exec(this.core.step({ t: 'captured', checkpoint, bytes: data.length }));
       })
       .catch((err: unknown) => {
+        this.inputsSinceCapture++; // not captured: the next one must not be skipped
+        if (hash) this.hashWanted = true;
         this.opts.log.warn({ checkpoint, err: (err as Error).message }, 'checkpoint capture failed; trying again');
         if (this.encoder.lastCheckpoint < checkpoint) this.exec(this.core.step({ t: 'capture-failed', checkpoint }));
       });
@@ -208,6 +316,14 @@ export class CheckpointPrimary {
         case 'alone':
           this.opts.log.warn({ epoch: a.epoch }, 'won the claim: serving alone (no backup)');
           this.unacked = [];
+          this.conn?.close('the backup failed: serving alone');
+          this.conn = undefined;
+          this.opts.onAlone?.(a.epoch);
+          this.answerHash();
+          break;
+        case 'joined':
+          this.opts.log.warn({ epoch: a.epoch, checkpoint: a.checkpoint }, 'redundancy restored: the new backup holds a base checkpoint');
+          this.opts.onJoined?.(a.epoch, a.checkpoint);
           break;
         case 'halt':
           this.halted = true;

@@ -6,7 +6,7 @@
  *
  *   "FTVMCKPT" | u8 version | varint epoch | varint checkpoint | varint count | varint seq | u8 flags
  *   (1 stepAgain, 2 deliveredInStep, 4 booted, 8 resume, 16 disk, 32 disk unchanged since the previous
- *   checkpoint, 64 base) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
+ *   checkpoint, 64 base, 128 hash: the backup hashes its state once applied) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
  *   | [flag 8: varint length + the unwound stack] | [flag 16 without 32: varint length + the disk's
  *   serialization] | varint length + memory delta (src/checkpoint/delta.ts, with its own CRC-32)
  *   | u32 CRC-32 of everything before it
@@ -21,6 +21,7 @@
  * applied, and it replaces the replica's state entirely (still all or nothing, CRC-checked). The primary
  * sends one to a backup that (re)connects without the primary's last acknowledged checkpoint.
  */
+import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import type { DeviceState } from '../machine/devices.js';
@@ -41,6 +42,7 @@ const F_RESUME = 8;
 const F_DISK = 16;
 const F_DISK_SAME = 32;
 const F_BASE = 64;
+const F_HASH = 128;
 
 function refuse(msg: string, cause?: unknown): never {
   throw new FtvmError('FTVM_ERR_CHECKPOINT', `checkpoint refused: ${msg}`, cause !== undefined ? { cause } : undefined);
@@ -61,6 +63,8 @@ export interface DecodedCheckpoint {
   disk?: Uint8Array | 'same';
   /** A base checkpoint: memory against zeros, independent of every earlier checkpoint. */
   base: boolean;
+  /** The primary hashed this checkpoint's state: the backup hashes its own once applied (replicas agree?). */
+  hash: boolean;
   delta: Uint8Array;
 }
 
@@ -82,7 +86,6 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
     const count = r.varint();
     const seq = r.varint();
     const flags = r.u8();
-    if (flags >= 128) refuse(`unknown flags ${flags}`);
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_DISK) === 0) refuse('an unchanged disk without a disk');
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_BASE) !== 0) refuse('a base checkpoint with an unchanged disk');
     const n = r.varint();
@@ -113,6 +116,7 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
       ...(resume !== undefined ? { resume } : {}),
       ...(disk !== undefined ? { disk } : {}),
       base: (flags & F_BASE) !== 0,
+      hash: (flags & F_HASH) !== 0,
       delta,
     };
   } catch (err) {
@@ -173,7 +177,11 @@ export class CheckpointEncoder {
     return this.last;
   }
 
-  encode(epoch: number, checkpoint: number, s: Snapshot): Uint8Array {
+  /**
+   * `hash`: flag the checkpoint so the backup hashes its state once it applied it (the caller hashes the
+   * snapshot with {@link checkpointStateHash}: the two must agree).
+   */
+  encode(epoch: number, checkpoint: number, s: Snapshot, hash = false): Uint8Array {
     const base = this.baseNext;
     assert(base ? checkpoint > this.last : checkpoint === this.last + 1, `checkpoint ${checkpoint} encoded after ${this.last}${base ? ' (a base)' : ''}`);
     const delta = this.tracker.delta(s.memory);
@@ -192,7 +200,8 @@ export class CheckpointEncoder {
         (s.resume !== undefined ? F_RESUME : 0) |
         (s.disk !== undefined ? F_DISK : 0) |
         (diskSame ? F_DISK_SAME : 0) |
-        (base ? F_BASE : 0),
+        (base ? F_BASE : 0) |
+        (hash ? F_HASH : 0),
     );
     w.varint(s.globals.length);
     const f64 = Buffer.alloc(8);
@@ -255,6 +264,8 @@ export class CheckpointReplica {
   private memory: Uint8Array = new Uint8Array(0);
   private held: Held | undefined;
   private epochFloor: number;
+  /** The state hash of the last checkpoint the primary flagged for hashing (null: none yet). */
+  lastHash: { n: number; hash: string } | null = null;
 
   constructor(epoch: number) {
     this.epochFloor = epoch;
@@ -322,6 +333,7 @@ export class CheckpointReplica {
       ...(disk !== undefined ? { disk } : {}),
     };
     this.epochFloor = c.epoch;
+    if (c.hash) this.lastHash = { n: c.checkpoint, hash: checkpointStateHash({ ...this.held, memory: this.memory }) };
     return c.checkpoint;
   }
 
@@ -350,4 +362,38 @@ export class CheckpointReplica {
       ...(h.disk !== undefined ? { disk: new Uint8Array(h.disk) } : {}),
     };
   }
+}
+
+/**
+ * SHA-256 (hex) of a checkpoint's state: instruction count, seq, flags, globals, device state, unwound
+ * stack, disk and memory. The primary hashes the snapshot it encodes, the backup the state it holds after
+ * applying that checkpoint: equal hashes mean the backup holds exactly what the primary captured.
+ */
+export function checkpointStateHash(s: Pick<Snapshot, 'count' | 'seq' | 'stepAgain' | 'deliveredInStep' | 'booted' | 'globals' | 'devices' | 'memory' | 'resume' | 'disk'>): string {
+  const h = createHash('sha256');
+  const head = Buffer.alloc(24);
+  head.writeBigUInt64LE(BigInt(s.count), 0);
+  head.writeBigUInt64LE(BigInt(s.seq), 8);
+  head.writeUInt32LE((s.stepAgain ? 1 : 0) | (s.deliveredInStep ? 2 : 0) | (s.booted ? 4 : 0), 16);
+  head.writeUInt32LE(s.globals.length, 20);
+  h.update(head);
+  const g = Buffer.alloc(9 * s.globals.length);
+  s.globals.forEach((v, i) => {
+    if (typeof v === 'bigint') {
+      g.writeUInt8(1, i * 9);
+      g.writeBigUInt64LE(BigInt.asUintN(64, v), i * 9 + 1);
+    } else g.writeDoubleLE(v, i * 9 + 1);
+  });
+  h.update(g);
+  const lengths = Buffer.alloc(12);
+  const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
+  lengths.writeUInt32LE(dev.length, 0);
+  lengths.writeUInt32LE(s.resume?.length ?? 0xffffffff, 4);
+  lengths.writeUInt32LE(s.disk?.length ?? 0xffffffff, 8);
+  h.update(lengths);
+  h.update(dev);
+  if (s.resume !== undefined) h.update(s.resume);
+  if (s.disk !== undefined) h.update(s.disk);
+  h.update(s.memory);
+  return h.digest('hex');
 }

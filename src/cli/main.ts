@@ -178,15 +178,20 @@ export function buildProgram(): Command {
       console.log(`start function: ${g.instrumented.hasStart ? 'yes (metered)' : 'no'}; mutable globals: ${g.instrumented.globalExports.length}`);
     });
 
+  /** The replication mode of a replica (`run`, `standby`): every replica of a VM must use the same. */
+  const modeOptions = (cmd: Command): Command =>
+    cmd
+      .option('--mode <mode>', "replay (the backup replays the primary's log; single-threaded guests) | checkpoint (state transfer: the backup keeps the last checkpoint and goes live from it; any guest)", 'replay')
+      .option('--checkpoint-interval-ms <ms>', '--mode checkpoint: a checkpoint at least this often (and at once when outputs wait)', intArg('--checkpoint-interval-ms', 1, 60_000), 20);
+
   const run = program
     .command('run')
     .description('Run a guest as the primary (serving clients, streaming its log) or the backup (replaying it) of a fault-tolerant pair')
     .argument('<guest.wasm>', 'the guest module; both replicas must run the same one')
     .requiredOption('--role <role>', 'primary | backup')
     .option('--peer <host:port>', "primary: the backup's channel address; omit to start without a backup (FT off, or with --arbiter: recruit one from the standby pool)")
-    .option('--channel <host:port>', "backup: where to listen for the primary's logging channel")
-    .option('--mode <mode>', 'replay (the backup replays the primary\'s log) | checkpoint (state transfer: the backup keeps the last checkpoint and goes live from it)', 'replay')
-    .option('--checkpoint-interval-ms <ms>', '--mode checkpoint: a checkpoint at least this often (and at once when outputs wait)', intArg('--checkpoint-interval-ms', 1, 60_000), 20);
+    .option('--channel <host:port>', "backup: where to listen for the primary's logging channel");
+  modeOptions(run);
   nodeOptions(run).action(async (guestPath: string, o) => {
     await runNode(guestPath, o);
   });
@@ -198,6 +203,7 @@ export function buildProgram(): Command {
     .requiredOption('--channel <host:port>', 'where to listen for the recruiting primary (registered in the pool)')
     .option('--advertise <host:port>', 'the channel address to register in the pool, if primaries reach this host elsewhere (default: --channel)')
     .option('--lease-ttl-ms <ms>', 'lease of the pool entry: a standby that stops renewing drops out after this long', intArg('--lease-ttl-ms', 1000, 3_600_000), 3000);
+  modeOptions(standbyCmd);
   nodeOptions(standbyCmd).action(async (guestPath: string, o) => {
     await runStandby(guestPath, o);
   });

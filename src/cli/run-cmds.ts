@@ -130,9 +130,8 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   if (o.record !== undefined && o.recordMaxBytes < RECORD_MIN_BYTES) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--record-max-bytes must be at least ${RECORD_MIN_BYTES}`);
   }
-  const mode = o.mode ?? 'replay';
-  if (mode !== 'replay' && mode !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode must be replay or checkpoint, not "${mode}"`);
-  if (mode === 'checkpoint') {
+  if (o.role === 'backup' && !o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
+  if (replicationMode(o.mode) === 'checkpoint') {
     await runCheckpoint(guestPath, o);
     return;
   }
@@ -151,31 +150,49 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   await runUntilSignal(node, log, common.secret);
 }
 
+/** `--mode`: replay (default) or checkpoint; anything else is refused. */
+function replicationMode(mode: string | undefined): 'replay' | 'checkpoint' {
+  const m = mode ?? 'replay';
+  if (m !== 'replay' && m !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode must be replay or checkpoint, not "${m}"`);
+  return m;
+}
+
 /**
- * `ftvm run --mode checkpoint` (issue #17, first step): a primary checkpointing its guest to a backup that
- * keeps the last complete checkpoint and goes live from it. Not yet: --record, proxies, standbys and
- * re-replication, the control endpoint's checkpoint status, the demo.
+ * `ftvm run --mode checkpoint` and `ftvm standby --mode checkpoint` (issue #17): a primary checkpointing
+ * its guest to a backup that keeps the last complete checkpoint and goes live from it; alone with an
+ * arbiter, the primary recruits a standby from the pool. Not yet in this mode: --record, proxies, disks.
  */
-async function runCheckpoint(guestPath: string, o: RunOptions): Promise<void> {
+async function runCheckpoint(guestPath: string, o: RunOptions & { leaseTtlMs?: number; advertise?: string }): Promise<void> {
   for (const [flag, given] of [
     ['--record', o.record !== undefined],
     ['--proxy-listen', o.proxyListen !== undefined],
     ['--disk', o.disk !== undefined],
-    ['--control', o.control !== undefined],
   ] as const) {
     if (given) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag} is not supported with --mode checkpoint yet`);
   }
-  const { common, service, log } = await nodeSetup(guestPath, { ...o, recruit: false });
-  if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint-mode node needs --service <host:port> (the backup serves there once it goes live)');
   const intervalMs = o.checkpointIntervalMs ?? 20;
+  if (!Number.isInteger(intervalMs) || intervalMs < 1 || intervalMs > 60_000) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--checkpoint-interval-ms must be an integer from 1 to 60000, not ${intervalMs}`);
+  const { common, service, log } = await nodeSetup(guestPath, o);
+  if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint-mode node needs --service <host:port> (a backup serves there once it goes live)');
   let node: CheckpointNode;
   if (o.role === 'primary') {
     const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
+    if (!peer && common.arbiter && common.recruit) log.info({ hostId: o.hostId }, 'no --peer: starting alone; a standby from the pool will become the backup');
     node = new CheckpointNode({ ...common, role: 'primary', intervalMs, service, ...(peer ? { peer } : {}) });
   } else {
-    if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
-    node = new CheckpointNode({ ...common, role: 'backup', intervalMs, service, listen: parseAddr('--channel', o.channel) });
+    const listen = parseAddr('--channel', o.channel!);
+    const standby = o.role === 'standby';
+    node = new CheckpointNode({
+      ...common,
+      role: standby ? 'standby' : 'backup',
+      intervalMs,
+      service,
+      listen,
+      ...(standby && o.leaseTtlMs !== undefined ? { leaseTtlMs: o.leaseTtlMs } : {}),
+      ...(standby && o.advertise !== undefined ? { advertise: parseAddr('--advertise', o.advertise) } : {}),
+    });
   }
+  announce(node, common, log);
   await runUntilSignal(node, log, common.secret);
 }
 
@@ -234,6 +251,10 @@ export interface StandbyCliOptions extends Omit<RunOptions, 'role'> {
 export async function runStandby(guestPath: string, o: StandbyCliOptions): Promise<void> {
   if (!o.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter <url>: its pool is kept there');
   if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --channel <host:port> to listen on for the recruiting primary');
+  if (replicationMode(o.mode) === 'checkpoint') {
+    await runCheckpoint(guestPath, { ...o, role: 'standby' });
+    return;
+  }
   const { common, service, log } = await nodeSetup(guestPath, { ...o, role: 'standby' });
   const node = new StandbyNode({ ...common, listen: parseAddr('--channel', o.channel), hostId: o.hostId, leaseTtlMs: o.leaseTtlMs, ...(service ? { service } : {}), ...(o.advertise ? { advertise: parseAddr('--advertise', o.advertise) } : {}) });
   announce(node, common, log);

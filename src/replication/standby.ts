@@ -9,7 +9,6 @@
 import { ChannelListener } from '../channel/endpoints.js';
 import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
 import { FrameType, SnapshotPart, type Frame, type HelloFrame } from '../channel/frames.js';
-import type { StandbyRecord } from '../arbiter/arbiter.js';
 import { moduleHash, type VmConfig } from '../log/recording.js';
 import { SnapshotAssembler } from '../machine/snapshot-codec.js';
 import { ControlServer } from '../service/control.js';
@@ -18,7 +17,8 @@ import { FtvmError } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { BackupNode, type BackupOptions } from './node.js';
 import { controlOptions, securityStatus, type Addr } from './node-common.js';
-import type { NodeClock, Timer } from './env.js';
+import type { NodeClock } from './env.js';
+import { PoolMembership } from './pool.js';
 
 export interface StandbyOptions extends Omit<BackupOptions, 'joined' | 'onAbandon' | 'onArmed'> {
   /** This standby's host id in the pool (primaries never recruit one on their own host). */
@@ -49,14 +49,8 @@ export class StandbyNode {
   private readonly assembler = new SnapshotAssembler(); // reused across joins (DESIGN.md §3)
   private receiving: Receiving | null = null;
   private backup: BackupNode | null = null;
-  private pooled: StandbyRecord | null = null;
-  private renewTimer: Timer | undefined;
+  private readonly pool: PoolMembership;
   private readonly clock: NodeClock;
-  private renewing = false;
-  private leavePool = false;
-  private recruitedSinceMs = 0;
-  private stopped = false;
-  private lastNote = 'registering';
   private joins = 0;
   readonly metrics: NodeMetrics;
 
@@ -66,6 +60,18 @@ export class StandbyNode {
     this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
     this.observeAsStandby();
     if (!opts.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter (its pool lives there)');
+    this.pool = new PoolMembership({
+      arbiter: opts.arbiter,
+      vm: opts.config.name,
+      hostId: opts.hostId,
+      channel: () => this.channel,
+      leaseTtlMs: opts.leaseTtlMs,
+      arbiterDeadlineMs: opts.timings.arbiterDeadlineMs,
+      clock: this.clock,
+      log: this.log,
+      ...(opts.recruitedWaitMs !== undefined ? { recruitedWaitMs: opts.recruitedWaitMs } : {}),
+      busy: () => this.receiving !== null || this.backup !== null,
+    });
     this.identity = { role: 'standby', vmName: opts.config.name, moduleHash: moduleHash(opts.guest.original), epoch: 0, nextSeq: () => 0, liveness: () => opts.liveness ?? '' };
   }
 
@@ -100,44 +106,8 @@ export class StandbyNode {
       this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { ...controlOptions(o), identity: { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) } });
       await this.control.start();
     }
-    await this.register(true);
+    await this.pool.start();
     this.log.info({ channel: this.channel, hostId: o.hostId, vm: o.config.name }, 'standby is in the pool');
-  }
-
-  // ---------------------------------------------------------------- the pool
-
-  /** Registers (free) or renews; schedules the next renewal. Never throws: an unreachable arbiter is retried. */
-  private async register(free: boolean): Promise<void> {
-    const o = this.opts;
-    if (this.stopped || this.leavePool || this.renewing) return;
-    this.renewing = true;
-    try {
-      const rec = await o.arbiter!.registerStandby(o.config.name, { hostId: o.hostId, channel: this.channel, free }, o.leaseTtlMs, { deadlineMs: o.timings.arbiterDeadlineMs });
-      if (rec.state === 'recruited' && this.pooled?.state !== 'recruited') {
-        this.recruitedSinceMs = this.clock.now();
-        this.log.info({ by: rec.owner, epoch: rec.epoch }, 'recruited by a primary; waiting for it to connect');
-      }
-      this.pooled = rec;
-      this.lastNote = rec.state === 'free' ? 'in the pool, free' : `recruited by ${rec.owner} at epoch ${rec.epoch}`;
-      // Recruited, but the primary never came (it died, or gave up): back to the pool.
-      if (rec.state === 'recruited' && this.receiving === null && this.backup === null && this.clock.now() - this.recruitedSinceMs > (o.recruitedWaitMs ?? 5000)) {
-        this.log.warn({ by: rec.owner }, 'recruited, but no primary connected in time: returning to the pool');
-        this.renewing = false;
-        return this.register(true);
-      }
-    } catch (err) {
-      this.lastNote = `cannot reach the arbiter: ${(err as Error).message}`;
-      this.log.warn({ err: (err as Error).message }, 'standby: cannot register at the arbiter; retrying');
-    } finally {
-      this.renewing = false;
-    }
-    this.scheduleRenew();
-  }
-
-  private scheduleRenew(): void {
-    if (this.stopped || this.leavePool) return;
-    this.renewTimer?.cancel();
-    this.renewTimer = this.clock.after(Math.max(100, Math.floor(this.opts.leaseTtlMs / 3)), () => void this.register(false));
   }
 
   private returnToPool(reason: string): void {
@@ -148,9 +118,7 @@ export class StandbyNode {
     this.identity.role = 'standby';
     Object.defineProperty(this.identity, 'epoch', { value: 0, writable: true, configurable: true, enumerable: true });
     this.identity.nextSeq = () => 0;
-    this.leavePool = false;
-    this.renewing = false;
-    void this.register(true);
+    this.pool.returnToPool();
   }
 
   // ---------------------------------------------------------------- the join
@@ -241,16 +209,8 @@ export class StandbyNode {
   }
 
   /** Armed: this node is the VM's backup now, no longer in the pool. */
-  private async leave(): Promise<void> {
-    this.leavePool = true;
-    this.renewTimer?.cancel();
-    this.pooled = null;
-    try {
-      await this.opts.arbiter!.removeStandby(this.opts.config.name, this.opts.hostId, { deadlineMs: this.opts.timings.arbiterDeadlineMs });
-    } catch (err) {
-      // The lease runs out by itself; a primary that recruits it meanwhile is refused (we are busy).
-      this.log.warn({ err: (err as Error).message }, 'standby: could not leave the pool; its lease will run out');
-    }
+  private leave(): Promise<void> {
+    return this.pool.leave();
   }
 
   status(): Record<string, unknown> {
@@ -262,7 +222,7 @@ export class StandbyNode {
       vm: this.opts.config.name,
       hostId: this.opts.hostId,
       channel: this.channel,
-      pool: this.lastNote,
+      pool: this.pool.note,
       joins: this.joins,
       receiving: r ? { receivedBytes: r.receivedBytes, totalBytes: r.totalBytes, percent: r.totalBytes ? Math.round((100 * r.receivedBytes) / r.totalBytes) : 0 } : null,
       ...securityStatus(this.opts),
@@ -277,18 +237,10 @@ export class StandbyNode {
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
-    this.renewTimer?.cancel();
     this.receiving?.conn.close('shutting down');
     await this.backup?.stop();
     await this.listener?.close();
     await this.control?.close();
-    if (this.pooled !== null) {
-      try {
-        await this.opts.arbiter!.removeStandby(this.opts.config.name, this.opts.hostId, { deadlineMs: this.opts.timings.arbiterDeadlineMs });
-      } catch {
-        // the lease runs out by itself
-      }
-    }
+    await this.pool.stop();
   }
 }

@@ -96,6 +96,11 @@ export class NodeMetrics {
   readonly rereplicationSeconds: Histogram;
   readonly snapshotBytes: Counter;
   readonly poolSize: Gauge;
+  /** Checkpoint mode: checkpoints captured and sent ('out', primary) or applied ('in', backup). */
+  readonly checkpoints: Counter<'direction'>;
+  readonly checkpointBytes: Counter<'direction'>;
+  /** Checkpoint mode: how long the guest stood still for each capture (primary). */
+  readonly checkpointPause: Histogram;
   readonly vcpuUtilization: Gauge;
 
   /** Hold-start times of the outputs the core holds, oldest first (the core releases them in order). */
@@ -167,6 +172,9 @@ export class NodeMetrics {
     this.rereplicationPause = new Histogram({ name: 'ftvm_rereplication_pause_seconds', help: 'How long the guest stood still for the snapshot of a re-replication', buckets: SECONDS_BUCKETS, ...r });
     this.rereplicationSeconds = new Histogram({ name: 'ftvm_rereplication_seconds', help: 'From recruiting a standby to the armed pair', buckets: SECONDS_BUCKETS, ...r });
     this.snapshotBytes = new Counter({ name: 'ftvm_snapshot_sent_bytes_total', help: 'Snapshot memory bytes streamed to joining standbys', ...r });
+    this.checkpoints = new Counter({ name: 'ftvm_checkpoints_total', help: 'Checkpoint mode: checkpoints captured and sent (out, primary) or applied (in, backup)', labelNames: ['direction'], ...r });
+    this.checkpointBytes = new Counter({ name: 'ftvm_checkpoint_bytes_total', help: 'Checkpoint mode: encoded checkpoint bytes sent (out) or applied (in)', labelNames: ['direction'], ...r });
+    this.checkpointPause = new Histogram({ name: 'ftvm_checkpoint_pause_seconds', help: 'Checkpoint mode: how long the guest stood still for each checkpoint capture', buckets: SECONDS_BUCKETS, ...r });
     this.poolSize = new Gauge({ name: 'ftvm_standby_pool_size', help: 'Standbys registered in the VM\'s pool as last seen by this node', labelNames: ['state'], ...r });
     // Known label values start at 0, so a rate() sees the first increment and a scrape shows every series.
     for (const direction of ['in', 'out']) {
