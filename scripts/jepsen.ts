@@ -1,6 +1,6 @@
 /**
  * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd]
- * [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]`
+ * [--etcd-members M] [--overlap] [--mode replay|checkpoint] [--via direct|proxy] [--fault-kinds k1,k2] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]`
  *
  * `--overlap`: a second fault before the pair is protected again (src/jepsen/nemesis.ts), including
  * killing a primary that runs alone: that VM is lost by design; the run says so (`vms_lost`,
@@ -21,7 +21,7 @@ import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--mode replay|checkpoint] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -46,6 +46,7 @@ let etcdMembers = 1;
 let failTimeoutMs: number | undefined;
 let via: 'direct' | 'proxy' = 'direct';
 let faultKinds: FaultKind[] | undefined;
+let mode: 'replay' | 'checkpoint' = 'replay';
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   const v = args[i + 1];
@@ -100,6 +101,11 @@ for (let i = 0; i < args.length; i++) {
       etcdMembers = intArg(a, v, 1);
       i++;
       break;
+    case '--mode':
+      if (v !== 'replay' && v !== 'checkpoint') usage(`--mode is replay or checkpoint, not ${String(v)}`);
+      mode = v;
+      i++;
+      break;
     case '--via':
       if (v !== 'direct' && v !== 'proxy') usage(`--via is direct or proxy, not ${String(v)}`);
       via = v;
@@ -120,7 +126,9 @@ for (let i = 0; i < args.length; i++) {
 }
 
 if (etcdMembers !== 1 && arbiter !== 'etcd') usage('--etcd-members needs --arbiter etcd');
-const extra = `${via !== 'direct' ? ` --via ${via}` : ''}${faultKinds !== undefined ? ` --fault-kinds ${faultKinds.join(',')}` : ''}${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
+if (mode === 'checkpoint' && guest === 'sqlite') usage('--mode checkpoint does not run guests with a disk yet (sqlite)');
+if (mode === 'checkpoint' && via === 'proxy') usage('--mode checkpoint does not serve ftvm proxy sessions yet: use --via direct');
+const extra = `${mode !== 'replay' ? ` --mode ${mode}` : ''}${via !== 'direct' ? ` --via ${via}` : ''}${faultKinds !== undefined ? ` --fault-kinds ${faultKinds.join(',')}` : ''}${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
 console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --guest ${guest} --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys}${extra})`);
 const t0 = Date.now();
 const bar = quiet ? undefined : progress('faults', faults);
@@ -131,7 +139,7 @@ const log = bar === undefined ? undefined : (line: string): void => {
 };
 let code = 1;
 try {
-  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, via, ...(faultKinds !== undefined ? { faultKinds } : {}), ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}), ...(nodeLogDir !== undefined ? { nodeLogDir } : {}) });
+  const { result } = await runJepsen({ faults, guest, seed, arbiter, clients, keys, overlap, etcdMembers, via, mode, ...(faultKinds !== undefined ? { faultKinds } : {}), ...(failTimeoutMs !== undefined ? { nodeArgs: ['--fail-timeout-ms', String(failTimeoutMs)] } : {}), ...(log ? { log } : {}), ...(historyOut !== undefined ? { historyOut } : {}), ...(nodeLogDir !== undefined ? { nodeLogDir } : {}) });
   code = result.passed ? 0 : result.checks_passed && result.vms_lost > 0 ? 3 : 1;
   bar?.stop();
   console.log(JSON.stringify(result));

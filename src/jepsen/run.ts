@@ -11,6 +11,7 @@ import { checkKv, type KvOperation } from '../check/kv-model.js';
 import { formatCheckResult, type CheckResult } from '../check/linearizability.js';
 import { countLostWrites, type FinalRead, type LostWritesResult } from '../check/lost-writes.js';
 import { controlRequest } from '../service/control.js';
+import { FtvmError } from '../util/errors.js';
 import { Prng } from '../testing/prng.js';
 import { connectAny, History, keyName, protocolFor, recordedCall, startWorkload, type KvProtocol } from './client.js';
 import { Cluster, type ArbiterKind, type ProtectedPair } from './cluster.js';
@@ -59,10 +60,14 @@ export interface JepsenOptions {
   faultKinds?: readonly FaultKind[];
   /** Keep every node's output in this directory (one file per node process). */
   nodeLogDir?: string;
+  /** The replication mode of every node (default replay): `--mode checkpoint` runs checkpoint-mode replicas. */
+  mode?: 'replay' | 'checkpoint';
 }
 
 export interface JepsenResult {
   guest: JepsenGuest;
+  /** The replication mode of the nodes. */
+  mode: 'replay' | 'checkpoint';
   /** How clients reach the VM: each replica's service port, or one `ftvm proxy`. */
   via: 'direct' | 'proxy';
   seed: number;
@@ -159,6 +164,9 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
 
   const guestName: JepsenGuest = o.guest ?? 'kv';
   const guest = JEPSEN_GUESTS[guestName];
+  const mode = o.mode ?? 'replay';
+  if (mode === 'checkpoint' && guest.disk) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode checkpoint does not run guests with a disk yet (${guestName})`);
+  const nodeArgs = [...(mode === 'checkpoint' ? ['--mode', 'checkpoint'] : []), ...(o.nodeArgs ?? [])];
   const protocol = protocolFor(guestName);
   // A guest with a disk: each replica its own image file, a fresh one per restart.
   const diskDir = guest.disk ? mkdtempSync(join(tmpdir(), 'ftvm-jepsen-disk-')) : undefined;
@@ -172,9 +180,9 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
     // The WASI guests are larger to load and instrument than the kv guest: more time to start.
     ...(guestName !== 'kv' ? { startTimeoutMs: 90_000, settleTimeoutMs: 180_000 } : {}),
     ...(diskDir !== undefined
-      ? { nodeArgs: ['--disk-size', String(32 << 20), ...(o.nodeArgs ?? [])], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
-      : o.nodeArgs
-        ? { nodeArgs: o.nodeArgs }
+      ? { nodeArgs: ['--disk-size', String(32 << 20), ...nodeArgs], slotArgs: (s) => ['--disk', join(diskDir, `slot${s.index}-g${s.gen}.img`)], startTimeoutMs: 180_000 }
+      : nodeArgs.length > 0
+        ? { nodeArgs }
         : {}),
   });
   try {
@@ -271,6 +279,7 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const passed = checksPassed && lostEras.length === 0;
   const result: JepsenResult = {
     guest: guestName,
+    mode,
     via: o.via ?? 'direct',
     seed: o.seed,
     arbiter: o.arbiter,
