@@ -87,8 +87,13 @@ async function stateHashes(auth: Uint8Array, primaryControl: string, backupContr
   return [h, b as unknown as Hash];
 }
 
-export async function pairDemo(o: { guest: string; ops?: number; clients: number; keep?: boolean }): Promise<boolean> {
+export async function pairDemo(o: { guest: string; ops?: number; clients: number; keep?: boolean; mode?: 'replay' | 'checkpoint' }): Promise<boolean> {
   const g = demoGuest(o.guest);
+  // Checkpoint mode (state transfer): the backup keeps the last checkpoint; no log, so no recording to
+  // replay and no proxy sessions (yet), and no disk guests (yet).
+  const ckpt = o.mode === 'checkpoint';
+  if (ckpt && g.sql) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--mode checkpoint does not run guests with a disk yet: use --guest kv, c-server or rust-server');
+  const modeArgs = ckpt ? ['--mode', 'checkpoint'] : [];
   const ops = o.ops ?? g.defaultOps;
   const vm = g.sql ? 'demo-sqlite' : 'demo-kv';
   /** Start-up bound of one node: SQLite is a large guest to load and instrument. */
@@ -104,7 +109,7 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
   const [svc3, chan3, sc, dash] = [await freePort(), await freePort(), await freePort(), await freePort()];
   // A kv-protocol ring guest: the clients go through `ftvm proxy` (docs/PROXY.md), one connection each
   // for the whole run, kill -9 included. (WASI guests do not keep proxied connections across a failover yet.)
-  const viaProxy = !g.sql && (o.guest === 'kv' || o.guest.endsWith('/kv.wasm'));
+  const viaProxy = !ckpt && !g.sql && (o.guest === 'kv' || o.guest.endsWith('/kv.wasm'));
   const [px1, px2, px3, pxl] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const proxyArgs = (port: number): string[] => (viaProxy ? ['--proxy-listen', `127.0.0.1:${port}`] : []);
   const lines: string[] = [];
@@ -117,11 +122,13 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     console.log(
       g.sql
         ? '== ftvm demo: SQLite, unmodified, as a fault-tolerant VM with a replicated disk (arbiter + primary + hot backup on loopback) =='
-        : '== ftvm demo: a fault-tolerant key/value VM (arbiter + primary + hot backup on loopback) ==',
+        : ckpt
+          ? '== ftvm demo: a fault-tolerant key/value VM in checkpoint mode (state transfer: arbiter + primary + backup holding its checkpoints, on loopback) =='
+          : '== ftvm demo: a fault-tolerant key/value VM (arbiter + primary + hot backup on loopback) ==',
     );
     procs.push(child(['arbiter', '--data', join(dir, 'arbiter'), '--listen', `127.0.0.1:${arb}`, '--secret-file', secret], 'arbiter', lines));
     await until('the arbiter', () => lines.some((l) => l.includes('arbiter is listening')), 30_000);
-    const common = ['--arbiter', `ftvm://127.0.0.1:${arb}`, '--vm-name', vm, '--secret-file', secret];
+    const common = ['--arbiter', `ftvm://127.0.0.1:${arb}`, '--vm-name', vm, '--secret-file', secret, ...modeArgs];
     const dashboardUrl = `http://127.0.0.1:${dash}/`;
     procs.push(child(['dashboard', '--arbiter', `ftvm://127.0.0.1:${arb}`, '--secret-file', secret, '--vm-name', vm, '--listen', `127.0.0.1:${dash}`], 'dashboard', lines));
     await until('the dashboard', () => lines.some((l) => l.includes('dashboard is serving')), 30_000);
@@ -129,10 +136,10 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     // guest) competes for the CPU with a pair that has just begun heartbeating. The standby keeps a
     // continuous recording once it is a backup: the demo replays it at the end.
     const recordDir = await mkdtemp(join(tmpdir(), 'ftvm-demo-recording-'));
-    procs.push(child(['standby', g.path, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', '--record', recordDir, ...common, ...disk('standby'), ...proxyArgs(px3)], 'standby', lines));
+    procs.push(child(['standby', g.path, '--channel', `127.0.0.1:${chan3}`, '--service', `127.0.0.1:${svc3}`, '--control', `127.0.0.1:${sc}`, '--host-id', 'spare-host', ...(ckpt ? [] : ['--record', recordDir]), ...common, ...disk('standby'), ...proxyArgs(px3)], 'standby', lines));
     await until('the standby', () => lines.some((l) => l.includes('standby is in the pool')), startMs);
     procs.push(child(['run', g.path, '--role', 'backup', '--channel', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${bc}`, '--service', `127.0.0.1:${svc2}`, ...common, ...disk('backup'), ...proxyArgs(px2)], 'backup ', lines));
-    await until('the backup', () => lines.some((l) => l.includes('backup is waiting')), startMs);
+    await until('the backup', () => lines.some((l) => l.includes(ckpt ? 'checkpoint backup: listening' : 'backup is waiting')), startMs);
     const primary = child(['run', g.path, '--role', 'primary', '--service', `127.0.0.1:${svc}`, '--peer', `127.0.0.1:${chan}`, '--control', `127.0.0.1:${pc}`, ...common, ...disk('primary'), ...proxyArgs(px1)], 'primary', lines);
     procs.push(primary);
     await until('the primary', () => lines.some((l) => l.includes('primary is serving')), startMs);
@@ -143,27 +150,34 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     }
     let seen = show(0);
     console.log(`   watch it live: ${dashboardUrl}`);
-    console.log(`1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`);
+    console.log(
+      ckpt
+        ? `1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc} and checkpoints its guest to the backup (memory pages changed since the last checkpoint); the arbiter holds epoch 1; a standby waits in the pool`
+        : `1. primary pid ${primary.pid} serves RESP on 127.0.0.1:${svc}; the backup replays its log; the arbiter holds epoch 1; a standby waits in the pool`,
+    );
     if (viaProxy) console.log(`   ftvm proxy on 127.0.0.1:${pxl} is the VM's stable address (it finds the serving primary at the arbiter): each client connection there is a virtual connection of the VM that survives failover`);
     if (g.sql) {
       // Idempotent, so it may go to whichever replica serves (a loaded machine can fail over early).
       const create = 'CREATE TABLE IF NOT EXISTS users(k TEXT PRIMARY KEY, v TEXT NOT NULL, client INTEGER)';
-      await callOnAnyReplica([svc, svc2], ['SQL', create], { deadlineMs: 120_000, expect: (v) => Array.isArray(v) });
+      await callOnAnyReplica([svc, svc2, svc3], ['SQL', create], { deadlineMs: 120_000, expect: (v) => Array.isArray(v) });
       console.log(`   SQL> ${create}  -- a file on /data, each replica its own disk image`);
     }
     const warm = await RespClient.connect({ port: svc, callTimeoutMs: 30_000 });
     for (let i = 0; i < 100; i++) await warm.call('SET', `warm:${i}`, String(i));
     warm.close();
     const [h, bb] = await stateHashes(auth, `127.0.0.1:${pc}`, `127.0.0.1:${bc}`);
-    console.log(`   after 100 writes: primary state hash at instruction ${h.n}: ${h.hash}`);
-    console.log(`                     backup  state hash at instruction ${bb.n}: ${bb.hash} ${bb.hash === h.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
+    const at = ckpt ? 'checkpoint' : 'instruction';
+    console.log(`   after 100 writes: primary state hash at ${at} ${h.n}: ${h.hash}`);
+    console.log(`                     backup  state hash at ${at} ${bb.n}: ${bb.hash} ${bb.hash === h.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}`);
     if (bb.hash !== h.hash) return false;
     console.log(
       g.sql
         ? `2. ${o.clients} clients run ${ops} transactions each (BEGIN; INSERT ... ON CONFLICT DO UPDATE; COMMIT); every reply waits for the backup's ACK (the output rule)`
         : viaProxy
           ? `2. ${o.clients} clients write ${ops} keys each through the proxy, each on ONE connection for the whole run; every reply waits for the backup's ACK (the output rule)`
-          : `2. ${o.clients} clients write ${ops} keys each; every reply waits for the backup's ACK (the output rule)`,
+          : ckpt
+            ? `2. ${o.clients} clients write ${ops} keys each; every reply waits until the backup acknowledged the checkpoint that holds it (Remus's output commit)`
+            : `2. ${o.clients} clients write ${ops} keys each; every reply waits for the backup's ACK (the output rule)`,
     );
     const clientErrors: string[] = [];
     const acked = new Map<string, string>();
@@ -178,7 +192,7 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
           const value = `value-${i}-${j}`;
           if (g.sql) {
             const tx = `BEGIN; INSERT INTO users(k, v, client) VALUES(${sqlQuote(key)}, ${sqlQuote(value)}, ${i}) ON CONFLICT(k) DO UPDATE SET v = excluded.v; COMMIT`;
-            await callOnAnyReplica([svc, svc2], ['SQL', tx], { deadlineMs: 60_000, expect: (v) => Array.isArray(v) && v.length === 0 });
+            await callOnAnyReplica([svc, svc2, svc3], ['SQL', tx], { deadlineMs: 60_000, expect: (v) => Array.isArray(v) && v.length === 0 });
           } else if (conn !== undefined) {
             try {
               await conn.call('SET', key, value);
@@ -187,7 +201,7 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
               break;
             }
           } else {
-            await callOnAnyReplica([svc, svc2], ['SET', key, value], { deadlineMs: 30_000 });
+            await callOnAnyReplica([svc, svc2, svc3], ['SET', key, value], { deadlineMs: 30_000 });
           }
           acked.set(key, value);
           if (!killed && acked.size >= (o.clients * ops) / 2) {
@@ -205,9 +219,22 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
       console.log(`   through the proxy: ${clientErrors.length} client errors, 0 reconnects — the clients saw a pause, not the crash`);
       for (const e of clientErrors.slice(0, 5)) console.log(`   CLIENT ERROR: ${e}`);
     }
-    const st = (await controlRequest(`127.0.0.1:${bc}`, auth, 'GET', '/status')) as Record<string, unknown>;
-    console.log(`   the former backup is now ${String(st.role)} at epoch ${String(st.epoch)}, instruction ${String(st.instructionNumber)}`);
-    const c = await RespClient.connect({ port: svc2, callTimeoutMs: 30_000 });
+    // Normally the former backup serves now; on a loaded machine an early (false) failover may have
+    // moved the VM on already: find the node that serves, and its peer slot.
+    const slots = [
+      { control: `127.0.0.1:${bc}`, service: svc2, name: 'the former backup' },
+      { control: `127.0.0.1:${sc}`, service: svc3, name: 'the former standby' },
+    ];
+    const roleOf = async (control: string): Promise<unknown> => ((await controlRequest(control, auth, 'GET', '/status').catch(() => null)) as Record<string, unknown> | null)?.role;
+    let live = slots[0]!;
+    await until('a node to serve as the primary', async () => {
+      for (const x of slots) if ((await roleOf(x.control)) === 'primary') live = x;
+      return (await roleOf(live.control)) === 'primary';
+    }, 30_000);
+    const spare = slots.find((x) => x !== live)!;
+    const st = (await controlRequest(live.control, auth, 'GET', '/status')) as Record<string, unknown>;
+    console.log(`   ${live.name} is now ${String(st.role)} at epoch ${String(st.epoch)}, instruction ${String(st.instructionNumber)}`);
+    const c = await RespClient.connect({ port: live.service, callTimeoutMs: 30_000 });
     let missing = 0;
     let integrity = 'ok';
     if (g.sql) {
@@ -231,22 +258,25 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
     // Re-replication: the new primary runs alone; it recruits the standby and clones its running VM.
     let st2: Record<string, unknown> = {};
     await until('the new primary to recruit the standby and arm the pair', async () => {
-      st2 = (await controlRequest(`127.0.0.1:${bc}`, auth, 'GET', '/status')) as Record<string, unknown>;
+      st2 = (await controlRequest(live.control, auth, 'GET', '/status')) as Record<string, unknown>;
       return st2.backup === 'connected' && st2.alone === false;
     }, 60_000);
     seen = show(seen);
     const rr = st2.lastRereplication as { pauseMs: number; totalMs: number; memoryBytes: number } | null;
-    console.log(
+    if (ckpt) {
+      const ck = st2.checkpoint as { epochLengthMs: number | null; bytesPerSecond: number; pauseP50Ms: number | null };
+      console.log(`6. redundancy restored: the standby received a base checkpoint (all of memory) and then deltas, and is the backup at epoch ${String(st2.epoch)}; checkpoints every ${String(ck.epochLengthMs)} ms, ${(ck.bytesPerSecond / 1024).toFixed(0)} KiB/s, the guest paused ${String(ck.pauseP50Ms)} ms each (median)`);
+    } else console.log(
       `6. redundancy restored: the standby received a snapshot of the running VM (${((rr?.memoryBytes ?? 0) / 1048576).toFixed(1)} MiB${g.sql ? ' of memory, then its disk' : ''}; the guest paused ${(rr?.pauseMs ?? 0).toFixed(2)} ms) and the log, and is the backup at epoch ${String(st2.epoch)} (${(rr?.totalMs ?? 0).toFixed(0)} ms)`,
     );
-    const [h2, bb2] = await stateHashes(auth, `127.0.0.1:${bc}`, `127.0.0.1:${sc}`);
-    console.log(`   new primary state hash at instruction ${h2.n}: ${h2.hash}`);
-    console.log(`   new backup  state hash at instruction ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}${g.sql ? ' (the hash covers memory and disk)' : ''}`);
+    const [h2, bb2] = await stateHashes(auth, live.control, spare.control);
+    console.log(`   new primary state hash at ${at} ${h2.n}: ${h2.hash}`);
+    console.log(`   new backup  state hash at ${at} ${bb2.n}: ${bb2.hash} ${bb2.hash === h2.hash ? '(IDENTICAL)' : '(DIFFERENT!)'}${g.sql ? ' (the hash covers memory and disk)' : ''}`);
     show(seen);
     if (bb2.hash !== h2.hash) return false;
     if (g.sql) {
       // One more transaction: both replicas sync the database to their own image files.
-      const c2 = await RespClient.connect({ port: svc2, callTimeoutMs: 30_000 });
+      const c2 = await RespClient.connect({ port: live.service, callTimeoutMs: 30_000 });
       await c2.call('SQL', "BEGIN; INSERT INTO users(k, v, client) VALUES('last', 'x', -1); COMMIT");
       c2.close();
       let same = false;
@@ -257,6 +287,15 @@ export async function pairDemo(o: { guest: string; ops?: number; clients: number
       }, 20_000).catch(() => undefined);
       console.log(`   disk images: ${image('backup')} and ${image('standby')} ${same ? 'are IDENTICAL' : 'DIFFER!'}`);
       if (!same) return false;
+    }
+    if (ckpt) {
+      console.log('7. checkpoint mode keeps no log, so there is no recording to replay (`--mode replay` shows time travel)');
+      console.log(`8. the dashboard showed all of it live, the failover and the re-replication as a timeline: ${dashboardUrl}`);
+      if (o.keep) {
+        console.log('   --keep: the VM, its arbiter, the dashboard and the clients\' data stay up; Ctrl-C stops them.');
+        await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+      }
+      return true;
     }
     // Time travel: the new backup records the VM from its clone on; replay that recording offline to
     // the instruction where the new primary just logged its hash (once the recording holds it).

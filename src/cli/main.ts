@@ -341,7 +341,8 @@ then open http://127.0.0.1:7400/ (from another machine: ssh -L 7400:127.0.0.1:74
     .option('--clients <n>', 'concurrent clients', intArg('--clients', 1, 1000), 8)
     .option('--offline', 'instead: record a kv session to a file and replay it in one process')
     .option('--keep', 'leave the VM, the arbiter and the dashboard running after the demo (Ctrl-C stops them)')
-    .action(async (o: { guest: string; ops?: number; clients: number; offline?: boolean; keep?: boolean }) => {
+    .addOption(new Option('--mode <mode>', 'replay (the backup replays the log) | checkpoint (state transfer: the backup keeps the last checkpoint)').choices(['replay', 'checkpoint']).default('replay'))
+    .action(async (o: { guest: string; ops?: number; clients: number; offline?: boolean; keep?: boolean; mode: 'replay' | 'checkpoint' }) => {
       if (!o.offline) {
         if (!(await pairDemo(o))) process.exitCode = 1;
         return;

@@ -1414,6 +1414,12 @@ export class Machine {
       this.globals[i]!.value = v;
     });
     this.devices.load(s.devices);
+    if (this.mode === 'record' && this.env !== undefined) {
+      // A recorder restored from another host's state (checkpoint mode going live): deadlines were on
+      // that host's clock; pending timers are re-armed on this one's, as goLive does.
+      const now = this.env.nowMs();
+      for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
+    }
     this.stepAgain = s.stepAgain;
     this.deliveredInStep = s.deliveredInStep;
     this.booted = s.booted;
