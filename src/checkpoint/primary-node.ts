@@ -45,6 +45,8 @@ export interface CheckpointPrimaryOptions {
   service: ServicePort;
   log: Logger;
   metrics?: NodeMetrics;
+  /** Checkpoints larger than this go in several frames (default CHECKPOINT_PIECE_BYTES; tests set it small). */
+  pieceBytes?: number;
   /** Serving alone now (the backup's failure won at the arbiter): the node recruits a new one. */
   onAlone?: (epoch: number) => void;
   /** A recruited backup acknowledged its base checkpoint: protected again. */
@@ -57,6 +59,9 @@ export interface CheckpointPrimaryStats {
   lastPauseMs: number;
   released: number;
 }
+
+/** A checkpoint larger than this goes in several CHECKPOINT frames (the channel's frames are at most 16 MiB). */
+export const CHECKPOINT_PIECE_BYTES = 4 * 1024 * 1024;
 
 /** Captures remembered for `ftvm status` (epoch length, checkpoint bytes/s). */
 const RECENT_CAPTURES = 128;
@@ -86,6 +91,13 @@ export class CheckpointPrimary {
   private hashWanted = false;
   private hashed: { n: number; hash: string } | null = null;
   private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
+  /**
+   * Checkpoints to send on the current connection, in order, and the next piece of the first: what the
+   * socket's buffer did not take yet waits for its 'drain' (bounded: at most the unacknowledged ones).
+   */
+  private sendQueue: number[] = [];
+  private nextPiece = 0;
+  private waitingDrain = false;
 
   constructor(private readonly opts: CheckpointPrimaryOptions) {
     const inFlightMax = opts.inFlightMax ?? 4;
@@ -187,6 +199,10 @@ export class CheckpointPrimary {
     }
     if (this.conn !== undefined && this.conn !== c) this.conn.close('replaced');
     this.conn = c;
+    // A new connection: nothing of a checkpoint half sent on the old one counts (the core resends).
+    this.sendQueue = [];
+    this.nextPiece = 0;
+    this.waitingDrain = false;
     c.on('frame', (f: Frame) => {
       if (this.conn !== c) return;
       const nowMs = this.opts.clock.now();
@@ -211,9 +227,46 @@ export class CheckpointPrimary {
     this.exec(this.core.step({ t: 'peer-open', nowMs: this.opts.clock.now(), ...(applied !== undefined ? { applied } : {}) }));
   }
 
+  /**
+   * Sends queued checkpoints, piece by piece, until the socket's buffer is full (then again at its
+   * 'drain'). A checkpoint dropped meanwhile (acknowledged, or replaced by a base) is skipped.
+   */
+  private flush(): void {
+    const c = this.conn;
+    if (c === undefined || this.waitingDrain) return;
+    while (this.sendQueue.length > 0) {
+      const n = this.sendQueue[0]!;
+      const u = this.unacked.find((x) => x.checkpoint === n);
+      if (u === undefined) {
+        this.sendQueue.shift();
+        this.nextPiece = 0;
+        continue;
+      }
+      if (!c.isOpen) return;
+      const size = this.opts.pieceBytes ?? CHECKPOINT_PIECE_BYTES;
+      const parts = Math.max(1, Math.ceil(u.data.length / size));
+      const part = this.nextPiece;
+      const data = u.data.subarray(part * size, Math.min(u.data.length, (part + 1) * size));
+      if (!c.send({ type: FrameType.CHECKPOINT, epoch: u.epoch, checkpoint: u.checkpoint, part, parts, data })) {
+        this.waitingDrain = true;
+        c.once('drain', () => {
+          if (this.conn !== c) return;
+          this.waitingDrain = false;
+          this.flush();
+        });
+        return;
+      }
+      if (part + 1 < parts) this.nextPiece++;
+      else {
+        this.sendQueue.shift();
+        this.nextPiece = 0;
+      }
+    }
+  }
+
   /** A CONTROL frame to the backup, if connected (`ftvm stop`: the backup must not go live). */
   sendControl(kind: (typeof ControlKind)[keyof typeof ControlKind], reason: string): void {
-    this.conn?.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind, reason });
+    if (this.conn?.isOpen === true) this.conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind, reason });
   }
 
   /** Stops the timer, the connection and the client service; the vCPU is the caller's. */
@@ -283,15 +336,16 @@ export class CheckpointPrimary {
           this.capture(a.checkpoint, a.base);
           break;
         case 'drop-unacked':
+          this.sendQueue = [];
+          this.nextPiece = 0;
           this.opts.log.warn({ dropped: this.unacked.map((u) => u.checkpoint), acked: this.core.status().ackedCheckpoint }, 'the backup lacks the last acknowledged checkpoint: sending it a base checkpoint');
           this.unacked = [];
           break;
-        case 'send-checkpoint': {
-          const u = this.unacked.find((x) => x.checkpoint === a.checkpoint);
-          assert(u !== undefined, `checkpoint ${a.checkpoint} to send is not kept`);
-          this.conn?.send({ type: FrameType.CHECKPOINT, epoch: u.epoch, checkpoint: u.checkpoint, data: u.data });
+        case 'send-checkpoint':
+          assert(this.unacked.some((x) => x.checkpoint === a.checkpoint), `checkpoint ${a.checkpoint} to send is not kept`);
+          if (!this.sendQueue.includes(a.checkpoint)) this.sendQueue.push(a.checkpoint);
+          this.flush();
           break;
-        }
         case 'release': {
           const outs: WireOutput[] = [];
           for (const id of a.ids) {
@@ -308,7 +362,7 @@ export class CheckpointPrimary {
           this.opts.vcpu.setThrottle(a.on);
           break;
         case 'heartbeat':
-          this.conn?.send({ type: FrameType.HEARTBEAT, epoch: a.epoch, instructionNumber: this.opts.vcpu.count, nextSeq: 0 });
+          if (this.conn?.isOpen === true) this.conn.send({ type: FrameType.HEARTBEAT, epoch: a.epoch, instructionNumber: this.opts.vcpu.count, nextSeq: 0 });
           break;
         case 'claim':
           void this.claim(a.epoch);

@@ -441,7 +441,8 @@ export function reached(s: Record<string, unknown>, state: WaitState): boolean {
   if (state === 'up') return true;
   const serving = s['serving'] === true && s['role'] === 'primary';
   if (state === 'serving') return serving;
-  return serving && s['backup'] === 'connected';
+  // A backup still joining (a clone or a base checkpoint under way) is connected but does not protect yet.
+  return serving && s['backup'] === 'connected' && s['alone'] !== true;
 }
 
 /** GET /status, waiting (up to `o.timeoutMs`) for the node to answer and reach `o.wait`, if given. */
