@@ -21,6 +21,7 @@ import type { NodeClock, ServicePort, Timer, VcpuPort } from '../replication/env
 import { assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { CheckpointPrimaryCore, type CheckpointPrimaryAction } from './core.js';
+import { CheckpointMetrics } from './metrics.js';
 import { CheckpointEncoder } from './wire.js';
 
 export interface CheckpointPrimaryOptions {
@@ -43,6 +44,8 @@ export interface CheckpointPrimaryOptions {
   vcpu: VcpuPort;
   service: ServicePort;
   log: Logger;
+  /** Checkpoint counts, bytes and pause times (served by the node's control endpoint); absent: its own. */
+  metrics?: CheckpointMetrics;
 }
 
 export interface CheckpointPrimaryStats {
@@ -67,6 +70,7 @@ export class CheckpointPrimary {
   /** Resolves with the reason when the primary halts (it lost the claim). */
   readonly done: Promise<string>;
   readonly stats: CheckpointPrimaryStats = { captured: 0, bytesCaptured: 0, lastPauseMs: 0, released: 0 };
+  readonly metrics: CheckpointMetrics;
 
   constructor(private readonly opts: CheckpointPrimaryOptions) {
     const inFlightMax = opts.inFlightMax ?? 4;
@@ -80,6 +84,7 @@ export class CheckpointPrimary {
       eagerWhenOutputsHeld: true,
       alone: opts.alone === true,
     });
+    this.metrics = opts.metrics ?? new CheckpointMetrics(opts.vmName);
     this.done = new Promise((r) => (this.resolveDone = r));
     opts.vcpu.on('batch', (b: BatchEvent) => this.onBatch(b));
   }
@@ -154,11 +159,14 @@ export class CheckpointPrimary {
         // this checkpoint), none after it yet. The snapshot's memory is a reused buffer: encode now.
         const epoch = this.core.status().epoch;
         if (base) this.encoder.reset();
+        const t0 = performance.now();
         const data = this.encoder.encode(epoch, checkpoint, t.snapshot);
+        const encodeMs = performance.now() - t0;
         this.unacked.push({ checkpoint, epoch, data });
         this.stats.captured++;
         this.stats.bytesCaptured += data.length;
         this.stats.lastPauseMs = t.pauseMs;
+        this.metrics.onCaptured({ pauseMs: t.pauseMs, encodeMs, bytes: data.length, dirtyPages: this.encoder.lastStats.dirtyPages });
         this.exec(this.core.step({ t: 'captured', checkpoint, bytes: data.length }));
       })
       .catch((err: unknown) => {
@@ -181,7 +189,10 @@ export class CheckpointPrimary {
         case 'send-checkpoint': {
           const u = this.unacked.find((x) => x.checkpoint === a.checkpoint);
           assert(u !== undefined, `checkpoint ${a.checkpoint} to send is not kept`);
-          this.conn?.send({ type: FrameType.CHECKPOINT, epoch: u.epoch, checkpoint: u.checkpoint, data: u.data });
+          if (this.conn !== undefined) {
+            this.conn.send({ type: FrameType.CHECKPOINT, epoch: u.epoch, checkpoint: u.checkpoint, data: u.data });
+            this.metrics.onSent(u.data.length);
+          }
           break;
         }
         case 'release': {

@@ -14,7 +14,10 @@ import { ConnState } from '../machine/devices.js';
 import type { Snapshot } from '../machine/machine.js';
 import type { ServicePort, VcpuPort } from '../replication/env.js';
 import type { Addr, NodeOptions } from '../replication/node-common.js';
+import { ControlServer, RawReply } from '../service/control.js';
+import { controlOptions } from '../replication/node-common.js';
 import { FtvmError } from '../util/errors.js';
+import { CheckpointMetrics } from './metrics.js';
 import { CheckpointBackup, type CheckpointBackupOutcome } from './backup-node.js';
 import { CheckpointPrimary } from './primary-node.js';
 
@@ -38,9 +41,36 @@ export class CheckpointNode {
   private dialer: ChannelDialer | undefined;
   private listener: ChannelListener | undefined;
   private stopped = false;
+  private control: ControlServer | undefined;
+  /** Lives as long as the process's node (a backup gone live counts on in the same metrics). */
+  readonly metrics: CheckpointMetrics;
 
   constructor(private readonly opts: CheckpointNodeOptions) {
     if (opts.role === 'backup' && opts.listen === undefined) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint backup needs --channel <host:port>');
+    this.metrics = new CheckpointMetrics(opts.config.name);
+  }
+
+  /**
+   * The control endpoint (`--control`): GET /status (role, the primary core's state, checkpoint totals),
+   * GET /metrics (Prometheus: checkpoints, bytes, pause and encode times), GET /checkpoint/pauses/<n>
+   * (the pause and encode samples of the checkpoints after the n-th, at most the last 8192).
+   */
+  private handleControl(method: string, path: string): unknown {
+    if (method !== 'GET') return undefined;
+    if (path === '/status') {
+      const p = this.primary;
+      return {
+        role: p !== undefined ? 'primary' : this.backup !== undefined ? 'backup' : 'halted',
+        mode: 'checkpoint',
+        intervalMs: this.opts.intervalMs,
+        ...(p !== undefined ? { primary: p.status(), guestMemoryBytes: this.vcpu?.memoryBytes ?? 0 } : {}),
+        checkpoints: this.metrics.totals(),
+      };
+    }
+    if (path === '/metrics') return this.metrics.registry.metrics().then((body) => new RawReply(this.metrics.registry.contentType, body));
+    const m = /^\/checkpoint\/pauses\/(\d{1,15})$/.exec(path);
+    if (m !== null) return this.metrics.samplesAfter(Number(m[1]));
+    return undefined;
   }
 
   /** The HELLO's nextSeq carries, in checkpoint mode, the backup's last applied checkpoint (the primary's: 0). */
@@ -49,6 +79,11 @@ export class CheckpointNode {
   }
 
   async start(): Promise<void> {
+    const o = this.opts;
+    if (o.control !== undefined) {
+      this.control = new ControlServer(o.control.host, o.control.port, (m, p) => this.handleControl(m, p), { ...controlOptions(o), identity: { nodeId: o.nodeId, ...(o.hostId !== undefined ? { hostId: o.hostId } : {}) } });
+      await this.control.start();
+    }
     if (this.opts.role === 'primary') await this.startPrimary(this.opts.epoch, this.opts.peer === undefined);
     else await this.startBackup();
   }
@@ -59,6 +94,7 @@ export class CheckpointNode {
     this.backup?.close();
     await this.listener?.close();
     await this.primary?.close();
+    await this.control?.close();
     if (this.vcpu !== undefined) {
       this.vcpu.stop();
       await this.vcpu.terminate();
@@ -95,6 +131,7 @@ export class CheckpointNode {
       service,
       log,
       alone,
+      metrics: this.metrics,
     });
     this.primary = primary;
     void primary.done.then((reason) => o.onHalt?.(reason));

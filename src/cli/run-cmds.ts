@@ -154,14 +154,13 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
 /**
  * `ftvm run --mode checkpoint` (issue #17, first step): a primary checkpointing its guest to a backup that
  * keeps the last complete checkpoint and goes live from it. Not yet: --record, proxies, standbys and
- * re-replication, the control endpoint's checkpoint status, the demo.
+ * re-replication, the demo. The control endpoint (--control) serves /status, /metrics and /checkpoint/pauses/<n> (src/checkpoint/run.ts).
  */
 async function runCheckpoint(guestPath: string, o: RunOptions): Promise<void> {
   for (const [flag, given] of [
     ['--record', o.record !== undefined],
     ['--proxy-listen', o.proxyListen !== undefined],
     ['--disk', o.disk !== undefined],
-    ['--control', o.control !== undefined],
   ] as const) {
     if (given) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag} is not supported with --mode checkpoint yet`);
   }
