@@ -186,7 +186,8 @@ export function buildProgram(): Command {
     .option('--peer <host:port>', "primary: the backup's channel address; omit to start without a backup (FT off, or with --arbiter: recruit one from the standby pool)")
     .option('--channel <host:port>', "backup: where to listen for the primary's logging channel")
     .option('--mode <mode>', 'replay (the backup replays the primary\'s log) | checkpoint (state transfer: the backup keeps the last checkpoint and goes live from it)', 'replay')
-    .option('--checkpoint-interval-ms <ms>', '--mode checkpoint: a checkpoint at least this often (and at once when outputs wait)', intArg('--checkpoint-interval-ms', 1, 60_000), 20);
+    .option('--checkpoint-interval-ms <ms>', '--mode checkpoint: a checkpoint at least this often (and at once when outputs wait)', intArg('--checkpoint-interval-ms', 1, 60_000), 20)
+    .option('--dirty-tracking <how>', '--mode checkpoint: how the primary finds the pages written since the last checkpoint: barrier (the default: a store barrier marks them) | compare (every page compared with a shadow copy)');
   nodeOptions(run).action(async (guestPath: string, o) => {
     await runNode(guestPath, o);
   });

@@ -19,6 +19,10 @@ import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 import { realNodeEnv } from '../env/real.js';
 import { CheckpointNode } from '../checkpoint/run.js';
+import { loadGuestIsolated } from '../machine/guest-isolated.js';
+
+/** `--dirty-tracking` when not given (docs/PERFORMANCE.md, "Checkpoint mode", has the measurements). */
+export const DEFAULT_DIRTY_TRACKING: 'barrier' | 'compare' = 'barrier';
 
 export function parseAddr(flag: string, v: string): Addr {
   try {
@@ -114,6 +118,8 @@ export interface RunOptions {
   /** `ftvm run --mode`: replay (default: the log is replayed on the backup) or checkpoint (state transfer). */
   mode?: string;
   checkpointIntervalMs?: number;
+  /** `--dirty-tracking` (checkpoint mode): barrier or compare (docs/PERFORMANCE.md, "Checkpoint mode"). */
+  dirtyTracking?: string;
 }
 
 /** Deadline of the arbiter calls a replica makes while starting (init, read). */
@@ -132,6 +138,7 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   }
   const mode = o.mode ?? 'replay';
   if (mode !== 'replay' && mode !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode must be replay or checkpoint, not "${mode}"`);
+  if (o.dirtyTracking !== undefined && mode !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--dirty-tracking is for --mode checkpoint');
   if (mode === 'checkpoint') {
     await runCheckpoint(guestPath, o);
     return;
@@ -164,7 +171,11 @@ async function runCheckpoint(guestPath: string, o: RunOptions): Promise<void> {
   ] as const) {
     if (given) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag} is not supported with --mode checkpoint yet`);
   }
+  const tracking = o.dirtyTracking ?? DEFAULT_DIRTY_TRACKING;
+  if (tracking !== 'barrier' && tracking !== 'compare') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--dirty-tracking must be barrier or compare, not "${tracking}"`);
   const { common, service, log } = await nodeSetup(guestPath, { ...o, recruit: false });
+  // The primary's guest carries the store barrier (the backup runs a guest only once live and alone: no checkpoints).
+  if (tracking === 'barrier' && o.role === 'primary') common.guest = await loadGuestIsolated(common.guest.original, undefined, { dirtyPages: true });
   if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint-mode node needs --service <host:port> (the backup serves there once it goes live)');
   const intervalMs = o.checkpointIntervalMs ?? 20;
   let node: CheckpointNode;
