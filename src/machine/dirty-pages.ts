@@ -61,6 +61,9 @@ export class DirtyPages {
     return { mark: this.mark };
   }
 
+  /** markHost, bound (a callback for the receive ring's writes). */
+  readonly markRange = (addr: number, len: number): void => this.markHost(addr, len);
+
   /** Marks [addr, addr + len) from the host (JavaScript; the guest's barrier calls `mark` directly). */
   markHost(addr: number, len: number): void {
     if (len <= 0) return;

@@ -31,7 +31,7 @@ import {
   type OutputEntry,
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
-import { ConnState, Devices, FdKind, MAX_TIMERS, RING_HEADER_BYTES, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
+import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
 import { DIRTY_CACHE_GLOBAL, DIRTY_CACHE_RESET, DIRTY_MODULE, DIRTY_PAGE_BYTES, DirtyPages } from './dirty-pages.js';
 import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
 import { VirtualDisk } from './disk.js';
@@ -1060,7 +1060,7 @@ export class Machine {
     const ring = this.devices.ring;
     let delivered = 0;
     if (ring === null) return 0;
-    this.dirty?.markHost(ring.ptr, RING_HEADER_BYTES + ring.capacity);
+    if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
     if (this.devices.timers.size > 0) {
@@ -1132,7 +1132,7 @@ export class Machine {
   private applyDelivery(e: AsyncEntry): void {
     const ring = this.devices.ring;
     if (ring === null) this.violation('a delivery, but the guest has no receive ring', e);
-    this.dirty?.markHost(ring.ptr, RING_HEADER_BYTES + ring.capacity);
+    if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
     let ok: boolean;
