@@ -21,6 +21,7 @@ import type { NodeClock, ServicePort, Timer, VcpuPort } from '../replication/env
 import { assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { NodeMetrics } from '../service/metrics.js';
+import { CheckpointMetrics } from './metrics.js';
 import { CheckpointPrimaryCore, type CheckpointPrimaryAction } from './core.js';
 import { CheckpointEncoder, checkpointStateHash } from './wire.js';
 
@@ -45,6 +46,8 @@ export interface CheckpointPrimaryOptions {
   service: ServicePort;
   log: Logger;
   metrics?: NodeMetrics;
+  /** Checkpoint samples and totals (the node's, so they outlive a role change); absent: its own. */
+  checkpointMetrics?: CheckpointMetrics;
   /** Checkpoints larger than this go in several frames (default CHECKPOINT_PIECE_BYTES; tests set it small). */
   pieceBytes?: number;
   /** Serving alone now (the backup's failure won at the arbiter): the node recruits a new one. */
@@ -81,6 +84,7 @@ export class CheckpointPrimary {
   /** Resolves with the reason when the primary halts (it lost the claim). */
   readonly done: Promise<string>;
   readonly stats: CheckpointPrimaryStats = { captured: 0, bytesCaptured: 0, lastPauseMs: 0, released: 0 };
+  readonly checkpointMetrics: CheckpointMetrics;
   /** [time ms, bytes, pause ms] of the last RECENT_CAPTURES captures, oldest first. */
   private recent: Array<[number, number, number]> = [];
   /** Client inputs handed to the vCPU since the last capture (with the count, what says the state may have changed). */
@@ -111,6 +115,7 @@ export class CheckpointPrimary {
       eagerWhenOutputsHeld: true,
       alone: opts.alone === true,
     });
+    this.checkpointMetrics = opts.checkpointMetrics ?? new CheckpointMetrics(opts.metrics);
     this.done = new Promise((r) => (this.resolveDone = r));
     opts.vcpu.on('batch', (b: BatchEvent) => this.onBatch(b));
   }
@@ -256,6 +261,7 @@ export class CheckpointPrimary {
         });
         return;
       }
+      this.checkpointMetrics.onSent(data.length);
       if (part + 1 < parts) this.nextPiece++;
       else {
         this.sendQueue.shift();
@@ -306,7 +312,9 @@ export class CheckpointPrimary {
         // this checkpoint), none after it yet. The snapshot's memory is a reused buffer: encode now.
         const epoch = this.core.status().epoch;
         if (base) this.encoder.reset();
+        const t0 = performance.now();
         const data = this.encoder.encode(epoch, checkpoint, t.snapshot, hash);
+        const encodeMs = performance.now() - t0;
         if (hash) this.hashed = { n: checkpoint, hash: checkpointStateHash(t.snapshot) };
         this.countAtCapture = t.snapshot.count;
         this.unacked.push({ checkpoint, epoch, data });
@@ -315,9 +323,7 @@ export class CheckpointPrimary {
         this.stats.lastPauseMs = t.pauseMs;
         if (this.recent.length >= RECENT_CAPTURES) this.recent.shift();
         this.recent.push([this.opts.clock.now(), data.length, t.pauseMs]);
-        this.opts.metrics?.checkpoints.inc({ direction: 'out' });
-        this.opts.metrics?.checkpointBytes.inc({ direction: 'out' }, data.length);
-        this.opts.metrics?.checkpointPause.observe(t.pauseMs / 1000);
+        this.checkpointMetrics.onCaptured({ pauseMs: t.pauseMs, encodeMs, bytes: data.length, dirtyPages: this.encoder.lastStats.dirtyPages });
         this.exec(this.core.step({ t: 'captured', checkpoint, bytes: data.length }));
       })
       .catch((err: unknown) => {

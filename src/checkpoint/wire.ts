@@ -184,7 +184,7 @@ export class CheckpointEncoder {
   encode(epoch: number, checkpoint: number, s: Snapshot, hash = false): Uint8Array {
     const base = this.baseNext;
     assert(base ? checkpoint > this.last : checkpoint === this.last + 1, `checkpoint ${checkpoint} encoded after ${this.last}${base ? ' (a base)' : ''}`);
-    const delta = this.tracker.delta(s.memory);
+    const delta = this.tracker.delta(s.memory, s.dirty);
     const diskSame = !base && s.disk !== undefined && this.lastDisk !== undefined && Buffer.from(s.disk).equals(this.lastDisk);
     const w = new ByteWriter(1024 + delta.length + (s.disk !== undefined && !diskSame ? s.disk.length : 0), MAX_CHECKPOINT_BYTES);
     w.bytes(MAGIC);

@@ -19,6 +19,10 @@ import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 import { realNodeEnv } from '../env/real.js';
 import { CheckpointNode } from '../checkpoint/run.js';
+import { loadGuestIsolated } from '../machine/guest-isolated.js';
+
+/** `--dirty-tracking` when not given (docs/PERFORMANCE.md, "Checkpoint mode", has the measurements). */
+export const DEFAULT_DIRTY_TRACKING: 'barrier' | 'compare' = 'barrier';
 
 export function parseAddr(flag: string, v: string): Addr {
   try {
@@ -114,6 +118,8 @@ export interface RunOptions {
   /** `ftvm run --mode`: replay (default: the log is replayed on the backup) or checkpoint (state transfer). */
   mode?: string;
   checkpointIntervalMs?: number;
+  /** `--dirty-tracking` (checkpoint mode): barrier or compare (docs/PERFORMANCE.md, "Checkpoint mode"). */
+  dirtyTracking?: string;
 }
 
 /** Deadline of the arbiter calls a replica makes while starting (init, read). */
@@ -131,7 +137,7 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--record-max-bytes must be at least ${RECORD_MIN_BYTES}`);
   }
   if (o.role === 'backup' && !o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
-  if (replicationMode(o.mode) === 'checkpoint') {
+  if (replicationMode(o) === 'checkpoint') {
     await runCheckpoint(guestPath, o);
     return;
   }
@@ -150,10 +156,11 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   await runUntilSignal(node, log, common.secret);
 }
 
-/** `--mode`: replay (default) or checkpoint; anything else is refused. */
-function replicationMode(mode: string | undefined): 'replay' | 'checkpoint' {
-  const m = mode ?? 'replay';
+/** `--mode`: replay (default) or checkpoint; anything else is refused (and checkpoint-only flags in replay). */
+function replicationMode(o: { mode?: string; dirtyTracking?: string }): 'replay' | 'checkpoint' {
+  const m = o.mode ?? 'replay';
   if (m !== 'replay' && m !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode must be replay or checkpoint, not "${m}"`);
+  if (o.dirtyTracking !== undefined && m !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--dirty-tracking is for --mode checkpoint');
   return m;
 }
 
@@ -170,10 +177,14 @@ async function runCheckpoint(guestPath: string, o: RunOptions & { leaseTtlMs?: n
   ] as const) {
     if (given) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag} is not supported with --mode checkpoint yet`);
   }
+  const tracking = o.dirtyTracking ?? DEFAULT_DIRTY_TRACKING;
+  if (tracking !== 'barrier' && tracking !== 'compare') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--dirty-tracking must be barrier or compare, not "${tracking}"`);
   const intervalMs = o.checkpointIntervalMs ?? 20;
   if (!Number.isInteger(intervalMs) || intervalMs < 1 || intervalMs > 60_000) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--checkpoint-interval-ms must be an integer from 1 to 60000, not ${intervalMs}`);
   const { common, service, log } = await nodeSetup(guestPath, o);
   if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint-mode node needs --service <host:port> (a backup serves there once it goes live)');
+  // Every role's guest carries the store barrier: a backup or standby checkpoints too once it is live.
+  if (tracking === 'barrier') common.guest = await loadGuestIsolated(common.guest.original, undefined, { dirtyPages: true });
   let node: CheckpointNode;
   if (o.role === 'primary') {
     const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
@@ -251,7 +262,7 @@ export interface StandbyCliOptions extends Omit<RunOptions, 'role'> {
 export async function runStandby(guestPath: string, o: StandbyCliOptions): Promise<void> {
   if (!o.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter <url>: its pool is kept there');
   if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --channel <host:port> to listen on for the recruiting primary');
-  if (replicationMode(o.mode) === 'checkpoint') {
+  if (replicationMode(o) === 'checkpoint') {
     await runCheckpoint(guestPath, { ...o, role: 'standby' });
     return;
   }

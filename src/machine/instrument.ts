@@ -38,6 +38,7 @@
  */
 import binaryen from 'binaryen';
 import { FtvmError } from '../util/errors.js';
+import { DIRTY_CACHE_GLOBAL, DIRTY_CACHE_RESET, DIRTY_MODULE, DIRTY_PAGE_BYTES } from './dirty-pages.js';
 
 /** Features a guest may use. Named one by one: `Features.All` emits encodings V8 11.3 rejects. */
 export const ALLOWED_FEATURES =
@@ -268,6 +269,8 @@ class FunctionRewriter {
     private readonly sigs: ReadonlyMap<string, Threaded>,
     /** Count the indirect calls in progress in INDIRECT_GLOBAL (asyncified commands). */
     private readonly countIndirect = false,
+    /** Put the dirty-page barrier before every memory write (InstrumentOptions.dirtyPages). */
+    private readonly dirty = false,
   ) {
     this.fuelLocal = sig.params.length;
     this.depthLocal = sig.params.length + 1;
@@ -374,7 +377,63 @@ class FunctionRewriter {
       return { expr: this.wrapCall(call, ids.CallId!, touchesFuel), cost, touchesFuel: true };
     }
     if (id === ids.ReturnId) return { expr: this.wrapReturn(expr), cost, touchesFuel };
+    if (this.dirty) return { expr: this.withBarrier(expr, id), cost, touchesFuel };
     return { expr, cost, touchesFuel };
+  }
+
+  /**
+   * The dirty-page barrier (dirty-pages.ts), right before the write, after every operand was evaluated
+   * (so no checkpoint can fall between the marking and the write): the operands go to temps, then
+   * `mark` runs unless the write lies in the cached page, then the write itself.
+   */
+  private withBarrier(expr: Ref, id: number): Ref {
+    const m = this.mod;
+    type Slot = { get: (e: Ref) => Ref; set: (e: Ref, c: Ref) => void };
+    let slots: Slot[];
+    let addrSlot = 0;
+    let sizeSlot = -1;
+    let bytes = 0;
+    let offset = 0;
+    if (id === ids.StoreId) {
+      slots = [{ get: B.Store!.getPtr!, set: (e, c) => void B.Store!.setPtr!(e, c) }, { get: B.Store!.getValue!, set: (e, c) => void B.Store!.setValue!(e, c) }];
+      bytes = B.Store!.getBytes!(expr);
+      offset = B.Store!.getOffset!(expr);
+    } else if (id === ids.SIMDLoadStoreLaneId && B.SIMDLoadStoreLane!.isStore!(expr) !== 0) {
+      slots = [{ get: B.SIMDLoadStoreLane!.getPtr!, set: (e, c) => void B.SIMDLoadStoreLane!.setPtr!(e, c) }, { get: B.SIMDLoadStoreLane!.getVec!, set: (e, c) => void B.SIMDLoadStoreLane!.setVec!(e, c) }];
+      bytes = 16; // at most a lane of a v128: 16 over-approximates every lane size
+      offset = B.SIMDLoadStoreLane!.getOffset!(expr);
+    } else if (id === ids.MemoryFillId || id === ids.MemoryCopyId || id === ids.MemoryInitId) {
+      const k = id === ids.MemoryFillId ? 'MemoryFill' : id === ids.MemoryCopyId ? 'MemoryCopy' : 'MemoryInit';
+      const second = id === ids.MemoryFillId ? 'Value' : id === ids.MemoryCopyId ? 'Source' : 'Offset';
+      slots = ['Dest', second, 'Size'].map((n) => ({ get: B[k]![`get${n}`]!, set: (e: Ref, c: Ref) => void B[k]![`set${n}`]!(e, c) }));
+      sizeSlot = 2;
+    } else {
+      return expr;
+    }
+    const ops = slots.map((sl) => sl.get(expr));
+    // An operand that never completes: the write never happens (and its block must keep type-checking).
+    if (ops.some((o) => binaryen.getExpressionType(o) === binaryen.unreachable)) return expr;
+    const pre: Ref[] = [];
+    const temps = ops.map((o, i) => {
+      const type = binaryen.getExpressionType(o);
+      const t = this.temp(type);
+      pre.push(m.local.set(t, o));
+      slots[i]!.set(expr, m.local.get(t, type));
+      return { t, type };
+    });
+    const get = (i: number): Ref => m.local.get(temps[i]!.t, temps[i]!.type);
+    const mark = `${DIRTY_MODULE}.mark`;
+    let barrier: Ref;
+    if (sizeSlot >= 0) {
+      barrier = m.call(mark, [get(addrSlot), get(sizeSlot)], binaryen.none);
+    } else {
+      const addr = (): Ref => (offset === 0 ? get(addrSlot) : m.i32.add(get(addrSlot), m.i32.const(offset | 0)));
+      barrier = m.if(
+        m.i32.gt_u(m.i32.sub(addr(), m.global.get(DIRTY_CACHE_GLOBAL, binaryen.i32)), m.i32.const(DIRTY_PAGE_BYTES - bytes)),
+        m.block(null, [m.call(mark, [addr(), m.i32.const(bytes)], binaryen.none), m.global.set(DIRTY_CACHE_GLOBAL, m.i32.and(addr(), m.i32.const(-DIRTY_PAGE_BYTES)))]),
+      );
+    }
+    return m.block(null, [...pre, barrier, expr], binaryen.getExpressionType(expr));
   }
 
   private checkNode(expr: Ref, id: number): void {
@@ -523,7 +582,7 @@ export function instrument(original: Uint8Array, options: InstrumentOptions = {}
     throw new FtvmError('FTVM_ERR_INVALID_MODULE', `invalid WebAssembly module: ${String((err as Error).message ?? err)}`, { cause: err });
   }
   try {
-    return instrumentModule(mod, maxCallDepth, options.asyncify ?? true);
+    return instrumentModule(mod, maxCallDepth, options.asyncify ?? true, options.dirtyPages === true);
   } finally {
     mod.dispose();
   }
@@ -549,7 +608,7 @@ function freshName(mod: binaryen.Module, base: string): string {
   return name;
 }
 
-function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: boolean): InstrumentedModule {
+function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: boolean, dirty: boolean): InstrumentedModule {
   // --- module-level checks ---
   const memoryCount = (mod as unknown as { getNumMemories?: () => number }).getNumMemories?.() ?? (mod.hasMemory() ? 1 : 0);
   if (memoryCount > 1) refuse('multiple memories', 'module');
@@ -638,6 +697,11 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
   mod.addFunctionImport(`${INTERNAL_MODULE}.depth_exceeded`, INTERNAL_MODULE, 'depth_exceeded', binaryen.none, binaryen.none);
   mod.addFunctionImport(`${INTERNAL_MODULE}.memory_grow`, INTERNAL_MODULE, 'memory_grow', binaryen.i32, binaryen.i32);
   mod.addMemoryExport(memoryName, MEMORY_EXPORT);
+  if (dirty) {
+    mod.addGlobal(DIRTY_CACHE_GLOBAL, binaryen.i32, true, mod.i32.const(DIRTY_CACHE_RESET));
+    mod.addGlobalExport(DIRTY_CACHE_GLOBAL, DIRTY_CACHE_GLOBAL);
+    mod.addFunctionImport(`${DIRTY_MODULE}.mark`, DIRTY_MODULE, 'mark', binaryen.createType([binaryen.i32, binaryen.i32]), binaryen.none);
+  }
 
   const startRef = mod.getStart();
   let hasStart = false;
@@ -688,7 +752,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
   for (const s of segments) mod.addActiveElementSegment(s.table, s.name, s.data.map((n) => importWrappers.get(n) ?? n), s.offset);
 
   // --- rewrite every defined function ---
-  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs, blocking.length > 0).run();
+  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs, blocking.length > 0, dirty).run();
 
   // --- exports keep their original signatures through wrappers ---
   const exportWrappers = new Map<string, string>();
@@ -733,5 +797,5 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
     if (!mod.validate()) throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the module does not validate after the asyncify pass');
   }
   const binary = mod.emitBinary();
-  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0 };
+  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0, ...(dirty ? { dirtyPages: true } : {}) };
 }

@@ -16,6 +16,12 @@ export interface InstrumentOptions {
   maxCallDepth?: number;
   /** Asyncify a WASI command at its blocking calls (default true; off only to measure its cost). */
   asyncify?: boolean;
+  /**
+   * Checkpoint mode's store barrier (src/machine/dirty-pages.ts): every store, memory.fill, memory.copy
+   * and memory.init marks the pages it writes through the import `ftvm_dirty.mark`, skipping the call
+   * while it stays in the page cached in the global `__ftvm_dirty_page`. Instruction counts are unchanged.
+   */
+  dirtyPages?: boolean;
 }
 
 export interface InstrumentedModule {
@@ -35,5 +41,7 @@ export interface InstrumentedModule {
    * asyncify_stop_unwind, asyncify_start_rewind, asyncify_stop_rewind and asyncify_get_state.
    */
   asyncified?: boolean;
+  /** Instrumented with the store barrier (InstrumentOptions.dirtyPages). */
+  dirtyPages?: boolean;
 }
 

@@ -32,6 +32,7 @@ import {
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
+import { DIRTY_CACHE_GLOBAL, DIRTY_CACHE_RESET, DIRTY_MODULE, DIRTY_PAGE_BYTES, DirtyPages } from './dirty-pages.js';
 import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
 import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
@@ -134,6 +135,12 @@ export interface Snapshot {
    * asyncify data buffer held). The machine restored from it rewinds into the same call.
    */
   resume?: Uint8Array;
+  /**
+   * A guest instrumented with the store barrier (dirty-pages.ts): the pages written since the previous
+   * snapshot (`map`, a byte per 4 KiB page; absent when not known: every page may have changed) and the
+   * snapshot's number in that series (`seq`: a reader that missed one must compare every page).
+   */
+  dirty?: { map?: Uint8Array; seq: number };
 }
 
 class GuestExit extends Error {
@@ -341,6 +348,9 @@ export class Machine {
   readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
+  /** The store barrier's page map (a guest instrumented with InstrumentOptions.dirtyPages). */
+  private readonly dirty: DirtyPages | undefined;
+  private readonly dirtyCache: WebAssembly.Global | undefined;
   /** Log format 2: outputs are covered by OUT_DIGEST entries rather than logged one by one. */
   readonly digests: boolean;
   private readonly outRecord = Buffer.alloc(18);
@@ -359,8 +369,10 @@ export class Machine {
     if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
+    this.dirty = opts.instrumented.dirtyPages === true ? new DirtyPages() : undefined;
     this.instance = new WebAssembly.Instance(compiled, this.imports());
     const ex = this.instance.exports;
+    this.dirtyCache = this.dirty !== undefined ? (ex[DIRTY_CACHE_GLOBAL] as WebAssembly.Global) : undefined;
     this.memory = ex[MEMORY_EXPORT] as WebAssembly.Memory;
     this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
     this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
@@ -435,6 +447,9 @@ export class Machine {
     ptr >>>= 0;
     len >>>= 0;
     if (ptr + len > m.length) throw new GuestTrap(badGuestPointer(what, ptr, len, m.length).message, this.count);
+    // Host calls write guest memory through these views (or through guestView() at pointers checked here
+    // first): with the store barrier, they count as written (read-only uses too: an over-approximation).
+    this.dirty?.markHost(ptr, len);
     return m.subarray(ptr, ptr + len);
   }
 
@@ -689,6 +704,7 @@ export class Machine {
     this.resumeImage = new Uint8Array(this.mem().subarray(ptr, end));
     this.mem().set(this.asyncifySaved!, ptr);
     this.asyncifySaved = undefined;
+    this.dirty?.markHost(ptr, this.asyncifyRegion().size);
   }
 
   /** Before re-entering _start: put the stack image in place and start rewinding. */
@@ -706,6 +722,7 @@ export class Machine {
   private endRewind(): void {
     this.asy!.stop_rewind();
     this.mem().set(this.asyncifySaved!, ASYNCIFY_DATA_PTR);
+    this.dirty?.markHost(ASYNCIFY_DATA_PTR, this.asyncifySaved!.length);
     this.asyncifySaved = undefined;
     this.resumeImage = undefined;
   }
@@ -808,7 +825,7 @@ export class Machine {
       const fn = wasi[name];
       if (fn !== undefined) wasi[name] = this.asyncifyImport(fn);
     }
-    const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal };
+    const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal, ...(this.dirty !== undefined ? { [DIRTY_MODULE]: this.dirty.imports } : {}) };
     return imports;
   }
 
@@ -1043,6 +1060,7 @@ export class Machine {
     const ring = this.devices.ring;
     let delivered = 0;
     if (ring === null) return 0;
+    if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
     if (this.devices.timers.size > 0) {
@@ -1114,6 +1132,7 @@ export class Machine {
   private applyDelivery(e: AsyncEntry): void {
     const ring = this.devices.ring;
     if (ring === null) this.violation('a delivery, but the guest has no receive ring', e);
+    if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
     let ok: boolean;
@@ -1366,7 +1385,7 @@ export class Machine {
    * A snapshot at an idle point. With `into` (large enough), memory is copied into it and the snapshot's
    * memory is a view of it: a reused, already touched buffer makes the copy a plain memcpy (DESIGN.md §3).
    */
-  snapshot(into?: Uint8Array): Snapshot {
+  snapshot(into?: Uint8Array, intoHolds = 0): Snapshot {
     if (this.blocked || (this.inStep && this.instrumented.exports.includes('_start') && !this.instrumented.exports.includes('ftvm_step'))) {
       throw new FtvmError(
         'FTVM_ERR_SNAPSHOT',
@@ -1379,13 +1398,34 @@ export class Machine {
     assert(!this.broken, 'cannot snapshot an unwound machine');
     const mem = this.mem();
     let memory: Uint8Array;
+    // With the store barrier: the pages written since the previous snapshot (the map is cleared here).
+    const dirty = this.dirty?.take(mem.length);
+    if (this.dirtyCache !== undefined) this.dirtyCache.value = DIRTY_CACHE_RESET;
     if (into !== undefined && into.length >= mem.length) {
       memory = into.subarray(0, mem.length);
-      memory.set(mem);
+      if (dirty?.map !== undefined && intoHolds > 0 && intoHolds <= mem.length) {
+        // `into` holds memory as of the previous snapshot up to intoHolds: copy what changed since, and
+        // what grew. Runs of marked pages are copied at once.
+        const map = dirty.map;
+        const held = Math.ceil(intoHolds / DIRTY_PAGE_BYTES);
+        for (let p = 0; p < held; p++) {
+          if (map[p] === 0) continue;
+          let q = p + 1;
+          while (q < held && map[q] !== 0) q++;
+          const a = p * DIRTY_PAGE_BYTES;
+          const b = Math.min(intoHolds, q * DIRTY_PAGE_BYTES);
+          memory.set(mem.subarray(a, b), a);
+          p = q;
+        }
+        if (intoHolds < mem.length) memory.set(mem.subarray(intoHolds), intoHolds);
+      } else {
+        memory.set(mem);
+      }
     } else {
       memory = new Uint8Array(mem);
     }
     return {
+      ...(dirty !== undefined ? { dirty: { ...(dirty.map !== undefined ? { map: dirty.map } : {}), seq: dirty.seq } } : {}),
       count: this.count,
       memory,
       globals: this.globals.map((g) => g.value as number | bigint),

@@ -80,23 +80,30 @@ let grant = 0;
 let endOfLog = false;
 let goLiveRequested = false;
 let snapshotRequested = false;
+/** The snapshot buffer (by generation) that holds memory as of the last snapshot, and how much of it. */
+let intoSynced: { gen: number; bytes: number } | undefined;
 
 /** At an idle point: copy the machine's state into the buffer the I/O thread posted, and post it. */
 function takeSnapshot(): void {
   snapshotRequested = false;
   if (!machine || machine.halted) return;
   flush(); // every entry before the snapshot reaches the I/O thread first
-  const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer } | undefined;
+  const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer; gen?: number } | undefined;
   const t0 = performance.now();
   const into = msg ? new Uint8Array(msg.buffer) : undefined;
+  // The buffer of generation `gen` still holds memory as of this worker's last snapshot into it (only this
+  // worker writes it): with the store barrier, only the pages written since are copied.
+  const holds = msg !== undefined && msg.gen !== undefined && intoSynced !== undefined && intoSynced.gen === msg.gen ? intoSynced.bytes : 0;
+  intoSynced = undefined;
   let snap: ReturnType<Machine['snapshot']>;
   try {
-    snap = machine.snapshot(into);
+    snap = machine.snapshot(into, holds);
   } catch (err) {
     if (!(err instanceof FtvmError)) throw err;
     post({ t: 'snapshot-refused', code: err.code, message: err.message });
     return;
   }
+  if (msg?.gen !== undefined && into !== undefined && snap.memory.buffer === into.buffer) intoSynced = { gen: msg.gen, bytes: snap.memory.length };
   const pauseMs = performance.now() - t0;
   const { memory, ...state } = snap;
   const shared = into !== undefined && memory.buffer === into.buffer;

@@ -106,6 +106,8 @@ export class Vcpu extends EventEmitter {
   private readonly snapshotPort: MessagePort;
   /** Reused between snapshots: touched once, so copying into it costs no page faults. */
   private snapshotBuffer: SharedArrayBuffer | undefined;
+  /** Bumped with every new snapshot buffer (the worker copies only dirty pages into one it filled before). */
+  private snapshotBufferGen = 0;
   /** The snapshot being taken: resolved by the worker's 'snapshot' event, rejected if the guest ends first. */
   private snapshotWaiter: { resolve: (ev: SnapshotEvent) => void; reject: (err: Error) => void } | undefined;
   private snapshotting = false;
@@ -361,6 +363,7 @@ export class Vcpu extends EventEmitter {
         await new Promise((r) => setImmediate(r));
       }
       this.snapshotBuffer = sab;
+      this.snapshotBufferGen++;
     }
     return new Promise<TakenSnapshot>((resolve, reject) => {
       this.snapshotWaiter = {
@@ -371,7 +374,7 @@ export class Vcpu extends EventEmitter {
         },
         reject,
       };
-      this.snapshotPort.postMessage({ buffer: this.snapshotBuffer });
+      this.snapshotPort.postMessage({ buffer: this.snapshotBuffer, gen: this.snapshotBufferGen });
       this.send(Uint8Array.of(Tag.SNAPSHOT));
       this.queue.wake();
     });
