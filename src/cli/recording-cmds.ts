@@ -15,9 +15,9 @@ import type { LoadedGuest } from '../machine/guest.js';
  * machine is what starves its heartbeats), and a running replica does not keep binaryen's ~100 MB heap
  * (a smaller process dies faster after kill -9: its peer sees the crash sooner).
  */
-async function loadGuest(module: Uint8Array, maxCallDepth?: number): Promise<LoadedGuest> {
+async function loadGuest(module: Uint8Array, maxCallDepth?: number, threads = false): Promise<LoadedGuest> {
   const g = await import('../machine/guest-isolated.js');
-  return g.loadGuestIsolated(module, maxCallDepth);
+  return g.loadGuestIsolated(module, maxCallDepth, threads);
 }
 import type { HaltInfo } from '../machine/machine.js';
 import { travel } from '../machine/travel.js';
@@ -28,14 +28,15 @@ import { FtvmError } from '../util/errors.js';
 
 export const hex = (b: Uint8Array | null | undefined): string => (b ? Buffer.from(b).toString('hex') : '-');
 
-export async function loadGuestFile(path: string, maxCallDepth?: number): Promise<LoadedGuest> {
+/** `threads`: for checkpoint mode, which accepts wasi-threads guests (replay mode refuses them). */
+export async function loadGuestFile(path: string, maxCallDepth?: number, threads = false): Promise<LoadedGuest> {
   let bytes: Buffer;
   try {
     bytes = await readFile(path);
   } catch (err) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `cannot read guest ${path}: ${(err as Error).message}`);
   }
-  return await loadGuest(new Uint8Array(bytes), maxCallDepth);
+  return await loadGuest(new Uint8Array(bytes), maxCallDepth, threads);
 }
 
 export interface RecordSummary {

@@ -295,7 +295,7 @@ async function openLivenessPort(o: RunOptions, log: Logger): Promise<string | un
 /** What every replica process sets up: guest, config, timings, logger, arbiter, epoch. */
 async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: NodeOptions; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
-  const guest = await loadGuestFile(guestPath);
+  const guest = await loadGuestFile(guestPath, undefined, o.mode === 'checkpoint');
   const config = { ...DEFAULT_VM_CONFIG, name: o.vmName, args: o.arg ?? [], ...(o.disk !== undefined ? { diskBytes: o.diskSize } : {}) };
   const timings: Timings = {
     failTimeoutMs: o.failTimeoutMs,

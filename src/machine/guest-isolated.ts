@@ -15,8 +15,8 @@ type Reply = { ok: true; instrumented: InstrumentedModule } | { ok: false; code?
 /** Instrumenting the largest guest we ship (SQLite) takes seconds; a child that hangs is not waited for. */
 const INSTRUMENT_TIMEOUT_MS = 120_000;
 
-export async function loadGuestIsolated(original: Uint8Array, maxCallDepth?: number): Promise<LoadedGuest> {
-  const req: InstrumentRequest = { original, options: maxCallDepth === undefined ? {} : { maxCallDepth } };
+export async function loadGuestIsolated(original: Uint8Array, maxCallDepth?: number, threads = false): Promise<LoadedGuest> {
+  const req: InstrumentRequest = { original, options: { ...(maxCallDepth === undefined ? {} : { maxCallDepth }), ...(threads ? { threads } : {}) } };
   const child = fork(fileURLToPath(new URL('./instrument-worker.js', import.meta.url)), [], {
     serialization: 'advanced',
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

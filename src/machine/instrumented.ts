@@ -16,6 +16,22 @@ export interface InstrumentOptions {
   maxCallDepth?: number;
   /** Asyncify a WASI command at its blocking calls (default true; off only to measure its cost). */
   asyncify?: boolean;
+  /**
+   * Checkpoint mode (`ftvm run --mode checkpoint`): accept a wasi-threads guest — an imported shared
+   * memory, atomics, passive data segments, `wasi.thread-spawn` — still metered. `memory.atomic.wait32/64`
+   * become calls to the host imports `ftvm_internal.atomic_wait32/64` (a waiting thread is in a host call,
+   * where the VMM can stop it). Replay mode refuses all of it (FTVM_ERR_UNSUPPORTED_FEATURE, naming
+   * --mode checkpoint).
+   */
+  threads?: boolean;
+}
+
+/** The shared memory a threaded guest imports (one per VM; every thread's instance gets the same). */
+export interface SharedMemorySpec {
+  module: string;
+  base: string;
+  initialPages: number;
+  maximumPages: number;
 }
 
 export interface InstrumentedModule {
@@ -35,5 +51,15 @@ export interface InstrumentedModule {
    * asyncify_stop_unwind, asyncify_start_rewind, asyncify_stop_rewind and asyncify_get_state.
    */
   asyncified?: boolean;
+  /** Instrumented with `threads` and the guest imports a shared memory: a wasi-threads guest. */
+  sharedMemory?: SharedMemorySpec;
 }
+
+/** The host imports that replace `memory.atomic.wait32/64` in a threaded guest: (addr, expected, timeout ns) -> 0 ok, 1 not-equal, 2 timed out. */
+export const ATOMIC_WAIT32 = 'atomic_wait32';
+export const ATOMIC_WAIT64 = 'atomic_wait64';
+/** Threads: the import that starts a thread, and the export each thread's instance runs. */
+export const THREAD_SPAWN_MODULE = 'wasi';
+export const THREAD_SPAWN_NAME = 'thread-spawn';
+export const THREAD_START_EXPORT = 'wasi_thread_start';
 
