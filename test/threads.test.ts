@@ -9,7 +9,10 @@ import { test } from 'node:test';
 import { loadGuest } from '../src/machine/guest.js';
 import { ATOMIC_WAIT32, INTERNAL_MODULE } from '../src/machine/instrumented.js';
 import { FtvmError } from '../src/util/errors.js';
-import { CLI, guestFile } from '../src/testing/pair.js';
+import { RespClient, RespError } from '../src/client/resp.js';
+import { DEFAULT_VM_CONFIG } from '../src/log/recording.js';
+import { Vcpu, type BatchEvent } from '../src/machine/vcpu.js';
+import { CLI, guestFile, makeSecretFile } from '../src/testing/pair.js';
 import { spawnNode } from '../src/testing/processes.js';
 import { freePorts } from '../src/util/ports.js';
 import { binaryen, guestPath, wat } from './helpers.js';
@@ -66,5 +69,68 @@ test('ftvm run (replay mode) refuses the threaded guest at start with FTVM_ERR_U
     assert.match(err, /--mode checkpoint/);
   } finally {
     await p.stop(3000);
+  }
+});
+
+/** A reply as text (bulk strings may come as Buffers). */
+const text = (v: unknown): unknown => (Buffer.isBuffer(v) ? v.toString('utf8') : v);
+
+test('checkpoint mode, serving alone: the threaded kv guest answers concurrent RESP clients; concurrent INCRs are exact (the lock works)', async () => {
+  const secretFile = makeSecretFile();
+  const [service] = await freePorts(1);
+  const p = spawnNode([CLI, 'run', guestFile('threaded_kv'), '--mode', 'checkpoint', '--role', 'primary', '--service', `127.0.0.1:${service}`, '--secret-file', secretFile, '--node-id', 'threads-alone'], { name: 'threaded-primary' });
+  const clients: RespClient[] = [];
+  try {
+    await p.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' });
+    await p.waitForLine(/worker threads/, 30_000, { stream: 'stderr' });
+    const N = 4;
+    const PER = 150;
+    for (let i = 0; i < N; i++) clients.push(await RespClient.connect({ port: service!, callTimeoutMs: 30_000 }));
+    const c0 = clients[0]!;
+    assert.equal(text(await c0.call('PING')), 'PONG');
+    assert.equal(text(await c0.call('SET', 'greeting', 'hello')), 'OK');
+    assert.equal(text(await clients[1]!.call('GET', 'greeting')), 'hello', 'another connection (another thread) reads the write');
+    assert.equal(await clients[2]!.call('DEL', 'greeting', 'missing'), 1);
+    assert.equal(await clients[3]!.call('GET', 'greeting'), null);
+    assert.equal(text(await c0.call('SET', 'word', 'abc')), 'OK');
+    const notInt = await c0.call('INCR', 'word');
+    assert.ok(notInt instanceof RespError && /not an integer/.test(notInt.message), `INCR of a word: ${String(notInt)}`);
+
+    // Every connection is served by its own worker thread: INCRs race on one key under the table lock.
+    const replies = await Promise.all(
+      clients.map(async (c) => {
+        const got: number[] = [];
+        for (let i = 0; i < PER; i++) got.push(Number(await c.call('INCR', 'counter')));
+        return got;
+      }),
+    );
+    const all = replies.flat().sort((a, b) => a - b);
+    assert.deepEqual(all, Array.from({ length: N * PER }, (_, i) => i + 1), 'every INCR saw a distinct value: none lost, none duplicated');
+    for (const r of replies) for (let i = 1; i < r.length; i++) assert.ok(r[i]! > r[i - 1]!, 'each connection sees its own INCRs increase');
+    assert.equal(text(await c0.call('GET', 'counter')), String(N * PER));
+    assert.equal(await c0.call('DBSIZE'), 2);
+  } finally {
+    for (const c of clients) await c.close();
+    await p.stop(5000);
+  }
+});
+
+test('the VM bounds its guest threads: past the limit thread-spawn fails (EAGAIN) with a console note, and the guest exits', async () => {
+  const g = loadGuest(threadedKv(), undefined, true);
+  const vcpu = new Vcpu({ mode: 'record', guest: g, config: { ...DEFAULT_VM_CONFIG, args: ['4'] }, maxThreads: 2 });
+  const consoleText: string[] = [];
+  vcpu.on('batch', (b: BatchEvent) => {
+    for (const o of b.outputs) if (o.kind === 'console') consoleText.push(Buffer.from(o.data).toString('utf8'));
+  });
+  try {
+    const done = await vcpu.done;
+    assert.equal(done.state, 'halted');
+    assert.equal(done.halt?.kind, 'exit');
+    assert.equal(done.halt?.code, 1);
+    const out = consoleText.join('');
+    assert.match(out, /limit of 2 guest threads/);
+    assert.match(out, /thread-spawn failed for worker thread with result -6/);
+  } finally {
+    await vcpu.terminate();
   }
 });

@@ -32,7 +32,8 @@ import {
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
-import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { ATOMIC_WAIT32, ATOMIC_WAIT64, DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, THREAD_SPAWN_MODULE, THREAD_SPAWN_NAME, type InstrumentedModule } from './instrumented.js';
+import { DEFAULT_MAX_GUEST_THREADS, ThreadHub, WouldBlock } from './threads.js';
 import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
 
@@ -295,6 +296,10 @@ export interface MachineOptions {
   diskImagePath?: string;
   /** The log's format (default: LOG_FORMAT, output digests); replay of an old recording passes 1. */
   logFormat?: LogFormat;
+  /** A wasi-threads guest (checkpoint mode): at most this many threads besides the main one. */
+  maxThreads?: number;
+  /** The vCPU's input queue buffer: guest threads wake the vCPU thread on its wake word. */
+  queue?: SharedArrayBuffer;
 }
 
 export class Machine {
@@ -344,6 +349,10 @@ export class Machine {
   /** Log format 2: outputs are covered by OUT_DIGEST entries rather than logged one by one. */
   readonly digests: boolean;
   private readonly outRecord = Buffer.alloc(18);
+  /** A wasi-threads guest (checkpoint mode): its threads beside the main one, which runs here. */
+  readonly threads: ThreadHub | undefined;
+  /** The shared memory every thread's instance imports (a threaded guest). */
+  private readonly sharedMemory: WebAssembly.Memory | undefined;
 
   constructor(opts: MachineOptions) {
     this.digests = (opts.logFormat ?? LOG_FORMAT) === LOG_FORMAT_DIGEST;
@@ -359,9 +368,31 @@ export class Machine {
     if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
-    this.instance = new WebAssembly.Instance(compiled, this.imports());
+    const spec = opts.instrumented.sharedMemory;
+    if (spec !== undefined) {
+      // Threads run freely: only checkpoint mode (state transfer, a record vCPU whose log is not shipped) runs them.
+      if (this.mode !== 'record') throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'a threaded guest cannot be replayed: run it with --mode checkpoint');
+      this.sharedMemory = new WebAssembly.Memory({ initial: spec.initialPages, maximum: spec.maximumPages, shared: true });
+    }
+    const importObject = this.imports();
+    this.instance = new WebAssembly.Instance(compiled, importObject);
     const ex = this.instance.exports;
-    this.memory = ex[MEMORY_EXPORT] as WebAssembly.Memory;
+    this.memory = this.sharedMemory ?? (ex[MEMORY_EXPORT] as WebAssembly.Memory);
+    if (spec !== undefined) {
+      this.threads = new ThreadHub({
+        instrumented: opts.instrumented,
+        compiled,
+        memory: this.memory,
+        spec,
+        imports: importObject,
+        queue: opts.queue,
+        maxThreads: opts.maxThreads ?? DEFAULT_MAX_GUEST_THREADS,
+        notice: (text) => this.output('console', 0, 2, Buffer.from(text, 'utf8')),
+        trap: (message) => {
+          throw new GuestTrap(message, this.count);
+        },
+      });
+    }
     this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
     this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
     this.globals = opts.instrumented.globalExports.map((n) => ex[n] as WebAssembly.Global);
@@ -625,10 +656,19 @@ export class Machine {
    */
   blockFor(ready: () => boolean, deadlineMs: number | undefined): boolean {
     const env = this.env!;
+    if (this.threads?.servicing === true) {
+      // A guest thread's call, run by the vCPU thread: it must not wait here (the other threads' calls
+      // and the main thread would stand still); it gives way and is tried again at the next round.
+      this.pumpSocketInputs();
+      if (ready()) return true;
+      if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
+      throw new WouldBlock();
+    }
     this.blocked = true;
     try {
       for (;;) {
         if (this.unwindRequested) throw new UnwindRequest();
+        this.threads?.service();
         this.pumpSocketInputs();
         if (ready()) return true;
         if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
@@ -787,6 +827,7 @@ export class Machine {
         // differs between replicas. A stop that delivered (logged or consumed entries) is at the same
         // count on every replica, so the global keeps it: a later HALT is then never numbered before
         // an entry of its step.
+        self.threads?.service(); // the guest threads' host calls wait for the vCPU thread
         const stale = self.fuel.value as bigint;
         const endBefore = self.budgetEnd;
         const seqBefore = self.seq;
@@ -809,6 +850,26 @@ export class Machine {
       if (fn !== undefined) wasi[name] = this.asyncifyImport(fn);
     }
     const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal };
+    const spec = this.instrumented.sharedMemory;
+    if (spec !== undefined) {
+      (imports[spec.module] ??= {})[spec.base] = this.sharedMemory!;
+      imports[THREAD_SPAWN_MODULE] = { [THREAD_SPAWN_NAME]: (startArg: number): number => self.threads!.spawn(startArg) };
+      const wait = (bytes: 4 | 8) => (addr: bigint, expected: number | bigint, timeoutNs: bigint): number => {
+        const len = self.memory.buffer.byteLength;
+        if (addr < 0n || addr + BigInt(bytes) > BigInt(len)) throw new GuestTrap(`atomic wait out of bounds at ${addr}`, self.count);
+        if (addr % BigInt(bytes) !== 0n) throw new GuestTrap(`unaligned atomic wait at ${addr}`, self.count);
+        const view = bytes === 4 ? new Int32Array(self.memory.buffer) : new BigInt64Array(self.memory.buffer);
+        const index = Number(addr) / bytes;
+        const until = timeoutNs < 0n ? Infinity : performance.now() + Number(timeoutNs) / 1e6;
+        for (;;) {
+          // In slices, so that a VM with no other activity still notices its threads' ends.
+          const r = self.threads!.mainWait(view, index, expected, Math.min(1000, Math.max(0, until - performance.now())));
+          if (r !== 2 || performance.now() >= until) return r;
+        }
+      };
+      (internal as Record<string, unknown>)[ATOMIC_WAIT32] = wait(4);
+      (internal as Record<string, unknown>)[ATOMIC_WAIT64] = wait(8);
+    }
     return imports;
   }
 
