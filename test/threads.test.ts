@@ -4,6 +4,7 @@
  * atomics, atomic waits rewritten into host calls).
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { loadGuest } from '../src/machine/guest.js';
@@ -12,8 +13,8 @@ import { FtvmError } from '../src/util/errors.js';
 import { RespClient, RespError } from '../src/client/resp.js';
 import { DEFAULT_VM_CONFIG } from '../src/log/recording.js';
 import { Vcpu, type BatchEvent } from '../src/machine/vcpu.js';
-import { CLI, guestFile, makeSecretFile } from '../src/testing/pair.js';
-import { spawnNode } from '../src/testing/processes.js';
+import { CLI, guestFile, makeSecretFile, startArbiter } from '../src/testing/pair.js';
+import { spawnNode, type ProcessHandle } from '../src/testing/processes.js';
 import { freePorts } from '../src/util/ports.js';
 import { binaryen, guestPath, wat } from './helpers.js';
 
@@ -132,5 +133,59 @@ test('the VM bounds its guest threads: past the limit thread-spawn fails (EAGAIN
     assert.match(out, /thread-spawn failed for worker thread with result -6/);
   } finally {
     await vcpu.terminate();
+  }
+});
+
+test('checkpoint mode, two processes, the threaded kv guest: kill -9 of the primary under concurrent writes; the backup goes live from its last checkpoint (every thread restored) with every acknowledged write', async () => {
+  const secretFile = makeSecretFile();
+  const arbiter = await startArbiter(secretFile);
+  const [channel, primaryService, backupService] = await freePorts(3);
+  const common = ['--mode', 'checkpoint', '--secret-file', secretFile, '--arbiter', arbiter.url, '--fail-timeout-ms', '1500', '--arbiter-deadline-ms', '3000', '--checkpoint-interval-ms', '20', '--no-fast-failover'];
+  const procs: ProcessHandle[] = [arbiter.proc];
+  const clients: RespClient[] = [];
+  try {
+    const backup = spawnNode([CLI, 'run', guestFile('threaded_kv'), '--role', 'backup', '--channel', `127.0.0.1:${channel}`, '--service', `127.0.0.1:${backupService}`, '--node-id', 'threads-backup', ...common], { name: 'backup' });
+    procs.push(backup);
+    await backup.waitForLine(/checkpoint backup: listening/, 30_000, { stream: 'stderr' });
+    const primary = spawnNode([CLI, 'run', guestFile('threaded_kv'), '--role', 'primary', '--peer', `127.0.0.1:${channel}`, '--service', `127.0.0.1:${primaryService}`, '--node-id', 'threads-primary', ...common], { name: 'primary' });
+    procs.push(primary);
+    await primary.waitForLine(/primary is serving/, 30_000, { stream: 'stderr' });
+
+    // Four connections at once: four worker threads write concurrently (SETs and INCRs on a shared key).
+    for (let i = 0; i < 4; i++) clients.push(await RespClient.connect({ port: primaryService!, callTimeoutMs: 30_000 }));
+    const acknowledged: Array<[string, string]> = [];
+    let incrs = 0;
+    const t0 = Date.now();
+    await Promise.all(
+      clients.map(async (c, ci) => {
+        for (let i = 0; i < 25 && Date.now() - t0 < 60_000; i++) {
+          const key = `c${ci}-k${i}`;
+          const value = `v${i}-${randomBytes(4).toString('hex')}`;
+          assert.equal(text(await c.call('SET', key, value)), 'OK');
+          acknowledged.push([key, value]);
+          assert.equal(typeof (await c.call('INCR', 'shared')), 'number');
+          incrs++;
+        }
+      }),
+    );
+    assert.ok(acknowledged.length >= 40, `writes acknowledged before the kill (${acknowledged.length})`);
+    for (const c of clients.splice(0)) await c.close();
+
+    const mark = backup.mark();
+    primary.kill('SIGKILL');
+    await primary.exited;
+    const wentLive = await backup.waitForLine(/"checkpoint":(\d+).*going live from the last complete checkpoint/, 30_000, { stream: 'stderr', since: mark });
+    assert.ok(Number(wentLive[1]) >= 1, `the backup went live from a complete checkpoint (${wentLive[1]})`);
+    await backup.waitForLine(/primary is serving/, 30_000, { stream: 'stderr', since: mark });
+
+    // Served by the restored threads: four connections at once again (each needs a worker thread).
+    for (let i = 0; i < 4; i++) clients.push(await RespClient.connect({ port: backupService!, callTimeoutMs: 30_000 }));
+    for (const [k, v] of acknowledged) assert.equal(text(await clients[0]!.call('GET', k)), v, `${k} survived the failover`);
+    assert.equal(text(await clients[1]!.call('GET', 'shared')), String(incrs), 'every acknowledged INCR survived');
+    const after = await Promise.all(clients.map((c) => c.call('INCR', 'shared')));
+    assert.deepEqual(after.map(Number).sort((a, b) => a - b), [incrs + 1, incrs + 2, incrs + 3, incrs + 4], 'the restored threads serve concurrently under the lock');
+  } finally {
+    for (const c of clients) await c.close();
+    for (const p of procs.reverse()) await p.stop(3000);
   }
 });

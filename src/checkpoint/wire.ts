@@ -6,8 +6,10 @@
  *
  *   "FTVMCKPT" | u8 version | varint epoch | varint checkpoint | varint count | varint seq | u8 flags
  *   (1 stepAgain, 2 deliveredInStep, 4 booted, 8 resume, 16 disk, 32 disk unchanged since the previous
- *   checkpoint, 64 base) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
- *   | [flag 8: varint length + the unwound stack] | [flag 16 without 32: varint length + the disk's
+ *   checkpoint, 64 base, 128 threads) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
+ *   | [flag 8: varint length + the unwound stack] | [flag 128: the other threads of a wasi-threads guest:
+ *   varint next tid, varint count, each varint tid, varint start_arg, globals as above, varint length +
+ *   its unwound stack] | [flag 16 without 32: varint length + the disk's
  *   serialization] | varint length + memory delta (src/checkpoint/delta.ts, with its own CRC-32)
  *   | u32 CRC-32 of everything before it
  *
@@ -25,6 +27,7 @@ import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import type { DeviceState } from '../machine/devices.js';
 import type { Snapshot } from '../machine/machine.js';
+import type { GuestThreadImage, ThreadsState } from '../machine/thread-protocol.js';
 import { FtvmError, assert } from '../util/errors.js';
 import { DEFAULT_PAGE_BYTES, DirtyTracker, applyDelta, deltaMemoryBytes } from './delta.js';
 
@@ -41,6 +44,10 @@ const F_RESUME = 8;
 const F_DISK = 16;
 const F_DISK_SAME = 32;
 const F_BASE = 64;
+const F_THREADS = 128;
+/** Bounds of a decoded threads section (a thread's image is bounded by the worker's image buffer). */
+const MAX_THREADS_DECODED = 4096;
+const MAX_THREAD_STACK_BYTES = 1024 * 1024;
 
 function refuse(msg: string, cause?: unknown): never {
   throw new FtvmError('FTVM_ERR_CHECKPOINT', `checkpoint refused: ${msg}`, cause !== undefined ? { cause } : undefined);
@@ -57,6 +64,7 @@ export interface DecodedCheckpoint {
   globals: Array<number | bigint>;
   devices: DeviceState;
   resume?: Uint8Array;
+  threads?: ThreadsState;
   /** 'same': the VM has a disk, unchanged since the previous checkpoint; undefined: no disk. */
   disk?: Uint8Array | 'same';
   /** A base checkpoint: memory against zeros, independent of every earlier checkpoint. */
@@ -82,21 +90,43 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
     const count = r.varint();
     const seq = r.varint();
     const flags = r.u8();
-    if (flags >= 128) refuse(`unknown flags ${flags}`);
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_DISK) === 0) refuse('an unchanged disk without a disk');
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_BASE) !== 0) refuse('a base checkpoint with an unchanged disk');
-    const n = r.varint();
-    if (n > 100_000) refuse(`${n} globals`);
-    const globals: Array<number | bigint> = [];
-    for (let i = 0; i < n; i++) {
-      const kind = r.u8();
-      if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
-      else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
-      else refuse(`global kind ${kind}`);
-    }
+    const readGlobals = (): Array<number | bigint> => {
+      const n = r.varint();
+      if (n > 100_000) refuse(`${n} globals`);
+      const globals: Array<number | bigint> = [];
+      for (let i = 0; i < n; i++) {
+        const kind = r.u8();
+        if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
+        else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
+        else refuse(`global kind ${kind}`);
+      }
+      return globals;
+    };
+    const globals = readGlobals();
     const devices: unknown = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8'));
     if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) refuse('device state is not an object');
     const resume = (flags & F_RESUME) !== 0 ? r.bytes(r.varint()) : undefined;
+    let threads: ThreadsState | undefined;
+    if ((flags & F_THREADS) !== 0) {
+      const nextTid = r.varint();
+      const count = r.varint();
+      if (count > MAX_THREADS_DECODED) refuse(`${count} guest threads`);
+      const list: GuestThreadImage[] = [];
+      for (let i = 0; i < count; i++) {
+        const tid = r.varint();
+        const startArg = r.varint();
+        if (tid < 1 || tid >= nextTid || startArg > 0xffffffff) refuse(`guest thread ${tid} (next ${nextTid}, start_arg ${startArg})`);
+        if (list.some((t) => t.tid === tid)) refuse(`guest thread ${tid} twice`);
+        const tg = readGlobals();
+        if (tg.length !== globals.length) refuse(`guest thread ${tid} has ${tg.length} globals, the main thread ${globals.length}`);
+        const len = r.varint();
+        if (len > MAX_THREAD_STACK_BYTES) refuse(`guest thread ${tid}: an unwound stack of ${len} bytes`);
+        list.push({ tid, startArg, globals: tg, stack: new Uint8Array(r.bytes(len)) });
+      }
+      threads = { nextTid, threads: list };
+    }
     const disk = (flags & F_DISK) === 0 ? undefined : (flags & F_DISK_SAME) !== 0 ? ('same' as const) : r.bytes(r.varint());
     const delta = r.bytes(r.varint());
     if (r.remaining !== 0) refuse(`${r.remaining} trailing bytes`);
@@ -111,6 +141,7 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
       globals,
       devices: devices as DeviceState,
       ...(resume !== undefined ? { resume } : {}),
+      ...(threads !== undefined ? { threads } : {}),
       ...(disk !== undefined ? { disk } : {}),
       base: (flags & F_BASE) !== 0,
       delta,
@@ -192,26 +223,41 @@ export class CheckpointEncoder {
         (s.resume !== undefined ? F_RESUME : 0) |
         (s.disk !== undefined ? F_DISK : 0) |
         (diskSame ? F_DISK_SAME : 0) |
-        (base ? F_BASE : 0),
+        (base ? F_BASE : 0) |
+        (s.threads !== undefined ? F_THREADS : 0),
     );
-    w.varint(s.globals.length);
     const f64 = Buffer.alloc(8);
-    for (const g of s.globals) {
-      if (typeof g === 'bigint') {
-        w.u8(1);
-        w.u64(BigInt.asUintN(64, g));
-      } else {
-        w.u8(0);
-        f64.writeDoubleLE(g, 0);
-        w.bytes(f64);
+    const writeGlobals = (globals: Array<number | bigint>): void => {
+      w.varint(globals.length);
+      for (const g of globals) {
+        if (typeof g === 'bigint') {
+          w.u8(1);
+          w.u64(BigInt.asUintN(64, g));
+        } else {
+          w.u8(0);
+          f64.writeDoubleLE(g, 0);
+          w.bytes(f64);
+        }
       }
-    }
+    };
+    writeGlobals(s.globals);
     const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
     w.varint(dev.length);
     w.bytes(dev);
     if (s.resume !== undefined) {
       w.varint(s.resume.length);
       w.bytes(s.resume);
+    }
+    if (s.threads !== undefined) {
+      w.varint(s.threads.nextTid);
+      w.varint(s.threads.threads.length);
+      for (const t of s.threads.threads) {
+        w.varint(t.tid);
+        w.varint(t.startArg);
+        writeGlobals(t.globals);
+        w.varint(t.stack.length);
+        w.bytes(t.stack);
+      }
     }
     if (s.disk !== undefined && !diskSame) {
       w.varint(s.disk.length);
@@ -243,6 +289,7 @@ interface Held {
   globals: Array<number | bigint>;
   devices: DeviceState;
   resume?: Uint8Array;
+  threads?: ThreadsState;
   disk?: Uint8Array;
 }
 
@@ -319,6 +366,7 @@ export class CheckpointReplica {
       globals: c.globals,
       devices: c.devices,
       ...(c.resume !== undefined ? { resume: new Uint8Array(c.resume) } : {}),
+      ...(c.threads !== undefined ? { threads: c.threads } : {}),
       ...(disk !== undefined ? { disk } : {}),
     };
     this.epochFloor = c.epoch;
@@ -347,6 +395,7 @@ export class CheckpointReplica {
       globals: [...h.globals],
       devices: structuredClone(h.devices),
       ...(h.resume !== undefined ? { resume: new Uint8Array(h.resume) } : {}),
+      ...(h.threads !== undefined ? { threads: structuredClone(h.threads) } : {}),
       ...(h.disk !== undefined ? { disk: new Uint8Array(h.disk) } : {}),
     };
   }

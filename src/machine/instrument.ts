@@ -64,6 +64,7 @@ const READ_FEATURES =
   binaryen.Features.CallIndirectOverlong;
 
 import {
+  ASYNC_WASI_CALL_NAMES,
   ATOMIC_WAIT32,
   ATOMIC_WAIT64,
   INDIRECT_GLOBAL,
@@ -551,7 +552,7 @@ class FunctionRewriter {
  * Asyncify pass at these imports only, so that a guest blocked in one can unwind its stack into linear
  * memory (a snapshot) and be rewound into the same call on another replica.
  */
-export const ASYNC_WASI_CALLS = ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read'];
+export const ASYNC_WASI_CALLS = [...ASYNC_WASI_CALL_NAMES];
 
 export function instrument(original: Uint8Array, options: InstrumentOptions = {}): InstrumentedModule {
   const maxCallDepth = options.maxCallDepth ?? DEFAULT_MAX_CALL_DEPTH;
@@ -612,8 +613,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
   } else if (memImported) {
     refuse(`imported memory (${mem.module}.${mem.base}); the guest must define its own memory`, 'module');
   }
-  // Asyncify at blocking calls is not applied to threaded guests yet (snapshots of every thread: issue #17).
-  const asyncify = asyncifyOpt && sharedMemory === undefined;
+  const asyncify = asyncifyOpt;
   if (mod.getNumTables() > 0) {
     for (let i = 0; i < mod.getNumTables(); i++) {
       const t = binaryen.getTableInfo(mod.getTableByIndex(i));
@@ -671,6 +671,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
 
   // --- VMM globals, imports and exports ---
   const globalExports: string[] = [];
+  let stackPointerExport: string | undefined;
   const nGlobals = mod.getNumGlobals();
   for (let i = 0; i < nGlobals; i++) {
     const g = binaryen.getGlobalInfo(mod.getGlobalByIndex(i));
@@ -679,6 +680,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
       const name = `${GLOBAL_EXPORT_PREFIX}${i}`;
       mod.addGlobalExport(g.name, name);
       globalExports.push(name);
+      if (g.name === '__stack_pointer' && g.type === binaryen.i32) stackPointerExport = name;
     }
   }
   mod.addGlobal(FUEL_GLOBAL, binaryen.i64, true, mod.i64.const(0n as never));
@@ -686,6 +688,8 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
   mod.addGlobal(DEPTH_GLOBAL, binaryen.i32, true, mod.i32.const(0));
   mod.addGlobalExport(FUEL_GLOBAL, FUEL_GLOBAL);
   const blocking = asyncify && exports.includes('_start') && !exports.includes('ftvm_step') ? imports.filter((i) => i.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALLS.includes(i.name)) : [];
+  // A threaded guest's threads also park in their futex waits (the rewritten atomic waits).
+  const asyncWaits = blocking.length > 0 && sharedMemory !== undefined ? [ATOMIC_WAIT32, ATOMIC_WAIT64].map((n) => `${INTERNAL_MODULE}.${n}`) : [];
   if (blocking.length > 0) {
     mod.addGlobal(INDIRECT_GLOBAL, binaryen.i32, true, mod.i32.const(0));
     mod.addGlobalExport(INDIRECT_GLOBAL, INDIRECT_GLOBAL);
@@ -784,7 +788,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
   // --- Asyncify at the blocking WASI calls of a command (snapshots of a guest blocked in a call) ---
   if (blocking.length > 0) {
     binaryen.setPassArgument('asyncify-ignore-indirect', 'true');
-    binaryen.setPassArgument('asyncify-imports', blocking.map((i) => `${i.module}.${i.name}`).join(','));
+    binaryen.setPassArgument('asyncify-imports', [...blocking.map((i) => `${i.module}.${i.name}`), ...asyncWaits].join(','));
     const level = binaryen.getOptimizeLevel();
     try {
       binaryen.setOptimizeLevel(0); // 1 or 2 shrink the code but cost seconds at every load
@@ -796,5 +800,5 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
     if (!mod.validate()) throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the module does not validate after the asyncify pass');
   }
   const binary = mod.emitBinary();
-  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0, ...(sharedMemory !== undefined ? { sharedMemory } : {}) };
+  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0, ...(sharedMemory !== undefined ? { sharedMemory } : {}), ...(stackPointerExport !== undefined ? { stackPointerExport } : {}) };
 }

@@ -53,6 +53,11 @@ export interface InstrumentedModule {
   asyncified?: boolean;
   /** Instrumented with `threads` and the guest imports a shared memory: a wasi-threads guest. */
   sharedMemory?: SharedMemorySpec;
+  /**
+   * The export (one of `globalExports`) of the guest's stack pointer (`__stack_pointer`), when the module
+   * names it: a parked guest thread unwinds into the bytes just below it (its own stack's free part).
+   */
+  stackPointerExport?: string;
 }
 
 /** The host imports that replace `memory.atomic.wait32/64` in a threaded guest: (addr, expected, timeout ns) -> 0 ok, 1 not-equal, 2 timed out. */
@@ -62,4 +67,6 @@ export const ATOMIC_WAIT64 = 'atomic_wait64';
 export const THREAD_SPAWN_MODULE = 'wasi';
 export const THREAD_SPAWN_NAME = 'thread-spawn';
 export const THREAD_START_EXPORT = 'wasi_thread_start';
+/** The WASI calls in which a command may block (Asyncify's imports in a command; see instrument.ts). */
+export const ASYNC_WASI_CALL_NAMES: readonly string[] = ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read'];
 

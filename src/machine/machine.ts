@@ -34,6 +34,7 @@ import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
 import { ATOMIC_WAIT32, ATOMIC_WAIT64, DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, THREAD_SPAWN_MODULE, THREAD_SPAWN_NAME, type InstrumentedModule } from './instrumented.js';
 import { DEFAULT_MAX_GUEST_THREADS, ThreadHub, WouldBlock } from './threads.js';
+import type { ThreadsState } from './thread-protocol.js';
 import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
 
@@ -135,7 +136,12 @@ export interface Snapshot {
    * asyncify data buffer held). The machine restored from it rewinds into the same call.
    */
   resume?: Uint8Array;
+  /** A wasi-threads guest: its other threads, each parked (unwound) in a blocking point. */
+  threads?: ThreadsState;
 }
+
+/** How long a snapshot waits for every guest thread to park before it is refused (and tried again later). */
+const THREAD_STOP_TIMEOUT_MS = 200;
 
 class GuestExit extends Error {
   constructor(readonly code: number) {
@@ -353,6 +359,10 @@ export class Machine {
   readonly threads: ThreadHub | undefined;
   /** The shared memory every thread's instance imports (a threaded guest). */
   private readonly sharedMemory: WebAssembly.Memory | undefined;
+  /** Restored from a snapshot with threads: they start (rewinding) when the machine runs. */
+  private pendingThreads: ThreadsState | undefined;
+  /** The other threads are parked until the main thread's rewind ends (or, restored, start then). */
+  private resumeThreadsAfterRewind = false;
 
   constructor(opts: MachineOptions) {
     this.digests = (opts.logFormat ?? LOG_FORMAT) === LOG_FORMAT_DIGEST;
@@ -699,6 +709,9 @@ export class Machine {
     // Asyncify rewrote only the functions that reach a blocking call directly: a call reached through a
     // function pointer cannot unwind (the snapshot is refused; the primary tries again later).
     if ((this.instance.exports[INDIRECT_GLOBAL] as WebAssembly.Global).value !== 0) return false;
+    // A threaded guest: every other thread parks first (each unwound at a blocking point), so that memory,
+    // their stacks and the main thread's are captured at one moment. runCommand resumes them afterwards.
+    if (this.threads !== undefined && !this.threads.stopAll(THREAD_STOP_TIMEOUT_MS)) return false;
     this.unwindRequested = true;
     return true;
   }
@@ -748,6 +761,14 @@ export class Machine {
     this.mem().set(this.asyncifySaved!, ASYNCIFY_DATA_PTR);
     this.asyncifySaved = undefined;
     this.resumeImage = undefined;
+    if (this.resumeThreadsAfterRewind) {
+      this.resumeThreadsAfterRewind = false;
+      this.threads!.resumeAll();
+    }
+    if (this.pendingThreads !== undefined) {
+      this.threads!.respawn(this.pendingThreads);
+      this.pendingThreads = undefined;
+    }
   }
 
   /** Wraps a blocking WASI import of an asyncified command (rewind arrives here; unwinds leave here). */
@@ -1275,7 +1296,15 @@ export class Machine {
       if (this.halted) return;
       if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_UNWINDING) {
         this.endUnwind();
-        if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        try {
+          if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        } catch (err) {
+          this.threads?.resumeAll();
+          throw err;
+        }
+        // The other threads resume once the main thread is back in its call (endRewind): its rewind
+        // borrows guest memory (the asyncify buffer), which no running thread may see.
+        this.resumeThreadsAfterRewind = this.threads !== undefined;
         continue;
       }
       assert(this.resumeImage === undefined && this.asy?.get_state() !== ASYNCIFY_REWINDING, 'the command returned while rewinding');
@@ -1457,6 +1486,7 @@ export class Machine {
       seq: this.seq,
       ...(this.resumeImage !== undefined ? { resume: new Uint8Array(this.resumeImage) } : {}),
       ...(this.disk !== undefined ? { disk: this.disk.serialize() } : {}),
+      ...(this.threads !== undefined ? { threads: this.threads.parkedState() } : {}),
     };
   }
 
@@ -1488,6 +1518,11 @@ export class Machine {
     if (s.resume !== undefined) {
       if (this.asy === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot resumes a blocked call but this module is not asyncified');
       this.resumeImage = new Uint8Array(s.resume);
+    }
+    if ((s.threads !== undefined) !== (this.threads !== undefined)) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot and this guest disagree on having threads');
+    if (s.threads !== undefined) {
+      if (s.resume === undefined && s.threads.threads.length > 0) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'a snapshot with guest threads must resume its main thread in a blocking call');
+      this.pendingThreads = s.threads;
     }
     this.budgetEnd = s.count;
     this.fuel.value = 0n;

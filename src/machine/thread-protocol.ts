@@ -10,9 +10,21 @@
 export const SLOT_STATE = 0;
 export const SLOT_CALL = 1;
 export const SLOT_MSG_LEN = 2;
+/** Set to 1 by the vCPU thread: park at the next blocking point (a stop for a snapshot). */
+export const SLOT_STOP = 3;
+/** The byte address the thread waits on in an atomic wait, or -1 (a stop request notifies it there). */
+export const SLOT_WAIT_ADDR = 4;
+/** PARK_*: where the thread is in a stop. */
+export const SLOT_PARK = 5;
+/** Bytes of the parked thread's image in its image buffer. */
+export const SLOT_IMAGE_LEN = 6;
+/** The number of the thread's current request (bumped at each): a call that gave way is not new work. */
+export const SLOT_SEQ = 7;
+export const SLOT_INTS = 8;
 /** Where the vCPU thread's own futex wait is (a byte address), or -1: a request also wakes it there. */
 export const HUB_MAIN_WAIT_ADDR = 0;
-export const SLOT_INTS = 4;
+/** Bumped (and notified) by a thread at every event the vCPU thread may wait for (a request, a park). */
+export const HUB_EVENTS = 1;
 /** Arguments and result (BigInt64Array after the ints): up to 15 arguments, then the result. */
 export const SLOT_ARGS = 15;
 export const SLOT_RESULT = SLOT_ARGS;
@@ -29,6 +41,69 @@ export const STATE_TRAP = 3;
 export const STATE_FINISHED = 4;
 /** Set by the thread's worker when its guest code trapped (message in the slot): the VM halts. */
 export const STATE_FAILED = 5;
+/** The vCPU thread's answer to a blocking call during a stop: unwind (the call has not run; it is made again after the rewind). */
+export const STATE_UNWIND = 6;
+
+/** Park states. */
+export const PARK_RUNNING = 0;
+/** Unwound: the image (globals, then the stack) is in the image buffer; waits for PARK_RESUME. */
+export const PARK_PARKED = 1;
+export const PARK_RESUME = 2;
+/** It cannot unwind where it blocks (an indirect call is in progress): the stop is abandoned. */
+export const PARK_REFUSED = 3;
+
+/** A parked thread's image buffer: u32 global count, per global (u8 kind: 0 number, 1 i64) + 8 bytes, then the unwound stack. */
+export const IMAGE_BYTES = 128 * 1024;
+/** Bytes below a parked thread's stack pointer that its unwound stack may take (Asyncify's data buffer). */
+export const PARK_BUFFER_BYTES = 8 * 1024;
+
+/** One guest thread of a snapshot: enough to start it again and rewind it into its blocking call. */
+export interface GuestThreadImage {
+  tid: number;
+  startArg: number;
+  globals: Array<number | bigint>;
+  /** Its unwound wasm stack (Asyncify's data, without the 8-byte header). */
+  stack: Uint8Array;
+}
+
+/** The threads of a wasi-threads guest in a snapshot (its main thread is the machine's own state). */
+export interface ThreadsState {
+  nextTid: number;
+  threads: GuestThreadImage[];
+}
+
+/** Writes globals then stack into an image buffer; returns its length. */
+export function writeImage(buf: Uint8Array, globals: Array<number | bigint>, stack: Uint8Array): number {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const need = 4 + globals.length * 9 + stack.length;
+  if (need > buf.length) throw new RangeError(`a thread image of ${need} bytes exceeds ${buf.length}`);
+  dv.setUint32(0, globals.length, true);
+  let at = 4;
+  globals.forEach((g) => {
+    if (typeof g === 'bigint') {
+      dv.setUint8(at, 1);
+      dv.setBigInt64(at + 1, g, true);
+    } else {
+      dv.setUint8(at, 0);
+      dv.setFloat64(at + 1, g, true);
+    }
+    at += 9;
+  });
+  buf.set(stack, at);
+  return at + stack.length;
+}
+
+export function readImage(buf: Uint8Array): { globals: Array<number | bigint>; stack: Uint8Array } {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const n = dv.getUint32(0, true);
+  const globals: Array<number | bigint> = [];
+  let at = 4;
+  for (let i = 0; i < n; i++) {
+    globals.push(dv.getUint8(at) === 1 ? dv.getBigInt64(at + 1, true) : dv.getFloat64(at + 1, true));
+    at += 9;
+  }
+  return { globals, stack: new Uint8Array(buf.subarray(at)) };
+}
 
 export interface ThreadWorkerInit {
   module: WebAssembly.Module;
@@ -48,6 +123,15 @@ export interface ThreadWorkerInit {
   /** Thread-spawn's maximum memory (pages), for memory.grow on this thread. */
   maximumPages: number;
   maxCallDepth: number;
+  /** Where the parked thread leaves its image (IMAGE_BYTES). */
+  image: SharedArrayBuffer;
+  /** Export names of the module's mutable globals (in order) and of its stack pointer, if it has one. */
+  globalExports: string[];
+  stackPointerExport: string | undefined;
+  /** The imports (by index in `calls`) a thread may unwind out of (Asyncify's blocking calls). */
+  unwindable: number[];
+  /** A restored thread: its globals and unwound stack; it is rewound into its blocking call at start. */
+  resume?: { globals: Array<number | bigint>; stack: Uint8Array };
 }
 
 export type ValType = 'i32' | 'i64';

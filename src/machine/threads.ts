@@ -11,12 +11,36 @@
  * would block does not block the vCPU thread: it gives way (`WouldBlock`) and stays pending, to be
  * tried again at the next service round (new input, another request, or at the latest after the vCPU's
  * wait times out).
+ *
+ * A consistent snapshot of every thread (`stopAll` … `parkedState` … `resumeAll`): the machine asks every
+ * thread to park at its next blocking point (thread-worker.ts: unwound by Asyncify, image and globals in
+ * its slot), keeps running their non-blocking calls meanwhile and answers their blocking ones UNWIND;
+ * once all are parked the main thread unwinds as a single-threaded command does, and memory, every
+ * thread's globals and stack image, and the devices are captured together. A thread that cannot park in
+ * time (computing, or blocked under an indirect call) abandons the stop: every thread is resumed and the
+ * snapshot refused (the checkpoint primary tries again). `respawn` starts the threads of a restored
+ * snapshot, each rewinding into its blocking call.
  */
 import { Worker } from 'node:worker_threads';
 import { FtvmError } from '../util/errors.js';
-import { THREAD_SPAWN_MODULE, THREAD_SPAWN_NAME, type InstrumentedModule, type SharedMemorySpec } from './instrumented.js';
+import { ASYNC_WASI_CALL_NAMES, type InstrumentedModule, type SharedMemorySpec } from './instrumented.js';
 import {
+  HUB_EVENTS,
   HUB_MAIN_WAIT_ADDR,
+  IMAGE_BYTES,
+  PARK_PARKED,
+  PARK_REFUSED,
+  PARK_RESUME,
+  PARK_RUNNING,
+  SLOT_IMAGE_LEN,
+  SLOT_PARK,
+  SLOT_SEQ,
+  SLOT_STOP,
+  SLOT_WAIT_ADDR,
+  STATE_UNWIND,
+  readImage,
+  type GuestThreadImage,
+  type ThreadsState,
   SLOT_ARGS,
   SLOT_BYTES,
   SLOT_CALL,
@@ -50,11 +74,15 @@ export class WouldBlock extends Error {
 
 interface Slot {
   tid: number;
+  startArg: number;
   sab: SharedArrayBuffer;
+  image: SharedArrayBuffer;
   ints: Int32Array;
   args: BigInt64Array;
   msg: Uint8Array;
   worker: Worker;
+  /** The request that gave way (WouldBlock): pending, but not new work until input arrives. */
+  deferredSeq: number;
 }
 
 export interface ThreadHubOptions {
@@ -77,6 +105,10 @@ export class ThreadHub {
   private readonly slots = new Map<number, Slot>();
   private readonly calls: ForwardedCall[] = [];
   private readonly fns: Array<(...a: Array<number | bigint>) => unknown> = [];
+  /** Indices (in `calls`) of the blocking calls a thread can unwind out of (Asyncify's imports). */
+  private readonly unwindable: number[] = [];
+  /** A stop is in progress: blocking calls are answered UNWIND. */
+  private stopping = false;
   private nextTid = 1;
   /** True while a forwarded call runs (Machine.blockFor then gives way instead of waiting). */
   servicing = false;
@@ -94,6 +126,7 @@ export class ThreadHub {
       if (sig === undefined) throw new FtvmError('FTVM_ERR_ABI_IMPORT', `a threaded guest's import ${imp.module}.${imp.name} ${imp.signature} cannot be forwarded from its threads`);
       const fn = (opts.imports[imp.module] as Record<string, unknown> | undefined)?.[imp.name];
       if (typeof fn !== 'function') continue; // the ABI check refuses it before a thread could call it
+      if (opts.instrumented.asyncified === true && imp.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALL_NAMES.includes(imp.name)) this.unwindable.push(this.calls.length);
       this.calls.push({ module: imp.module, name: imp.name, params: sig.params, result: sig.result });
       this.fns.push(fn as (...a: Array<number | bigint>) => unknown);
     }
@@ -115,19 +148,33 @@ export class ThreadHub {
     }
     const tid = this.nextTid++;
     if (tid > 0x1fffffff) return THREAD_SPAWN_EAGAIN; // wasi-threads: tids are positive i32 below 2^29
+    this.start(tid, startArg >>> 0, undefined);
+    return tid;
+  }
+
+  /** Starts thread `tid` on its worker (`resume`: restored from a snapshot, rewound into its blocking call). */
+  private start(tid: number, startArg: number, resume: { globals: Array<number | bigint>; stack: Uint8Array } | undefined): void {
     const sab = new SharedArrayBuffer(SLOT_BYTES);
+    const image = new SharedArrayBuffer(IMAGE_BYTES);
+    const ints = new Int32Array(sab, 0, SLOT_INTS);
+    ints[SLOT_WAIT_ADDR] = -1;
     const init: ThreadWorkerInit = {
       module: this.opts.compiled,
       memory: this.opts.memory,
       memoryImport: { module: this.opts.spec.module, base: this.opts.spec.base },
       calls: this.calls,
       tid,
-      startArg: startArg >>> 0,
+      startArg,
       slot: sab,
       hub: this.hubSab,
       queue: this.queue,
       maximumPages: this.opts.spec.maximumPages,
       maxCallDepth: this.opts.instrumented.maxCallDepth,
+      image,
+      globalExports: this.opts.instrumented.globalExports,
+      stackPointerExport: this.opts.instrumented.stackPointerExport,
+      unwindable: this.unwindable,
+      ...(resume !== undefined ? { resume } : {}),
     };
     const worker = new Worker(new URL('./thread-worker.js', import.meta.url), {
       workerData: init,
@@ -139,20 +186,28 @@ export class ThreadHub {
     });
     this.slots.set(tid, {
       tid,
+      startArg,
       sab,
+      image,
       worker,
-      ints: new Int32Array(sab, 0, SLOT_INTS),
+      deferredSeq: -1,
+      ints,
       args: new BigInt64Array(sab, SLOT_INTS * 4, SLOT_ARGS + 1),
       msg: new Uint8Array(sab, SLOT_INTS * 4 + (SLOT_ARGS + 1) * 8, SLOT_MSG_BYTES),
     });
-    return tid;
   }
 
-  /** True when a thread waits for the vCPU thread (a request, or a finished/failed thread to collect). */
+  /**
+   * True when a thread waits for the vCPU thread with new work: a request (not one that already gave way
+   * and waits for input, which wakes the vCPU thread anyway), a park during a stop, or a finished or
+   * failed thread to collect.
+   */
   hasRequests(): boolean {
     for (const s of this.slots.values()) {
       const st = Atomics.load(s.ints, SLOT_STATE);
-      if (st === STATE_REQUEST || st === STATE_FINISHED || st === STATE_FAILED) return true;
+      if (st === STATE_FINISHED || st === STATE_FAILED) return true;
+      if (st === STATE_REQUEST && Atomics.load(s.ints, SLOT_SEQ) !== s.deferredSeq) return true;
+      if (this.stopping && st === STATE_REQUEST) return true;
     }
     return false;
   }
@@ -181,13 +236,23 @@ export class ThreadHub {
       const call = this.calls[index];
       const fn = this.fns[index];
       if (call === undefined || fn === undefined) this.opts.trap(`guest thread ${s.tid}: unknown host call ${index}`);
+      if (this.stopping && Atomics.load(s.ints, SLOT_PARK) === PARK_RUNNING && this.unwindable.includes(index)) {
+        // Stopping: a blocking call parks the thread instead (it has not run; it is made again after the rewind).
+        Atomics.store(s.ints, SLOT_STATE, STATE_UNWIND);
+        Atomics.notify(s.ints, SLOT_STATE);
+        continue;
+      }
       const values = call.params.map((t, i) => (t === 'i64' ? BigInt.asIntN(64, s.args[i]!) : Number(BigInt.asIntN(32, s.args[i]!))));
       let result: unknown;
+      const seq = Atomics.load(s.ints, SLOT_SEQ);
       this.servicing = true;
       try {
         result = fn(...values);
       } catch (err) {
-        if (err instanceof WouldBlock) continue;
+        if (err instanceof WouldBlock) {
+          s.deferredSeq = seq;
+          continue;
+        }
         // The thread stays waiting; the VM ends with this error (the machine terminates every thread).
         throw err;
       } finally {
@@ -216,6 +281,80 @@ export class ThreadHub {
       Atomics.store(this.hub, HUB_MAIN_WAIT_ADDR, -1);
       this.service();
     }
+  }
+
+  /**
+   * Parks every thread at its next blocking point, running their other calls meanwhile; true once all are
+   * parked (or finished). False — every thread resumed — when one cannot park within `timeoutMs`.
+   */
+  stopAll(timeoutMs: number): boolean {
+    if (this.slots.size === 0) return true;
+    this.stopping = true;
+    for (const s of this.slots.values()) {
+      Atomics.store(s.ints, SLOT_STOP, 1);
+      const addr = Atomics.load(s.ints, SLOT_WAIT_ADDR);
+      if (addr >= 0) Atomics.notify(new Int32Array(this.opts.memory.buffer), addr >>> 2);
+    }
+    const until = performance.now() + timeoutMs;
+    for (;;) {
+      const seen = Atomics.load(this.hub, HUB_EVENTS);
+      this.service();
+      let parked = 0;
+      let refused = false;
+      for (const s of this.slots.values()) {
+        const p = Atomics.load(s.ints, SLOT_PARK);
+        if (p === PARK_PARKED) parked++;
+        if (p === PARK_REFUSED) refused = true;
+      }
+      if (parked === this.slots.size) return true;
+      if (refused || performance.now() >= until) {
+        this.resumeAll();
+        return false;
+      }
+      // A wait that began just before the stop request missed its notification: notify again.
+      for (const s of this.slots.values()) {
+        const addr = Atomics.load(s.ints, SLOT_WAIT_ADDR);
+        if (addr >= 0 && Atomics.load(s.ints, SLOT_PARK) === PARK_RUNNING) Atomics.notify(new Int32Array(this.opts.memory.buffer), addr >>> 2);
+      }
+      Atomics.wait(this.hub, HUB_EVENTS, seen, Math.max(0, Math.min(5, until - performance.now())));
+    }
+  }
+
+  /** Every thread's image, while all are parked (stopAll returned true). */
+  parkedState(): ThreadsState {
+    const threads: GuestThreadImage[] = [];
+    for (const s of [...this.slots.values()].sort((a, b) => a.tid - b.tid)) {
+      if (Atomics.load(s.ints, SLOT_PARK) !== PARK_PARKED) throw new FtvmError('FTVM_ERR_SNAPSHOT', `guest thread ${s.tid} is not parked`);
+      const img = readImage(new Uint8Array(s.image, 0, Atomics.load(s.ints, SLOT_IMAGE_LEN)));
+      threads.push({ tid: s.tid, startArg: s.startArg, globals: img.globals, stack: img.stack });
+    }
+    return { nextTid: this.nextTid, threads };
+  }
+
+  /** Ends a stop: every parked thread rewinds into its call and goes on. */
+  resumeAll(): void {
+    this.stopping = false;
+    for (const s of this.slots.values()) {
+      Atomics.store(s.ints, SLOT_STOP, 0);
+      const p = Atomics.load(s.ints, SLOT_PARK);
+      if (p === PARK_PARKED) {
+        Atomics.store(s.ints, SLOT_PARK, PARK_RESUME);
+        Atomics.notify(s.ints, SLOT_PARK);
+      } else if (p === PARK_REFUSED) {
+        Atomics.store(s.ints, SLOT_PARK, PARK_RUNNING);
+      }
+    }
+  }
+
+  /** A restored machine: starts the snapshot's threads, each rewinding into the call it was parked in. */
+  respawn(state: ThreadsState): void {
+    if (this.slots.size !== 0) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'threads are restored only into a fresh machine');
+    if (state.threads.length > this.opts.maxThreads) throw new FtvmError('FTVM_ERR_SNAPSHOT', `the snapshot has ${state.threads.length} guest threads; this VM allows ${this.opts.maxThreads}`);
+    for (const t of state.threads) {
+      if (t.globals.length !== this.opts.instrumented.globalExports.length) throw new FtvmError('FTVM_ERR_SNAPSHOT', `guest thread ${t.tid}: ${t.globals.length} globals, the module has ${this.opts.instrumented.globalExports.length}`);
+      this.start(t.tid, t.startArg, { globals: t.globals, stack: t.stack });
+    }
+    this.nextTid = Math.max(state.nextTid, ...state.threads.map((t) => t.tid + 1));
   }
 
   /** Ends every thread (the guest's main thread ended, or the VM stops). */
