@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { CheckpointEncoder, CheckpointReplica, decodeCheckpoint } from '../src/checkpoint/wire.js';
 import { loadGuest } from '../src/machine/guest.js';
 import { ATOMIC_WAIT32, INTERNAL_MODULE } from '../src/machine/instrumented.js';
 import { FtvmError } from '../src/util/errors.js';
@@ -187,5 +188,49 @@ test('checkpoint mode, two processes, the threaded kv guest: kill -9 of the prim
   } finally {
     for (const c of clients) await c.close();
     for (const p of procs.reverse()) await p.stop(3000);
+  }
+});
+
+test('a snapshot of the threaded guest holds every thread parked (globals + unwound stack); the checkpoint wire carries them and refuses a malformed threads section', async () => {
+  const g = loadGuest(threadedKv(), undefined, true);
+  const vcpu = new Vcpu({ mode: 'record', guest: g, config: { ...DEFAULT_VM_CONFIG, args: ['3'] } });
+  try {
+    // The threads start on workers of their own: the first snapshots may be refused until all can park.
+    let taken: Awaited<ReturnType<Vcpu['takeSnapshot']>> | undefined;
+    for (let i = 0; i < 100 && taken === undefined; i++) {
+      try {
+        taken = await vcpu.takeSnapshot();
+      } catch (err) {
+        assert.ok(err instanceof FtvmError && err.code === 'FTVM_ERR_SNAPSHOT', String(err));
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    assert.ok(taken !== undefined, 'a snapshot of all threads within 10 s');
+    const s = taken.snapshot;
+    assert.ok(s.resume !== undefined && s.resume.length > 0, 'the main thread is unwound in its blocking accept');
+    assert.equal(s.threads?.threads.length, 3);
+    assert.deepEqual(s.threads?.threads.map((t) => t.tid), [1, 2, 3]);
+    for (const t of s.threads!.threads) {
+      assert.equal(t.globals.length, g.instrumented.globalExports.length);
+      assert.ok(t.stack.length > 0, `thread ${t.tid} has an unwound stack`);
+    }
+    const stackPointers = new Set(s.threads!.threads.map((t) => t.globals[0]));
+    assert.equal(stackPointers.size, 3, 'each thread runs on its own stack');
+
+    const enc = new CheckpointEncoder();
+    const data = enc.encode(1, 1, s);
+    const replica = new CheckpointReplica(1);
+    assert.equal(replica.apply(data), 1);
+    const back = replica.snapshot()!;
+    assert.deepEqual(back.threads, s.threads, 'the threads cross the wire intact');
+    const decoded = decodeCheckpoint(data);
+    assert.equal(decoded.threads?.nextTid, 4);
+
+    // A thread numbered at or past nextTid is refused (with a valid CRC), and the replica is unchanged.
+    const fresh = new CheckpointReplica(1);
+    assert.throws(() => fresh.apply(new CheckpointEncoder().encode(1, 1, { ...s, threads: { nextTid: 2, threads: s.threads!.threads } })), (e) => e instanceof FtvmError && e.code === 'FTVM_ERR_CHECKPOINT' && /guest thread/.test(e.message));
+    assert.equal(fresh.checkpoint, 0);
+  } finally {
+    await vcpu.terminate();
   }
 });
