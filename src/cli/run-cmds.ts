@@ -19,7 +19,6 @@ import { isValidVmName } from '../arbiter/record.js';
 import { loadGuestFile } from './recording-cmds.js';
 import { realNodeEnv } from '../env/real.js';
 import { CheckpointNode } from '../checkpoint/run.js';
-import { loadGuestIsolated } from '../machine/guest-isolated.js';
 
 /** `--dirty-tracking` when not given (docs/PERFORMANCE.md, "Checkpoint mode", has the measurements). */
 export const DEFAULT_DIRTY_TRACKING: 'barrier' | 'compare' = 'barrier';
@@ -183,8 +182,6 @@ async function runCheckpoint(guestPath: string, o: RunOptions & { leaseTtlMs?: n
   if (!Number.isInteger(intervalMs) || intervalMs < 1 || intervalMs > 60_000) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--checkpoint-interval-ms must be an integer from 1 to 60000, not ${intervalMs}`);
   const { common, service, log } = await nodeSetup(guestPath, o);
   if (!service) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a checkpoint-mode node needs --service <host:port> (a backup serves there once it goes live)');
-  // Every role's guest carries the store barrier: a backup or standby checkpoints too once it is live.
-  if (tracking === 'barrier') common.guest = await loadGuestIsolated(common.guest.original, undefined, { dirtyPages: true });
   let node: CheckpointNode;
   if (o.role === 'primary') {
     const peer = o.peer ? parseAddr('--peer', o.peer) : undefined;
@@ -327,7 +324,9 @@ async function openLivenessPort(o: RunOptions, log: Logger): Promise<string | un
 /** What every replica process sets up: guest, config, timings, logger, arbiter, epoch. */
 async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: NodeOptions; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
-  const guest = await loadGuestFile(guestPath);
+  // Checkpoint mode: threaded guests accepted; every role's guest carries the store barrier unless
+  // --dirty-tracking compare (a backup or standby checkpoints too once it is live).
+  const guest = await loadGuestFile(guestPath, undefined, o.mode === 'checkpoint' ? { threads: true, dirtyPages: (o.dirtyTracking ?? DEFAULT_DIRTY_TRACKING) === 'barrier' } : {});
   const config = { ...DEFAULT_VM_CONFIG, name: o.vmName, args: o.arg ?? [], ...(o.disk !== undefined ? { diskBytes: o.diskSize } : {}) };
   const timings: Timings = {
     failTimeoutMs: o.failTimeoutMs,

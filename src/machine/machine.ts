@@ -33,7 +33,9 @@ import {
 import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
 import { DIRTY_CACHE_GLOBAL, DIRTY_CACHE_RESET, DIRTY_MODULE, DIRTY_PAGE_BYTES, DirtyPages } from './dirty-pages.js';
-import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { ATOMIC_WAIT32, ATOMIC_WAIT64, DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, THREAD_SPAWN_MODULE, THREAD_SPAWN_NAME, type InstrumentedModule } from './instrumented.js';
+import { DEFAULT_MAX_GUEST_THREADS, ThreadHub, WouldBlock } from './threads.js';
+import type { ThreadsState } from './thread-protocol.js';
 import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
 
@@ -141,7 +143,12 @@ export interface Snapshot {
    * snapshot's number in that series (`seq`: a reader that missed one must compare every page).
    */
   dirty?: { map?: Uint8Array; seq: number };
+  /** A wasi-threads guest: its other threads, each parked (unwound) in a blocking point. */
+  threads?: ThreadsState;
 }
+
+/** How long a snapshot waits for every guest thread to park before it is refused (and tried again later). */
+const THREAD_STOP_TIMEOUT_MS = 200;
 
 class GuestExit extends Error {
   constructor(readonly code: number) {
@@ -302,6 +309,10 @@ export interface MachineOptions {
   diskImagePath?: string;
   /** The log's format (default: LOG_FORMAT, output digests); replay of an old recording passes 1. */
   logFormat?: LogFormat;
+  /** A wasi-threads guest (checkpoint mode): at most this many threads besides the main one. */
+  maxThreads?: number;
+  /** The vCPU's input queue buffer: guest threads wake the vCPU thread on its wake word. */
+  queue?: SharedArrayBuffer;
 }
 
 export class Machine {
@@ -354,6 +365,14 @@ export class Machine {
   /** Log format 2: outputs are covered by OUT_DIGEST entries rather than logged one by one. */
   readonly digests: boolean;
   private readonly outRecord = Buffer.alloc(18);
+  /** A wasi-threads guest (checkpoint mode): its threads beside the main one, which runs here. */
+  readonly threads: ThreadHub | undefined;
+  /** The shared memory every thread's instance imports (a threaded guest). */
+  private readonly sharedMemory: WebAssembly.Memory | undefined;
+  /** Restored from a snapshot with threads: they start (rewinding) when the machine runs. */
+  private pendingThreads: ThreadsState | undefined;
+  /** The other threads are parked until the main thread's rewind ends (or, restored, start then). */
+  private resumeThreadsAfterRewind = false;
 
   constructor(opts: MachineOptions) {
     this.digests = (opts.logFormat ?? LOG_FORMAT) === LOG_FORMAT_DIGEST;
@@ -370,10 +389,32 @@ export class Machine {
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
     this.dirty = opts.instrumented.dirtyPages === true ? new DirtyPages() : undefined;
-    this.instance = new WebAssembly.Instance(compiled, this.imports());
+    const spec = opts.instrumented.sharedMemory;
+    if (spec !== undefined) {
+      // Threads run freely: only checkpoint mode (state transfer, a record vCPU whose log is not shipped) runs them.
+      if (this.mode !== 'record') throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'a threaded guest cannot be replayed: run it with --mode checkpoint');
+      this.sharedMemory = new WebAssembly.Memory({ initial: spec.initialPages, maximum: spec.maximumPages, shared: true });
+    }
+    const importObject = this.imports();
+    this.instance = new WebAssembly.Instance(compiled, importObject);
     const ex = this.instance.exports;
     this.dirtyCache = this.dirty !== undefined ? (ex[DIRTY_CACHE_GLOBAL] as WebAssembly.Global) : undefined;
-    this.memory = ex[MEMORY_EXPORT] as WebAssembly.Memory;
+    this.memory = this.sharedMemory ?? (ex[MEMORY_EXPORT] as WebAssembly.Memory);
+    if (spec !== undefined) {
+      this.threads = new ThreadHub({
+        instrumented: opts.instrumented,
+        compiled,
+        memory: this.memory,
+        spec,
+        imports: importObject,
+        queue: opts.queue,
+        maxThreads: opts.maxThreads ?? DEFAULT_MAX_GUEST_THREADS,
+        notice: (text) => this.output('console', 0, 2, Buffer.from(text, 'utf8')),
+        trap: (message) => {
+          throw new GuestTrap(message, this.count);
+        },
+      });
+    }
     this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
     this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
     this.globals = opts.instrumented.globalExports.map((n) => ex[n] as WebAssembly.Global);
@@ -640,10 +681,19 @@ export class Machine {
    */
   blockFor(ready: () => boolean, deadlineMs: number | undefined): boolean {
     const env = this.env!;
+    if (this.threads?.servicing === true) {
+      // A guest thread's call, run by the vCPU thread: it must not wait here (the other threads' calls
+      // and the main thread would stand still); it gives way and is tried again at the next round.
+      this.pumpSocketInputs();
+      if (ready()) return true;
+      if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
+      throw new WouldBlock();
+    }
     this.blocked = true;
     try {
       for (;;) {
         if (this.unwindRequested) throw new UnwindRequest();
+        this.threads?.service();
         this.pumpSocketInputs();
         if (ready()) return true;
         if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
@@ -674,6 +724,9 @@ export class Machine {
     // Asyncify rewrote only the functions that reach a blocking call directly: a call reached through a
     // function pointer cannot unwind (the snapshot is refused; the primary tries again later).
     if ((this.instance.exports[INDIRECT_GLOBAL] as WebAssembly.Global).value !== 0) return false;
+    // A threaded guest: every other thread parks first (each unwound at a blocking point), so that memory,
+    // their stacks and the main thread's are captured at one moment. runCommand resumes them afterwards.
+    if (this.threads !== undefined && !this.threads.stopAll(THREAD_STOP_TIMEOUT_MS)) return false;
     this.unwindRequested = true;
     return true;
   }
@@ -725,6 +778,14 @@ export class Machine {
     this.dirty?.markHost(ASYNCIFY_DATA_PTR, this.asyncifySaved!.length);
     this.asyncifySaved = undefined;
     this.resumeImage = undefined;
+    if (this.resumeThreadsAfterRewind) {
+      this.resumeThreadsAfterRewind = false;
+      this.threads!.resumeAll();
+    }
+    if (this.pendingThreads !== undefined) {
+      this.threads!.respawn(this.pendingThreads);
+      this.pendingThreads = undefined;
+    }
   }
 
   /** Wraps a blocking WASI import of an asyncified command (rewind arrives here; unwinds leave here). */
@@ -804,6 +865,7 @@ export class Machine {
         // differs between replicas. A stop that delivered (logged or consumed entries) is at the same
         // count on every replica, so the global keeps it: a later HALT is then never numbered before
         // an entry of its step.
+        self.threads?.service(); // the guest threads' host calls wait for the vCPU thread
         const stale = self.fuel.value as bigint;
         const endBefore = self.budgetEnd;
         const seqBefore = self.seq;
@@ -826,6 +888,26 @@ export class Machine {
       if (fn !== undefined) wasi[name] = this.asyncifyImport(fn);
     }
     const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal, ...(this.dirty !== undefined ? { [DIRTY_MODULE]: this.dirty.imports } : {}) };
+    const spec = this.instrumented.sharedMemory;
+    if (spec !== undefined) {
+      (imports[spec.module] ??= {})[spec.base] = this.sharedMemory!;
+      imports[THREAD_SPAWN_MODULE] = { [THREAD_SPAWN_NAME]: (startArg: number): number => self.threads!.spawn(startArg) };
+      const wait = (bytes: 4 | 8) => (addr: bigint, expected: number | bigint, timeoutNs: bigint): number => {
+        const len = self.memory.buffer.byteLength;
+        if (addr < 0n || addr + BigInt(bytes) > BigInt(len)) throw new GuestTrap(`atomic wait out of bounds at ${addr}`, self.count);
+        if (addr % BigInt(bytes) !== 0n) throw new GuestTrap(`unaligned atomic wait at ${addr}`, self.count);
+        const view = bytes === 4 ? new Int32Array(self.memory.buffer) : new BigInt64Array(self.memory.buffer);
+        const index = Number(addr) / bytes;
+        const until = timeoutNs < 0n ? Infinity : performance.now() + Number(timeoutNs) / 1e6;
+        for (;;) {
+          // In slices, so that a VM with no other activity still notices its threads' ends.
+          const r = self.threads!.mainWait(view, index, expected, Math.min(1000, Math.max(0, until - performance.now())));
+          if (r !== 2 || performance.now() >= until) return r;
+        }
+      };
+      (internal as Record<string, unknown>)[ATOMIC_WAIT32] = wait(4);
+      (internal as Record<string, unknown>)[ATOMIC_WAIT64] = wait(8);
+    }
     return imports;
   }
 
@@ -1233,7 +1315,15 @@ export class Machine {
       if (this.halted) return;
       if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_UNWINDING) {
         this.endUnwind();
-        if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        try {
+          if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        } catch (err) {
+          this.threads?.resumeAll();
+          throw err;
+        }
+        // The other threads resume once the main thread is back in its call (endRewind): its rewind
+        // borrows guest memory (the asyncify buffer), which no running thread may see.
+        this.resumeThreadsAfterRewind = this.threads !== undefined;
         continue;
       }
       assert(this.resumeImage === undefined && this.asy?.get_state() !== ASYNCIFY_REWINDING, 'the command returned while rewinding');
@@ -1436,6 +1526,7 @@ export class Machine {
       seq: this.seq,
       ...(this.resumeImage !== undefined ? { resume: new Uint8Array(this.resumeImage) } : {}),
       ...(this.disk !== undefined ? { disk: this.disk.serialize() } : {}),
+      ...(this.threads !== undefined ? { threads: this.threads.parkedState() } : {}),
     };
   }
 
@@ -1473,6 +1564,11 @@ export class Machine {
     if (s.resume !== undefined) {
       if (this.asy === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot resumes a blocked call but this module is not asyncified');
       this.resumeImage = new Uint8Array(s.resume);
+    }
+    if ((s.threads !== undefined) !== (this.threads !== undefined)) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot and this guest disagree on having threads');
+    if (s.threads !== undefined) {
+      if (s.resume === undefined && s.threads.threads.length > 0) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'a snapshot with guest threads must resume its main thread in a blocking call');
+      this.pendingThreads = s.threads;
     }
     this.budgetEnd = s.count;
     this.fuel.value = 0n;

@@ -170,6 +170,8 @@ function drainQueue(): void {
   }
 }
 
+const threadRequests = (): boolean => machine?.threads?.hasRequests() === true;
+
 /** Live record environment: real clocks, OS randomness, input from the shared queue. */
 class LiveEnv extends RealClockRandom implements RecordEnv {
   readonly sliceUnits = init.sliceUnits;
@@ -190,6 +192,7 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
       return true;
     }
     if (inputs.length > 0 || hashRequested) return true;
+    if (machine?.threads?.hasRequests() === true) return true; // a guest thread's call waits for this thread
     if (snapshotRequested) {
       // A WASI command blocked in a call unwinds out of it first (Asyncify); betweenSteps then takes
       // the snapshot and the guest rewinds into the call. One that cannot unwind refuses the snapshot.
@@ -197,7 +200,7 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
       return true;
     }
     const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
-    queue.wait(wait);
+    queue.wait(wait, threadRequests);
     drainQueue();
     return !stopRequested;
   }
@@ -321,13 +324,21 @@ function main(): void {
     replaySliceUnits: init.sliceUnits,
     ...(init.diskImagePath !== undefined ? { diskImagePath: init.diskImagePath } : {}),
     ...(init.logFormat !== undefined ? { logFormat: init.logFormat } : {}),
+    ...(init.maxThreads !== undefined ? { maxThreads: init.maxThreads } : {}),
+    queue: init.queue,
     ...(env ? { env } : {}),
     ...(source ? { source } : {}),
   });
   scripted?.bind(() => machine!.count);
   if (init.snapshot !== undefined) machine.restore(init.snapshot);
   post({ t: 'ready' });
-  const result = machine.run();
+  let result: ReturnType<Machine['run']>;
+  try {
+    result = machine.run();
+  } finally {
+    // A wasi-threads guest: its threads end with its main thread (or the VM).
+    void machine.threads?.terminate();
+  }
   let finalHash: Uint8Array | null = null;
   if (result.state === 'stopped' && machine.mode === 'record') finalHash = machine.logStateHash();
   else if (!(result.state === 'starved' && result.midStep)) finalHash = machine.stateHash();

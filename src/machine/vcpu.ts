@@ -78,6 +78,8 @@ export interface VcpuOptions {
   diskImagePath?: string;
   /** Replay of an old recording: its log format (default: the current one). */
   logFormat?: LogFormat;
+  /** A wasi-threads guest (checkpoint mode): at most this many threads besides its main one. */
+  maxThreads?: number;
 }
 
 export type SnapshotEvent = Extract<WorkerEvent, { t: 'snapshot' }>;
@@ -130,6 +132,7 @@ export class Vcpu extends EventEmitter {
       ...(opts.snapshot ? { snapshot: opts.snapshot } : {}),
       ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
       ...(opts.logFormat !== undefined ? { logFormat: opts.logFormat } : {}),
+      ...(opts.maxThreads !== undefined ? { maxThreads: opts.maxThreads } : {}),
       mode: opts.mode,
       instrumented: opts.guest.instrumented,
       config: opts.config,
