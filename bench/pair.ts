@@ -581,6 +581,11 @@ async function main(): Promise<void> {
       summaries[g] = await measure(g, secretFile);
       await stopStarted();
     }
+    if (MODE === 'checkpoint' && THREADS.length > 0) {
+      // The threaded guest (wasi-threads): FT off and FT on (checkpoint pair) with 1, 2, 4 guest threads.
+      summaries.kv = { ...summaries.kv, threaded: await measureThreads(secretFile) };
+      await stopStarted();
+    }
     if (guests.length === 1) {
       console.log(JSON.stringify(summaries.kv));
       return;
@@ -600,6 +605,71 @@ async function main(): Promise<void> {
     await stopStarted();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** `--mode checkpoint`: the guest thread counts the threaded kv guest is measured with (BENCH_PAIR_THREADS). */
+const THREADS = (process.env.BENCH_PAIR_THREADS ?? '1,2,4')
+  .split(',')
+  .map((x) => Number(x.trim()))
+  .filter((n, i, a) => Number.isInteger(n) && n >= 1 && n <= 16 && a.indexOf(n) === i);
+
+/**
+ * The threaded kv guest (guests/threaded-kv: worker threads sharing one table under a lock; a worker
+ * serves one connection at a time, so `threads` closed-loop clients), for each thread count: FT off (a
+ * checkpoint-mode primary alone) and FT on (a checkpoint pair), interleaved phases of REPS repetitions.
+ */
+async function measureThreads(secretFile: string): Promise<Record<string, unknown>> {
+  GUEST = join(ROOT, 'build', 'guests', 'threaded_kv.wasm');
+  const out: Record<string, unknown> = {};
+  const rows: string[] = [];
+  for (const threads of THREADS) {
+    guestArgs = () => ['--arg', String(threads)];
+    const ports: number[] = [];
+    for (let i = 0; ports.length < 2 && i < 100; i++) {
+      const p = await freePort();
+      if (!ports.includes(p)) ports.push(p);
+    }
+    const offPort = ports[0]!;
+    const off = spawnNode([...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'primary', '--mode', 'checkpoint', '--service', `${HOST}:${offPort}`, '--secret-file', secretFile, ...guestArgs('off')], { name: `threads${threads}-off` });
+    started.push(off);
+    await off.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' });
+    const pair = await startCkptPair(secretFile, '', {});
+    // Each guest thread starts in a fraction of a second to a second (a worker, its instance): a call on
+    // every connection of each setup first, so the phases measure serving, not start-up.
+    for (const port of [offPort, pair.port]) {
+      const cs = await Promise.all(Array.from({ length: threads }, () => RespClient.connect({ host: HOST, port, callTimeoutMs: 60_000 })));
+      try {
+        await Promise.all(cs.map((c, i) => c.call('SET', KEYS[i]!, VALUES[0]!)));
+      } finally {
+        for (const c of cs) c.close();
+      }
+    }
+    const offOps: number[] = [];
+    const onOps: number[] = [];
+    const onP50: number[] = [];
+    for (let rep = 0; rep < REPS; rep++) {
+      const order: Array<['off' | 'ckpt', number]> = [['off', offPort], ['ckpt', pair.port]];
+      for (const [setup, port] of rep % 2 === 0 ? order : order.reverse()) {
+        const r = await runPhase(setup, port, threads, rep);
+        if (r.errors.length > 0) throw new BenchFailure(`threaded kv, ${threads} thread(s), ${setup}: ${r.errors[0]}`);
+        (setup === 'off' ? offOps : onOps).push(r.opsPerSec);
+        if (setup === 'ckpt') onP50.push(quantile(r.latency.sorted(), 0.5));
+      }
+    }
+    const offMed = median(offOps);
+    const onMed = median(onOps);
+    out[`threads${threads}_off_ops_per_sec`] = round(offMed, 0);
+    out[`threads${threads}_on_ops_per_sec`] = round(onMed, 0);
+    out[`threads${threads}_ratio`] = round(onMed / offMed, 3);
+    out[`threads${threads}_on_latency_p50_ms`] = round(median(onP50));
+    rows.push(`${String(threads).padStart(7)} ${String(Math.round(offMed)).padStart(10)} ${String(Math.round(onMed)).padStart(10)} ${(onMed / offMed).toFixed(3).padStart(8)}`);
+    await stopStarted();
+  }
+  console.log('');
+  console.log(`threaded kv guest (wasi-threads; clients = guest threads), checkpoint mode FT on beside FT off, median of ${REPS} rep(s)`);
+  console.log('threads  off ops/s   on ops/s  on÷off');
+  for (const r of rows) console.log(r);
+  return out;
 }
 
 /** The whole measurement of one guest: prints its tables, returns its summary. */
