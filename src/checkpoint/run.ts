@@ -177,6 +177,7 @@ export class CheckpointNode {
       metrics: this.metrics,
       onAlone: (e) => this.onAlone(e),
       onJoined: (e) => this.onJoined(e),
+      ...(o.testOnlyCoreBreak === 'release-at-capture' ? { testOnlyBreak: 'release-at-capture' as const } : {}),
     });
     this.primary = primary;
     void primary.done.then((reason) => this.halt(reason));
@@ -428,6 +429,11 @@ export class CheckpointNode {
     this.phase = 'halted';
     this.haltReason = reason;
     this.opts.onHalt?.(reason);
+  }
+
+  /** What runs now, for the simulator's checkers (read only): the node's phase and its current drivers. */
+  get drivers(): { phase: 'primary' | 'backup' | 'standby' | 'halted'; primary: CheckpointPrimary | undefined; backup: CheckpointBackup | undefined } {
+    return { phase: this.phase, primary: this.primary, backup: this.backup };
   }
 
   // ---------------------------------------------------------------- observability and control

@@ -49,9 +49,9 @@
  * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags or the drivers'
  * `testOnlyDriverBreak`, to show the checkers catch a broken core or driver.
  */
-import { SimFailure, World, type BreakMode, type WorldStats } from './world.js';
+import { SimFailure, World, type BreakMode, type SimMode, type WorldStats } from './world.js';
 
-export type { BreakMode } from './world.js';
+export { BREAKS_OF, type BreakMode, type SimMode } from './world.js';
 export type { WorldStats } from './world.js';
 
 export interface SimResult {
@@ -68,6 +68,10 @@ export interface SimResult {
 }
 
 export interface SimOptions {
+  /** Which drivers the processes run (default replay). */
+  mode?: SimMode;
+  /** Checkpoint mode: inject held service addresses too (off by default: CheckpointNode does not retry the bind). */
+  serviceHeldFaults?: boolean;
   breakMode?: BreakMode;
   trace?: boolean;
 }
@@ -84,6 +88,8 @@ export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimR
   if (current) throw new Error('one simulated world at a time');
   const w = new World({
     seed,
+    ...(opts.mode ? { mode: opts.mode } : {}),
+    ...(opts.serviceHeldFaults ? { serviceHeldFaults: true } : {}),
     ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
     ...(opts.trace ? { trace: true } : {}),
   });
@@ -111,5 +117,5 @@ export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimR
 
 /** The command that reproduces a seed's run. */
 export function reproduceCommand(seed: number, opts: SimOptions = {}): string {
-  return `npm run sim -- --seed ${seed}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
+  return `npm run sim -- --seed ${seed}${opts.mode === 'checkpoint' ? ' --mode checkpoint' : ''}${opts.serviceHeldFaults ? ' --service-held' : ''}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
 }
