@@ -280,6 +280,10 @@ export class CheckpointReplica {
   get checkpoint(): number {
     return this.held?.checkpoint ?? 0;
   }
+  /** The epoch of the last complete checkpoint (the primary's when it captured it; 0: none yet). */
+  get heldEpoch(): number {
+    return this.held?.epoch ?? 0;
+  }
 
   get memoryBytes(): number {
     return this.memory.length;

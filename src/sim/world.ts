@@ -84,7 +84,7 @@ export class Proc implements SimProc {
   readonly clientConns = new Map<number, number>();
   /** Service start attempts that will still find the address held. */
   serviceHeldAttempts = 0;
-  /** Checkpoint mode: the checkpoint its replica holds (the backup's epoch, the replica's number), as last seen. */
+  /** Checkpoint mode: the checkpoint its replica holds (its epoch and number), as last seen. */
   ckptHeld: { epoch: number; checkpoint: number } | undefined;
   /** Checkpoint mode: the node's phase as last seen (a standby becoming a backup is a re-replication). */
   ckptPhase = '';
@@ -443,10 +443,12 @@ export class World implements SimWorldApi {
     const st = b.status();
     if (st.phase === 'live') return; // its epoch is the new one; what it holds was seen before the claim
     const n = b.replica.checkpoint;
-    p.ckptHeld = { epoch: st.epoch, checkpoint: n };
+    const e = b.replica.heldEpoch;
+    p.ckptHeld = { epoch: e, checkpoint: n };
     if (n === 0) return;
-    const cap = this.captures.get(World.key(st.epoch, n));
-    if (cap === undefined) this.fail(`(k) ${p.id}'s replica holds checkpoint ${n} of epoch ${st.epoch}, which no primary captured`);
+    const cap = this.captures.get(World.key(e, n));
+    if (cap === undefined) this.fail(`(k) ${p.id}'s replica holds checkpoint ${n} of epoch ${e}, which no primary captured`);
+    // Coverage for the primary whose acknowledgements count: those of the backup's own epoch.
     if (cap.seq > (this.ckptCovered.get(st.epoch) ?? 0)) this.ckptCovered.set(st.epoch, cap.seq);
   }
 
