@@ -384,20 +384,29 @@ export class CheckpointNode {
       this.opts.log.info({ primary: c.remote, epoch: hello.epoch }, 'a primary connected: joining it as its backup');
       this.newBackup(hello.epoch);
       this.backup!.attach(c);
-      c.once('close', () => this.maybeReturnToPool());
+      c.once('close', () => this.joinClosed());
       return;
     }
     if (this.phase === 'standby' && hello.epoch !== this.epoch) {
       c.close(`this standby is joining the primary of epoch ${this.epoch}`);
       return;
     }
+    if (this.phase === 'standby') c.once('close', () => this.joinClosed());
     this.backup?.attach(c);
   }
 
-  /** The joining connection closed before a complete checkpoint arrived: discard, back to the pool. */
+  /**
+   * A joining connection closed. Decided once the close settled: a reconnection of the same primary
+   * replaces the connection (closing the old one inside `attach`), and the backup follows the new one.
+   */
+  private joinClosed(): void {
+    this.opts.env.clock.after(0, () => this.maybeReturnToPool());
+  }
+
+  /** The joining connection closed before a complete checkpoint arrived (and none replaced it): discard, back to the pool. */
   private maybeReturnToPool(): void {
     const b = this.backup;
-    if (this.phase !== 'standby' || b === undefined || b.helloApplied() > 0 || this.stopped) return;
+    if (this.phase !== 'standby' || b === undefined || b.helloApplied() > 0 || b.status().connected || this.stopped) return;
     this.opts.log.warn('standby: the primary disconnected before a complete checkpoint; back in the pool');
     this.backup = undefined;
     b.close();

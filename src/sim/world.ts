@@ -10,15 +10,15 @@ import { PROBE_TIMEOUT_MS, type ProbeResult } from '../channel/liveness.js';
 import type { LoadedGuest } from '../machine/guest.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
 import { DEFAULT_VM_CONFIG, type VmConfig } from '../log/recording.js';
-import type { Timer } from '../replication/env.js';
+import type { Snapshot } from '../machine/machine.js';
+import type { TakenSnapshot, Timer } from '../replication/env.js';
 import type { CheckpointBackup } from '../checkpoint/backup-node.js';
 import { CheckpointNode } from '../checkpoint/run.js';
 import { checkpointStateHash } from '../checkpoint/wire.js';
-import type { Snapshot } from '../machine/machine.js';
-import type { TakenSnapshot } from '../replication/env.js';
 import { BackupNode, PrimaryNode, type NodeOptions, type Timings } from '../replication/node.js';
 import { StandbyNode } from '../replication/standby.js';
 import { Keyring } from '../security/secrets.js';
+import { FtvmError } from '../util/errors.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { ArbiterModel, type ArbiterOp, type ArbiterReply } from './arbiter.js';
 import { SimArbiter, simNodeEnv, type SimProc, type SimService, type SimWorldApi } from './env.js';
@@ -244,7 +244,7 @@ export class World implements SimWorldApi {
     this.breakMode = opts.breakMode;
     this.mode = opts.mode ?? 'replay';
     this.serviceHeldFaults = this.mode === 'replay' || opts.serviceHeldFaults === true;
-    if (this.breakMode !== undefined && !BREAKS_OF[this.mode].includes(this.breakMode)) throw new Error(`--break ${this.breakMode} is not a ${this.mode}-mode break`);
+    if (this.breakMode !== undefined && !BREAKS_OF[this.mode].includes(this.breakMode)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--break ${this.breakMode} is not a ${this.mode}-mode break`);
     this.traceOn = opts.trace ?? false;
     const r = this.rng;
     // Timeouts randomized within their allowed ranges (the CLI's), biased to the interesting region.
