@@ -41,11 +41,18 @@
  * (d) liveness: after the fault phase everything heals (crashed hosts restart as standbys) and client
  *     requests sent after the heal must complete within a bound of virtual time.
  *
+ * Checkpoint mode (`--mode checkpoint`): the processes are CheckpointNodes (src/checkpoint/run.ts) and
+ * the world records every checkpoint a primary captures (state hash, entry count, by epoch and number);
+ * (b) then reads "covered" as: in a checkpoint a backup of that epoch applied; and
+ * (k) a backup goes live only from exactly the state its primary captured as the checkpoint its replica
+ *     holds (no partial checkpoint), and a replica holds only checkpoints some primary captured.
+ *
  * Determinism: the world drains the microtask queue after every event, and nothing real (timer,
  * socket, worker) exists, so a seed replays bit for bit (the trace hash); a driver's unhandled
  * rejection or exception fails the seed.
  *
- * Use: `npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace]`
+ * Use: `npm run sim -- [--mode replay|checkpoint] --seeds N [--seed S] [--break B] [--trace]` (breaks:
+ * replay release-before-ack|skip-drain|release-unheld|stale-drained, checkpoint release-at-capture|torn-apply)
  * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags or the drivers'
  * `testOnlyDriverBreak`, to show the checkers catch a broken core or driver.
  */
