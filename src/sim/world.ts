@@ -448,6 +448,11 @@ export class World implements SimWorldApi {
     if (n === 0) return;
     const cap = this.captures.get(World.key(e, n));
     if (cap === undefined) this.fail(`(k) ${p.id}'s replica holds checkpoint ${n} of epoch ${e}, which no primary captured`);
+    if (e !== st.epoch) {
+      // Its acknowledgements (of its own epoch) never count for that primary, which hears them and never
+      // claims: a pair that releases nothing and never fails over.
+      this.fail(`(k) ${p.id}, a backup of epoch ${st.epoch}, applied checkpoint ${n} of epoch ${e} (captured by ${cap.by}): it follows a primary of another epoch`);
+    }
     // Coverage for the primary whose acknowledgements count: those of the backup's own epoch.
     if (cap.seq > (this.ckptCovered.get(st.epoch) ?? 0)) this.ckptCovered.set(st.epoch, cap.seq);
   }
