@@ -112,3 +112,21 @@ test('simulation, checkpoint mode: the command line prints the seed and mode fir
   assert.match(out, /FAIL seed 1 at step \d+/);
   assert.ok(out.includes('reproduce: npm run sim -- --seed 1 --mode checkpoint --break release-at-capture'), out);
 });
+
+/** Driver bugs the checkpoint variant found (fixed on this branch): each seed failed before its fix. */
+const FOUND: Array<{ seed: number; what: string }> = [
+  // A standby's joining connection replaced by the same primary's reconnection returned the standby to the
+  // pool while its backup driver (orphaned, its timer stopped) kept acknowledging: "(b) output rule".
+  { seed: 65, what: 'a replaced joining connection orphaned the standby\'s backup driver' },
+  { seed: 1293, what: 'a replaced joining connection orphaned the standby\'s backup driver' },
+  // A dial in flight when the primary won its claim opened later and was taken for its backup's
+  // reconnection, replacing the recruited backup with a standby of the old epoch: "(k) ... another epoch".
+  { seed: 1198, what: 'a closed dialer emitted the connection it was still dialing' },
+];
+
+for (const { seed, what } of FOUND) {
+  test(`simulation, checkpoint mode: seed ${seed} passes (${what})`, async () => {
+    const r = await runSeed(seed, CKPT);
+    assert.ok(r.ok, `seed ${seed} failed at step ${r.step}: ${r.message}\n  reproduce: ${reproduceCommand(seed, CKPT)}`);
+  });
+}
