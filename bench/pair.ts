@@ -34,6 +34,19 @@
  *   side by side (the TLS ÷ plain comparison, which measures the channel, runs for the kv guest only).
  *   The JSON line is then `{ guests: { kv: {...}, <guest>: {...} }, ratios: {...} }`.
  *
+ * - `--mode checkpoint` (issue #17): a third setup beside FT off and replay FT on, a checkpoint-mode pair
+ *   (`ftvm run --mode checkpoint`, primary and backup, outputs held until the backup acknowledges their
+ *   checkpoint), measured in the same interleaved phases (off, on, ckpt, then ckpt, on, off). For it: the
+ *   throughput ratio to FT off (median of per-repetition ratios), p50/p99 latency, channel bytes per request
+ *   byte (CHECKPOINT data sent ÷ RESP request bytes), the guest's pause per checkpoint (p50/p99 over every
+ *   checkpoint of its phases, from the primary's `GET /checkpoint/pauses/<n>`), the I/O thread's encode
+ *   time per checkpoint, checkpoints per second and checkpoint bytes per second (over its phases). The
+ *   plain and proxy setups are off by default in this mode (BENCH_PAIR_SETUPS still chooses).
+ *   BENCH_PAIR_CKPT_INTERVAL_MS (default 20) is the pair's --checkpoint-interval-ms;
+ *   BENCH_PAIR_DIRTY_TRACKING=<a,b> runs one checkpoint pair per dirty-page tracker (`--dirty-tracking`,
+ *   setups `ckpt-<a>`, `ckpt-<b>`), all interleaved in the same phases. A quick run:
+ *   `BENCH_PAIR_QUICK=1` (1 repetition, conns 1 and 8, 500 ms warm-up + 2 s measured: about a minute).
+ *
  * Progress goes to stderr; a table, then the last line of stdout is one JSON object.
  * Environment: BENCH_PAIR_WARMUP_MS (default 750), BENCH_PAIR_MEASURE_MS (default 3000),
  * BENCH_PAIR_REPS (default 3), BENCH_PAIR_MAX_OPS (per phase, default 1,000,000),
@@ -82,6 +95,20 @@ function guestArg(argv: string[]): BenchGuest {
   return v as BenchGuest;
 }
 const EXTRA_GUEST = guestArg(process.argv.slice(2));
+
+function modeArg(argv: string[]): 'replay' | 'checkpoint' {
+  const i = argv.indexOf('--mode');
+  if (i < 0) return 'replay';
+  const v = argv[i + 1];
+  if (v !== 'replay' && v !== 'checkpoint') {
+    process.stderr.write(`bench:pair: --mode is replay or checkpoint, not ${String(v)}\n`);
+    process.exit(2);
+  }
+  return v;
+}
+/** `--mode checkpoint`: a checkpoint-mode pair is measured beside FT off and replay FT on. */
+const MODE = modeArg(process.argv.slice(2));
+const QUICK = process.env.BENCH_PAIR_QUICK === '1';
 /** Module file of the guest being measured (set per guest by main). */
 let GUEST = join(ROOT, 'build', 'guests', 'kv.wasm');
 /** Per-process extra flags (a disk image each) for the guest being measured. */
@@ -98,11 +125,11 @@ function envInt(name: string, dflt: number, min: number, max: number): number {
   return Math.min(max, Math.max(min, Math.floor(v)));
 }
 
-const WARMUP_MS = envInt('BENCH_PAIR_WARMUP_MS', 750, 0, 10_000);
-const MEASURE_MS = envInt('BENCH_PAIR_MEASURE_MS', 3000, 200, 30_000);
-const REPS = envInt('BENCH_PAIR_REPS', 3, 1, 5);
+const WARMUP_MS = envInt('BENCH_PAIR_WARMUP_MS', QUICK ? 500 : 750, 0, 10_000);
+const MEASURE_MS = envInt('BENCH_PAIR_MEASURE_MS', QUICK ? 2000 : 3000, 200, 30_000);
+const REPS = envInt('BENCH_PAIR_REPS', QUICK ? 1 : 3, 1, 5);
 const MAX_OPS = envInt('BENCH_PAIR_MAX_OPS', 1_000_000, 100, 100_000_000);
-const CONNS = (process.env.BENCH_PAIR_CONNS ?? '1,8,50')
+const CONNS = (process.env.BENCH_PAIR_CONNS ?? (QUICK ? '1,8' : '1,8,50'))
   .split(',')
   .map((s) => Number(s.trim()))
   .filter((n) => Number.isInteger(n) && n >= 1 && n <= 500);
@@ -124,7 +151,12 @@ const PLAIN_FLAGS = BASELINE_ROOT === '' ? ['--insecure-channel'] : [];
  * per operation compares builds without the noise of a shared machine's throughput.
  */
 const RATE = envInt('BENCH_PAIR_RATE', 0, 0, 1_000_000);
-const SETUPS = (process.env.BENCH_PAIR_SETUPS ?? 'off,on,plain,proxy').split(',').map((s) => s.trim());
+/** Checkpoint mode: the dirty-page trackers to run a checkpoint pair with ('' = the node's default). */
+const CKPT_TRACKERS = MODE !== 'checkpoint' ? [] : (process.env.BENCH_PAIR_DIRTY_TRACKING ?? '').split(',').map((s) => s.trim()).filter((s, i, a) => a.indexOf(s) === i && (s !== '' || a.length === 1));
+const ckptSetup = (tracker: string): CkptSetup => (tracker === '' ? 'ckpt' : `ckpt-${tracker}`);
+const CKPT_SETUPS = CKPT_TRACKERS.map(ckptSetup);
+const CKPT_INTERVAL_MS = envInt('BENCH_PAIR_CKPT_INTERVAL_MS', 20, 1, 60_000);
+const SETUPS = (process.env.BENCH_PAIR_SETUPS ?? (MODE === 'checkpoint' ? ['off', 'on', ...CKPT_SETUPS].join(',') : 'off,on,plain,proxy')).split(',').map((s) => s.trim());
 /** 'proxy': the FT-on pair's clients go through `ftvm proxy` (docs/PROXY.md) in front of its --proxy-listen. */
 const withProxy = SETUPS.includes('proxy');
 
@@ -201,7 +233,9 @@ interface PhaseResult {
  * One phase against `port`: `conns` closed-loop connections; a warm-up of WARMUP_MS, then a measured
  * window of MEASURE_MS, bounded by MAX_OPS operations in all.
  */
-type Setup = 'off' | 'on' | 'plain' | 'proxy';
+type CkptSetup = 'ckpt' | `ckpt-${string}`;
+type Setup = 'off' | 'on' | 'plain' | 'proxy' | CkptSetup;
+const isCkpt = (s: Setup): s is CkptSetup => s === 'ckpt' || s.startsWith('ckpt-');
 
 async function runPhase(setup: Setup, port: number, conns: number, rep: number): Promise<PhaseResult> {
   const clients = await Promise.all(
@@ -320,6 +354,15 @@ interface Servers {
   onCtl: string;
   plainCtl: string;
   backupCtl: string;
+  /** Checkpoint mode: one checkpoint pair per tracker, by setup name. */
+  ckpt: Map<CkptSetup, CkptPair>;
+}
+
+interface CkptPair {
+  primary: ProcessHandle;
+  backup: ProcessHandle;
+  port: number;
+  ctl: string;
 }
 
 const started: ProcessHandle[] = [];
@@ -372,7 +415,54 @@ async function startServers(secretFile: string): Promise<Servers> {
     await proxy.waitForLine(/proxy session open/, startTimeoutMs, { stream: 'stderr' });
     await waitForPort(proxyPort, 10_000);
   }
-  return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, proxy, proxyPort, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl };
+  const ckpt = new Map<CkptSetup, CkptPair>();
+  for (const tracker of CKPT_TRACKERS) ckpt.set(ckptSetup(tracker), await startCkptPair(secretFile, tracker, env));
+  return { offPrimary, onPrimary, backup, plainPrimary, plainBackup, proxy, proxyPort, offPort, onPort, plainPort, offCtl, onCtl, plainCtl, backupCtl, ckpt };
+}
+
+/** A checkpoint-mode pair (`ftvm run --mode checkpoint`): backup first, then the primary with --control. */
+async function startCkptPair(secretFile: string, tracker: string, env: Record<string, string>): Promise<CkptPair> {
+  const ports: number[] = [];
+  for (let i = 0; ports.length < 4 && i < 100; i++) {
+    const p = await freePort();
+    if (!ports.includes(p)) ports.push(p);
+  }
+  if (ports.length < 4) throw new BenchFailure('could not find 4 free ports on 127.0.0.1');
+  const [port, ctlPort, chanPort, backupSvcPort] = ports as [number, number, number, number];
+  const name = ckptSetup(tracker);
+  const common = ['--mode', 'checkpoint', '--checkpoint-interval-ms', String(CKPT_INTERVAL_MS), '--secret-file', secretFile, ...(tracker !== '' ? ['--dirty-tracking', tracker] : [])];
+  const backup = spawnNode([...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'backup', '--channel', `${HOST}:${chanPort}`, '--service', `${HOST}:${backupSvcPort}`, ...common, ...guestArgs(`${name}-backup`)], { name: `${name}-backup`, env });
+  started.push(backup);
+  await backup.waitForLine(/checkpoint backup: listening/, startTimeoutMs, { stream: 'stderr' });
+  const ctl = `${HOST}:${ctlPort}`;
+  const primary = spawnNode([...NODE_FLAGS, CLI, 'run', GUEST, '--role', 'primary', '--service', `${HOST}:${port}`, '--peer', `${HOST}:${chanPort}`, '--control', ctl, ...common, ...guestArgs(`${name}-primary`)], { name: `${name}-primary`, env });
+  started.push(primary);
+  await primary.waitForLine(/primary is serving/, startTimeoutMs, { stream: 'stderr' });
+  await waitForPort(port, 10_000);
+  return { primary, backup, port, ctl };
+}
+
+interface CkptStatus {
+  role: string;
+  /** The primary's checkpoint state (src/checkpoint/run.ts status()). */
+  checkpoint?: { heldOutputs: number; inFlight: number; ackedCheckpoint: number };
+  checkpoints: { captured: number; bytesCaptured: number; bytesSent: number; dirtyPages: number };
+}
+
+async function ckptStatus(ctl: string): Promise<CkptStatus> {
+  return (await controlRequest(ctl, AUTH(), 'GET', '/status', 3000)) as CkptStatus;
+}
+
+/** Waits (bounded) until the checkpoint primary holds no output and every checkpoint it took is acknowledged. */
+async function quiesceCkpt(ctl: string, timeoutMs = 5000): Promise<CkptStatus> {
+  const deadline = performance.now() + timeoutMs;
+  let s = await ckptStatus(ctl);
+  while (performance.now() < deadline) {
+    if (s.role === 'primary' && s.checkpoint !== undefined && s.checkpoint.heldOutputs === 0 && s.checkpoint.inFlight === 0) return s;
+    await sleep(20);
+    s = await ckptStatus(ctl);
+  }
+  return s;
 }
 
 async function stopStarted(): Promise<void> {
@@ -487,7 +577,7 @@ async function main(): Promise<void> {
       GUEST = join(ROOT, 'build', 'guests', `${spec.module}.wasm`);
       guestArgs = spec.disk ? (name) => ['--disk', join(dir, `${g}-${name}.img`), '--disk-size', String(64 << 20)] : () => [];
       startTimeoutMs = spec.disk ? 180_000 : 90_000;
-      withPlain = g === 'kv';
+      withPlain = g === 'kv' && SETUPS.includes('plain');
       summaries[g] = await measure(g, secretFile);
       await stopStarted();
     }
@@ -521,7 +611,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     log(`up in ${((performance.now() - t0) / 1000).toFixed(1)} s: FT off on :${servers.offPort}, FT on on :${servers.onPort}`);
     // One call on each before any phase: a WASI guest may still be starting its service (SQLite opens
     // its database and creates its table on the first commands), which is not what the phases measure.
-    for (const port of [servers.offPort, servers.onPort, ...(withPlain ? [servers.plainPort] : []), ...(withProxy ? [servers.proxyPort] : [])]) {
+    for (const port of [servers.offPort, servers.onPort, ...(withPlain ? [servers.plainPort] : []), ...(withProxy ? [servers.proxyPort] : []), ...[...servers.ckpt.values()].map((c) => c.port)]) {
       const c = await RespClient.connect({ host: HOST, port, callTimeoutMs: 120_000 });
       try {
         await c.call('SET', KEYS[0]!, VALUES[0]!);
@@ -537,14 +627,18 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     let lagSamples = 0;
     let lagFailures = 0;
     const logBytesByConns = new Map<number, { logBytes: number; requestBytes: number; ops: number; entries: number }>();
+    /** Checkpoint setups: every checkpoint of their phases (warm-up and quiescing included). */
+    const ckptAcc = new Map<CkptSetup, { pauseMs: number[]; encodeMs: number[]; lost: number; checkpoints: number; bytesCaptured: number; bytesSent: number; dirtyPages: number; requestBytes: number; wallMs: number }>();
 
     for (let rep = 0; rep < REPS; rep++) {
       for (const conns of CONNS) {
-        const order: Setup[] = (rep % 2 === 0 ? (['off', 'on', 'proxy', 'plain'] as const) : (['plain', 'proxy', 'on', 'off'] as const)).filter((x) => (withPlain || x !== 'plain') && (withProxy || x !== 'proxy'));
+        const forward: Setup[] = ['off', 'on', ...CKPT_SETUPS, 'proxy', 'plain'];
+        const order: Setup[] = (rep % 2 === 0 ? forward : forward.reverse()).filter((x) => (withPlain || x !== 'plain') && (withProxy || x !== 'proxy'));
         for (const setup of order) {
           if (!SETUPS.includes(setup)) continue;
           let r: PhaseResult;
-          const pids = setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : setup === 'proxy' ? [servers.onPrimary.pid, servers.backup.pid, servers.proxy!.pid] : [servers.onPrimary.pid, servers.backup.pid];
+          const ck = isCkpt(setup) ? servers.ckpt.get(setup) : undefined;
+          const pids = ck !== undefined ? [ck.primary.pid, ck.backup.pid] : setup === 'off' ? [servers.offPrimary.pid] : setup === 'plain' ? [servers.plainPrimary!.pid, servers.plainBackup!.pid] : setup === 'proxy' ? [servers.onPrimary.pid, servers.backup.pid, servers.proxy!.pid] : [servers.onPrimary.pid, servers.backup.pid];
           const cpu0 = pids.map(processCpuMs);
           const self0 = selfCpuMs();
           if (setup === 'off') {
@@ -555,6 +649,30 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
             } finally {
               await sampler.stop();
             }
+          } else if (ck !== undefined) {
+            const before = await quiesceCkpt(ck.ctl);
+            const tBefore = performance.now();
+            // Sampled like the others (values discarded): the observer's cost is the same for every setup.
+            const sampler = startLagSampler(ck.ctl);
+            try {
+              r = await runPhase(setup, ck.port, conns, rep);
+            } finally {
+              await sampler.stop();
+            }
+            const after = await quiesceCkpt(ck.ctl);
+            const wallMs = performance.now() - tBefore;
+            const samples = (await controlRequest(ck.ctl, AUTH(), 'GET', `/checkpoint/pauses/${before.checkpoints.captured}`, 5000)) as { captured: number; lost: number; pauseMs: number[]; encodeMs: number[] };
+            const acc = ckptAcc.get(setup as CkptSetup) ?? { pauseMs: [], encodeMs: [], lost: 0, checkpoints: 0, bytesCaptured: 0, bytesSent: 0, dirtyPages: 0, requestBytes: 0, wallMs: 0 };
+            acc.pauseMs.push(...samples.pauseMs);
+            acc.encodeMs.push(...samples.encodeMs);
+            acc.lost += samples.lost;
+            acc.checkpoints += after.checkpoints.captured - before.checkpoints.captured;
+            acc.bytesCaptured += after.checkpoints.bytesCaptured - before.checkpoints.bytesCaptured;
+            acc.bytesSent += after.checkpoints.bytesSent - before.checkpoints.bytesSent;
+            acc.dirtyPages += after.checkpoints.dirtyPages - before.checkpoints.dirtyPages;
+            acc.requestBytes += r.requestBytes;
+            acc.wallMs += wallMs;
+            ckptAcc.set(setup as CkptSetup, acc);
           } else if (setup === 'proxy') {
             await quiesce(servers.onCtl);
             const sampler = startLagSampler(servers.onCtl);
@@ -600,7 +718,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
           results.push(r);
           const s = r.latency.sorted();
           log(
-            `rep ${rep + 1} FT ${setup.padEnd(3)} c${String(conns).padEnd(3)} ${r.opsPerSec.toFixed(0).padStart(7)} ops/s  p50 ${quantile(s, 0.5).toFixed(3)} ms  p99 ${quantile(s, 0.99).toFixed(3)} ms  (${r.ops} ops measured)`,
+            `rep ${rep + 1} FT ${setup.padEnd(5)} c${String(conns).padEnd(3)} ${r.opsPerSec.toFixed(0).padStart(7)} ops/s  p50 ${quantile(s, 0.5).toFixed(3)} ms  p99 ${quantile(s, 0.99).toFixed(3)} ms  (${r.ops} ops measured)`,
           );
           if (r.errors.length > 0) throw new BenchFailure(`client errors in FT ${setup} c${conns}: ${r.errors.slice(0, 3).join('; ')}`);
           if (r.ops === 0) throw new BenchFailure(`no operation completed in the measured window of FT ${setup} c${conns}`);
@@ -628,6 +746,7 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     const rows: string[][] = [];
     const perConns: Record<string, unknown> = {};
     const tlsRows: string[][] = [];
+    const ckptRows: string[][] = [];
     const proxyRows: string[][] = [];
     for (const conns of CONNS) {
       const agg = (setup: Setup) => {
@@ -675,6 +794,18 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
         summary[`proxy_latency_p99_ms_c${conns}`] = round(px.p99);
         summary[`proxy_cpu_us_per_op_c${conns}`] = proxyCpu;
         proxyRows.push([`c${conns}`, on.opsPerSec.toFixed(0), px.opsPerSec.toFixed(0), median(pxPerRep).toFixed(3), on.p50.toFixed(3), px.p50.toFixed(3), on.p99.toFixed(3), px.p99.toFixed(3), proxyCpu.toFixed(1)]);
+      }
+      for (const cs of CKPT_SETUPS) {
+        const ckA = agg(cs);
+        const key = cs.replace(/-/g, '_');
+        const perRep = off.perRep.map((o, i) => round((ckA.perRep[i] ?? NaN) / o, 3));
+        summary[`${key}_ratio_c${conns}`] = round(median(perRep), 3);
+        summary[`${key}_ratio_pooled_c${conns}`] = round(ckA.opsPerSec / off.opsPerSec, 3);
+        summary[`${key}_ratio_to_replay_c${conns}`] = round(ckA.opsPerSec / on.opsPerSec, 3);
+        summary[`${key}_ops_per_sec_c${conns}`] = round(ckA.opsPerSec, 0);
+        summary[`${key}_latency_p50_ms_c${conns}`] = round(ckA.p50);
+        summary[`${key}_latency_p99_ms_c${conns}`] = round(ckA.p99);
+        ckptRows.push([cs, `c${conns}`, off.opsPerSec.toFixed(0), on.opsPerSec.toFixed(0), ckA.opsPerSec.toFixed(0), median(perRep).toFixed(3), (ckA.opsPerSec / on.opsPerSec).toFixed(3), off.p50.toFixed(3), on.p50.toFixed(3), ckA.p50.toFixed(3), off.p99.toFixed(3), on.p99.toFixed(3), ckA.p99.toFixed(3)]);
       }
       const lagS = sortedCopy(lagByConns.get(conns) ?? []);
       const lb = logBytesByConns.get(conns);
@@ -740,6 +871,29 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
     summary.request_bytes_per_op = round(requestBytes / ftOnOps, 1);
     summary.ft_on_log_bytes = logBytes;
     summary.ft_on_request_bytes = requestBytes;
+    const ckptLines: string[] = [];
+    for (const cs of CKPT_SETUPS) {
+      const a = ckptAcc.get(cs);
+      if (a === undefined) continue;
+      const key = cs.replace(/-/g, '_');
+      const ps = sortedCopy(a.pauseMs);
+      const es = sortedCopy(a.encodeMs);
+      summary[`${key}_channel_bytes_per_request_byte`] = round(a.bytesSent / a.requestBytes);
+      summary[`${key}_pause_p50_ms`] = round(quantile(ps, 0.5));
+      summary[`${key}_pause_p99_ms`] = round(quantile(ps, 0.99));
+      summary[`${key}_pause_max_ms`] = round(ps.length ? ps[ps.length - 1]! : NaN);
+      summary[`${key}_encode_p50_ms`] = round(quantile(es, 0.5));
+      summary[`${key}_encode_p99_ms`] = round(quantile(es, 0.99));
+      summary[`${key}_checkpoints_per_sec`] = round((a.checkpoints * 1000) / a.wallMs, 1);
+      summary[`${key}_bytes_per_sec`] = round((a.bytesCaptured * 1000) / a.wallMs, 0);
+      summary[`${key}_sent_bytes_per_sec`] = round((a.bytesSent * 1000) / a.wallMs, 0);
+      summary[`${key}_dirty_pages_per_checkpoint`] = round(a.dirtyPages / Math.max(1, a.checkpoints), 1);
+      summary[`${key}_pause_samples`] = ps.length;
+      summary[`${key}_pause_samples_lost`] = a.lost;
+      ckptLines.push(
+        `${cs}: pause per checkpoint p50 ${summary[`${key}_pause_p50_ms`]} ms, p99 ${summary[`${key}_pause_p99_ms`]} ms (max ${summary[`${key}_pause_max_ms`]}; ${ps.length} checkpoints${a.lost > 0 ? `, ${a.lost} samples lost` : ''}); encode p50 ${summary[`${key}_encode_p50_ms`]} ms, p99 ${summary[`${key}_encode_p99_ms`]} ms; ${summary[`${key}_checkpoints_per_sec`]} checkpoints/s, ${summary[`${key}_bytes_per_sec`]} B/s, ${summary[`${key}_dirty_pages_per_checkpoint`]} dirty pages/checkpoint; channel ${summary[`${key}_channel_bytes_per_request_byte`]} B per request B`,
+      );
+    }
     summary.state_hash_ok = true;
     summary.state_hash_n = hash.n;
     summary.per_concurrency = perConns;
@@ -798,6 +952,17 @@ async function measure(guest: BenchGuest, secretFile: string): Promise<Record<st
       const pw2 = ph.map((h, i) => Math.max(h.length, ...proxyRows.map((r) => r[i]!.length)));
       console.log(ph.map((c, i) => c.padStart(pw2[i]!)).join('  '));
       for (const r of proxyRows) console.log(r.map((c, i) => c.padStart(pw2[i]!)).join('  '));
+    }
+    if (CKPT_SETUPS.length > 0) {
+      console.log('');
+      console.log(`checkpoint mode (--checkpoint-interval-ms ${CKPT_INTERVAL_MS}) beside FT off and replay FT on, same run, interleaved phases; latencies in ms`);
+      const ch = ['setup', 'conns', 'off ops/s', 'replay ops/s', 'ckpt ops/s', 'ckpt÷off (median)', 'ckpt÷replay', 'off p50', 'replay p50', 'ckpt p50', 'off p99', 'replay p99', 'ckpt p99'];
+      const cw = ch.map((h, i) => Math.max(h.length, ...ckptRows.map((r) => r[i]!.length)));
+      console.log(ch.map((c, i) => c.padStart(cw[i]!)).join('  '));
+      for (const r of ckptRows) console.log(r.map((c, i) => c.padStart(cw[i]!)).join('  '));
+      for (const l of ckptLines) console.log(l);
+      summary.mode = 'checkpoint';
+      summary.checkpoint_interval_ms = CKPT_INTERVAL_MS;
     }
     summary.guest = guest;
     return summary;

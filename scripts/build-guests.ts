@@ -7,8 +7,8 @@
 //
 //   --force            rebuild even if the output is newer than all its sources
 //   --update-prebuilt  after building the C guests with clang, refresh guests/c/prebuilt/*.wasm
-//   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, sqlite_server,
-//                      rust_server, kernels_as, kernels_c)
+//   name ...           build only these guests (kv, spin, chaos, compute_c, c_server, threaded_kv,
+//                      sqlite_server, rust_server, kernels_as, kernels_c)
 //
 // sqlite_server also compiles SQLite's amalgamation, fetched once with `npm pack better-sqlite3@12.11.1`
 // into build/cache/ (no native build; no other download). Without clang, or when the fetch fails, the
@@ -83,6 +83,13 @@ interface CGuest {
   exports: string[];
   /** Also compile SQLite's amalgamation (fetched with `npm pack`, see sqliteDir). */
   sqlite?: boolean;
+  /** More files given to clang after `source` (e.g. an assembly file). */
+  extra?: string[];
+  /**
+   * A wasi-threads guest (checkpoint mode only): it imports a shared memory (env.memory) and
+   * wasi.thread-spawn, exports wasi_thread_start, and uses atomics and passive data segments.
+   */
+  threads?: boolean;
 }
 
 interface RustGuest {
@@ -121,6 +128,16 @@ const GUESTS: Guest[] = [
     kind: "c", name: "c_server", source: "guests/c-server/server.c",
     flags: ["--target=wasm32-wasi", "-O2", "-Wall"],
     sources: ["guests/c-server"], shape: "command", exports: ["_start"],
+  },
+  {
+    // Freestanding (no wasi-libc: Debian's is not built with atomics, so wasm-ld refuses --shared-memory with it).
+    kind: "c", name: "threaded_kv", source: "guests/threaded-kv/server.c", extra: ["guests/threaded-kv/thread_start.s"],
+    flags: [
+      "--target=wasm32-wasi", "-O2", "-Wall", "-nostdlib", "-ffreestanding", "-matomics", "-mbulk-memory",
+      "-Wl,--shared-memory", "-Wl,--import-memory", "-Wl,--max-memory=67108864",
+      "-Wl,--export=wasi_thread_start", "-Wl,--export=_start", "-Wl,--no-entry",
+    ],
+    sources: ["guests/threaded-kv"], shape: "command", exports: ["_start", "wasi_thread_start"], threads: true,
   },
   {
     kind: "c", name: "sqlite_server", source: "guests/sqlite/sqlite-server.c",
@@ -231,7 +248,7 @@ function listSources(entries: string[]): string[] {
         const q = path.join(p, e);
         if (statSync(q).isDirectory()) {
           if (e !== "prebuilt") walk(q);
-        } else if (/\.(ts|c|h|rs)$/.test(e)) {
+        } else if (/\.(ts|c|h|rs|s)$/.test(e)) {
           files.push(q);
         }
       }
@@ -370,7 +387,7 @@ function sqliteDir(): string {
 /** Runs clang as a child process (asynchronously, so AssemblyScript builds proceed meanwhile). */
 async function buildC(g: CGuest, out: string): Promise<void> {
   const extra = g.sqlite ? ["-I", sqliteDir(), path.join(sqliteDir(), "sqlite3.c")] : [];
-  const args = [...g.flags, "-o", out, path.join(ROOT, g.source), ...extra];
+  const args = [...g.flags, "-o", out, path.join(ROOT, g.source), ...(g.extra ?? []).map((f) => path.join(ROOT, f)), ...extra];
   const r = await new Promise<{ status: number | null; signal: NodeJS.Signals | null; error?: Error; stdout: string; stderr: string }>((resolve) => {
     const child = spawn("clang", args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -413,7 +430,10 @@ async function verify(g: Guest, file: string, label: string = rel(file)): Promis
   const F = binaryen.Features;
   // MVP + mutable-globals + sign-ext + nontrapping-f2i + bulk memory (memory.copy/fill only:
   // BulkMemoryOpt, not BulkMemory, so memory.init/data.drop fail validation) + SIMD128 + multivalue.
-  const allowed = F.MutableGlobals | F.SignExt | F.NontrappingFPToInt | F.BulkMemoryOpt | F.SIMD128 | F.Multivalue;
+  // A wasi-threads guest (checkpoint mode) also has atomics and passive data segments (memory.init/data.drop
+  // in wasm-ld's __wasm_init_memory: a shared memory is initialized once, by the first instance).
+  const threads = g.kind === "c" && g.threads === true;
+  const allowed = F.MutableGlobals | F.SignExt | F.NontrappingFPToInt | F.BulkMemoryOpt | F.SIMD128 | F.Multivalue | (threads ? F.Atomics | F.BulkMemory : 0);
   const bytes = readFileSync(file);
   const problems: string[] = [];
   const typeName = (t: number): string => {
@@ -448,7 +468,7 @@ async function verify(g: Guest, file: string, label: string = rel(file)): Promis
       const base = f.base ?? "";
       const got = sigOf(f.params, f.results);
       imports.push(`${f.module}.${base} ${got}`);
-      const want = ABI_IMPORTS[f.module]?.[base];
+      const want = threads && f.module === "wasi" && base === "thread-spawn" ? sig(["i32"], ["i32"]) : ABI_IMPORTS[f.module]?.[base];
       if (!want) problems.push(`imports ${f.module}.${base}, which is not in the guest ABI`);
       else if (sigText(want) !== got) problems.push(`imports ${f.module}.${base} as ${got}; the ABI says ${sigText(want)}`);
     }
@@ -467,15 +487,21 @@ async function verify(g: Guest, file: string, label: string = rel(file)): Promis
     } else {
       const m = mod.getMemoryInfo();
       memoryPages = m.initial;
-      if (m.module) problems.push(`imports its memory (${m.module}.${m.base ?? ""})`);
-      if (m.shared) problems.push("has a shared memory");
+      if (threads) {
+        if (m.module !== "env" || m.base !== "memory") problems.push("is a threaded guest whose memory is not imported as env.memory");
+        if (!m.shared) problems.push("is a threaded guest without a shared memory");
+        if (m.max === undefined || m.max === 0) problems.push("is a threaded guest without a maximum memory size");
+      } else {
+        if (m.module) problems.push(`imports its memory (${m.module}.${m.base ?? ""})`);
+        if (m.shared) problems.push("has a shared memory");
+      }
       if (m.is64) problems.push("has a 64-bit memory");
     }
     // (the .d.ts names these getNumMemorySegments/getMemorySegmentInfo; the JS has these)
     const segs = mod as unknown as DataSegmentApi;
     for (let i = 0; i < segs.getNumDataSegments(); i++) {
       const seg = segs.getDataSegmentInfo(segs.getDataSegmentByIndex(i));
-      if (seg.passive) problems.push(`has passive data segment ${seg.name} (needs memory.init/data.drop)`);
+      if (seg.passive && !threads) problems.push(`has passive data segment ${seg.name} (needs memory.init/data.drop)`);
     }
 
     const exports: string[] = [];
@@ -495,7 +521,7 @@ async function verify(g: Guest, file: string, label: string = rel(file)): Promis
         exports.push(`${e.name} (${kind})`);
       }
     }
-    if (exported.get("memory") !== binaryen.ExternalMemory) problems.push('does not export its memory as "memory"');
+    if (!threads && exported.get("memory") !== binaryen.ExternalMemory) problems.push('does not export its memory as "memory"');
     for (const name of g.exports) {
       if (exported.get(name) !== binaryen.ExternalFunction) problems.push(`does not export function ${name}`);
     }
@@ -600,7 +626,7 @@ async function main(argv: string[]): Promise<void> {
       const prebuilt = path.join(ROOT, PREBUILT_DIR, `${g.name}.wasm`);
       const clang = clangVersion();
       if (clang !== null) {
-        stamp = `${clang} | clang ${g.flags.join(" ")} ${g.source}`;
+        stamp = `${clang} | clang ${g.flags.join(" ")} ${[g.source, ...(g.extra ?? [])].join(" ")}`;
         build = async () => {
           if (g.sqlite && existsSync(prebuilt)) {
             try {

@@ -1,5 +1,5 @@
 /**
- * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd]
+ * `npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite|threaded-kv] [--seed S] [--arbiter embedded|etcd]
  * [--etcd-members M] [--overlap] [--mode replay|checkpoint] [--via direct|proxy] [--fault-kinds k1,k2] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]`
  *
  * `--overlap`: a second fault before the pair is protected again (src/jepsen/nemesis.ts), including
@@ -21,7 +21,7 @@ import { progress } from '../src/util/progress.js';
 import { stopAll } from '../src/testing/processes.js';
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--mode replay|checkpoint] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]\n`);
+  process.stderr.write(`${msg}\nusage: npm run jepsen -- --faults N [--guest kv|c-server|rust-server|sqlite|threaded-kv] [--seed S] [--arbiter embedded|etcd] [--etcd-members M] [--overlap] [--mode replay|checkpoint] [--via direct|proxy] [--fault-kinds k1,k2] [--fail-timeout-ms N] [--clients C] [--keys K] [--history FILE] [--node-logs DIR] [--quiet]\n`);
   process.exit(2);
 }
 
@@ -127,6 +127,7 @@ for (let i = 0; i < args.length; i++) {
 
 if (etcdMembers !== 1 && arbiter !== 'etcd') usage('--etcd-members needs --arbiter etcd');
 if (mode === 'checkpoint' && guest === 'sqlite') usage('--mode checkpoint does not run guests with a disk yet (sqlite)');
+if (mode !== 'checkpoint' && guest === 'threaded-kv') usage('the threaded-kv guest runs only with --mode checkpoint (replay refuses threaded guests)');
 if (mode === 'checkpoint' && via === 'proxy') usage('--mode checkpoint does not serve ftvm proxy sessions yet: use --via direct');
 const extra = `${mode !== 'replay' ? ` --mode ${mode}` : ''}${via !== 'direct' ? ` --via ${via}` : ''}${faultKinds !== undefined ? ` --fault-kinds ${faultKinds.join(',')}` : ''}${failTimeoutMs !== undefined ? ` --fail-timeout-ms ${failTimeoutMs}` : ''}${overlap ? ' --overlap' : ''}${arbiter === 'etcd' && etcdMembers !== 1 ? ` --etcd-members ${etcdMembers}` : ''}`;
 console.log(`seed ${seed}  (reproduce the schedule: npm run jepsen -- --guest ${guest} --faults ${faults} --seed ${seed} --arbiter ${arbiter} --clients ${clients} --keys ${keys}${extra})`);

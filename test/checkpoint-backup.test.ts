@@ -35,7 +35,7 @@ async function until(what: string, pred: () => boolean, timeoutMs = 5000): Promi
   }
 }
 
-test('checkpoint backup: applies and acknowledges over the channel, refuses corrupt and truncated checkpoints, goes live from the last complete one after the primary falls silent', async () => {
+test('checkpoint backup: applies and acknowledges over the channel (whole, and in pieces), ignores a checkpoint missing a piece, refuses corrupt and truncated checkpoints, goes live from the last complete one after the primary falls silent', async () => {
   // The primary's checkpoints of a running kv guest (epoch 1).
   const env = new CheckpointingEnv(kvWorkload({ ops: 150, conns: 3, seed: 11 }), { seed: 11, sliceUnits: 40_000 }, 1, 2, Number.MAX_SAFE_INTEGER);
   recordRun(guest('kv'), cfg, env, { onMachine: (m) => (env.machine = m) });
@@ -78,12 +78,29 @@ test('checkpoint backup: applies and acknowledges over the channel, refuses corr
   const beat = setInterval(() => {
     if (conns.length > 0 && !closed.has(current())) current().send({ type: FrameType.HEARTBEAT, epoch: 1, instructionNumber: 0, nextSeq: 0 });
   }, 20);
-  const send = (k: number, data = cps[k - 1]!.data): void => void current().send({ type: FrameType.CHECKPOINT, epoch: 1, checkpoint: k, data });
+  const send = (k: number, data = cps[k - 1]!.data): void => void current().send({ type: FrameType.CHECKPOINT, epoch: 1, checkpoint: k, part: 0, parts: 1, data });
+  /** Checkpoint k in `parts` pieces (a large checkpoint, as the primary cuts it), leaving out piece `skip`. */
+  const sendPieces = (k: number, parts: number, skip = -1): void => {
+    const data = cps[k - 1]!.data;
+    const size = Math.ceil(data.length / parts);
+    for (let part = 0; part < parts; part++) {
+      if (part !== skip) current().send({ type: FrameType.CHECKPOINT, epoch: 1, checkpoint: k, part, parts, data: data.subarray(part * size, Math.min(data.length, (part + 1) * size)) });
+    }
+  };
 
   try {
     await until('the first connection', () => conns.length === 1);
-    for (let k = 1; k <= N - 2; k++) send(k);
+    // Every third checkpoint in pieces: reassembled before it is applied.
+    for (let k = 1; k <= N - 2; k++) {
+      if (k % 3 === 0) sendPieces(k, 3);
+      else send(k);
+    }
     await until(`the ack of checkpoint ${N - 2}`, () => acked === N - 2);
+    // A piece missing: the checkpoint never reaches the replica (nothing acknowledged, nothing applied).
+    sendPieces(N - 1, 3, 1);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(backup.replica.checkpoint, N - 2, 'a checkpoint with a piece missing is not applied');
+    assert.equal(acked, N - 2);
     assert.equal(backup.replica.checkpoint, N - 2);
     assert.equal(restoredHash(backup.replica.snapshot()!), cps[N - 3]!.hash);
 

@@ -75,7 +75,7 @@ test('checkpoint catch-up: a restarted backup, and one whose acknowledgements we
     }, headroomBytes);
   const servicePort = await freePort();
   const service = new ClientService({ host: '127.0.0.1', port: servicePort, log });
-  const primary = new CheckpointPrimary({ vmName: 'vm', nodeId: 'primary-node', epoch: 1, intervalMs: 20, failTimeoutMs: 4000, arbiterDeadlineMs: 4000, tickMs: 5, clock: realClock, arbiter, vcpu, service, log });
+  const primary = new CheckpointPrimary({ vmName: 'vm', nodeId: 'primary-node', epoch: 1, intervalMs: 20, failTimeoutMs: 4000, arbiterDeadlineMs: 4000, tickMs: 5, clock: realClock, arbiter, vcpu, service, log, pieceBytes: 2048 });
   primaryRef = primary;
   const link = await FaultProxy.start({ targetPort: listener.address!.port });
   const dialer = new ChannelDialer('127.0.0.1', link.port, {

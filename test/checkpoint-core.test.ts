@@ -374,3 +374,51 @@ test('randomized: a backup that restarts empty (or reconnects after lost acknowl
     { numRuns: 300 },
   );
 });
+
+test('re-replication: a primary alone releases at once; a recruited standby joins through a base checkpoint, outputs wait for it, `joined` follows its acknowledgement', () => {
+  const p = new CheckpointPrimaryCore(cfg({ alone: true }));
+  assert.deepEqual(of(p.step({ t: 'output', id: 1 }), 'release'), [{ t: 'release', ids: [1] }], 'alone: no backup to wait for');
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 50 }), 'capture'), [], 'alone: no checkpoints');
+  const j = p.step({ t: 'join', nowMs: 60 });
+  assert.deepEqual(of(j, 'capture'), [{ t: 'capture', checkpoint: 1, base: true }], 'the first checkpoint of a joining backup is a base');
+  assert.equal(p.status().alone, false);
+  assert.equal(p.status().joining, true);
+  p.step({ t: 'output', id: 2 }); // produced during the base capture: held until the base is acknowledged
+  assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 1, bytes: 4096 }), 'send-checkpoint'), [{ t: 'send-checkpoint', checkpoint: 1, epoch: 1 }]);
+  assert.deepEqual(of(p.step({ t: 'output', id: 3 }), 'release'), [], 'held: the pair is protected from the join on');
+  const acked = p.step({ t: 'ack', checkpoint: 1, nowMs: 65 });
+  assert.deepEqual(of(acked, 'release'), [{ t: 'release', ids: [2] }]);
+  assert.deepEqual(of(acked, 'joined'), [{ t: 'joined', epoch: 1, checkpoint: 1 }]);
+  assert.equal(p.status().joining, false);
+  assert.deepEqual(p.step({ t: 'join', nowMs: 66 }), [], 'a second join while paired does nothing (the driver refuses the standby)');
+});
+
+test('a join that goes silent is a failure like any other: the primary claims before releasing what it holds (the standby may hold the base and claim too)', () => {
+  const p = new CheckpointPrimaryCore(cfg({ alone: true }));
+  p.step({ t: 'join', nowMs: 0 });
+  p.step({ t: 'output', id: 1 });
+  p.step({ t: 'captured', checkpoint: 1, bytes: 4096 });
+  p.step({ t: 'peer-closed' });
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 50 }), 'release'), [], 'nothing released on a closed connection');
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 101 }), 'claim'), [{ t: 'claim', epoch: 1 }]);
+  const r = p.step({ t: 'claim-result', won: true, epoch: 2 });
+  assert.deepEqual(r.map((x) => x.t), ['alone', 'release']);
+  // A capture asked for before the silence (checkpoint 2) may still be under way: it is not sent to the
+  // newcomer (a delta against a state it never had); the base follows it.
+  let caps = of(p.step({ t: 'join', nowMs: 200 }), 'capture');
+  if (caps.length === 0) {
+    assert.deepEqual(of(p.step({ t: 'captured', checkpoint: 2, bytes: 1 }), 'send-checkpoint'), [], 'the pending delta is not sent');
+    caps = of(p.step({ t: 'tick', nowMs: 210 }), 'capture');
+  }
+  assert.deepEqual(caps, [{ t: 'capture', checkpoint: 3, base: true }], 'alone again: the next standby joins through a base numbered after everything captured');
+});
+
+test('an idle guest: a capture found unchanged is not a checkpoint; the next one is asked for when due', () => {
+  const p = new CheckpointPrimaryCore(cfg());
+  p.step({ t: 'peer-open', nowMs: 0 });
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 10 }), 'capture'), [{ t: 'capture', checkpoint: 1, base: false }]);
+  p.step({ t: 'unchanged', checkpoint: 1 });
+  assert.equal(p.status().capturedCheckpoint, 0);
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 15 }), 'capture'), [], 'not before the interval');
+  assert.deepEqual(of(p.step({ t: 'tick', nowMs: 20 }), 'capture'), [{ t: 'capture', checkpoint: 1, base: false }], 'the same number, asked again');
+});

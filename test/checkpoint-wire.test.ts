@@ -21,7 +21,7 @@ const EPOCH = 3;
 
 /** Through the channel's codec, as the backup receives it. */
 function overTheWire(epoch: number, checkpoint: number, data: Uint8Array): Uint8Array {
-  const f = decodeFrameBody(encodeFrameBody({ type: FrameType.CHECKPOINT, epoch, checkpoint, data }));
+  const f = decodeFrameBody(encodeFrameBody({ type: FrameType.CHECKPOINT, epoch, checkpoint, part: 0, parts: 1, data }));
   assert.equal(f.type, FrameType.CHECKPOINT);
   if (f.type !== FrameType.CHECKPOINT) throw new Error('unreachable');
   assert.equal(f.epoch, epoch);
@@ -200,14 +200,17 @@ test('a base checkpoint replaces the replica\'s state whatever it held (any numb
 test('CHECKPOINT and CHECKPOINT_ACK frames: round trip, strict decoding', () => {
   const data = new Uint8Array([1, 2, 3, 4, 5]);
   const frames: Frame[] = [
-    { type: FrameType.CHECKPOINT, epoch: 7, checkpoint: 300, data },
+    { type: FrameType.CHECKPOINT, epoch: 7, checkpoint: 300, part: 0, parts: 1, data },
+    { type: FrameType.CHECKPOINT, epoch: 7, checkpoint: 300, part: 2, parts: 3, data },
     { type: FrameType.CHECKPOINT_ACK, epoch: 7, checkpoint: 299 },
   ];
   for (const f of frames) assert.deepEqual(decodeFrameBody(encodeFrameBody(f)), f);
   const badFrame = (b: Uint8Array, what: string): void =>
     assert.throws(() => decodeFrameBody(b), (err: unknown) => err instanceof FtvmError && err.code === 'FTVM_ERR_BAD_FRAME', what);
   badFrame(Uint8Array.from([FrameType.CHECKPOINT]), 'CHECKPOINT without its header');
-  badFrame(Uint8Array.from([FrameType.CHECKPOINT, 7, 0]), 'CHECKPOINT number 0');
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT, 7, 0, 0, 1]), 'CHECKPOINT number 0');
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT, 7, 1, 3, 3]), 'CHECKPOINT piece 3 of 3');
+  badFrame(Uint8Array.from([FrameType.CHECKPOINT, 7, 1, 0, 0]), 'CHECKPOINT of 0 pieces');
   badFrame(Uint8Array.from([FrameType.CHECKPOINT_ACK, 7]), 'CHECKPOINT_ACK truncated');
   badFrame(Uint8Array.from([FrameType.CHECKPOINT_ACK, 7, 3, 0]), 'CHECKPOINT_ACK with a trailing byte');
   // The payload itself: garbage is refused by decodeCheckpoint.

@@ -92,6 +92,8 @@ export function encodeFrameParts(f: Frame, w: ByteWriter): { head: Uint8Array; t
     case FrameType.CHECKPOINT:
       w.varint(f.epoch);
       w.varint(f.checkpoint);
+      w.varint(f.part);
+      w.varint(f.parts);
       tail = f.data;
       break;
     case FrameType.CHECKPOINT_ACK:
@@ -167,7 +169,10 @@ export function decodeFrameBody(buf: Uint8Array): Frame {
         const epoch = r.varint();
         const checkpoint = r.varint();
         if (checkpoint < 1) bad('CHECKPOINT numbered 0');
-        f = { type, epoch, checkpoint, data: r.bytes(r.remaining) };
+        const part = r.varint();
+        const parts = r.varint();
+        if (parts < 1 || part >= parts) bad(`CHECKPOINT piece ${part} of ${parts}`);
+        f = { type, epoch, checkpoint, part, parts, data: r.bytes(r.remaining) };
         break;
       }
       case FrameType.CHECKPOINT_ACK:
@@ -203,7 +208,7 @@ export function describeFrame(f: Frame): string {
     case FrameType.SNAPSHOT:
       return `SNAPSHOT epoch=${f.epoch} ${f.part === SnapshotPart.BEGIN ? 'begin' : 'chunk'} ${f.data.length}B`;
     case FrameType.CHECKPOINT:
-      return `CHECKPOINT epoch=${f.epoch} #${f.checkpoint} ${f.data.length}B`;
+      return `CHECKPOINT epoch=${f.epoch} #${f.checkpoint} piece ${f.part + 1}/${f.parts} ${f.data.length}B`;
     case FrameType.CHECKPOINT_ACK:
       return `CHECKPOINT_ACK epoch=${f.epoch} #${f.checkpoint}`;
   }

@@ -53,6 +53,9 @@ export interface CheckpointBackupStats {
   bytesApplied: number;
 }
 
+/** The largest checkpoint reassembled from pieces (wire.ts refuses larger ones anyway). */
+const MAX_ASSEMBLED_BYTES = 1024 * 1024 * 1024;
+
 export class CheckpointBackup {
   readonly replica: CheckpointReplica;
   private readonly core: CheckpointBackupCore;
@@ -64,6 +67,8 @@ export class CheckpointBackup {
   /** Resolves once, when the backup went live (won the claim) or halted (lost it, or an intentional stop). */
   readonly done: Promise<CheckpointBackupOutcome>;
   readonly stats: CheckpointBackupStats = { applied: 0, refused: 0, acksSent: 0, bytesApplied: 0 };
+  /** The pieces of a checkpoint sent in several frames, received so far (in order, on one connection). */
+  private assembling: { epoch: number; checkpoint: number; parts: number; pieces: Uint8Array[]; bytes: number } | undefined;
 
   constructor(private readonly opts: CheckpointBackupOptions) {
     this.replica = new CheckpointReplica(opts.epoch);
@@ -93,6 +98,7 @@ export class CheckpointBackup {
     }
     if (this.conn !== undefined && this.conn !== c) this.conn.close('replaced by a new connection from the primary');
     this.conn = c;
+    this.assembling = undefined; // pieces never span connections: the primary resends whole checkpoints
     this.opts.log.info({ primary: c.remote }, 'checkpoint backup: primary connected');
     this.exec(this.core.step({ t: 'heard', nowMs: this.opts.clock.now() }));
     c.on('frame', (f: Frame) => {
@@ -117,9 +123,15 @@ export class CheckpointBackup {
   private onFrame(f: Frame): void {
     const nowMs = this.opts.clock.now();
     switch (f.type) {
-      case FrameType.CHECKPOINT:
-        this.exec(this.core.step({ t: 'checkpoint', checkpoint: f.checkpoint, epoch: f.epoch, nowMs, base: isBaseCheckpoint(f.data) }), f);
+      case FrameType.CHECKPOINT: {
+        const whole = this.assemble(f);
+        if (whole === undefined) {
+          this.exec(this.core.step({ t: 'heard', nowMs }));
+          return;
+        }
+        this.exec(this.core.step({ t: 'checkpoint', checkpoint: whole.checkpoint, epoch: whole.epoch, nowMs, base: isBaseCheckpoint(whole.data) }), whole);
         return;
+      }
       case FrameType.CONTROL:
         if (f.kind === ControlKind.STOP && f.epoch >= this.core.status().epoch) {
           this.finish({ t: 'halted', reason: `the primary stopped intentionally: ${f.reason}` });
@@ -182,6 +194,37 @@ export class CheckpointBackup {
           break;
       }
     }
+  }
+
+  /**
+   * A checkpoint's pieces, in order: the whole checkpoint once its last piece arrived, else undefined. A
+   * piece out of order (or of another checkpoint) discards what was gathered: the checkpoint never reaches
+   * the replica, the next one is then a gap, and the connection is dropped so the primary resends.
+   */
+  private assemble(f: CheckpointFrame): CheckpointFrame | undefined {
+    if (f.parts === 1) {
+      this.assembling = undefined;
+      return f;
+    }
+    let a = this.assembling;
+    if (f.part === 0) {
+      a = { epoch: f.epoch, checkpoint: f.checkpoint, parts: f.parts, pieces: [], bytes: 0 };
+      this.assembling = a;
+    } else if (a === undefined || a.epoch !== f.epoch || a.checkpoint !== f.checkpoint || a.parts !== f.parts || a.pieces.length !== f.part) {
+      this.opts.log.warn({ checkpoint: f.checkpoint, part: f.part, parts: f.parts }, 'checkpoint piece out of order: discarding the pieces gathered');
+      this.assembling = undefined;
+      return undefined;
+    }
+    a.bytes += f.data.length;
+    if (a.bytes > MAX_ASSEMBLED_BYTES) {
+      this.opts.log.warn({ checkpoint: f.checkpoint, bytes: a.bytes }, 'checkpoint larger than any this backup accepts: discarding it');
+      this.assembling = undefined;
+      return undefined;
+    }
+    a.pieces.push(f.data);
+    if (a.pieces.length < a.parts) return undefined;
+    this.assembling = undefined;
+    return { type: FrameType.CHECKPOINT, epoch: a.epoch, checkpoint: a.checkpoint, part: 0, parts: 1, data: Buffer.concat(a.pieces, a.bytes) };
   }
 
   /** One arbiter call at a time; the core asks again after `arbiterDeadlineMs` if it is still claiming. */

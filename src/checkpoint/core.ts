@@ -144,6 +144,8 @@ export class CheckpointPrimaryCore {
   private held: Array<[number, number]> = [];
   /** A recruited backup is joining: `joined` is due once it acknowledges a base. */
   private joining = false;
+  /** The latest time an input carried (outputs carry none): when an eager capture starts. */
+  private lastNowMs = 0;
 
   constructor(private readonly cfg: CheckpointPrimaryConfig) {
     assert(cfg.intervalMs > 0 && cfg.failTimeoutMs > 0 && cfg.inFlightMax >= 1 && cfg.heldMaxOutputs >= 1, 'checkpoint config');
@@ -175,6 +177,7 @@ export class CheckpointPrimaryCore {
   step(i: CheckpointPrimaryInput): CheckpointPrimaryAction[] {
     const out: CheckpointPrimaryAction[] = [];
     if (this.phase === 'halted') return out;
+    if ('nowMs' in i && i.nowMs > this.lastNowMs) this.lastNowMs = i.nowMs;
     switch (i.t) {
       case 'output':
         if (this.alone) out.push({ t: 'release', ids: [i.id] });
@@ -290,8 +293,18 @@ export class CheckpointPrimaryCore {
         this.tick(i.nowMs, out);
         break;
     }
+    // Latency: an output waiting in the open epoch starts its capture at once (not at the next tick),
+    // pipelined up to inFlightMax checkpoints.
+    if (this.cfg.eagerWhenOutputsHeld && this.peer && !this.alone && this.phase === 'running' && !this.capturing && this.openHasOutputs() && this.inFlight() < this.cfg.inFlightMax) {
+      this.startCapture(this.lastNowMs, out);
+    }
     this.updateThrottle(out);
     return out;
+  }
+
+  /** An output of the open epoch is held (held outputs are in production order: the last is the newest). */
+  private openHasOutputs(): boolean {
+    return this.held.length > 0 && this.held[this.held.length - 1]![0] === this.open;
   }
 
   private tick(now: number, out: CheckpointPrimaryAction[]): void {
@@ -314,7 +327,7 @@ export class CheckpointPrimaryCore {
         out.push({ t: 'heartbeat', epoch: this.epoch });
       }
     }
-    const due = this.baseDue || now - this.lastCaptureMs >= this.cfg.intervalMs || (this.cfg.eagerWhenOutputsHeld && this.held.some(([c]) => c === this.open));
+    const due = this.baseDue || now - this.lastCaptureMs >= this.cfg.intervalMs || (this.cfg.eagerWhenOutputsHeld && this.openHasOutputs());
     if (!this.alone && !this.capturing && due && this.inFlight() < this.cfg.inFlightMax) this.startCapture(now, out);
   }
 

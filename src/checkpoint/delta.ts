@@ -10,6 +10,11 @@
  *   (zeros in the XOR) cost a varint, changed bytes are sent as they are XORed (RemusDB's "XOR + RLE"
  *   page deltas; a one-word change of a 4 KiB page costs about ten bytes).
  * - Memory can only grow (wasm): pages beyond the shadow compare against zeros.
+ * - With the store barrier (`--dirty-tracking barrier`, src/machine/dirty-pages.ts) the snapshot says which
+ *   pages were written since the previous one: only those are compared and encoded (a written page whose
+ *   bytes came back to the shadow's is still skipped). The comparison of every page remains the fallback
+ *   whenever that map cannot be trusted: the first delta (data segments are written without the barrier),
+ *   after a reset (a base), or when a map of the series was missed (its `seq` is not the next).
  *
  * Wire format (one delta): u8 version, varint memoryBytes, varint pageBytes, varint pages, then per
  * page: varint page-index gap from the previous page, varint encoded length, the encoding (pairs of
@@ -19,6 +24,7 @@
  */
 import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter } from '../log/codec.js';
+import { DIRTY_PAGE_BYTES } from '../machine/dirty-pages.js';
 import { FtvmError, assert } from '../util/errors.js';
 
 export const DELTA_VERSION = 1;
@@ -81,17 +87,46 @@ export class DirtyTracker {
     assert(Number.isInteger(pageBytes) && pageBytes >= 64 && pageBytes <= 65536 && (pageBytes & (pageBytes - 1)) === 0, 'page size is a power of two in [64, 65536]');
   }
 
-  delta(memory: Uint8Array): Uint8Array {
+  /** The `seq` of the last page map seen (undefined: none yet, or reset). */
+  private lastSeq: number | undefined;
+
+  /**
+   * `written`: the pages written since the previous call, from the store barrier (Snapshot.dirty); used
+   * when it continues the series this tracker saw, else every page is compared.
+   */
+  delta(memory: Uint8Array, written?: { map?: Uint8Array; seq: number }): Uint8Array {
+    const trusted = written?.map !== undefined && this.lastSeq !== undefined && written.seq === this.lastSeq + 1 && this.shadow.length > 0 && this.pageBytes === DIRTY_PAGE_BYTES;
+    this.lastSeq = written?.seq;
+    if (trusted) return this.finish(memory, this.markedPages(memory, written.map!));
+    return this.finish(memory, this.comparedPages(memory));
+  }
+
+  /** Pages marked in `map` whose bytes differ from the shadow's (or from zeros beyond it). */
+  private markedPages(memory: Uint8Array, map: Uint8Array): number[] {
+    const pb = this.pageBytes;
+    const mem = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength);
+    const shadow = Buffer.from(this.shadow.buffer, this.shadow.byteOffset, this.shadow.byteLength);
+    const dirty: number[] = [];
+    const pages = Math.min(map.length, Math.ceil(memory.length / pb));
+    for (let p = 0; p < pages; p++) {
+      if (map[p] === 0) continue;
+      const a = p * pb;
+      const b = Math.min(memory.length, a + pb);
+      const page = mem.subarray(a, b);
+      const base = a < shadow.length ? shadow.subarray(a, Math.min(shadow.length, b)) : undefined;
+      if (base !== undefined && base.length === page.length ? page.equals(base) : isZero(page, base)) continue;
+      dirty.push(p);
+    }
+    return dirty;
+  }
+
+  /** Every page whose bytes differ from the shadow's (or from zeros beyond it). */
+  private comparedPages(memory: Uint8Array): number[] {
     if (memory.length < this.shadow.length) throw new FtvmError('FTVM_ERR_SNAPSHOT', `memory shrank from ${this.shadow.length} to ${memory.length} bytes`);
     const pb = this.pageBytes;
     const pages = Math.ceil(memory.length / pb);
     const mem = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength);
     const shadow = Buffer.from(this.shadow.buffer, this.shadow.byteOffset, this.shadow.byteLength);
-    const w = this.w;
-    w.reset();
-    w.u8(DELTA_VERSION);
-    w.varint(memory.length);
-    w.varint(pb);
     const dirty: number[] = [];
     // Two levels: one memcmp per 64 pages where nothing changed (most of memory, most of the time),
     // then page by page inside a block that differs.
@@ -107,6 +142,21 @@ export class DirtyTracker {
         dirty.push(a / pb);
       }
     }
+    return dirty;
+  }
+
+  /** Encodes `dirty` (ascending page numbers) against the shadow and moves the shadow to `memory`. */
+  private finish(memory: Uint8Array, dirty: number[]): Uint8Array {
+    if (memory.length < this.shadow.length) throw new FtvmError('FTVM_ERR_SNAPSHOT', `memory shrank from ${this.shadow.length} to ${memory.length} bytes`);
+    const pb = this.pageBytes;
+    const pages = Math.ceil(memory.length / pb);
+    const mem = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength);
+    const shadow = Buffer.from(this.shadow.buffer, this.shadow.byteOffset, this.shadow.byteLength);
+    const w = this.w;
+    w.reset();
+    w.u8(DELTA_VERSION);
+    w.varint(memory.length);
+    w.varint(pb);
     w.varint(dirty.length);
     const body = new ByteWriter(Math.max(64, dirty.length * 64), MAX_MEMORY_BYTES);
     let prev = -1;

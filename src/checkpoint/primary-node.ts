@@ -21,6 +21,7 @@ import type { NodeClock, ServicePort, Timer, VcpuPort } from '../replication/env
 import { assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { NodeMetrics } from '../service/metrics.js';
+import { CheckpointMetrics } from './metrics.js';
 import { CheckpointPrimaryCore, type CheckpointPrimaryAction } from './core.js';
 import { CheckpointEncoder, checkpointStateHash } from './wire.js';
 
@@ -45,6 +46,10 @@ export interface CheckpointPrimaryOptions {
   service: ServicePort;
   log: Logger;
   metrics?: NodeMetrics;
+  /** Checkpoint samples and totals (the node's, so they outlive a role change); absent: its own. */
+  checkpointMetrics?: CheckpointMetrics;
+  /** Checkpoints larger than this go in several frames (default CHECKPOINT_PIECE_BYTES; tests set it small). */
+  pieceBytes?: number;
   /** Serving alone now (the backup's failure won at the arbiter): the node recruits a new one. */
   onAlone?: (epoch: number) => void;
   /** A recruited backup acknowledged its base checkpoint: protected again. */
@@ -59,6 +64,9 @@ export interface CheckpointPrimaryStats {
   lastPauseMs: number;
   released: number;
 }
+
+/** A checkpoint larger than this goes in several CHECKPOINT frames (the channel's frames are at most 16 MiB). */
+export const CHECKPOINT_PIECE_BYTES = 4 * 1024 * 1024;
 
 /** Captures remembered for `ftvm status` (epoch length, checkpoint bytes/s). */
 const RECENT_CAPTURES = 128;
@@ -78,6 +86,7 @@ export class CheckpointPrimary {
   /** Resolves with the reason when the primary halts (it lost the claim). */
   readonly done: Promise<string>;
   readonly stats: CheckpointPrimaryStats = { captured: 0, bytesCaptured: 0, lastPauseMs: 0, released: 0 };
+  readonly checkpointMetrics: CheckpointMetrics;
   /** [time ms, bytes, pause ms] of the last RECENT_CAPTURES captures, oldest first. */
   private recent: Array<[number, number, number]> = [];
   /** Client inputs handed to the vCPU since the last capture (with the count, what says the state may have changed). */
@@ -88,6 +97,13 @@ export class CheckpointPrimary {
   private hashWanted = false;
   private hashed: { n: number; hash: string } | null = null;
   private hashWaiters: Array<(h: { n: number; hash: string }) => void> = [];
+  /**
+   * Checkpoints to send on the current connection, in order, and the next piece of the first: what the
+   * socket's buffer did not take yet waits for its 'drain' (bounded: at most the unacknowledged ones).
+   */
+  private sendQueue: number[] = [];
+  private nextPiece = 0;
+  private waitingDrain = false;
 
   constructor(private readonly opts: CheckpointPrimaryOptions) {
     const inFlightMax = opts.inFlightMax ?? 4;
@@ -102,6 +118,7 @@ export class CheckpointPrimary {
       alone: opts.alone === true,
       ...(opts.testOnlyBreak !== undefined ? { testOnlyBreak: opts.testOnlyBreak } : {}),
     });
+    this.checkpointMetrics = opts.checkpointMetrics ?? new CheckpointMetrics(opts.metrics);
     this.done = new Promise((r) => (this.resolveDone = r));
     opts.vcpu.on('batch', (b: BatchEvent) => this.onBatch(b));
   }
@@ -190,6 +207,10 @@ export class CheckpointPrimary {
     }
     if (this.conn !== undefined && this.conn !== c) this.conn.close('replaced');
     this.conn = c;
+    // A new connection: nothing of a checkpoint half sent on the old one counts (the core resends).
+    this.sendQueue = [];
+    this.nextPiece = 0;
+    this.waitingDrain = false;
     c.on('frame', (f: Frame) => {
       if (this.conn !== c) return;
       const nowMs = this.opts.clock.now();
@@ -214,9 +235,47 @@ export class CheckpointPrimary {
     this.exec(this.core.step({ t: 'peer-open', nowMs: this.opts.clock.now(), ...(applied !== undefined ? { applied } : {}) }));
   }
 
+  /**
+   * Sends queued checkpoints, piece by piece, until the socket's buffer is full (then again at its
+   * 'drain'). A checkpoint dropped meanwhile (acknowledged, or replaced by a base) is skipped.
+   */
+  private flush(): void {
+    const c = this.conn;
+    if (c === undefined || this.waitingDrain) return;
+    while (this.sendQueue.length > 0) {
+      const n = this.sendQueue[0]!;
+      const u = this.unacked.find((x) => x.checkpoint === n);
+      if (u === undefined) {
+        this.sendQueue.shift();
+        this.nextPiece = 0;
+        continue;
+      }
+      if (!c.isOpen) return;
+      const size = this.opts.pieceBytes ?? CHECKPOINT_PIECE_BYTES;
+      const parts = Math.max(1, Math.ceil(u.data.length / size));
+      const part = this.nextPiece;
+      const data = u.data.subarray(part * size, Math.min(u.data.length, (part + 1) * size));
+      if (!c.send({ type: FrameType.CHECKPOINT, epoch: u.epoch, checkpoint: u.checkpoint, part, parts, data })) {
+        this.waitingDrain = true;
+        c.once('drain', () => {
+          if (this.conn !== c) return;
+          this.waitingDrain = false;
+          this.flush();
+        });
+        return;
+      }
+      this.checkpointMetrics.onSent(data.length);
+      if (part + 1 < parts) this.nextPiece++;
+      else {
+        this.sendQueue.shift();
+        this.nextPiece = 0;
+      }
+    }
+  }
+
   /** A CONTROL frame to the backup, if connected (`ftvm stop`: the backup must not go live). */
   sendControl(kind: (typeof ControlKind)[keyof typeof ControlKind], reason: string): void {
-    this.conn?.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind, reason });
+    if (this.conn?.isOpen === true) this.conn.send({ type: FrameType.CONTROL, epoch: this.core.status().epoch, kind, reason });
   }
 
   /** Stops the timer, the connection and the client service; the vCPU is the caller's. */
@@ -256,7 +315,9 @@ export class CheckpointPrimary {
         // this checkpoint), none after it yet. The snapshot's memory is a reused buffer: encode now.
         const epoch = this.core.status().epoch;
         if (base) this.encoder.reset();
+        const t0 = performance.now();
         const data = this.encoder.encode(epoch, checkpoint, t.snapshot, hash);
+        const encodeMs = performance.now() - t0;
         if (hash) this.hashed = { n: checkpoint, hash: checkpointStateHash(t.snapshot) };
         this.countAtCapture = t.snapshot.count;
         this.unacked.push({ checkpoint, epoch, data });
@@ -265,9 +326,7 @@ export class CheckpointPrimary {
         this.stats.lastPauseMs = t.pauseMs;
         if (this.recent.length >= RECENT_CAPTURES) this.recent.shift();
         this.recent.push([this.opts.clock.now(), data.length, t.pauseMs]);
-        this.opts.metrics?.checkpoints.inc({ direction: 'out' });
-        this.opts.metrics?.checkpointBytes.inc({ direction: 'out' }, data.length);
-        this.opts.metrics?.checkpointPause.observe(t.pauseMs / 1000);
+        this.checkpointMetrics.onCaptured({ pauseMs: t.pauseMs, encodeMs, bytes: data.length, dirtyPages: this.encoder.lastStats.dirtyPages });
         this.exec(this.core.step({ t: 'captured', checkpoint, bytes: data.length }));
       })
       .catch((err: unknown) => {
@@ -286,15 +345,16 @@ export class CheckpointPrimary {
           this.capture(a.checkpoint, a.base);
           break;
         case 'drop-unacked':
+          this.sendQueue = [];
+          this.nextPiece = 0;
           this.opts.log.warn({ dropped: this.unacked.map((u) => u.checkpoint), acked: this.core.status().ackedCheckpoint }, 'the backup lacks the last acknowledged checkpoint: sending it a base checkpoint');
           this.unacked = [];
           break;
-        case 'send-checkpoint': {
-          const u = this.unacked.find((x) => x.checkpoint === a.checkpoint);
-          assert(u !== undefined, `checkpoint ${a.checkpoint} to send is not kept`);
-          this.conn?.send({ type: FrameType.CHECKPOINT, epoch: u.epoch, checkpoint: u.checkpoint, data: u.data });
+        case 'send-checkpoint':
+          assert(this.unacked.some((x) => x.checkpoint === a.checkpoint), `checkpoint ${a.checkpoint} to send is not kept`);
+          if (!this.sendQueue.includes(a.checkpoint)) this.sendQueue.push(a.checkpoint);
+          this.flush();
           break;
-        }
         case 'release': {
           const outs: WireOutput[] = [];
           for (const id of a.ids) {
@@ -311,7 +371,7 @@ export class CheckpointPrimary {
           this.opts.vcpu.setThrottle(a.on);
           break;
         case 'heartbeat':
-          this.conn?.send({ type: FrameType.HEARTBEAT, epoch: a.epoch, instructionNumber: this.opts.vcpu.count, nextSeq: 0 });
+          if (this.conn?.isOpen === true) this.conn.send({ type: FrameType.HEARTBEAT, epoch: a.epoch, instructionNumber: this.opts.vcpu.count, nextSeq: 0 });
           break;
         case 'claim':
           void this.claim(a.epoch);

@@ -29,6 +29,7 @@ import type { ServicePort, Timer, VcpuPort } from '../replication/env.js';
 import { controlOptions, securityStatus, type Addr, type NodeOptions } from '../replication/node-common.js';
 import { PoolMembership } from '../replication/pool.js';
 import { ControlServer, splitHostPort } from '../service/control.js';
+import { CheckpointMetrics } from './metrics.js';
 import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
 import { bindLogContext } from '../util/log.js';
@@ -89,6 +90,8 @@ export class CheckpointNode {
   private readonly refusedUntil = new Map<string, number>();
   private rereplications = 0;
   readonly metrics: NodeMetrics;
+  /** Checkpoint samples and totals, for the life of the process (a backup gone live counts on). */
+  readonly checkpointMetrics: CheckpointMetrics;
   private readonly identity: LocalIdentity;
 
   constructor(private readonly opts: CheckpointNodeOptions) {
@@ -97,6 +100,7 @@ export class CheckpointNode {
     this.phase = opts.role;
     this.epoch = opts.role === 'standby' ? 0 : opts.epoch;
     this.metrics = opts.metrics ?? new NodeMetrics(opts.config.name);
+    this.checkpointMetrics = new CheckpointMetrics(this.metrics);
     // The HELLO's nextSeq carries, in checkpoint mode, the backup's last applied checkpoint (the primary's: 0).
     const self = this;
     this.identity = {
@@ -175,6 +179,7 @@ export class CheckpointNode {
       log,
       alone,
       metrics: this.metrics,
+      checkpointMetrics: this.checkpointMetrics,
       onAlone: (e) => this.onAlone(e),
       onJoined: (e) => this.onJoined(e),
       ...(o.testOnlyCoreBreak === 'release-at-capture' ? { testOnlyBreak: 'release-at-capture' as const } : {}),
@@ -482,6 +487,7 @@ export class CheckpointNode {
         rereplications: this.rereplications,
         instructionNumber: this.vcpu?.count ?? 0,
         guestMemoryBytes: this.vcpu?.memoryBytes ?? 0,
+        checkpoints: this.checkpointMetrics.totals(),
         checkpoint: { ...this.primary.checkpointStatus(), openCheckpoint: p.openCheckpoint, ackedCheckpoint: p.ackedCheckpoint, heldOutputs: p.heldOutputs, inFlight: p.inFlight, throttled: p.throttled },
       };
     }
@@ -506,6 +512,10 @@ export class CheckpointNode {
   async handleControl(method: string, path: string): Promise<unknown> {
     if (method === 'GET' && path === '/status') return this.status();
     if (path === '/metrics' || path === '/timeline') return observabilityRoute(this.metrics, method, path);
+    // The pause and encode samples of the checkpoints after the n-th (at most the last 8192): exact
+    // quantiles over a window (bench:pair --mode checkpoint).
+    const m = method === 'GET' ? /^\/checkpoint\/pauses\/(\d{1,15})$/.exec(path) : null;
+    if (m !== null) return this.checkpointMetrics.samplesAfter(Number(m[1]));
     if (method === 'POST' && path === '/state-hash') {
       if (this.primary === undefined || this.phase !== 'primary') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'state hashes are taken on the primary');
       return this.primary.requestStateHash();

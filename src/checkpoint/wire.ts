@@ -4,10 +4,12 @@
  * since the previous checkpoint plus the small state) and `CheckpointReplica` on the backup (the VM state
  * as of the last complete checkpoint, which it restores into a fresh machine to go live).
  *
- *   "FTVMCKPT" | u8 version | varint epoch | varint checkpoint | varint count | varint seq | u8 flags
+ *   "FTVMCKPT" | u8 version | varint epoch | varint checkpoint | varint count | varint seq | varint flags
  *   (1 stepAgain, 2 deliveredInStep, 4 booted, 8 resume, 16 disk, 32 disk unchanged since the previous
- *   checkpoint, 64 base, 128 hash: the backup hashes its state once applied) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
- *   | [flag 8: varint length + the unwound stack] | [flag 16 without 32: varint length + the disk's
+ *   checkpoint, 64 base, 128 hash: the backup hashes its state once applied, 256 threads; a varint) | varint globals, each u8 kind (0 f64, 1 i64) + 8 bytes | varint length + devices (JSON)
+ *   | [flag 8: varint length + the unwound stack] | [flag 256: the other threads of a wasi-threads guest:
+ *   varint next tid, varint count, each varint tid, varint start_arg, globals as above, varint length +
+ *   its unwound stack] | [flag 16 without 32: varint length + the disk's
  *   serialization] | varint length + memory delta (src/checkpoint/delta.ts, with its own CRC-32)
  *   | u32 CRC-32 of everything before it
  *
@@ -26,6 +28,7 @@ import { crc32 } from 'node:zlib';
 import { ByteReader, ByteWriter } from '../log/codec.js';
 import type { DeviceState } from '../machine/devices.js';
 import type { Snapshot } from '../machine/machine.js';
+import type { GuestThreadImage, ThreadsState } from '../machine/thread-protocol.js';
 import { FtvmError, assert } from '../util/errors.js';
 import { DEFAULT_PAGE_BYTES, DirtyTracker, applyDelta, deltaMemoryBytes } from './delta.js';
 
@@ -43,6 +46,12 @@ const F_DISK = 16;
 const F_DISK_SAME = 32;
 const F_BASE = 64;
 const F_HASH = 128;
+const F_THREADS = 256;
+/** Flags this node knows (the byte became a varint when flag 256 came: flags below 128 encode as before). */
+const F_KNOWN = 511;
+/** Bounds of a decoded threads section (a thread's image is bounded by the worker's image buffer). */
+const MAX_THREADS_DECODED = 4096;
+const MAX_THREAD_STACK_BYTES = 1024 * 1024;
 
 function refuse(msg: string, cause?: unknown): never {
   throw new FtvmError('FTVM_ERR_CHECKPOINT', `checkpoint refused: ${msg}`, cause !== undefined ? { cause } : undefined);
@@ -59,6 +68,7 @@ export interface DecodedCheckpoint {
   globals: Array<number | bigint>;
   devices: DeviceState;
   resume?: Uint8Array;
+  threads?: ThreadsState;
   /** 'same': the VM has a disk, unchanged since the previous checkpoint; undefined: no disk. */
   disk?: Uint8Array | 'same';
   /** A base checkpoint: memory against zeros, independent of every earlier checkpoint. */
@@ -85,21 +95,45 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
     if (checkpoint < 1) refuse('checkpoint number 0');
     const count = r.varint();
     const seq = r.varint();
-    const flags = r.u8();
+    const flags = r.varint();
+    if ((flags & ~F_KNOWN) !== 0) refuse(`unknown flags ${flags}`);
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_DISK) === 0) refuse('an unchanged disk without a disk');
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_BASE) !== 0) refuse('a base checkpoint with an unchanged disk');
-    const n = r.varint();
-    if (n > 100_000) refuse(`${n} globals`);
-    const globals: Array<number | bigint> = [];
-    for (let i = 0; i < n; i++) {
-      const kind = r.u8();
-      if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
-      else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
-      else refuse(`global kind ${kind}`);
-    }
+    const readGlobals = (): Array<number | bigint> => {
+      const n = r.varint();
+      if (n > 100_000) refuse(`${n} globals`);
+      const globals: Array<number | bigint> = [];
+      for (let i = 0; i < n; i++) {
+        const kind = r.u8();
+        if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
+        else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
+        else refuse(`global kind ${kind}`);
+      }
+      return globals;
+    };
+    const globals = readGlobals();
     const devices: unknown = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8'));
     if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) refuse('device state is not an object');
     const resume = (flags & F_RESUME) !== 0 ? r.bytes(r.varint()) : undefined;
+    let threads: ThreadsState | undefined;
+    if ((flags & F_THREADS) !== 0) {
+      const nextTid = r.varint();
+      const count = r.varint();
+      if (count > MAX_THREADS_DECODED) refuse(`${count} guest threads`);
+      const list: GuestThreadImage[] = [];
+      for (let i = 0; i < count; i++) {
+        const tid = r.varint();
+        const startArg = r.varint();
+        if (tid < 1 || tid >= nextTid || startArg > 0xffffffff) refuse(`guest thread ${tid} (next ${nextTid}, start_arg ${startArg})`);
+        if (list.some((t) => t.tid === tid)) refuse(`guest thread ${tid} twice`);
+        const tg = readGlobals();
+        if (tg.length !== globals.length) refuse(`guest thread ${tid} has ${tg.length} globals, the main thread ${globals.length}`);
+        const len = r.varint();
+        if (len > MAX_THREAD_STACK_BYTES) refuse(`guest thread ${tid}: an unwound stack of ${len} bytes`);
+        list.push({ tid, startArg, globals: tg, stack: new Uint8Array(r.bytes(len)) });
+      }
+      threads = { nextTid, threads: list };
+    }
     const disk = (flags & F_DISK) === 0 ? undefined : (flags & F_DISK_SAME) !== 0 ? ('same' as const) : r.bytes(r.varint());
     const delta = r.bytes(r.varint());
     if (r.remaining !== 0) refuse(`${r.remaining} trailing bytes`);
@@ -114,6 +148,7 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
       globals,
       devices: devices as DeviceState,
       ...(resume !== undefined ? { resume } : {}),
+      ...(threads !== undefined ? { threads } : {}),
       ...(disk !== undefined ? { disk } : {}),
       base: (flags & F_BASE) !== 0,
       hash: (flags & F_HASH) !== 0,
@@ -139,7 +174,7 @@ export function isBaseCheckpoint(buf: Uint8Array): boolean {
     r.varint(); // checkpoint
     r.varint(); // count
     r.varint(); // seq
-    return (r.u8() & F_BASE) !== 0;
+    return (r.varint() & F_BASE) !== 0;
   } catch {
     return false;
   }
@@ -184,7 +219,7 @@ export class CheckpointEncoder {
   encode(epoch: number, checkpoint: number, s: Snapshot, hash = false): Uint8Array {
     const base = this.baseNext;
     assert(base ? checkpoint > this.last : checkpoint === this.last + 1, `checkpoint ${checkpoint} encoded after ${this.last}${base ? ' (a base)' : ''}`);
-    const delta = this.tracker.delta(s.memory);
+    const delta = this.tracker.delta(s.memory, s.dirty);
     const diskSame = !base && s.disk !== undefined && this.lastDisk !== undefined && Buffer.from(s.disk).equals(this.lastDisk);
     const w = new ByteWriter(1024 + delta.length + (s.disk !== undefined && !diskSame ? s.disk.length : 0), MAX_CHECKPOINT_BYTES);
     w.bytes(MAGIC);
@@ -193,7 +228,7 @@ export class CheckpointEncoder {
     w.varint(checkpoint);
     w.varint(s.count);
     w.varint(s.seq);
-    w.u8(
+    w.varint(
       (s.stepAgain ? F_STEP_AGAIN : 0) |
         (s.deliveredInStep ? F_DELIVERED : 0) |
         (s.booted ? F_BOOTED : 0) |
@@ -201,26 +236,41 @@ export class CheckpointEncoder {
         (s.disk !== undefined ? F_DISK : 0) |
         (diskSame ? F_DISK_SAME : 0) |
         (base ? F_BASE : 0) |
-        (hash ? F_HASH : 0),
+        (hash ? F_HASH : 0) |
+        (s.threads !== undefined ? F_THREADS : 0),
     );
-    w.varint(s.globals.length);
     const f64 = Buffer.alloc(8);
-    for (const g of s.globals) {
-      if (typeof g === 'bigint') {
-        w.u8(1);
-        w.u64(BigInt.asUintN(64, g));
-      } else {
-        w.u8(0);
-        f64.writeDoubleLE(g, 0);
-        w.bytes(f64);
+    const writeGlobals = (globals: Array<number | bigint>): void => {
+      w.varint(globals.length);
+      for (const g of globals) {
+        if (typeof g === 'bigint') {
+          w.u8(1);
+          w.u64(BigInt.asUintN(64, g));
+        } else {
+          w.u8(0);
+          f64.writeDoubleLE(g, 0);
+          w.bytes(f64);
+        }
       }
-    }
+    };
+    writeGlobals(s.globals);
     const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
     w.varint(dev.length);
     w.bytes(dev);
     if (s.resume !== undefined) {
       w.varint(s.resume.length);
       w.bytes(s.resume);
+    }
+    if (s.threads !== undefined) {
+      w.varint(s.threads.nextTid);
+      w.varint(s.threads.threads.length);
+      for (const t of s.threads.threads) {
+        w.varint(t.tid);
+        w.varint(t.startArg);
+        writeGlobals(t.globals);
+        w.varint(t.stack.length);
+        w.bytes(t.stack);
+      }
     }
     if (s.disk !== undefined && !diskSame) {
       w.varint(s.disk.length);
@@ -252,6 +302,7 @@ interface Held {
   globals: Array<number | bigint>;
   devices: DeviceState;
   resume?: Uint8Array;
+  threads?: ThreadsState;
   disk?: Uint8Array;
 }
 
@@ -342,6 +393,7 @@ export class CheckpointReplica {
       globals: c.globals,
       devices: c.devices,
       ...(c.resume !== undefined ? { resume: new Uint8Array(c.resume) } : {}),
+      ...(c.threads !== undefined ? { threads: c.threads } : {}),
       ...(disk !== undefined ? { disk } : {}),
     };
     this.epochFloor = c.epoch;
@@ -371,6 +423,7 @@ export class CheckpointReplica {
       globals: [...h.globals],
       devices: structuredClone(h.devices),
       ...(h.resume !== undefined ? { resume: new Uint8Array(h.resume) } : {}),
+      ...(h.threads !== undefined ? { threads: structuredClone(h.threads) } : {}),
       ...(h.disk !== undefined ? { disk: new Uint8Array(h.disk) } : {}),
     };
   }
@@ -390,7 +443,7 @@ function tear(memory: Uint8Array, before: Uint8Array): void {
  * stack, disk and memory. The primary hashes the snapshot it encodes, the backup the state it holds after
  * applying that checkpoint: equal hashes mean the backup holds exactly what the primary captured.
  */
-export function checkpointStateHash(s: Pick<Snapshot, 'count' | 'seq' | 'stepAgain' | 'deliveredInStep' | 'booted' | 'globals' | 'devices' | 'memory' | 'resume' | 'disk'>): string {
+export function checkpointStateHash(s: Pick<Snapshot, 'count' | 'seq' | 'stepAgain' | 'deliveredInStep' | 'booted' | 'globals' | 'devices' | 'memory' | 'resume' | 'disk' | 'threads'>): string {
   const h = createHash('sha256');
   const head = Buffer.alloc(24);
   head.writeBigUInt64LE(BigInt(s.count), 0);
@@ -415,6 +468,32 @@ export function checkpointStateHash(s: Pick<Snapshot, 'count' | 'seq' | 'stepAga
   h.update(dev);
   if (s.resume !== undefined) h.update(s.resume);
   if (s.disk !== undefined) h.update(s.disk);
+  if (s.threads !== undefined) {
+    // The other threads of a wasi-threads guest: tid, start_arg, globals, unwound stack.
+    const t = s.threads;
+    const w = new ByteWriter(64 + t.threads.reduce((a, x) => a + 32 + 9 * x.globals.length + x.stack.length, 0), MAX_CHECKPOINT_BYTES);
+    w.varint(t.nextTid);
+    w.varint(t.threads.length);
+    for (const x of t.threads) {
+      w.varint(x.tid);
+      w.varint(x.startArg);
+      w.varint(x.globals.length);
+      for (const v of x.globals) {
+        if (typeof v === 'bigint') {
+          w.u8(1);
+          w.u64(BigInt.asUintN(64, v));
+        } else {
+          w.u8(0);
+          const f = Buffer.alloc(8);
+          f.writeDoubleLE(v, 0);
+          w.bytes(f);
+        }
+      }
+      w.varint(x.stack.length);
+      w.bytes(x.stack);
+    }
+    h.update(w.finish());
+  }
   h.update(s.memory);
   return h.digest('hex');
 }

@@ -182,7 +182,8 @@ export function buildProgram(): Command {
   const modeOptions = (cmd: Command): Command =>
     cmd
       .option('--mode <mode>', "replay (the backup replays the primary's log; single-threaded guests) | checkpoint (state transfer: the backup keeps the last checkpoint and goes live from it; any guest)", 'replay')
-      .option('--checkpoint-interval-ms <ms>', '--mode checkpoint: a checkpoint at least this often (and at once when outputs wait)', intArg('--checkpoint-interval-ms', 1, 60_000), 20);
+      .option('--checkpoint-interval-ms <ms>', '--mode checkpoint: a checkpoint at least this often (and at once when outputs wait)', intArg('--checkpoint-interval-ms', 1, 60_000), 20)
+      .option('--dirty-tracking <how>', '--mode checkpoint: how the primary finds the pages written since the last checkpoint: barrier (the default: a store barrier marks them) | compare (every page compared with a shadow copy)');
 
   const run = program
     .command('run')

@@ -15,9 +15,17 @@ import type { LoadedGuest } from '../machine/guest.js';
  * machine is what starves its heartbeats), and a running replica does not keep binaryen's ~100 MB heap
  * (a smaller process dies faster after kill -9: its peer sees the crash sooner).
  */
-async function loadGuest(module: Uint8Array, maxCallDepth?: number): Promise<LoadedGuest> {
+async function loadGuest(module: Uint8Array, maxCallDepth?: number, more: CheckpointLoadOptions = {}): Promise<LoadedGuest> {
   const g = await import('../machine/guest-isolated.js');
-  return g.loadGuestIsolated(module, maxCallDepth);
+  return g.loadGuestIsolated(module, maxCallDepth, more);
+}
+
+/** What checkpoint mode asks of the instrumenter (src/machine/instrumented.ts InstrumentOptions). */
+export interface CheckpointLoadOptions {
+  /** Accept wasi-threads guests (replay mode refuses them). */
+  threads?: boolean;
+  /** The store barrier for dirty-page tracking (a threaded guest is tracked by comparing pages instead). */
+  dirtyPages?: boolean;
 }
 import type { HaltInfo } from '../machine/machine.js';
 import { travel } from '../machine/travel.js';
@@ -28,14 +36,15 @@ import { FtvmError } from '../util/errors.js';
 
 export const hex = (b: Uint8Array | null | undefined): string => (b ? Buffer.from(b).toString('hex') : '-');
 
-export async function loadGuestFile(path: string, maxCallDepth?: number): Promise<LoadedGuest> {
+/** `more`: checkpoint mode's instrumenter options (threads, the store barrier); replay passes none. */
+export async function loadGuestFile(path: string, maxCallDepth?: number, more: CheckpointLoadOptions = {}): Promise<LoadedGuest> {
   let bytes: Buffer;
   try {
     bytes = await readFile(path);
   } catch (err) {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `cannot read guest ${path}: ${(err as Error).message}`);
   }
-  return await loadGuest(new Uint8Array(bytes), maxCallDepth);
+  return await loadGuest(new Uint8Array(bytes), maxCallDepth, more);
 }
 
 export interface RecordSummary {

@@ -20,6 +20,9 @@ import { loadGuestFile } from './recording-cmds.js';
 import { realNodeEnv } from '../env/real.js';
 import { CheckpointNode } from '../checkpoint/run.js';
 
+/** `--dirty-tracking` when not given (docs/PERFORMANCE.md, "Checkpoint mode", has the measurements). */
+export const DEFAULT_DIRTY_TRACKING: 'barrier' | 'compare' = 'barrier';
+
 export function parseAddr(flag: string, v: string): Addr {
   try {
     const [host, port] = splitHostPort(v);
@@ -114,6 +117,8 @@ export interface RunOptions {
   /** `ftvm run --mode`: replay (default: the log is replayed on the backup) or checkpoint (state transfer). */
   mode?: string;
   checkpointIntervalMs?: number;
+  /** `--dirty-tracking` (checkpoint mode): barrier or compare (docs/PERFORMANCE.md, "Checkpoint mode"). */
+  dirtyTracking?: string;
 }
 
 /** Deadline of the arbiter calls a replica makes while starting (init, read). */
@@ -131,7 +136,7 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
     throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--record-max-bytes must be at least ${RECORD_MIN_BYTES}`);
   }
   if (o.role === 'backup' && !o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a backup needs --channel <host:port> to listen on for its primary');
-  if (replicationMode(o.mode) === 'checkpoint') {
+  if (replicationMode(o) === 'checkpoint') {
     await runCheckpoint(guestPath, o);
     return;
   }
@@ -150,10 +155,11 @@ export async function runNode(guestPath: string, o: RunOptions): Promise<void> {
   await runUntilSignal(node, log, common.secret);
 }
 
-/** `--mode`: replay (default) or checkpoint; anything else is refused. */
-function replicationMode(mode: string | undefined): 'replay' | 'checkpoint' {
-  const m = mode ?? 'replay';
+/** `--mode`: replay (default) or checkpoint; anything else is refused (and checkpoint-only flags in replay). */
+function replicationMode(o: { mode?: string; dirtyTracking?: string }): 'replay' | 'checkpoint' {
+  const m = o.mode ?? 'replay';
   if (m !== 'replay' && m !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode must be replay or checkpoint, not "${m}"`);
+  if (o.dirtyTracking !== undefined && m !== 'checkpoint') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', '--dirty-tracking is for --mode checkpoint');
   return m;
 }
 
@@ -170,6 +176,8 @@ async function runCheckpoint(guestPath: string, o: RunOptions & { leaseTtlMs?: n
   ] as const) {
     if (given) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `${flag} is not supported with --mode checkpoint yet`);
   }
+  const tracking = o.dirtyTracking ?? DEFAULT_DIRTY_TRACKING;
+  if (tracking !== 'barrier' && tracking !== 'compare') throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--dirty-tracking must be barrier or compare, not "${tracking}"`);
   const intervalMs = o.checkpointIntervalMs ?? 20;
   if (!Number.isInteger(intervalMs) || intervalMs < 1 || intervalMs > 60_000) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--checkpoint-interval-ms must be an integer from 1 to 60000, not ${intervalMs}`);
   const { common, service, log } = await nodeSetup(guestPath, o);
@@ -251,7 +259,7 @@ export interface StandbyCliOptions extends Omit<RunOptions, 'role'> {
 export async function runStandby(guestPath: string, o: StandbyCliOptions): Promise<void> {
   if (!o.arbiter) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --arbiter <url>: its pool is kept there');
   if (!o.channel) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'a standby needs --channel <host:port> to listen on for the recruiting primary');
-  if (replicationMode(o.mode) === 'checkpoint') {
+  if (replicationMode(o) === 'checkpoint') {
     await runCheckpoint(guestPath, { ...o, role: 'standby' });
     return;
   }
@@ -316,7 +324,9 @@ async function openLivenessPort(o: RunOptions, log: Logger): Promise<string | un
 /** What every replica process sets up: guest, config, timings, logger, arbiter, epoch. */
 async function nodeSetup(guestPath: string, o: RunOptions): Promise<{ common: NodeOptions; service: Addr | undefined; log: Logger }> {
   if (!isValidVmName(o.hostId)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--host-id ${JSON.stringify(o.hostId)} must be 1–128 characters of [A-Za-z0-9._-]`);
-  const guest = await loadGuestFile(guestPath);
+  // Checkpoint mode: threaded guests accepted; every role's guest carries the store barrier unless
+  // --dirty-tracking compare (a backup or standby checkpoints too once it is live).
+  const guest = await loadGuestFile(guestPath, undefined, o.mode === 'checkpoint' ? { threads: true, dirtyPages: (o.dirtyTracking ?? DEFAULT_DIRTY_TRACKING) === 'barrier' } : {});
   const config = { ...DEFAULT_VM_CONFIG, name: o.vmName, args: o.arg ?? [], ...(o.disk !== undefined ? { diskBytes: o.diskSize } : {}) };
   const timings: Timings = {
     failTimeoutMs: o.failTimeoutMs,
@@ -441,7 +451,8 @@ export function reached(s: Record<string, unknown>, state: WaitState): boolean {
   if (state === 'up') return true;
   const serving = s['serving'] === true && s['role'] === 'primary';
   if (state === 'serving') return serving;
-  return serving && s['backup'] === 'connected';
+  // A backup still joining (a clone or a base checkpoint under way) is connected but does not protect yet.
+  return serving && s['backup'] === 'connected' && s['alone'] !== true;
 }
 
 /** GET /status, waiting (up to `o.timeoutMs`) for the node to answer and reach `o.wait`, if given. */

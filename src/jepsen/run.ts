@@ -23,6 +23,8 @@ export const JEPSEN_GUESTS = {
   'c-server': { module: 'c_server', disk: false },
   'rust-server': { module: 'rust_server', disk: false },
   sqlite: { module: 'sqlite_server', disk: true },
+  /** wasi-threads (checkpoint mode only): 8 guest threads, one table under a lock. */
+  'threaded-kv': { module: 'threaded_kv', disk: false, args: ['8'], checkpointOnly: true },
 } as const;
 export type JepsenGuest = keyof typeof JEPSEN_GUESTS;
 
@@ -166,7 +168,9 @@ export async function runJepsen(o: JepsenOptions): Promise<JepsenReport> {
   const guest = JEPSEN_GUESTS[guestName];
   const mode = o.mode ?? 'replay';
   if (mode === 'checkpoint' && guest.disk) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--mode checkpoint does not run guests with a disk yet (${guestName})`);
-  const nodeArgs = [...(mode === 'checkpoint' ? ['--mode', 'checkpoint'] : []), ...(o.nodeArgs ?? [])];
+  if (mode !== 'checkpoint' && 'checkpointOnly' in guest) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `the ${guestName} guest is threaded: it runs only with --mode checkpoint`);
+  const guestArgs = 'args' in guest ? guest.args.flatMap((a) => ['--arg', a]) : [];
+  const nodeArgs = [...(mode === 'checkpoint' ? ['--mode', 'checkpoint'] : []), ...guestArgs, ...(o.nodeArgs ?? [])];
   const protocol = protocolFor(guestName);
   // A guest with a disk: each replica its own image file, a fresh one per restart.
   const diskDir = guest.disk ? mkdtempSync(join(tmpdir(), 'ftvm-jepsen-disk-')) : undefined;

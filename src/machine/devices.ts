@@ -18,6 +18,9 @@ export const align4 = (n: number): number => (n + 3) & ~3;
  * producer; the guest advances `tail`.
  */
 export class RxRing {
+  /** Told every range `write` changes (the store barrier's host marking, dirty-pages.ts). */
+  marker: ((addr: number, len: number) => void) | undefined;
+
   constructor(
     readonly ptr: number,
     readonly capacity: number,
@@ -61,6 +64,7 @@ export class RxRing {
       while (off < chunk.length) {
         const n = Math.min(chunk.length - off, this.capacity - at);
         bytes.set(chunk.subarray(off, off + n), base + at);
+        this.marker?.(base + at, n);
         off += n;
         at = (at + n) % this.capacity;
       }
@@ -70,6 +74,7 @@ export class RxRing {
     const pad = align4(len) - len;
     if (pad > 0) put(new Uint8Array(pad));
     mem.setUint32(this.ptr, (head + size) >>> 0, true);
+    this.marker?.(this.ptr, 4);
     return true;
   }
 }

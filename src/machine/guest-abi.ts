@@ -4,7 +4,7 @@
  * loaded only where a guest is instrumented (guest.ts, instrument-worker.ts).
  */
 import { FtvmError } from '../util/errors.js';
-import type { InstrumentedModule } from './instrumented.js';
+import { THREAD_SPAWN_MODULE, THREAD_SPAWN_NAME, type InstrumentedModule } from './instrumented.js';
 import { compileGuest } from './machine.js';
 
 const I = 'i32';
@@ -78,7 +78,9 @@ export interface LoadedGuest {
 
 export function checkAbi(mod: InstrumentedModule): void {
   for (const imp of mod.imports) {
-    const expected = ABI_IMPORTS[imp.module]?.[imp.name];
+    // wasi-threads (checkpoint mode only: the instrumenter accepts it only for a guest with a shared memory).
+    const spawn = mod.sharedMemory !== undefined && imp.module === THREAD_SPAWN_MODULE && imp.name === THREAD_SPAWN_NAME;
+    const expected = spawn ? '(i32)->(i32)' : ABI_IMPORTS[imp.module]?.[imp.name];
     if (expected === undefined) {
       throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${imp.module}.${imp.name}, which is not in the ftvm guest ABI v2 (see docs/GUEST_ABI.md; "ftvm check" lists what is supported)`);
     }

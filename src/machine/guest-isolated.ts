@@ -7,7 +7,7 @@ import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { FtvmError, type FtvmErrorCode } from '../util/errors.js';
 import { finishLoad, type LoadedGuest } from './guest-abi.js';
-import type { InstrumentedModule } from './instrumented.js';
+import type { InstrumentOptions, InstrumentedModule } from './instrumented.js';
 import type { InstrumentRequest } from './instrument-worker.js';
 
 type Reply = { ok: true; instrumented: InstrumentedModule } | { ok: false; code?: string; message: string; name: string };
@@ -15,8 +15,8 @@ type Reply = { ok: true; instrumented: InstrumentedModule } | { ok: false; code?
 /** Instrumenting the largest guest we ship (SQLite) takes seconds; a child that hangs is not waited for. */
 const INSTRUMENT_TIMEOUT_MS = 120_000;
 
-export async function loadGuestIsolated(original: Uint8Array, maxCallDepth?: number): Promise<LoadedGuest> {
-  const req: InstrumentRequest = { original, options: maxCallDepth === undefined ? {} : { maxCallDepth } };
+export async function loadGuestIsolated(original: Uint8Array, maxCallDepth?: number, more: Omit<InstrumentOptions, 'maxCallDepth'> = {}): Promise<LoadedGuest> {
+  const req: InstrumentRequest = { original, options: { ...more, ...(maxCallDepth === undefined ? {} : { maxCallDepth }) } };
   const child = fork(fileURLToPath(new URL('./instrument-worker.js', import.meta.url)), [], {
     serialization: 'advanced',
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

@@ -9,6 +9,7 @@ import { finishLoad, type LoadedGuest } from './guest-abi.js';
 
 export { ABI_IMPORTS, checkAbi, finishLoad, type LoadedGuest } from './guest-abi.js';
 
-export function loadGuest(original: Uint8Array, maxCallDepth?: number): LoadedGuest {
-  return finishLoad(original, instrument(original, maxCallDepth === undefined ? {} : { maxCallDepth }));
+/** `threads`: checkpoint mode, which accepts wasi-threads guests (InstrumentOptions.threads). */
+export function loadGuest(original: Uint8Array, maxCallDepth?: number, threads = false): LoadedGuest {
+  return finishLoad(original, instrument(original, { ...(maxCallDepth === undefined ? {} : { maxCallDepth }), ...(threads ? { threads } : {}) }));
 }

@@ -38,6 +38,7 @@
  */
 import binaryen from 'binaryen';
 import { FtvmError } from '../util/errors.js';
+import { DIRTY_CACHE_GLOBAL, DIRTY_CACHE_RESET, DIRTY_MODULE, DIRTY_PAGE_BYTES } from './dirty-pages.js';
 
 /** Features a guest may use. Named one by one: `Features.All` emits encodings V8 11.3 rejects. */
 export const ALLOWED_FEATURES =
@@ -64,7 +65,13 @@ const READ_FEATURES =
   binaryen.Features.CallIndirectOverlong;
 
 import {
+  ASYNC_WASI_CALL_NAMES,
+  ATOMIC_WAIT32,
+  ATOMIC_WAIT64,
   INDIRECT_GLOBAL,
+  THREAD_SPAWN_MODULE,
+  THREAD_SPAWN_NAME,
+  type SharedMemorySpec,
   DEPTH_GLOBAL,
   DEFAULT_MAX_CALL_DEPTH,
   FUEL_GLOBAL,
@@ -163,6 +170,16 @@ const CHILDREN = new Map<number, (expr: Ref) => ChildSlot[]>([
   [ids.TupleExtractId!, fixed('TupleExtract', 'Tuple')],
 ]);
 
+/** Threads (checkpoint mode): the atomic kinds and data.drop, accepted; atomic wait is rewritten into a host call. */
+const THREAD_CHILDREN = new Map<number, (expr: Ref) => ChildSlot[]>([
+  [ids.AtomicRMWId!, fixed('AtomicRMW', 'Ptr', 'Value')],
+  [ids.AtomicCmpxchgId!, fixed('AtomicCmpxchg', 'Ptr', 'Expected', 'Replacement')],
+  [ids.AtomicWaitId!, fixed('AtomicWait', 'Ptr', 'Expected', 'Timeout')],
+  [ids.AtomicNotifyId!, fixed('AtomicNotify', 'Ptr', 'NotifyCount')],
+  [ids.AtomicFenceId!, () => []],
+  [ids.DataDropId!, () => []],
+]);
+
 /** Expression kinds refused with the feature they belong to. */
 const REFUSED_KINDS = new Map<number, string>([
   [ids.AtomicRMWId!, 'threads (atomic instructions)'],
@@ -203,6 +220,13 @@ const RELAXED_BINARY = relaxedOps((k) => !k.startsWith('RelaxedTrunc') && !isTer
 const CHECKED_KINDS = new Set<number>([ids.LoadId!, ids.StoreId!, ids.CallId!, ids.CallIndirectId!, ids.UnaryId!, ids.BinaryId!, ids.SIMDTernaryId!]);
 
 function refuse(feature: string, where: string): never {
+  if (/^threads|^shared memory/.test(feature)) {
+    // What checkpoint mode accepts: say so, since that is the way to run this guest.
+    throw new FtvmError(
+      'FTVM_ERR_UNSUPPORTED_FEATURE',
+      `unsupported wasm feature: ${feature} (in ${where}); replay mode cannot make a threaded guest deterministic: run it with --mode checkpoint (state transfer), which accepts wasi-threads guests`,
+    );
+  }
   throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', `unsupported wasm feature: ${feature} (in ${where}); ftvm cannot make it deterministic`);
 }
 
@@ -268,6 +292,10 @@ class FunctionRewriter {
     private readonly sigs: ReadonlyMap<string, Threaded>,
     /** Count the indirect calls in progress in INDIRECT_GLOBAL (asyncified commands). */
     private readonly countIndirect = false,
+    /** Put the dirty-page barrier before every memory write (InstrumentOptions.dirtyPages). */
+    private readonly dirty = false,
+    /** Checkpoint mode: accept atomics and data.drop; rewrite atomic waits into host calls. */
+    private readonly threads = false,
   ) {
     this.fuelLocal = sig.params.length;
     this.depthLocal = sig.params.length + 1;
@@ -343,9 +371,10 @@ class FunctionRewriter {
   private visit(expr: Ref): { expr: Ref; cost: number; touchesFuel: boolean } {
     if (expr === 0) return { expr, cost: 0, touchesFuel: false };
     const id = binaryen.getExpressionId(expr);
-    const refused = REFUSED_KINDS.get(id);
+    const threadKind = this.threads ? THREAD_CHILDREN.get(id) : undefined;
+    const refused = threadKind === undefined ? REFUSED_KINDS.get(id) : undefined;
     if (refused !== undefined) refuse(refused, `function ${this.funcName}`);
-    const childrenOf = CHILDREN.get(id);
+    const childrenOf = threadKind ?? CHILDREN.get(id);
     if (childrenOf === undefined) refuse(`expression kind ${id}`, `function ${this.funcName}`);
     this.checkNode(expr, id);
     // The two threaded parameters sit between the original parameters and the original locals.
@@ -374,7 +403,83 @@ class FunctionRewriter {
       return { expr: this.wrapCall(call, ids.CallId!, touchesFuel), cost, touchesFuel: true };
     }
     if (id === ids.ReturnId) return { expr: this.wrapReturn(expr), cost, touchesFuel };
+    if (id === ids.AtomicWaitId) return { expr: this.rewriteWait(expr, touchesFuel), cost, touchesFuel: true };
+    if (this.dirty) return { expr: this.withBarrier(expr, id), cost, touchesFuel };
     return { expr, cost, touchesFuel };
+  }
+
+  /**
+   * The dirty-page barrier (dirty-pages.ts), right before the write, after every operand was evaluated
+   * (so no checkpoint can fall between the marking and the write): the operands go to temps, then
+   * `mark` runs unless the write lies in the cached page, then the write itself.
+   */
+  private withBarrier(expr: Ref, id: number): Ref {
+    const m = this.mod;
+    type Slot = { get: (e: Ref) => Ref; set: (e: Ref, c: Ref) => void };
+    let slots: Slot[];
+    let addrSlot = 0;
+    let sizeSlot = -1;
+    let bytes = 0;
+    let offset = 0;
+    if (id === ids.StoreId) {
+      slots = [{ get: B.Store!.getPtr!, set: (e, c) => void B.Store!.setPtr!(e, c) }, { get: B.Store!.getValue!, set: (e, c) => void B.Store!.setValue!(e, c) }];
+      bytes = B.Store!.getBytes!(expr);
+      offset = B.Store!.getOffset!(expr);
+    } else if (id === ids.SIMDLoadStoreLaneId && B.SIMDLoadStoreLane!.isStore!(expr) !== 0) {
+      slots = [{ get: B.SIMDLoadStoreLane!.getPtr!, set: (e, c) => void B.SIMDLoadStoreLane!.setPtr!(e, c) }, { get: B.SIMDLoadStoreLane!.getVec!, set: (e, c) => void B.SIMDLoadStoreLane!.setVec!(e, c) }];
+      bytes = 16; // at most a lane of a v128: 16 over-approximates every lane size
+      offset = B.SIMDLoadStoreLane!.getOffset!(expr);
+    } else if (id === ids.MemoryFillId || id === ids.MemoryCopyId || id === ids.MemoryInitId) {
+      const k = id === ids.MemoryFillId ? 'MemoryFill' : id === ids.MemoryCopyId ? 'MemoryCopy' : 'MemoryInit';
+      const second = id === ids.MemoryFillId ? 'Value' : id === ids.MemoryCopyId ? 'Source' : 'Offset';
+      slots = ['Dest', second, 'Size'].map((n) => ({ get: B[k]![`get${n}`]!, set: (e: Ref, c: Ref) => void B[k]![`set${n}`]!(e, c) }));
+      sizeSlot = 2;
+    } else {
+      return expr;
+    }
+    const ops = slots.map((sl) => sl.get(expr));
+    // An operand that never completes: the write never happens (and its block must keep type-checking).
+    if (ops.some((o) => binaryen.getExpressionType(o) === binaryen.unreachable)) return expr;
+    const pre: Ref[] = [];
+    const temps = ops.map((o, i) => {
+      const type = binaryen.getExpressionType(o);
+      const t = this.temp(type);
+      pre.push(m.local.set(t, o));
+      slots[i]!.set(expr, m.local.get(t, type));
+      return { t, type };
+    });
+    const get = (i: number): Ref => m.local.get(temps[i]!.t, temps[i]!.type);
+    const mark = `${DIRTY_MODULE}.mark`;
+    let barrier: Ref;
+    if (sizeSlot >= 0) {
+      barrier = m.call(mark, [get(addrSlot), get(sizeSlot)], binaryen.none);
+    } else {
+      const addr = (): Ref => (offset === 0 ? get(addrSlot) : m.i32.add(get(addrSlot), m.i32.const(offset | 0)));
+      barrier = m.if(
+        m.i32.gt_u(m.i32.sub(addr(), m.global.get(DIRTY_CACHE_GLOBAL, binaryen.i32)), m.i32.const(DIRTY_PAGE_BYTES - bytes)),
+        m.block(null, [m.call(mark, [addr(), m.i32.const(bytes)], binaryen.none), m.global.set(DIRTY_CACHE_GLOBAL, m.i32.and(addr(), m.i32.const(-DIRTY_PAGE_BYTES)))]),
+      );
+    }
+    return m.block(null, [...pre, barrier, expr], binaryen.getExpressionType(expr));
+  }
+
+  /**
+   * `memory.atomic.wait32/64 offset=o (ptr, expected, timeout)` → `ftvm_internal.atomic_wait32/64(ptr + o,
+   * expected, timeout)`: a waiting thread is then in a host call (a place where the VMM can stop it, and
+   * a blocking point for a snapshot). The effective address is computed in i64 so that ptr + o cannot
+   * wrap; the host traps on an address out of bounds or misaligned, as the instruction would.
+   */
+  private rewriteWait(expr: Ref, touchesFuel: boolean): Ref {
+    const m = this.mod;
+    const wait = B.AtomicWait!;
+    const is64 = wait.getExpectedType!(expr) === binaryen.i64;
+    // binaryen.js has no accessor for an atomic wait's offset: read it from the expression's first text line.
+    const head = binaryen.emitText(expr).split('\n', 1)[0] ?? '';
+    const offset = Number(/\boffset=(\d+)/.exec(head)?.[1] ?? '0');
+    const ptr = m.i64.add(m.i64.extend_u(wait.getPtr!(expr)), m.i64.const(BigInt(offset) as never));
+    const name = `${INTERNAL_MODULE}.${is64 ? ATOMIC_WAIT64 : ATOMIC_WAIT32}`;
+    const call = m.call(name, [ptr, wait.getExpected!(expr), wait.getTimeout!(expr)], binaryen.i32);
+    return this.wrapCall(call, ids.CallId!, touchesFuel);
   }
 
   private checkNode(expr: Ref, id: number): void {
@@ -384,7 +489,7 @@ class FunctionRewriter {
       isReturn?: boolean;
       op?: number;
     };
-    if ((id === ids.LoadId || id === ids.StoreId) && info.isAtomic === true) refuse('threads (atomic load/store)', `function ${this.funcName}`);
+    if ((id === ids.LoadId || id === ids.StoreId) && info.isAtomic === true && !this.threads) refuse('threads (atomic load/store)', `function ${this.funcName}`);
     if ((id === ids.CallId || id === ids.CallIndirectId) && info.isReturn === true) refuse('tail calls', `function ${this.funcName}`);
     if (info.op !== undefined && info.type === binaryen.v128) {
       const relaxed = id === ids.UnaryId ? RELAXED_UNARY : id === ids.BinaryId ? RELAXED_BINARY : id === ids.SIMDTernaryId ? RELAXED_TERNARY : undefined;
@@ -506,7 +611,7 @@ class FunctionRewriter {
  * Asyncify pass at these imports only, so that a guest blocked in one can unwind its stack into linear
  * memory (a snapshot) and be rewound into the same call on another replica.
  */
-export const ASYNC_WASI_CALLS = ['poll_oneoff', 'sock_accept', 'sock_recv', 'fd_read'];
+export const ASYNC_WASI_CALLS = [...ASYNC_WASI_CALL_NAMES];
 
 export function instrument(original: Uint8Array, options: InstrumentOptions = {}): InstrumentedModule {
   const maxCallDepth = options.maxCallDepth ?? DEFAULT_MAX_CALL_DEPTH;
@@ -523,7 +628,7 @@ export function instrument(original: Uint8Array, options: InstrumentOptions = {}
     throw new FtvmError('FTVM_ERR_INVALID_MODULE', `invalid WebAssembly module: ${String((err as Error).message ?? err)}`, { cause: err });
   }
   try {
-    return instrumentModule(mod, maxCallDepth, options.asyncify ?? true);
+    return instrumentModule(mod, maxCallDepth, options.asyncify ?? true, options.threads ?? false, options.dirtyPages === true);
   } finally {
     mod.dispose();
   }
@@ -549,17 +654,28 @@ function freshName(mod: binaryen.Module, base: string): string {
   return name;
 }
 
-function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: boolean): InstrumentedModule {
+function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOpt: boolean, threads: boolean, dirtyOpt: boolean): InstrumentedModule {
   // --- module-level checks ---
   const memoryCount = (mod as unknown as { getNumMemories?: () => number }).getNumMemories?.() ?? (mod.hasMemory() ? 1 : 0);
   if (memoryCount > 1) refuse('multiple memories', 'module');
   if (!mod.hasMemory()) throw new FtvmError('FTVM_ERR_ABI_EXPORT', 'the guest has no memory; ABI v1 needs one (exported as "memory")');
   const mem = mod.getMemoryInfo();
-  if (mem.shared) refuse('shared memory (threads)', 'memory');
+  if (mem.shared && !threads) refuse('shared memory (threads)', 'memory');
   if (mem.is64) refuse('memory64', 'memory');
-  if (mem.module !== '' && mem.module !== null && mem.module !== undefined) {
+  const memImported = mem.module !== '' && mem.module !== null && mem.module !== undefined;
+  let sharedMemory: SharedMemorySpec | undefined;
+  if (threads && (mem.shared || memImported)) {
+    // wasi-threads: every thread's instance imports the one shared memory.
+    if (!mem.shared || !memImported) refuse(`a ${mem.shared ? 'shared memory the guest defines itself' : 'memory imported but not shared'}; a threaded guest imports a shared memory (wasi-threads)`, 'memory');
+    if (mem.max === undefined) refuse('a shared memory without a maximum size', 'memory');
+    sharedMemory = { module: mem.module!, base: mem.base ?? '', initialPages: mem.initial, maximumPages: mem.max! };
+  } else if (memImported) {
     refuse(`imported memory (${mem.module}.${mem.base}); the guest must define its own memory`, 'module');
   }
+  const asyncify = asyncifyOpt;
+  // The store barrier marks pages in a map of the VMM's own instance on the vCPU thread; a threaded
+  // guest's other threads run on workers of their own, so a threaded guest is tracked by comparing pages.
+  const dirty = dirtyOpt && sharedMemory === undefined;
   if (mod.getNumTables() > 0) {
     for (let i = 0; i < mod.getNumTables(); i++) {
       const t = binaryen.getTableInfo(mod.getTableByIndex(i));
@@ -576,6 +692,9 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
     if (info.module) {
       if (info.module === INTERNAL_MODULE) {
         throw new FtvmError('FTVM_ERR_ABI_IMPORT', `the guest imports ${info.module}.${info.base}: module "${INTERNAL_MODULE}" is reserved for the VMM`);
+      }
+      if (info.module === THREAD_SPAWN_MODULE && info.base === THREAD_SPAWN_NAME && sharedMemory === undefined) {
+        refuse('threads (the wasi-threads import wasi.thread-spawn)', 'imports');
       }
       imports.push({ module: info.module, name: info.base ?? '', signature: signatureOf(info.params, info.results) });
     } else {
@@ -614,6 +733,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
 
   // --- VMM globals, imports and exports ---
   const globalExports: string[] = [];
+  let stackPointerExport: string | undefined;
   const nGlobals = mod.getNumGlobals();
   for (let i = 0; i < nGlobals; i++) {
     const g = binaryen.getGlobalInfo(mod.getGlobalByIndex(i));
@@ -622,6 +742,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
       const name = `${GLOBAL_EXPORT_PREFIX}${i}`;
       mod.addGlobalExport(g.name, name);
       globalExports.push(name);
+      if (g.name === '__stack_pointer' && g.type === binaryen.i32) stackPointerExport = name;
     }
   }
   mod.addGlobal(FUEL_GLOBAL, binaryen.i64, true, mod.i64.const(0n as never));
@@ -629,6 +750,8 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
   mod.addGlobal(DEPTH_GLOBAL, binaryen.i32, true, mod.i32.const(0));
   mod.addGlobalExport(FUEL_GLOBAL, FUEL_GLOBAL);
   const blocking = asyncify && exports.includes('_start') && !exports.includes('ftvm_step') ? imports.filter((i) => i.module === 'wasi_snapshot_preview1' && ASYNC_WASI_CALLS.includes(i.name)) : [];
+  // A threaded guest's threads also park in their futex waits (the rewritten atomic waits).
+  const asyncWaits = blocking.length > 0 && sharedMemory !== undefined ? [ATOMIC_WAIT32, ATOMIC_WAIT64].map((n) => `${INTERNAL_MODULE}.${n}`) : [];
   if (blocking.length > 0) {
     mod.addGlobal(INDIRECT_GLOBAL, binaryen.i32, true, mod.i32.const(0));
     mod.addGlobalExport(INDIRECT_GLOBAL, INDIRECT_GLOBAL);
@@ -637,7 +760,18 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
   mod.addFunctionImport(`${INTERNAL_MODULE}.budget`, INTERNAL_MODULE, 'budget', binaryen.createType([binaryen.i32, binaryen.i64]), binaryen.i64);
   mod.addFunctionImport(`${INTERNAL_MODULE}.depth_exceeded`, INTERNAL_MODULE, 'depth_exceeded', binaryen.none, binaryen.none);
   mod.addFunctionImport(`${INTERNAL_MODULE}.memory_grow`, INTERNAL_MODULE, 'memory_grow', binaryen.i32, binaryen.i32);
-  mod.addMemoryExport(memoryName, MEMORY_EXPORT);
+  if (sharedMemory !== undefined) {
+    const waitParams = (t: number): number => binaryen.createType([binaryen.i64, t, binaryen.i64]);
+    mod.addFunctionImport(`${INTERNAL_MODULE}.${ATOMIC_WAIT32}`, INTERNAL_MODULE, ATOMIC_WAIT32, waitParams(binaryen.i32), binaryen.i32);
+    mod.addFunctionImport(`${INTERNAL_MODULE}.${ATOMIC_WAIT64}`, INTERNAL_MODULE, ATOMIC_WAIT64, waitParams(binaryen.i64), binaryen.i32);
+  }
+  // A threaded guest's memory is the VMM's own (it creates the shared memory every instance imports).
+  if (sharedMemory === undefined) mod.addMemoryExport(memoryName, MEMORY_EXPORT);
+  if (dirty) {
+    mod.addGlobal(DIRTY_CACHE_GLOBAL, binaryen.i32, true, mod.i32.const(DIRTY_CACHE_RESET));
+    mod.addGlobalExport(DIRTY_CACHE_GLOBAL, DIRTY_CACHE_GLOBAL);
+    mod.addFunctionImport(`${DIRTY_MODULE}.mark`, DIRTY_MODULE, 'mark', binaryen.createType([binaryen.i32, binaryen.i32]), binaryen.none);
+  }
 
   const startRef = mod.getStart();
   let hasStart = false;
@@ -688,7 +822,7 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
   for (const s of segments) mod.addActiveElementSegment(s.table, s.name, s.data.map((n) => importWrappers.get(n) ?? n), s.offset);
 
   // --- rewrite every defined function ---
-  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs, blocking.length > 0).run();
+  for (const { ref, name } of rewritten) new FunctionRewriter(mod, ref, name, maxCallDepth, sigs.get(name)!, sigs, blocking.length > 0, dirty, sharedMemory !== undefined).run();
 
   // --- exports keep their original signatures through wrappers ---
   const exportWrappers = new Map<string, string>();
@@ -714,14 +848,14 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
     mod.addFunctionExport(wrapper, e.name);
   }
 
-  mod.setFeatures(ALLOWED_FEATURES);
+  mod.setFeatures(ALLOWED_FEATURES | (sharedMemory !== undefined ? binaryen.Features.Atomics : 0));
   if (!mod.validate()) {
     throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the instrumented module does not validate with the allowed features (MVP, mutable-globals, sign-ext, nontrapping-fptoint, bulk-memory, simd128, multivalue)');
   }
   // --- Asyncify at the blocking WASI calls of a command (snapshots of a guest blocked in a call) ---
   if (blocking.length > 0) {
     binaryen.setPassArgument('asyncify-ignore-indirect', 'true');
-    binaryen.setPassArgument('asyncify-imports', blocking.map((i) => `${i.module}.${i.name}`).join(','));
+    binaryen.setPassArgument('asyncify-imports', [...blocking.map((i) => `${i.module}.${i.name}`), ...asyncWaits].join(','));
     const level = binaryen.getOptimizeLevel();
     try {
       binaryen.setOptimizeLevel(0); // 1 or 2 shrink the code but cost seconds at every load
@@ -733,5 +867,5 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncify: 
     if (!mod.validate()) throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'the module does not validate after the asyncify pass');
   }
   const binary = mod.emitBinary();
-  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0 };
+  return { binary, hasStart, globalExports, imports, exports, maxCallDepth, asyncified: blocking.length > 0, ...(dirty ? { dirtyPages: true } : {}), ...(sharedMemory !== undefined ? { sharedMemory } : {}), ...(stackPointerExport !== undefined ? { stackPointerExport } : {}) };
 }

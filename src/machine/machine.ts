@@ -32,7 +32,10 @@ import {
 } from '../log/entry.js';
 import type { VmConfig } from '../log/recording.js';
 import { ConnState, Devices, FdKind, MAX_TIMERS, RecordType, RxRing, badGuestPointer, type DeviceState } from './devices.js';
-import { DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, type InstrumentedModule } from './instrumented.js';
+import { DIRTY_CACHE_GLOBAL, DIRTY_CACHE_RESET, DIRTY_MODULE, DIRTY_PAGE_BYTES, DirtyPages } from './dirty-pages.js';
+import { ATOMIC_WAIT32, ATOMIC_WAIT64, DEPTH_GLOBAL, FUEL_GLOBAL, INDIRECT_GLOBAL, INTERNAL_MODULE, MEMORY_EXPORT, START_EXPORT, THREAD_SPAWN_MODULE, THREAD_SPAWN_NAME, type InstrumentedModule } from './instrumented.js';
+import { DEFAULT_MAX_GUEST_THREADS, ThreadHub, WouldBlock } from './threads.js';
+import type { ThreadsState } from './thread-protocol.js';
 import { VirtualDisk } from './disk.js';
 import { makeWasiImports } from './wasi.js';
 
@@ -134,7 +137,18 @@ export interface Snapshot {
    * asyncify data buffer held). The machine restored from it rewinds into the same call.
    */
   resume?: Uint8Array;
+  /**
+   * A guest instrumented with the store barrier (dirty-pages.ts): the pages written since the previous
+   * snapshot (`map`, a byte per 4 KiB page; absent when not known: every page may have changed) and the
+   * snapshot's number in that series (`seq`: a reader that missed one must compare every page).
+   */
+  dirty?: { map?: Uint8Array; seq: number };
+  /** A wasi-threads guest: its other threads, each parked (unwound) in a blocking point. */
+  threads?: ThreadsState;
 }
+
+/** How long a snapshot waits for every guest thread to park before it is refused (and tried again later). */
+const THREAD_STOP_TIMEOUT_MS = 200;
 
 class GuestExit extends Error {
   constructor(readonly code: number) {
@@ -295,6 +309,10 @@ export interface MachineOptions {
   diskImagePath?: string;
   /** The log's format (default: LOG_FORMAT, output digests); replay of an old recording passes 1. */
   logFormat?: LogFormat;
+  /** A wasi-threads guest (checkpoint mode): at most this many threads besides the main one. */
+  maxThreads?: number;
+  /** The vCPU's input queue buffer: guest threads wake the vCPU thread on its wake word. */
+  queue?: SharedArrayBuffer;
 }
 
 export class Machine {
@@ -341,9 +359,20 @@ export class Machine {
   readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
+  /** The store barrier's page map (a guest instrumented with InstrumentOptions.dirtyPages). */
+  private readonly dirty: DirtyPages | undefined;
+  private readonly dirtyCache: WebAssembly.Global | undefined;
   /** Log format 2: outputs are covered by OUT_DIGEST entries rather than logged one by one. */
   readonly digests: boolean;
   private readonly outRecord = Buffer.alloc(18);
+  /** A wasi-threads guest (checkpoint mode): its threads beside the main one, which runs here. */
+  readonly threads: ThreadHub | undefined;
+  /** The shared memory every thread's instance imports (a threaded guest). */
+  private readonly sharedMemory: WebAssembly.Memory | undefined;
+  /** Restored from a snapshot with threads: they start (rewinding) when the machine runs. */
+  private pendingThreads: ThreadsState | undefined;
+  /** The other threads are parked until the main thread's rewind ends (or, restored, start then). */
+  private resumeThreadsAfterRewind = false;
 
   constructor(opts: MachineOptions) {
     this.digests = (opts.logFormat ?? LOG_FORMAT) === LOG_FORMAT_DIGEST;
@@ -359,9 +388,33 @@ export class Machine {
     if (this.mode === 'record') assert(this.env !== undefined, 'record mode needs a RecordEnv');
     if (this.mode === 'replay') assert(this.source !== undefined, 'replay mode needs a ReplaySource');
     const compiled = opts.compiled ?? compileGuest(opts.instrumented.binary);
-    this.instance = new WebAssembly.Instance(compiled, this.imports());
+    this.dirty = opts.instrumented.dirtyPages === true ? new DirtyPages() : undefined;
+    const spec = opts.instrumented.sharedMemory;
+    if (spec !== undefined) {
+      // Threads run freely: only checkpoint mode (state transfer, a record vCPU whose log is not shipped) runs them.
+      if (this.mode !== 'record') throw new FtvmError('FTVM_ERR_UNSUPPORTED_FEATURE', 'a threaded guest cannot be replayed: run it with --mode checkpoint');
+      this.sharedMemory = new WebAssembly.Memory({ initial: spec.initialPages, maximum: spec.maximumPages, shared: true });
+    }
+    const importObject = this.imports();
+    this.instance = new WebAssembly.Instance(compiled, importObject);
     const ex = this.instance.exports;
-    this.memory = ex[MEMORY_EXPORT] as WebAssembly.Memory;
+    this.dirtyCache = this.dirty !== undefined ? (ex[DIRTY_CACHE_GLOBAL] as WebAssembly.Global) : undefined;
+    this.memory = this.sharedMemory ?? (ex[MEMORY_EXPORT] as WebAssembly.Memory);
+    if (spec !== undefined) {
+      this.threads = new ThreadHub({
+        instrumented: opts.instrumented,
+        compiled,
+        memory: this.memory,
+        spec,
+        imports: importObject,
+        queue: opts.queue,
+        maxThreads: opts.maxThreads ?? DEFAULT_MAX_GUEST_THREADS,
+        notice: (text) => this.output('console', 0, 2, Buffer.from(text, 'utf8')),
+        trap: (message) => {
+          throw new GuestTrap(message, this.count);
+        },
+      });
+    }
     this.fuel = ex[FUEL_GLOBAL] as WebAssembly.Global;
     this.depth = ex[DEPTH_GLOBAL] as WebAssembly.Global;
     this.globals = opts.instrumented.globalExports.map((n) => ex[n] as WebAssembly.Global);
@@ -435,6 +488,9 @@ export class Machine {
     ptr >>>= 0;
     len >>>= 0;
     if (ptr + len > m.length) throw new GuestTrap(badGuestPointer(what, ptr, len, m.length).message, this.count);
+    // Host calls write guest memory through these views (or through guestView() at pointers checked here
+    // first): with the store barrier, they count as written (read-only uses too: an over-approximation).
+    this.dirty?.markHost(ptr, len);
     return m.subarray(ptr, ptr + len);
   }
 
@@ -625,10 +681,19 @@ export class Machine {
    */
   blockFor(ready: () => boolean, deadlineMs: number | undefined): boolean {
     const env = this.env!;
+    if (this.threads?.servicing === true) {
+      // A guest thread's call, run by the vCPU thread: it must not wait here (the other threads' calls
+      // and the main thread would stand still); it gives way and is tried again at the next round.
+      this.pumpSocketInputs();
+      if (ready()) return true;
+      if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
+      throw new WouldBlock();
+    }
     this.blocked = true;
     try {
       for (;;) {
         if (this.unwindRequested) throw new UnwindRequest();
+        this.threads?.service();
         this.pumpSocketInputs();
         if (ready()) return true;
         if (deadlineMs !== undefined && env.nowMs() >= deadlineMs) return false;
@@ -659,6 +724,9 @@ export class Machine {
     // Asyncify rewrote only the functions that reach a blocking call directly: a call reached through a
     // function pointer cannot unwind (the snapshot is refused; the primary tries again later).
     if ((this.instance.exports[INDIRECT_GLOBAL] as WebAssembly.Global).value !== 0) return false;
+    // A threaded guest: every other thread parks first (each unwound at a blocking point), so that memory,
+    // their stacks and the main thread's are captured at one moment. runCommand resumes them afterwards.
+    if (this.threads !== undefined && !this.threads.stopAll(THREAD_STOP_TIMEOUT_MS)) return false;
     this.unwindRequested = true;
     return true;
   }
@@ -689,6 +757,7 @@ export class Machine {
     this.resumeImage = new Uint8Array(this.mem().subarray(ptr, end));
     this.mem().set(this.asyncifySaved!, ptr);
     this.asyncifySaved = undefined;
+    this.dirty?.markHost(ptr, this.asyncifyRegion().size);
   }
 
   /** Before re-entering _start: put the stack image in place and start rewinding. */
@@ -706,8 +775,17 @@ export class Machine {
   private endRewind(): void {
     this.asy!.stop_rewind();
     this.mem().set(this.asyncifySaved!, ASYNCIFY_DATA_PTR);
+    this.dirty?.markHost(ASYNCIFY_DATA_PTR, this.asyncifySaved!.length);
     this.asyncifySaved = undefined;
     this.resumeImage = undefined;
+    if (this.resumeThreadsAfterRewind) {
+      this.resumeThreadsAfterRewind = false;
+      this.threads!.resumeAll();
+    }
+    if (this.pendingThreads !== undefined) {
+      this.threads!.respawn(this.pendingThreads);
+      this.pendingThreads = undefined;
+    }
   }
 
   /** Wraps a blocking WASI import of an asyncified command (rewind arrives here; unwinds leave here). */
@@ -787,6 +865,7 @@ export class Machine {
         // differs between replicas. A stop that delivered (logged or consumed entries) is at the same
         // count on every replica, so the global keeps it: a later HALT is then never numbered before
         // an entry of its step.
+        self.threads?.service(); // the guest threads' host calls wait for the vCPU thread
         const stale = self.fuel.value as bigint;
         const endBefore = self.budgetEnd;
         const seqBefore = self.seq;
@@ -808,7 +887,27 @@ export class Machine {
       const fn = wasi[name];
       if (fn !== undefined) wasi[name] = this.asyncifyImport(fn);
     }
-    const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal };
+    const imports: WebAssembly.Imports = { ftvm, env, wasi_snapshot_preview1: wasi, [INTERNAL_MODULE]: internal, ...(this.dirty !== undefined ? { [DIRTY_MODULE]: this.dirty.imports } : {}) };
+    const spec = this.instrumented.sharedMemory;
+    if (spec !== undefined) {
+      (imports[spec.module] ??= {})[spec.base] = this.sharedMemory!;
+      imports[THREAD_SPAWN_MODULE] = { [THREAD_SPAWN_NAME]: (startArg: number): number => self.threads!.spawn(startArg) };
+      const wait = (bytes: 4 | 8) => (addr: bigint, expected: number | bigint, timeoutNs: bigint): number => {
+        const len = self.memory.buffer.byteLength;
+        if (addr < 0n || addr + BigInt(bytes) > BigInt(len)) throw new GuestTrap(`atomic wait out of bounds at ${addr}`, self.count);
+        if (addr % BigInt(bytes) !== 0n) throw new GuestTrap(`unaligned atomic wait at ${addr}`, self.count);
+        const view = bytes === 4 ? new Int32Array(self.memory.buffer) : new BigInt64Array(self.memory.buffer);
+        const index = Number(addr) / bytes;
+        const until = timeoutNs < 0n ? Infinity : performance.now() + Number(timeoutNs) / 1e6;
+        for (;;) {
+          // In slices, so that a VM with no other activity still notices its threads' ends.
+          const r = self.threads!.mainWait(view, index, expected, Math.min(1000, Math.max(0, until - performance.now())));
+          if (r !== 2 || performance.now() >= until) return r;
+        }
+      };
+      (internal as Record<string, unknown>)[ATOMIC_WAIT32] = wait(4);
+      (internal as Record<string, unknown>)[ATOMIC_WAIT64] = wait(8);
+    }
     return imports;
   }
 
@@ -1043,6 +1142,7 @@ export class Machine {
     const ring = this.devices.ring;
     let delivered = 0;
     if (ring === null) return 0;
+    if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
     if (this.devices.timers.size > 0) {
@@ -1114,6 +1214,7 @@ export class Machine {
   private applyDelivery(e: AsyncEntry): void {
     const ring = this.devices.ring;
     if (ring === null) this.violation('a delivery, but the guest has no receive ring', e);
+    if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
     let ok: boolean;
@@ -1214,7 +1315,15 @@ export class Machine {
       if (this.halted) return;
       if (this.asy !== undefined && this.asy.get_state() === ASYNCIFY_UNWINDING) {
         this.endUnwind();
-        if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        try {
+          if (this.mode === 'record') this.env!.betweenSteps?.(this.count);
+        } catch (err) {
+          this.threads?.resumeAll();
+          throw err;
+        }
+        // The other threads resume once the main thread is back in its call (endRewind): its rewind
+        // borrows guest memory (the asyncify buffer), which no running thread may see.
+        this.resumeThreadsAfterRewind = this.threads !== undefined;
         continue;
       }
       assert(this.resumeImage === undefined && this.asy?.get_state() !== ASYNCIFY_REWINDING, 'the command returned while rewinding');
@@ -1366,7 +1475,7 @@ export class Machine {
    * A snapshot at an idle point. With `into` (large enough), memory is copied into it and the snapshot's
    * memory is a view of it: a reused, already touched buffer makes the copy a plain memcpy (DESIGN.md §3).
    */
-  snapshot(into?: Uint8Array): Snapshot {
+  snapshot(into?: Uint8Array, intoHolds = 0): Snapshot {
     if (this.blocked || (this.inStep && this.instrumented.exports.includes('_start') && !this.instrumented.exports.includes('ftvm_step'))) {
       throw new FtvmError(
         'FTVM_ERR_SNAPSHOT',
@@ -1379,13 +1488,34 @@ export class Machine {
     assert(!this.broken, 'cannot snapshot an unwound machine');
     const mem = this.mem();
     let memory: Uint8Array;
+    // With the store barrier: the pages written since the previous snapshot (the map is cleared here).
+    const dirty = this.dirty?.take(mem.length);
+    if (this.dirtyCache !== undefined) this.dirtyCache.value = DIRTY_CACHE_RESET;
     if (into !== undefined && into.length >= mem.length) {
       memory = into.subarray(0, mem.length);
-      memory.set(mem);
+      if (dirty?.map !== undefined && intoHolds > 0 && intoHolds <= mem.length) {
+        // `into` holds memory as of the previous snapshot up to intoHolds: copy what changed since, and
+        // what grew. Runs of marked pages are copied at once.
+        const map = dirty.map;
+        const held = Math.ceil(intoHolds / DIRTY_PAGE_BYTES);
+        for (let p = 0; p < held; p++) {
+          if (map[p] === 0) continue;
+          let q = p + 1;
+          while (q < held && map[q] !== 0) q++;
+          const a = p * DIRTY_PAGE_BYTES;
+          const b = Math.min(intoHolds, q * DIRTY_PAGE_BYTES);
+          memory.set(mem.subarray(a, b), a);
+          p = q;
+        }
+        if (intoHolds < mem.length) memory.set(mem.subarray(intoHolds), intoHolds);
+      } else {
+        memory.set(mem);
+      }
     } else {
       memory = new Uint8Array(mem);
     }
     return {
+      ...(dirty !== undefined ? { dirty: { ...(dirty.map !== undefined ? { map: dirty.map } : {}), seq: dirty.seq } } : {}),
       count: this.count,
       memory,
       globals: this.globals.map((g) => g.value as number | bigint),
@@ -1396,6 +1526,7 @@ export class Machine {
       seq: this.seq,
       ...(this.resumeImage !== undefined ? { resume: new Uint8Array(this.resumeImage) } : {}),
       ...(this.disk !== undefined ? { disk: this.disk.serialize() } : {}),
+      ...(this.threads !== undefined ? { threads: this.threads.parkedState() } : {}),
     };
   }
 
@@ -1433,6 +1564,11 @@ export class Machine {
     if (s.resume !== undefined) {
       if (this.asy === undefined) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot resumes a blocked call but this module is not asyncified');
       this.resumeImage = new Uint8Array(s.resume);
+    }
+    if ((s.threads !== undefined) !== (this.threads !== undefined)) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot and this guest disagree on having threads');
+    if (s.threads !== undefined) {
+      if (s.resume === undefined && s.threads.threads.length > 0) throw new FtvmError('FTVM_ERR_SNAPSHOT', 'a snapshot with guest threads must resume its main thread in a blocking call');
+      this.pendingThreads = s.threads;
     }
     this.budgetEnd = s.count;
     this.fuel.value = 0n;

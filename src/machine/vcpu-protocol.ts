@@ -82,6 +82,8 @@ export interface WorkerInit {
    * messages are always batches of the current codec format; only what the machine expects differs.
    */
   logFormat?: LogFormat;
+  /** A wasi-threads guest (checkpoint mode): at most this many threads besides its main one. */
+  maxThreads?: number;
 }
 
 /** Outputs cross the thread boundary as they are (structured clone). */

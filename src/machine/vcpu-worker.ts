@@ -80,23 +80,30 @@ let grant = 0;
 let endOfLog = false;
 let goLiveRequested = false;
 let snapshotRequested = false;
+/** The snapshot buffer (by generation) that holds memory as of the last snapshot, and how much of it. */
+let intoSynced: { gen: number; bytes: number } | undefined;
 
 /** At an idle point: copy the machine's state into the buffer the I/O thread posted, and post it. */
 function takeSnapshot(): void {
   snapshotRequested = false;
   if (!machine || machine.halted) return;
   flush(); // every entry before the snapshot reaches the I/O thread first
-  const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer } | undefined;
+  const msg = receiveMessageOnPort(init.snapshotPort)?.message as { buffer: SharedArrayBuffer; gen?: number } | undefined;
   const t0 = performance.now();
   const into = msg ? new Uint8Array(msg.buffer) : undefined;
+  // The buffer of generation `gen` still holds memory as of this worker's last snapshot into it (only this
+  // worker writes it): with the store barrier, only the pages written since are copied.
+  const holds = msg !== undefined && msg.gen !== undefined && intoSynced !== undefined && intoSynced.gen === msg.gen ? intoSynced.bytes : 0;
+  intoSynced = undefined;
   let snap: ReturnType<Machine['snapshot']>;
   try {
-    snap = machine.snapshot(into);
+    snap = machine.snapshot(into, holds);
   } catch (err) {
     if (!(err instanceof FtvmError)) throw err;
     post({ t: 'snapshot-refused', code: err.code, message: err.message });
     return;
   }
+  if (msg?.gen !== undefined && into !== undefined && snap.memory.buffer === into.buffer) intoSynced = { gen: msg.gen, bytes: snap.memory.length };
   const pauseMs = performance.now() - t0;
   const { memory, ...state } = snap;
   const shared = into !== undefined && memory.buffer === into.buffer;
@@ -163,6 +170,8 @@ function drainQueue(): void {
   }
 }
 
+const threadRequests = (): boolean => machine?.threads?.hasRequests() === true;
+
 /** Live record environment: real clocks, OS randomness, input from the shared queue. */
 class LiveEnv extends RealClockRandom implements RecordEnv {
   readonly sliceUnits = init.sliceUnits;
@@ -183,6 +192,7 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
       return true;
     }
     if (inputs.length > 0 || hashRequested) return true;
+    if (machine?.threads?.hasRequests() === true) return true; // a guest thread's call waits for this thread
     if (snapshotRequested) {
       // A WASI command blocked in a call unwinds out of it first (Asyncify); betweenSteps then takes
       // the snapshot and the guest rewinds into the call. One that cannot unwind refuses the snapshot.
@@ -190,7 +200,7 @@ class LiveEnv extends RealClockRandom implements RecordEnv {
       return true;
     }
     const wait = deadlineMs === undefined ? 1000 : Math.max(0, deadlineMs - this.nowMs());
-    queue.wait(wait);
+    queue.wait(wait, threadRequests);
     drainQueue();
     return !stopRequested;
   }
@@ -314,13 +324,21 @@ function main(): void {
     replaySliceUnits: init.sliceUnits,
     ...(init.diskImagePath !== undefined ? { diskImagePath: init.diskImagePath } : {}),
     ...(init.logFormat !== undefined ? { logFormat: init.logFormat } : {}),
+    ...(init.maxThreads !== undefined ? { maxThreads: init.maxThreads } : {}),
+    queue: init.queue,
     ...(env ? { env } : {}),
     ...(source ? { source } : {}),
   });
   scripted?.bind(() => machine!.count);
   if (init.snapshot !== undefined) machine.restore(init.snapshot);
   post({ t: 'ready' });
-  const result = machine.run();
+  let result: ReturnType<Machine['run']>;
+  try {
+    result = machine.run();
+  } finally {
+    // A wasi-threads guest: its threads end with its main thread (or the VM).
+    void machine.threads?.terminate();
+  }
   let finalHash: Uint8Array | null = null;
   if (result.state === 'stopped' && machine.mode === 'record') finalHash = machine.logStateHash();
   else if (!(result.state === 'starved' && result.midStep)) finalHash = machine.stateHash();

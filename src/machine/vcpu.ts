@@ -78,6 +78,8 @@ export interface VcpuOptions {
   diskImagePath?: string;
   /** Replay of an old recording: its log format (default: the current one). */
   logFormat?: LogFormat;
+  /** A wasi-threads guest (checkpoint mode): at most this many threads besides its main one. */
+  maxThreads?: number;
 }
 
 export type SnapshotEvent = Extract<WorkerEvent, { t: 'snapshot' }>;
@@ -106,6 +108,8 @@ export class Vcpu extends EventEmitter {
   private readonly snapshotPort: MessagePort;
   /** Reused between snapshots: touched once, so copying into it costs no page faults. */
   private snapshotBuffer: SharedArrayBuffer | undefined;
+  /** Bumped with every new snapshot buffer (the worker copies only dirty pages into one it filled before). */
+  private snapshotBufferGen = 0;
   /** The snapshot being taken: resolved by the worker's 'snapshot' event, rejected if the guest ends first. */
   private snapshotWaiter: { resolve: (ev: SnapshotEvent) => void; reject: (err: Error) => void } | undefined;
   private snapshotting = false;
@@ -128,6 +132,7 @@ export class Vcpu extends EventEmitter {
       ...(opts.snapshot ? { snapshot: opts.snapshot } : {}),
       ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
       ...(opts.logFormat !== undefined ? { logFormat: opts.logFormat } : {}),
+      ...(opts.maxThreads !== undefined ? { maxThreads: opts.maxThreads } : {}),
       mode: opts.mode,
       instrumented: opts.guest.instrumented,
       config: opts.config,
@@ -361,6 +366,7 @@ export class Vcpu extends EventEmitter {
         await new Promise((r) => setImmediate(r));
       }
       this.snapshotBuffer = sab;
+      this.snapshotBufferGen++;
     }
     return new Promise<TakenSnapshot>((resolve, reject) => {
       this.snapshotWaiter = {
@@ -371,7 +377,7 @@ export class Vcpu extends EventEmitter {
         },
         reject,
       };
-      this.snapshotPort.postMessage({ buffer: this.snapshotBuffer });
+      this.snapshotPort.postMessage({ buffer: this.snapshotBuffer, gen: this.snapshotBufferGen });
       this.send(Uint8Array.of(Tag.SNAPSHOT));
       this.queue.wake();
     });

@@ -134,14 +134,19 @@ export interface SnapshotFrame {
 }
 
 /**
- * Checkpoint mode (src/checkpoint/): primary → backup, checkpoint `checkpoint` of `epoch`; `data` is the
- * encoded checkpoint (src/checkpoint/wire.ts: memory delta since the previous checkpoint, globals,
- * devices, under one CRC-32), which repeats the epoch and number under its checksum.
+ * Checkpoint mode (src/checkpoint/): primary → backup, piece `part` of `parts` of checkpoint `checkpoint`
+ * of `epoch`; the pieces' data, in order, is the encoded checkpoint (src/checkpoint/wire.ts: memory delta
+ * since the previous checkpoint, globals, devices, under one CRC-32, repeating the epoch and number under
+ * its checksum). A checkpoint larger than a frame (a base of a large memory) goes in several pieces.
  */
 export interface CheckpointFrame {
   type: typeof FrameType.CHECKPOINT;
   epoch: number;
   checkpoint: number;
+  /** 0-based; pieces of one checkpoint go in order on one connection. */
+  part: number;
+  /** At least 1. */
+  parts: number;
   data: Uint8Array;
 }
 

@@ -57,6 +57,8 @@ export interface TimelineEvent {
 /** Events kept per node (oldest dropped first). */
 export const TIMELINE_MAX_EVENTS = 256;
 
+/** Checkpoint pauses and encodes: tenths of a millisecond to a second. */
+const CHECKPOINT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export type FailoverPhase = 'detect' | 'drain' | 'claim' | 'go_live';
@@ -101,6 +103,10 @@ export class NodeMetrics {
   readonly checkpointBytes: Counter<'direction'>;
   /** Checkpoint mode: how long the guest stood still for each capture (primary). */
   readonly checkpointPause: Histogram;
+  /** Checkpoint mode: the I/O thread's time to encode each checkpoint (primary; the guest runs meanwhile). */
+  readonly checkpointEncode: Histogram;
+  /** Checkpoint mode: CHECKPOINT data sent, resends included (primary). */
+  readonly checkpointSentBytes: Counter;
   readonly vcpuUtilization: Gauge;
 
   /** Hold-start times of the outputs the core holds, oldest first (the core releases them in order). */
@@ -174,7 +180,9 @@ export class NodeMetrics {
     this.snapshotBytes = new Counter({ name: 'ftvm_snapshot_sent_bytes_total', help: 'Snapshot memory bytes streamed to joining standbys', ...r });
     this.checkpoints = new Counter({ name: 'ftvm_checkpoints_total', help: 'Checkpoint mode: checkpoints captured and sent (out, primary) or applied (in, backup)', labelNames: ['direction'], ...r });
     this.checkpointBytes = new Counter({ name: 'ftvm_checkpoint_bytes_total', help: 'Checkpoint mode: encoded checkpoint bytes sent (out) or applied (in)', labelNames: ['direction'], ...r });
-    this.checkpointPause = new Histogram({ name: 'ftvm_checkpoint_pause_seconds', help: 'Checkpoint mode: how long the guest stood still for each checkpoint capture', buckets: SECONDS_BUCKETS, ...r });
+    this.checkpointPause = new Histogram({ name: 'ftvm_checkpoint_pause_seconds', help: 'Checkpoint mode: how long the guest stood still for each checkpoint capture', buckets: CHECKPOINT_BUCKETS, ...r });
+    this.checkpointEncode = new Histogram({ name: 'ftvm_checkpoint_encode_seconds', help: 'Checkpoint mode: time to encode a checkpoint (memory delta) on the I/O thread', buckets: CHECKPOINT_BUCKETS, ...r });
+    this.checkpointSentBytes = new Counter({ name: 'ftvm_checkpoint_sent_bytes_total', help: 'Checkpoint mode: CHECKPOINT data sent to the backup, resends included', ...r });
     this.poolSize = new Gauge({ name: 'ftvm_standby_pool_size', help: 'Standbys registered in the VM\'s pool as last seen by this node', labelNames: ['state'], ...r });
     // Known label values start at 0, so a rate() sees the first increment and a scrape shows every series.
     for (const direction of ['in', 'out']) {

@@ -121,11 +121,15 @@ export class SharedQueue {
     return this.used() === 0;
   }
 
-  /** Consumer: block until a message may be present, the queue is closed, or `timeoutMs` passes. */
-  wait(timeoutMs: number): void {
+  /**
+   * Consumer: block until a message may be present, the queue is closed, or `timeoutMs` passes. `pending`
+   * is other work announced by a `wake()` after it is published (guest threads' requests): checked after
+   * the wake counter is read, so such work is never slept through.
+   */
+  wait(timeoutMs: number, pending?: () => boolean): void {
     Atomics.store(this.hdr, WAITING, 1);
     const seen = Atomics.load(this.hdr, WAKE);
-    if (!this.isEmpty || this.closed) {
+    if (!this.isEmpty || this.closed || pending?.() === true) {
       Atomics.store(this.hdr, WAITING, 0);
       return;
     }
