@@ -122,6 +122,10 @@ const FOUND: Array<{ seed: number; what: string }> = [
   // A dial in flight when the primary won its claim opened later and was taken for its backup's
   // reconnection, replacing the recruited backup with a standby of the old epoch: "(k) ... another epoch".
   { seed: 1198, what: 'a closed dialer emitted the connection it was still dialing' },
+  // A primary paused through a failover (fenced, not knowing it) redialed its --peer, where the old
+  // backup's host now ran a fresh standby, which made itself that primary's backup and acknowledged: the
+  // fenced primary released outputs the live lineage never had: "(lost)".
+  { seed: 501604, what: 'a fenced primary took an unrecruited standby at its old backup\'s address for its backup' },
 ];
 
 for (const { seed, what } of FOUND) {

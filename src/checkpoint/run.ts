@@ -188,7 +188,15 @@ export class CheckpointNode {
     void primary.done.then((reason) => this.halt(reason));
     if (!alone && o.peer !== undefined) {
       const d = this.newDialer(o.peer);
-      d.on('connection', (c: ChannelConnection) => {
+      d.on('connection', (c: ChannelConnection, hello: HelloFrame) => {
+        // A standby at the backup's address (its host restarted) is not this primary's backup: a standby
+        // becomes one only when recruited at the arbiter. Taken as the backup, it would acknowledge a
+        // primary fenced meanwhile (a failover it slept through), which would release outputs the live
+        // lineage never has (sim seed 501604 --mode checkpoint).
+        if (hello.role === 'standby') {
+          c.close('a standby becomes a backup only when recruited from the pool');
+          return;
+        }
         log.info({ backup: c.remote }, 'checkpoint primary: backup connected');
         primary.attach(c);
       });
