@@ -1,16 +1,23 @@
 /**
  * The simulator's command line (src/sim/index.ts):
  *
- *   npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace] [--keep-going]
+ *   npm run sim -- [--mode replay|checkpoint] --seeds N [--seed S] [--break B] [--trace] [--keep-going] [--json]
+ *
+ * --mode checkpoint: the processes are CheckpointNodes (`ftvm run --mode checkpoint`, `ftvm standby
+ * --mode checkpoint`). Breaks (test only): replay release-before-ack|skip-drain|release-unheld|stale-drained,
+ * checkpoint release-at-capture|torn-apply. --service-held (checkpoint mode): inject held service addresses
+ * too, which replay mode always does (CheckpointNode does not retry the bind yet: a known gap).
  *
  * Runs seeds S, S+1, … S+N-1 (S random unless given; one seed with --seed alone). Prints the seed first;
  * a failing seed prints its step, virtual time, message, the tail of its trace and the command that
  * reproduces it. Exit code 1 if any seed failed.
  */
 import { randomInt } from 'node:crypto';
-import { reproduceCommand, runSeed, type BreakMode, type SimOptions, type SimResult } from '../src/sim/index.js';
+import { BREAKS_OF, reproduceCommand, runSeed, type BreakMode, type SimMode, type SimOptions, type SimResult } from '../src/sim/index.js';
 
 interface Args {
+  mode: SimMode;
+  serviceHeld: boolean;
   seeds: number | undefined;
   seed: number | undefined;
   breakMode: BreakMode | undefined;
@@ -20,12 +27,12 @@ interface Args {
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`${msg}\nusage: npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace] [--keep-going] [--json]\n`);
+  process.stderr.write(`${msg}\nusage: npm run sim -- [--mode replay|checkpoint] --seeds N [--seed S] [--break B] [--trace] [--keep-going] [--json]\n  breaks: replay ${BREAKS_OF.replay.join('|')}; checkpoint ${BREAKS_OF.checkpoint.join('|')}\n`);
   process.exit(2);
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { seeds: undefined, seed: undefined, breakMode: undefined, trace: false, keepGoing: false, json: false };
+  const a: Args = { mode: 'replay', serviceHeld: false, seeds: undefined, seed: undefined, breakMode: undefined, trace: false, keepGoing: false, json: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => argv[++i] ?? usage(`${k} needs a value`);
@@ -37,15 +44,19 @@ function parse(argv: string[]): Args {
     };
     if (k === '--seeds') a.seeds = int(v());
     else if (k === '--seed') a.seed = int(v());
+    else if (k === '--mode') {
+      const m = v();
+      if (m !== 'replay' && m !== 'checkpoint') usage(`--mode: replay or checkpoint, not ${m}`);
+      a.mode = m;
+    } else if (k === '--service-held') a.serviceHeld = true;
     else if (k === '--break') {
-      const b = v();
-      if (b !== 'release-before-ack' && b !== 'skip-drain' && b !== 'release-unheld' && b !== 'stale-drained') usage(`--break: release-before-ack, skip-drain, release-unheld or stale-drained, not ${b}`);
-      a.breakMode = b;
+      a.breakMode = v() as BreakMode;
     } else if (k === '--trace') a.trace = true;
     else if (k === '--keep-going') a.keepGoing = true;
     else if (k === '--json') a.json = true;
     else usage(`unknown argument ${k}`);
   }
+  if (a.breakMode !== undefined && !BREAKS_OF[a.mode].includes(a.breakMode)) usage(`--break in ${a.mode} mode: ${BREAKS_OF[a.mode].join(', ')}, not ${a.breakMode}`);
   return a;
 }
 
@@ -63,17 +74,17 @@ async function report(r: SimResult, opts: SimOptions, traceAll: boolean): Promis
 
 async function main(): Promise<void> {
   const a = parse(process.argv.slice(2));
-  const opts: SimOptions = { ...(a.breakMode ? { breakMode: a.breakMode } : {}) };
+  const opts: SimOptions = { ...(a.mode !== 'replay' ? { mode: a.mode } : {}), ...(a.serviceHeld ? { serviceHeldFaults: true } : {}), ...(a.breakMode ? { breakMode: a.breakMode } : {}) };
   const count = a.seeds ?? (a.seed !== undefined ? 1 : 1);
   const base = a.seed ?? randomInt(0, 0xffffffff);
-  process.stdout.write(`seed ${base}${count > 1 ? ` (seeds ${base}..${base + count - 1})` : ''}${a.breakMode ? ` break=${a.breakMode}` : ''}\n`);
+  process.stdout.write(`seed ${base}${count > 1 ? ` (seeds ${base}..${base + count - 1})` : ''}${a.mode !== 'replay' ? ` mode=${a.mode}` : ''}${a.breakMode ? ` break=${a.breakMode}` : ''}\n`);
   const t0 = performance.now();
   let failed = 0;
   let steps = 0;
   let virtualMs = 0;
   let failovers = 0;
   let joins = 0;
-  const paths = { drainWaits: 0, snapshotsFailed: 0, serviceBindRetries: 0, divergedHalts: 0, probesRefused: 0, probesAnswered: 0, probesUnanswered: 0 };
+  const paths = { drainWaits: 0, snapshotsFailed: 0, serviceBindRetries: 0, divergedHalts: 0, probesRefused: 0, probesAnswered: 0, probesUnanswered: 0, checkpointsCaptured: 0, checkpointGoLivesChecked: 0 };
   let completed = 0;
   let maxEpoch = 0;
   const faults: Record<string, number> = {};
@@ -122,7 +133,7 @@ async function main(): Promise<void> {
   else {
     process.stdout.write(
       `${failed === 0 ? 'PASS' : 'FAIL'}: ${ran} seed(s), ${failed} failed, ${secs.toFixed(1)} s (${summary.seedsPerSecond} seeds/s), ${steps} steps, ${summary.virtualSeconds} s of virtual time; ` +
-        `${failovers} go-lives, ${joins} pairs re-armed, max epoch ${maxEpoch}, ${completed} client requests completed\n  faults: ${Object.entries(faults)
+        `${failovers} go-lives, ${joins} ${a.mode === 'checkpoint' ? 're-replications (standbys made backups by a base checkpoint)' : 'pairs re-armed'}, max epoch ${maxEpoch}, ${completed} client requests completed\n  faults: ${Object.entries(faults)
           .sort()
           .map(([k, n]) => `${k} ${n}`)
           .join(', ')}\n  driver paths: ${Object.entries(paths)

@@ -292,3 +292,26 @@ test('the replication mode is part of the handshake: a replay node and a checkpo
     }
   }
 });
+
+test('a dialer closed while its connection is still in the handshake never emits it (the owner moved on: found by the checkpoint simulator, seed 1198)', async () => {
+  const s = randomBytes(32);
+  const listener = new ChannelListener('127.0.0.1', 0, { secret: new Keyring(s), identity: id('backup'), log: capture().log, transport: tcpChannelTransport('tls-psk') });
+  await listener.start();
+  const dialer = new ChannelDialer('127.0.0.1', listener.address!.port, { secret: s, identity: id('primary'), log: capture().log, transport: tcpChannelTransport('tls-psk'), retryMinMs: 10 });
+  let emitted = 0;
+  dialer.on('connection', (c: ChannelConnection) => {
+    emitted++;
+    c.close('test: not wanted');
+  });
+  dialer.start(); // the TCP connect and the handshake are under way
+  dialer.close();
+  await new Promise((r) => setTimeout(r, 400));
+  assert.equal(emitted, 0, 'a closed dialer emitted a connection');
+  // The same listener still takes a dialer that stays open.
+  const live = new ChannelDialer('127.0.0.1', listener.address!.port, { secret: s, identity: id('primary'), log: capture().log, transport: tcpChannelTransport('tls-psk') });
+  const opened = new Promise<ChannelConnection>((r) => live.once('connection', r));
+  live.start();
+  await opened;
+  live.close();
+  await listener.close();
+});

@@ -86,7 +86,10 @@ export class ChannelListener extends EventEmitter {
 /** Dials the backup and keeps redialing while not connected. Events: 'connection'. */
 export class ChannelDialer extends EventEmitter {
   private current: ChannelConnection | undefined;
+  /** The connection being dialed (not open yet). */
+  private dialing: ChannelConnection | undefined;
   private stopped = false;
+  private closed = false;
   private timer: Timer | undefined;
   private backoffMs: number;
 
@@ -108,14 +111,23 @@ export class ChannelDialer extends EventEmitter {
     const transport = this.opts.transport ?? tcpChannelTransport(DEFAULT_CHANNEL_SECURITY);
     const { socket, keys } = transport.connect(Keyring.of(this.opts.secret), this.host, this.port);
     const c = new ChannelConnection(socket, { ...this.opts, secret: keys });
+    this.dialing = c;
     let opened = false;
     c.once('open', (hello: HelloFrame) => {
+      if (this.dialing === c) this.dialing = undefined;
+      if (this.closed) {
+        // Dialed before close() and opened after it: the owner has moved on (a primary whose epoch
+        // changed, a join that ended). Emitting it would hand the owner a link it no longer wants.
+        c.close('the dialer was closed');
+        return;
+      }
       opened = true;
       this.backoffMs = this.opts.retryMinMs ?? 20;
       this.current = c;
       this.emit('connection', c, hello);
     });
     c.once('close', (reason: string) => {
+      if (this.dialing === c) this.dialing = undefined;
       if (this.current === c) this.current = undefined;
       if (!opened) this.opts.log.debug({ reason }, 'channel: dial failed');
       this.schedule();
@@ -151,9 +163,12 @@ export class ChannelDialer extends EventEmitter {
     this.current = undefined;
   }
 
+  /** Stops redialing and closes the connection, and one still being dialed (it is never emitted). */
   close(): void {
     this.stopped = true;
+    this.closed = true;
     this.timer?.cancel();
     this.current?.close('shutting down');
+    this.dialing?.close('shutting down');
   }
 }

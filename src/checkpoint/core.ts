@@ -43,6 +43,11 @@ export interface CheckpointPrimaryConfig {
   eagerWhenOutputsHeld: boolean;
   /** No backup yet: outputs are released at once. */
   alone: boolean;
+  /**
+   * TEST ONLY (the simulator shows its output-rule checker catches it): 'release-at-capture' releases an
+   * epoch's outputs as soon as its checkpoint is captured, before the backup acknowledged it.
+   */
+  testOnlyBreak?: 'release-at-capture';
 }
 
 export type CheckpointPrimaryInput =
@@ -199,6 +204,7 @@ export class CheckpointPrimaryCore {
         } else if (this.peer) {
           out.push({ t: 'send-checkpoint', checkpoint: i.checkpoint, epoch: this.epoch });
         }
+        if (this.cfg.testOnlyBreak === 'release-at-capture') this.releaseThrough(this.captured, out); // TEST ONLY
         break;
       case 'capture-failed':
       case 'unchanged':
@@ -335,8 +341,12 @@ export class CheckpointPrimaryCore {
   }
 
   private releaseAcked(out: CheckpointPrimaryAction[]): void {
+    this.releaseThrough(this.acked, out);
+  }
+
+  private releaseThrough(checkpoint: number, out: CheckpointPrimaryAction[]): void {
     let n = 0;
-    while (n < this.held.length && this.held[n]![0] <= this.acked) n++;
+    while (n < this.held.length && this.held[n]![0] <= checkpoint) n++;
     if (n === 0) return;
     const ids = this.held.slice(0, n).map(([, id]) => id);
     this.held = this.held.slice(n);

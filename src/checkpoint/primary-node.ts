@@ -54,6 +54,8 @@ export interface CheckpointPrimaryOptions {
   onAlone?: (epoch: number) => void;
   /** A recruited backup acknowledged its base checkpoint: protected again. */
   onJoined?: (epoch: number, checkpoint: number) => void;
+  /** TEST ONLY: the core's test-only break (core.ts), for the simulator. */
+  testOnlyBreak?: 'release-at-capture';
 }
 
 export interface CheckpointPrimaryStats {
@@ -114,6 +116,7 @@ export class CheckpointPrimary {
       heldMaxOutputs: opts.heldMaxOutputs ?? 100_000,
       eagerWhenOutputsHeld: true,
       alone: opts.alone === true,
+      ...(opts.testOnlyBreak !== undefined ? { testOnlyBreak: opts.testOnlyBreak } : {}),
     });
     this.checkpointMetrics = opts.checkpointMetrics ?? new CheckpointMetrics(opts.metrics);
     this.done = new Promise((r) => (this.resolveDone = r));

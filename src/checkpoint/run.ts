@@ -182,12 +182,21 @@ export class CheckpointNode {
       checkpointMetrics: this.checkpointMetrics,
       onAlone: (e) => this.onAlone(e),
       onJoined: (e) => this.onJoined(e),
+      ...(o.testOnlyCoreBreak === 'release-at-capture' ? { testOnlyBreak: 'release-at-capture' as const } : {}),
     });
     this.primary = primary;
     void primary.done.then((reason) => this.halt(reason));
     if (!alone && o.peer !== undefined) {
       const d = this.newDialer(o.peer);
-      d.on('connection', (c: ChannelConnection) => {
+      d.on('connection', (c: ChannelConnection, hello: HelloFrame) => {
+        // A standby at the backup's address (its host restarted) is not this primary's backup: a standby
+        // becomes one only when recruited at the arbiter. Taken as the backup, it would acknowledge a
+        // primary fenced meanwhile (a failover it slept through), which would release outputs the live
+        // lineage never has (sim seed 501604 --mode checkpoint).
+        if (hello.role === 'standby') {
+          c.close('a standby becomes a backup only when recruited from the pool');
+          return;
+        }
         log.info({ backup: c.remote }, 'checkpoint primary: backup connected');
         primary.attach(c);
       });
@@ -388,20 +397,29 @@ export class CheckpointNode {
       this.opts.log.info({ primary: c.remote, epoch: hello.epoch }, 'a primary connected: joining it as its backup');
       this.newBackup(hello.epoch);
       this.backup!.attach(c);
-      c.once('close', () => this.maybeReturnToPool());
+      c.once('close', () => this.joinClosed());
       return;
     }
     if (this.phase === 'standby' && hello.epoch !== this.epoch) {
       c.close(`this standby is joining the primary of epoch ${this.epoch}`);
       return;
     }
+    if (this.phase === 'standby') c.once('close', () => this.joinClosed());
     this.backup?.attach(c);
   }
 
-  /** The joining connection closed before a complete checkpoint arrived: discard, back to the pool. */
+  /**
+   * A joining connection closed. Decided once the close settled: a reconnection of the same primary
+   * replaces the connection (closing the old one inside `attach`), and the backup follows the new one.
+   */
+  private joinClosed(): void {
+    this.opts.env.clock.after(0, () => this.maybeReturnToPool());
+  }
+
+  /** The joining connection closed before a complete checkpoint arrived (and none replaced it): discard, back to the pool. */
   private maybeReturnToPool(): void {
     const b = this.backup;
-    if (this.phase !== 'standby' || b === undefined || b.helloApplied() > 0 || this.stopped) return;
+    if (this.phase !== 'standby' || b === undefined || b.helloApplied() > 0 || b.status().connected || this.stopped) return;
     this.opts.log.warn('standby: the primary disconnected before a complete checkpoint; back in the pool');
     this.backup = undefined;
     b.close();
@@ -433,6 +451,11 @@ export class CheckpointNode {
     this.phase = 'halted';
     this.haltReason = reason;
     this.opts.onHalt?.(reason);
+  }
+
+  /** What runs now, for the simulator's checkers (read only): the node's phase and its current drivers. */
+  get drivers(): { phase: 'primary' | 'backup' | 'standby' | 'halted'; primary: CheckpointPrimary | undefined; backup: CheckpointBackup | undefined } {
+    return { phase: this.phase, primary: this.primary, backup: this.backup };
   }
 
   // ---------------------------------------------------------------- observability and control

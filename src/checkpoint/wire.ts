@@ -317,6 +317,11 @@ export class CheckpointReplica {
   private epochFloor: number;
   /** The state hash of the last checkpoint the primary flagged for hashing (null: none yet). */
   lastHash: { n: number; hash: string } | null = null;
+  /**
+   * TEST ONLY (the simulator shows its go-live check catches it): a torn apply — the last page a
+   * checkpoint changes keeps its old bytes, yet the checkpoint counts as applied.
+   */
+  testOnlyTornApply = false;
 
   constructor(epoch: number) {
     this.epochFloor = epoch;
@@ -325,6 +330,10 @@ export class CheckpointReplica {
   /** The number of the last complete checkpoint (0: none yet). */
   get checkpoint(): number {
     return this.held?.checkpoint ?? 0;
+  }
+  /** The epoch of the last complete checkpoint (the primary's when it captured it; 0: none yet). */
+  get heldEpoch(): number {
+    return this.held?.epoch ?? 0;
   }
 
   get memoryBytes(): number {
@@ -363,7 +372,10 @@ export class CheckpointReplica {
     let memory: Uint8Array;
     try {
       // Checks the whole delta before writing a byte (delta.ts), so a refusal here changes nothing.
+      const before = this.testOnlyTornApply ? new Uint8Array(c.base ? 0 : this.memory.length) : undefined;
+      if (before !== undefined && !c.base) before.set(this.memory);
       memory = applyDelta(c.base ? new Uint8Array(0) : this.memory, c.delta);
+      if (before !== undefined) tear(memory, before); // TEST ONLY
     } catch (err) {
       refuse(`memory delta: ${(err as Error).message}`, err);
     }
@@ -415,6 +427,15 @@ export class CheckpointReplica {
       ...(h.disk !== undefined ? { disk: new Uint8Array(h.disk) } : {}),
     };
   }
+}
+
+/** TEST ONLY: puts back the old bytes (zeros past its end) of the last 4 KiB page that `memory` changed from `before`. */
+function tear(memory: Uint8Array, before: Uint8Array): void {
+  let last = memory.length - 1;
+  while (last >= 0 && memory[last] === (before[last] ?? 0)) last--;
+  if (last < 0) return;
+  const a = last - (last % 4096);
+  for (let i = a; i < Math.min(memory.length, a + 4096); i++) memory[i] = before[i] ?? 0;
 }
 
 /**

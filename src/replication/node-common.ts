@@ -104,8 +104,11 @@ export interface NodeOptions {
    * the backup reports 'drained' on the vCPU's flag alone, which can be stale.
    */
   testOnlyDriverBreak?: 'release-unheld' | 'stale-drained';
-  /** TEST ONLY: the cores' own test-only breaks (primary.ts, backup.ts `testOnlyBreak`), for the simulator. */
-  testOnlyCoreBreak?: 'release-before-ack' | 'skip-drain';
+  /**
+   * TEST ONLY: the cores' own test-only breaks (primary.ts, backup.ts `testOnlyBreak`; 'release-at-capture':
+   * src/checkpoint/core.ts, checkpoint mode), for the simulator.
+   */
+  testOnlyCoreBreak?: 'release-before-ack' | 'skip-drain' | 'release-at-capture';
 }
 
 /** The PrimaryCore settings that follow from the node's timings (the simulator uses them too). */

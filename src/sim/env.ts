@@ -8,6 +8,7 @@
 import type { Arbiter, ArbiterRecord, CallOptions, ClaimResult, MemberRecord, StandbyRecord } from '../arbiter/arbiter.js';
 import type { ProbeResult } from '../channel/liveness.js';
 import type { ChannelServer, ChannelSocket, ChannelTransport } from '../channel/transport.js';
+import type { Snapshot } from '../machine/machine.js';
 import type { WireOutput } from '../machine/vcpu-protocol.js';
 import type { NodeClock, NodeEnv, ServicePort, Timer, VcpuSpec } from '../replication/env.js';
 import { Keyring } from '../security/secrets.js';
@@ -30,6 +31,12 @@ export interface SimWorldApi {
   /** One arbiter call with its deadline; null: no answer within it. */
   arbiter(proc: SimProc, op: ArbiterOp, deadlineMs: number, cb: (r: ArbiterReply | null) => void): void;
   vcpuHost(proc: SimProc): VcpuHost;
+  /**
+   * A record vCPU is made from a snapshot (checkpoint mode: a backup going live from its last checkpoint):
+   * `restoring` before the model restores it, `restored` after.
+   */
+  restoring?(proc: SimProc, from: Snapshot): void;
+  restored?(proc: SimProc, vcpu: SimVcpu): void;
   released(proc: SimProc, outputs: readonly WireOutput[]): void;
   /** A service start attempt finds its address held (EADDRINUSE). */
   serviceAddressHeld(proc: SimProc): boolean;
@@ -247,8 +254,11 @@ export function simNodeEnv(w: SimWorldApi, proc: SimProc): NodeEnv {
     transport: new SimTransport(w, proc),
     probeLiveness: (addr) => new Promise<ProbeResult>((resolve) => w.probeLiveness(proc, addr.host, addr.port, resolve)),
     newVcpu(spec: VcpuSpec) {
+      const restore = spec.snapshot !== undefined && spec.mode === 'record';
+      if (spec.snapshot !== undefined && restore) w.restoring?.(proc, spec.snapshot);
       const v = new SimVcpu(w.vcpuHost(proc), spec.mode, spec.snapshot);
       proc.vcpu = v;
+      if (restore) w.restored?.(proc, v);
       return v;
     },
     newService(o) {

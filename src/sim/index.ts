@@ -41,17 +41,24 @@
  * (d) liveness: after the fault phase everything heals (crashed hosts restart as standbys) and client
  *     requests sent after the heal must complete within a bound of virtual time.
  *
+ * Checkpoint mode (`--mode checkpoint`): the processes are CheckpointNodes (src/checkpoint/run.ts) and
+ * the world records every checkpoint a primary captures (state hash, entry count, by epoch and number);
+ * (b) then reads "covered" as: in a checkpoint a backup of that epoch applied; and
+ * (k) a backup goes live only from exactly the state its primary captured as the checkpoint its replica
+ *     holds (no partial checkpoint), and a replica holds only checkpoints some primary captured.
+ *
  * Determinism: the world drains the microtask queue after every event, and nothing real (timer,
  * socket, worker) exists, so a seed replays bit for bit (the trace hash); a driver's unhandled
  * rejection or exception fails the seed.
  *
- * Use: `npm run sim -- --seeds N [--seed S] [--break release-before-ack|skip-drain|release-unheld|stale-drained] [--trace]`
+ * Use: `npm run sim -- [--mode replay|checkpoint] --seeds N [--seed S] [--break B] [--trace]` (breaks:
+ * replay release-before-ack|skip-drain|release-unheld|stale-drained, checkpoint release-at-capture|torn-apply)
  * (scripts/sim.ts). The test-only breaks switch the cores' `testOnlyBreak` flags or the drivers'
  * `testOnlyDriverBreak`, to show the checkers catch a broken core or driver.
  */
-import { SimFailure, World, type BreakMode, type WorldStats } from './world.js';
+import { SimFailure, World, type BreakMode, type SimMode, type WorldStats } from './world.js';
 
-export type { BreakMode } from './world.js';
+export { BREAKS_OF, type BreakMode, type SimMode } from './world.js';
 export type { WorldStats } from './world.js';
 
 export interface SimResult {
@@ -68,6 +75,10 @@ export interface SimResult {
 }
 
 export interface SimOptions {
+  /** Which drivers the processes run (default replay). */
+  mode?: SimMode;
+  /** Checkpoint mode: inject held service addresses too (off by default: CheckpointNode does not retry the bind). */
+  serviceHeldFaults?: boolean;
   breakMode?: BreakMode;
   trace?: boolean;
 }
@@ -84,6 +95,8 @@ export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimR
   if (current) throw new Error('one simulated world at a time');
   const w = new World({
     seed,
+    ...(opts.mode ? { mode: opts.mode } : {}),
+    ...(opts.serviceHeldFaults ? { serviceHeldFaults: true } : {}),
     ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
     ...(opts.trace ? { trace: true } : {}),
   });
@@ -111,5 +124,5 @@ export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimR
 
 /** The command that reproduces a seed's run. */
 export function reproduceCommand(seed: number, opts: SimOptions = {}): string {
-  return `npm run sim -- --seed ${seed}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
+  return `npm run sim -- --seed ${seed}${opts.mode === 'checkpoint' ? ' --mode checkpoint' : ''}${opts.serviceHeldFaults ? ' --service-held' : ''}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
 }

@@ -36,16 +36,25 @@ export interface VcpuHost {
   speed(mode: 'record' | 'replay'): number;
   /** A snapshot attempt fails (the real worker refuses one, e.g. memory could not be copied). */
   snapshotFails(): boolean;
+  /** A snapshot was taken, after the driver's `onTaken` ran (checkpoint mode records what was captured). */
+  snapshotTaken?(vcpu: SimVcpu, t: TakenSnapshot): void;
   /** A replica found an entry that does not match: the simulation decides whether that is a failure. */
   violation(vcpu: SimVcpu, msg: string): void;
   /** The replica took over as a recorder (after its held log). */
   wentLive(vcpu: SimVcpu): void;
 }
 
-/** A snapshot's memory: the guest state as JSON at the start, zeros to the guest's memory size. */
-function snapshotOf(g: GuestState, memoryBytes: number, maxConn: number): Snapshot {
+/** A wasm page: a memory is a whole number of them (a checkpoint replica refuses anything else). */
+const WASM_PAGE_BYTES = 65536;
+
+/**
+ * A snapshot's memory: the guest state as JSON at the start, zeros to the guest's memory size (at least
+ * `minBytes`: a memory never shrinks), in whole wasm pages.
+ */
+function snapshotOf(g: GuestState, memoryBytes: number, maxConn: number, minBytes: number): Snapshot {
   const json = encodeJson({ state: stateToJson(g), maxConn });
-  const memory = new Uint8Array(Math.max(memoryBytes, json.length + 4));
+  const bytes = Math.max(memoryBytes, minBytes, json.length + 4);
+  const memory = new Uint8Array(Math.ceil(bytes / WASM_PAGE_BYTES) * WASM_PAGE_BYTES);
   new DataView(memory.buffer).setUint32(0, json.length, true);
   memory.set(json, 4);
   return { count: g.n, memory, globals: [], devices: { ring: null, timers: [], conns: [], armSeq: 0, maxConn }, stepAgain: false, deliveredInStep: false, booted: true, seq: g.seq };
@@ -72,6 +81,8 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
   private lastProgressMs = -Infinity;
   private lastPostedN: number;
   private maxConn = 0;
+  /** The largest memory a snapshot had (the guest's memory grows, never shrinks). */
+  private memoryHigh = 0;
   // replay
   /** Batches fed and not yet seen by the worker (the shared queue). */
   private inbox: Uint8Array[] = [];
@@ -103,6 +114,7 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
       const r = restoreOf(snapshot);
       this.state = r.state;
       this.maxConn = r.maxConn;
+      this.memoryHigh = snapshot.memory.length;
     } else {
       this.state = new GuestState();
     }
@@ -230,8 +242,10 @@ export class SimVcpu extends EventEmitter implements VcpuPort {
       if (this.host.snapshotFails()) {
         w.reject(new FtvmError('FTVM_ERR_SNAPSHOT', 'the snapshot could not be taken'));
       } else {
-        const t: TakenSnapshot = { snapshot: snapshotOf(g, this.host.memoryBytes, this.maxConn), pauseMs: 0 };
+        const t: TakenSnapshot = { snapshot: snapshotOf(g, this.host.memoryBytes, this.maxConn, this.memoryHigh), pauseMs: 0 };
+        this.memoryHigh = t.snapshot.memory.length;
         w.onTaken?.(t);
+        this.host.snapshotTaken?.(this, t);
         w.resolve(t);
       }
       if (this.finished) return;
