@@ -5,8 +5,7 @@
  *
  * --mode checkpoint: the processes are CheckpointNodes (`ftvm run --mode checkpoint`, `ftvm standby
  * --mode checkpoint`). Breaks (test only): replay release-before-ack|skip-drain|release-unheld|stale-drained,
- * checkpoint release-at-capture|torn-apply. --service-held (checkpoint mode): inject held service addresses
- * too, which replay mode always does (CheckpointNode does not retry the bind yet: a known gap).
+ * checkpoint release-at-capture|torn-apply.
  *
  * Runs seeds S, S+1, … S+N-1 (S random unless given; one seed with --seed alone). Prints the seed first;
  * a failing seed prints its step, virtual time, message, the tail of its trace and the command that
@@ -17,7 +16,6 @@ import { BREAKS_OF, reproduceCommand, runSeed, type BreakMode, type SimMode, typ
 
 interface Args {
   mode: SimMode;
-  serviceHeld: boolean;
   seeds: number | undefined;
   seed: number | undefined;
   breakMode: BreakMode | undefined;
@@ -32,7 +30,7 @@ function usage(msg: string): never {
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { mode: 'replay', serviceHeld: false, seeds: undefined, seed: undefined, breakMode: undefined, trace: false, keepGoing: false, json: false };
+  const a: Args = { mode: 'replay', seeds: undefined, seed: undefined, breakMode: undefined, trace: false, keepGoing: false, json: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => argv[++i] ?? usage(`${k} needs a value`);
@@ -48,8 +46,7 @@ function parse(argv: string[]): Args {
       const m = v();
       if (m !== 'replay' && m !== 'checkpoint') usage(`--mode: replay or checkpoint, not ${m}`);
       a.mode = m;
-    } else if (k === '--service-held') a.serviceHeld = true;
-    else if (k === '--break') {
+    } else if (k === '--break') {
       a.breakMode = v() as BreakMode;
     } else if (k === '--trace') a.trace = true;
     else if (k === '--keep-going') a.keepGoing = true;
@@ -74,7 +71,7 @@ async function report(r: SimResult, opts: SimOptions, traceAll: boolean): Promis
 
 async function main(): Promise<void> {
   const a = parse(process.argv.slice(2));
-  const opts: SimOptions = { ...(a.mode !== 'replay' ? { mode: a.mode } : {}), ...(a.serviceHeld ? { serviceHeldFaults: true } : {}), ...(a.breakMode ? { breakMode: a.breakMode } : {}) };
+  const opts: SimOptions = { ...(a.mode !== 'replay' ? { mode: a.mode } : {}), ...(a.breakMode ? { breakMode: a.breakMode } : {}) };
   const count = a.seeds ?? (a.seed !== undefined ? 1 : 1);
   const base = a.seed ?? randomInt(0, 0xffffffff);
   process.stdout.write(`seed ${base}${count > 1 ? ` (seeds ${base}..${base + count - 1})` : ''}${a.mode !== 'replay' ? ` mode=${a.mode}` : ''}${a.breakMode ? ` break=${a.breakMode}` : ''}\n`);

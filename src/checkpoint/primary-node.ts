@@ -18,6 +18,7 @@ import type { ChannelConnection } from '../channel/connection.js';
 import { FrameType, ControlKind, type Frame, type WireOutput } from '../channel/frames.js';
 import type { BatchEvent } from '../machine/vcpu.js';
 import type { NodeClock, ServicePort, Timer, VcpuPort } from '../replication/env.js';
+import { startServiceRetrying } from '../replication/node-common.js';
 import { assert } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { NodeMetrics } from '../service/metrics.js';
@@ -44,6 +45,8 @@ export interface CheckpointPrimaryOptions {
   /** A record vCPU, started by the caller. */
   vcpu: VcpuPort;
   service: ServicePort;
+  /** `host:port` of the client service, for log lines. */
+  serviceAddress?: string;
   log: Logger;
   metrics?: NodeMetrics;
   /** Checkpoint samples and totals (the node's, so they outlive a role change); absent: its own. */
@@ -125,15 +128,17 @@ export class CheckpointPrimary {
 
   async start(): Promise<void> {
     const vcpu = this.opts.vcpu;
-    await this.opts.service.start({
-      input: (kind, conn, data) => {
+    const sink = {
+      input: (kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array) => {
         this.inputsSinceCapture++;
         vcpu.input(kind, conn, data);
       },
       get backlogBytes() {
         return vcpu.backlog_bytes;
       },
-    });
+    };
+    // A backup gone live may find its service address briefly held: retried, as in replay mode.
+    await startServiceRetrying(this.opts.service, sink, { clock: this.opts.clock, log: this.opts.log, address: this.opts.serviceAddress ?? 'the service address', stopped: () => this.halted });
     this.timer = this.opts.clock.every(this.opts.tickMs, () => this.exec(this.core.step({ t: 'tick', nowMs: this.opts.clock.now() })));
   }
 

@@ -176,6 +176,7 @@ export class CheckpointNode {
       arbiter: o.arbiter,
       vcpu,
       service,
+      serviceAddress: `${o.service.host}:${o.service.port}`,
       log,
       alone,
       metrics: this.metrics,

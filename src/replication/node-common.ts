@@ -11,7 +11,8 @@ import type { ControlTls } from '../service/control.js';
 import type { Logger } from '../util/log.js';
 import type { NodeMetrics } from '../service/metrics.js';
 import type { PrimaryConfig } from './primary.js';
-import type { NodeEnv } from './env.js';
+import type { NodeClock, NodeEnv, ServicePort } from './env.js';
+import type { InputSink } from '../service/clients.js';
 
 export interface Timings {
   /** Silence on the channel for this long → the replica asks the arbiter (failure detection). */
@@ -155,4 +156,26 @@ export function controlOptions(o: NodeOptions): { keyring: Keyring; log: Logger;
 export function securityStatus(o: NodeOptions): Record<string, unknown> {
   const k = o.secret.describe();
   return { channelSecurity: describeSecurity(o.channelSecurity ?? DEFAULT_CHANNEL_SECURITY), secretKeyId: k.current, acceptedKeyIds: k.accepted, controlTls: o.controlTls !== undefined };
+}
+
+/** Binding the client service: attempts this far apart while the address is in use (10 s in all). */
+const SERVICE_BIND_ATTEMPTS = 40;
+const SERVICE_BIND_RETRY_MS = 250;
+
+/**
+ * Starts the client service. A backup that just went live may find its service address briefly held
+ * (a connection in TIME_WAIT, another process's outgoing port): EADDRINUSE is retried for a while rather
+ * than giving up serving (and losing the VM); other errors, or `stopped()`, end it at once.
+ */
+export async function startServiceRetrying(service: ServicePort, sink: InputSink, o: { clock: NodeClock; log: Logger; address: string; stopped: () => boolean }): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await service.start(sink);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= SERVICE_BIND_ATTEMPTS || o.stopped()) throw err;
+      if (attempt === 1) o.log.warn({ service: o.address }, 'the service address is in use; retrying');
+      await o.clock.sleep(SERVICE_BIND_RETRY_MS);
+    }
+  }
 }

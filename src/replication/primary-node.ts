@@ -25,7 +25,7 @@ import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
 import { FtvmError } from '../util/errors.js';
 import { bindLogContext, type Logger } from '../util/log.js';
 import { PrimaryCore, type PrimaryAction } from './primary.js';
-import { claimAt, controlOptions, primaryCoreConfig, securityStatus, type Addr, type NodeOptions } from './node-common.js';
+import { claimAt, controlOptions, primaryCoreConfig, securityStatus, startServiceRetrying, type Addr, type NodeOptions } from './node-common.js';
 
 
 /** Waits for the first of `events` on `emitter` and removes every listener it added (no leak per wait). */
@@ -77,8 +77,6 @@ const POOL_REFRESH_MS = 2000;
 
 /** A backup gone live starts recruiting its new backup this long after it serves (see start). */
 const RECRUIT_AFTER_GO_LIVE_MS = 25;
-/** Binding the client service: attempts 250 ms apart while the address is in use. */
-const SERVICE_BIND_ATTEMPTS = 40;
 
 /** The client service of a node serving at `opts.service` (and its proxy port, if any). */
 export function serviceFor(opts: NodeOptions & { service: Addr }): ServicePort {
@@ -239,18 +237,7 @@ export class PrimaryNode {
         return vcpu.backlog_bytes;
       },
     };
-    // A backup that just went live may find its service address briefly held (e.g. by a connection in
-    // TIME_WAIT or another process's outgoing port): retry for a while rather than give up serving.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.service.start(sink);
-        break;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= SERVICE_BIND_ATTEMPTS || this.stopped) throw err;
-        if (attempt === 1) this.log.warn({ service: `${o.service.host}:${o.service.port}` }, 'the service address is in use; retrying');
-        await this.clock.sleep(250);
-      }
-    }
+    await startServiceRetrying(this.service, sink, { clock: this.clock, log: this.log, address: `${o.service.host}:${o.service.port}`, stopped: () => this.stopped });
     this.serving = true;
     this.log.info({ service: this.service.address, alone: this.core.status().alone, epoch: this.core.status().epoch }, 'primary is serving');
   }

@@ -77,8 +77,6 @@ export interface SimResult {
 export interface SimOptions {
   /** Which drivers the processes run (default replay). */
   mode?: SimMode;
-  /** Checkpoint mode: inject held service addresses too (off by default: CheckpointNode does not retry the bind). */
-  serviceHeldFaults?: boolean;
   breakMode?: BreakMode;
   trace?: boolean;
 }
@@ -96,7 +94,6 @@ export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimR
   const w = new World({
     seed,
     ...(opts.mode ? { mode: opts.mode } : {}),
-    ...(opts.serviceHeldFaults ? { serviceHeldFaults: true } : {}),
     ...(opts.breakMode ? { breakMode: opts.breakMode } : {}),
     ...(opts.trace ? { trace: true } : {}),
   });
@@ -124,5 +121,5 @@ export async function runSeed(seed: number, opts: SimOptions = {}): Promise<SimR
 
 /** The command that reproduces a seed's run. */
 export function reproduceCommand(seed: number, opts: SimOptions = {}): string {
-  return `npm run sim -- --seed ${seed}${opts.mode === 'checkpoint' ? ' --mode checkpoint' : ''}${opts.serviceHeldFaults ? ' --service-held' : ''}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
+  return `npm run sim -- --seed ${seed}${opts.mode === 'checkpoint' ? ' --mode checkpoint' : ''}${opts.breakMode ? ` --break ${opts.breakMode}` : ''}`;
 }

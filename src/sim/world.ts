@@ -129,8 +129,6 @@ export interface WorldOptions {
   seed: number;
   /** Which drivers the processes run (default replay). */
   mode?: SimMode;
-  /** Checkpoint mode: inject held service addresses too (CheckpointNode does not retry the bind: a known gap). */
-  serviceHeldFaults?: boolean;
   breakMode?: BreakMode;
   /** Keep every trace line (else only the failure is reported). */
   trace?: boolean;
@@ -190,7 +188,6 @@ export class World implements SimWorldApi {
   readonly breakMode: BreakMode | undefined;
   readonly mode: SimMode;
   /** Inject held service addresses at go-live (always in replay mode; checkpoint mode: only if asked). */
-  private readonly serviceHeldFaults: boolean;
   /** Checkpoint mode: `--checkpoint-interval-ms`. */
   private readonly intervalMs: number = 0;
   /** Checkpoint mode: every checkpoint a primary captured, by "epoch:number": its state hash and entry count. */
@@ -243,7 +240,6 @@ export class World implements SimWorldApi {
     this.rng = new Prng(opts.seed);
     this.breakMode = opts.breakMode;
     this.mode = opts.mode ?? 'replay';
-    this.serviceHeldFaults = this.mode === 'replay' || opts.serviceHeldFaults === true;
     if (this.breakMode !== undefined && !BREAKS_OF[this.mode].includes(this.breakMode)) throw new FtvmError('FTVM_ERR_BAD_ARGUMENT', `--break ${this.breakMode} is not a ${this.mode}-mode break`);
     this.traceOn = opts.trace ?? false;
     const r = this.rng;
@@ -792,9 +788,6 @@ export class World implements SimWorldApi {
     h.proc = proc;
     // A live primary's service address may be held for a while (TIME_WAIT, another process's port).
     if (this.rng.chance(0.15)) proc.serviceHeldAttempts = this.rng.int(1, 6);
-    // Checkpoint mode: CheckpointNode does not retry a held service address (a go-live that finds it
-    // held halts: the VM is lost), unlike the replay drivers. A known gap, off unless asked for.
-    if (this.mode === 'checkpoint' && !this.serviceHeldFaults) proc.serviceHeldAttempts = 0;
     this.trace(proc, () => `process starts as ${role}`);
     this.note(`spawn ${proc.id} ${role}`);
     const t = this.t;
