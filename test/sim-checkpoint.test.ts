@@ -5,7 +5,7 @@
  * checker (the output rule against applied checkpoints, nothing released lost at a go-live, one live
  * primary per epoch, and: a backup goes live only from exactly a state the primary captured for that
  * checkpoint); a seed replays bit for bit; each test-only break is caught and its seed reproduces it.
- * (The large run is `npm run sim -- --mode checkpoint --seeds 2000`; this file keeps to ~40 s of CPU.)
+ * (The large run is `npm run sim -- --mode checkpoint --seeds 2000`; this file keeps to ~25 s of CPU.)
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -16,7 +16,7 @@ import { FtvmError } from '../src/util/errors.js';
 
 const CKPT: SimOptions = { mode: 'checkpoint' };
 const FIRST = 1;
-const SEEDS = 200;
+const SEEDS = 120;
 
 test(`simulation, checkpoint mode: ${SEEDS} seeds pass every checker, running CheckpointNodes`, async (t) => {
   const t0 = performance.now();

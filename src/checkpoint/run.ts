@@ -157,7 +157,7 @@ export class CheckpointNode {
       config: o.config,
       env: { kind: 'live' },
       ...(o.sliceUnits !== undefined ? { sliceUnits: o.sliceUnits } : {}),
-      ...(from !== undefined ? { snapshot: from } : {}),
+      ...(from !== undefined ? { snapshot: from, rearmTimers: true } : {}),
     });
     this.vcpu = vcpu;
     vcpu.on('vcpu-error', (err: Error) => log.error({ err: err.message }, 'the guest machine failed'));

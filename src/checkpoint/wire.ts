@@ -30,6 +30,7 @@ import type { DeviceState } from '../machine/devices.js';
 import type { Snapshot } from '../machine/machine.js';
 import type { GuestThreadImage, ThreadsState } from '../machine/thread-protocol.js';
 import { FtvmError, assert } from '../util/errors.js';
+import { readGlobals, writeGlobals } from '../machine/snapshot-codec.js';
 import { DEFAULT_PAGE_BYTES, DirtyTracker, applyDelta, deltaMemoryBytes } from './delta.js';
 
 const MAGIC = Buffer.from('FTVMCKPT', 'latin1');
@@ -99,19 +100,7 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
     if ((flags & ~F_KNOWN) !== 0) refuse(`unknown flags ${flags}`);
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_DISK) === 0) refuse('an unchanged disk without a disk');
     if ((flags & F_DISK_SAME) !== 0 && (flags & F_BASE) !== 0) refuse('a base checkpoint with an unchanged disk');
-    const readGlobals = (): Array<number | bigint> => {
-      const n = r.varint();
-      if (n > 100_000) refuse(`${n} globals`);
-      const globals: Array<number | bigint> = [];
-      for (let i = 0; i < n; i++) {
-        const kind = r.u8();
-        if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
-        else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
-        else refuse(`global kind ${kind}`);
-      }
-      return globals;
-    };
-    const globals = readGlobals();
+    const globals = readGlobals(r, refuse);
     const devices: unknown = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8'));
     if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) refuse('device state is not an object');
     const resume = (flags & F_RESUME) !== 0 ? r.bytes(r.varint()) : undefined;
@@ -126,7 +115,7 @@ export function decodeCheckpoint(buf: Uint8Array): DecodedCheckpoint {
         const startArg = r.varint();
         if (tid < 1 || tid >= nextTid || startArg > 0xffffffff) refuse(`guest thread ${tid} (next ${nextTid}, start_arg ${startArg})`);
         if (list.some((t) => t.tid === tid)) refuse(`guest thread ${tid} twice`);
-        const tg = readGlobals();
+        const tg = readGlobals(r, refuse);
         if (tg.length !== globals.length) refuse(`guest thread ${tid} has ${tg.length} globals, the main thread ${globals.length}`);
         const len = r.varint();
         if (len > MAX_THREAD_STACK_BYTES) refuse(`guest thread ${tid}: an unwound stack of ${len} bytes`);
@@ -239,21 +228,7 @@ export class CheckpointEncoder {
         (hash ? F_HASH : 0) |
         (s.threads !== undefined ? F_THREADS : 0),
     );
-    const f64 = Buffer.alloc(8);
-    const writeGlobals = (globals: Array<number | bigint>): void => {
-      w.varint(globals.length);
-      for (const g of globals) {
-        if (typeof g === 'bigint') {
-          w.u8(1);
-          w.u64(BigInt.asUintN(64, g));
-        } else {
-          w.u8(0);
-          f64.writeDoubleLE(g, 0);
-          w.bytes(f64);
-        }
-      }
-    };
-    writeGlobals(s.globals);
+    writeGlobals(w, s.globals);
     const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
     w.varint(dev.length);
     w.bytes(dev);
@@ -267,7 +242,7 @@ export class CheckpointEncoder {
       for (const t of s.threads.threads) {
         w.varint(t.tid);
         w.varint(t.startArg);
-        writeGlobals(t.globals);
+        writeGlobals(w, t.globals);
         w.varint(t.stack.length);
         w.bytes(t.stack);
       }
@@ -291,18 +266,7 @@ export class CheckpointEncoder {
 }
 
 /** The state of the last complete checkpoint (everything of a Snapshot but memory, which is kept apart). */
-interface Held {
-  epoch: number;
-  checkpoint: number;
-  count: number;
-  seq: number;
-  stepAgain: boolean;
-  deliveredInStep: boolean;
-  booted: boolean;
-  globals: Array<number | bigint>;
-  devices: DeviceState;
-  resume?: Uint8Array;
-  threads?: ThreadsState;
+interface Held extends Omit<DecodedCheckpoint, 'disk' | 'base' | 'hash' | 'delta'> {
   disk?: Uint8Array;
 }
 
@@ -477,18 +441,7 @@ export function checkpointStateHash(s: Pick<Snapshot, 'count' | 'seq' | 'stepAga
     for (const x of t.threads) {
       w.varint(x.tid);
       w.varint(x.startArg);
-      w.varint(x.globals.length);
-      for (const v of x.globals) {
-        if (typeof v === 'bigint') {
-          w.u8(1);
-          w.u64(BigInt.asUintN(64, v));
-        } else {
-          w.u8(0);
-          const f = Buffer.alloc(8);
-          f.writeDoubleLE(v, 0);
-          w.bytes(f);
-        }
-      }
+      writeGlobals(w, x.globals);
       w.varint(x.stack.length);
       w.bytes(x.stack);
     }

@@ -1545,12 +1545,6 @@ export class Machine {
       this.globals[i]!.value = v;
     });
     this.devices.load(s.devices);
-    if (this.mode === 'record' && this.env !== undefined) {
-      // A recorder restored from another host's state (checkpoint mode going live): deadlines were on
-      // that host's clock; pending timers are re-armed on this one's, as goLive does.
-      const now = this.env.nowMs();
-      for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
-    }
     this.stepAgain = s.stepAgain;
     this.deliveredInStep = s.deliveredInStep;
     this.booted = s.booted;
@@ -1584,8 +1578,7 @@ export class Machine {
     this.mode = 'record';
     this.env = env;
     this.source = undefined;
-    const now = env.nowMs();
-    for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
+    this.rearmTimers();
     for (const [conn, state] of [...this.devices.conns].sort((a, b) => a[0] - b[0])) {
       // A proxied connection outlives its primary: its proxy re-attaches it (docs/PROXY.md), or the
       // new primary's proxy service closes it when nobody does.
@@ -1599,6 +1592,16 @@ export class Machine {
       }
     }
     if (this.inStep) this.setBudgetEnd(this.count); // the caller re-enters the record checkpoint path
+  }
+
+  /**
+   * Record: pending timers' deadlines were on another host's clock (a replica going live, a recorder
+   * restored from a checkpoint taken elsewhere): each is re-armed with its full delay on this one's.
+   */
+  rearmTimers(): void {
+    assert(this.mode === 'record' && this.env !== undefined, 'timers are re-armed by a recorder');
+    const now = this.env.nowMs();
+    for (const t of this.devices.timers.values()) t.deadlineMs = now + t.delayMs;
   }
 
   get memoryBytes(): number {

@@ -21,6 +21,36 @@ import { FtvmError } from '../util/errors.js';
 import type { DeviceState } from './devices.js';
 import type { Snapshot } from './machine.js';
 
+/** Globals as snapshots and checkpoints carry them: varint count, each u8 kind (0 f64, 1 i64) + 8 bytes. */
+export function writeGlobals(w: ByteWriter, globals: ReadonlyArray<number | bigint>): void {
+  w.varint(globals.length);
+  const f64 = Buffer.alloc(8);
+  for (const g of globals) {
+    if (typeof g === 'bigint') {
+      w.u8(1);
+      w.u64(BigInt.asUintN(64, g));
+    } else {
+      w.u8(0);
+      f64.writeDoubleLE(g, 0);
+      w.bytes(f64);
+    }
+  }
+}
+
+/** Reads what `writeGlobals` wrote; `bad` refuses a malformed list (at most 100,000 globals). */
+export function readGlobals(r: ByteReader, bad: (msg: string) => never): Array<number | bigint> {
+  const n = r.varint();
+  if (n > 100_000) bad(`${n} globals`);
+  const globals: Array<number | bigint> = [];
+  for (let i = 0; i < n; i++) {
+    const kind = r.u8();
+    if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
+    else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
+    else bad(`global kind ${kind}`);
+  }
+  return globals;
+}
+
 const MAGIC = Buffer.from('FTVMSNAP', 'latin1');
 export const SNAPSHOT_VERSION = 2;
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
@@ -71,18 +101,7 @@ export function snapshotEncoder(s: Snapshot, chunkBytes = DEFAULT_CHUNK_BYTES): 
   w.u8((s.stepAgain ? 1 : 0) | (s.deliveredInStep ? 2 : 0) | (s.booted ? 4 : 0) | (s.resume !== undefined ? 8 : 0) | (s.disk !== undefined ? 16 : 0));
   w.varint(s.memory.length);
   w.varint(chunkBytes);
-  w.varint(s.globals.length);
-  for (const g of s.globals) {
-    if (typeof g === 'bigint') {
-      w.u8(1);
-      w.u64(g);
-    } else {
-      w.u8(0);
-      const b = Buffer.alloc(8);
-      b.writeDoubleLE(g, 0);
-      w.bytes(b);
-    }
-  }
+  writeGlobals(w, s.globals);
   const dev = Buffer.from(JSON.stringify(s.devices), 'utf8');
   w.varint(dev.length);
   w.bytes(dev);
@@ -132,15 +151,7 @@ export function decodeSnapshotHeader(buf: Uint8Array): SnapshotHeader {
     const chunkBytes = r.varint();
     if (memoryBytes % 65536 !== 0 || memoryBytes > MAX_MEMORY_BYTES) bad(`memory size ${memoryBytes}`);
     if (chunkBytes < 4096 || chunkBytes > 64 * 1024 * 1024) bad(`chunk size ${chunkBytes}`);
-    const n = r.varint();
-    if (n > 100_000) bad(`${n} globals`);
-    const globals: Array<number | bigint> = [];
-    for (let i = 0; i < n; i++) {
-      const kind = r.u8();
-      if (kind === 1) globals.push(BigInt.asIntN(64, r.u64()));
-      else if (kind === 0) globals.push(Buffer.from(r.bytes(8)).readDoubleLE(0));
-      else bad(`global kind ${kind}`);
-    }
+    const globals = readGlobals(r, bad);
     const devices = JSON.parse(Buffer.from(r.bytes(r.varint())).toString('utf8')) as DeviceState;
     const resume = (flags & 8) !== 0 ? r.bytes(r.varint()) : undefined;
     const hasDisk = (flags & 16) !== 0;

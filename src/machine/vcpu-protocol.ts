@@ -75,6 +75,8 @@ export interface WorkerInit {
   snapshotPort: MessagePort;
   /** Replay: start from this snapshot (a joining backup) instead of booting the guest. */
   snapshot?: Snapshot;
+  /** Record from a snapshot taken on another host: pending timers re-armed on this host's clock. */
+  rearmTimers?: boolean;
   /** This replica's disk image file. */
   diskImagePath?: string;
   /**

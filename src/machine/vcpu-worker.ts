@@ -331,6 +331,7 @@ function main(): void {
   });
   scripted?.bind(() => machine!.count);
   if (init.snapshot !== undefined) machine.restore(init.snapshot);
+  if (init.rearmTimers === true) machine.rearmTimers();
   post({ t: 'ready' });
   let result: ReturnType<Machine['run']>;
   try {

@@ -74,6 +74,8 @@ export interface VcpuOptions {
   stackSizeMb?: number;
   /** Replay: start from this snapshot (a backup joining a running primary) instead of booting. */
   snapshot?: Snapshot;
+  /** Record from `snapshot` taken on another host (checkpoint mode going live): re-arm pending timers on this host's clock. */
+  rearmTimers?: boolean;
   /** This replica's disk image file (VMs with a disk). */
   diskImagePath?: string;
   /** Replay of an old recording: its log format (default: the current one). */
@@ -130,6 +132,7 @@ export class Vcpu extends EventEmitter {
     const init: WorkerInit = {
       snapshotPort: channel.port2,
       ...(opts.snapshot ? { snapshot: opts.snapshot } : {}),
+      ...(opts.rearmTimers === true ? { rearmTimers: true } : {}),
       ...(opts.diskImagePath !== undefined ? { diskImagePath: opts.diskImagePath } : {}),
       ...(opts.logFormat !== undefined ? { logFormat: opts.logFormat } : {}),
       ...(opts.maxThreads !== undefined ? { maxThreads: opts.maxThreads } : {}),

@@ -73,6 +73,8 @@ export interface VcpuSpec {
   sliceUnits?: number;
   stateHashIntervalMs?: number;
   snapshot?: Snapshot;
+  /** Record from `snapshot` taken on another host (checkpoint mode going live): re-arm pending timers on this host's clock. */
+  rearmTimers?: boolean;
   diskImagePath?: string;
 }
 
