@@ -62,7 +62,10 @@ async function story(guest: string, args: string[]): Promise<void> {
     await b.waitForLine(/standby is in the pool/, 30_000, { stream: 'stderr' });
 
     const pAddr = `127.0.0.1:${pControl}`;
-    await waitFor('the primary to recruit a standby and be protected', async () => (await statusOr(auth, pAddr))?.protected === true, 30_000);
+    await waitFor('the primary to recruit a standby and be protected', async () => (await statusOr(auth, pAddr))?.protected === true, 60_000).catch((err: Error) => {
+      // What the nodes said last, so that a failure on a loaded machine explains itself.
+      throw new Error(`${err.message}; primary: ${primary.outputTail(12)}; standby h1: ${a.outputTail(6)}; standby h2: ${b.outputTail(6)}`);
+    });
     const st = (await statusOr(auth, pAddr))!;
     assert.equal(st.mode, 'checkpoint');
     assert.equal(st.role, 'primary');
@@ -97,7 +100,7 @@ async function story(guest: string, args: string[]): Promise<void> {
       for (const [k, v] of acked) assert.equal(text(await c.call('GET', k)), v, `${k} acknowledged before the kill, lost after the failover`);
       // Re-replication: the new primary recruits the spare standby and is protected again.
       const nAddr = `127.0.0.1:${bk.control}`;
-      await waitFor('the new primary to recruit the spare standby', async () => (await statusOr(auth, nAddr))?.protected === true, 30_000);
+      await waitFor('the new primary to recruit the spare standby', async () => (await statusOr(auth, nAddr))?.protected === true, 60_000);
       const ns = (await statusOr(auth, nAddr))!;
       assert.ok((ns.epoch as number) > (st.epoch as number), `the epoch moved on at the failover (${st.epoch} → ${ns.epoch})`);
       assert.equal(ns.rereplications, 1);

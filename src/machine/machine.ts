@@ -147,8 +147,13 @@ export interface Snapshot {
   threads?: ThreadsState;
 }
 
-/** How long a snapshot waits for every guest thread to park before it is refused (and tried again later). */
+/**
+ * How long a snapshot waits for every guest thread to park before it is refused (and tried again later):
+ * doubled after each refusal up to the maximum (threads still starting, or a machine short of CPU, must
+ * not starve every snapshot), back to the minimum after a success.
+ */
 const THREAD_STOP_TIMEOUT_MS = 200;
+const THREAD_STOP_TIMEOUT_MAX_MS = 3200;
 
 class GuestExit extends Error {
   constructor(readonly code: number) {
@@ -345,6 +350,8 @@ export class Machine {
   private blocked = false;
   /** Asyncify's exports when the guest was rewritten at its blocking calls. */
   private readonly asy: AsyncifyExports | undefined;
+  /** The current wait for guest threads to park (THREAD_STOP_TIMEOUT_MS, doubled per refusal). */
+  private threadStopTimeoutMs = THREAD_STOP_TIMEOUT_MS;
   private unwindRequested = false;
   /** The unwound stack of a command stopped in a blocking call: rewound into it when the machine runs. */
   private resumeImage: Uint8Array | undefined;
@@ -726,7 +733,13 @@ export class Machine {
     if ((this.instance.exports[INDIRECT_GLOBAL] as WebAssembly.Global).value !== 0) return false;
     // A threaded guest: every other thread parks first (each unwound at a blocking point), so that memory,
     // their stacks and the main thread's are captured at one moment. runCommand resumes them afterwards.
-    if (this.threads !== undefined && !this.threads.stopAll(THREAD_STOP_TIMEOUT_MS)) return false;
+    if (this.threads !== undefined) {
+      if (!this.threads.stopAll(this.threadStopTimeoutMs)) {
+        this.threadStopTimeoutMs = Math.min(THREAD_STOP_TIMEOUT_MAX_MS, this.threadStopTimeoutMs * 2);
+        return false;
+      }
+      this.threadStopTimeoutMs = THREAD_STOP_TIMEOUT_MS;
+    }
     this.unwindRequested = true;
     return true;
   }
