@@ -234,3 +234,33 @@ test('a snapshot of the threaded guest holds every thread parked (globals + unwo
     await vcpu.terminate();
   }
 });
+
+/** The module without its custom sections (what clang leaves when it runs wasm-opt from PATH: no names). */
+function withoutCustomSections(bytes: Uint8Array): Uint8Array {
+  const out: number[] = [...bytes.subarray(0, 8)];
+  let i = 8;
+  while (i < bytes.length) {
+    const id = bytes[i]!;
+    let size = 0;
+    let shift = 0;
+    let j = i + 1;
+    for (;;) {
+      const b = bytes[j++]!;
+      size |= (b & 0x7f) << shift;
+      shift += 7;
+      if ((b & 0x80) === 0) break;
+    }
+    if (id !== 0) out.push(...bytes.subarray(i, j + size));
+    i = j + size;
+  }
+  return Uint8Array.from(out);
+}
+
+test('a threaded guest without a name section still has its stack pointer found (wasm-ld defines __stack_pointer first): its threads can park', () => {
+  const stripped = withoutCustomSections(readFileSync(guestFile('threaded_kv')));
+  const sections = (WebAssembly.Module as unknown as { customSections(m: WebAssembly.Module, name: string): ArrayBuffer[] }).customSections;
+  assert.equal(sections(new WebAssembly.Module(stripped), 'name').length, 0, 'no name section');
+  const g = loadGuest(stripped, undefined, true);
+  assert.ok(g.instrumented.sharedMemory !== undefined, 'a threaded guest');
+  assert.equal(g.instrumented.stackPointerExport, g.instrumented.globalExports[0], 'the first global is the stack pointer');
+});

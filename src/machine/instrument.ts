@@ -745,6 +745,12 @@ function instrumentModule(mod: binaryen.Module, maxCallDepth: number, asyncifyOp
       if (g.name === '__stack_pointer' && g.type === binaryen.i32) stackPointerExport = name;
     }
   }
+  // A module without a name section (clang runs wasm-opt when it finds one on PATH, which drops the
+  // names): wasm-ld always defines __stack_pointer as the module's first global, a mutable i32.
+  if (stackPointerExport === undefined && sharedMemory !== undefined && nGlobals > 0) {
+    const g0 = binaryen.getGlobalInfo(mod.getGlobalByIndex(0));
+    if (g0.mutable && g0.type === binaryen.i32 && !g0.module) stackPointerExport = `${GLOBAL_EXPORT_PREFIX}0`;
+  }
   mod.addGlobal(FUEL_GLOBAL, binaryen.i64, true, mod.i64.const(0n as never));
   // Kept for the VMM's view of the module; depth is threaded as a parameter, so this stays 0.
   mod.addGlobal(DEPTH_GLOBAL, binaryen.i32, true, mod.i32.const(0));
