@@ -27,7 +27,7 @@ import { ConnState } from '../machine/devices.js';
 import type { Snapshot } from '../machine/machine.js';
 import type { ServicePort, Timer, VcpuPort } from '../replication/env.js';
 import { controlOptions, securityStatus, type Addr, type NodeOptions } from '../replication/node-common.js';
-import { PoolMembership } from '../replication/pool.js';
+import { PoolMembership, recruitFromPool } from '../replication/pool.js';
 import { ControlServer, splitHostPort } from '../service/control.js';
 import { CheckpointMetrics } from './metrics.js';
 import { NodeMetrics, observabilityRoute } from '../service/metrics.js';
@@ -262,23 +262,16 @@ export class CheckpointNode {
     const p = this.primary;
     if (this.recruiting || this.stopped || p === undefined || this.join !== null || !p.status().alone || p.status().phase !== 'running' || !o.arbiter || !o.recruit) return;
     this.recruiting = true;
-    const deadline = { deadlineMs: o.timings.arbiterDeadlineMs };
     try {
-      const pool = await o.arbiter.listStandbys(o.config.name, deadline);
-      this.metrics.poolSize.set({ state: 'free' }, pool.filter((s) => s.state === 'free').length);
-      this.metrics.poolSize.set({ state: 'recruited' }, pool.filter((s) => s.state === 'recruited').length);
-      const now = o.env.clock.now();
-      const free = pool.filter((s) => s.state === 'free');
-      const candidates = free.filter((s) => s.hostId !== o.recruit!.hostId && (this.refusedUntil.get(s.hostId) ?? 0) < now);
-      for (const c of candidates) {
-        const got = await o.arbiter.recruitStandby(o.config.name, c.hostId, { owner: o.nodeId, epoch: this.epoch }, deadline);
-        if (got !== null && this.primary === p && p.status().alone && !this.stopped) {
-          this.recruitNote = '';
-          this.connectStandby(got);
-          return;
-        }
+      const r = await recruitFromPool(o.arbiter, o.config.name, { hostId: o.recruit.hostId, owner: o.nodeId, epoch: this.epoch }, this.refusedUntil, o.env.clock.now(), o.timings.arbiterDeadlineMs);
+      this.metrics.notePool(r.pool);
+      this.recruitNote = r.note;
+      // Still this primary, alone: the recruited standby becomes its backup (else its entry returns to
+      // the pool by itself when nobody connects).
+      if (r.recruited !== null && this.primary === p && p.status().alone && !this.stopped) {
+        this.connectStandby(r.recruited);
+        return;
       }
-      this.recruitNote = pool.length === 0 ? 'no standby in the pool' : `no free standby in the pool (${pool.length} registered, ${free.length} free)`;
     } catch (err) {
       this.recruitNote = `cannot reach the arbiter for standbys: ${(err as Error).message}`;
       o.log.warn({ err: (err as Error).message }, 'running alone: the standby pool is unreachable');

@@ -108,3 +108,39 @@ export class PoolMembership {
     this.renewTimer = this.o.clock.after(Math.max(100, Math.floor(this.o.leaseTtlMs / 3)), () => void this.register(false));
   }
 }
+
+/** What a primary running alone found in its VM's pool. */
+export interface RecruitResult {
+  pool: StandbyRecord[];
+  /** The standby recruited (test-and-set at the arbiter won), or null. */
+  recruited: StandbyRecord | null;
+  /** Why none was recruited ('' when one was), for `ftvm status`. */
+  note: string;
+}
+
+/**
+ * The primary's side of the pool, shared by both modes' primaries: lists the VM's standbys and recruits
+ * the first free one that is not on this host (`by.hostId`) and not refused until later. Arbiter errors
+ * propagate (the caller says the pool is unreachable and tries again).
+ */
+export async function recruitFromPool(
+  arbiter: Arbiter,
+  vm: string,
+  by: { hostId: string; owner: string; epoch: number },
+  refusedUntil: ReadonlyMap<string, number>,
+  nowMs: number,
+  deadlineMs: number,
+): Promise<RecruitResult> {
+  const pool = await arbiter.listStandbys(vm, { deadlineMs });
+  const free = pool.filter((p) => p.state === 'free');
+  const sameHost = free.filter((p) => p.hostId === by.hostId).length;
+  for (const c of free.filter((p) => p.hostId !== by.hostId && (refusedUntil.get(p.hostId) ?? 0) < nowMs)) {
+    const got = await arbiter.recruitStandby(vm, c.hostId, { owner: by.owner, epoch: by.epoch }, { deadlineMs });
+    if (got !== null) return { pool, recruited: got, note: '' };
+  }
+  const note =
+    pool.length === 0
+      ? 'no standby in the pool'
+      : `no free standby in the pool (${pool.length} registered, ${free.length} free${sameHost > 0 ? `, ${sameHost} on this host (${by.hostId}) and never used` : ''})`;
+  return { pool, recruited: null, note };
+}

@@ -15,6 +15,7 @@ import { probePeer } from '../channel/liveness.js';
 import type { ChannelConnection, LocalIdentity } from '../channel/connection.js';
 import { ControlKind, FrameType, SnapshotPart, type Frame, type HelloFrame, type RefuseFrame } from '../channel/frames.js';
 import type { StandbyRecord } from '../arbiter/arbiter.js';
+import { recruitFromPool } from './pool.js';
 import { moduleHash } from '../log/recording.js';
 import { snapshotEncoder } from '../machine/snapshot-codec.js';
 import type { BatchEvent } from '../machine/vcpu.js';
@@ -246,15 +247,10 @@ export class PrimaryNode {
     const o = this.opts;
     if (!o.arbiter || this.stopped || this.recruiting) return;
     try {
-      this.notePool(await o.arbiter.listStandbys(o.config.name, { deadlineMs: o.timings.arbiterDeadlineMs }));
+      this.metrics.notePool(await o.arbiter.listStandbys(o.config.name, { deadlineMs: o.timings.arbiterDeadlineMs }));
     } catch {
       // an unreachable arbiter: the gauge keeps its last value
     }
-  }
-
-  private notePool(pool: StandbyRecord[]): void {
-    this.metrics.poolSize.set({ state: 'free' }, pool.filter((p) => p.state === 'free').length);
-    this.metrics.poolSize.set({ state: 'recruited' }, pool.filter((p) => p.state === 'recruited').length);
   }
 
   private newDialer(peer: Addr): ChannelDialer {
@@ -365,26 +361,14 @@ export class PrimaryNode {
     const s = this.core.status();
     if (this.recruiting || this.stopped || s.halted !== null || !s.alone || this.join !== null || !o.arbiter || !o.recruit) return;
     this.recruiting = true;
-    const deadline = { deadlineMs: o.timings.arbiterDeadlineMs };
     try {
-      const pool = await o.arbiter.listStandbys(o.config.name, deadline);
-      this.notePool(pool);
-      const now = this.clock.now();
-      const free = pool.filter((p) => p.state === 'free');
-      const sameHost = free.filter((p) => p.hostId === o.recruit!.hostId).length;
-      const candidates = free.filter((p) => p.hostId !== o.recruit!.hostId && (this.refusedUntil.get(p.hostId) ?? 0) < now);
-      for (const c of candidates) {
-        const got = await o.arbiter.recruitStandby(o.config.name, c.hostId, { owner: o.nodeId, epoch: this.core.status().epoch }, deadline);
-        if (got) {
-          this.recruitNote = '';
-          this.connectStandby(got);
-          return;
-        }
+      const r = await recruitFromPool(o.arbiter, o.config.name, { hostId: o.recruit.hostId, owner: o.nodeId, epoch: s.epoch }, this.refusedUntil, this.clock.now(), o.timings.arbiterDeadlineMs);
+      this.metrics.notePool(r.pool);
+      this.recruitNote = r.note;
+      if (r.recruited !== null) {
+        this.connectStandby(r.recruited);
+        return;
       }
-      this.recruitNote =
-        pool.length === 0
-          ? 'no standby in the pool'
-          : `no free standby in the pool (${pool.length} registered, ${free.length} free${sameHost > 0 ? `, ${sameHost} on this host (${o.recruit.hostId}) and never used` : ''})`;
       this.log.debug({ note: this.recruitNote }, 'running alone: no standby to recruit yet');
     } catch (err) {
       this.recruitNote = `cannot reach the arbiter for standbys: ${(err as Error).message}`;

@@ -195,6 +195,12 @@ export class NodeMetrics {
     for (const phase of ['detect', 'drain', 'claim', 'go_live']) this.failoverPhase.zero({ phase });
   }
 
+  /** The standby pool as a primary last saw it (ftvm_standby_pool_size by state). */
+  notePool(pool: ReadonlyArray<{ state: string }>): void {
+    this.poolSize.set({ state: 'free' }, pool.filter((p) => p.state === 'free').length);
+    this.poolSize.set({ state: 'recruited' }, pool.filter((p) => p.state === 'recruited').length);
+  }
+
   /** The active driver reports its current state from here on. */
   setSource(source: () => NodeGaugeSource): void {
     this.source = source;
