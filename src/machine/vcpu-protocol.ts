@@ -52,7 +52,12 @@ export const STATUS_SLOTS = 5;
 export const CTRL_THROTTLE = 0;
 /** Set by the worker while a replica waits for log with everything it holds consumed. */
 export const CTRL_DRAINED = 1;
-export const CTRL_SLOTS = 2;
+/**
+ * Set by the worker when it posted a 'kick' for batches in the outbound queue; cleared by the I/O thread
+ * before it drains that queue. Batches pushed while it is set need no message of their own.
+ */
+export const CTRL_OUT_KICK = 2;
+export const CTRL_SLOTS = 3;
 
 export type EnvSpec =
   | { kind: 'live' }
@@ -63,6 +68,8 @@ export interface WorkerInit {
   instrumented: InstrumentedModule;
   config: VmConfig;
   queue: SharedArrayBuffer;
+  /** Worker → I/O thread: batches (encodeBatchHead + entries + outputs), drained on a 'kick'. */
+  outQueue: SharedArrayBuffer;
   status: SharedArrayBuffer;
   control: SharedArrayBuffer;
   /** Record: post a progress batch (no entries) at most this often while the guest computes. */
@@ -93,8 +100,18 @@ export type { WireOutput } from '../replication/messages.js';
 import type { WireOutput } from '../replication/messages.js';
 import type { LogFormat } from '../log/codec.js';
 
-export type WorkerEvent =
+/**
+ * Worker → I/O thread. Batches wait in the outbound queue (a SharedQueue; a message per batch:
+ * encodeBatchHead, then the encoded entries, then encodeOutputs): one copy in and one out, no
+ * transferred buffer and no message per batch; a 'kick' message says there is something to drain (one
+ * per drain, not per batch: CTRL_OUT_KICK). Every other event is posted as a message numbered `k` and
+ * marked in the outbound queue at its place among the batches (encodeEventMarker): the I/O thread
+ * handles it when its drain reaches the marker (waiting there for the message if need be), so batches
+ * and events are seen in the order the worker made them.
+ */
+export type WorkerEvent = (
   | { t: 'ready' }
+  | { t: 'kick' }
   /**
    * Entries [firstSeq, firstSeq + count) as one encoded batch (`bytes[0, entriesBytes)`), then the
    * outputs they carry (encodeOutputs), in one transferred buffer: one copy and no structured clone of
@@ -115,7 +132,8 @@ export type WorkerEvent =
   /** A state hash logged (record) or verified (replay) at instruction n. */
   | { t: 'hash'; n: number; hash: Uint8Array }
   | { t: 'done'; state: 'halted' | 'stopped' | 'starved'; count: number; halt: HaltInfo | null; finalHash: Uint8Array | null; midStep: boolean }
-  | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number };
+  | { t: 'error'; code: string; name: string; message: string; expected?: number; actual?: number; entryIndex?: number }
+) & { /** The event's number (all but 'kick'), marked in the outbound queue. */ k?: number };
 
 /**
  * A proxied connection as a replica that goes live knows it (docs/PROXY.md): owner, logged input, output
@@ -188,4 +206,65 @@ export function encodeLog(batch: Uint8Array): Uint8Array {
   out[0] = Tag.LOG;
   out.set(batch, 1);
   return out;
+}
+
+/** Outbound queue messages: the first byte. */
+export const OutKind = { BATCH: 1, EVENT: 2 } as const;
+
+/**
+ * Head of a batch in the outbound queue: u8 kind (BATCH), 3 bytes zero, f64 firstSeq, f64
+ * instructionNumber, u32 count, u32 entriesBytes, u32 consumed pairs (0xffffffff: none given), then u32 × 2 each.
+ */
+export function encodeBatchHead(firstSeq: number, count: number, instructionNumber: number, entriesBytes: number, consumed: readonly number[] | undefined): Uint8Array {
+  const pairs = consumed === undefined ? 0 : consumed.length / 2;
+  const out = new Uint8Array(BATCH_HEAD_BYTES + 8 * pairs);
+  const dv = new DataView(out.buffer);
+  out[0] = OutKind.BATCH;
+  dv.setFloat64(4, firstSeq, true);
+  dv.setFloat64(12, instructionNumber, true);
+  dv.setUint32(20, count, true);
+  dv.setUint32(24, entriesBytes, true);
+  dv.setUint32(28, consumed === undefined ? 0xffffffff : pairs, true);
+  if (consumed !== undefined) for (let i = 0; i < consumed.length; i++) dv.setUint32(BATCH_HEAD_BYTES + 4 * i, consumed[i]!, true);
+  return out;
+}
+
+export const BATCH_HEAD_BYTES = 32;
+
+/** The place of posted event number `k` among the batches: u8 kind (EVENT), 3 bytes zero, f64 k. */
+export function encodeEventMarker(k: number): Uint8Array {
+  const out = new Uint8Array(12);
+  out[0] = OutKind.EVENT;
+  new DataView(out.buffer).setFloat64(4, k, true);
+  return out;
+}
+
+export function decodeEventMarker(msg: Uint8Array): number {
+  assert(msg.length === 12 && msg[0] === OutKind.EVENT, 'vCPU outbound queue: an event marker');
+  return new DataView(msg.buffer, msg.byteOffset, msg.byteLength).getFloat64(4, true);
+}
+
+export interface DecodedBatchHead {
+  firstSeq: number;
+  instructionNumber: number;
+  count: number;
+  entriesBytes: number;
+  consumed: number[] | undefined;
+  /** Where the entries start in the message. */
+  bodyAt: number;
+}
+
+export function decodeBatchHead(msg: Uint8Array): DecodedBatchHead {
+  assert(msg.length >= BATCH_HEAD_BYTES && msg[0] === OutKind.BATCH, 'vCPU batch: a whole head');
+  const dv = new DataView(msg.buffer, msg.byteOffset, msg.byteLength);
+  const pairs = dv.getUint32(28, true);
+  let consumed: number[] | undefined;
+  let at = BATCH_HEAD_BYTES;
+  if (pairs !== 0xffffffff) {
+    consumed = new Array<number>(pairs * 2);
+    for (let i = 0; i < pairs * 2; i++, at += 4) consumed[i] = dv.getUint32(at, true);
+  }
+  const entriesBytes = dv.getUint32(24, true);
+  assert(at + entriesBytes <= msg.length, 'vCPU batch: its entries inside the message');
+  return { firstSeq: dv.getFloat64(4, true), instructionNumber: dv.getFloat64(12, true), count: dv.getUint32(20, true), entriesBytes, consumed, bodyAt: at };
 }

@@ -10,15 +10,22 @@ import { SharedQueue } from '../util/shared-queue.js';
 import { ArraySource, RealClockRandom, ScriptedEnv } from './env.js';
 import { ProxyTails } from './proxy-tails.js';
 import { Machine, type GuestOutput, type NicInput, type RecordEnv, type ReplaySource } from './machine.js';
-import { CTRL_DRAINED, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, encodeOutputs, type WireOutput, type WorkerEvent, type WorkerInit, type ProxiedAtGoLive } from './vcpu-protocol.js';
+import { CTRL_DRAINED, CTRL_OUT_KICK, CTRL_SLOTS, CTRL_THROTTLE, STATUS_COUNT, STATUS_IDLE, STATUS_DISK_BYTES, STATUS_MEMORY_BYTES, STATUS_SEQ, STATUS_SLOTS, Tag, encodeBatchHead, encodeEventMarker, encodeOutputs, type WireOutput, type WorkerEvent, type WorkerInit, type ProxiedAtGoLive } from './vcpu-protocol.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;
+const outQueue = new SharedQueue(init.outQueue);
 const queue = new SharedQueue(init.queue);
 const status = new Float64Array(init.status, 0, STATUS_SLOTS);
 const control = new Int32Array(init.control, 0, CTRL_SLOTS);
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
-const post = (e: WorkerEvent, transfer: ArrayBuffer[] = []): void => port.postMessage(e, transfer);
+let eventSeq = 0;
+/** Posts an event, marked at its place among the queued batches (vcpu-protocol.ts). */
+const post = (e: WorkerEvent, transfer: ArrayBuffer[] = []): void => {
+  e.k = ++eventSeq;
+  pushOutRaw(encodeEventMarker(e.k));
+  port.postMessage(e, transfer);
+};
 
 // ---------------------------------------------------------------- outbound batching
 let pendingEntries: LogEntry[] = [];
@@ -31,6 +38,26 @@ let machine: Machine | undefined;
  * recording, the decoder's while replaying; from the snapshot this vCPU starts from.
  */
 const coding: BatchCodingState = { n: init.snapshot?.devices.logCoding?.n ?? 0, conn: init.snapshot?.devices.logCoding?.conn ?? 0 };
+
+/** Batches up to this size go through the outbound queue; larger ones in a message of their own. */
+const OUT_BATCH_MAX_BYTES = outQueue.capacity / 4;
+
+/**
+ * Queues a batch for the I/O thread and kicks it unless a kick is already pending. A full queue means
+ * the I/O thread is far behind: the guest waits here (backpressure) until it has drained some.
+ */
+function pushOut(head: Uint8Array, body: Uint8Array): void {
+  pushOutRaw(head, body);
+  if (Atomics.exchange(control, CTRL_OUT_KICK, 1) === 0) port.postMessage({ t: 'kick' } satisfies WorkerEvent);
+}
+
+function pushOutRaw(head: Uint8Array, body?: Uint8Array): void {
+  while (!outQueue.push(head, false, body)) {
+    Atomics.store(control, CTRL_OUT_KICK, 1);
+    port.postMessage({ t: 'kick' } satisfies WorkerEvent);
+    Atomics.wait(sleeper, 0, 0, 1);
+  }
+}
 
 let lastPostMs = 0;
 let lastPostedCount = -1;
@@ -51,11 +78,15 @@ function flush(progress = false): void {
   encodeBatchInto(pendingEntries, writer, LOG_FORMAT, coding);
   const entriesBytes = writer.length;
   encodeOutputs(pendingOutputs, writer);
-  const bytes = writer.finish();
-  post(
-    { t: 'batch', firstSeq, count: pendingEntries.length, bytes, entriesBytes, instructionNumber: machine?.count ?? 0, ...(consumed !== undefined ? { consumed } : {}) },
-    [bytes.buffer as ArrayBuffer],
-  );
+  const instructionNumber = machine?.count ?? 0;
+  if (writer.length <= OUT_BATCH_MAX_BYTES) {
+    pushOut(encodeBatchHead(firstSeq, pendingEntries.length, instructionNumber, entriesBytes, consumed), writer.bytesView());
+  } else {
+    // Too large for the outbound queue: moved in a message of its own (ordered after the queued ones,
+    // which the I/O thread drains before it handles any message).
+    const bytes = writer.finish();
+    post({ t: 'batch', firstSeq, count: pendingEntries.length, bytes, entriesBytes, instructionNumber, ...(consumed !== undefined ? { consumed } : {}) }, [bytes.buffer as ArrayBuffer]);
+  }
   firstSeq += pendingEntries.length;
   pendingEntries = [];
   pendingOutputs = [];
@@ -79,6 +110,15 @@ let logHead = 0;
 let grant = 0;
 let endOfLog = false;
 let goLiveRequested = false;
+/**
+ * Replay: a replica that received log or a grant within the last REPLAY_POLL_WINDOW_MS polls its queue
+ * every REPLAY_POLL_MS instead of blocking until woken, so the I/O thread feeds it without a futex wake
+ * per batch (SharedQueue's polling wait). The replica's lag behind the primary grows by at most
+ * REPLAY_POLL_MS; clients never wait for it (the backup acknowledges log on receipt, not on replay).
+ */
+const REPLAY_POLL_MS = 1;
+const REPLAY_POLL_WINDOW_MS = 50;
+let lastLogMs = -Infinity;
 let snapshotRequested = false;
 /** The snapshot buffer (by generation) that holds memory as of the last snapshot, and how much of it. */
 let intoSynced: { gen: number; bytes: number } | undefined;
@@ -145,9 +185,11 @@ function drainQueue(): void {
         break;
       case Tag.LOG:
         for (const e of decodeBatch(msg.subarray(1), undefined, LOG_FORMAT, coding)) log.push(e);
+        lastLogMs = performance.now();
         break;
       case Tag.GRANT:
         grant = Math.max(grant, dv.getFloat64(1, true));
+        lastLogMs = performance.now();
         break;
       case Tag.END_OF_LOG:
         endOfLog = true;
@@ -268,7 +310,10 @@ class LiveSource implements ReplaySource {
         if (snapshotRequested && machine?.isIdle === true) takeSnapshot();
         if (log.length - logHead > have || grant > g) return true;
         if (endOfLog || stopRequested || goLiveRequested) return false;
-        queue.wait(have === 0 ? 5 : 1000);
+        // While log keeps coming, poll (the I/O thread then feeds without waking this thread: no futex
+        // wake per batch); after REPLAY_POLL_WINDOW_MS without log, block until woken as before.
+        const polling = performance.now() - lastLogMs < REPLAY_POLL_WINDOW_MS;
+        queue.wait(polling ? REPLAY_POLL_MS : have === 0 ? 5 : 1000, undefined, polling);
       }
     } finally {
       Atomics.store(control, CTRL_DRAINED, 0);

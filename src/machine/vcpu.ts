@@ -12,6 +12,7 @@ import type { LoadedGuest } from './guest.js';
 import { DEFAULT_SLICE_UNITS, type Snapshot } from './machine.js';
 import {
   CTRL_DRAINED,
+  CTRL_OUT_KICK,
   CTRL_SLOTS,
   CTRL_THROTTLE,
   STATUS_COUNT,
@@ -21,6 +22,9 @@ import {
   STATUS_SEQ,
   STATUS_SLOTS,
   Tag,
+  OutKind,
+  decodeBatchHead,
+  decodeEventMarker,
   decodeOutputs,
   encodeGrant,
   type WireOutput,
@@ -37,6 +41,9 @@ import {
  * measurable (docs/PERFORMANCE.md, "Memory").
  */
 export const VCPU_YOUNG_GENERATION_MB = 6;
+
+/** The worker's outbound batch queue; a batch over a quarter of it travels in a message of its own. */
+const OUT_QUEUE_BYTES = 1024 * 1024;
 
 function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
   const out = new Uint8Array(a.length + b.length);
@@ -99,6 +106,8 @@ export interface TakenSnapshot {
 export class Vcpu extends EventEmitter {
   private readonly worker: Worker;
   private readonly queue: SharedQueue;
+  /** Batches from the worker (vcpu-protocol.ts, 'kick'). */
+  private readonly outQueue: SharedQueue;
   private readonly status: Float64Array;
   private readonly control: Int32Array;
   private backlog: Uint8Array[] = [];
@@ -122,6 +131,7 @@ export class Vcpu extends EventEmitter {
   constructor(opts: VcpuOptions) {
     super();
     this.queue = new SharedQueue(opts.queueBytes ?? 4 * 1024 * 1024);
+    this.outQueue = new SharedQueue(OUT_QUEUE_BYTES);
     const statusSab = new SharedArrayBuffer(8 * STATUS_SLOTS);
     this.status = new Float64Array(statusSab);
     const controlSab = new SharedArrayBuffer(4 * CTRL_SLOTS);
@@ -140,6 +150,7 @@ export class Vcpu extends EventEmitter {
       instrumented: opts.guest.instrumented,
       config: opts.config,
       queue: this.queue.sab,
+      outQueue: this.outQueue.sab,
       status: statusSab,
       control: controlSab,
       progressIntervalMs: opts.progressIntervalMs ?? 2,
@@ -153,48 +164,24 @@ export class Vcpu extends EventEmitter {
       resourceLimits: { stackSizeMb: opts.stackSizeMb ?? 64, maxYoungGenerationSizeMb: VCPU_YOUNG_GENERATION_MB },
     });
     this.done = new Promise<DoneEvent>((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
       this.worker.on('message', (ev: WorkerEvent) => {
-        if (ev.t === 'batch') {
-          const b: BatchEvent = {
-            t: 'batch',
-            firstSeq: ev.firstSeq,
-            count: ev.count,
-            entries: ev.bytes.subarray(0, ev.entriesBytes),
-            outputs: decodeOutputs(ev.bytes, ev.entriesBytes),
-            instructionNumber: ev.instructionNumber,
-            ...(ev.consumed !== undefined ? { consumed: ev.consumed } : {}),
-          };
-          this.emit('batch', b);
-          this.drainBacklog();
-        } else if (ev.t === 'hash') {
-          this.emit('hash', ev);
-        } else if (ev.t === 'snapshot') {
-          const w = this.snapshotWaiter;
-          this.snapshotWaiter = undefined;
-          w?.resolve(ev);
-        } else if (ev.t === 'snapshot-refused') {
-          const w = this.snapshotWaiter;
-          this.snapshotWaiter = undefined;
-          w?.reject(new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_SNAPSHOT', ev.message));
-        } else if (ev.t === 'live') {
-          this.emit('live', ev);
-        } else if (ev.t === 'done') {
-          this.emit('done', ev);
-          resolve(ev);
-        } else if (ev.t === 'error') {
-          const err =
-            ev.name === 'DeterminismViolation'
-              ? Object.assign(new DeterminismViolation('', ev.expected ?? -1, ev.actual ?? -1, ev.entryIndex ?? -1), { message: ev.message })
-              : new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_BAD_ARGUMENT', ev.message);
-          this.emit('vcpu-error', err);
-          reject(err);
+        if (ev.t === 'kick') {
+          this.drainOut(false);
+          return;
         }
+        // Its place among the batches is the marker the worker queued for it (vcpu-protocol.ts).
+        this.arrived.set(ev.k!, ev);
+        this.drainOut(false);
       });
       this.worker.on('error', (err) => {
+        this.drainOut(true);
         this.emit('vcpu-error', err);
         reject(err);
       });
       this.worker.on('exit', (code) => {
+        this.drainOut(true); // what the worker queued before it ended
         this.exited = true;
         if (this.drainTimer) clearInterval(this.drainTimer);
         if (code !== 0) reject(new FtvmError('FTVM_ERR_RESOURCE_EXHAUSTED', `vCPU worker exited with code ${code}`));
@@ -211,6 +198,90 @@ export class Vcpu extends EventEmitter {
       () => failSnapshot(new FtvmError('FTVM_ERR_BAD_ARGUMENT', 'the guest stopped before the snapshot')),
       (err: unknown) => failSnapshot(err as Error),
     );
+  }
+
+  private resolveDone!: (ev: DoneEvent) => void;
+  private rejectDone!: (err: Error) => void;
+  /** Events posted by the worker, by number, until their marker in the outbound queue is reached. */
+  private readonly arrived = new Map<number, WorkerEvent>();
+  /** The marker reached whose event has not arrived yet: draining stops there until it does. */
+  private waitingForEvent: number | undefined;
+
+  /**
+   * Handles what the worker queued, in its order: batches and the markers of posted events. `final`
+   * (the worker died without posting what it marked): markers whose event never came are passed over.
+   */
+  private drainOut(final: boolean): void {
+    Atomics.store(this.control, CTRL_OUT_KICK, 0); // before draining: a batch queued after this kicks again
+    let drained = false;
+    for (;;) {
+      if (this.waitingForEvent !== undefined) {
+        const ev = this.arrived.get(this.waitingForEvent);
+        if (ev === undefined && !final) break;
+        this.arrived.delete(this.waitingForEvent);
+        this.waitingForEvent = undefined;
+        if (ev !== undefined) this.onWorkerEvent(ev);
+        continue;
+      }
+      const msg = this.outQueue.pop();
+      if (msg === undefined) break;
+      if (msg[0] === OutKind.EVENT) {
+        this.waitingForEvent = decodeEventMarker(msg);
+        continue;
+      }
+      drained = true;
+      const h = decodeBatchHead(msg);
+      const entriesEnd = h.bodyAt + h.entriesBytes;
+      const b: BatchEvent = {
+        t: 'batch',
+        firstSeq: h.firstSeq,
+        count: h.count,
+        entries: msg.subarray(h.bodyAt, entriesEnd),
+        outputs: decodeOutputs(msg, entriesEnd),
+        instructionNumber: h.instructionNumber,
+        ...(h.consumed !== undefined ? { consumed: h.consumed } : {}),
+      };
+      this.emit('batch', b);
+    }
+    if (drained) this.drainBacklog();
+  }
+
+  private onWorkerEvent(ev: WorkerEvent): void {
+    if (ev.t === 'batch') {
+      const b: BatchEvent = {
+        t: 'batch',
+        firstSeq: ev.firstSeq,
+        count: ev.count,
+        entries: ev.bytes.subarray(0, ev.entriesBytes),
+        outputs: decodeOutputs(ev.bytes, ev.entriesBytes),
+        instructionNumber: ev.instructionNumber,
+        ...(ev.consumed !== undefined ? { consumed: ev.consumed } : {}),
+      };
+      this.emit('batch', b);
+      this.drainBacklog();
+    } else if (ev.t === 'hash') {
+      this.emit('hash', ev);
+    } else if (ev.t === 'snapshot') {
+      const w = this.snapshotWaiter;
+      this.snapshotWaiter = undefined;
+      w?.resolve(ev);
+    } else if (ev.t === 'snapshot-refused') {
+      const w = this.snapshotWaiter;
+      this.snapshotWaiter = undefined;
+      w?.reject(new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_SNAPSHOT', ev.message));
+    } else if (ev.t === 'live') {
+      this.emit('live', ev);
+    } else if (ev.t === 'done') {
+      this.emit('done', ev);
+      this.resolveDone(ev);
+    } else if (ev.t === 'error') {
+      const err =
+        ev.name === 'DeterminismViolation'
+          ? Object.assign(new DeterminismViolation('', ev.expected ?? -1, ev.actual ?? -1, ev.entryIndex ?? -1), { message: ev.message })
+          : new FtvmError((ev.code as FtvmErrorCode) ?? 'FTVM_ERR_BAD_ARGUMENT', ev.message);
+      this.emit('vcpu-error', err);
+      this.rejectDone(err);
+    }
   }
 
   /** The guest's instruction number as the worker last published it. */
@@ -312,6 +383,7 @@ export class Vcpu extends EventEmitter {
 
   endOfLog(): void {
     this.send(Uint8Array.of(Tag.END_OF_LOG));
+    this.queue.wake(); // a polling replica is not woken by pushes
   }
 
   /** Replay: true while the replica waits for log with every entry it was given consumed. */
@@ -322,6 +394,7 @@ export class Vcpu extends EventEmitter {
   /** Replay: once every held entry is consumed, become a recording primary ('live' event). */
   goLive(): void {
     this.send(Uint8Array.of(Tag.GO_LIVE));
+    this.queue.wake(); // at once, even while the replica polls (a failover waits for it)
   }
 
   /** Execution-lag control: hold the guest at its next budget checkpoint until released. */

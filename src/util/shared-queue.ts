@@ -12,13 +12,25 @@
  * accesses are sequentially consistent, so either the producer sees the flag or the consumer sees the
  * message). `push(msg, false)` defers even that: the producer calls `notify()` once after a burst (one
  * wake-up per event-loop turn instead of one per message).
+ *
+ * Polling waits (`wait(ms, pending, true)`): the consumer says it will look again within `ms` by itself
+ * (`consumerWaiting` = 2), so the producer makes no system call at all. A replaying backup waits this
+ * way while log keeps arriving: its replay is off the clients' path (the backup acknowledges on
+ * receipt), so a bounded delay of a millisecond costs nothing, and the futex wake per batch it saves was
+ * the largest share of the backup's I/O thread (docs/PERFORMANCE.md). A producer that needs the
+ * consumer at once regardless (a stop, a go-live) calls `wake()`.
  */
+import { Slab } from './slab.js';
+
 const HDR_INTS = 5;
 const W = 0;
 const R = 1;
 const WAKE = 2;
 const CLOSED = 3;
 const WAITING = 4;
+/** `consumerWaiting` values: blocked until notified (or its timeout), or polling (back within its timeout). */
+const WAITING_BLOCKED = 1;
+const WAITING_POLLING = 2;
 
 export class SharedQueue {
   readonly sab: SharedArrayBuffer;
@@ -100,18 +112,21 @@ export class SharedQueue {
     return true;
   }
 
-  /** Producer: wakes the consumer if it is blocked waiting (after pushes with `notify` false). */
+  /** Producer: wakes the consumer if it is blocked waiting (after pushes with `notify` false), unless it polls. */
   notify(): void {
-    if (Atomics.load(this.hdr, WAITING) === 1) Atomics.notify(this.hdr, WAKE);
+    if (Atomics.load(this.hdr, WAITING) === WAITING_BLOCKED) Atomics.notify(this.hdr, WAKE);
   }
 
-  /** Consumer: dequeue one message, or undefined when empty. */
+  /** Where popped messages are carved from (one backing store per slab, not per message). */
+  private readonly slab = new Slab();
+
+  /** Consumer: dequeue one message (the consumer's to keep), or undefined when empty. */
   pop(): Uint8Array | undefined {
     if (this.used() === 0) return undefined;
     let r = Atomics.load(this.hdr, R) >>> 0;
     const len = this.getU32(r);
     r = (r + 4) >>> 0;
-    const msg = new Uint8Array(len);
+    const msg = this.slab.alloc(len);
     r = this.copyOut(r, msg);
     Atomics.store(this.hdr, R, r | 0);
     return msg;
@@ -124,10 +139,11 @@ export class SharedQueue {
   /**
    * Consumer: block until a message may be present, the queue is closed, or `timeoutMs` passes. `pending`
    * is other work announced by a `wake()` after it is published (guest threads' requests): checked after
-   * the wake counter is read, so such work is never slept through.
+   * the wake counter is read, so such work is never slept through. `poll`: the consumer comes back after
+   * `timeoutMs` by itself, so pushes do not wake it (only `wake()` does).
    */
-  wait(timeoutMs: number, pending?: () => boolean): void {
-    Atomics.store(this.hdr, WAITING, 1);
+  wait(timeoutMs: number, pending?: () => boolean, poll = false): void {
+    Atomics.store(this.hdr, WAITING, poll ? WAITING_POLLING : WAITING_BLOCKED);
     const seen = Atomics.load(this.hdr, WAKE);
     if (!this.isEmpty || this.closed || pending?.() === true) {
       Atomics.store(this.hdr, WAITING, 0);
