@@ -22,6 +22,11 @@
  * measure the CPU time of both replicas per operation. After the FT-on phases the backup must verify the
  * primary's state hash.
  *
+ * The floor (`bench/floor.ts`), in the same run: the round trip between two Node processes over TCP and
+ * over TLS, and between the I/O thread and a worker; from it, the best `ft_ratio_c1` and
+ * `redis_wait_p50_ratio_c1` any work in the replicas could leave (`ft_ratio_c1_bound`,
+ * `redis_wait_p50_ratio_c1_floor`, `_design_floor` with the vCPU worker's hop).
+ *
  * Then the existing benchmarks run as child processes and their JSON lines are folded in: machine
  * overhead (`bench/machine.ts`), failover (`bench/failover.ts`) and re-replication
  * (`bench/rereplicate.ts`). `--quick` (about a minute) measures the peers with short phases and one
@@ -50,6 +55,7 @@ import { readSecretFileSync } from '../src/security/secrets.js';
 import { progress, type Progress } from '../src/util/progress.js';
 import { median, processCpuMs, quantile, rng, round } from './stats.js';
 import { failoverChart, latencyChart, throughputChart, type LatencyPoint, type ThroughputPoint } from './charts.js';
+import { measureFloor } from './floor.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..', '..');
@@ -620,6 +626,20 @@ async function main(): Promise<number> {
         round(vsEtcd).toFixed(2),
       ]);
     }
+    // The floor: round trips that cost before ftvm does any work (bench/floor.ts), and what they allow.
+    log('measuring the floor: round trips between two processes (TCP, TLS) and between two threads');
+    const floor = await measureFloor(o.quick ? 1000 : 3000);
+    summary.floor = floor;
+    if (o.conns.includes(1)) {
+      const offP50Us = agg('ftvm-off', 1).p50 * 1000;
+      const waitP50Us = agg('redis-wait', 1).p50 * 1000;
+      // FT on at one connection adds at least the log's round trip to the backup (TLS) to FT off's request.
+      summary.ft_ratio_c1_bound = round(offP50Us / (offP50Us + floor.tls_rtt_us));
+      // An FT-on request makes at least the client's round trip and the log's: with no work at all in either process.
+      summary.redis_wait_p50_ratio_c1_floor = round((floor.tcp_rtt_us + floor.tls_rtt_us) / waitP50Us);
+      // ... and in this design also the I/O thread ↔ vCPU worker round trip on the primary.
+      summary.redis_wait_p50_ratio_c1_design_floor = round((floor.tcp_rtt_us + floor.tls_rtt_us + floor.thread_rtt_us) / waitP50Us);
+    }
     const lagSorted = Float64Array.from(lag).sort();
     summary.lag_p99_ms = round(quantile(lagSorted, 0.99));
     summary.log_bytes_per_request_byte = round(logBytes.log / logBytes.request);
@@ -647,6 +667,12 @@ async function main(): Promise<number> {
     }
     console.log('targets:');
     console.log(targetLines.join('\n'));
+    console.log(
+      `floor (same run): round trip between two Node processes ${floor.tcp_rtt_us} µs over TCP, ${floor.tls_rtt_us} µs over TLS; I/O thread ↔ worker ${floor.thread_rtt_us} µs` +
+        (summary.ft_ratio_c1_bound !== undefined
+          ? `\n  with no work in either replica: ft_ratio_c1 ≤ ${String(summary.ft_ratio_c1_bound)}, redis_wait_p50_ratio_c1 ≥ ${String(summary.redis_wait_p50_ratio_c1_floor)} (≥ ${String(summary.redis_wait_p50_ratio_c1_design_floor)} with the vCPU worker's hop)`
+          : ''),
+    );
     if (failover && !('error' in failover && Object.keys(failover).length === 1)) {
       const f = failover as Record<string, unknown>;
       console.log(`failover: process crash p50 ${String(f.failover_crash_p50_ms)} ms, p99 ${String(f.failover_crash_p99_ms)} ms; silent failure p50 ${String(f.failover_silent_p50_ms)} ms, p99 ${String(f.failover_silent_p99_ms)} ms; ${String(f.runs)} runs; false failovers ${String(f.false_failovers)}; lost acknowledged writes ${String(f.lost_acked_writes)}`);
