@@ -112,3 +112,63 @@ test('a running vCPU is snapshotted at an idle point under load; a replica resto
     await backup?.terminate();
   }
 });
+
+test('batches and events leave the worker in its order: a batch too large for the outbound queue comes as a message of its own, state hashes fall between the batches around them, a replica fed them matches', async () => {
+  const g = guest('kv');
+  const primary = new Vcpu({ mode: 'record', guest: g, config: DEFAULT_VM_CONFIG, env: { kind: 'live' } });
+  const seen: Array<{ t: 'batch'; firstSeq: number; count: number; n: number } | { t: 'hash'; n: number }> = [];
+  const batches: BatchEvent[] = [];
+  let reply = Buffer.alloc(0);
+  primary.on('batch', (b: BatchEvent) => {
+    seen.push({ t: 'batch', firstSeq: b.firstSeq, count: b.count, n: b.instructionNumber });
+    batches.push({ ...b, entries: new Uint8Array(b.entries) });
+    for (const o of b.outputs) if (o.kind === 'net') reply = Buffer.concat([reply, o.data]);
+  });
+  primary.on('hash', (h: { n: number }) => seen.push({ t: 'hash', n: h.n }));
+  const big = 'x'.repeat(400 * 1024); // a GET of it replies with more than a quarter of the 1 MiB outbound queue
+  const backup = new Vcpu({ mode: 'replay', guest: g, config: DEFAULT_VM_CONFIG });
+  try {
+    primary.input('open', 1);
+    primary.input('data', 1, Buffer.from(`*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$${big.length}\r\n${big}\r\n`));
+    const by = Date.now() + 20_000;
+    const replied = async (bytes: number): Promise<void> => {
+      while (reply.length < bytes && Date.now() < by) await new Promise((r) => setTimeout(r, 1));
+    };
+    await replied('+OK\r\n'.length);
+    let want = reply.length;
+    for (let i = 0; i < 30; i++) {
+      // One command at a time, each answered before the next: a batch each.
+      const get = i % 3 === 0;
+      primary.input('data', 1, Buffer.from(get ? 'GET big\r\n' : `SET k${i} v${i}\r\n`));
+      want += get ? big.length + `$${big.length}\r\n\r\n`.length : '+OK\r\n'.length;
+      await replied(want);
+      if (i % 5 === 0) primary.requestStateHash();
+    }
+    primary.stop();
+    const pd = await primary.done;
+    assert.ok(reply.length >= want, `every reply came (${reply.length} of at least ${want} bytes)`);
+    assert.ok(batches.some((b) => b.entries.length + b.outputs.reduce((a, o) => a + o.data.length, 0) > 256 * 1024), 'a batch larger than the queue allows went as a message');
+    assert.ok(seen.filter((e) => e.t === 'hash').length >= 3, `state hashes were logged (${JSON.stringify(seen.slice(0, 40))})`);
+    let next = 0;
+    let n = 0;
+    for (const e of seen) {
+      assert.ok(e.n >= n, `instruction numbers never go back (${e.t} at ${e.n} after ${n})`);
+      n = e.n;
+      if (e.t === 'batch') {
+        assert.equal(e.firstSeq, next, 'batches arrive in order, none missing');
+        next += e.count;
+      }
+    }
+    for (const b of batches) {
+      if (b.count > 0) backup.feedLog(b.entries);
+      backup.grant(b.instructionNumber);
+    }
+    backup.grant(pd.count);
+    backup.endOfLog();
+    const bd = await backup.done;
+    assert.equal(hex(bd.finalHash!), hex(pd.finalHash!));
+  } finally {
+    await primary.terminate();
+    await backup.terminate();
+  }
+});
