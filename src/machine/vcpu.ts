@@ -26,7 +26,6 @@ import {
   decodeBatchHead,
   decodeEventMarker,
   decodeOutputs,
-  encodeGrant,
   type WireOutput,
   type EnvSpec,
   type WorkerEvent,
@@ -378,8 +377,12 @@ export class Vcpu extends EventEmitter {
 
   /** Replay: the primary has reached instruction `n`; the replica may run up to it. */
   grant(n: number): void {
-    this.send(encodeGrant(n));
+    this.grantView.setFloat64(1, n, true); // the layout of encodeGrant, in a reused header (`send` copies it)
+    this.send(this.grantHead);
   }
+
+  private readonly grantHead = Uint8Array.of(Tag.GRANT, 0, 0, 0, 0, 0, 0, 0, 0);
+  private readonly grantView = new DataView(this.grantHead.buffer);
 
   endOfLog(): void {
     this.send(Uint8Array.of(Tag.END_OF_LOG));
