@@ -57,7 +57,10 @@ export interface RecordEnv {
   /** Monotonic milliseconds, for timer deadlines. */
   nowMs(): number;
   randomFill(buf: Uint8Array): void;
-  /** Up to `max` inputs ready now. `count` is the guest's instruction number. */
+  /**
+   * Up to `max` inputs ready now. `count` is the guest's instruction number. The inputs' data is handed
+   * over: the machine logs views of it (NIC_DATA entries), so the env must not write it afterwards.
+   */
   takeInputs(count: number, max: number): NicInput[];
   /** Guest idle with nothing to deliver: block until input may be ready or `deadlineMs`. False = stop the run. */
   waitForWork(count: number, deadlineMs: number | undefined): boolean;
@@ -459,8 +462,8 @@ export class Machine {
     return this.budgetEnd - Number(this.fuel.value as bigint);
   }
 
-  private setBudgetEnd(end: number): void {
-    const n = this.count;
+  /** `n`: the count, when the caller just read it (reading it makes a BigInt). */
+  private setBudgetEnd(end: number, n = this.count): void {
     assert(end >= n, `budget end ${end} behind count ${n}`);
     this.budgetEnd = end;
     this.fuel.value = BigInt(end - n);
@@ -480,7 +483,10 @@ export class Machine {
   }
 
   private mem(): Uint8Array {
-    if (this.memBytes.byteLength === 0 || this.memBytes.buffer !== this.memory.buffer) this.refreshMemory();
+    // A growing non-shared memory detaches its old buffer (length 0 then); a shared one keeps the old
+    // buffer at its old length and hands out a new one.
+    const m = this.memBytes;
+    if (m.byteLength === 0 || (this.sharedMemory !== undefined && m.buffer !== this.memory.buffer)) this.refreshMemory();
     return this.memBytes;
   }
 
@@ -1085,7 +1091,8 @@ export class Machine {
       if (this.deliverRecorded(false) > 0) this.deliveredInStep = true;
       this.sealOutputs();
       env.atCheckpoint?.(this.count);
-      this.setBudgetEnd(this.count + Math.max(env.sliceUnits, k));
+      const n = this.count;
+      this.setBudgetEnd(n + Math.max(env.sliceUnits, k), n);
       return;
     }
     this.replayCheckpoint(k);
@@ -1116,7 +1123,7 @@ export class Machine {
       const { limit, boundary } = this.replayLimit();
       if (limit >= n + k) {
         // Stop again within a slice even when the log grants more, so progress is reported.
-        this.setBudgetEnd(Math.min(limit, n + Math.max(this.replaySliceUnits, k)));
+        this.setBudgetEnd(Math.min(limit, n + Math.max(this.replaySliceUnits, k)), n);
         return;
       }
       if (boundary !== undefined) {
@@ -1158,16 +1165,17 @@ export class Machine {
     if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
+    const n = this.count; // the guest is stopped here: every delivery of this call is numbered n
     if (this.devices.timers.size > 0) {
       for (const id of this.devices.dueTimers(env.nowMs())) {
         if (!ring.write(mem, bytes, RecordType.TIMER, id)) return delivered;
         this.devices.timers.delete(id);
-        this.emit({ type: EntryType.TIMER, n: this.count, idle, timer: id });
+        this.emit({ type: EntryType.TIMER, n, idle, timer: id });
         delivered++;
       }
     }
     if (this.pending.length < MAX_PENDING_INPUTS) {
-      const more = env.takeInputs(this.count, MAX_PENDING_INPUTS - this.pending.length);
+      const more = env.takeInputs(n, MAX_PENDING_INPUTS - this.pending.length);
       for (const i of more) this.pending.push(i);
     }
     while (this.pending.length > 0) {
@@ -1182,7 +1190,7 @@ export class Machine {
         this.devices.openConn(input.conn);
         const tag = input.data !== undefined && input.data.length > 0 ? new Uint8Array(input.data) : undefined;
         if (tag !== undefined) this.devices.proxied.set(input.conn, { tag: Buffer.from(tag).toString('hex'), inBytes: 0, inEof: false, outBytes: 0 });
-        this.emit({ type: EntryType.NIC_OPEN, n: this.count, idle, conn: input.conn, ...(tag !== undefined ? { tag } : {}) });
+        this.emit({ type: EntryType.NIC_OPEN, n, idle, conn: input.conn, ...(tag !== undefined ? { tag } : {}) });
       } else if (input.kind === 'data') {
         const data = input.data ?? new Uint8Array(0);
         if (state !== ConnState.OPEN || data.length === 0) {
@@ -1194,10 +1202,11 @@ export class Machine {
         const room = free - 12;
         if (room < Math.min(data.length, 64)) break; // wait for the guest to make room
         const take = Math.min(data.length, room & ~3);
-        const chunk = data.subarray(0, take);
+        const chunk = take === data.length ? data : data.subarray(0, take);
         const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
         assert(ok, 'ring had room for the chunk');
-        this.emit({ type: EntryType.NIC_DATA, n: this.count, idle, conn: input.conn, data: new Uint8Array(chunk) });
+        // No copy: an env hands its input over (RecordEnv.takeInputs) and nothing writes it afterwards.
+        this.emit({ type: EntryType.NIC_DATA, n, idle, conn: input.conn, data: chunk });
         const px = this.devices.proxied.get(input.conn);
         if (px !== undefined) px.inBytes += take;
         this.inbox.handedOff(input.conn, take); // in guest memory now: the client service's per-connection bound counts it consumed
@@ -1215,7 +1224,7 @@ export class Machine {
         this.devices.conns.set(input.conn, ConnState.PEER_CLOSED);
         const pxc = this.devices.proxied.get(input.conn);
         if (pxc !== undefined) pxc.inEof = true;
-        this.emit({ type: EntryType.NIC_CLOSE, n: this.count, idle, conn: input.conn });
+        this.emit({ type: EntryType.NIC_CLOSE, n, idle, conn: input.conn });
       }
       this.pending.shift();
       delivered++;
@@ -1401,8 +1410,9 @@ export class Machine {
   private step(): void {
     const ex = this.instance.exports;
     const fn = ex.ftvm_step as () => number;
-    if (this.mode === 'record') this.setBudgetEnd(this.count + this.env!.sliceUnits);
-    else this.setBudgetEnd(Math.max(this.count, Math.min(this.replayLimit().limit, this.count + this.replaySliceUnits)));
+    const n = this.count;
+    if (this.mode === 'record') this.setBudgetEnd(n + this.env!.sliceUnits, n);
+    else this.setBudgetEnd(Math.max(n, Math.min(this.replayLimit().limit, n + this.replaySliceUnits)), n);
     this.deliveredInStep = false;
     const r = this.callGuest(fn);
     this.stepAgain = !this.halted && r !== 0;
