@@ -225,7 +225,8 @@ export function parseRecording(buf: Uint8Array): Recording {
     if (crc32(payload) !== crc) {
       throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `block ${blocks} at offset ${pos} fails its checksum`);
     }
-    const batch = decodeBatch(payload, undefined, logFormat, coding);
+    // Copies: the caller owns `b` (and may write it after parsing).
+    const batch = decodeBatch(payload, undefined, logFormat, coding, true);
     const last = entries[entries.length - 1];
     const first = batch[0];
     if (last !== undefined && first !== undefined && first.n < last.n) {
