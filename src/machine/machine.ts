@@ -507,6 +507,16 @@ export class Machine {
     return m.subarray(ptr, ptr + len);
   }
 
+  /** guestBytes(ptr, len, what), copied out (one allocation, no view). */
+  private guestCopy(ptr: number, len: number, what: string): Uint8Array {
+    const m = this.mem();
+    ptr >>>= 0;
+    len >>>= 0;
+    if (ptr + len > m.length) throw new GuestTrap(badGuestPointer(what, ptr, len, m.length).message, this.count);
+    this.dirty?.markHost(ptr, len); // as guestBytes: a read counts as written (an over-approximation)
+    return m.slice(ptr, ptr + len);
+  }
+
   guestView(): DataView {
     return this.view();
   }
@@ -857,9 +867,9 @@ export class Machine {
       },
       net_send(conn: number, ptr: number, len: number): number {
         if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`net_send: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
-        const data = self.guestBytes(ptr, len, 'net_send');
+        const data = self.guestCopy(ptr, len, 'net_send');
         if (!self.devices.conns.has(conn)) return -1; // the peer's CLOSE is a half-close: replies still go out
-        self.output('net', conn, 0, data);
+        self.outputOwned('net', conn, 0, data);
         return len;
       },
       net_close(conn: number): number {
@@ -1005,8 +1015,12 @@ export class Machine {
    * made while the replica still holds log after it is one the primary may have released: suppressed.
    */
   output(kind: GuestOutput['kind'], conn: number, fd: number, bytes: Uint8Array): void {
+    this.outputOwned(kind, conn, fd, new Uint8Array(bytes)); // copy: guest memory changes
+  }
+
+  /** output() of a plain Uint8Array of the caller's that nothing writes afterwards (no copy). */
+  private outputOwned(kind: GuestOutput['kind'], conn: number, fd: number, data: Uint8Array): void {
     const n = this.count;
-    const data = new Uint8Array(bytes); // copy: guest memory changes
     const hash = kind === 'close' ? 0 : crc32(data) >>> 0;
     if (kind === 'net') {
       const px = this.devices.proxied.get(conn);
