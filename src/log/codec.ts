@@ -502,7 +502,8 @@ function decodeRun(r: ByteReader, tag: number, st: BatchCodingState, out: LogEnt
 /**
  * Decodes one batch; the whole buffer must be consumed. `state` as for encodeBatch. The entries' payload
  * data (NIC_DATA, SOCK_RECV) are views into `buf`, not copies, unless `copyData`: a caller that writes
- * `buf` afterwards (or reuses it) while it still holds the entries asks for copies.
+ * `buf` afterwards (or reuses it) while it still holds the entries asks for copies. (`slice` copies; of a
+ * Buffer, `buf.slice` is a view, as it always was here.)
  */
 export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000, format: LogFormat = LOG_FORMAT, state?: BatchCodingState, copyData = false): LogEntry[] {
   const views = !copyData;

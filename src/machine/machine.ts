@@ -1220,7 +1220,9 @@ export class Machine {
         const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
         assert(ok, 'ring had room for the chunk');
         // No copy: an env hands its input over (RecordEnv.takeInputs) and nothing writes it afterwards.
-        this.emit({ type: EntryType.NIC_DATA, n, idle, conn: input.conn, data: chunk });
+        // (A Buffer, which a scripted env may hold, is copied: an entry's data is a plain Uint8Array.)
+        const logged = chunk.constructor === Uint8Array ? chunk : new Uint8Array(chunk);
+        this.emit({ type: EntryType.NIC_DATA, n, idle, conn: input.conn, data: logged });
         const px = this.devices.proxied.get(input.conn);
         if (px !== undefined) px.inBytes += take;
         this.inbox.handedOff(input.conn, take); // in guest memory now: the client service's per-connection bound counts it consumed
