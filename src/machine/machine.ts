@@ -369,6 +369,8 @@ export class Machine {
   readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
+  /** The guest's memory is shared (its buffer is a SharedArrayBuffer, which growing does not detach). */
+  private readonly memShared: boolean;
   /** The store barrier's page map (a guest instrumented with InstrumentOptions.dirtyPages). */
   private readonly dirty: DirtyPages | undefined;
   private readonly dirtyCache: WebAssembly.Global | undefined;
@@ -410,6 +412,7 @@ export class Machine {
     const ex = this.instance.exports;
     this.dirtyCache = this.dirty !== undefined ? (ex[DIRTY_CACHE_GLOBAL] as WebAssembly.Global) : undefined;
     this.memory = this.sharedMemory ?? (ex[MEMORY_EXPORT] as WebAssembly.Memory);
+    this.memShared = this.memory.buffer instanceof SharedArrayBuffer;
     if (spec !== undefined) {
       this.threads = new ThreadHub({
         instrumented: opts.instrumented,
@@ -486,7 +489,7 @@ export class Machine {
     // A growing non-shared memory detaches its old buffer (length 0 then); a shared one keeps the old
     // buffer at its old length and hands out a new one.
     const m = this.memBytes;
-    if (m.byteLength === 0 || (this.sharedMemory !== undefined && m.buffer !== this.memory.buffer)) this.refreshMemory();
+    if (m.byteLength === 0 || (this.memShared && m.buffer !== this.memory.buffer)) this.refreshMemory();
     return this.memBytes;
   }
 
