@@ -1118,9 +1118,9 @@ export class Machine {
   /** Replay at a checkpoint: deliver what the log delivered here, then grant as far as the log allows. */
   private replayCheckpoint(k: number): void {
     const src = this.source!;
-    src.atCheckpoint?.(this.count);
+    const n = this.count; // fixed in this loop, as in idleReplay (go-live returns from it)
+    src.atCheckpoint?.(n);
     for (;;) {
-      const n = this.count;
       const head = src.peek(0);
       if (head !== undefined && isAsync(head) && !head.idle && head.n === n) {
         this.applyDelivery(head);
@@ -1389,10 +1389,12 @@ export class Machine {
   /** One idle round in replay: deliver this idle point's entries, then step if the primary did. */
   private idleReplay(): RunResult | undefined {
     const src = this.source!;
-    src.atIdle?.(this.count);
+    // The count cannot move in this loop (the guest does not run; only a step, a budget stop, go-live or a
+    // restore sets the fuel): read once (each read makes a BigInt).
+    const n = this.count;
+    src.atIdle?.(n);
     let delivered = 0;
     for (;;) {
-      const n = this.count;
       const head = src.peek(0);
       if (head !== undefined && head.n === n && isAsync(head) && head.idle) {
         this.applyDelivery(head);
