@@ -132,3 +132,24 @@ test('format 2: a batch is delimited by its container (a checksummed block, an a
     { numRuns: 300 },
   );
 });
+
+test('decoded payload data are views into the batch, or copies when the caller asks (copyData)', () => {
+  const data = (k: number): Uint8Array => new Uint8Array([k, k + 1, k + 2, k + 3, k + 4]);
+  const entries: LogEntry[] = [
+    { type: EntryType.NIC_DATA, n: 5, idle: true, conn: 1, data: data(1) },
+    { type: EntryType.SOCK_RECV, n: 6, errno: 0, data: data(2) },
+    // A run (three NIC_DATA at one number) and an OUT_DIGEST (a u32) with every byte of its CRC set.
+    ...[3, 4, 5].map((k) => ({ type: EntryType.NIC_DATA, n: 9, idle: false, conn: k, data: data(k) }) as LogEntry),
+    { type: EntryType.OUT_DIGEST, n: 9, idle: true, count: 3, crc: 0xfedcba98 },
+  ];
+  for (const format of [LOG_FORMAT_OUTPUTS, LOG_FORMAT_DIGEST] as const) {
+    const list = format === LOG_FORMAT_OUTPUTS ? entries.filter((e) => e.type !== EntryType.OUT_DIGEST) : entries;
+    const buf = encodeBatch(list, undefined, format);
+    const views = decodeBatch(buf, undefined, format);
+    const copies = decodeBatch(buf, undefined, format, undefined, true);
+    assert.deepEqual(views, list);
+    assert.deepEqual(copies, list);
+    for (const e of views) if ('data' in e) assert.equal(e.data.buffer, buf.buffer);
+    for (const e of copies) if ('data' in e) assert.notEqual(e.data.buffer, buf.buffer);
+  }
+});

@@ -113,6 +113,10 @@ export class ByteWriter {
     this.length += b.length;
   }
 
+  /**
+   * A copy of the bytes written so far, in an ArrayBuffer of its own exactly that long (transferable).
+   * The copy is needed: the writer's buffer is reused for the next batch.
+   */
   finish(): Uint8Array {
     return this.buf.slice(0, this.length);
   }
@@ -129,9 +133,15 @@ export class ByteWriter {
 
 export class ByteReader {
   pos = 0;
-  private readonly view: DataView;
-  constructor(private readonly buf: Uint8Array) {
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  /**
+   * Made on the first u64 only: a DataView of a small array (held in V8's heap) moves its bytes out to a
+   * buffer of their own first, which costs more than decoding a small batch.
+   */
+  private dv: DataView | undefined;
+  constructor(private readonly buf: Uint8Array) {}
+
+  private get view(): DataView {
+    return (this.dv ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength));
   }
 
   get remaining(): number {
@@ -149,9 +159,10 @@ export class ByteReader {
 
   u32(): number {
     this.need(4);
-    const v = this.view.getUint32(this.pos, true);
-    this.pos += 4;
-    return v;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 4;
+    return (b[p]! | (b[p + 1]! << 8) | (b[p + 2]! << 16) | (b[p + 3]! << 24)) >>> 0;
   }
 
   u64(): bigint {
@@ -199,6 +210,24 @@ export class ByteReader {
   }
 }
 
+/** A NIC entry's connection: format 2, a zigzag delta from the previous NIC entry's; format 1, the id. */
+function writeConn(w: ByteWriter, st: BatchCodingState, v2: boolean, c: number): void {
+  if (v2) {
+    w.zigzag(c - st.conn);
+    st.conn = c;
+  } else {
+    w.varint(c);
+  }
+}
+
+function readConn(r: ByteReader, st: BatchCodingState, v2: boolean): number {
+  if (!v2) return r.varint();
+  const c = st.conn + r.zigzag();
+  if (!Number.isSafeInteger(c) || c < 0) corrupt(`connection ${c}`);
+  st.conn = c;
+  return c;
+}
+
 /** Appends one entry. Format 1 with a number as the state: the previous entry's instruction number. */
 export function encodeEntry(w: ByteWriter, e: LogEntry, prev: number | BatchCodingState, format: LogFormat = LOG_FORMAT_OUTPUTS): void {
   const st: BatchCodingState = typeof prev === 'number' ? { n: prev, conn: 0 } : prev;
@@ -211,14 +240,6 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prev: number | BatchCodi
   w.u8(e.type | idle | tagged | same);
   if (same === 0) w.varint(e.n - st.n);
   st.n = e.n;
-  const conn = (c: number): void => {
-    if (v2) {
-      w.zigzag(c - st.conn);
-      st.conn = c;
-    } else {
-      w.varint(c);
-    }
-  };
   switch (e.type) {
     case EntryType.CLOCK:
       w.u8(e.clock);
@@ -256,7 +277,7 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prev: number | BatchCodi
       }
       return;
     case EntryType.NIC_OPEN:
-      conn(e.conn);
+      writeConn(w, st, v2, e.conn);
       if (e.tag !== undefined) {
         if (e.tag.length > MAX_TAG_BYTES) throw new Error(`connection tag of ${e.tag.length} bytes exceeds ${MAX_TAG_BYTES}`);
         w.varint(e.tag.length);
@@ -264,10 +285,10 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prev: number | BatchCodi
       }
       return;
     case EntryType.NIC_CLOSE:
-      conn(e.conn);
+      writeConn(w, st, v2, e.conn);
       return;
     case EntryType.NIC_DATA:
-      conn(e.conn);
+      writeConn(w, st, v2, e.conn);
       w.varint(e.data.length);
       w.bytes(e.data);
       return;
@@ -306,8 +327,11 @@ export function encodeEntry(w: ByteWriter, e: LogEntry, prev: number | BatchCodi
   }
 }
 
-/** Reads one entry. Format 1 with a number as the state: the previous entry's instruction number. */
-export function decodeEntry(r: ByteReader, prev: number | BatchCodingState, format: LogFormat = LOG_FORMAT_OUTPUTS): LogEntry {
+/**
+ * Reads one entry. Format 1 with a number as the state: the previous entry's instruction number. With
+ * `views`, NIC_DATA's and SOCK_RECV's data are views into the reader's buffer rather than copies.
+ */
+export function decodeEntry(r: ByteReader, prev: number | BatchCodingState, format: LogFormat = LOG_FORMAT_OUTPUTS, views = false): LogEntry {
   const st: BatchCodingState = typeof prev === 'number' ? { n: prev, conn: 0 } : prev;
   const v2 = format === LOG_FORMAT_DIGEST;
   const tag = r.u8();
@@ -321,13 +345,6 @@ export function decodeEntry(r: ByteReader, prev: number | BatchCodingState, form
   st.n = n;
   const asyncType = (type >= EntryType.NIC_OPEN && type <= EntryType.TIMER) || (v2 && type === EntryType.OUT_DIGEST);
   if (idle && !asyncType) corrupt(`idle flag on non-delivery entry type ${type}`);
-  const conn = (): number => {
-    if (!v2) return r.varint();
-    const c = st.conn + r.zigzag();
-    if (!Number.isSafeInteger(c) || c < 0) corrupt(`connection ${c}`);
-    st.conn = c;
-    return c;
-  };
   switch (type) {
     case EntryType.CLOCK: {
       const clock = r.u8();
@@ -347,7 +364,8 @@ export function decodeEntry(r: ByteReader, prev: number | BatchCodingState, form
     }
     case EntryType.SOCK_RECV: {
       const errno = r.varint();
-      return { type, n, errno, data: r.bytes(r.varint()) };
+      const len = r.varint();
+      return { type, n, errno, data: views ? r.bytesView(len) : r.bytes(len) };
     }
     case EntryType.POLL: {
       const count = r.varint();
@@ -362,17 +380,18 @@ export function decodeEntry(r: ByteReader, prev: number | BatchCodingState, form
       return { type, n, events };
     }
     case EntryType.NIC_OPEN: {
-      const c = conn();
+      const c = readConn(r, st, v2);
       if (!tagged) return { type, n, idle, conn: c };
       const len = r.varint();
       if (len > MAX_TAG_BYTES) corrupt(`connection tag of ${len} bytes`);
       return { type, n, idle, conn: c, tag: r.bytes(len) };
     }
     case EntryType.NIC_CLOSE:
-      return { type, n, idle, conn: conn() };
+      return { type, n, idle, conn: readConn(r, st, v2) };
     case EntryType.NIC_DATA: {
-      const c = conn();
-      return { type, n, idle, conn: c, data: r.bytes(r.varint()) };
+      const c = readConn(r, st, v2);
+      const len = r.varint();
+      return { type, n, idle, conn: c, data: views ? r.bytesView(len) : r.bytes(len) };
     }
     case EntryType.TIMER:
       return { type, n, idle, timer: r.varint() };
@@ -463,7 +482,7 @@ export function encodeBatchInto(entries: readonly LogEntry[], w: ByteWriter, for
 }
 
 /** Format 2: a run of NIC_DATA entries (the type byte already read). */
-function decodeRun(r: ByteReader, tag: number, st: BatchCodingState, out: LogEntry[], maxEntries: number): void {
+function decodeRun(r: ByteReader, tag: number, st: BatchCodingState, out: LogEntry[], maxEntries: number, views: boolean): void {
   if ((tag & TAG_FLAG) !== 0) corrupt('tag flag on a NIC_DATA run');
   const idle = (tag & IDLE_FLAG) !== 0;
   const n = (tag & SAME_N_FLAG) !== 0 ? st.n : st.n + r.varint();
@@ -475,26 +494,33 @@ function decodeRun(r: ByteReader, tag: number, st: BatchCodingState, out: LogEnt
     const conn = st.conn + r.zigzag();
     if (!Number.isSafeInteger(conn) || conn < 0) corrupt(`connection ${conn}`);
     st.conn = conn;
-    out.push({ type: EntryType.NIC_DATA, n, idle, conn, data: r.bytes(r.varint()) });
+    const len = r.varint();
+    out.push({ type: EntryType.NIC_DATA, n, idle, conn, data: views ? r.bytesView(len) : r.bytes(len) });
   }
 }
 
-/** Decodes one batch; the whole buffer must be consumed. `state` as for encodeBatch. */
-export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000, format: LogFormat = LOG_FORMAT, state?: BatchCodingState): LogEntry[] {
+/**
+ * Decodes one batch; the whole buffer must be consumed. `state` as for encodeBatch. The entries' payload
+ * data (NIC_DATA, SOCK_RECV) are views into `buf`, not copies, unless `copyData`: a caller that writes
+ * `buf` afterwards (or reuses it) while it still holds the entries asks for copies. (`slice` copies; of a
+ * Buffer, `buf.slice` is a view, as it always was here.)
+ */
+export function decodeBatch(buf: Uint8Array, maxEntries = 1_000_000, format: LogFormat = LOG_FORMAT, state?: BatchCodingState, copyData = false): LogEntry[] {
+  const views = !copyData;
   const r = new ByteReader(buf);
   const out: LogEntry[] = [];
   const st: BatchCodingState = format === LOG_FORMAT_DIGEST && state !== undefined ? state : initialCoding();
   if (format === LOG_FORMAT_OUTPUTS) {
     const count = r.varint();
     if (count > maxEntries) corrupt(`batch claims ${count} entries (limit ${maxEntries})`);
-    for (let i = 0; i < count; i++) out.push(decodeEntry(r, st, format));
+    for (let i = 0; i < count; i++) out.push(decodeEntry(r, st, format, views));
     if (r.remaining !== 0) corrupt(`${r.remaining} trailing bytes after ${count} entries`);
     return out;
   }
   while (r.remaining > 0) {
     if (out.length >= maxEntries) corrupt(`batch holds more than ${maxEntries} entries`);
-    if ((buf[r.pos]! & TYPE_MASK) === NIC_DATA_RUN) decodeRun(r, r.u8(), st, out, maxEntries);
-    else out.push(decodeEntry(r, st, format));
+    if ((buf[r.pos]! & TYPE_MASK) === NIC_DATA_RUN) decodeRun(r, r.u8(), st, out, maxEntries, views);
+    else out.push(decodeEntry(r, st, format, views));
   }
   return out;
 }

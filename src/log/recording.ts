@@ -225,7 +225,8 @@ export function parseRecording(buf: Uint8Array): Recording {
     if (crc32(payload) !== crc) {
       throw new FtvmError('FTVM_ERR_CORRUPT_RECORDING', `block ${blocks} at offset ${pos} fails its checksum`);
     }
-    const batch = decodeBatch(payload, undefined, logFormat, coding);
+    // Sliced, as before: the caller owns `b` (a Buffer's slice is a view, though, as it always was).
+    const batch = decodeBatch(payload, undefined, logFormat, coding, true);
     const last = entries[entries.length - 1];
     const first = batch[0];
     if (last !== undefined && first !== undefined && first.n < last.n) {

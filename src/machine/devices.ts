@@ -44,37 +44,70 @@ export class RxRing {
     return this.capacity - used;
   }
 
-  /** Writes one record if it fits; returns false (and writes nothing) if it does not. */
+  /**
+   * Writes one record if it fits; returns false (and writes nothing) if it does not. The record (header,
+   * payload, zero padding to 4 bytes) goes straight into guest memory, wrapping at the ring's end; the
+   * marker is told the record's bytes (one range, two when it wraps) and then the head word.
+   */
   write(mem: DataView, bytes: Uint8Array, type: number, id: number, payload?: Uint8Array): boolean {
-    const len = payload?.length ?? 0;
-    const size = RECORD_HEADER_BYTES + align4(len);
+    const len = payload === undefined ? 0 : payload.length;
+    const padded = align4(len);
+    const size = RECORD_HEADER_BYTES + padded;
     const free = this.free(mem);
     if (free < size) return false;
+    const cap = this.capacity;
     const head = mem.getUint32(this.ptr, true);
-    const hdr = new Uint8Array(RECORD_HEADER_BYTES);
-    const hv = new DataView(hdr.buffer);
-    hv.setUint16(0, type, true);
-    hv.setUint16(2, 0, true);
-    hv.setUint32(4, id >>> 0, true);
-    hv.setUint32(8, len, true);
     const base = this.ptr + RING_HEADER_BYTES;
-    let at = head % this.capacity;
-    const put = (chunk: Uint8Array): void => {
-      let off = 0;
-      while (off < chunk.length) {
-        const n = Math.min(chunk.length - off, this.capacity - at);
-        bytes.set(chunk.subarray(off, off + n), base + at);
-        this.marker?.(base + at, n);
-        off += n;
-        at = (at + n) % this.capacity;
+    const at = head % cap;
+    // Header: u16 type, u16 0, u32 id, u32 payload length (little-endian).
+    if (at + RECORD_HEADER_BYTES <= cap) {
+      const p = base + at;
+      mem.setUint16(p, type, true);
+      mem.setUint16(p + 2, 0, true);
+      mem.setUint32(p + 4, id >>> 0, true);
+      mem.setUint32(p + 8, len, true);
+    } else {
+      // The header wraps (the guest's head is not a multiple of 4, or the ring ends within it).
+      const t = type & 0xffff;
+      const i = id >>> 0;
+      for (let k = 0; k < RECORD_HEADER_BYTES; k++) {
+        const v = k < 2 ? t >>> (8 * k) : k < 4 ? 0 : k < 8 ? i >>> (8 * (k - 4)) : len >>> (8 * (k - 8));
+        bytes[base + ((at + k) % cap)] = v & 0xff;
       }
-    };
-    put(hdr);
-    if (payload !== undefined && len > 0) put(payload);
-    const pad = align4(len) - len;
-    if (pad > 0) put(new Uint8Array(pad));
+    }
+    // Payload: size <= free <= capacity, so it wraps at most once.
+    let pos = (at + RECORD_HEADER_BYTES) % cap;
+    if (payload !== undefined && len > 0) {
+      const first = cap - pos;
+      if (len <= first) {
+        bytes.set(payload, base + pos);
+      } else {
+        bytes.set(payload.subarray(0, first), base + pos);
+        bytes.set(payload.subarray(first), base);
+      }
+      pos = (pos + len) % cap;
+    }
+    const pad = padded - len;
+    if (pad > 0) {
+      const first = cap - pos;
+      if (pad <= first) {
+        bytes.fill(0, base + pos, base + pos + pad);
+      } else {
+        bytes.fill(0, base + pos, base + cap);
+        bytes.fill(0, base, base + pad - first);
+      }
+    }
     mem.setUint32(this.ptr, (head + size) >>> 0, true);
-    this.marker?.(this.ptr, 4);
+    const marker = this.marker;
+    if (marker !== undefined) {
+      if (at + size <= cap) {
+        marker(base + at, size);
+      } else {
+        marker(base + at, cap - at);
+        marker(base, size - (cap - at));
+      }
+      marker(this.ptr, 4);
+    }
     return true;
   }
 }

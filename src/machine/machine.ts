@@ -57,7 +57,10 @@ export interface RecordEnv {
   /** Monotonic milliseconds, for timer deadlines. */
   nowMs(): number;
   randomFill(buf: Uint8Array): void;
-  /** Up to `max` inputs ready now. `count` is the guest's instruction number. */
+  /**
+   * Up to `max` inputs ready now. `count` is the guest's instruction number. The inputs' data is handed
+   * over: the machine logs views of it (NIC_DATA entries), so the env must not write it afterwards.
+   */
   takeInputs(count: number, max: number): NicInput[];
   /** Guest idle with nothing to deliver: block until input may be ready or `deadlineMs`. False = stop the run. */
   waitForWork(count: number, deadlineMs: number | undefined): boolean;
@@ -366,6 +369,8 @@ export class Machine {
   readonly diskImagePath: string | undefined;
   private memBytes!: Uint8Array;
   private memView!: DataView;
+  /** The guest's memory is shared (its buffer is a SharedArrayBuffer, which growing does not detach). */
+  private readonly memShared: boolean;
   /** The store barrier's page map (a guest instrumented with InstrumentOptions.dirtyPages). */
   private readonly dirty: DirtyPages | undefined;
   private readonly dirtyCache: WebAssembly.Global | undefined;
@@ -407,6 +412,7 @@ export class Machine {
     const ex = this.instance.exports;
     this.dirtyCache = this.dirty !== undefined ? (ex[DIRTY_CACHE_GLOBAL] as WebAssembly.Global) : undefined;
     this.memory = this.sharedMemory ?? (ex[MEMORY_EXPORT] as WebAssembly.Memory);
+    this.memShared = this.memory.buffer instanceof SharedArrayBuffer;
     if (spec !== undefined) {
       this.threads = new ThreadHub({
         instrumented: opts.instrumented,
@@ -459,8 +465,8 @@ export class Machine {
     return this.budgetEnd - Number(this.fuel.value as bigint);
   }
 
-  private setBudgetEnd(end: number): void {
-    const n = this.count;
+  /** `n`: the count, when the caller just read it (reading it makes a BigInt). */
+  private setBudgetEnd(end: number, n = this.count): void {
     assert(end >= n, `budget end ${end} behind count ${n}`);
     this.budgetEnd = end;
     this.fuel.value = BigInt(end - n);
@@ -480,7 +486,10 @@ export class Machine {
   }
 
   private mem(): Uint8Array {
-    if (this.memBytes.byteLength === 0 || this.memBytes.buffer !== this.memory.buffer) this.refreshMemory();
+    // A growing non-shared memory detaches its old buffer (length 0 then); a shared one keeps the old
+    // buffer at its old length and hands out a new one.
+    const m = this.memBytes;
+    if (m.byteLength === 0 || (this.memShared && m.buffer !== this.memory.buffer)) this.refreshMemory();
     return this.memBytes;
   }
 
@@ -499,6 +508,16 @@ export class Machine {
     // first): with the store barrier, they count as written (read-only uses too: an over-approximation).
     this.dirty?.markHost(ptr, len);
     return m.subarray(ptr, ptr + len);
+  }
+
+  /** guestBytes(ptr, len, what), copied out (one allocation, no view). */
+  private guestCopy(ptr: number, len: number, what: string): Uint8Array {
+    const m = this.mem();
+    ptr >>>= 0;
+    len >>>= 0;
+    if (ptr + len > m.length) throw new GuestTrap(badGuestPointer(what, ptr, len, m.length).message, this.count);
+    this.dirty?.markHost(ptr, len); // as guestBytes: a read counts as written (an over-approximation)
+    return m.slice(ptr, ptr + len);
   }
 
   guestView(): DataView {
@@ -851,9 +870,9 @@ export class Machine {
       },
       net_send(conn: number, ptr: number, len: number): number {
         if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`net_send: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
-        const data = self.guestBytes(ptr, len, 'net_send');
+        const data = self.guestCopy(ptr, len, 'net_send');
         if (!self.devices.conns.has(conn)) return -1; // the peer's CLOSE is a half-close: replies still go out
-        self.output('net', conn, 0, data);
+        self.outputOwned('net', conn, 0, data);
         return len;
       },
       net_close(conn: number): number {
@@ -999,8 +1018,12 @@ export class Machine {
    * made while the replica still holds log after it is one the primary may have released: suppressed.
    */
   output(kind: GuestOutput['kind'], conn: number, fd: number, bytes: Uint8Array): void {
+    this.outputOwned(kind, conn, fd, new Uint8Array(bytes)); // copy: guest memory changes
+  }
+
+  /** output() of a plain Uint8Array of the caller's that nothing writes afterwards (no copy). */
+  private outputOwned(kind: GuestOutput['kind'], conn: number, fd: number, data: Uint8Array): void {
     const n = this.count;
-    const data = new Uint8Array(bytes); // copy: guest memory changes
     const hash = kind === 'close' ? 0 : crc32(data) >>> 0;
     if (kind === 'net') {
       const px = this.devices.proxied.get(conn);
@@ -1085,7 +1108,8 @@ export class Machine {
       if (this.deliverRecorded(false) > 0) this.deliveredInStep = true;
       this.sealOutputs();
       env.atCheckpoint?.(this.count);
-      this.setBudgetEnd(this.count + Math.max(env.sliceUnits, k));
+      const n = this.count;
+      this.setBudgetEnd(n + Math.max(env.sliceUnits, k), n);
       return;
     }
     this.replayCheckpoint(k);
@@ -1094,9 +1118,9 @@ export class Machine {
   /** Replay at a checkpoint: deliver what the log delivered here, then grant as far as the log allows. */
   private replayCheckpoint(k: number): void {
     const src = this.source!;
-    src.atCheckpoint?.(this.count);
+    const n = this.count; // fixed in this loop, as in idleReplay (go-live returns from it)
+    src.atCheckpoint?.(n);
     for (;;) {
-      const n = this.count;
       const head = src.peek(0);
       if (head !== undefined && isAsync(head) && !head.idle && head.n === n) {
         this.applyDelivery(head);
@@ -1116,7 +1140,7 @@ export class Machine {
       const { limit, boundary } = this.replayLimit();
       if (limit >= n + k) {
         // Stop again within a slice even when the log grants more, so progress is reported.
-        this.setBudgetEnd(Math.min(limit, n + Math.max(this.replaySliceUnits, k)));
+        this.setBudgetEnd(Math.min(limit, n + Math.max(this.replaySliceUnits, k)), n);
         return;
       }
       if (boundary !== undefined) {
@@ -1158,16 +1182,17 @@ export class Machine {
     if (this.dirty !== undefined) ring.marker = this.dirty.markRange;
     const mem = this.view();
     const bytes = this.mem();
+    const n = this.count; // the guest is stopped here: every delivery of this call is numbered n
     if (this.devices.timers.size > 0) {
       for (const id of this.devices.dueTimers(env.nowMs())) {
         if (!ring.write(mem, bytes, RecordType.TIMER, id)) return delivered;
         this.devices.timers.delete(id);
-        this.emit({ type: EntryType.TIMER, n: this.count, idle, timer: id });
+        this.emit({ type: EntryType.TIMER, n, idle, timer: id });
         delivered++;
       }
     }
     if (this.pending.length < MAX_PENDING_INPUTS) {
-      const more = env.takeInputs(this.count, MAX_PENDING_INPUTS - this.pending.length);
+      const more = env.takeInputs(n, MAX_PENDING_INPUTS - this.pending.length);
       for (const i of more) this.pending.push(i);
     }
     while (this.pending.length > 0) {
@@ -1182,7 +1207,7 @@ export class Machine {
         this.devices.openConn(input.conn);
         const tag = input.data !== undefined && input.data.length > 0 ? new Uint8Array(input.data) : undefined;
         if (tag !== undefined) this.devices.proxied.set(input.conn, { tag: Buffer.from(tag).toString('hex'), inBytes: 0, inEof: false, outBytes: 0 });
-        this.emit({ type: EntryType.NIC_OPEN, n: this.count, idle, conn: input.conn, ...(tag !== undefined ? { tag } : {}) });
+        this.emit({ type: EntryType.NIC_OPEN, n, idle, conn: input.conn, ...(tag !== undefined ? { tag } : {}) });
       } else if (input.kind === 'data') {
         const data = input.data ?? new Uint8Array(0);
         if (state !== ConnState.OPEN || data.length === 0) {
@@ -1194,10 +1219,13 @@ export class Machine {
         const room = free - 12;
         if (room < Math.min(data.length, 64)) break; // wait for the guest to make room
         const take = Math.min(data.length, room & ~3);
-        const chunk = data.subarray(0, take);
+        const chunk = take === data.length ? data : data.subarray(0, take);
         const ok = ring.write(mem, bytes, RecordType.DATA, input.conn, chunk);
         assert(ok, 'ring had room for the chunk');
-        this.emit({ type: EntryType.NIC_DATA, n: this.count, idle, conn: input.conn, data: new Uint8Array(chunk) });
+        // No copy: an env hands its input over (RecordEnv.takeInputs) and nothing writes it afterwards.
+        // (A Buffer, which a scripted env may hold, is copied: an entry's data is a plain Uint8Array.)
+        const logged = chunk.constructor === Uint8Array ? chunk : new Uint8Array(chunk);
+        this.emit({ type: EntryType.NIC_DATA, n, idle, conn: input.conn, data: logged });
         const px = this.devices.proxied.get(input.conn);
         if (px !== undefined) px.inBytes += take;
         this.inbox.handedOff(input.conn, take); // in guest memory now: the client service's per-connection bound counts it consumed
@@ -1215,7 +1243,7 @@ export class Machine {
         this.devices.conns.set(input.conn, ConnState.PEER_CLOSED);
         const pxc = this.devices.proxied.get(input.conn);
         if (pxc !== undefined) pxc.inEof = true;
-        this.emit({ type: EntryType.NIC_CLOSE, n: this.count, idle, conn: input.conn });
+        this.emit({ type: EntryType.NIC_CLOSE, n, idle, conn: input.conn });
       }
       this.pending.shift();
       delivered++;
@@ -1361,10 +1389,12 @@ export class Machine {
   /** One idle round in replay: deliver this idle point's entries, then step if the primary did. */
   private idleReplay(): RunResult | undefined {
     const src = this.source!;
-    src.atIdle?.(this.count);
+    // The count cannot move in this loop (the guest does not run; only a step, a budget stop, go-live or a
+    // restore sets the fuel): read once (each read makes a BigInt).
+    const n = this.count;
+    src.atIdle?.(n);
     let delivered = 0;
     for (;;) {
-      const n = this.count;
       const head = src.peek(0);
       if (head !== undefined && head.n === n && isAsync(head) && head.idle) {
         this.applyDelivery(head);
@@ -1401,8 +1431,9 @@ export class Machine {
   private step(): void {
     const ex = this.instance.exports;
     const fn = ex.ftvm_step as () => number;
-    if (this.mode === 'record') this.setBudgetEnd(this.count + this.env!.sliceUnits);
-    else this.setBudgetEnd(Math.max(this.count, Math.min(this.replayLimit().limit, this.count + this.replaySliceUnits)));
+    const n = this.count;
+    if (this.mode === 'record') this.setBudgetEnd(n + this.env!.sliceUnits, n);
+    else this.setBudgetEnd(Math.max(n, Math.min(this.replayLimit().limit, n + this.replaySliceUnits)), n);
     this.deliveredInStep = false;
     const r = this.callGuest(fn);
     this.stepAgain = !this.halted && r !== 0;
