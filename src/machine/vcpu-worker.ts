@@ -167,28 +167,30 @@ function proxiedAtGoLive(): ProxiedAtGoLive[] {
   return out;
 }
 
+/** An input message's u32 connection id (bytes 1–4, little-endian): read from the bytes, no DataView per message. */
+const connOf = (msg: Uint8Array): number => (msg[1]! | (msg[2]! << 8) | (msg[3]! << 16) | (msg[4]! << 24)) >>> 0;
+
 function drainQueue(): void {
   for (;;) {
     const msg = queue.pop();
     if (msg === undefined) return;
     const tag = msg[0];
-    const dv = new DataView(msg.buffer, msg.byteOffset, msg.byteLength);
     switch (tag) {
       case Tag.OPEN:
-        inputs.push(msg.length > 5 ? { kind: 'open', conn: dv.getUint32(1, true), data: msg.slice(5) } : { kind: 'open', conn: dv.getUint32(1, true) });
+        inputs.push(msg.length > 5 ? { kind: 'open', conn: connOf(msg), data: msg.slice(5) } : { kind: 'open', conn: connOf(msg) });
         break;
       case Tag.DATA:
-        inputs.push({ kind: 'data', conn: dv.getUint32(1, true), data: msg.subarray(5) });
+        inputs.push({ kind: 'data', conn: connOf(msg), data: msg.subarray(5) });
         break;
       case Tag.CLOSE:
-        inputs.push({ kind: 'close', conn: dv.getUint32(1, true) });
+        inputs.push({ kind: 'close', conn: connOf(msg) });
         break;
       case Tag.LOG:
         for (const e of decodeBatch(msg.subarray(1), undefined, LOG_FORMAT, coding)) log.push(e);
         lastLogMs = performance.now();
         break;
       case Tag.GRANT:
-        grant = Math.max(grant, dv.getFloat64(1, true));
+        grant = Math.max(grant, new DataView(msg.buffer, msg.byteOffset, msg.byteLength).getFloat64(1, true));
         lastLogMs = performance.now();
         break;
       case Tag.END_OF_LOG:
