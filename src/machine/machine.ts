@@ -107,6 +107,12 @@ export interface GuestOutput {
 export interface MachineSink {
   entry(e: LogEntry, seq: number): void;
   output(o: GuestOutput): void;
+  /**
+   * Replay: the sink keeps no output's bytes past the `output` call unless the output's connection is
+   * proxied (the vCPU worker's: it keeps only proxied connections' tails). Its outputs on other
+   * connections are then views of guest memory, not copies. Default false (every output a copy).
+   */
+  replayBorrowsOutputs?: boolean;
   /** A state hash was logged (record) or verified against the log (replay) at instruction `n`. */
   stateHash?(n: number, hash: Uint8Array): void;
 }
@@ -870,9 +876,11 @@ export class Machine {
       },
       net_send(conn: number, ptr: number, len: number): number {
         if (len >>> 0 > MAX_OUTPUT_BYTES) throw new GuestTrap(`net_send: ${len >>> 0} bytes exceeds ${MAX_OUTPUT_BYTES}`, self.count);
-        const data = self.guestCopy(ptr, len, 'net_send');
+        // Replay into a sink that only looks at the bytes (their CRC goes into the digest): no copy.
+        const borrow = self.mode === 'replay' && self.sink.replayBorrowsOutputs === true && !self.devices.proxied.has(conn);
+        const data = borrow ? self.guestBytes(ptr, len, 'net_send') : self.guestCopy(ptr, len, 'net_send');
         if (!self.devices.conns.has(conn)) return -1; // the peer's CLOSE is a half-close: replies still go out
-        self.outputOwned('net', conn, 0, data);
+        self.outputOwned('net', conn, 0, data, borrow);
         return len;
       },
       net_close(conn: number): number {
@@ -1021,8 +1029,12 @@ export class Machine {
     this.outputOwned(kind, conn, fd, new Uint8Array(bytes)); // copy: guest memory changes
   }
 
-  /** output() of a plain Uint8Array of the caller's that nothing writes afterwards (no copy). */
-  private outputOwned(kind: GuestOutput['kind'], conn: number, fd: number, data: Uint8Array): void {
+  /**
+   * output() of a plain Uint8Array of the caller's that nothing writes afterwards (no copy). `borrowed`:
+   * `data` is a view of guest memory (replay into a sink that keeps no bytes): copied if the replica goes
+   * live at this output, since it is then a recorded output that waits for its batch.
+   */
+  private outputOwned(kind: GuestOutput['kind'], conn: number, fd: number, data: Uint8Array, borrowed = false): void {
     const n = this.count;
     const hash = kind === 'close' ? 0 : crc32(data) >>> 0;
     if (kind === 'net') {
@@ -1032,6 +1044,7 @@ export class Machine {
     if (this.digests) {
       const seq = this.seq;
       this.replaying(); // replay: waits until the log goes on past this output, or goes live here
+      if (borrowed && this.mode !== 'replay') data = data.slice(); // went live here: a recorded output now
       this.foldOutput(kind, conn, fd, data.length, hash);
       this.sink.output({ seq, n, kind, conn, fd, data });
       return;
@@ -1042,6 +1055,7 @@ export class Machine {
     else entry = { type: EntryType.OUT_CONSOLE, n, fd, len: data.length, hash };
     let seq: number;
     if (!this.replaying()) {
+      if (borrowed) data = data.slice(); // went live here: a recorded output now
       seq = this.emit(entry);
     } else {
       seq = this.seq;

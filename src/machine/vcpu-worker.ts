@@ -116,7 +116,7 @@ let goLiveRequested = false;
  * per batch (SharedQueue's polling wait). The replica's lag behind the primary grows by at most
  * REPLAY_POLL_MS; clients never wait for it (the backup acknowledges log on receipt, not on replay).
  */
-const REPLAY_POLL_MS = 1;
+const REPLAY_POLL_MS = 2;
 const REPLAY_POLL_WINDOW_MS = 50;
 let lastLogMs = -Infinity;
 let snapshotRequested = false;
@@ -345,6 +345,8 @@ function main(): void {
       if (machine?.mode === 'record') pendingOutputs.push(o);
       else replayTails.output(o.kind, o.conn, o.data, machine?.devices.proxied.get(o.conn));
     },
+    // Replay keeps only proxied connections' output (their tails): the others' bytes are only checked.
+    replayBorrowsOutputs: true,
     stateHash(n: number, hash: Uint8Array): void {
       if (machine?.mode === 'record') flush();
       post({ t: 'hash', n, hash });
