@@ -16,7 +16,7 @@
  * Polling waits (`wait(ms, pending, true)`): the consumer says it will look again within `ms` by itself
  * (`consumerWaiting` = 2), so the producer makes no system call at all. A replaying backup waits this
  * way while log keeps arriving: its replay is off the clients' path (the backup acknowledges on
- * receipt), so a bounded delay of a millisecond costs nothing, and the futex wake per batch it saves was
+ * receipt), so a bounded delay of a millisecond or two costs nothing, and the futex wake per batch it saves was
  * the largest share of the backup's I/O thread (docs/PERFORMANCE.md). A producer that needs the
  * consumer at once regardless (a stop, a go-live) calls `wake()`.
  */
