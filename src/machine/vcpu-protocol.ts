@@ -7,12 +7,14 @@
  *   10 LOG batch bytes · 11 GRANT f64 n · 12 END_OF_LOG              (replay: the log)
  *   20 STOP · 21 STATE_HASH (record: log a state hash at the next idle point)
  *
- * Worker → I/O thread: postMessage of WorkerEvent objects (a batch: one transferred buffer holding the
- * encoded entries and then its outputs); the worker's instruction count and entry count are also
- * published in a shared Float64Array for cheap status reads.
+ * Worker → I/O thread: batches in a second SharedQueue (the outbound queue: encodeBatchHead, the encoded
+ * entries, then encodeOutputs), drained on a 'kick' message; every other WorkerEvent by postMessage,
+ * marked at its place among the batches (see WorkerEvent). The worker's instruction count and entry
+ * count are also published in a shared Float64Array for cheap status reads.
  *
  * Wake-ups: the I/O thread queues the messages of an event-loop turn without waking the worker and
- * notifies once at the end of the turn (setImmediate), and only while the worker waits (SharedQueue).
+ * notifies once at the end of the turn (setImmediate), and only while the worker waits (SharedQueue); a
+ * replica that keeps receiving log polls instead (SharedQueue.wait's `poll`), so it is not woken at all.
  */
 import type { ScheduledInput } from './env.js';
 import { ByteReader, type ByteWriter } from '../log/codec.js';
@@ -182,29 +184,6 @@ export function decodeOutputs(buf: Uint8Array, at: number): WireOutput[] {
     out.push({ seq, n, kind, conn, fd, data });
   }
   assert(r.remaining === 0, 'vCPU batch: nothing after the outputs');
-  return out;
-}
-
-export function encodeInput(kind: 'open' | 'data' | 'close', conn: number, data?: Uint8Array): Uint8Array {
-  const tag = kind === 'open' ? Tag.OPEN : kind === 'data' ? Tag.DATA : Tag.CLOSE;
-  const out = new Uint8Array(5 + (data?.length ?? 0));
-  out[0] = tag;
-  new DataView(out.buffer).setUint32(1, conn, true);
-  if (data) out.set(data, 5);
-  return out;
-}
-
-export function encodeGrant(n: number): Uint8Array {
-  const out = new Uint8Array(9);
-  out[0] = Tag.GRANT;
-  new DataView(out.buffer).setFloat64(1, n, true);
-  return out;
-}
-
-export function encodeLog(batch: Uint8Array): Uint8Array {
-  const out = new Uint8Array(1 + batch.length);
-  out[0] = Tag.LOG;
-  out.set(batch, 1);
   return out;
 }
 

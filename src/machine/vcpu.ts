@@ -377,7 +377,7 @@ export class Vcpu extends EventEmitter {
 
   /** Replay: the primary has reached instruction `n`; the replica may run up to it. */
   grant(n: number): void {
-    this.grantView.setFloat64(1, n, true); // the layout of encodeGrant, in a reused header (`send` copies it)
+    this.grantView.setFloat64(1, n, true); // GRANT, f64 n: a reused header (`send` copies it into the queue)
     this.send(this.grantHead);
   }
 
