@@ -9,7 +9,8 @@
  *
  * Each is the median of `count` round trips after a warm-up. An FT-on request at one connection makes
  * at least one tcp and one tls round trip (the client's, and the log's with its ACK), and in this
- * design one thread round trip (input to the vCPU and its batch back).
+ * design one thread round trip (input to the vCPU and its batch back); in this design the log's round
+ * trip also starts only after the guest's step (the log leaves with the reply's batch).
  *
  * Also an entry point: `node dist/bench/floor.js` prints the three figures as one JSON line;
  * `node dist/bench/floor.js --echo tcp|tls` is the echo server it starts (prints its port).

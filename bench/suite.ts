@@ -633,7 +633,8 @@ async function main(): Promise<number> {
     if (o.conns.includes(1)) {
       const offP50Us = agg('ftvm-off', 1).p50 * 1000;
       const waitP50Us = agg('redis-wait', 1).p50 * 1000;
-      // FT on at one connection adds at least the log's round trip to the backup (TLS) to FT off's request.
+      // FT on at one connection adds at least the log's round trip to the backup (TLS) to FT off's request,
+      // in this design: the log leaves with the reply's batch, after the step (docs/PERFORMANCE.md, "The floor").
       summary.ft_ratio_c1_bound = round(offP50Us / (offP50Us + floor.tls_rtt_us));
       // An FT-on request makes at least the client's round trip and the log's: with no work at all in either process.
       summary.redis_wait_p50_ratio_c1_floor = round((floor.tcp_rtt_us + floor.tls_rtt_us) / waitP50Us);
@@ -670,7 +671,7 @@ async function main(): Promise<number> {
     console.log(
       `floor (same run): round trip between two Node processes ${floor.tcp_rtt_us} µs over TCP, ${floor.tls_rtt_us} µs over TLS; I/O thread ↔ worker ${floor.thread_rtt_us} µs` +
         (summary.ft_ratio_c1_bound !== undefined
-          ? `\n  with no work in either replica: ft_ratio_c1 ≤ ${String(summary.ft_ratio_c1_bound)}, redis_wait_p50_ratio_c1 ≥ ${String(summary.redis_wait_p50_ratio_c1_floor)} (≥ ${String(summary.redis_wait_p50_ratio_c1_design_floor)} with the vCPU worker's hop)`
+          ? `\n  with no work in either replica, in this design (the log's round trip after the step): ft_ratio_c1 ≤ ${String(summary.ft_ratio_c1_bound)}, redis_wait_p50_ratio_c1 ≥ ${String(summary.redis_wait_p50_ratio_c1_floor)} (≥ ${String(summary.redis_wait_p50_ratio_c1_design_floor)} with the vCPU worker's hop)`
           : ''),
     );
     if (failover && !('error' in failover && Object.keys(failover).length === 1)) {
