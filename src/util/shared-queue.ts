@@ -112,9 +112,11 @@ export class SharedQueue {
     return true;
   }
 
-  /** Producer: wakes the consumer if it is blocked waiting (after pushes with `notify` false), unless it polls. */
-  notify(): void {
-    if (Atomics.load(this.hdr, WAITING) === WAITING_BLOCKED) Atomics.notify(this.hdr, WAKE);
+  /** Producer: wakes the consumer if it is blocked waiting (after pushes with `notify` false), not if it polls; true if it woke it. */
+  notify(): boolean {
+    if (Atomics.load(this.hdr, WAITING) !== WAITING_BLOCKED) return false;
+    Atomics.notify(this.hdr, WAKE);
+    return true;
   }
 
   /** Where popped messages are carved from (one backing store per slab, not per message). */
@@ -162,6 +164,12 @@ export class SharedQueue {
   close(): void {
     Atomics.store(this.hdr, CLOSED, 1);
     this.wake();
+  }
+
+  /** What the consumer is doing now: blocked until notified, polling (back by itself), or neither. */
+  get consumerState(): 'blocked' | 'polling' | 'running' {
+    const w = Atomics.load(this.hdr, WAITING);
+    return w === WAITING_BLOCKED ? 'blocked' : w === WAITING_POLLING ? 'polling' : 'running';
   }
 
   get closed(): boolean {
