@@ -97,6 +97,7 @@ test('a blocked consumer is woken by notify(); a polling one is not woken (notif
   const polling = consumer(q.sab, 300, true);
   const r2 = new Promise<{ ms: number; got: number }>((resolve) => polling.once('message', resolve));
   await until('the consumer to poll', () => q.consumerState === 'polling');
+  await sleep(20); // past its last look at the queue before it sleeps (the flag is set just before that look)
   assert.equal(q.push(new Uint8Array(9), true), true); // push's own notify does nothing either
   assert.equal(q.notify(), false, 'notify() leaves a polling consumer alone');
   const b = await r2;
