@@ -82,8 +82,8 @@ function flush(progress = false): void {
   if (writer.length <= OUT_BATCH_MAX_BYTES) {
     pushOut(encodeBatchHead(firstSeq, pendingEntries.length, instructionNumber, entriesBytes, consumed), writer.bytesView());
   } else {
-    // Too large for the outbound queue: moved in a message of its own (ordered after the queued ones,
-    // which the I/O thread drains before it handles any message).
+    // Too large for the outbound queue: moved in a message of its own (its marker keeps its place
+    // among the queued batches).
     const bytes = writer.finish();
     post({ t: 'batch', firstSeq, count: pendingEntries.length, bytes, entriesBytes, instructionNumber, ...(consumed !== undefined ? { consumed } : {}) }, [bytes.buffer as ArrayBuffer]);
   }

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import { DeterminismViolation, FtvmError, type FtvmErrorCode } from '../util/errors.js';
+import { DeterminismViolation, FtvmError, assert, type FtvmErrorCode } from '../util/errors.js';
 import { SharedQueue } from '../util/shared-queue.js';
 import type { VmConfig } from '../log/recording.js';
 import type { LogFormat } from '../log/codec.js';
@@ -171,7 +171,8 @@ export class Vcpu extends EventEmitter {
           return;
         }
         // Its place among the batches is the marker the worker queued for it (vcpu-protocol.ts).
-        this.arrived.set(ev.k!, ev);
+        assert(ev.k !== undefined, `vCPU worker event '${ev.t}' carries its number`);
+        this.arrived.set(ev.k, ev);
         this.drainOut(false);
       });
       this.worker.on('error', (err) => {
